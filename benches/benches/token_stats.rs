@@ -1,0 +1,65 @@
+//! `token_stats` throughput: reference vs the fast CPU backend, in bytes of
+//! logits read per second. `cargo xtask bench` prints the GB/s table.
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use daa_core::{Backend, Cpu, HostTensor, Reference, TokenStatsParams};
+use daa_tests::fixtures::token_stats_inputs;
+
+const ROWS: usize = 2048;
+/// The reference sorts and works in f64: a few rows give its rate.
+const REFERENCE_ROWS: usize = 64;
+const VOCABS: [usize; 3] = [32_000, 128_256, 256_000];
+const KS: [usize; 2] = [10, 100];
+
+fn bench_backend<B: Backend<Tensor = HostTensor>>(
+    c: &mut Criterion,
+    name: &str,
+    backend: &B,
+    rows: usize,
+    bf16: bool,
+) {
+    let mut group = c.benchmark_group("token_stats");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    for vocab in VOCABS {
+        let (logits, targets) = token_stats_inputs(rows, vocab, 7);
+        let logits = if bf16 {
+            let v: Vec<half::bf16> = logits.as_f32("logits").unwrap().iter().map(|&x| half::bf16::from_f32(x)).collect();
+            HostTensor::from_bf16(v, &[rows, vocab]).unwrap()
+        } else {
+            logits
+        };
+        let bytes_per_logit = if bf16 { 2 } else { 4 };
+        group.throughput(Throughput::Bytes((rows * vocab * bytes_per_logit) as u64));
+        for k in KS {
+            let params = TokenStatsParams { k, entropy_base: 2.0 };
+            let dtype = if bf16 { "bf16" } else { "f32" };
+            let id = BenchmarkId::new(format!("{name}/{dtype}/rows={rows}"), format!("V={vocab}/k={k}"));
+            group.bench_with_input(id, &params, |b, params| {
+                b.iter(|| backend.token_stats(&logits, &targets, None, params).expect("token_stats"))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn token_stats(c: &mut Criterion) {
+    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference".into());
+    let wanted = |name: &str| only.split(',').any(|w| w.trim() == name);
+    if wanted("cpu2") {
+        bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, false);
+    }
+    if wanted("cpu1") {
+        bench_backend(c, "cpu-1thread", &Cpu::with_threads(1).unwrap(), ROWS, false);
+    }
+    if wanted("cpu2-bf16") {
+        bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, true);
+    }
+    if wanted("reference") {
+        bench_backend(c, "reference", &Reference, REFERENCE_ROWS, false);
+    }
+}
+
+criterion_group!(benches, token_stats);
+criterion_main!(benches);

@@ -1,0 +1,49 @@
+//! # daa-core
+//!
+//! Losses and diagnostics of Direct Alignment Algorithms (DPO, IPO,
+//! Hinge/SLiC, SimPO, ORPO, plus NLL regularisation) and the two cheap
+//! signals of likelihood over-optimisation, top-k entropy and top-k
+//! probability mass, over a small [`Backend`] trait.
+//!
+//! Backends: [`Reference`] (plain f64, the specification) and [`Cpu`] (one
+//! pass per row, vectorised, multi-threaded). Every backend's results can be
+//! downloaded and compared with the reference.
+//!
+//! ```
+//! use daa_core::{Backend, Cpu, HostTensor, TokenStatsParams, TokenStatsRow};
+//!
+//! // Two positions over a vocabulary of 4.
+//! let logits = HostTensor::from_f32(vec![2.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0], &[2, 4])?;
+//! let targets = HostTensor::from_i64(vec![0, 3], &[2])?;
+//! let cpu = Cpu::new();
+//! let out = cpu.token_stats(&cpu.upload(&logits)?, &cpu.upload(&targets)?, None,
+//!                           &TokenStatsParams { k: 2, entropy_base: 2.0 })?;
+//! let rows = TokenStatsRow::rows_of(&cpu.download(&out)?)?;
+//! // Uniform row: top-2 mass 1/2, renormalised top-2 entropy exactly 1 bit.
+//! assert!((rows[1].topk_mass - 0.5).abs() < 1e-6);
+//! assert!((rows[1].topk_entropy - 1.0).abs() < 1e-6);
+//! # Ok::<(), daa_core::DaaError>(())
+//! ```
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+mod logits;
+pub mod logits_backward;
+pub mod preference;
+pub mod reference;
+pub mod segment;
+pub mod tensor;
+pub mod token_stats;
+
+pub use backend::Backend;
+pub use cpu::{Cpu, SimdLevel, simd_level};
+pub use error::{DaaError, Result};
+pub use preference::{
+    LOSS_NAMES, LossHyperParams, NllNormalisation, NllTerm, PairLoss, PairLogps, PreferenceLoss, PreferenceLossParams,
+    pair_loss, validate_pair,
+};
+pub use reference::Reference;
+pub use segment::SegmentReduction;
+pub use tensor::{DType, HostTensor, TensorData};
+pub use token_stats::{MAX_TOP_K, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
