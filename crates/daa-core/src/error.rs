@@ -92,5 +92,23 @@ pub enum DaaError {
     },
 }
 
+impl DaaError {
+    /// The same error with row numbers moved by `offset`: for callers that
+    /// run an op on a slice of rows starting at `offset`.
+    pub fn offset_rows(self, offset: usize) -> Self {
+        match self {
+            DaaError::TargetOutOfRange { row, target, vocab } => {
+                DaaError::TargetOutOfRange { row: row + offset, target, vocab }
+            }
+            DaaError::NonFiniteLogit { row, column, value } => DaaError::NonFiniteLogit { row: row + offset, column, value },
+            DaaError::EmptyDistribution { row } => DaaError::EmptyDistribution { row: row + offset },
+            DaaError::PairInput { pair, field, value, expected } => {
+                DaaError::PairInput { pair: pair + offset, field, value, expected }
+            }
+            other => other,
+        }
+    }
+}
+
 /// Result with [`DaaError`].
 pub type Result<T, E = DaaError> = std::result::Result<T, E>;

@@ -1,1 +1,49 @@
-fn main(){}
+//! `daa`: Direct Alignment Algorithm diagnostics and losses from the command line.
+//!
+//! Every failure prints one line, `error: …`, naming the file, tensor, row or
+//! line at fault, and exits with status 2; output files are written to a
+//! temporary name and renamed, so a failed run leaves none behind.
+
+mod atomic_write;
+mod backend_choice;
+mod loss_cmd;
+mod safetensors_input;
+mod stats_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Direct Alignment Algorithms with over-optimisation diagnostics.
+#[derive(Debug, Parser)]
+#[command(name = "daa", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Per-token statistics (target log-probability, entropy, top-k mass and
+    /// top-k entropy) of logits stored in a safetensors file.
+    Stats(stats_cmd::StatsArgs),
+    /// Per-pair losses, gradients and implicit rewards of the loss catalog,
+    /// from per-sequence log-probabilities in JSON Lines.
+    Loss(loss_cmd::LossArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Stats(args) => stats_cmd::run(&args),
+        Command::Loss(args) => loss_cmd::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::from(2)
+        }
+    }
+}

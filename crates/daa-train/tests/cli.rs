@@ -1,0 +1,283 @@
+//! The `daa` command end to end: real safetensors and JSON Lines files in,
+//! JSON out, compared with daa-core's reference; every bad-input path exits 2
+//! with one line naming the file, tensor, row or line, and leaves no output.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use daa_core::{Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Reference, TokenStatsParams, TokenStatsRow};
+use daa_tests::fixtures::{lm_logits, targets};
+use safetensors::{Dtype, tensor::TensorView};
+use serde_json::Value;
+
+fn daa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_daa")).args(args).output().expect("run daa")
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, bytes)| (name.to_string(), TensorView::new(*dtype, shape.clone(), bytes).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn bytes_of<T: bytemuck_free::Le>(v: &[T]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.le()).collect()
+}
+
+/// Little-endian bytes without pulling bytemuck into the test.
+mod bytemuck_free {
+    pub trait Le {
+        fn le(&self) -> Vec<u8>;
+    }
+    impl Le for f32 {
+        fn le(&self) -> Vec<u8> {
+            self.to_le_bytes().to_vec()
+        }
+    }
+    impl Le for i64 {
+        fn le(&self) -> Vec<u8> {
+            self.to_le_bytes().to_vec()
+        }
+    }
+    impl Le for i32 {
+        fn le(&self) -> Vec<u8> {
+            self.to_le_bytes().to_vec()
+        }
+    }
+    impl Le for u8 {
+        fn le(&self) -> Vec<u8> {
+            vec![*self]
+        }
+    }
+    impl Le for half::bf16 {
+        fn le(&self) -> Vec<u8> {
+            self.to_le_bytes().to_vec()
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+#[test]
+fn stats_on_batch_time_vocab_logits_matches_the_reference() {
+    let dir = temp_dir();
+    let (b, t, v) = (3, 5, 517);
+    let x = lm_logits(b * t, v, 2.0, 1);
+    let mut ids = targets(b * t, v, 1);
+    ids[4] = -100; // ignored position
+    let mask: Vec<u8> = (0..b * t).map(|i| u8::from(i != 7)).collect();
+    let file = dir.path().join("logits.safetensors");
+    write_safetensors(
+        &file,
+        &[
+            ("logits", Dtype::F32, vec![b, t, v], bytes_of(&x)),
+            ("targets", Dtype::I64, vec![b, t], bytes_of(&ids)),
+            ("mask", Dtype::U8, vec![b, t], bytes_of(&mask)),
+        ],
+    );
+    let out_path = dir.path().join("stats.json");
+    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--k", "20", "--out", out_path.to_str().unwrap(), "--chunk-rows", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+
+    let want = Reference
+        .token_stats(
+            &HostTensor::from_f32(x, &[b, t, v]).unwrap(),
+            &HostTensor::from_i64(ids, &[b, t]).unwrap(),
+            Some(&HostTensor::from_u8(mask, &[b, t]).unwrap()),
+            &TokenStatsParams { k: 20, entropy_base: 2.0 },
+        )
+        .unwrap();
+    let want = TokenStatsRow::rows_of(&want).unwrap();
+    let rows = report["per_row"].as_array().unwrap();
+    assert_eq!(rows.len(), b * t);
+    for (got, want) in rows.iter().zip(&want) {
+        assert_eq!(got["active"].as_bool().unwrap(), want.active);
+        for (field, w) in [("topk_entropy", want.topk_entropy), ("topk_mass", want.topk_mass), ("entropy", want.entropy), ("target_logprob", want.target_logprob)] {
+            let g = got[field].as_f64().unwrap();
+            assert!((g - f64::from(w)).abs() < 1e-4, "{field}: {g} vs {w}");
+        }
+    }
+    // Summary and per-sequence means are over active rows only (13 of 15).
+    assert_eq!(report["summary"]["tokens"].as_f64().unwrap(), 13.0);
+    let active: Vec<&TokenStatsRow> = want.iter().filter(|r| r.active).collect();
+    let mean = active.iter().map(|r| f64::from(r.topk_entropy)).sum::<f64>() / 13.0;
+    assert!((report["summary"]["mean_topk_entropy"].as_f64().unwrap() - mean).abs() < 1e-5);
+    let sequences = report["sequences"].as_array().unwrap();
+    assert_eq!(sequences.len(), b);
+    assert_eq!(sequences[0]["tokens"].as_f64().unwrap(), 4.0); // row 4 ignored
+    assert_eq!(sequences[1]["tokens"].as_f64().unwrap(), 4.0); // row 7 masked
+    assert_eq!(sequences[2]["tokens"].as_f64().unwrap(), 5.0);
+}
+
+#[test]
+fn stats_reads_bf16_logits_and_i32_targets_to_stdout() {
+    let dir = temp_dir();
+    let (n, v) = (6, 300);
+    let x: Vec<half::bf16> = lm_logits(n, v, 2.0, 2).iter().map(|&f| half::bf16::from_f32(f)).collect();
+    let ids: Vec<i32> = targets(n, v, 2).iter().map(|&i| i as i32).collect();
+    let file = dir.path().join("bf16.safetensors");
+    write_safetensors(&file, &[("logits", Dtype::BF16, vec![n, v], bytes_of(&x)), ("targets", Dtype::I32, vec![n], bytes_of(&ids))]);
+    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--summary-only", "--backend", "reference"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["logits_dtype"], "BF16");
+    assert_eq!(report["summary"]["tokens"].as_f64().unwrap(), 6.0);
+    assert!(report["per_row"].is_null());
+    let m = report["summary"]["mean_topk_mass"].as_f64().unwrap();
+    assert!(m > 0.0 && m <= 1.0);
+}
+
+/// Runs `daa` expecting failure: exit code 2, one line mentioning every `needle`, and
+/// the output file left as it was.
+fn expect_failure(args: &[&str], out_path: &Path, needles: &[&str]) {
+    let before = std::fs::read(out_path).ok();
+    let out = daa(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err}");
+    }
+    assert_eq!(std::fs::read(out_path).ok(), before, "output file changed by a failed run");
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(out_path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn stats_bad_inputs_exit_2_with_clear_errors() {
+    let dir = temp_dir();
+    let d = |name: &str| dir.path().join(name);
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let (n, v) = (9, 40);
+    let x = lm_logits(n, v, 1.0, 3);
+    let ids = targets(n, v, 3);
+    let out_path = d("out.json");
+    std::fs::write(&out_path, b"previous results").unwrap();
+
+    let only_logits = d("only_logits.safetensors");
+    write_safetensors(&only_logits, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x))]);
+    expect_failure(&["stats", "--logits", &s(&only_logits), "--out", &s(&out_path)], &out_path, &["only_logits.safetensors", "tensor `targets` is missing"]);
+
+    let mut far = ids.clone();
+    far[5] = 40;
+    let bad_target = d("bad_target.safetensors");
+    write_safetensors(&bad_target, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&far))]);
+    // Chunks of 2 rows: the error must still name the file's row 5.
+    expect_failure(
+        &["stats", "--logits", &s(&bad_target), "--out", &s(&out_path), "--chunk-rows", "2"],
+        &out_path,
+        &["bad_target.safetensors", "row 5: target id 40 is outside the vocabulary 0..40"],
+    );
+
+    let mut nan = x.clone();
+    nan[3 * v + 17] = f32::NAN;
+    let nan_file = d("nan.safetensors");
+    write_safetensors(&nan_file, &[("logits", Dtype::F32, vec![n, v], bytes_of(&nan)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
+    expect_failure(&["stats", "--logits", &s(&nan_file), "--out", &s(&out_path)], &out_path, &["`logits` row 3, column 17: value NaN"]);
+
+    let good = d("good.safetensors");
+    write_safetensors(&good, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
+    expect_failure(&["stats", "--logits", &s(&good), "--k", "0", "--out", &s(&out_path)], &out_path, &["parameter `k` = 0"]);
+    expect_failure(&["stats", "--logits", &s(&good), "--k", "41", "--out", &s(&out_path)], &out_path, &["parameter `k` = 41", "vocabulary size 40"]);
+
+    let short = d("short.safetensors");
+    write_safetensors(&short, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n - 1], bytes_of(&ids[..n - 1]))]);
+    expect_failure(&["stats", "--logits", &s(&short), "--out", &s(&out_path)], &out_path, &["`targets` has shape [8], expected [9]"]);
+
+    let int_logits = d("int_logits.safetensors");
+    let as_int: Vec<i32> = (0..n * v).map(|i| i as i32).collect();
+    write_safetensors(&int_logits, &[("logits", Dtype::I32, vec![n, v], bytes_of(&as_int)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
+    expect_failure(&["stats", "--logits", &s(&int_logits), "--out", &s(&out_path)], &out_path, &["tensor `logits` has dtype I32, expected F32, F16 or BF16"]);
+
+    let not_st = d("garbage.safetensors");
+    std::fs::write(&not_st, b"this is not a safetensors file").unwrap();
+    expect_failure(&["stats", "--logits", &s(&not_st), "--out", &s(&out_path)], &out_path, &["garbage.safetensors: not a safetensors file"]);
+    expect_failure(&["stats", "--logits", &s(&d("absent.safetensors")), "--out", &s(&out_path)], &out_path, &["absent.safetensors: cannot open"]);
+}
+
+#[test]
+fn loss_calculator_matches_the_catalog() {
+    let dir = temp_dir();
+    let input = dir.path().join("pairs.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            r#"{"id": "a", "policy_chosen": -10, "policy_rejected": -12, "reference_chosen": -11, "reference_rejected": -11, "chosen_tokens": 5, "rejected_tokens": 4}"#,
+            "\n\n",
+            r#"{"id": 7, "policy_chosen": -3.5, "policy_rejected": -2.0, "reference_chosen": -3.0, "reference_rejected": -2.5, "chosen_tokens": 2, "rejected_tokens": 3, "extra": true}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = daa(&["loss", "--loss", "dpo", "--beta", "0.5", "--input", input.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[1]["id"], 7);
+    assert_eq!(lines[1]["line"], 3);
+    // Δ = 2, β = 0.5: softplus(−1)
+    assert!((lines[0]["loss"].as_f64().unwrap() - 0.313_261_687_518_222_86).abs() < 1e-12);
+    let second = PairLogps {
+        policy_chosen: -3.5,
+        policy_rejected: -2.0,
+        reference_chosen: -3.0,
+        reference_rejected: -2.5,
+        chosen_tokens: 2.0,
+        rejected_tokens: 3.0,
+    };
+    let want = daa_core::pair_loss(&second, &PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 }, nll: None });
+    assert!((lines[1]["grad_policy_chosen"].as_f64().unwrap() - want.grad_policy_chosen).abs() < 1e-12);
+    assert_eq!(lines[1]["accuracy"].as_f64().unwrap(), 0.0);
+
+    // SimPO needs neither reference field.
+    let simpo_in = dir.path().join("simpo.jsonl");
+    std::fs::write(&simpo_in, r#"{"policy_chosen": -10, "policy_rejected": -12, "chosen_tokens": 5, "rejected_tokens": 4}"#).unwrap();
+    let out_path = dir.path().join("simpo.out.jsonl");
+    let out = daa(&["loss", "--loss", "simpo", "--input", simpo_in.to_str().unwrap(), "--out", out_path.to_str().unwrap(), "--nll", "0.1", "--nll-norm", "mean"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&out_path).unwrap().trim()).unwrap();
+    // β 2, γ 0.5: z = 2(−2 + 3) − 0.5 = 1.5 → softplus(−1.5) plus 0.1·10/5
+    assert!((line["loss"].as_f64().unwrap() - (0.201_413_277_982_752_4 + 0.2)).abs() < 1e-12);
+}
+
+#[test]
+fn loss_bad_inputs_exit_2_with_clear_errors() {
+    let dir = temp_dir();
+    let out_path = dir.path().join("out.jsonl");
+    std::fs::write(&out_path, b"kept").unwrap();
+    let input = dir.path().join("in.jsonl");
+    let good = r#"{"policy_chosen": -1, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#;
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    std::fs::write(&input, format!("{good}\n{good}\n{{\"policy_chosen\": -1,\n")).unwrap();
+    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:3: malformed JSON"]);
+
+    std::fs::write(&input, format!("{good}\n{{\"policy_chosen\": -1, \"policy_rejected\": -2}}\n")).unwrap();
+    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:2: field `reference_chosen` is missing"]);
+
+    std::fs::write(&input, format!("{good}\n")).unwrap();
+    expect_failure(&["loss", "--loss", "ipo-mean", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: field `chosen_tokens` is missing"]);
+    expect_failure(&["loss", "--loss", "kto", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`loss` = kto", "expected one of dpo"]);
+    expect_failure(&["loss", "--beta", "0", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`beta` = 0"]);
+
+    std::fs::write(&input, r#"{"policy_chosen": "x", "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#).unwrap();
+    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: `policy_chosen` is \"x\", expected a number"]);
+
+    std::fs::write(&input, r#"{"policy_chosen": 3, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#).unwrap();
+    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"]);
+}
