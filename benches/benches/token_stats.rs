@@ -13,19 +13,14 @@ const REFERENCE_ROWS: usize = 64;
 const VOCABS: [usize; 3] = [32_000, 128_256, 256_000];
 const KS: [usize; 2] = [10, 100];
 
-fn bench_backend<B: Backend<Tensor = HostTensor>>(
-    c: &mut Criterion,
-    name: &str,
-    backend: &B,
-    rows: usize,
-    bf16: bool,
-) {
+fn bench_backend<B: Backend<Tensor = HostTensor>>(c: &mut Criterion, name: &str, backend: &B, rows: usize, bf16: bool) {
     let mut group = c.benchmark_group("token_stats");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
     for vocab in VOCABS {
         let (logits, targets) = token_stats_inputs(rows, vocab, 7);
         let logits = if bf16 {
-            let v: Vec<half::bf16> = logits.as_f32("logits").unwrap().iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let v: Vec<half::bf16> =
+                logits.as_f32("logits").unwrap().iter().map(|&x| half::bf16::from_f32(x)).collect();
             HostTensor::from_bf16(v, &[rows, vocab]).unwrap()
         } else {
             logits

@@ -72,7 +72,8 @@ fn tolerance_for<B: Backend>(backend: &B, base: Tolerance) -> Tolerance {
 
 fn token_stats_edge_sizes<B: Backend>(backend: &B) {
     // (rows, vocab, k): vocabularies off multiples of 8, one crossing two CPU blocks.
-    let cases = [(1, 1, 1), (1, 7, 7), (63, 255, 10), (64, 1000, 100), (65, 8195, 256), (4097, 37, 10), (3, 32_003, 10)];
+    let cases =
+        [(1, 1, 1), (1, 7, 7), (63, 255, 10), (64, 1000, 100), (65, 8195, 256), (4097, 37, 10), (3, 32_003, 10)];
     for (rows, vocab, k) in cases {
         let logits = HostTensor::from_f32(edge_logits(rows, vocab, rows as u64), &[rows, vocab]).unwrap();
         let targets = HostTensor::from_i64(edge_targets(rows, vocab, 3), &[rows]).unwrap();
@@ -94,7 +95,8 @@ fn token_stats_half_precision<B: Backend>(backend: &B) {
     let x = edge_logits(rows, vocab, 11);
     let targets = HostTensor::from_i64(edge_targets(rows, vocab, 5), &[rows, 1]).unwrap();
     let params = TokenStatsParams::default();
-    let as_bf16 = HostTensor::from_bf16(x.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
+    let as_bf16 =
+        HostTensor::from_bf16(x.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
     // f16 overflows at 65504: keep the ±1e4 rows, which fit.
     let as_f16 = HostTensor::from_f16(x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
     for logits in [as_bf16.unwrap(), as_f16.unwrap()] {
@@ -119,10 +121,13 @@ fn segment_reduce_matches<B: Backend>(backend: &B) {
     let offsets = HostTensor::from_i64(offsets.clone(), &[offsets.len()]).unwrap();
     let weights = HostTensor::from_f32(weights, &[n]).unwrap();
     let want = Reference.segment_reduce(&values, &offsets, Some(&weights)).unwrap();
-    let (v, o, w) = (backend.upload(&values).unwrap(), backend.upload(&offsets).unwrap(), backend.upload(&weights).unwrap());
+    let (v, o, w) =
+        (backend.upload(&values).unwrap(), backend.upload(&offsets).unwrap(), backend.upload(&weights).unwrap());
     let got = backend.segment_reduce(&v, &o, Some(&w)).unwrap();
     let tol = tolerance_for(backend, SEGMENT_CPU);
-    for (name, g, r) in [("sums", &got.sums, &want.sums), ("counts", &got.counts, &want.counts), ("means", &got.means, &want.means)] {
+    for (name, g, r) in
+        [("sums", &got.sums, &want.sums), ("counts", &got.counts, &want.counts), ("means", &got.means, &want.means)]
+    {
         let g = backend.download(g).unwrap();
         assert_eq!(g.shape(), r.shape(), "{name} shape");
         assert_close(&g.to_f64_vec(name).unwrap(), &r.to_f64_vec(name).unwrap(), tol, name);
@@ -154,7 +159,8 @@ fn preference_loss_matches<B: Backend>(backend: &B) {
         PreferenceLoss::Orpo { beta: 0.1 },
     ];
     for loss in losses {
-        let params = PreferenceLossParams { loss, nll: Some(NllTerm { weight: 0.3, normalisation: NllNormalisation::Mean }) };
+        let params =
+            PreferenceLossParams { loss, nll: Some(NllTerm { weight: 0.3, normalisation: NllNormalisation::Mean }) };
         let want = Reference.preference_loss(&tensor, &params).unwrap().to_f64_vec("want").unwrap();
         let got = backend.preference_loss(&backend.upload(&tensor).unwrap(), &params).unwrap();
         let got = backend.download(&got).unwrap().to_f64_vec("got").unwrap();
@@ -179,7 +185,10 @@ fn logits_backward_matches<B: Backend>(backend: &B) {
         let in_place = backend.download(&dev_logits).unwrap().to_f64_vec("in place").unwrap();
         assert_close(&in_place, &want, tol, &format!("{what} in place"));
         // The host tensor that was uploaded is untouched.
-        assert_eq!(logits.to_f64_vec("logits").unwrap(), edge_logits(rows, vocab, 5).iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+        assert_eq!(
+            logits.to_f64_vec("logits").unwrap(),
+            edge_logits(rows, vocab, 5).iter().map(|&v| f64::from(v)).collect::<Vec<_>>()
+        );
     }
 }
 

@@ -6,7 +6,7 @@
 
 use daa_core::preference::{sigmoid, softplus};
 use daa_core::{
-    LossHyperParams, NllNormalisation, NllTerm, PairLoss, PairLogps, PreferenceLoss, PreferenceLossParams, pair_loss,
+    LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams, pair_loss,
     validate_pair,
 };
 use daa_tests::fixtures::SplitMix64;
@@ -185,7 +185,9 @@ fn gradients_match_central_finite_differences() {
                 let fd_w = (f(h, 0.0) - f(-h, 0.0)) / (2.0 * h);
                 let fd_l = (f(0.0, h) - f(0.0, -h)) / (2.0 * h);
                 let out = pair_loss(&x, &params);
-                for (name, fd, an) in [("chosen", fd_w, out.grad_policy_chosen), ("rejected", fd_l, out.grad_policy_rejected)] {
+                for (name, fd, an) in
+                    [("chosen", fd_w, out.grad_policy_chosen), ("rejected", fd_l, out.grad_policy_rejected)]
+                {
                     assert!(
                         (fd - an).abs() <= 1e-6 + 1e-5 * an.abs(),
                         "{}: d/d{name} finite difference {fd} vs analytic {an} at {x:?}",
@@ -230,8 +232,8 @@ fn names_parameters_and_inputs_are_checked() {
     assert!(err.contains("`loss` = kto") && err.contains("dpo, robust-dpo"), "{err}");
     let err = PreferenceLoss::from_name("dpo", LossHyperParams { beta: Some(-1.0), ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("`beta` = -1"), "{err}");
-    let err =
-        PreferenceLoss::from_name("dpo", LossHyperParams { label_smoothing: Some(0.5), ..Default::default() }).unwrap_err();
+    let err = PreferenceLoss::from_name("dpo", LossHyperParams { label_smoothing: Some(0.5), ..Default::default() })
+        .unwrap_err();
     assert!(err.to_string().contains("label_smoothing"), "{err}");
     let params = PreferenceLossParams { loss: PreferenceLoss::Orpo { beta: 0.1 }, nll: None };
     let zero_tokens = PairLogps { chosen_tokens: 0.0, ..PAIR };

@@ -26,7 +26,14 @@ fn with_finite_rows(rows: usize, vocab: usize, mut x: Vec<f32>) -> Vec<f32> {
     x
 }
 
-fn stats<B: Backend<Tensor = HostTensor>>(b: &B, x: &[f32], rows: usize, vocab: usize, k: usize, base: f64) -> Vec<TokenStatsRow> {
+fn stats<B: Backend<Tensor = HostTensor>>(
+    b: &B,
+    x: &[f32],
+    rows: usize,
+    vocab: usize,
+    k: usize,
+    base: f64,
+) -> Vec<TokenStatsRow> {
     let logits = HostTensor::from_f32(x.to_vec(), &[rows, vocab]).unwrap();
     // Target: the first finite logit of each row.
     let t: Vec<i64> = (0..rows)

@@ -1,1 +1,20 @@
-fn main(){}
+//! `cargo xtask`: project automation. Orchestration only; no library logic.
+//!
+//! - `cargo xtask bench [--quick] [FILTER]`: runs the criterion benchmarks and
+//!   prints a GB/s table (plus `target/daa-bench/token_stats.{md,svg}`).
+
+mod bench;
+
+use anyhow::{Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("bench") => bench::run(&args[1..]),
+        Some("-h" | "--help") | None => {
+            println!("usage: cargo xtask bench [--quick] [FILTER]");
+            Ok(())
+        }
+        Some(other) => bail!("unknown xtask `{other}`; available: bench"),
+    }
+}

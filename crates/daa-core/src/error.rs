@@ -100,7 +100,9 @@ impl DaaError {
             DaaError::TargetOutOfRange { row, target, vocab } => {
                 DaaError::TargetOutOfRange { row: row + offset, target, vocab }
             }
-            DaaError::NonFiniteLogit { row, column, value } => DaaError::NonFiniteLogit { row: row + offset, column, value },
+            DaaError::NonFiniteLogit { row, column, value } => {
+                DaaError::NonFiniteLogit { row: row + offset, column, value }
+            }
             DaaError::EmptyDistribution { row } => DaaError::EmptyDistribution { row: row + offset },
             DaaError::PairInput { pair, field, value, expected } => {
                 DaaError::PairInput { pair: pair + offset, field, value, expected }

@@ -40,7 +40,7 @@ pub use backend::Backend;
 pub use cpu::{Cpu, SimdLevel, simd_level};
 pub use error::{DaaError, Result};
 pub use preference::{
-    LOSS_NAMES, LossHyperParams, NllNormalisation, NllTerm, PairLoss, PairLogps, PreferenceLoss, PreferenceLossParams,
+    LOSS_NAMES, LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
     pair_loss, validate_pair,
 };
 pub use reference::Reference;

@@ -69,9 +69,7 @@ impl RowFault {
 
 /// Finds the first NaN or +inf of a row (the cold path after a fast pass flagged one).
 pub(crate) fn first_bad_logit(row: impl Iterator<Item = f32>) -> Option<RowFault> {
-    row.enumerate()
-        .find(|(_, x)| !(*x < f32::INFINITY))
-        .map(|(column, value)| RowFault::NonFinite { column, value })
+    row.enumerate().find(|(_, x)| !(*x < f32::INFINITY)).map(|(column, value)| RowFault::NonFinite { column, value })
 }
 
 /// Reads `grad_logprob` (any float type) as f64 and checks it is finite.

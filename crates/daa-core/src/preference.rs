@@ -318,14 +318,14 @@ impl PreferenceLossParams {
     /// Checks the loss and NLL hyper-parameters.
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
-        if let Some(nll) = self.nll {
-            if !(nll.weight.is_finite() && nll.weight >= 0.0) {
-                return Err(DaaError::Parameter {
-                    name: "nll_weight",
-                    value: nll.weight.to_string(),
-                    expected: "expected a finite weight >= 0".into(),
-                });
-            }
+        if let Some(nll) = self.nll
+            && !(nll.weight.is_finite() && nll.weight >= 0.0)
+        {
+            return Err(DaaError::Parameter {
+                name: "nll_weight",
+                value: nll.weight.to_string(),
+                expected: "expected a finite weight >= 0".into(),
+            });
         }
         Ok(())
     }

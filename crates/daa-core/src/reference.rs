@@ -100,7 +100,8 @@ impl Backend for Reference {
         let offsets = read_offsets(offsets, n)?;
         let weights = read_weights(weights, n)?;
         let segments = offsets.len() - 1;
-        let (mut sums, mut counts, mut means) = (vec![0f64; segments * c], vec![0f64; segments], vec![0f64; segments * c]);
+        let (mut sums, mut counts, mut means) =
+            (vec![0f64; segments * c], vec![0f64; segments], vec![0f64; segments * c]);
         for s in 0..segments {
             for i in offsets[s]..offsets[s + 1] {
                 let w = weights.as_ref().map_or(1.0, |w| w[i]);

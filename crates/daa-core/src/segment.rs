@@ -32,7 +32,11 @@ pub fn values_layout(shape: &[usize]) -> Result<(usize, usize)> {
     match shape {
         [n] => Ok((*n, 1)),
         [n, c] => Ok((*n, *c)),
-        _ => Err(DaaError::Shape { tensor: "values", actual: shape.to_vec(), expected: "[tokens] or [tokens, columns]".into() }),
+        _ => Err(DaaError::Shape {
+            tensor: "values",
+            actual: shape.to_vec(),
+            expected: "[tokens] or [tokens, columns]".into(),
+        }),
     }
 }
 

@@ -199,7 +199,11 @@ impl HostTensor {
             TensorData::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
             TensorData::F64(v) => v.to_vec(),
             other => {
-                return Err(DaaError::DType { tensor, actual: other.dtype(), expected: "a float type (f32, f16, bf16, f64)" });
+                return Err(DaaError::DType {
+                    tensor,
+                    actual: other.dtype(),
+                    expected: "a float type (f32, f16, bf16, f64)",
+                });
             }
         })
     }
@@ -212,7 +216,11 @@ impl HostTensor {
             TensorData::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             TensorData::F64(v) => v.iter().map(|&x| x as f32).collect(),
             other => {
-                return Err(DaaError::DType { tensor, actual: other.dtype(), expected: "a float type (f32, f16, bf16, f64)" });
+                return Err(DaaError::DType {
+                    tensor,
+                    actual: other.dtype(),
+                    expected: "a float type (f32, f16, bf16, f64)",
+                });
             }
         })
     }
@@ -223,7 +231,13 @@ impl HostTensor {
             TensorData::I32(v) => v.iter().map(|&x| i64::from(x)).collect(),
             TensorData::I64(v) => v.to_vec(),
             TensorData::U8(v) => v.iter().map(|&x| i64::from(x)).collect(),
-            other => return Err(DaaError::DType { tensor, actual: other.dtype(), expected: "an integer type (i32, i64, u8)" }),
+            other => {
+                return Err(DaaError::DType {
+                    tensor,
+                    actual: other.dtype(),
+                    expected: "an integer type (i32, i64, u8)",
+                });
+            }
         })
     }
 

@@ -121,14 +121,14 @@ impl TokenStatsShape {
                 expected: format!("{leading:?}, the leading dimensions of logits {logits:?}"),
             });
         }
-        if let Some(mask) = mask {
-            if mask != leading {
-                return Err(DaaError::Shape {
-                    tensor: "mask",
-                    actual: mask.to_vec(),
-                    expected: format!("{leading:?}, the leading dimensions of logits {logits:?}"),
-                });
-            }
+        if let Some(mask) = mask
+            && mask != leading
+        {
+            return Err(DaaError::Shape {
+                tensor: "mask",
+                actual: mask.to_vec(),
+                expected: format!("{leading:?}, the leading dimensions of logits {logits:?}"),
+            });
         }
         Ok(Self { rows: leading.iter().product(), vocab: logits[logits.len() - 1] })
     }

@@ -31,7 +31,9 @@ pub fn write_output(path: Option<&Path>, fill: impl FnOnce(&mut dyn Write) -> Re
                 writer.flush().with_context(|| format!("{}: write failed", path.display()))?;
             }
             temp.as_file().sync_all().with_context(|| format!("{}: sync failed", path.display()))?;
-            temp.persist(path).map_err(|e| e.error).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+            temp.persist(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("{}: cannot rename into place", path.display()))?;
             Ok(())
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, ValueEnum};
 use daa_core::{
-    Backend, HostTensor, LossHyperParams, NllNormalisation, NllTerm, PairLoss, PairLogps, PreferenceLoss,
+    Backend, HostTensor, LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss,
     PreferenceLossParams,
 };
 use serde_json::{Map, Value, json};
@@ -128,7 +128,8 @@ fn parse_lines(reader: impl BufRead, source: &str, params: &PreferenceLossParams
             chosen_tokens: number(&obj, "chosen_tokens", uses_counts, 1.0, &at)?,
             rejected_tokens: number(&obj, "rejected_tokens", uses_counts, 1.0, &at)?,
         };
-        daa_core::validate_pair(0, &logps, params).map_err(|e| anyhow!("{at}: {}", strip_pair_prefix(&e.to_string())))?;
+        daa_core::validate_pair(0, &logps, params)
+            .map_err(|e| anyhow!("{at}: {}", strip_pair_prefix(&e.to_string())))?;
         pairs.push(PairLine { line: line_no, id: obj.get("id").cloned(), logps });
     }
     Ok(pairs)
@@ -160,7 +161,8 @@ pub fn run(args: &LossArgs) -> Result<()> {
         b.download(&out)?
     });
     let out = out.to_f64_vec("preference_loss output")?;
-    let results: Vec<PairLoss> = out.chunks_exact(daa_core::preference::PAIR_OUTPUT_COLUMNS).map(PairLoss::from_columns).collect();
+    let results: Vec<PairLoss> =
+        out.chunks_exact(daa_core::preference::PAIR_OUTPUT_COLUMNS).map(PairLoss::from_columns).collect();
     let n = results.len() as f64;
     eprintln!(
         "{} pairs, loss {}: mean loss {:.6}, accuracy {:.4}, mean margin {:.6}",

@@ -57,7 +57,10 @@ impl SafetensorsFile {
     pub fn require(&self, name: &str, expected: &str) -> Result<RawTensor<'_>> {
         self.get(name).ok_or_else(|| {
             let names: Vec<String> = self.parsed().names().into_iter().map(String::from).collect();
-            anyhow!("{}: tensor `{name}` is missing (expected {expected}); the file holds {names:?}", self.path.display())
+            anyhow!(
+                "{}: tensor `{name}` is missing (expected {expected}); the file holds {names:?}",
+                self.path.display()
+            )
         })
     }
 }

@@ -62,13 +62,19 @@ fn segment_means<B: Backend>(backend: &B, stats: &[f32], segment_len: usize) -> 
         stats.chunks_exact(TOKEN_STATS_COLUMNS).flat_map(|r| r[..TOKEN_STATS_COLUMNS - 1].iter().copied()).collect();
     let weights: Vec<f32> = stats.chunks_exact(TOKEN_STATS_COLUMNS).map(|r| r[TokenStat::Active as usize]).collect();
     // A target logit of −inf gives log p = −inf, a true value: the mean is then −inf (JSON null).
-    let offsets: Vec<i64> = (0..=rows).step_by(segment_len.max(1)).map(|o| o as i64).chain(
-        (rows % segment_len.max(1) != 0).then_some(rows as i64),
-    ).collect();
+    let offsets: Vec<i64> = (0..=rows)
+        .step_by(segment_len.max(1))
+        .map(|o| o as i64)
+        .chain((!rows.is_multiple_of(segment_len.max(1))).then_some(rows as i64))
+        .collect();
     let values = HostTensor::from_f32(values, &[rows, TOKEN_STATS_COLUMNS - 1])?;
     let weights = HostTensor::from_f32(weights, &[rows])?;
     let offsets = HostTensor::from_i64(offsets.clone(), &[offsets.len()])?;
-    let reduced = backend.segment_reduce(&backend.upload(&values)?, &backend.upload(&offsets)?, Some(&backend.upload(&weights)?))?;
+    let reduced = backend.segment_reduce(
+        &backend.upload(&values)?,
+        &backend.upload(&offsets)?,
+        Some(&backend.upload(&weights)?),
+    )?;
     let means = backend.download(&reduced.means)?.to_f64_vec("means")?;
     let counts = backend.download(&reduced.counts)?.to_f64_vec("counts")?;
     Ok(counts
@@ -96,7 +102,9 @@ fn stats_of_chunk<B: Backend>(
     start: usize,
 ) -> Result<HostTensor> {
     let mask = mask.map(|m| b.upload(m)).transpose()?;
-    let out = b.token_stats(&b.upload(logits)?, &b.upload(targets)?, mask.as_ref(), params).map_err(|e| e.offset_rows(start))?;
+    let out = b
+        .token_stats(&b.upload(logits)?, &b.upload(targets)?, mask.as_ref(), params)
+        .map_err(|e| e.offset_rows(start))?;
     Ok(b.download(&out)?)
 }
 

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use daa_core::{Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Reference, TokenStatsParams, TokenStatsRow};
+use daa_core::{
+    Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Reference, TokenStatsParams, TokenStatsRow,
+};
 use daa_tests::fixtures::{lm_logits, targets};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::Value;
@@ -84,7 +86,17 @@ fn stats_on_batch_time_vocab_logits_matches_the_reference() {
         ],
     );
     let out_path = dir.path().join("stats.json");
-    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--k", "20", "--out", out_path.to_str().unwrap(), "--chunk-rows", "4"]);
+    let out = daa(&[
+        "stats",
+        "--logits",
+        file.to_str().unwrap(),
+        "--k",
+        "20",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--chunk-rows",
+        "4",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
 
@@ -101,7 +113,12 @@ fn stats_on_batch_time_vocab_logits_matches_the_reference() {
     assert_eq!(rows.len(), b * t);
     for (got, want) in rows.iter().zip(&want) {
         assert_eq!(got["active"].as_bool().unwrap(), want.active);
-        for (field, w) in [("topk_entropy", want.topk_entropy), ("topk_mass", want.topk_mass), ("entropy", want.entropy), ("target_logprob", want.target_logprob)] {
+        for (field, w) in [
+            ("topk_entropy", want.topk_entropy),
+            ("topk_mass", want.topk_mass),
+            ("entropy", want.entropy),
+            ("target_logprob", want.target_logprob),
+        ] {
             let g = got[field].as_f64().unwrap();
             assert!((g - f64::from(w)).abs() < 1e-4, "{field}: {g} vs {w}");
         }
@@ -125,7 +142,10 @@ fn stats_reads_bf16_logits_and_i32_targets_to_stdout() {
     let x: Vec<half::bf16> = lm_logits(n, v, 2.0, 2).iter().map(|&f| half::bf16::from_f32(f)).collect();
     let ids: Vec<i32> = targets(n, v, 2).iter().map(|&i| i as i32).collect();
     let file = dir.path().join("bf16.safetensors");
-    write_safetensors(&file, &[("logits", Dtype::BF16, vec![n, v], bytes_of(&x)), ("targets", Dtype::I32, vec![n], bytes_of(&ids))]);
+    write_safetensors(
+        &file,
+        &[("logits", Dtype::BF16, vec![n, v], bytes_of(&x)), ("targets", Dtype::I32, vec![n], bytes_of(&ids))],
+    );
     let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--summary-only", "--backend", "reference"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -170,12 +190,19 @@ fn stats_bad_inputs_exit_2_with_clear_errors() {
 
     let only_logits = d("only_logits.safetensors");
     write_safetensors(&only_logits, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x))]);
-    expect_failure(&["stats", "--logits", &s(&only_logits), "--out", &s(&out_path)], &out_path, &["only_logits.safetensors", "tensor `targets` is missing"]);
+    expect_failure(
+        &["stats", "--logits", &s(&only_logits), "--out", &s(&out_path)],
+        &out_path,
+        &["only_logits.safetensors", "tensor `targets` is missing"],
+    );
 
     let mut far = ids.clone();
     far[5] = 40;
     let bad_target = d("bad_target.safetensors");
-    write_safetensors(&bad_target, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&far))]);
+    write_safetensors(
+        &bad_target,
+        &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&far))],
+    );
     // Chunks of 2 rows: the error must still name the file's row 5.
     expect_failure(
         &["stats", "--logits", &s(&bad_target), "--out", &s(&out_path), "--chunk-rows", "2"],
@@ -186,27 +213,70 @@ fn stats_bad_inputs_exit_2_with_clear_errors() {
     let mut nan = x.clone();
     nan[3 * v + 17] = f32::NAN;
     let nan_file = d("nan.safetensors");
-    write_safetensors(&nan_file, &[("logits", Dtype::F32, vec![n, v], bytes_of(&nan)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
-    expect_failure(&["stats", "--logits", &s(&nan_file), "--out", &s(&out_path)], &out_path, &["`logits` row 3, column 17: value NaN"]);
+    write_safetensors(
+        &nan_file,
+        &[("logits", Dtype::F32, vec![n, v], bytes_of(&nan)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&nan_file), "--out", &s(&out_path)],
+        &out_path,
+        &["`logits` row 3, column 17: value NaN"],
+    );
 
     let good = d("good.safetensors");
-    write_safetensors(&good, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
-    expect_failure(&["stats", "--logits", &s(&good), "--k", "0", "--out", &s(&out_path)], &out_path, &["parameter `k` = 0"]);
-    expect_failure(&["stats", "--logits", &s(&good), "--k", "41", "--out", &s(&out_path)], &out_path, &["parameter `k` = 41", "vocabulary size 40"]);
+    write_safetensors(
+        &good,
+        &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&good), "--k", "0", "--out", &s(&out_path)],
+        &out_path,
+        &["parameter `k` = 0"],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&good), "--k", "41", "--out", &s(&out_path)],
+        &out_path,
+        &["parameter `k` = 41", "vocabulary size 40"],
+    );
 
     let short = d("short.safetensors");
-    write_safetensors(&short, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n - 1], bytes_of(&ids[..n - 1]))]);
-    expect_failure(&["stats", "--logits", &s(&short), "--out", &s(&out_path)], &out_path, &["`targets` has shape [8], expected [9]"]);
+    write_safetensors(
+        &short,
+        &[
+            ("logits", Dtype::F32, vec![n, v], bytes_of(&x)),
+            ("targets", Dtype::I64, vec![n - 1], bytes_of(&ids[..n - 1])),
+        ],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&short), "--out", &s(&out_path)],
+        &out_path,
+        &["`targets` has shape [8], expected [9]"],
+    );
 
     let int_logits = d("int_logits.safetensors");
     let as_int: Vec<i32> = (0..n * v).map(|i| i as i32).collect();
-    write_safetensors(&int_logits, &[("logits", Dtype::I32, vec![n, v], bytes_of(&as_int)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))]);
-    expect_failure(&["stats", "--logits", &s(&int_logits), "--out", &s(&out_path)], &out_path, &["tensor `logits` has dtype I32, expected F32, F16 or BF16"]);
+    write_safetensors(
+        &int_logits,
+        &[("logits", Dtype::I32, vec![n, v], bytes_of(&as_int)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&int_logits), "--out", &s(&out_path)],
+        &out_path,
+        &["tensor `logits` has dtype I32, expected F32, F16 or BF16"],
+    );
 
     let not_st = d("garbage.safetensors");
     std::fs::write(&not_st, b"this is not a safetensors file").unwrap();
-    expect_failure(&["stats", "--logits", &s(&not_st), "--out", &s(&out_path)], &out_path, &["garbage.safetensors: not a safetensors file"]);
-    expect_failure(&["stats", "--logits", &s(&d("absent.safetensors")), "--out", &s(&out_path)], &out_path, &["absent.safetensors: cannot open"]);
+    expect_failure(
+        &["stats", "--logits", &s(&not_st), "--out", &s(&out_path)],
+        &out_path,
+        &["garbage.safetensors: not a safetensors file"],
+    );
+    expect_failure(
+        &["stats", "--logits", &s(&d("absent.safetensors")), "--out", &s(&out_path)],
+        &out_path,
+        &["absent.safetensors: cannot open"],
+    );
 }
 
 #[test]
@@ -225,7 +295,8 @@ fn loss_calculator_matches_the_catalog() {
     .unwrap();
     let out = daa(&["loss", "--loss", "dpo", "--beta", "0.5", "--input", input.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], "a");
     assert_eq!(lines[1]["id"], 7);
@@ -240,15 +311,34 @@ fn loss_calculator_matches_the_catalog() {
         chosen_tokens: 2.0,
         rejected_tokens: 3.0,
     };
-    let want = daa_core::pair_loss(&second, &PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 }, nll: None });
+    let want = daa_core::pair_loss(
+        &second,
+        &PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 }, nll: None },
+    );
     assert!((lines[1]["grad_policy_chosen"].as_f64().unwrap() - want.grad_policy_chosen).abs() < 1e-12);
     assert_eq!(lines[1]["accuracy"].as_f64().unwrap(), 0.0);
 
     // SimPO needs neither reference field.
     let simpo_in = dir.path().join("simpo.jsonl");
-    std::fs::write(&simpo_in, r#"{"policy_chosen": -10, "policy_rejected": -12, "chosen_tokens": 5, "rejected_tokens": 4}"#).unwrap();
+    std::fs::write(
+        &simpo_in,
+        r#"{"policy_chosen": -10, "policy_rejected": -12, "chosen_tokens": 5, "rejected_tokens": 4}"#,
+    )
+    .unwrap();
     let out_path = dir.path().join("simpo.out.jsonl");
-    let out = daa(&["loss", "--loss", "simpo", "--input", simpo_in.to_str().unwrap(), "--out", out_path.to_str().unwrap(), "--nll", "0.1", "--nll-norm", "mean"]);
+    let out = daa(&[
+        "loss",
+        "--loss",
+        "simpo",
+        "--input",
+        simpo_in.to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--nll",
+        "0.1",
+        "--nll-norm",
+        "mean",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let line: Value = serde_json::from_str(std::fs::read_to_string(&out_path).unwrap().trim()).unwrap();
     // β 2, γ 0.5: z = 2(−2 + 3) − 0.5 = 1.5 → softplus(−1.5) plus 0.1·10/5
@@ -265,19 +355,51 @@ fn loss_bad_inputs_exit_2_with_clear_errors() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
     std::fs::write(&input, format!("{good}\n{good}\n{{\"policy_chosen\": -1,\n")).unwrap();
-    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:3: malformed JSON"]);
+    expect_failure(
+        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["in.jsonl:3: malformed JSON"],
+    );
 
     std::fs::write(&input, format!("{good}\n{{\"policy_chosen\": -1, \"policy_rejected\": -2}}\n")).unwrap();
-    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:2: field `reference_chosen` is missing"]);
+    expect_failure(
+        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["in.jsonl:2: field `reference_chosen` is missing"],
+    );
 
     std::fs::write(&input, format!("{good}\n")).unwrap();
-    expect_failure(&["loss", "--loss", "ipo-mean", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: field `chosen_tokens` is missing"]);
-    expect_failure(&["loss", "--loss", "kto", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`loss` = kto", "expected one of dpo"]);
+    expect_failure(
+        &["loss", "--loss", "ipo-mean", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["in.jsonl:1: field `chosen_tokens` is missing"],
+    );
+    expect_failure(
+        &["loss", "--loss", "kto", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["`loss` = kto", "expected one of dpo"],
+    );
     expect_failure(&["loss", "--beta", "0", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`beta` = 0"]);
 
-    std::fs::write(&input, r#"{"policy_chosen": "x", "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#).unwrap();
-    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: `policy_chosen` is \"x\", expected a number"]);
+    std::fs::write(
+        &input,
+        r#"{"policy_chosen": "x", "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#,
+    )
+    .unwrap();
+    expect_failure(
+        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["in.jsonl:1: `policy_chosen` is \"x\", expected a number"],
+    );
 
-    std::fs::write(&input, r#"{"policy_chosen": 3, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#).unwrap();
-    expect_failure(&["loss", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["in.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"]);
+    std::fs::write(
+        &input,
+        r#"{"policy_chosen": 3, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#,
+    )
+    .unwrap();
+    expect_failure(
+        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
+        &out_path,
+        &["in.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"],
+    );
 }

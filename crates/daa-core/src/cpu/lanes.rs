@@ -60,7 +60,7 @@ pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
     p = F::mul_add(p, r, 8.333_452e-3);
     p = F::mul_add(p, r, 4.166_579_6e-2);
     p = F::mul_add(p, r, 1.666_666_5e-1);
-    p = F::mul_add(p, r, 5.000_000_1e-1);
+    p = F::mul_add(p, r, 0.5);
     let e_r = F::mul_add(p, r * r, r + 1.0);
     let scale = f32::from_bits(((n + 127) as u32) << 23);
     if keep { e_r * scale } else { 0.0 }

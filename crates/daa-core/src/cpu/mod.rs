@@ -83,10 +83,10 @@ impl Cpu {
 
     /// Runs on a dedicated pool of `threads` threads.
     pub fn with_threads(threads: usize) -> Result<Self> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| DaaError::Device { backend: "cpu", message: format!("cannot start {threads} threads: {e}") })?;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| DaaError::Device {
+            backend: "cpu",
+            message: format!("cannot start {threads} threads: {e}"),
+        })?;
         Ok(Self { pool: Some(Arc::new(pool)) })
     }
 
@@ -180,7 +180,12 @@ fn backward_into_rows<E: LogitElement>(
 }
 
 /// Overwrites every row of `logits` with its gradient (zeros for masked rows).
-fn backward_in_place_rows<E: LogitElement>(logits: &mut [E], vocab: usize, targets: &[Option<u32>], grad: &[f64]) -> Result<()> {
+fn backward_in_place_rows<E: LogitElement>(
+    logits: &mut [E],
+    vocab: usize,
+    targets: &[Option<u32>],
+    grad: &[f64],
+) -> Result<()> {
     let faults = FirstFault::default();
     logits.par_chunks_mut(vocab).enumerate().for_each_init(RowScratch::default, |scratch, (row, x)| {
         let Some(target) = targets[row] else {

@@ -109,7 +109,11 @@ impl Default for RowScratch {
 }
 
 #[inline(always)]
-fn row_sums_body<E: LogitElement, F: MulAdd>(row: &[E], following: &[E], scratch: &mut RowScratch) -> Result<RowSums, RowFault> {
+fn row_sums_body<E: LogitElement, F: MulAdd>(
+    row: &[E],
+    following: &[E],
+    scratch: &mut RowScratch,
+) -> Result<RowSums, RowFault> {
     let (mut m, mut z, mut s) = (f32::NEG_INFINITY, 0f64, 0f64);
     for (b, src) in row.chunks(BLOCK).enumerate() {
         let next = match row.get((b + 1) * BLOCK..) {
@@ -152,7 +156,13 @@ fn row_sums_body<E: LogitElement, F: MulAdd>(row: &[E], following: &[E], scratch
 }
 
 #[inline(always)]
-fn backward_body<E: LogitElement, F: MulAdd>(row: &mut [E], target: usize, sums: RowSums, g: f32, scratch: &mut RowScratch) {
+fn backward_body<E: LogitElement, F: MulAdd>(
+    row: &mut [E],
+    target: usize,
+    sums: RowSums,
+    g: f32,
+    scratch: &mut RowScratch,
+) {
     let ln_z = sums.sum_exp.ln() as f32;
     let RowScratch { block, out, .. } = scratch;
     for dst in row.chunks_mut(BLOCK) {
@@ -166,7 +176,14 @@ fn backward_body<E: LogitElement, F: MulAdd>(row: &mut [E], target: usize, sums:
 }
 
 #[inline(always)]
-fn backward_into_body<E: LogitElement, F: MulAdd>(row: &[E], dst: &mut [f32], target: usize, sums: RowSums, g: f32, scratch: &mut RowScratch) {
+fn backward_into_body<E: LogitElement, F: MulAdd>(
+    row: &[E],
+    dst: &mut [f32],
+    target: usize,
+    sums: RowSums,
+    g: f32,
+    scratch: &mut RowScratch,
+) {
     let ln_z = sums.sum_exp.ln() as f32;
     for (src, out) in row.chunks(BLOCK).zip(dst.chunks_mut(BLOCK)) {
         let x = E::as_f32(src, &mut scratch.block);

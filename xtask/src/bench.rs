@@ -1,0 +1,194 @@
+//! `cargo xtask bench`: run criterion, then read its JSON estimates and print
+//! achieved bandwidth next to this machine's.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+/// This machine's measured memory read bandwidth (shared/toolchain-notes.md).
+const MACHINE_NOTE: &str = "this machine reads memory at about 12 GB/s with one thread and 23 GB/s with two";
+
+/// One benchmark's result.
+#[derive(Debug)]
+struct Row {
+    /// criterion's function id, e.g. `cpu-2threads/f32/rows=2048`.
+    function: String,
+    /// criterion's parameter, e.g. `V=128256/k=10`.
+    parameter: String,
+    /// Mean time per iteration, seconds.
+    seconds: f64,
+    /// Bytes of logits read per iteration.
+    bytes: f64,
+}
+
+impl Row {
+    fn gbps(&self) -> f64 {
+        self.bytes / self.seconds / 1e9
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats", "--"]);
+    cmd.args(filter.iter().map(|s| s.as_str()));
+    if quick {
+        cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1");
+    }
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("cargo bench failed ({status})");
+    }
+    let target = target_dir()?;
+    let rows = read_criterion(&target.join("criterion").join("token_stats"))?;
+    if rows.is_empty() {
+        bail!("no criterion results under {}", target.join("criterion").display());
+    }
+    let table = markdown_table(&rows);
+    println!("\n{table}");
+    let out_dir = target.join("daa-bench");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(out_dir.join("token_stats.md"), &table)?;
+    std::fs::write(out_dir.join("token_stats.svg"), bar_chart(&rows))?;
+    println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
+    Ok(())
+}
+
+fn target_dir() -> Result<PathBuf> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
+/// Reads every `<function>/<parameter>/new/{benchmark,estimates}.json` under `group`.
+fn read_criterion(group: &Path) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut stack = vec![group.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "new") {
+                    if let Some(row) = read_one(&path)? {
+                        rows.push(row);
+                    }
+                } else if path.file_name().is_some_and(|n| n != "base" && n != "report" && n != "change") {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| (&a.function, &a.parameter).cmp(&(&b.function, &b.parameter)));
+    Ok(rows)
+}
+
+fn read_one(new_dir: &Path) -> Result<Option<Row>> {
+    let read = |name: &str| -> Result<Option<Value>> {
+        match std::fs::read(new_dir.join(name)) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{}", new_dir.join(name).display()))?))
+            }
+            Err(_) => Ok(None),
+        }
+    };
+    let (Some(bench), Some(est)) = (read("benchmark.json")?, read("estimates.json")?) else { return Ok(None) };
+    let bytes = bench["throughput"]["Bytes"].as_f64().or_else(|| bench["throughput"]["BytesDecimal"].as_f64());
+    let (Some(bytes), Some(ns)) = (bytes, est["mean"]["point_estimate"].as_f64()) else { return Ok(None) };
+    Ok(Some(Row {
+        function: bench["function_id"].as_str().unwrap_or("?").to_string(),
+        parameter: bench["value_str"].as_str().unwrap_or("?").to_string(),
+        seconds: ns * 1e-9,
+        bytes,
+    }))
+}
+
+fn markdown_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "token_stats throughput ({MACHINE_NOTE})\n");
+    let _ = writeln!(s, "| backend | dtype | rows | V | k | ms/iter | GB/s |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for r in rows {
+        let f: Vec<&str> = r.function.split('/').collect();
+        let p: Vec<&str> = r.parameter.split('/').collect();
+        let field =
+            |parts: &[&str], key: &str| parts.iter().find_map(|x| x.strip_prefix(key)).unwrap_or("?").to_string();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.1} | {:.2} |",
+            f.first().unwrap_or(&"?"),
+            f.get(1).unwrap_or(&"?"),
+            field(&f, "rows="),
+            field(&p, "V="),
+            field(&p, "k="),
+            r.seconds * 1e3,
+            r.gbps()
+        );
+    }
+    s
+}
+
+/// A horizontal bar chart of GB/s, one bar per benchmark, with the machine's
+/// one- and two-thread read bandwidth as reference lines.
+fn bar_chart(rows: &[Row]) -> String {
+    let (bar_h, label_w, chart_w) = (18.0, 330.0, 520.0);
+    let max = rows.iter().map(Row::gbps).fold(23.0f64, f64::max) * 1.05;
+    let height = 60.0 + bar_h * rows.len() as f64 + 30.0;
+    let x = |gbps: f64| label_w + chart_w * gbps / max;
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>\n",
+        label_w + chart_w + 60.0
+    );
+    let _ = writeln!(s, "<rect width='100%' height='100%' fill='white'/>");
+    let _ = writeln!(s, "<text x='10' y='20' font-size='14'>daa token_stats: GB/s of logits read</text>");
+    for (i, r) in rows.iter().enumerate() {
+        let y = 40.0 + bar_h * i as f64;
+        let colour = if r.function.starts_with("reference") {
+            "#999"
+        } else if r.function.contains("1thread") {
+            "#6a9fd8"
+        } else {
+            "#1f5fa8"
+        };
+        let _ = writeln!(
+            s,
+            "<text x='{}' y='{}' text-anchor='end'>{} {}</text>",
+            label_w - 6.0,
+            y + 13.0,
+            r.function,
+            r.parameter
+        );
+        let _ = writeln!(
+            s,
+            "<rect x='{label_w}' y='{}' width='{:.1}' height='{}' fill='{colour}'/>",
+            y + 2.0,
+            x(r.gbps()) - label_w,
+            bar_h - 4.0
+        );
+        let _ = writeln!(s, "<text x='{:.1}' y='{}'>{:.2}</text>", x(r.gbps()) + 4.0, y + 13.0, r.gbps());
+    }
+    let bottom = 40.0 + bar_h * rows.len() as f64;
+    for (gbps, label) in [(12.0, "1-thread memory read (12 GB/s)"), (23.0, "2-thread memory read (23 GB/s)")] {
+        let _ = writeln!(
+            s,
+            "<line x1='{0:.1}' x2='{0:.1}' y1='30' y2='{bottom}' stroke='#c33' stroke-dasharray='4 3'/>",
+            x(gbps)
+        );
+        let _ = writeln!(
+            s,
+            "<text x='{:.1}' y='{}' fill='#c33' text-anchor='middle'>{label}</text>",
+            x(gbps),
+            bottom + 15.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
