@@ -87,7 +87,10 @@ fn read_criterion(group: &Path) -> Result<Vec<Row>> {
             }
         }
     }
-    rows.sort_by(|a, b| (&a.function, &a.parameter).cmp(&(&b.function, &b.parameter)));
+    // Backend, then vocabulary and k in numeric order.
+    let numbers =
+        |r: &Row| -> Vec<u64> { r.parameter.split('/').filter_map(|p| p.split('=').nth(1)?.parse().ok()).collect() };
+    rows.sort_by(|a, b| (&a.function, numbers(a)).cmp(&(&b.function, numbers(b))));
     Ok(rows)
 }
 

@@ -68,8 +68,8 @@ pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
 
 /// Copies the tail of a slice into a full chunk padded with −inf.
 #[inline(always)]
-fn padded(tail: &[f32]) -> [f32; LANES] {
-    let mut chunk = [f32::NEG_INFINITY; LANES];
+fn padded<const L: usize>(tail: &[f32]) -> [f32; L] {
+    let mut chunk = [f32::NEG_INFINITY; L];
     chunk[..tail.len()].copy_from_slice(tail);
     chunk
 }
@@ -93,15 +93,15 @@ pub(crate) fn block_max(block: &[f32]) -> (f32, bool) {
         max_step(chunk, &mut max, &mut bad);
     }
     if !tail.is_empty() {
-        max_step(&padded(tail), &mut max, &mut bad);
+        max_step(&padded::<LANES>(tail), &mut max, &mut bad);
     }
     let m = max.iter().copied().fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
     (m, bad.iter().any(|&b| b != 0))
 }
 
 #[inline(always)]
-fn exp_sums_step<F: MulAdd>(chunk: &[f32; LANES], m: f32, z: &mut [f32; LANES], s: &mut [f32; LANES]) {
-    for l in 0..LANES {
+fn exp_sums_step<F: MulAdd, const L: usize>(chunk: &[f32; L], m: f32, z: &mut [f32; L], s: &mut [f32; L]) {
+    for l in 0..L {
         let d = chunk[l] - m;
         let d = if d > EXP_FLUSH { d } else { EXP_FLUSH };
         let e = exp_clamped::<F>(d);
@@ -126,20 +126,25 @@ pub(crate) fn prefetch_line(bytes: &[u8], offset: usize) {
 }
 
 /// `(Σ e^{x−m}, Σ e^{x−m}·(x−m))` over `block`, for `m ≥ max(block)`;
-/// −inf entries contribute 0 to both. While it computes, it prefetches
-/// `next` (the following block, still in memory) one cache line per chunk,
-/// so the memory read of the next block overlaps this block's arithmetic.
+/// −inf entries contribute 0 to both. `L` lanes per step: as many as fit the
+/// caller's vector registers without spilling (8 for AVX2, 16 for AVX-512).
+/// While it computes, it prefetches `next` (the following block, still in
+/// memory) at the pace it reads, so the memory read of the next block
+/// overlaps this block's arithmetic.
 #[inline(always)]
-pub(crate) fn block_exp_sums<F: MulAdd>(block: &[f32], m: f32, next: &[u8]) -> (f32, f32) {
-    let mut z = [0f32; LANES];
-    let mut s = [0f32; LANES];
-    let (chunks, tail) = block.as_chunks::<LANES>();
+pub(crate) fn block_exp_sums<F: MulAdd, const L: usize>(block: &[f32], m: f32, next: &[u8]) -> (f32, f32) {
+    let mut z = [0f32; L];
+    let mut s = [0f32; L];
+    let (chunks, tail) = block.as_chunks::<L>();
     for (i, chunk) in chunks.iter().enumerate() {
-        prefetch_line(next, i * 64);
-        exp_sums_step::<F>(chunk, m, &mut z, &mut s);
+        let offset = i * L * size_of::<f32>();
+        if offset % 64 == 0 {
+            prefetch_line(next, offset);
+        }
+        exp_sums_step::<F, L>(chunk, m, &mut z, &mut s);
     }
     if !tail.is_empty() {
-        exp_sums_step::<F>(&padded(tail), m, &mut z, &mut s);
+        exp_sums_step::<F, L>(&padded(tail), m, &mut z, &mut s);
     }
     (z.iter().sum(), s.iter().sum())
 }
@@ -183,7 +188,7 @@ mod tests {
         let (m, bad) = block_max(&block);
         assert_eq!(m, 36.0 * 0.1_f32);
         assert!(!bad);
-        let (z, s) = block_exp_sums::<Unfused>(&block, m, &[]);
+        let (z, s) = block_exp_sums::<Unfused, 8>(&block, m, &[]);
         let finite = block.iter().filter(|x| x.is_finite());
         let want_z: f64 = finite.clone().map(|&x| (f64::from(x) - f64::from(m)).exp()).sum();
         let want_s: f64 = finite.map(|&x| (f64::from(x) - f64::from(m)).exp() * (f64::from(x) - f64::from(m))).sum();

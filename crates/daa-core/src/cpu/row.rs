@@ -109,7 +109,7 @@ impl Default for RowScratch {
 }
 
 #[inline(always)]
-fn row_sums_body<E: LogitElement, F: MulAdd>(
+fn row_sums_body<E: LogitElement, F: MulAdd, const L: usize>(
     row: &[E],
     following: &[E],
     scratch: &mut RowScratch,
@@ -145,7 +145,7 @@ fn row_sums_body<E: LogitElement, F: MulAdd>(
             }
             m = block_m;
         }
-        let (block_z, block_s) = block_exp_sums::<F>(block, m, bytemuck::cast_slice(next));
+        let (block_z, block_s) = block_exp_sums::<F, L>(block, m, bytemuck::cast_slice(next));
         z += f64::from(block_z);
         s += f64::from(block_s);
     }
@@ -156,7 +156,7 @@ fn row_sums_body<E: LogitElement, F: MulAdd>(
 }
 
 #[inline(always)]
-fn backward_body<E: LogitElement, F: MulAdd>(
+fn backward_body<E: LogitElement, F: MulAdd, const L: usize>(
     row: &mut [E],
     target: usize,
     sums: RowSums,
@@ -176,7 +176,7 @@ fn backward_body<E: LogitElement, F: MulAdd>(
 }
 
 #[inline(always)]
-fn backward_into_body<E: LogitElement, F: MulAdd>(
+fn backward_into_body<E: LogitElement, F: MulAdd, const L: usize>(
     row: &[E],
     dst: &mut [f32],
     target: usize,
@@ -202,11 +202,11 @@ macro_rules! multiversioned {
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512bw,avx2,fma,bmi2")]
                 fn avx512<E: LogitElement>($($arg: $ty),*) -> $ret {
-                    $body::<E, Fused>($($arg),*)
+                    $body::<E, Fused, 16>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma,bmi2")]
                 fn avx2<E: LogitElement>($($arg: $ty),*) -> $ret {
-                    $body::<E, Fused>($($arg),*)
+                    $body::<E, Fused, 16>($($arg),*)
                 }
                 match super::simd_level() {
                     // SAFETY: simd_level() reported these features present on this CPU.
@@ -216,7 +216,7 @@ macro_rules! multiversioned {
                     super::SimdLevel::Portable => {}
                 }
             }
-            $body::<E, Unfused>($($arg),*)
+            $body::<E, Unfused, 16>($($arg),*)
         }
     };
 }
