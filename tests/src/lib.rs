@@ -2,6 +2,7 @@
 //! logits, the cross-backend test macro and tolerance checks.
 
 pub mod fixtures;
+pub mod gpu;
 pub mod tolerance;
 
 /// Runs one test body on every compiled backend.
@@ -27,6 +28,13 @@ macro_rules! backend_cases {
                 #[test]
                 fn cpu_one_thread() {
                     super::$case(&daa_core::Cpu::with_threads(1).expect("one thread"));
+                }
+                #[cfg(feature = "wgpu")]
+                #[test]
+                fn wgpu() {
+                    if let Some(backend) = $crate::gpu::wgpu_backend() {
+                        super::$case(&backend);
+                    }
                 }
             }
         )*

@@ -26,6 +26,20 @@ pub const SEGMENT_CPU: Tolerance = Tolerance { name: "segment_reduce cpu vs refe
 /// Logits gradient: f32 exp of `x − m − ln Z`.
 pub const LOGITS_BACKWARD_CPU: Tolerance = Tolerance { name: "logits_backward cpu vs reference", abs: 1e-6, rel: 1e-5 };
 
+/// GPU `token_stats`: f32 throughout (per-invocation sums, the device's exp
+/// and log), checked against the f64 reference.
+pub const TOKEN_STATS_GPU: Tolerance = Tolerance { name: "token_stats gpu vs reference", abs: 2e-4, rel: 2e-4 };
+
+/// GPU per-pair losses: f32 inputs (summed log-probabilities up to a few
+/// hundred lose ~1e-5 absolute when narrowed) and f32 arithmetic.
+pub const PREFERENCE_GPU: Tolerance = Tolerance { name: "preference_loss gpu vs reference", abs: 2e-4, rel: 2e-4 };
+
+/// GPU segment sums: Kahan-compensated f32.
+pub const SEGMENT_GPU: Tolerance = Tolerance { name: "segment_reduce gpu vs reference", abs: 1e-5, rel: 1e-5 };
+
+/// GPU logits gradient: f32 log-sum-exp and exp.
+pub const LOGITS_BACKWARD_GPU: Tolerance = Tolerance { name: "logits_backward gpu vs reference", abs: 1e-5, rel: 1e-4 };
+
 /// Compares element-wise; panics listing the first five mismatches.
 pub fn assert_close(got: &[f64], want: &[f64], tol: Tolerance, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());

@@ -10,7 +10,8 @@ use daa_core::{
 use daa_tests::backend_cases;
 use daa_tests::fixtures::{SplitMix64, lm_logits, targets};
 use daa_tests::tolerance::{
-    LOGITS_BACKWARD_CPU, PREFERENCE_CPU, SEGMENT_CPU, TOKEN_STATS_CPU, Tolerance, assert_close,
+    LOGITS_BACKWARD_CPU, LOGITS_BACKWARD_GPU, PREFERENCE_CPU, PREFERENCE_GPU, SEGMENT_CPU, SEGMENT_GPU, TOKEN_STATS_CPU,
+    TOKEN_STATS_GPU, Tolerance, assert_close,
 };
 
 /// Logits with the hard cases planted: a row of ±1e4, rows with −inf
@@ -60,14 +61,31 @@ fn stats_on<B: Backend>(
     params: &TokenStatsParams,
 ) -> Vec<f64> {
     let mask_dev = mask.map(|m| backend.upload(m).unwrap());
-    let out = backend
-        .token_stats(&backend.upload(logits).unwrap(), &backend.upload(targets).unwrap(), mask_dev.as_ref(), params)
-        .unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
-    backend.download(&out).unwrap().to_f64_vec("out").unwrap()
+    stats_result(backend, &backend.upload(logits).unwrap(), &backend.upload(targets).unwrap(), mask_dev.as_ref(), params)
+        .unwrap_or_else(|e| panic!("{}: {e}", backend.name()))
+        .to_f64_vec("out")
+        .unwrap()
 }
 
-fn tolerance_for<B: Backend>(backend: &B, base: Tolerance) -> Tolerance {
-    if backend.name() == "reference" { Tolerance { abs: 0.0, rel: 0.0, ..base } } else { base }
+/// The tolerance of `op` on this backend: exact for the reference itself,
+/// the CPU tolerance for `cpu`, the GPU one (f32 throughout) for GPU backends.
+/// Runs token_stats and downloads: kernel-detected row errors surface here on GPU backends.
+fn stats_result<B: Backend>(
+    backend: &B,
+    logits: &B::Tensor,
+    targets: &B::Tensor,
+    mask: Option<&B::Tensor>,
+    params: &TokenStatsParams,
+) -> daa_core::Result<HostTensor> {
+    backend.download(&backend.token_stats(logits, targets, mask, params)?)
+}
+
+fn tolerance_for<B: Backend>(backend: &B, cpu: Tolerance, gpu: Tolerance) -> Tolerance {
+    match backend.name() {
+        "reference" => Tolerance { abs: 0.0, rel: 0.0, ..cpu },
+        "cpu" => cpu,
+        _ => gpu,
+    }
 }
 
 fn token_stats_edge_sizes<B: Backend>(backend: &B) {
@@ -84,7 +102,7 @@ fn token_stats_edge_sizes<B: Backend>(backend: &B) {
             let want = stats_on(&Reference, &logits, &targets, Some(&mask), &params);
             let got = stats_on(backend, &logits, &targets, Some(&mask), &params);
             assert!(got.iter().all(|v| !v.is_nan()), "{}: NaN in output", backend.name());
-            let tol = tolerance_for(backend, TOKEN_STATS_CPU);
+            let tol = tolerance_for(backend, TOKEN_STATS_CPU, TOKEN_STATS_GPU);
             assert_close(&got, &want, tol, &format!("{} token_stats rows={rows} V={vocab} k={k}", backend.name()));
         }
     }
@@ -102,7 +120,7 @@ fn token_stats_half_precision<B: Backend>(backend: &B) {
     for logits in [as_bf16.unwrap(), as_f16.unwrap()] {
         let want = stats_on(&Reference, &logits, &targets, None, &params);
         let got = stats_on(backend, &logits, &targets, None, &params);
-        let tol = tolerance_for(backend, TOKEN_STATS_CPU);
+        let tol = tolerance_for(backend, TOKEN_STATS_CPU, TOKEN_STATS_GPU);
         assert_close(&got, &want, tol, &format!("{} token_stats {}", backend.name(), logits.dtype()));
     }
 }
@@ -124,7 +142,7 @@ fn segment_reduce_matches<B: Backend>(backend: &B) {
     let (v, o, w) =
         (backend.upload(&values).unwrap(), backend.upload(&offsets).unwrap(), backend.upload(&weights).unwrap());
     let got = backend.segment_reduce(&v, &o, Some(&w)).unwrap();
-    let tol = tolerance_for(backend, SEGMENT_CPU);
+    let tol = tolerance_for(backend, SEGMENT_CPU, SEGMENT_GPU);
     for (name, g, r) in
         [("sums", &got.sums, &want.sums), ("counts", &got.counts, &want.counts), ("means", &got.means, &want.means)]
     {
@@ -164,7 +182,7 @@ fn preference_loss_matches<B: Backend>(backend: &B) {
         let want = Reference.preference_loss(&tensor, &params).unwrap().to_f64_vec("want").unwrap();
         let got = backend.preference_loss(&backend.upload(&tensor).unwrap(), &params).unwrap();
         let got = backend.download(&got).unwrap().to_f64_vec("got").unwrap();
-        assert_close(&got, &want, tolerance_for(backend, PREFERENCE_CPU), loss.name());
+        assert_close(&got, &want, tolerance_for(backend, PREFERENCE_CPU, PREFERENCE_GPU), loss.name());
     }
 }
 
@@ -178,7 +196,7 @@ fn logits_backward_matches<B: Backend>(backend: &B) {
         let (t, gd) = (backend.upload(&targets).unwrap(), backend.upload(&g).unwrap());
         let mut dev_logits = backend.upload(&logits).unwrap();
         let out = backend.logits_backward(&dev_logits, &t, None, &gd).unwrap();
-        let tol = tolerance_for(backend, LOGITS_BACKWARD_CPU);
+        let tol = tolerance_for(backend, LOGITS_BACKWARD_CPU, LOGITS_BACKWARD_GPU);
         let what = format!("{} logits_backward rows={rows} V={vocab}", backend.name());
         assert_close(&backend.download(&out).unwrap().to_f64_vec("got").unwrap(), &want, tol, &what);
         backend.logits_backward_in_place(&mut dev_logits, &t, None, &gd).unwrap();
@@ -197,28 +215,46 @@ fn bad_inputs_are_errors<B: Backend>(backend: &B) {
     let logits = up(HostTensor::from_f32(vec![0.0, 1.0, f32::NAN, 0.0, 2.0, 3.0], &[2, 3]).unwrap());
     let p = TokenStatsParams { k: 2, entropy_base: 2.0 };
     let t = up(HostTensor::from_i64(vec![0, 1], &[2]).unwrap());
-    let err = backend.token_stats(&logits, &t, None, &p).unwrap_err().to_string();
-    assert!(err.contains("row 0, column 2"), "{err}");
+    let err = stats_result(backend, &logits, &t, None, &p).unwrap_err().to_string();
+    assert!(err.contains("row 0, column 2: value NaN"), "{err}");
     // The NaN row is masked: no error.
     let masked = up(HostTensor::from_u8(vec![0, 1], &[2]).unwrap());
-    backend.token_stats(&logits, &t, Some(&masked), &p).unwrap();
+    stats_result(backend, &logits, &t, Some(&masked), &p).unwrap();
+    let plus_inf = up(HostTensor::from_f32(vec![0.0, 1.0, 2.0, 0.0, f32::INFINITY, f32::NAN], &[2, 3]).unwrap());
+    let err = stats_result(backend, &plus_inf, &t, None, &p).unwrap_err().to_string();
+    assert!(err.contains("row 1, column 1: value inf"), "{err}");
     let t_far = up(HostTensor::from_i32(vec![-100, 3], &[2]).unwrap());
-    let err = backend.token_stats(&logits, &t_far, None, &p).unwrap_err().to_string();
+    let err = stats_result(backend, &logits, &t_far, None, &p).unwrap_err().to_string();
     assert!(err.contains("row 1: target id 3 is outside the vocabulary 0..3"), "{err}");
     for k in [0, 4, 300] {
-        let err = backend.token_stats(&logits, &t, None, &TokenStatsParams { k, entropy_base: 2.0 }).unwrap_err();
+        let err = stats_result(backend, &logits, &t, None, &TokenStatsParams { k, entropy_base: 2.0 }).unwrap_err();
         assert!(err.to_string().contains("parameter `k`"), "{err}");
     }
     let all_inf = up(HostTensor::from_f32(vec![f32::NEG_INFINITY; 3], &[1, 3]).unwrap());
     let t1 = up(HostTensor::from_i64(vec![0], &[1]).unwrap());
-    let err = backend.token_stats(&all_inf, &t1, None, &p).unwrap_err().to_string();
+    let err = stats_result(backend, &all_inf, &t1, None, &p).unwrap_err().to_string();
     assert!(err.contains("every logit is -inf"), "{err}");
     let wrong = up(HostTensor::from_i64(vec![0, 1, 2], &[3]).unwrap());
-    let err = backend.token_stats(&logits, &wrong, None, &p).unwrap_err().to_string();
+    let err = stats_result(backend, &logits, &wrong, None, &p).unwrap_err().to_string();
     assert!(err.contains("`targets` has shape [3], expected [2]"), "{err}");
 }
 
+fn token_stats_vocabulary_sizes<B: Backend>(backend: &B) {
+    // Few rows for the big vocabularies; k across its range.
+    for (vocab, k) in [(1, 1), (7, 7), (255, 100), (32_000, 256), (128_256, 10), (256_000, 100)] {
+        let rows = 3;
+        let logits = HostTensor::from_f32(edge_logits(rows, vocab, vocab as u64), &[rows, vocab]).unwrap();
+        let targets = HostTensor::from_i64(edge_targets(rows, vocab, 1), &[rows]).unwrap();
+        let params = TokenStatsParams { k, entropy_base: 2.0 };
+        let want = stats_on(&Reference, &logits, &targets, None, &params);
+        let got = stats_on(backend, &logits, &targets, None, &params);
+        let tol = tolerance_for(backend, TOKEN_STATS_CPU, TOKEN_STATS_GPU);
+        assert_close(&got, &want, tol, &format!("{} token_stats V={vocab} k={k}", backend.name()));
+    }
+}
+
 backend_cases!(
+    token_stats_vocabulary_sizes,
     token_stats_edge_sizes,
     token_stats_half_precision,
     segment_reduce_matches,

@@ -35,6 +35,8 @@ pub mod reference;
 pub mod segment;
 pub mod tensor;
 pub mod token_stats;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use backend::Backend;
 pub use cpu::{Cpu, SimdLevel, simd_level};
@@ -47,3 +49,5 @@ pub use reference::Reference;
 pub use segment::SegmentReduction;
 pub use tensor::{DType, HostTensor, TensorData};
 pub use token_stats::{MAX_TOP_K, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
+#[cfg(feature = "wgpu")]
+pub use wgpu::{Wgpu, WgpuTensor};
