@@ -3,13 +3,20 @@
 # Rust toolchain. Idempotent: skips what is already there.
 set -euo pipefail
 
+# wgpu's tests run on lavapipe (Mesa's software Vulkan) when no GPU is present.
 need_apt=()
-# Release builds of the benches and the CLI need nothing beyond Rust today;
-# the GPU backends' test requirements are added here as they land.
+for pkg in mesa-vulkan-drivers libvulkan1; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 if [ "${#need_apt[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${need_apt[@]}"
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
+
+# The browser build of daa-core (WebGPU).
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
 rustc --version
 cargo --version

@@ -1,7 +1,7 @@
 //! `token_stats` throughput: reference vs the fast CPU backend, in bytes of
 //! logits read per second. `cargo xtask bench` prints the GB/s table.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use daa_core::{Backend, Cpu, HostTensor, Reference, TokenStatsParams};
@@ -39,8 +39,46 @@ fn bench_backend<B: Backend<Tensor = HostTensor>>(c: &mut Criterion, name: &str,
     group.finish();
 }
 
+/// GPU rows: logits uploaded once; each iteration enqueues `token_stats` and
+/// downloads its small output, which waits for the GPU (an explicit
+/// synchronisation, so asynchronous work is timed honestly).
+fn bench_wgpu(c: &mut Criterion) {
+    let gpu = match daa_core::Wgpu::new() {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("skipped: wgpu benchmarks: {e}");
+            return;
+        }
+    };
+    let adapter = gpu.adapter().name.clone();
+    eprintln!("wgpu adapter: {adapter}");
+    let mut group = c.benchmark_group("token_stats");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    for vocab in VOCABS {
+        let rows = ROWS;
+        let (logits, targets) = token_stats_inputs(rows, vocab, 7);
+        group.throughput(Throughput::Bytes((rows * vocab * 4) as u64));
+        let (logits, targets) = (gpu.upload(&logits).unwrap(), gpu.upload(&targets).unwrap());
+        for k in KS {
+            let params = TokenStatsParams { k, entropy_base: 2.0 };
+            let id = BenchmarkId::new(format!("wgpu/f32/rows={rows}"), format!("V={vocab}/k={k}"));
+            group.bench_with_input(id, &params, |b, params| {
+                b.iter_custom(|iterations| {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        let out = gpu.token_stats(&logits, &targets, None, params).expect("token_stats");
+                        gpu.download(&out).expect("download");
+                    }
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn token_stats(c: &mut Criterion) {
-    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference".into());
+    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference,wgpu".into());
     let wanted = |name: &str| only.split(',').any(|w| w.trim() == name);
     if wanted("cpu2") {
         bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, false);
@@ -53,6 +91,9 @@ fn token_stats(c: &mut Criterion) {
     }
     if wanted("reference") {
         bench_backend(c, "reference", &Reference, REFERENCE_ROWS, false);
+    }
+    if wanted("wgpu") {
+        bench_wgpu(c);
     }
 }
 

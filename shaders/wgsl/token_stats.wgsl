@@ -6,9 +6,10 @@
 //
 // One workgroup of 256 invocations per row. Invocation t reads elements
 // t, t + 256, … (coalesced), keeps an online log-sum-exp state, and appends
-// values above the running k-th largest to a shared candidate buffer. When
-// the buffer could overflow in the next step it is sorted (bitonic,
-// descending), cut to k, and the threshold raised to the k-th value.
+// values above the running k-th largest to a shared candidate buffer. Every
+// STEPS · 256 elements the workgroup synchronises once; when the buffer could
+// overflow in the next span it is sorted (bitonic, descending), cut to k, and
+// the threshold raised to the k-th value.
 
 struct Params {
     vocab: u32,
@@ -25,7 +26,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // [rows, 6]
 @group(0) @binding(4) var<uniform> params: Params;
 
-const CAP: u32 = 1024u;
+const CAP: u32 = 2048u;
+const STEPS: u32 = 4u; // elements per invocation between synchronisations
 const F32_MAX: f32 = 0x1.fffffep+127f;
 
 var<workgroup> cand: array<f32, CAP>;
@@ -96,21 +98,22 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 
     let base = row * params.vocab;
     var state = lse_empty();
-    for (var start = 0u; start < params.vocab; start = start + WG) {
-        let j = start + lid;
-        if (j < params.vocab) {
-            let x = load_logit(base + j);
-            if (status_check(x, j)) {
-                state = lse_push(state, x);
-                if (x > threshold) {
-                    let slot = atomicAdd(&cand_count, 1u);
-                    cand[slot] = x; // slot < CAP: at most WG appends since the last check
+    for (var start = 0u; start < params.vocab; start = start + STEPS * WG) {
+        for (var step = 0u; step < STEPS; step = step + 1u) {
+            let j = start + step * WG + lid;
+            if (j < params.vocab) {
+                let x = load_logit(base + j);
+                if (status_check(x, j)) {
+                    state = lse_push(state, x);
+                    if (x > threshold) {
+                        let slot = atomicAdd(&cand_count, 1u);
+                        cand[slot] = x; // slot < CAP: at most STEPS · WG appends since the last check
+                    }
                 }
             }
         }
-        workgroupBarrier();
         let count = workgroupUniformLoad(&cand_count);
-        if (count > CAP - WG) {
+        if (count > CAP - STEPS * WG) {
             compact(lid, count);
         }
     }

@@ -1,14 +1,16 @@
 //! GPU backends for tests: opened once per test process; without a device a
 //! test prints `skipped: <why>` and passes, unless `DAA_REQUIRE_GPU=1`.
 
-/// Whether a missing GPU fails the tests.
-pub fn gpu_required() -> bool {
-    std::env::var("DAA_REQUIRE_GPU").is_ok_and(|v| v == "1")
+/// Whether a missing device for `backend` fails the tests:
+/// `DAA_REQUIRE_GPU=1` requires every GPU backend, `DAA_REQUIRE_GPU=wgpu`
+/// (a comma-separated list) only those named.
+pub fn gpu_required(backend: &str) -> bool {
+    std::env::var("DAA_REQUIRE_GPU").is_ok_and(|v| v == "1" || v.split(',').any(|b| b.trim() == backend))
 }
 
-/// Reports a missing device: a skip, or a failure under `DAA_REQUIRE_GPU=1`.
+/// Reports a missing device: a skip, or a failure when it is required.
 pub fn skip(backend: &str, why: &str) {
-    assert!(!gpu_required(), "{backend}: no device and DAA_REQUIRE_GPU=1: {why}");
+    assert!(!gpu_required(backend), "{backend}: no device and DAA_REQUIRE_GPU requires it: {why}");
     println!("skipped: {backend}: {why}");
 }
 

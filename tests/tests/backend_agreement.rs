@@ -10,8 +10,8 @@ use daa_core::{
 use daa_tests::backend_cases;
 use daa_tests::fixtures::{SplitMix64, lm_logits, targets};
 use daa_tests::tolerance::{
-    LOGITS_BACKWARD_CPU, LOGITS_BACKWARD_GPU, PREFERENCE_CPU, PREFERENCE_GPU, SEGMENT_CPU, SEGMENT_GPU, TOKEN_STATS_CPU,
-    TOKEN_STATS_GPU, Tolerance, assert_close,
+    LOGITS_BACKWARD_CPU, LOGITS_BACKWARD_GPU, PREFERENCE_CPU, PREFERENCE_GPU, SEGMENT_CPU, SEGMENT_GPU,
+    TOKEN_STATS_CPU, TOKEN_STATS_GPU, Tolerance, assert_close,
 };
 
 /// Logits with the hard cases planted: a row of ±1e4, rows with −inf
@@ -61,10 +61,16 @@ fn stats_on<B: Backend>(
     params: &TokenStatsParams,
 ) -> Vec<f64> {
     let mask_dev = mask.map(|m| backend.upload(m).unwrap());
-    stats_result(backend, &backend.upload(logits).unwrap(), &backend.upload(targets).unwrap(), mask_dev.as_ref(), params)
-        .unwrap_or_else(|e| panic!("{}: {e}", backend.name()))
-        .to_f64_vec("out")
-        .unwrap()
+    stats_result(
+        backend,
+        &backend.upload(logits).unwrap(),
+        &backend.upload(targets).unwrap(),
+        mask_dev.as_ref(),
+        params,
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", backend.name()))
+    .to_f64_vec("out")
+    .unwrap()
 }
 
 /// The tolerance of `op` on this backend: exact for the reference itself,

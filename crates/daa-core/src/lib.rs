@@ -50,4 +50,4 @@ pub use segment::SegmentReduction;
 pub use tensor::{DType, HostTensor, TensorData};
 pub use token_stats::{MAX_TOP_K, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
 #[cfg(feature = "wgpu")]
-pub use wgpu::{Wgpu, WgpuTensor};
+pub use wgpu::{Wgpu, WgpuOptions, WgpuTensor};

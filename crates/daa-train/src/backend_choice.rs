@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use daa_core::{Cpu, Reference};
+use daa_core::{Cpu, Reference, Wgpu};
 
 /// Which daa-core backend computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -11,6 +11,8 @@ pub enum BackendName {
     Cpu,
     /// Reference backend (f64, single thread; the specification).
     Reference,
+    /// WGSL kernels through wgpu (Vulkan, Metal, DX12).
+    Wgpu,
 }
 
 /// Backend options.
@@ -24,13 +26,15 @@ pub struct BackendArgs {
     pub threads: Option<usize>,
 }
 
-/// A backend ready to run, for code generic over `daa_core::Backend` with host tensors.
+/// A backend ready to run, for code generic over `daa_core::Backend`.
 #[derive(Debug)]
-pub enum HostBackend {
+pub enum ChosenBackend {
     /// Fast CPU.
     Cpu(Cpu),
     /// Reference.
     Reference(Reference),
+    /// wgpu.
+    Wgpu(Wgpu),
 }
 
 impl BackendArgs {
@@ -39,18 +43,25 @@ impl BackendArgs {
         match self.backend {
             BackendName::Cpu => "cpu",
             BackendName::Reference => "reference",
+            BackendName::Wgpu => "wgpu",
         }
     }
 
     /// Builds the chosen backend.
-    pub fn build(&self) -> Result<HostBackend> {
+    pub fn build(&self) -> Result<ChosenBackend> {
         Ok(match self.backend {
-            BackendName::Cpu => HostBackend::Cpu(match self.threads {
+            BackendName::Cpu => ChosenBackend::Cpu(match self.threads {
                 Some(n) if n >= 1 => Cpu::with_threads(n)?,
                 Some(_) => anyhow::bail!("--threads must be at least 1"),
                 None => Cpu::new(),
             }),
-            BackendName::Reference => HostBackend::Reference(Reference),
+            BackendName::Reference => ChosenBackend::Reference(Reference),
+            BackendName::Wgpu => {
+                let gpu = Wgpu::new()?;
+                let a = gpu.adapter();
+                eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
+                ChosenBackend::Wgpu(gpu)
+            }
         })
     }
 }
@@ -60,8 +71,9 @@ impl BackendArgs {
 macro_rules! with_backend {
     ($backend:expr, |$b:ident| $body:expr) => {
         match $backend {
-            $crate::backend_choice::HostBackend::Cpu($b) => $body,
-            $crate::backend_choice::HostBackend::Reference($b) => $body,
+            $crate::backend_choice::ChosenBackend::Cpu($b) => $body,
+            $crate::backend_choice::ChosenBackend::Reference($b) => $body,
+            $crate::backend_choice::ChosenBackend::Wgpu($b) => $body,
         }
     };
 }

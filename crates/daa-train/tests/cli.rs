@@ -403,3 +403,54 @@ fn loss_bad_inputs_exit_2_with_clear_errors() {
         &["in.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"],
     );
 }
+
+#[test]
+fn stats_on_the_wgpu_backend_matches_the_cpu_backend() {
+    if daa_tests::gpu::wgpu_backend().is_none() {
+        return;
+    }
+    let dir = temp_dir();
+    let (n, v) = (5, 1031);
+    let x = lm_logits(n, v, 2.0, 9);
+    let ids = targets(n, v, 9);
+    let file = dir.path().join("wgpu.safetensors");
+    write_safetensors(
+        &file,
+        &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
+    );
+    let run = |backend: &str| -> Value {
+        let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--backend", backend]);
+        assert!(out.status.success(), "{backend}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (gpu, cpu) = (run("wgpu"), run("cpu"));
+    assert_eq!(gpu["backend"], "wgpu");
+    for (g, c) in gpu["per_row"].as_array().unwrap().iter().zip(cpu["per_row"].as_array().unwrap()) {
+        for field in ["target_logprob", "entropy", "topk_mass", "topk_entropy", "topk_entropy_raw"] {
+            let (g, c) = (g[field].as_f64().unwrap(), c[field].as_f64().unwrap());
+            assert!((g - c).abs() <= 2e-4 + 2e-4 * c.abs(), "{field}: wgpu {g} vs cpu {c}");
+        }
+    }
+}
+
+#[test]
+fn wgpu_without_an_adapter_says_what_to_install() {
+    let dir = temp_dir();
+    let file = dir.path().join("tiny.safetensors");
+    write_safetensors(
+        &file,
+        &[
+            ("logits", Dtype::F32, vec![1, 2], bytes_of(&[0.0f32, 1.0])),
+            ("targets", Dtype::I64, vec![1], bytes_of(&[1i64])),
+        ],
+    );
+    // Restrict wgpu to a graphics API this machine cannot have.
+    let out = Command::new(env!("CARGO_BIN_EXE_daa"))
+        .args(["stats", "--logits", file.to_str().unwrap(), "--backend", "wgpu", "--k", "1"])
+        .env("WGPU_BACKEND", if cfg!(target_os = "macos") { "dx12" } else { "metal" })
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no WebGPU/Vulkan adapter found") && err.contains("use --backend cpu"), "{err}");
+}

@@ -12,6 +12,7 @@ pub(crate) trait MulAdd {
 
 /// Fused multiply-add (only for code compiled with the `fma` target feature).
 #[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Fused;
 
 /// Separate multiply and add.
@@ -138,7 +139,7 @@ pub(crate) fn block_exp_sums<F: MulAdd, const L: usize>(block: &[f32], m: f32, n
     let (chunks, tail) = block.as_chunks::<L>();
     for (i, chunk) in chunks.iter().enumerate() {
         let offset = i * L * size_of::<f32>();
-        if offset % 64 == 0 {
+        if offset.is_multiple_of(64) {
             prefetch_line(next, offset);
         }
         exp_sums_step::<F, L>(chunk, m, &mut z, &mut s);

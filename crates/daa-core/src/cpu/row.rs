@@ -11,7 +11,9 @@
 
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
-use super::lanes::{Fused, MulAdd, Unfused, block_exp_sums, block_max, block_neg_scaled_softmax};
+#[cfg(target_arch = "x86_64")]
+use super::lanes::Fused;
+use super::lanes::{MulAdd, Unfused, block_exp_sums, block_max, block_neg_scaled_softmax};
 use super::topk::TopK;
 use crate::logits::{RowFault, first_bad_logit};
 

@@ -42,7 +42,7 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub(crate) async fn new() -> Result<Self> {
+    pub(crate) async fn new(options: &super::WgpuOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
@@ -85,7 +85,9 @@ impl Context {
             let mut slot = on_lost.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
         });
-        let max_binding = u64::from(required_limits.max_storage_buffer_binding_size).min(required_limits.max_buffer_size);
+        let adapter_binding = required_limits.max_storage_buffer_binding_size.min(required_limits.max_buffer_size);
+        let max_binding =
+            options.max_binding_bytes.map_or(adapter_binding, |cap| cap.clamp(4, adapter_binding)) / 4 * 4;
         Ok(Self {
             summary: AdapterSummary {
                 name: info.name.clone(),
@@ -136,7 +138,7 @@ impl Context {
     /// A storage buffer holding `bytes` (padded to a multiple of 4).
     pub(crate) fn storage_with(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
         let mut padded;
-        let contents = if bytes.len() % 4 == 0 && !bytes.is_empty() {
+        let contents = if bytes.len().is_multiple_of(4) && !bytes.is_empty() {
             bytes
         } else {
             padded = bytes.to_vec();
@@ -190,9 +192,13 @@ impl Context {
             layout: &layout,
             entries: &entries,
         });
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(kernel.label()) });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(kernel.label()) });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.label()), timestamp_writes: None });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(kernel.label()),
+                timestamp_writes: None,
+            });
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(grid.0, grid.1, 1);
@@ -221,7 +227,8 @@ impl Context {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
         let (sender, receiver) = flume::bounded(1);

@@ -25,10 +25,21 @@ use tensor::from_f32_chunks;
 use crate::backend::Backend;
 use crate::error::{DaaError, Result};
 use crate::logits_backward::check_grad_shape;
-use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLoss, PreferenceLossParams, pairs_of, validate_pair};
+use crate::preference::{
+    PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLoss, PreferenceLossParams, pairs_of, validate_pair,
+};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::{DType, HostTensor};
 use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams, TokenStatsShape};
+
+/// Options of [`Wgpu::with_options`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Caps the bytes of one storage binding below the adapter's limit, so
+    /// tensors are split into more row chunks (tests use it to exercise the
+    /// chunking that huge logits need on every adapter).
+    pub max_binding_bytes: Option<u64>,
+}
 
 /// The wgpu backend: one device and queue, pipelines cached on it.
 #[derive(Debug, Clone)]
@@ -94,12 +105,18 @@ impl Wgpu {
     /// Opens the best adapter (blocking; not available in a browser, use [`Wgpu::new_async`]).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
-        pollster::block_on(Self::new_async())
+        pollster::block_on(Self::new_async(WgpuOptions::default()))
+    }
+
+    /// Opens the best adapter with options (blocking).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_options(options: WgpuOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(options))
     }
 
     /// Opens the best adapter.
-    pub async fn new_async() -> Result<Self> {
-        Ok(Self { ctx: Arc::new(Context::new().await?) })
+    pub async fn new_async(options: WgpuOptions) -> Result<Self> {
+        Ok(Self { ctx: Arc::new(Context::new(&options).await?) })
     }
 
     /// What the adapter is.
@@ -153,7 +170,9 @@ fn loss_code(loss: &PreferenceLoss) -> (u32, f32, f32, f32, f32) {
         PreferenceLoss::IpoMean { tau } => (3, tau as f32, 0.0, 0.0, 0.0),
         PreferenceLoss::Hinge { gamma, alpha } => (4, 0.0, gamma as f32, alpha as f32, 0.0),
         PreferenceLoss::HingeTrl { beta } => (5, beta as f32, 0.0, 0.0, 0.0),
-        PreferenceLoss::Simpo { beta, gamma, label_smoothing } => (6, beta as f32, gamma as f32, 0.0, label_smoothing as f32),
+        PreferenceLoss::Simpo { beta, gamma, label_smoothing } => {
+            (6, beta as f32, gamma as f32, 0.0, label_smoothing as f32)
+        }
         PreferenceLoss::Orpo { beta } => (7, beta as f32, 0.0, 0.0, 0.0),
     }
 }
@@ -313,10 +332,18 @@ impl Backend for Wgpu {
         grad_logprob: &WgpuTensor,
     ) -> Result<WgpuTensor> {
         if logits.dtype != DType::F32 {
-            return Err(DaaError::DType { tensor: "logits", actual: logits.dtype, expected: "f32 (the wgpu backward kernel)" });
+            return Err(DaaError::DType {
+                tensor: "logits",
+                actual: logits.dtype,
+                expected: "f32 (the wgpu backward kernel)",
+            });
         }
         let chunks = logits.chunks.iter().map(|(b, n)| (self.ctx.duplicate("logits gradient", b), *n)).collect();
-        let mut copy = from_f32_chunks(logits.shape.clone(), chunks, logits.pending_status.iter().map(|(b, n)| (self.ctx.duplicate("status", b), *n)).collect());
+        let mut copy = from_f32_chunks(
+            logits.shape.clone(),
+            chunks,
+            logits.pending_status.iter().map(|(b, n)| (self.ctx.duplicate("status", b), *n)).collect(),
+        );
         self.logits_backward_in_place(&mut copy, targets, mask, grad_logprob)?;
         Ok(copy)
     }
@@ -330,7 +357,11 @@ impl Backend for Wgpu {
     ) -> Result<()> {
         let shape = TokenStatsShape::check(&logits.shape, &targets.shape, mask.map(|m| m.shape.as_slice()))?;
         if logits.dtype != DType::F32 {
-            return Err(DaaError::DType { tensor: "logits", actual: logits.dtype, expected: "f32 (the wgpu backward kernel)" });
+            return Err(DaaError::DType {
+                tensor: "logits",
+                actual: logits.dtype,
+                expected: "f32 (the wgpu backward kernel)",
+            });
         }
         check_grad_shape(&grad_logprob.shape, shape.rows)?;
         let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;

@@ -42,6 +42,11 @@ impl WgpuTensor {
         self.dtype
     }
 
+    /// How many row chunks (storage bindings) hold the tensor.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Elements per row (the last dimension; 1 for vectors).
     pub(crate) fn row_len(&self) -> usize {
         if self.shape.len() >= 2 { *self.shape.last().unwrap_or(&1) } else { 1 }
@@ -72,9 +77,10 @@ fn device_bytes(host: &HostTensor, range: std::ops::Range<usize>) -> Vec<u8> {
         TensorData::BF16(v) => bytemuck::cast_slice::<bf16, u8>(&v[range]).to_vec(),
         TensorData::F64(v) => v[range].iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         TensorData::I32(v) => bytemuck::cast_slice(&v[range]).to_vec(),
-        TensorData::I64(v) => {
-            v[range].iter().flat_map(|&x| (x.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).to_le_bytes()).collect()
-        }
+        TensorData::I64(v) => v[range]
+            .iter()
+            .flat_map(|&x| (x.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32).to_le_bytes())
+            .collect(),
         TensorData::U8(v) => v[range].iter().flat_map(|&x| u32::from(x).to_le_bytes()).collect(),
     }
 }
@@ -90,7 +96,7 @@ fn device_elem_bytes(dtype: DType) -> usize {
 pub(crate) fn upload(ctx: &Context, host: &HostTensor) -> Result<WgpuTensor> {
     ctx.check()?;
     let row_len = if host.shape().len() >= 2 { *host.shape().last().unwrap_or(&1) } else { 1 };
-    let rows = if row_len == 0 { 0 } else { host.len() / row_len };
+    let rows = host.len().checked_div(row_len).unwrap_or(0);
     let elem = device_elem_bytes(host.dtype());
     let row_bytes = (row_len * elem).max(1) as u64;
     if row_bytes > ctx.max_binding {
@@ -114,11 +120,21 @@ pub(crate) fn upload(ctx: &Context, host: &HostTensor) -> Result<WgpuTensor> {
         start += n;
     }
     let host_copy = (host.len() * elem <= HOST_COPY_BYTES).then(|| host.clone());
-    Ok(WgpuTensor { shape: host.shape().to_vec(), dtype: host.dtype(), chunks, host: host_copy, pending_status: Vec::new() })
+    Ok(WgpuTensor {
+        shape: host.shape().to_vec(),
+        dtype: host.dtype(),
+        chunks,
+        host: host_copy,
+        pending_status: Vec::new(),
+    })
 }
 
 /// An f32 tensor from device chunks.
-pub(crate) fn from_f32_chunks(shape: Vec<usize>, chunks: Vec<(wgpu::Buffer, usize)>, status: Vec<(wgpu::Buffer, usize)>) -> WgpuTensor {
+pub(crate) fn from_f32_chunks(
+    shape: Vec<usize>,
+    chunks: Vec<(wgpu::Buffer, usize)>,
+    status: Vec<(wgpu::Buffer, usize)>,
+) -> WgpuTensor {
     WgpuTensor { shape, dtype: DType::F32, chunks, host: None, pending_status: status }
 }
 
