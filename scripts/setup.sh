@@ -18,5 +18,13 @@ fi
 # The browser build of daa-core (WebGPU).
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 
+# NVRTC for the CUDA kernel compile test (no GPU needed): the PyPI wheel,
+# unpacked outside the clone. Use it with
+#   export LD_LIBRARY_PATH="$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib:$LD_LIBRARY_PATH"
+DAA_NVRTC_DIR="${DAA_NVRTC_DIR:-/var/tmp/daa-nvrtc}"
+if [ ! -e "$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]; then
+    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DAA_NVRTC_DIR" "nvidia-cuda-nvrtc-cu12==12.9.86"
+fi
+
 rustc --version
 cargo --version

@@ -77,8 +77,50 @@ fn bench_wgpu(c: &mut Criterion) {
     group.finish();
 }
 
+/// CUDA rows (when a GPU is present): f32 and bf16 logits uploaded once; each
+/// iteration launches `token_stats` and synchronises the stream.
+fn bench_cuda(c: &mut Criterion) {
+    let gpu = match daa_core::Cuda::new(0) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            eprintln!("skipped: cuda benchmarks: {e}");
+            return;
+        }
+    };
+    eprintln!("cuda device: {}", gpu.describe());
+    let mut group = c.benchmark_group("token_stats");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    for vocab in VOCABS {
+        let rows = ROWS;
+        let (logits, targets) = token_stats_inputs(rows, vocab, 7);
+        let bf16: Vec<half::bf16> = logits.as_f32("logits").unwrap().iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let bf16 = HostTensor::from_bf16(bf16, &[rows, vocab]).unwrap();
+        let targets = gpu.upload(&targets).unwrap();
+        for (dtype, host, bytes) in [("f32", &logits, 4), ("bf16", &bf16, 2)] {
+            group.throughput(Throughput::Bytes((rows * vocab * bytes) as u64));
+            let device = gpu.upload(host).unwrap();
+            for k in KS {
+                let params = TokenStatsParams { k, entropy_base: 2.0 };
+                let id = BenchmarkId::new(format!("cuda/{dtype}/rows={rows}"), format!("V={vocab}/k={k}"));
+                group.bench_with_input(id, &params, |b, params| {
+                    b.iter_custom(|iterations| {
+                        gpu.synchronize().expect("synchronize");
+                        let start = Instant::now();
+                        for _ in 0..iterations {
+                            gpu.token_stats(&device, &targets, None, params).expect("token_stats");
+                        }
+                        gpu.synchronize().expect("synchronize");
+                        start.elapsed()
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 fn token_stats(c: &mut Criterion) {
-    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference,wgpu".into());
+    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference,wgpu,cuda".into());
     let wanted = |name: &str| only.split(',').any(|w| w.trim() == name);
     if wanted("cpu2") {
         bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, false);
@@ -94,6 +136,9 @@ fn token_stats(c: &mut Criterion) {
     }
     if wanted("wgpu") {
         bench_wgpu(c);
+    }
+    if wanted("cuda") {
+        bench_cuda(c);
     }
 }
 

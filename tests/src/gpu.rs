@@ -27,3 +27,17 @@ pub fn wgpu_backend() -> Option<daa_core::Wgpu> {
         }
     }
 }
+
+/// The shared CUDA backend on device 0, or `None` (after reporting the skip).
+#[cfg(feature = "cuda")]
+pub fn cuda_backend() -> Option<daa_core::Cuda> {
+    use std::sync::OnceLock;
+    static BACKEND: OnceLock<Result<daa_core::Cuda, String>> = OnceLock::new();
+    match BACKEND.get_or_init(|| daa_core::Cuda::new(0).map_err(|e| e.to_string())) {
+        Ok(backend) => Some(backend.clone()),
+        Err(why) => {
+            skip("cuda", why);
+            None
+        }
+    }
+}

@@ -29,6 +29,13 @@ macro_rules! backend_cases {
                 fn cpu_one_thread() {
                     super::$case(&daa_core::Cpu::with_threads(1).expect("one thread"));
                 }
+                #[cfg(feature = "cuda")]
+                #[test]
+                fn cuda() {
+                    if let Some(backend) = $crate::gpu::cuda_backend() {
+                        super::$case(&backend);
+                    }
+                }
                 #[cfg(feature = "wgpu")]
                 #[test]
                 fn wgpu() {

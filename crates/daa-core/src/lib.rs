@@ -27,6 +27,8 @@
 
 pub mod backend;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod error;
 mod logits;
 pub mod logits_backward;
@@ -40,6 +42,8 @@ pub mod wgpu;
 
 pub use backend::Backend;
 pub use cpu::{Cpu, SimdLevel, simd_level};
+#[cfg(feature = "cuda")]
+pub use cuda::{Cuda, CudaTensor};
 pub use error::{DaaError, Result};
 pub use preference::{
     LOSS_NAMES, LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use daa_core::{Cpu, Reference, Wgpu};
+use daa_core::{Cpu, Cuda, Reference, Wgpu};
 
 /// Which daa-core backend computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -13,6 +13,8 @@ pub enum BackendName {
     Reference,
     /// WGSL kernels through wgpu (Vulkan, Metal, DX12).
     Wgpu,
+    /// CUDA kernels (NVIDIA GPUs; device 0).
+    Cuda,
 }
 
 /// Backend options.
@@ -35,6 +37,8 @@ pub enum ChosenBackend {
     Reference(Reference),
     /// wgpu.
     Wgpu(Wgpu),
+    /// CUDA.
+    Cuda(Cuda),
 }
 
 impl BackendArgs {
@@ -44,6 +48,7 @@ impl BackendArgs {
             BackendName::Cpu => "cpu",
             BackendName::Reference => "reference",
             BackendName::Wgpu => "wgpu",
+            BackendName::Cuda => "cuda",
         }
     }
 
@@ -62,6 +67,11 @@ impl BackendArgs {
                 eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
                 ChosenBackend::Wgpu(gpu)
             }
+            BackendName::Cuda => {
+                let gpu = Cuda::new(0)?;
+                eprintln!("cuda device: {}", gpu.describe());
+                ChosenBackend::Cuda(gpu)
+            }
         })
     }
 }
@@ -74,6 +84,7 @@ macro_rules! with_backend {
             $crate::backend_choice::ChosenBackend::Cpu($b) => $body,
             $crate::backend_choice::ChosenBackend::Reference($b) => $body,
             $crate::backend_choice::ChosenBackend::Wgpu($b) => $body,
+            $crate::backend_choice::ChosenBackend::Cuda($b) => $body,
         }
     };
 }

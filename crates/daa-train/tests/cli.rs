@@ -454,3 +454,26 @@ fn wgpu_without_an_adapter_says_what_to_install() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no WebGPU/Vulkan adapter found") && err.contains("use --backend cpu"), "{err}");
 }
+
+#[test]
+fn cuda_without_a_driver_says_what_to_do() {
+    if daa_tests::gpu::cuda_backend().is_some() {
+        return; // a GPU machine: the agreement tests cover it
+    }
+    let dir = temp_dir();
+    let file = dir.path().join("tiny.safetensors");
+    write_safetensors(
+        &file,
+        &[
+            ("logits", Dtype::F32, vec![1, 2], bytes_of(&[0.0f32, 1.0])),
+            ("targets", Dtype::I64, vec![1], bytes_of(&[1i64])),
+        ],
+    );
+    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--backend", "cuda", "--k", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cuda backend") && (err.contains("use --backend cpu or wgpu") || err.contains("NVRTC")),
+        "{err}"
+    );
+}
