@@ -336,6 +336,48 @@ impl PreferenceLossParams {
     }
 }
 
+/// A catalog entry as GPU kernels receive it (shaders/*/preference_loss.*):
+/// a numeric code and the hyper-parameters, unused ones 0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelLoss {
+    /// 0 dpo, 1 robust-dpo, 2 ipo, 3 ipo-mean, 4 hinge, 5 hinge-trl, 6 simpo, 7 orpo.
+    pub code: u32,
+    /// β, or τ for the IPO forms.
+    pub beta: f64,
+    /// γ (hinge margin, SimPO target margin).
+    pub gamma: f64,
+    /// α (hinge reference regulariser).
+    pub alpha: f64,
+    /// ε (label smoothing).
+    pub eps: f64,
+    /// NLL term: 0 none, 1 summed, 2 per-token mean.
+    pub nll_mode: u32,
+    /// NLL weight λ.
+    pub nll_weight: f64,
+}
+
+impl PreferenceLossParams {
+    /// The parameters as the GPU kernels read them.
+    pub fn kernel(&self) -> KernelLoss {
+        let (code, beta, gamma, alpha, eps) = match self.loss {
+            PreferenceLoss::Dpo { beta, label_smoothing } => (0, beta, 0.0, 0.0, label_smoothing),
+            PreferenceLoss::RobustDpo { beta, label_smoothing } => (1, beta, 0.0, 0.0, label_smoothing),
+            PreferenceLoss::Ipo { tau } => (2, tau, 0.0, 0.0, 0.0),
+            PreferenceLoss::IpoMean { tau } => (3, tau, 0.0, 0.0, 0.0),
+            PreferenceLoss::Hinge { gamma, alpha } => (4, 0.0, gamma, alpha, 0.0),
+            PreferenceLoss::HingeTrl { beta } => (5, beta, 0.0, 0.0, 0.0),
+            PreferenceLoss::Simpo { beta, gamma, label_smoothing } => (6, beta, gamma, 0.0, label_smoothing),
+            PreferenceLoss::Orpo { beta } => (7, beta, 0.0, 0.0, 0.0),
+        };
+        let (nll_mode, nll_weight) = match self.nll {
+            None => (0, 0.0),
+            Some(NllTerm { weight, normalisation: NllNormalisation::Sum }) => (1, weight),
+            Some(NllTerm { weight, normalisation: NllNormalisation::Mean }) => (2, weight),
+        };
+        KernelLoss { code, beta, gamma, alpha, eps, nll_mode, nll_weight }
+    }
+}
+
 /// `softplus(z) = ln(1 + e^z)`, without overflow for large |z|.
 pub fn softplus(z: f64) -> f64 {
     z.max(0.0) + (-z.abs()).exp().ln_1p()

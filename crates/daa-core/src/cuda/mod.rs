@@ -25,9 +25,7 @@ pub use tensor::CudaTensor;
 use crate::backend::Backend;
 use crate::error::{DaaError, Result};
 use crate::logits::read_grad_logprob;
-use crate::preference::{
-    PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLoss, PreferenceLossParams, pairs_of, validate_pair,
-};
+use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pairs_of, validate_pair};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::{DType, HostTensor};
 use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams, TokenStatsShape};
@@ -178,21 +176,16 @@ impl Cuda {
 }
 
 fn loss_params(params: &PreferenceLossParams) -> LossParams {
-    let (loss, beta, gamma, alpha, eps) = match params.loss {
-        PreferenceLoss::Dpo { beta, label_smoothing } => (0, beta, 0.0, 0.0, label_smoothing),
-        PreferenceLoss::RobustDpo { beta, label_smoothing } => (1, beta, 0.0, 0.0, label_smoothing),
-        PreferenceLoss::Ipo { tau } => (2, tau, 0.0, 0.0, 0.0),
-        PreferenceLoss::IpoMean { tau } => (3, tau, 0.0, 0.0, 0.0),
-        PreferenceLoss::Hinge { gamma, alpha } => (4, 0.0, gamma, alpha, 0.0),
-        PreferenceLoss::HingeTrl { beta } => (5, beta, 0.0, 0.0, 0.0),
-        PreferenceLoss::Simpo { beta, gamma, label_smoothing } => (6, beta, gamma, 0.0, label_smoothing),
-        PreferenceLoss::Orpo { beta } => (7, beta, 0.0, 0.0, 0.0),
-    };
-    let (nll_mode, nll_weight) = match params.nll {
-        None => (0, 0.0),
-        Some(n) => (if n.normalisation == crate::NllNormalisation::Sum { 1 } else { 2 }, n.weight),
-    };
-    LossParams { loss, nll_mode, beta, gamma, alpha, eps, nll_weight }
+    let k = params.kernel();
+    LossParams {
+        loss: k.code,
+        nll_mode: k.nll_mode,
+        beta: k.beta,
+        gamma: k.gamma,
+        alpha: k.alpha,
+        eps: k.eps,
+        nll_weight: k.nll_weight,
+    }
 }
 
 impl Backend for Cuda {

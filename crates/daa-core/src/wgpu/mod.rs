@@ -25,9 +25,7 @@ use tensor::from_f32_chunks;
 use crate::backend::Backend;
 use crate::error::{DaaError, Result};
 use crate::logits_backward::check_grad_shape;
-use crate::preference::{
-    PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLoss, PreferenceLossParams, pairs_of, validate_pair,
-};
+use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pairs_of, validate_pair};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::{DType, HostTensor};
 use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams, TokenStatsShape};
@@ -161,22 +159,6 @@ impl Wgpu {
     }
 }
 
-fn loss_code(loss: &PreferenceLoss) -> (u32, f32, f32, f32, f32) {
-    // (code, β or τ, γ, α, ε)
-    match *loss {
-        PreferenceLoss::Dpo { beta, label_smoothing } => (0, beta as f32, 0.0, 0.0, label_smoothing as f32),
-        PreferenceLoss::RobustDpo { beta, label_smoothing } => (1, beta as f32, 0.0, 0.0, label_smoothing as f32),
-        PreferenceLoss::Ipo { tau } => (2, tau as f32, 0.0, 0.0, 0.0),
-        PreferenceLoss::IpoMean { tau } => (3, tau as f32, 0.0, 0.0, 0.0),
-        PreferenceLoss::Hinge { gamma, alpha } => (4, 0.0, gamma as f32, alpha as f32, 0.0),
-        PreferenceLoss::HingeTrl { beta } => (5, beta as f32, 0.0, 0.0, 0.0),
-        PreferenceLoss::Simpo { beta, gamma, label_smoothing } => {
-            (6, beta as f32, gamma as f32, 0.0, label_smoothing as f32)
-        }
-        PreferenceLoss::Orpo { beta } => (7, beta as f32, 0.0, 0.0, 0.0),
-    }
-}
-
 impl Backend for Wgpu {
     type Tensor = WgpuTensor;
 
@@ -298,24 +280,20 @@ impl Backend for Wgpu {
         let input = self.ctx.storage_with("pairs", &input);
         let out = self.ctx.storage_zeroed("preference out", (p * PAIR_OUTPUT_COLUMNS * 4) as u64);
         if p > 0 {
-            let (code, beta, gamma, alpha, eps) = loss_code(&params.loss);
-            let (nll_mode, nll_weight) = match params.nll {
-                None => (0, 0.0),
-                Some(n) => (if n.normalisation == crate::NllNormalisation::Sum { 1 } else { 2 }, n.weight as f32),
-            };
+            let k = params.kernel();
             let grid = self.ctx.grid(u32_of(p, "pairs")?.div_ceil(64));
             let uniform = self.ctx.uniform(
                 "preference params",
                 &PreferenceUniform {
                     pairs: p as u32,
-                    loss: code,
-                    nll_mode,
+                    loss: k.code,
+                    nll_mode: k.nll_mode,
                     grid_x: grid.0,
-                    beta,
-                    gamma,
-                    alpha,
-                    eps,
-                    nll_weight,
+                    beta: k.beta as f32,
+                    gamma: k.gamma as f32,
+                    alpha: k.alpha as f32,
+                    eps: k.eps as f32,
+                    nll_weight: k.nll_weight as f32,
                     pad: [0.0; 3],
                 },
             );
