@@ -39,12 +39,14 @@ pub fn run(args: &[String]) -> Result<()> {
     if quick {
         cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1");
     }
+    let started = std::time::SystemTime::now();
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench failed ({status})");
     }
     let target = target_dir()?;
-    let rows = read_criterion(&target.join("criterion").join("token_stats"))?;
+    // Only this run's results: criterion keeps every benchmark it ever ran.
+    let rows = read_criterion(&target.join("criterion").join("token_stats"), started)?;
     if rows.is_empty() {
         bail!("no criterion results under {}", target.join("criterion").display());
     }
@@ -68,8 +70,9 @@ fn target_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(dir))
 }
 
-/// Reads every `<function>/<parameter>/new/{benchmark,estimates}.json` under `group`.
-fn read_criterion(group: &Path) -> Result<Vec<Row>> {
+/// Reads every `<function>/<parameter>/new/{benchmark,estimates}.json` under
+/// `group` written since `since`.
+fn read_criterion(group: &Path, since: std::time::SystemTime) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let mut stack = vec![group.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -78,7 +81,10 @@ fn read_criterion(group: &Path) -> Result<Vec<Row>> {
             let path = entry.path();
             if path.is_dir() {
                 if path.file_name().is_some_and(|n| n == "new") {
-                    if let Some(row) = read_one(&path)? {
+                    let fresh = std::fs::metadata(path.join("estimates.json"))
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|modified| modified >= since);
+                    if fresh && let Some(row) = read_one(&path)? {
                         rows.push(row);
                     }
                 } else if path.file_name().is_some_and(|n| n != "base" && n != "report" && n != "change") {

@@ -39,23 +39,21 @@ pub(crate) const LANES: usize = 16;
 /// Below this, `e^d` is flushed to 0 (`e^−87 ≈ 1.6e−38`, the smallest normal f32).
 const EXP_FLUSH: f32 = -87.0;
 
-/// `e^d` for `d ≤ 88`, within 2 ulp; exactly 0 for `d ≤ −87` (and −inf).
+/// `e^d` for `−87 ≤ d ≤ 88`, within 2 ulp (no range check: see [`exp_clamped`]).
 ///
 /// Cephes `expf`: `d = n·ln 2 + r` with `n = round(d·log2 e)` and `|r| ≤ ln2/2`,
 /// `e^r` by a degree-6 polynomial, `2^n` built in the exponent bits. Rounding
 /// uses the `1.5·2^23` trick so the whole body is branch-free.
 #[inline(always)]
-pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
+pub(crate) fn exp_in_range<F: MulAdd>(d: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let keep = d > EXP_FLUSH;
-    let dc = if keep { d } else { EXP_FLUSH };
-    let t = F::mul_add(dc, LOG2E, MAGIC);
+    let t = F::mul_add(d, LOG2E, MAGIC);
     let n = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     let nf = t - MAGIC;
-    let r = F::mul_add(nf, -LN2_LO, F::mul_add(nf, -LN2_HI, dc));
+    let r = F::mul_add(nf, -LN2_LO, F::mul_add(nf, -LN2_HI, d));
     let mut p = 1.987_569_1e-4_f32;
     p = F::mul_add(p, r, 1.398_199_9e-3);
     p = F::mul_add(p, r, 8.333_452e-3);
@@ -63,8 +61,15 @@ pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
     p = F::mul_add(p, r, 1.666_666_5e-1);
     p = F::mul_add(p, r, 0.5);
     let e_r = F::mul_add(p, r * r, r + 1.0);
-    let scale = f32::from_bits(((n + 127) as u32) << 23);
-    if keep { e_r * scale } else { 0.0 }
+    e_r * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// `e^d` for `d ≤ 88`, within 2 ulp; exactly 0 for `d ≤ −87` (and −inf).
+#[inline(always)]
+pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
+    let keep = d > EXP_FLUSH;
+    let e = exp_in_range::<F>(if keep { d } else { EXP_FLUSH });
+    if keep { e } else { 0.0 }
 }
 
 /// Copies the tail of a slice into a full chunk padded with −inf.
@@ -103,9 +108,11 @@ pub(crate) fn block_max(block: &[f32]) -> (f32, bool) {
 #[inline(always)]
 fn exp_sums_step<F: MulAdd, const L: usize>(chunk: &[f32; L], m: f32, z: &mut [f32; L], s: &mut [f32; L]) {
     for l in 0..L {
+        // Values 87 below the max (and −inf) are clamped there: they add at
+        // most e^−87 ≈ 1.6e−38 each against Z ≥ 1, far below f32 resolution.
         let d = chunk[l] - m;
         let d = if d > EXP_FLUSH { d } else { EXP_FLUSH };
-        let e = exp_clamped::<F>(d);
+        let e = exp_in_range::<F>(d);
         z[l] += e;
         s[l] = F::mul_add(e, d, s[l]);
     }
