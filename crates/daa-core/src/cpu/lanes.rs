@@ -108,11 +108,11 @@ pub(crate) fn block_max(block: &[f32]) -> (f32, bool) {
 #[inline(always)]
 fn exp_sums_step<F: MulAdd, const L: usize>(chunk: &[f32; L], m: f32, z: &mut [f32; L], s: &mut [f32; L]) {
     for l in 0..L {
-        // Values 87 below the max (and −inf) are clamped there: they add at
-        // most e^−87 ≈ 1.6e−38 each against Z ≥ 1, far below f32 resolution.
+        // Values 87 or more below the max (and −inf) contribute exactly 0, so
+        // a one-hot row has entropy exactly 0.
         let d = chunk[l] - m;
         let d = if d > EXP_FLUSH { d } else { EXP_FLUSH };
-        let e = exp_in_range::<F>(d);
+        let e = exp_clamped::<F>(d);
         z[l] += e;
         s[l] = F::mul_add(e, d, s[l]);
     }
