@@ -166,6 +166,13 @@ impl RowTargets {
     }
 }
 
+impl RowTargets {
+    /// Per-row target ids as the GPU kernels read them: −1 for masked rows.
+    pub fn kernel_ids(&self) -> Vec<i32> {
+        self.targets.iter().map(|t| t.map_or(-1, |t| t as i32)).collect()
+    }
+}
+
 /// One row of `token_stats` output, as users read it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct TokenStatsRow {

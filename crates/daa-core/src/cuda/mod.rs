@@ -70,11 +70,6 @@ fn driver<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>)
     r.map_err(|e| cuda_error(format!("{what}: {e}")))
 }
 
-/// Per-row target ids as the kernels read them: −1 for masked rows.
-fn kernel_targets(rows: &RowTargets) -> Vec<i32> {
-    rows.targets.iter().map(|t| t.map_or(-1, |t| t as i32)).collect()
-}
-
 /// One block per row; rows past 2^31 − 1 spill into `grid.y`.
 fn row_grid(rows: usize) -> LaunchConfig {
     let x = rows.clamp(1, i32::MAX as usize) as u32;
@@ -217,7 +212,7 @@ impl Backend for Cuda {
         let mut out = self.zeros::<f32>(shape.rows * TOKEN_STATS_COLUMNS)?;
         let mut status = self.zeros::<u32>(shape.rows * 2)?;
         if shape.rows > 0 {
-            let t = self.to_device(&kernel_targets(&rows))?;
+            let t = self.to_device(&rows.kernel_ids())?;
             let vocab = u32::try_from(shape.vocab).map_err(|_| cuda_error("vocabulary over 2^32"))?;
             let (k, inv_ln_base, n) = (params.k as u32, (1.0 / params.entropy_base.ln()) as f32, shape.rows as u64);
             let name = match (logits.dtype, shape.vocab % 8 == 0, shape.vocab % 4 == 0) {
@@ -348,7 +343,7 @@ impl Backend for Cuda {
                 });
             }
         };
-        let t = self.to_device(&kernel_targets(&rows))?;
+        let t = self.to_device(&rows.kernel_ids())?;
         let g = self.to_device(&grad)?;
         let mut status = self.zeros::<u32>(shape.rows * 2)?;
         let (vocab, n) = (shape.vocab as u32, shape.rows as u64);

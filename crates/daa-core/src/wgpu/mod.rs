@@ -94,11 +94,6 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| device_error(format!("{what} = {n} exceeds the GPU's 32-bit indices")))
 }
 
-/// Per-row target ids as the kernels read them: −1 for masked rows.
-fn kernel_targets(rows: &RowTargets, range: std::ops::Range<usize>) -> Vec<u8> {
-    rows.targets[range].iter().flat_map(|t| t.map_or(-1i32, |t| t as i32).to_le_bytes()).collect()
-}
-
 impl Wgpu {
     /// Opens the best adapter (blocking; not available in a browser, use [`Wgpu::new_async`]).
     #[cfg(not(target_arch = "wasm32"))]
@@ -137,11 +132,12 @@ impl Wgpu {
     /// row statuses on the tensor.
     fn backward_chunks(&self, logits: &mut WgpuTensor, rows: &RowTargets, grad: &[f64]) -> Result<()> {
         let vocab = u32_of(logits.row_len(), "vocab")?;
+        let ids = rows.kernel_ids();
         let mut start = 0;
         let mut statuses = Vec::new();
         for (buffer, n) in &logits.chunks {
             let n = *n;
-            let targets = self.ctx.storage_with("targets", &kernel_targets(rows, start..start + n));
+            let targets = self.ctx.storage_with("targets", bytemuck::cast_slice(&ids[start..start + n]));
             let g: Vec<u8> = grad[start..start + n].iter().flat_map(|&g| (g as f32).to_le_bytes()).collect();
             let g = self.ctx.storage_with("grad_logprob", &g);
             let status = self.ctx.storage_zeroed("status", (n * 8) as u64);
@@ -192,13 +188,14 @@ impl Backend for Wgpu {
         let storage = logits.logit_storage()?;
         let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
         let rows = RowTargets::from_tensors(targets.host_copy("targets")?, mask_host, shape.vocab)?;
+        let ids = rows.kernel_ids();
         let (mut outs, mut statuses, mut start) = (Vec::new(), Vec::new(), 0);
         for (buffer, n) in &logits.chunks {
             let n = *n;
             let out = self.ctx.storage_zeroed("token_stats out", (n * TOKEN_STATS_COLUMNS * 4) as u64);
             let status = self.ctx.storage_zeroed("token_stats status", (n * 8) as u64);
             if n > 0 {
-                let t = self.ctx.storage_with("targets", &kernel_targets(&rows, start..start + n));
+                let t = self.ctx.storage_with("targets", bytemuck::cast_slice(&ids[start..start + n]));
                 let grid = self.ctx.grid(u32_of(n, "rows")?);
                 let uniform = self.ctx.uniform(
                     "token_stats params",
