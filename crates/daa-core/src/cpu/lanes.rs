@@ -36,10 +36,13 @@ impl MulAdd for Unfused {
 /// Lanes per chunk: one AVX-512 register, two AVX2 registers.
 pub(crate) const LANES: usize = 16;
 
-/// Below this, `e^d` is flushed to 0 (`e^−87 ≈ 1.6e−38`, the smallest normal f32).
-const EXP_FLUSH: f32 = -87.0;
+/// At and below this, `e^d` is exactly 0: `d·log2 e` rounds to −127, whose
+/// exponent field `n + 127` is 0, so the `2^n` factor is +0.0 (true values
+/// there are below 2^−126 ≈ 1.2e−38, the smallest normal f32).
+const EXP_FLUSH: f32 = -88.0;
 
-/// `e^d` for `−87 ≤ d ≤ 88`, within 2 ulp (no range check: see [`exp_clamped`]).
+/// `e^d` for `−88 ≤ d ≤ 88`, within 2 ulp where the result is a normal f32,
+/// and exactly 0 where `d·log2 e` rounds to −127 (no range check: see [`exp_clamped`]).
 ///
 /// Cephes `expf`: `d = n·ln 2 + r` with `n = round(d·log2 e)` and `|r| ≤ ln2/2`,
 /// `e^r` by a degree-6 polynomial, `2^n` built in the exponent bits. Rounding
@@ -64,12 +67,11 @@ pub(crate) fn exp_in_range<F: MulAdd>(d: f32) -> f32 {
     e_r * f32::from_bits(((n + 127) as u32) << 23)
 }
 
-/// `e^d` for `d ≤ 88`, within 2 ulp; exactly 0 for `d ≤ −87` (and −inf).
+/// `e^d` for `d ≤ 88`, within 2 ulp; exactly 0 for `d ≤ −88` (and −inf).
+/// Clamping to [`EXP_FLUSH`] is the whole range check: no blend needed.
 #[inline(always)]
 pub(crate) fn exp_clamped<F: MulAdd>(d: f32) -> f32 {
-    let keep = d > EXP_FLUSH;
-    let e = exp_in_range::<F>(if keep { d } else { EXP_FLUSH });
-    if keep { e } else { 0.0 }
+    exp_in_range::<F>(if d > EXP_FLUSH { d } else { EXP_FLUSH })
 }
 
 /// Copies the tail of a slice into a full chunk padded with −inf.
@@ -108,11 +110,11 @@ pub(crate) fn block_max(block: &[f32]) -> (f32, bool) {
 #[inline(always)]
 fn exp_sums_step<F: MulAdd, const L: usize>(chunk: &[f32; L], m: f32, z: &mut [f32; L], s: &mut [f32; L]) {
     for l in 0..L {
-        // Values 87 or more below the max (and −inf) contribute exactly 0, so
+        // Values 88 or more below the max (and −inf) contribute exactly 0, so
         // a one-hot row has entropy exactly 0.
         let d = chunk[l] - m;
         let d = if d > EXP_FLUSH { d } else { EXP_FLUSH };
-        let e = exp_clamped::<F>(d);
+        let e = exp_in_range::<F>(d);
         z[l] += e;
         s[l] = F::mul_add(e, d, s[l]);
     }
@@ -175,7 +177,7 @@ mod tests {
     #[test]
     fn exp_matches_std_within_two_ulp() {
         let mut worst = 0f64;
-        let mut d = -86.9f32;
+        let mut d = -87.3f32;
         while d <= 10.0 {
             let got = f64::from(exp_clamped::<Unfused>(d));
             let fused = f64::from(exp_clamped::<Fused>(d));
@@ -185,7 +187,8 @@ mod tests {
             d += 0.0137;
         }
         assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp_clamped::<Unfused>(-87.5), 0.0);
+        assert_eq!(exp_clamped::<Unfused>(-88.0), 0.0);
+        assert_eq!(exp_clamped::<Fused>(-100.0), 0.0);
         assert_eq!(exp_clamped::<Unfused>(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_clamped::<Unfused>(0.0), 1.0);
     }
