@@ -37,7 +37,9 @@ pub fn run(args: &[String]) -> Result<()> {
     cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats", "--"]);
     cmd.args(filter.iter().map(|s| s.as_str()));
     if quick {
-        cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1");
+        // The fast CPU rows and a real GPU's rows; not the reference, nor wgpu
+        // (which on a machine without a GPU is lavapipe: minutes per row).
+        cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1,cuda");
     }
     let started = std::time::SystemTime::now();
     let status = cmd.status().context("running cargo bench")?;
