@@ -156,7 +156,7 @@ fn bar_chart(rows: &[Row]) -> String {
     let x = |gbps: f64| label_w + chart_w * gbps / max;
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>\n",
-        label_w + chart_w + 60.0
+        label_w + chart_w + 110.0
     );
     let _ = writeln!(s, "<rect width='100%' height='100%' fill='white'/>");
     let _ = writeln!(s, "<text x='10' y='20' font-size='14'>daa token_stats: GB/s of logits read</text>");

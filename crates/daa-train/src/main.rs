@@ -7,6 +7,7 @@
 mod atomic_write;
 mod backend_choice;
 mod loss_cmd;
+mod plot;
 mod safetensors_input;
 mod stats_cmd;
 

@@ -32,6 +32,9 @@ pub struct StatsArgs {
     /// Write JSON here (atomically) instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also draw histograms of top-k entropy and top-k mass over the active rows (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
     /// Leave out the per-row statistics (keep the summary and per-sequence means).
     #[arg(long)]
     pub summary_only: bool,
@@ -189,6 +192,11 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         "sequences": sequences,
         "per_row": if args.summary_only { None } else { Some(&rows) },
     });
+    if let Some(plot) = &args.plot {
+        let source = file.path().display().to_string();
+        let svg = crate::plot::stats_histograms(&rows, args.k, args.entropy_base, &source);
+        write_output(Some(plot), |w| Ok(w.write_all(svg.as_bytes())?))?;
+    }
     write_output(args.out.as_deref(), |w| {
         serde_json::to_writer_pretty(&mut *w, &report).context("encoding JSON")?;
         writeln!(w).context("writing output")?;
