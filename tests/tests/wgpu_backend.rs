@@ -46,6 +46,21 @@ fn logits_over_the_binding_limit_are_chunked_by_rows() {
     assert!(err.to_string().contains("row 33, column 4000"), "{err}");
 }
 
+#[test]
+fn many_rows_of_a_tiny_vocabulary_split_their_outputs_too() {
+    let Some(gpu) = small_binding_backend() else { return };
+    // 3000 rows × 24 output bytes exceed a 64 KiB binding although the logits fit one.
+    let (rows, vocab) = (3000, 3);
+    let logits = HostTensor::from_f32(lm_logits(rows, vocab, 1.0, 8), &[rows, vocab]).unwrap();
+    let t = HostTensor::from_i64(targets(rows, vocab, 8), &[rows]).unwrap();
+    let params = TokenStatsParams { k: 2, entropy_base: 2.0 };
+    let want = Reference.token_stats(&logits, &t, None, &params).unwrap().to_f64_vec("want").unwrap();
+    let device = gpu.upload(&logits).unwrap();
+    assert!(device_chunks(&device) > 1);
+    let got = gpu.download(&gpu.token_stats(&device, &gpu.upload(&t).unwrap(), None, &params).unwrap()).unwrap();
+    assert_close(&got.to_f64_vec("got").unwrap(), &want, TOKEN_STATS_GPU, "tiny vocabulary, many rows");
+}
+
 fn device_chunks(t: &daa_core::WgpuTensor) -> usize {
     t.chunk_count()
 }

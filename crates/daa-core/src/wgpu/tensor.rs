@@ -14,6 +14,9 @@ const STATUS_NAN: u32 = 1;
 const STATUS_EMPTY: u32 = 2;
 const STATUS_INF: u32 = 3;
 
+/// The most bytes any kernel writes per row (token_stats: 6 f32).
+const PER_ROW_OUTPUT_BYTES: u64 = 32;
+
 /// Tensors up to this size keep a host copy for validation.
 const HOST_COPY_BYTES: usize = 64 << 20;
 
@@ -105,7 +108,10 @@ pub(crate) fn upload(ctx: &Context, host: &HostTensor) -> Result<WgpuTensor> {
             ctx.max_binding
         )));
     }
-    let mut rows_per_chunk = ((ctx.max_binding / row_bytes) as usize).max(1);
+    // Per-row outputs (token_stats writes 24 bytes a row, statuses 8) must fit
+    // a binding too, so chunks also stop at max_binding / PER_ROW_OUTPUT_BYTES rows.
+    let mut rows_per_chunk =
+        ((ctx.max_binding / row_bytes).min(ctx.max_binding / PER_ROW_OUTPUT_BYTES) as usize).max(1);
     if elem == 2 && row_len % 2 == 1 && rows_per_chunk > 1 {
         rows_per_chunk -= rows_per_chunk % 2; // packed halves: chunks start on a word
     }
