@@ -43,8 +43,19 @@ pub(crate) fn check_rows(
     targets: &HostTensor,
     mask: Option<&HostTensor>,
 ) -> Result<(TokenStatsShape, RowTargets)> {
-    let shape = TokenStatsShape::check(logits.shape(), targets.shape(), mask.map(HostTensor::shape))?;
     LogitsRef::of(logits)?;
+    row_targets(logits.shape(), targets, mask)
+}
+
+/// Checks the shapes against `logits_shape` and reads which rows are active
+/// and their targets from host `targets` and `mask` (GPU backends pass their
+/// host copies).
+pub(crate) fn row_targets(
+    logits_shape: &[usize],
+    targets: &HostTensor,
+    mask: Option<&HostTensor>,
+) -> Result<(TokenStatsShape, RowTargets)> {
+    let shape = TokenStatsShape::check(logits_shape, targets.shape(), mask.map(HostTensor::shape))?;
     let rows = RowTargets::from_tensors(targets, mask, shape.vocab)?;
     Ok((shape, rows))
 }
@@ -65,6 +76,25 @@ impl RowFault {
             RowFault::Empty => DaaError::EmptyDistribution { row },
         }
     }
+}
+
+/// Turns the per-row `(code, column)` status words GPU row kernels write
+/// (shaders/*/row_status.*, row_common.cuh: 0 ok, 1 NaN, 2 all −inf,
+/// 3 +inf) into the CPU backends' errors; `first_row` numbers the first word pair.
+pub(crate) fn check_row_status(words: &[u32], first_row: usize, backend: &'static str) -> Result<()> {
+    for (r, pair) in words.chunks_exact(2).enumerate() {
+        let (row, column) = (first_row + r, pair[1] as usize);
+        match pair[0] {
+            0 => {}
+            1 => return Err(DaaError::NonFiniteLogit { row, column, value: f32::NAN }),
+            2 => return Err(DaaError::EmptyDistribution { row }),
+            3 => return Err(DaaError::NonFiniteLogit { row, column, value: f32::INFINITY }),
+            other => {
+                return Err(DaaError::Device { backend, message: format!("row {row}: unknown kernel status {other}") });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Finds the first NaN or +inf of a row (the cold path after a fast pass flagged one).

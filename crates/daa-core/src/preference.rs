@@ -524,6 +524,19 @@ pub fn pair_loss(x: &PairLogps, params: &PreferenceLossParams) -> PairLoss {
     }
 }
 
+/// Reads a `[P, 6]` pairs tensor (any float type) and checks the loss
+/// parameters and every pair; the validated pairs, in order.
+pub fn read_pairs(pairs: &crate::tensor::HostTensor, params: &PreferenceLossParams) -> Result<Vec<PairLogps>> {
+    pairs_of(pairs.shape())?;
+    params.validate()?;
+    let values = pairs.to_f64_vec("pairs")?;
+    let inputs: Vec<PairLogps> = values.chunks_exact(PAIR_INPUT_COLUMNS).map(PairLogps::from_columns).collect();
+    for (i, x) in inputs.iter().enumerate() {
+        validate_pair(i, x, params)?;
+    }
+    Ok(inputs)
+}
+
 /// Checks a `[pairs, 6]` input shape and returns the number of pairs.
 pub fn pairs_of(shape: &[usize]) -> Result<usize> {
     match shape {

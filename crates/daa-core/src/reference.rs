@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::logits::{LogitsRef, RowFault, check_rows, first_bad_logit, read_grad_logprob};
-use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pair_loss, pairs_of, validate_pair};
+use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pair_loss, read_pairs};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::HostTensor;
 use crate::token_stats::{TOKEN_STATS_COLUMNS, TokenStatsParams, topk_summary};
@@ -174,13 +174,7 @@ pub(crate) fn preference_loss_host(
     params: &PreferenceLossParams,
     compute: impl FnOnce(&[PairLogps]) -> Vec<[f64; PAIR_OUTPUT_COLUMNS]>,
 ) -> Result<HostTensor> {
-    let p = pairs_of(pairs.shape())?;
-    params.validate()?;
-    let values = pairs.to_f64_vec("pairs")?;
-    let inputs: Vec<PairLogps> = values.chunks_exact(6).map(PairLogps::from_columns).collect();
-    for (i, x) in inputs.iter().enumerate() {
-        validate_pair(i, x, params)?;
-    }
+    let inputs = read_pairs(pairs, params)?;
     let out: Vec<f64> = compute(&inputs).into_iter().flatten().collect();
-    HostTensor::from_f64(out, &[p, PAIR_OUTPUT_COLUMNS])
+    HostTensor::from_f64(out, &[inputs.len(), PAIR_OUTPUT_COLUMNS])
 }

@@ -25,10 +25,11 @@ pub use tensor::CudaTensor;
 use crate::backend::Backend;
 use crate::error::{DaaError, Result};
 use crate::logits::read_grad_logprob;
-use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pairs_of, validate_pair};
+use crate::logits::row_targets;
+use crate::preference::{PAIR_INPUT_COLUMNS, PAIR_OUTPUT_COLUMNS, PreferenceLossParams, read_pairs};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::{DType, HostTensor};
-use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams, TokenStatsShape};
+use crate::token_stats::{TOKEN_STATS_COLUMNS, TokenStatsParams};
 
 /// Threads per block of the row kernels (`WG` in shaders/cuda/row_common.cuh).
 const ROW_BLOCK: u32 = 256;
@@ -205,10 +206,9 @@ impl Backend for Cuda {
         mask: Option<&CudaTensor>,
         params: &TokenStatsParams,
     ) -> Result<CudaTensor> {
-        let shape = TokenStatsShape::check(&logits.shape, &targets.shape, mask.map(|m| m.shape.as_slice()))?;
-        params.validate(shape.vocab)?;
         let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
-        let rows = RowTargets::from_tensors(targets.host_copy("targets")?, mask_host, shape.vocab)?;
+        let (shape, rows) = row_targets(&logits.shape, targets.host_copy("targets")?, mask_host)?;
+        params.validate(shape.vocab)?;
         let mut out = self.zeros::<f32>(shape.rows * TOKEN_STATS_COLUMNS)?;
         let mut status = self.zeros::<u32>(shape.rows * 2)?;
         if shape.rows > 0 {
@@ -278,12 +278,9 @@ impl Backend for Cuda {
     }
 
     fn preference_loss(&self, pairs: &CudaTensor, params: &PreferenceLossParams) -> Result<CudaTensor> {
-        let p = pairs_of(&pairs.shape)?;
-        params.validate()?;
-        let host = pairs.host_copy("pairs")?.to_f64_vec("pairs")?;
-        for (i, row) in host.chunks_exact(6).enumerate() {
-            validate_pair(i, &PairLogps::from_columns(row), params)?;
-        }
+        let host: Vec<f64> =
+            read_pairs(pairs.host_copy("pairs")?, params)?.iter().flat_map(|x| x.to_columns()).collect();
+        let p = host.len() / PAIR_INPUT_COLUMNS;
         let mut out = self.zeros::<f64>(p * PAIR_OUTPUT_COLUMNS)?;
         if p > 0 {
             let input = self.to_device(&host)?;
@@ -324,9 +321,8 @@ impl Backend for Cuda {
         mask: Option<&CudaTensor>,
         grad_logprob: &CudaTensor,
     ) -> Result<()> {
-        let shape = TokenStatsShape::check(&logits.shape, &targets.shape, mask.map(|m| m.shape.as_slice()))?;
         let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
-        let rows = RowTargets::from_tensors(targets.host_copy("targets")?, mask_host, shape.vocab)?;
+        let (shape, rows) = row_targets(&logits.shape, targets.host_copy("targets")?, mask_host)?;
         let grad: Vec<f32> =
             read_grad_logprob(grad_logprob.host_copy("grad_logprob")?, shape.rows)?.iter().map(|&g| g as f32).collect();
         if shape.rows == 0 {

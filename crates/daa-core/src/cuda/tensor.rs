@@ -7,7 +7,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 
 use super::kernels::cuda_error;
-use crate::error::{DaaError, Result};
+use crate::error::Result;
+use crate::logits::check_row_status;
 use crate::tensor::{DType, HostTensor, TensorData};
 
 /// Tensors up to this size keep a host copy for validation.
@@ -84,16 +85,7 @@ pub(crate) fn download(stream: &Arc<CudaStream>, tensor: &CudaTensor) -> Result<
     let copy = "copy from the GPU";
     if let Some(status) = &tensor.pending_status {
         let words = driver(copy, stream.clone_dtoh(status))?;
-        for (row, pair) in words.chunks_exact(2).enumerate() {
-            let (code, column) = (pair[0], pair[1] as usize);
-            match code {
-                0 => {}
-                1 => return Err(DaaError::NonFiniteLogit { row, column, value: f32::NAN }),
-                2 => return Err(DaaError::EmptyDistribution { row }),
-                3 => return Err(DaaError::NonFiniteLogit { row, column, value: f32::INFINITY }),
-                other => return Err(cuda_error(format!("row {row}: unknown kernel status {other}"))),
-            }
-        }
+        check_row_status(&words, 0, "cuda")?;
     }
     let data = match (&tensor.data, tensor.dtype) {
         (CudaData::F32(s), _) => TensorData::F32(driver(copy, stream.clone_dtoh(s))?.into()),

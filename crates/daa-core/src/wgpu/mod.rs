@@ -24,11 +24,12 @@ use tensor::from_f32_chunks;
 
 use crate::backend::Backend;
 use crate::error::{DaaError, Result};
+use crate::logits::row_targets;
 use crate::logits_backward::check_grad_shape;
-use crate::preference::{PAIR_OUTPUT_COLUMNS, PairLogps, PreferenceLossParams, pairs_of, validate_pair};
+use crate::preference::{PAIR_INPUT_COLUMNS, PAIR_OUTPUT_COLUMNS, PreferenceLossParams, read_pairs};
 use crate::segment::{SegmentReduction, read_offsets, read_weights, values_layout};
 use crate::tensor::{DType, HostTensor};
-use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams, TokenStatsShape};
+use crate::token_stats::{RowTargets, TOKEN_STATS_COLUMNS, TokenStatsParams};
 
 /// Options of [`Wgpu::with_options`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -183,11 +184,10 @@ impl Backend for Wgpu {
         mask: Option<&WgpuTensor>,
         params: &TokenStatsParams,
     ) -> Result<WgpuTensor> {
-        let shape = TokenStatsShape::check(&logits.shape, &targets.shape, mask.map(|m| m.shape.as_slice()))?;
+        let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
+        let (shape, rows) = row_targets(&logits.shape, targets.host_copy("targets")?, mask_host)?;
         params.validate(shape.vocab)?;
         let storage = logits.logit_storage()?;
-        let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
-        let rows = RowTargets::from_tensors(targets.host_copy("targets")?, mask_host, shape.vocab)?;
         let ids = rows.kernel_ids();
         let (mut outs, mut statuses, mut start) = (Vec::new(), Vec::new(), 0);
         for (buffer, n) in &logits.chunks {
@@ -267,12 +267,9 @@ impl Backend for Wgpu {
     }
 
     fn preference_loss(&self, pairs: &WgpuTensor, params: &PreferenceLossParams) -> Result<WgpuTensor> {
-        let p = pairs_of(&pairs.shape)?;
-        params.validate()?;
-        let host = pairs.host_copy("pairs")?.to_f64_vec("pairs")?;
-        for (i, row) in host.chunks_exact(6).enumerate() {
-            validate_pair(i, &PairLogps::from_columns(row), params)?;
-        }
+        let host: Vec<f64> =
+            read_pairs(pairs.host_copy("pairs")?, params)?.iter().flat_map(|x| x.to_columns()).collect();
+        let p = host.len() / PAIR_INPUT_COLUMNS;
         let input: Vec<u8> = host.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
         let input = self.ctx.storage_with("pairs", &input);
         let out = self.ctx.storage_zeroed("preference out", (p * PAIR_OUTPUT_COLUMNS * 4) as u64);
@@ -330,7 +327,8 @@ impl Backend for Wgpu {
         mask: Option<&WgpuTensor>,
         grad_logprob: &WgpuTensor,
     ) -> Result<()> {
-        let shape = TokenStatsShape::check(&logits.shape, &targets.shape, mask.map(|m| m.shape.as_slice()))?;
+        let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
+        let (shape, rows) = row_targets(&logits.shape, targets.host_copy("targets")?, mask_host)?;
         if logits.dtype != DType::F32 {
             return Err(DaaError::DType {
                 tensor: "logits",
@@ -339,8 +337,6 @@ impl Backend for Wgpu {
             });
         }
         check_grad_shape(&grad_logprob.shape, shape.rows)?;
-        let mask_host = mask.map(|m| m.host_copy("mask")).transpose()?;
-        let rows = RowTargets::from_tensors(targets.host_copy("targets")?, mask_host, shape.vocab)?;
         let grad = crate::logits::read_grad_logprob(grad_logprob.host_copy("grad_logprob")?, shape.rows)?;
         self.backward_chunks(logits, &rows, &grad)
     }

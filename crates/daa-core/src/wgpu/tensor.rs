@@ -7,12 +7,8 @@ use half::{bf16, f16};
 use super::context::{Context, device_error};
 use super::shaders::LogitStorage;
 use crate::error::{DaaError, Result};
+use crate::logits::check_row_status;
 use crate::tensor::{DType, HostTensor, TensorData};
-
-/// Row status codes written by the row kernels (shaders/wgsl/*.wgsl).
-const STATUS_NAN: u32 = 1;
-const STATUS_EMPTY: u32 = 2;
-const STATUS_INF: u32 = 3;
 
 /// The most bytes any kernel writes per row (token_stats: 6 f32).
 const PER_ROW_OUTPUT_BYTES: u64 = 32;
@@ -148,19 +144,7 @@ pub(crate) async fn download(ctx: &Context, tensor: &WgpuTensor) -> Result<HostT
     let mut row_base = 0;
     for (buffer, rows) in &tensor.pending_status {
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&ctx.read(buffer).await?);
-        for r in 0..*rows {
-            let (code, column) = (words[2 * r], words[2 * r + 1]);
-            let row = row_base + r;
-            match code {
-                0 => {}
-                STATUS_NAN | STATUS_INF => {
-                    let value = if code == STATUS_NAN { f32::NAN } else { f32::INFINITY };
-                    return Err(DaaError::NonFiniteLogit { row, column: column as usize, value });
-                }
-                STATUS_EMPTY => return Err(DaaError::EmptyDistribution { row }),
-                other => return Err(device_error(format!("row {row}: unknown kernel status {other}"))),
-            }
-        }
+        check_row_status(&words[..2 * rows], row_base, "wgpu")?;
         row_base += rows;
     }
     let total: usize = tensor.shape.iter().product();
