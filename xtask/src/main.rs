@@ -2,8 +2,11 @@
 //!
 //! - `cargo xtask bench [--quick] [FILTER]`: runs the criterion benchmarks and
 //!   prints a GB/s table (plus `target/daa-bench/token_stats.{md,svg}`).
+//! - `cargo xtask train [--release] [--config FILE] [DAA TRAIN ARGS…]`: runs
+//!   `daa train` (the built-in tiny run without arguments).
 
 mod bench;
+mod train;
 
 use anyhow::{Result, bail};
 
@@ -11,10 +14,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
+        Some("train") => train::run(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
+            println!("       cargo xtask train [--release] [--config FILE] [DAA TRAIN ARGS…]");
             Ok(())
         }
-        Some(other) => bail!("unknown xtask `{other}`; available: bench"),
+        Some(other) => bail!("unknown xtask `{other}`; available: bench, train"),
     }
 }

@@ -38,3 +38,28 @@ pub fn write_output(path: Option<&Path>, fill: impl FnOnce(&mut dyn Write) -> Re
         }
     }
 }
+
+/// Writes `bytes` to `path` atomically (temporary file in the same folder,
+/// then rename).
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_output(Some(path), |w| w.write_all(bytes).with_context(|| format!("{}: write failed", path.display())))
+}
+
+/// Fills a fresh temporary folder beside `dest` with `fill`, then renames it
+/// to `dest` (which must not exist): readers see the whole folder or nothing.
+pub fn write_dir(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create folder", parent.display()))?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.tmp"))
+        .tempdir_in(parent)
+        .with_context(|| format!("{}: cannot create a temporary folder", parent.display()))?;
+    fill(temp.path())?;
+    let temp = temp.keep();
+    std::fs::rename(&temp, dest).with_context(|| format!("{}: cannot rename into place", dest.display()))?;
+    Ok(())
+}

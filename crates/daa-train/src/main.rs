@@ -4,12 +4,14 @@
 //! line at fault, and exits with status 2; output files are written to a
 //! temporary name and renamed, so a failed run leaves none behind.
 
-mod atomic_write;
+use daa_train::atomic_write;
 mod backend_choice;
+mod logps_cmd;
 mod loss_cmd;
 mod plot;
 mod safetensors_input;
 mod stats_cmd;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,13 @@ enum Command {
     /// Per-pair losses, gradients and implicit rewards of the loss catalog,
     /// from per-sequence log-probabilities in JSON Lines.
     Loss(loss_cmd::LossArgs),
+    /// Train a Hugging Face checkpoint with a Direct Alignment Algorithm,
+    /// watching top-k entropy and mass on held-out data. Without --config,
+    /// runs the built-in tiny model and task.
+    Train(train_cmd::TrainArgs),
+    /// Reference log-probabilities of a preference dataset under a model
+    /// (what `daa train` caches), as safetensors.
+    Logps(logps_cmd::LogpsArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +47,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stats(args) => stats_cmd::run(&args),
         Command::Loss(args) => loss_cmd::run(&args),
+        Command::Train(args) => train_cmd::run(&args),
+        Command::Logps(args) => logps_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

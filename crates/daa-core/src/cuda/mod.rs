@@ -82,12 +82,19 @@ fn flat_grid(threads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (threads.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Whether the NVIDIA driver library (`libcuda.so`) can be loaded: check this
+/// before anything (daa's kernels, burn's CUDA backend) touches cudarc, which
+/// panics without it.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library by its known names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 impl Cuda {
     /// Opens GPU `ordinal`. Fails with a clear message when the driver or
     /// NVRTC cannot be loaded or no device answers.
     pub fn new(ordinal: usize) -> Result<Self> {
-        // SAFETY: only tries to dlopen the driver library by its known names.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !driver_present() {
             return Err(cuda_error(
                 "CUDA driver not found: libcuda.so could not be loaded (no NVIDIA driver on this machine); \
                  use --backend cpu or wgpu",

@@ -1,0 +1,137 @@
+//! The tokenizer and the chat template of a checkpoint.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use minijinja::{Environment, ErrorKind, context};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::rows::Message;
+
+/// The date templates see (`date_string`, `strftime_now`): fixed, so that a
+/// dataset tokenises the same way every day and its cache key stays valid.
+pub const TEMPLATE_DATE: &str = "26 Jul 2024";
+
+/// A Jinja chat template from `tokenizer_config.json`, rendered with
+/// minijinja (with Python string methods, as Hugging Face templates use).
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// The template source (part of the data cache key).
+    pub source: String,
+}
+
+fn token_text(config: &Value, key: &str) -> String {
+    match config.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or("").to_string(),
+        _ => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token` / `eos_token` are what the template sees.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+        });
+        env.add_function("strftime_now", |_format: String| TEMPLATE_DATE.to_string());
+        env.add_template_owned("chat", source.to_string()).context("the chat template does not compile")?;
+        Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), source: source.into() })
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where the
+    /// assistant's reply begins.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let template = self.env.get_template("chat").context("the chat template is missing")?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                date_string => TEMPLATE_DATE,
+            })
+            .context("rendering the chat template")
+    }
+}
+
+/// A checkpoint's tokenizer with its special tokens and chat template.
+#[derive(Debug)]
+pub struct TextEncoder {
+    /// The `tokenizers` tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template, when the checkpoint has one.
+    pub template: Option<ChatTemplate>,
+    /// Beginning-of-sequence id (prepended to plain-text prompts).
+    pub bos_id: Option<u32>,
+    /// End-of-sequence id (appended to plain-text completions).
+    pub eos_id: Option<u32>,
+    /// Id used for padding (never scored).
+    pub pad_id: u32,
+}
+
+impl TextEncoder {
+    /// Reads `tokenizer.json` and `tokenizer_config.json` of `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Value = if config_path.exists() {
+            let text = std::fs::read_to_string(&config_path)
+                .with_context(|| format!("{}: cannot read", config_path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", config_path.display()))?
+        } else {
+            Value::Null
+        };
+        let (bos, eos, pad) =
+            (token_text(&config, "bos_token"), token_text(&config, "eos_token"), token_text(&config, "pad_token"));
+        let id = |text: &str| if text.is_empty() { None } else { tokenizer.token_to_id(text) };
+        let template_source = match config.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template").and_then(Value::as_str))
+                .map(str::to_string),
+            _ => {
+                let jinja = dir.join("chat_template.jinja");
+                if jinja.exists() {
+                    Some(std::fs::read_to_string(&jinja).with_context(|| format!("{}: cannot read", jinja.display()))?)
+                } else {
+                    None
+                }
+            }
+        };
+        let template = match template_source {
+            Some(source) => {
+                Some(ChatTemplate::new(&source, &bos, &eos).with_context(|| format!("{}", config_path.display()))?)
+            }
+            None => None,
+        };
+        let (bos_id, eos_id) = (id(&bos), id(&eos));
+        let pad_id = id(&pad).or(eos_id).unwrap_or(0);
+        Ok(Self { tokenizer, template, bos_id, eos_id, pad_id })
+    }
+
+    /// Token ids of `text`, special-token strings included as written (the
+    /// template already placed them), no extra special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Renders a conversation; fails when the checkpoint has no template.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        match &self.template {
+            Some(t) => t.render(messages, add_generation_prompt),
+            None => bail!("the data is conversational but tokenizer_config.json has no `chat_template`"),
+        }
+    }
+}

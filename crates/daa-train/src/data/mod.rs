@@ -1,0 +1,11 @@
+//! Preference data: rows from JSON Lines or Parquet in binarized
+//! UltraFeedback's schema, rendered with the model's chat template, tokenised
+//! and truncated into pairs of [`Sequence`](crate::batch::Sequence)s.
+
+pub mod chat;
+pub mod encode;
+pub mod rows;
+
+pub use chat::{ChatTemplate, TextEncoder};
+pub use encode::{EncodeOptions, EncodedPair, EncodedSet, encode_rows};
+pub use rows::{Example, Message, RawRow, read_rows};

@@ -1,0 +1,72 @@
+//! `daa logps`: reference log-probabilities of a preference dataset.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use daa_train::backends::{BackendTask, with_backend};
+use daa_train::checkpoint::load_model;
+use daa_train::data::{EncodeOptions, TextEncoder, encode_rows, read_rows};
+use daa_train::model::CausalLm;
+use daa_train::scores::{ScoresKey, score_pairs, write_scores};
+use indicatif::ProgressBar;
+
+/// Arguments of `daa logps`.
+#[derive(Debug, Args, Clone)]
+pub struct LogpsArgs {
+    /// Hugging Face checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Preference data (.jsonl or .parquet).
+    #[arg(long)]
+    data: PathBuf,
+    /// Output safetensors file (row, chosen_logps, rejected_logps, chosen_tokens, rejected_tokens).
+    #[arg(long)]
+    out: PathBuf,
+    /// Longest prompt + completion, in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_length: usize,
+    /// Longest prompt kept when a pair is too long.
+    #[arg(long, default_value_t = 256)]
+    max_prompt_length: usize,
+    /// Pairs per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: String,
+    /// Stop at the first bad row instead of skipping it.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl BackendTask for LogpsArgs {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let encoder = TextEncoder::open(&self.model).with_context(|| format!("model {}", self.model.display()))?;
+        let options = EncodeOptions {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+            strict: self.strict,
+        };
+        let set = encode_rows(&read_rows(&self.data)?, &encoder, &options, &self.data.display().to_string())?;
+        if set.skipped_total() > 0 {
+            eprintln!("skipped {} of {} rows: {:?}", set.skipped_total(), set.rows, set.skipped);
+        }
+        let key = ScoresKey::new(&self.model, &self.data, options)?;
+        let model: CausalLm<B::InnerBackend> = load_model(&self.model, &device)?;
+        let bar = ProgressBar::new(set.pairs.len() as u64);
+        let scores =
+            score_pairs(&model, &set.pairs, self.batch_size, encoder.pad_id, &mut |n| bar.set_position(n as u64))?;
+        bar.finish_and_clear();
+        write_scores(&self.out, &set.pairs, &scores, &key.metadata())?;
+        eprintln!("wrote {} pairs to {}", scores.len(), self.out.display());
+        Ok(())
+    }
+}
+
+/// Runs `daa logps`.
+pub fn run(args: &LogpsArgs) -> Result<()> {
+    with_backend(&args.backend, 0, args.clone())
+}

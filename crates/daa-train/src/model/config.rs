@@ -1,0 +1,314 @@
+//! The model description read from a Hugging Face `config.json`.
+//!
+//! Two families share one decoder ([`super::CausalLm`]); the flags below say
+//! where they differ:
+//!
+//! | | Llama / Mistral / Qwen2 | Cohere Command R |
+//! |---|---|---|
+//! | norm | RMSNorm `x / √(mean(x²) + ε) · w` | LayerNorm without bias `(x − μ) / √(σ² + ε) · w` |
+//! | block | sequential: `h = x + attn(n₁(x))`, `y = h + mlp(n₂(h))` | parallel: `y = x + attn(n(x)) + mlp(n(x))` |
+//! | RoPE | halves rotated (`[x₁, x₂] → [−x₂, x₁]`) | adjacent pairs rotated |
+//! | head | untied unless `tie_word_embeddings` | tied, logits × `logit_scale` |
+
+use serde_json::{Map, Value};
+
+use crate::error::ModelError;
+
+/// The model families daa can train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM`, `MistralForCausalLM`, `Qwen2ForCausalLM`.
+    Llama,
+    /// `CohereForCausalLM` (Command R).
+    Cohere,
+}
+
+/// The `architectures` entries daa accepts, for error messages.
+pub const SUPPORTED_ARCHITECTURES: [&str; 4] =
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "CohereForCausalLM"];
+
+/// How RoPE frequencies are rescaled for long contexts (`rope_scaling`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        /// Divisor of every frequency.
+        factor: f64,
+    },
+    /// Llama 3.1: low frequencies divided by `factor`, high ones kept, a
+    /// smooth blend between (see [`super::rope::inverse_frequencies`]).
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context length the model was pre-trained with.
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The normalisation layer of a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// `x / √(mean(x²) + ε) · w`.
+    Rms,
+    /// `(x − mean(x)) / √(var(x) + ε) · w`, no bias (Cohere).
+    LayerNormNoBias,
+}
+
+/// Everything the decoder needs from `config.json`, plus the file itself so
+/// checkpoints write it back unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Family.
+    pub architecture: Architecture,
+    /// The `architectures[0]` string.
+    pub architecture_name: String,
+    /// Vocabulary size `V`.
+    pub vocab_size: usize,
+    /// Model width `d`.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// ε of the norms.
+    pub norm_eps: f64,
+    /// Which norm.
+    pub norm: NormKind,
+    /// RoPE base θ.
+    pub rope_theta: f64,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
+    /// Rotate adjacent pairs (Cohere) rather than halves (Llama).
+    pub rope_interleaved: bool,
+    /// Longest sequence the model supports.
+    pub max_position_embeddings: usize,
+    /// Attention sees at most this many previous positions (Mistral).
+    pub sliding_window: Option<usize>,
+    /// The output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// q, k, v projections have biases (Qwen2, Llama `attention_bias`).
+    pub qkv_bias: bool,
+    /// The output projection has a bias (Llama `attention_bias`).
+    pub o_bias: bool,
+    /// MLP projections have biases (Llama `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Parallel attention and MLP on one norm (Cohere).
+    pub parallel_block: bool,
+    /// Logits are multiplied by this (Cohere `logit_scale`, 1 otherwise).
+    pub logit_scale: f64,
+    /// The `config.json` object as read.
+    pub raw: Map<String, Value>,
+}
+
+fn field<'a>(raw: &'a Map<String, Value>, name: &str) -> Result<&'a Value, ModelError> {
+    raw.get(name).filter(|v| !v.is_null()).ok_or_else(|| ModelError::Config(format!("missing field `{name}`")))
+}
+
+fn usize_field(raw: &Map<String, Value>, name: &str) -> Result<usize, ModelError> {
+    let value = field(raw, name)?;
+    value
+        .as_u64()
+        .filter(|&v| v > 0)
+        .map(|v| v as usize)
+        .ok_or_else(|| ModelError::Config(format!("field `{name}` must be a positive integer, found {value}")))
+}
+
+fn optional_usize(raw: &Map<String, Value>, name: &str) -> Result<Option<usize>, ModelError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(_) => usize_field(raw, name).map(Some),
+    }
+}
+
+fn f64_field(raw: &Map<String, Value>, name: &str, default: f64) -> Result<f64, ModelError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| ModelError::Config(format!("field `{name}` must be a finite number, found {v}"))),
+    }
+}
+
+fn bool_field(raw: &Map<String, Value>, name: &str, default: bool) -> Result<bool, ModelError> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => {
+            v.as_bool().ok_or_else(|| ModelError::Config(format!("field `{name}` must be true or false, found {v}")))
+        }
+    }
+}
+
+fn rope_scaling(raw: &Map<String, Value>) -> Result<RopeScaling, ModelError> {
+    let Some(scaling) = raw.get("rope_scaling").filter(|v| !v.is_null()) else {
+        return Ok(RopeScaling::None);
+    };
+    let Some(scaling) = scaling.as_object() else {
+        return Err(ModelError::Config(format!("field `rope_scaling` must be an object, found {scaling}")));
+    };
+    let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let number = |name: &str| -> Result<f64, ModelError> {
+        scaling
+            .get(name)
+            .and_then(Value::as_f64)
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or_else(|| ModelError::Config(format!("`rope_scaling.{name}` must be a positive number")))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear { factor: number("factor")? }),
+        "llama3" => {
+            let scaling = RopeScaling::Llama3 {
+                factor: number("factor")?,
+                low_freq_factor: number("low_freq_factor")?,
+                high_freq_factor: number("high_freq_factor")?,
+                original_max_position_embeddings: number("original_max_position_embeddings")?,
+            };
+            if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling
+                && high_freq_factor <= low_freq_factor
+            {
+                return Err(ModelError::Config("`rope_scaling.high_freq_factor` must exceed `low_freq_factor`".into()));
+            }
+            Ok(scaling)
+        }
+        other => Err(ModelError::Config(format!(
+            "`rope_scaling.rope_type` `{other}` is not supported (daa supports default, linear, llama3)"
+        ))),
+    }
+}
+
+impl ModelConfig {
+    /// Parses a `config.json` text. Errors name the field at fault.
+    pub fn from_json(text: &str) -> Result<Self, ModelError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ModelError::Config(format!("not valid JSON: {e}")))?;
+        let Value::Object(raw) = value else {
+            return Err(ModelError::Config("expected a JSON object".into()));
+        };
+        Self::from_map(raw)
+    }
+
+    /// Builds the description from a parsed `config.json` object.
+    pub fn from_map(raw: Map<String, Value>) -> Result<Self, ModelError> {
+        let architecture_name = match raw.get("architectures").and_then(Value::as_array).and_then(|a| a.first()) {
+            Some(Value::String(name)) => name.clone(),
+            _ => {
+                let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
+                match model_type {
+                    "llama" => "LlamaForCausalLM",
+                    "mistral" => "MistralForCausalLM",
+                    "qwen2" => "Qwen2ForCausalLM",
+                    "cohere" => "CohereForCausalLM",
+                    _ => "",
+                }
+                .to_string()
+            }
+        };
+        let architecture = match architecture_name.as_str() {
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Architecture::Llama,
+            "CohereForCausalLM" => Architecture::Cohere,
+            other => {
+                let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("?");
+                let shown = if other.is_empty() { "(none)" } else { other };
+                return Err(ModelError::UnknownArchitecture {
+                    found: format!("{shown} (model_type `{model_type}`)"),
+                    supported: SUPPORTED_ARCHITECTURES.join(", "),
+                });
+            }
+        };
+        let act = raw.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+        if act != "silu" {
+            return Err(ModelError::Config(format!("field `hidden_act` is `{act}`; daa supports `silu` (SwiGLU)")));
+        }
+        let hidden_size = usize_field(&raw, "hidden_size")?;
+        let num_heads = usize_field(&raw, "num_attention_heads")?;
+        let num_kv_heads = optional_usize(&raw, "num_key_value_heads")?.unwrap_or(num_heads);
+        if num_heads % num_kv_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "`num_attention_heads` ({num_heads}) must be a multiple of `num_key_value_heads` ({num_kv_heads})"
+            )));
+        }
+        let head_dim = optional_usize(&raw, "head_dim")?.unwrap_or(hidden_size / num_heads);
+        if head_dim % 2 != 0 || (raw.get("head_dim").is_none() && hidden_size % num_heads != 0) {
+            return Err(ModelError::Config(format!(
+                "head width {head_dim} (hidden_size {hidden_size} / num_attention_heads {num_heads}) must be even and divide hidden_size"
+            )));
+        }
+        let is_qwen2 = architecture_name == "Qwen2ForCausalLM";
+        let is_cohere = architecture == Architecture::Cohere;
+        if is_cohere && bool_field(&raw, "use_qk_norm", false)? {
+            return Err(ModelError::Config(
+                "field `use_qk_norm` is true (Command R+): per-head query/key norms are not supported yet".into(),
+            ));
+        }
+        if is_qwen2 && bool_field(&raw, "use_sliding_window", false)? {
+            return Err(ModelError::Config(
+                "field `use_sliding_window` is true: Qwen2's per-layer sliding window is not supported yet".into(),
+            ));
+        }
+        let attention_bias = bool_field(&raw, "attention_bias", false)?;
+        let sliding_window =
+            if architecture_name == "MistralForCausalLM" { optional_usize(&raw, "sliding_window")? } else { None };
+        Ok(Self {
+            architecture,
+            vocab_size: usize_field(&raw, "vocab_size")?,
+            hidden_size,
+            intermediate_size: usize_field(&raw, "intermediate_size")?,
+            num_layers: usize_field(&raw, "num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            norm_eps: if is_cohere {
+                f64_field(&raw, "layer_norm_eps", 1e-5)?
+            } else {
+                f64_field(&raw, "rms_norm_eps", 1e-6)?
+            },
+            norm: if is_cohere { NormKind::LayerNormNoBias } else { NormKind::Rms },
+            rope_theta: f64_field(&raw, "rope_theta", 10_000.0)?,
+            rope_scaling: rope_scaling(&raw)?,
+            rope_interleaved: is_cohere,
+            max_position_embeddings: optional_usize(&raw, "max_position_embeddings")?.unwrap_or(2048),
+            sliding_window,
+            tie_word_embeddings: bool_field(&raw, "tie_word_embeddings", is_cohere)?,
+            qkv_bias: attention_bias || is_qwen2,
+            o_bias: attention_bias,
+            mlp_bias: bool_field(&raw, "mlp_bias", false)?,
+            parallel_block: is_cohere,
+            logit_scale: if is_cohere { f64_field(&raw, "logit_scale", 0.0625)? } else { 1.0 },
+            architecture_name,
+            raw,
+        })
+    }
+
+    /// The `config.json` text to write beside saved weights: the original
+    /// fields, with `torch_dtype` naming the saved dtype.
+    pub fn to_json(&self, torch_dtype: &str) -> String {
+        let mut raw = self.raw.clone();
+        raw.insert("torch_dtype".into(), Value::String(torch_dtype.into()));
+        serde_json::to_string_pretty(&Value::Object(raw)).unwrap_or_default()
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        let (d, hd) = (self.hidden_size, self.head_dim);
+        let q = d * self.num_heads * hd + usize::from(self.qkv_bias) * self.num_heads * hd;
+        let kv = 2 * (d * self.num_kv_heads * hd + usize::from(self.qkv_bias) * self.num_kv_heads * hd);
+        let o = self.num_heads * hd * d + usize::from(self.o_bias) * d;
+        let mlp = 3 * d * self.intermediate_size + usize::from(self.mlp_bias) * (2 * self.intermediate_size + d);
+        let norms = if self.parallel_block { d } else { 2 * d };
+        let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
+        self.num_layers * (q + kv + o + mlp + norms) + embed + d
+    }
+}

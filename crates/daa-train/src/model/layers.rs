@@ -1,0 +1,241 @@
+//! Norms, attention, MLP and the decoder block.
+
+use burn::module::{Module, Param};
+use burn::nn::Linear;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::config::{ModelConfig, NormKind};
+use super::rope::Rope;
+use super::weights::{Loader, ParamKind};
+use crate::error::ModelError;
+
+/// RMSNorm `y = x / √(mean(x²) + ε) · w` or, for Cohere, LayerNorm without
+/// bias `y = (x − μ) / √(σ² + ε) · w` (`μ`, `σ²` the mean and biased variance
+/// over the last axis).
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    /// `w`, `[d]`.
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    kind: NormKind,
+    #[module(skip)]
+    eps: f64,
+}
+
+impl<B: Backend> Norm<B> {
+    pub(crate) fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
+        Ok(Self { weight: load.vector(&format!("{prefix}.weight"), c.hidden_size)?, kind: c.norm, eps: c.norm_eps })
+    }
+
+    /// Normalises over the last axis of `[batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let centred = match self.kind {
+            NormKind::Rms => x,
+            NormKind::LayerNormNoBias => {
+                let mean = x.clone().mean_dim(2);
+                x - mean
+            }
+        };
+        let scale = centred.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt().recip();
+        centred * scale * self.weight.val().unsqueeze::<3>()
+    }
+
+    pub(crate) fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+        visit(&format!("{prefix}.weight"), ParamKind::Vector(&self.weight));
+    }
+}
+
+fn visit_linear<B: Backend>(name: &str, l: &Linear<B>, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+    visit(&format!("{name}.weight"), ParamKind::Linear(&l.weight));
+    if let Some(bias) = &l.bias {
+        visit(&format!("{name}.bias"), ParamKind::Vector(bias));
+    }
+}
+
+/// Additive attention bias `[1, 1, seq, seq]`: 0 where query `i` may see key
+/// `j` (`j ≤ i`, and `j > i − w` with a sliding window `w`), −∞ elsewhere.
+pub(crate) fn attention_bias<B: Backend>(seq: usize, window: Option<usize>, device: &B::Device) -> Tensor<B, 4> {
+    let mut bias = vec![0f32; seq * seq];
+    for i in 0..seq {
+        for j in 0..seq {
+            let visible = j <= i && window.is_none_or(|w| i - j < w);
+            if !visible {
+                bias[i * seq + j] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(bias, [1, 1, seq, seq]), device)
+}
+
+/// Grouped-query self-attention with RoPE:
+/// `softmax(q kᵀ / √h + bias) v`, each key/value head shared by
+/// `heads / kv_heads` query heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `q_proj`.
+    pub q: Linear<B>,
+    /// `k_proj`.
+    pub k: Linear<B>,
+    /// `v_proj`.
+    pub v: Linear<B>,
+    /// `o_proj`.
+    pub o: Linear<B>,
+    #[module(skip)]
+    heads: usize,
+    #[module(skip)]
+    kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+    #[module(skip)]
+    rope: Rope,
+}
+
+impl<B: Backend> Attention<B> {
+    fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
+        let (d, h, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        Ok(Self {
+            q: load.linear(&format!("{prefix}.q_proj"), d, h, c.qkv_bias)?,
+            k: load.linear(&format!("{prefix}.k_proj"), d, kv, c.qkv_bias)?,
+            v: load.linear(&format!("{prefix}.v_proj"), d, kv, c.qkv_bias)?,
+            o: load.linear(&format!("{prefix}.o_proj"), h, d, c.o_bias)?,
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            rope: Rope::new(c),
+        })
+    }
+
+    fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        x.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2)
+    }
+
+    /// Repeats each key/value head `heads / kv_heads` times: `[b, kv, t, h] → [b, heads, t, h]`.
+    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let groups = self.heads / self.kv_heads;
+        if groups == 1 {
+            return x;
+        }
+        let [b, kv, t, h] = x.dims();
+        x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, h]).reshape([b, kv * groups, t, h])
+    }
+
+    /// `[batch, seq, d] → [batch, seq, d]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        bias: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
+        let q = self.rope.apply(self.split_heads(self.q.forward(x.clone()), self.heads), cos, sin);
+        let k = self.rope.apply(self.split_heads(self.k.forward(x.clone()), self.kv_heads), cos, sin);
+        let v = self.split_heads(self.v.forward(x), self.kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt()) + bias.clone();
+        let context = softmax(scores, 3).matmul(v);
+        self.o.forward(context.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
+    }
+
+    fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+        for (name, l) in [("q_proj", &self.q), ("k_proj", &self.k), ("v_proj", &self.v), ("o_proj", &self.o)] {
+            visit_linear(&format!("{prefix}.{name}"), l, visit);
+        }
+    }
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `gate_proj`.
+    pub gate: Linear<B>,
+    /// `up_proj`.
+    pub up: Linear<B>,
+    /// `down_proj`.
+    pub down: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
+        let (d, m) = (c.hidden_size, c.intermediate_size);
+        Ok(Self {
+            gate: load.linear(&format!("{prefix}.gate_proj"), d, m, c.mlp_bias)?,
+            up: load.linear(&format!("{prefix}.up_proj"), d, m, c.mlp_bias)?,
+            down: load.linear(&format!("{prefix}.down_proj"), m, d, c.mlp_bias)?,
+        })
+    }
+
+    /// `[batch, seq, d] → [batch, seq, d]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    }
+
+    fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+        for (name, l) in [("gate_proj", &self.gate), ("up_proj", &self.up), ("down_proj", &self.down)] {
+            visit_linear(&format!("{prefix}.{name}"), l, visit);
+        }
+    }
+}
+
+/// One decoder block. Sequential (Llama): `h = x + attn(n₁(x))`,
+/// `y = h + mlp(n₂(h))`. Parallel (Cohere, `post_norm` absent):
+/// `y = x + attn(n₁(x)) + mlp(n₁(x))`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// `input_layernorm`.
+    pub input_norm: Norm<B>,
+    /// `post_attention_layernorm` (sequential blocks only).
+    pub post_norm: Option<Norm<B>>,
+    /// `self_attn`.
+    pub attention: Attention<B>,
+    /// `mlp`.
+    pub mlp: Mlp<B>,
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    pub(crate) fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
+        Ok(Self {
+            input_norm: Norm::load(c, &format!("{prefix}.input_layernorm"), load)?,
+            post_norm: if c.parallel_block {
+                None
+            } else {
+                Some(Norm::load(c, &format!("{prefix}.post_attention_layernorm"), load)?)
+            },
+            attention: Attention::load(c, &format!("{prefix}.self_attn"), load)?,
+            mlp: Mlp::load(c, &format!("{prefix}.mlp"), load)?,
+        })
+    }
+
+    /// `[batch, seq, d] → [batch, seq, d]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+        bias: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
+        let normed = self.input_norm.forward(x.clone());
+        match &self.post_norm {
+            None => {
+                let attended = self.attention.forward(normed.clone(), cos, sin, bias);
+                x + attended + self.mlp.forward(normed)
+            }
+            Some(post_norm) => {
+                let h = x + self.attention.forward(normed, cos, sin, bias);
+                h.clone() + self.mlp.forward(post_norm.forward(h))
+            }
+        }
+    }
+
+    pub(crate) fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+        self.input_norm.visit(&format!("{prefix}.input_layernorm"), visit);
+        if let Some(post) = &self.post_norm {
+            post.visit(&format!("{prefix}.post_attention_layernorm"), visit);
+        }
+        self.attention.visit(&format!("{prefix}.self_attn"), visit);
+        self.mlp.visit(&format!("{prefix}.mlp"), visit);
+    }
+}

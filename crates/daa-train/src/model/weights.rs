@@ -1,0 +1,158 @@
+//! Where weights come from (a checkpoint, a random initialiser, the browser)
+//! and how they become burn parameters.
+
+use burn::module::{Param, ParamId};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::error::ModelError;
+
+/// A provider of weights by Hugging Face name, in the file layout.
+pub trait WeightSource {
+    /// The values of `name` as f32, row-major. Implementations check that the
+    /// stored shape equals `shape` and fail with [`ModelError::Shape`] or
+    /// [`ModelError::MissingTensor`] otherwise.
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
+}
+
+/// A parameter as [`super::CausalLm::visit_weights`] shows it.
+#[derive(Debug)]
+pub enum ParamKind<'a, B: Backend> {
+    /// A linear layer's weight, stored `[in, out]`, `[out, in]` in files.
+    Linear(&'a Param<Tensor<B, 2>>),
+    /// A matrix stored as in files (embeddings, untied head).
+    Matrix(&'a Param<Tensor<B, 2>>),
+    /// A vector (norm weights, biases).
+    Vector(&'a Param<Tensor<B, 1>>),
+}
+
+impl<B: Backend> ParamKind<'_, B> {
+    /// The parameter's id (what gradients and optimizer state are keyed by).
+    pub fn id(&self) -> ParamId {
+        match self {
+            Self::Linear(p) | Self::Matrix(p) => p.id,
+            Self::Vector(p) => p.id,
+        }
+    }
+
+    /// Shape in the file layout.
+    pub fn file_shape(&self) -> Vec<usize> {
+        match self {
+            Self::Linear(p) => {
+                let [i, o] = p.val().dims();
+                vec![o, i]
+            }
+            Self::Matrix(p) => p.val().dims().to_vec(),
+            Self::Vector(p) => p.val().dims().to_vec(),
+        }
+    }
+
+    /// Whether AdamW's weight decay applies: matrices yes, norms and biases no
+    /// (the Hugging Face Trainer's convention).
+    pub fn decays(&self) -> bool {
+        !matches!(self, Self::Vector(_))
+    }
+
+    /// The values in the file layout, as f32.
+    pub fn to_file_f32(&self) -> Vec<f32> {
+        let data = match self {
+            Self::Linear(p) => p.val().transpose().into_data(),
+            Self::Matrix(p) => p.val().into_data(),
+            Self::Vector(p) => p.val().into_data(),
+        };
+        data.convert::<f32>().into_vec::<f32>().unwrap_or_default()
+    }
+}
+
+/// Builds burn parameters from a [`WeightSource`].
+pub(crate) struct Loader<'a, B: Backend> {
+    pub source: &'a mut dyn WeightSource,
+    pub device: &'a B::Device,
+}
+
+fn check_finite(name: &str, values: &[f32]) -> Result<(), ModelError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(ModelError::NonFinite { name: name.to_string(), index }),
+        None => Ok(()),
+    }
+}
+
+impl<B: Backend> Loader<'_, B> {
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let values = self.source.read(name, shape)?;
+        if values.len() != shape.iter().product::<usize>() {
+            return Err(ModelError::Shape { name: name.into(), expected: shape.to_vec(), found: vec![values.len()] });
+        }
+        check_finite(name, &values)?;
+        Ok(values)
+    }
+
+    /// A matrix kept in the file layout.
+    pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>, ModelError> {
+        let values = self.read(name, &shape)?;
+        Ok(Param::from_data(TensorData::new(values, shape), self.device))
+    }
+
+    /// A vector.
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
+        let values = self.read(name, &[len])?;
+        Ok(Param::from_data(TensorData::new(values, [len]), self.device))
+    }
+
+    /// `{prefix}.weight` (`[d_out, d_in]` in the file) and, when `bias`,
+    /// `{prefix}.bias`, as a burn [`Linear`] (`[d_in, d_out]`).
+    pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
+        let name = format!("{prefix}.weight");
+        let file = self.read(&name, &[d_out, d_in])?;
+        let mut stored = vec![0f32; file.len()];
+        for (o, row) in file.chunks_exact(d_in).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                stored[i * d_out + o] = v;
+            }
+        }
+        let weight = Param::from_data(TensorData::new(stored, [d_in, d_out]), self.device);
+        let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out)?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+}
+
+/// Deterministic random weights for tests and the built-in demo: matrices
+/// `N(0, std²)`, norm weights 1, biases `N(0, std²)`. Each tensor's values
+/// depend only on the seed and its name, not on the order of reads.
+#[derive(Debug, Clone)]
+pub struct RandomWeights {
+    /// Seed.
+    pub seed: u64,
+    /// Standard deviation of matrices and biases (0.02 is GPT-2's).
+    pub std: f32,
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl WeightSource for RandomWeights {
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let len: usize = shape.iter().product();
+        if name.ends_with("norm.weight") {
+            return Ok(vec![1.0; len]);
+        }
+        let mut state = name
+            .bytes()
+            .fold(self.seed ^ 0xD1B5_4A32_D192_ED03, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3));
+        let uniform = |state: &mut u64| ((splitmix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        Ok((0..len)
+            .map(|_| {
+                // Box–Muller: one normal from two uniforms.
+                let (u1, u2) = (uniform(&mut state), uniform(&mut state));
+                let n = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                (n as f32) * self.std
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,269 @@
+//! AdamW with global gradient-norm clipping, gradient accumulation and the
+//! paper's learning-rate schedule.
+//!
+//! One step, for gradients `g` summed over the micro-batches of the step:
+//!
+//! ```text
+//! g ← g · min(1, c / ‖g‖₂)            (‖·‖₂ over all parameters together)
+//! m ← β₁ m + (1 − β₁) g
+//! v ← β₂ v + (1 − β₂) g²
+//! θ ← θ − η (λ θ + m̂ / (√v̂ + ε)),    m̂ = m / (1 − β₁ᵗ), v̂ = v / (1 − β₂ᵗ)
+//! ```
+//!
+//! Weight decay `λ` applies to matrices only (not norms or biases), as in the
+//! Hugging Face Trainer. State `m`, `v` is f32 and kept per parameter,
+//! flattened, on the parameter's device.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+use crate::error::ModelError;
+
+/// AdamW hyper-parameters; defaults are the paper's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// λ (decoupled).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip `c`; `None` disables clipping.
+    pub clip_norm: Option<f64>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, clip_norm: Some(1.0) }
+    }
+}
+
+/// Linear warm-up to `peak` over `warmup` steps, then linear decay to
+/// `final_fraction · peak` at `total` steps:
+/// `η(s) = peak·(s+1)/warmup` for `s < warmup`, else
+/// `peak·(1 − (1 − f)·(s − warmup)/(total − warmup))`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    /// Peak learning rate.
+    pub peak: f64,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Total optimizer steps.
+    pub total: u64,
+    /// Final rate as a fraction of the peak.
+    pub final_fraction: f64,
+}
+
+impl LrSchedule {
+    /// The rate of the step with 0-based index `step`.
+    pub fn at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            return self.peak * (step + 1) as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        self.peak * (1.0 - (1.0 - self.final_fraction) * progress)
+    }
+}
+
+/// Gradients summed over micro-batches, flattened per parameter, remembered
+/// in the model's visiting order (so reductions over parameters are
+/// deterministic: parameter ids are random per process).
+#[derive(Debug)]
+pub struct GradAccumulator<B: Backend> {
+    grads: HashMap<ParamId, Tensor<B, 1>>,
+    order: Vec<ParamId>,
+}
+
+impl<B: Backend> Default for GradAccumulator<B> {
+    fn default() -> Self {
+        Self { grads: HashMap::new(), order: Vec::new() }
+    }
+}
+
+struct Collect<'a, B: AutodiffBackend> {
+    from: &'a mut GradientsParams,
+    into: &'a mut GradAccumulator<B::InnerBackend>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id) {
+            let n = g.shape().num_elements();
+            let g = g.reshape([n]);
+            let sum = match self.into.grads.remove(&param.id) {
+                Some(acc) => acc + g,
+                None => {
+                    self.into.order.push(param.id);
+                    g
+                }
+            };
+            self.into.grads.insert(param.id, sum);
+        }
+    }
+}
+
+impl<B: Backend> GradAccumulator<B> {
+    /// Adds the gradients of one backward pass.
+    pub fn add<AB, M>(&mut self, model: &M, grads: <AB as AutodiffBackend>::Gradients)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut params = GradientsParams::from_grads(grads, model);
+        model.visit(&mut Collect::<AB> { from: &mut params, into: self });
+    }
+
+    /// `‖g‖₂` over every parameter.
+    pub fn global_norm(&self) -> f64 {
+        self.order
+            .iter()
+            .filter_map(|id| self.grads.get(id))
+            .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Whether no gradient has been added.
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
+
+/// First and second moments of one parameter, flattened.
+#[derive(Debug, Clone)]
+pub struct Moments<B: Backend> {
+    /// `m`.
+    pub m: Tensor<B, 1>,
+    /// `v`.
+    pub v: Tensor<B, 1>,
+}
+
+/// AdamW state: step count and moments per parameter.
+#[derive(Debug)]
+pub struct AdamW<B: Backend> {
+    /// Hyper-parameters.
+    pub config: AdamWConfig,
+    /// Steps taken so far (`t` of the bias correction is `steps + 1` during a step).
+    pub steps: u64,
+    /// Moments per parameter.
+    pub moments: HashMap<ParamId, Moments<B>>,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// `‖g‖₂` before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+struct Update<'a, B: AutodiffBackend> {
+    grads: &'a mut HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+    moments: &'a mut HashMap<ParamId, Moments<B::InnerBackend>>,
+    decays: &'a HashMap<ParamId, bool>,
+    config: AdamWConfig,
+    lr: f64,
+    scale: f64,
+    t: i32,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(g) = self.grads.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let c = self.config;
+        let g = g.mul_scalar(self.scale);
+        let shape = tensor.shape();
+        let theta = tensor.inner().reshape([shape.num_elements()]);
+        let (m, v) = match self.moments.remove(&id) {
+            Some(Moments { m, v }) => (m, v),
+            None => (g.zeros_like(), g.zeros_like()),
+        };
+        let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
+        let v = v.mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2);
+        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(self.t));
+        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(self.t));
+        let decay = if self.decays.get(&id).copied().unwrap_or(true) { c.weight_decay } else { 0.0 };
+        let theta =
+            theta.mul_scalar(1.0 - self.lr * decay) - (m_hat / (v_hat.sqrt().add_scalar(c.eps))).mul_scalar(self.lr);
+        self.moments.insert(id, Moments { m, v });
+        let updated = Tensor::<B, D>::from_inner(theta.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// A fresh optimizer.
+    pub fn new(config: AdamWConfig) -> Self {
+        Self { config, steps: 0, moments: HashMap::new() }
+    }
+
+    /// Applies one step with the accumulated gradients (consumed) at rate
+    /// `lr`. `decays` says per parameter whether weight decay applies.
+    pub fn step<AB, M>(
+        &mut self,
+        model: M,
+        mut grads: GradAccumulator<B>,
+        lr: f64,
+        decays: &HashMap<ParamId, bool>,
+    ) -> Result<(M, StepReport), ModelError>
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let grad_norm = grads.global_norm();
+        if !grad_norm.is_finite() {
+            return Err(ModelError::Batch(format!("gradient norm is {grad_norm}: the step would corrupt the weights")));
+        }
+        let scale = match self.config.clip_norm {
+            Some(c) if grad_norm > c => c / grad_norm,
+            _ => 1.0,
+        };
+        self.steps += 1;
+        let t = i32::try_from(self.steps).unwrap_or(i32::MAX);
+        let mut update = Update::<AB> {
+            grads: &mut grads.grads,
+            moments: &mut self.moments,
+            decays,
+            config: self.config,
+            lr,
+            scale,
+            t,
+        };
+        let model = model.map(&mut update);
+        Ok((model, StepReport { grad_norm, lr }))
+    }
+
+    /// The state of one parameter as f32 vectors `(m, v)`, if it has any.
+    pub fn export(&self, id: ParamId) -> Option<(Vec<f32>, Vec<f32>)> {
+        let Moments { m, v } = self.moments.get(&id)?;
+        let read = |t: &Tensor<B, 1>| t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+        Some((read(m), read(v)))
+    }
+
+    /// Restores the state of one parameter from f32 vectors.
+    pub fn import(&mut self, id: ParamId, m: Vec<f32>, v: Vec<f32>, device: &B::Device) -> Result<(), ModelError> {
+        if m.len() != v.len() {
+            return Err(ModelError::OptimizerState(format!("m has {} values, v has {}", m.len(), v.len())));
+        }
+        let n = m.len();
+        self.moments.insert(
+            id,
+            Moments {
+                m: Tensor::from_data(TensorData::new(m, [n]), device),
+                v: Tensor::from_data(TensorData::new(v, [n]), device),
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! The run configuration: a TOML file (`configs/*.toml`), every field
+//! overridable with `--set section.field=value`, validated before anything
+//! runs, with errors that name the field.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use daa_core::preference::{LossHyperParams, NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{AdamWConfig, LrSchedule};
+
+/// The configuration of `cargo xtask train` with no arguments.
+pub const BUILTIN_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
+
+/// Value of `model.path` / `data.path` that selects the built-in tiny model and task.
+pub const BUILTIN: &str = "builtin:tiny";
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model and compute.
+    pub model: ModelSection,
+    /// Data.
+    pub data: DataSection,
+    /// Objective.
+    pub loss: LossSection,
+    /// Optimisation.
+    pub train: TrainSection,
+    /// Monitoring.
+    #[serde(default)]
+    pub monitor: MonitorSection,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hugging Face checkpoint folder, or `builtin:tiny`.
+    pub path: String,
+    /// `cpu` (burn ndarray), `wgpu` or `cuda`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// GPU index for `cuda` / `wgpu`.
+    #[serde(default)]
+    pub device: usize,
+}
+
+/// `[data]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Training data (`.jsonl` or `.parquet`), or `builtin:tiny`.
+    pub path: String,
+    /// Held-out data; when absent, `eval_size` pairs are taken from `path`.
+    #[serde(default)]
+    pub eval_path: Option<String>,
+    /// Held-out pairs split off the training data.
+    #[serde(default = "default_eval_size")]
+    pub eval_size: usize,
+    /// Longest prompt + completion, in tokens.
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    /// Longest prompt kept when a pair is too long.
+    #[serde(default = "default_max_prompt_length")]
+    pub max_prompt_length: usize,
+    /// Stop at the first bad row.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// `[loss]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSection {
+    /// A catalog name: dpo, robust-dpo, ipo, ipo-mean, hinge, hinge-trl, simpo, orpo.
+    pub name: String,
+    /// β of dpo, robust-dpo, hinge-trl, simpo, orpo.
+    #[serde(default)]
+    pub beta: Option<f64>,
+    /// τ of ipo, ipo-mean.
+    #[serde(default)]
+    pub tau: Option<f64>,
+    /// γ of hinge and simpo.
+    #[serde(default)]
+    pub gamma: Option<f64>,
+    /// α of hinge.
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// ε of dpo, robust-dpo, simpo.
+    #[serde(default)]
+    pub label_smoothing: Option<f64>,
+    /// λ of the NLL term on the chosen completion (0 = none).
+    #[serde(default)]
+    pub nll_weight: f64,
+    /// `sum` or `mean` (per token) NLL.
+    #[serde(default = "default_nll_normalisation")]
+    pub nll_normalisation: String,
+    /// `cache` (reference log-probabilities computed once, stored on disk) or
+    /// `model` (a frozen copy of the initial model in memory).
+    #[serde(default = "default_reference")]
+    pub reference: String,
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Run folder (metrics, checkpoints).
+    pub output_dir: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Pairs per optimizer step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Pairs per forward pass (gradients accumulate over `batch_size / micro_batch_size` passes).
+    #[serde(default = "default_micro_batch_size")]
+    pub micro_batch_size: usize,
+    /// Passes over the training data.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many steps (0 = the whole schedule).
+    #[serde(default)]
+    pub max_steps: u64,
+    /// Warm-up steps.
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak.
+    #[serde(default = "default_final_lr_fraction")]
+    pub final_lr_fraction: f64,
+    /// AdamW β₁.
+    #[serde(default = "default_beta1")]
+    pub adam_beta1: f64,
+    /// AdamW β₂.
+    #[serde(default = "default_beta2")]
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    #[serde(default = "default_adam_eps")]
+    pub adam_eps: f64,
+    /// Decoupled weight decay (matrices only).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[serde(default = "default_clip")]
+    pub clip_norm: f64,
+    /// Seed of the data order and split.
+    #[serde(default)]
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Folder of the reference log-probability cache (default `$DAA_CACHE_DIR`
+    /// or `~/.cache/daa`).
+    #[serde(default)]
+    pub cache_dir: Option<String>,
+}
+
+/// `[monitor]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Evaluate every this many steps (and before the first and after the last).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: u64,
+    /// `k` of top-k entropy and mass.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    /// Base of the top-k entropy (2 = bits, as the paper).
+    #[serde(default = "default_entropy_base")]
+    pub entropy_base: f64,
+    /// Pairs per evaluation forward pass.
+    #[serde(default = "default_micro_batch_size")]
+    pub eval_batch_size: usize,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        Self {
+            eval_every: default_eval_every(),
+            top_k: default_top_k(),
+            entropy_base: default_entropy_base(),
+            eval_batch_size: default_micro_batch_size(),
+        }
+    }
+}
+
+fn default_backend() -> String {
+    "cpu".into()
+}
+fn default_eval_size() -> usize {
+    64
+}
+fn default_max_length() -> usize {
+    512
+}
+fn default_max_prompt_length() -> usize {
+    256
+}
+fn default_nll_normalisation() -> String {
+    "sum".into()
+}
+fn default_reference() -> String {
+    "cache".into()
+}
+fn default_batch_size() -> usize {
+    32
+}
+fn default_micro_batch_size() -> usize {
+    4
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_warmup() -> u64 {
+    128
+}
+fn default_final_lr_fraction() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_eval_every() -> u64 {
+    50
+}
+fn default_top_k() -> usize {
+    10
+}
+fn default_entropy_base() -> f64 {
+    2.0
+}
+
+/// Sets `section.field = value` in a parsed TOML table. `value` is read as a
+/// TOML value (`1e-6`, `true`, `"text"`), or as a string when it is not one.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let Some((key, raw)) = assignment.split_once('=') else {
+        bail!("--set {assignment}: expected section.field=value");
+    };
+    let (key, raw) = (key.trim(), raw.trim());
+    let Some((section, field)) = key.split_once('.') else {
+        bail!("--set {assignment}: `{key}` must be section.field (e.g. train.lr)");
+    };
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section_table) = entry.as_table_mut() else {
+        bail!("--set {assignment}: `{section}` is not a section");
+    };
+    section_table.insert(field.to_string(), value);
+    Ok(())
+}
+
+impl TrainConfig {
+    /// Parses TOML `text` (from `origin`, for messages), applies `overrides`
+    /// and validates.
+    pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let config: Self = table.try_into().with_context(|| format!("{origin}: invalid configuration"))?;
+        config.validate().with_context(|| format!("{origin}: invalid configuration"))?;
+        Ok(config)
+    }
+
+    /// Reads a configuration file, or the built-in one when `path` is `None`.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
+        match path {
+            None => Self::parse(BUILTIN_CONFIG, "built-in configs/tiny.toml", overrides),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+                Self::parse(&text, &p.display().to_string(), overrides)
+            }
+        }
+    }
+
+    /// Semantic checks; each message names its field.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        let positive = |name: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("`{name}` must be a positive number, found {v}");
+            }
+            Ok(())
+        };
+        if !matches!(self.model.backend.as_str(), "cpu" | "wgpu" | "cuda") {
+            bail!("`model.backend` must be cpu, wgpu or cuda, found `{}`", self.model.backend);
+        }
+        positive("train.lr", t.lr)?;
+        if t.batch_size == 0 || t.micro_batch_size == 0 || t.batch_size % t.micro_batch_size != 0 {
+            bail!(
+                "`train.batch_size` ({}) must be a positive multiple of `train.micro_batch_size` ({})",
+                t.batch_size,
+                t.micro_batch_size
+            );
+        }
+        if t.epochs == 0 {
+            bail!("`train.epochs` must be at least 1");
+        }
+        for (name, v) in [("train.adam_beta1", t.adam_beta1), ("train.adam_beta2", t.adam_beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("`{name}` must lie in [0, 1), found {v}");
+            }
+        }
+        positive("train.adam_eps", t.adam_eps)?;
+        if !(t.weight_decay >= 0.0 && t.clip_norm >= 0.0) {
+            bail!("`train.weight_decay` and `train.clip_norm` must be ≥ 0");
+        }
+        if !(0.0..=1.0).contains(&t.final_lr_fraction) {
+            bail!("`train.final_lr_fraction` must lie in [0, 1], found {}", t.final_lr_fraction);
+        }
+        if self.data.max_length < 2
+            || self.data.max_prompt_length == 0
+            || self.data.max_prompt_length >= self.data.max_length
+        {
+            bail!(
+                "`data.max_prompt_length` ({}) must be at least 1 and smaller than `data.max_length` ({})",
+                self.data.max_prompt_length,
+                self.data.max_length
+            );
+        }
+        if self.monitor.eval_every == 0 || self.monitor.eval_batch_size == 0 {
+            bail!("`monitor.eval_every` and `monitor.eval_batch_size` must be at least 1");
+        }
+        if self.monitor.top_k == 0 || self.monitor.top_k > daa_core::MAX_TOP_K {
+            bail!("`monitor.top_k` must lie in 1..={}, found {}", daa_core::MAX_TOP_K, self.monitor.top_k);
+        }
+        if !(self.monitor.entropy_base > 1.0) {
+            bail!("`monitor.entropy_base` must exceed 1, found {}", self.monitor.entropy_base);
+        }
+        if !matches!(self.loss.reference.as_str(), "cache" | "model") {
+            bail!("`loss.reference` must be `cache` or `model`, found `{}`", self.loss.reference);
+        }
+        self.loss_params()?;
+        Ok(())
+    }
+
+    /// The catalog loss and NLL term.
+    pub fn loss_params(&self) -> Result<PreferenceLossParams> {
+        let l = &self.loss;
+        let hyper = LossHyperParams {
+            beta: l.beta,
+            tau: l.tau,
+            gamma: l.gamma,
+            alpha: l.alpha,
+            label_smoothing: l.label_smoothing,
+        };
+        let loss = PreferenceLoss::from_name(&l.name, hyper).context("`loss.name` and its parameters")?;
+        let normalisation = match l.nll_normalisation.as_str() {
+            "sum" => NllNormalisation::Sum,
+            "mean" => NllNormalisation::Mean,
+            other => bail!("`loss.nll_normalisation` must be `sum` or `mean`, found `{other}`"),
+        };
+        if !(l.nll_weight >= 0.0 && l.nll_weight.is_finite()) {
+            bail!("`loss.nll_weight` must be ≥ 0, found {}", l.nll_weight);
+        }
+        let nll = (l.nll_weight > 0.0).then_some(NllTerm { weight: l.nll_weight, normalisation });
+        let params = PreferenceLossParams { loss, nll };
+        params.validate().context("`loss`")?;
+        Ok(params)
+    }
+
+    /// AdamW settings.
+    pub fn adamw(&self) -> AdamWConfig {
+        let t = &self.train;
+        AdamWConfig {
+            beta1: t.adam_beta1,
+            beta2: t.adam_beta2,
+            eps: t.adam_eps,
+            weight_decay: t.weight_decay,
+            clip_norm: (t.clip_norm > 0.0).then_some(t.clip_norm),
+        }
+    }
+
+    /// The schedule for `total` steps.
+    pub fn schedule(&self, total: u64) -> LrSchedule {
+        LrSchedule {
+            peak: self.train.lr,
+            warmup: self.train.warmup_steps,
+            total,
+            final_fraction: self.train.final_lr_fraction,
+        }
+    }
+
+    /// The run folder.
+    pub fn output_dir(&self) -> PathBuf {
+        PathBuf::from(&self.train.output_dir)
+    }
+}

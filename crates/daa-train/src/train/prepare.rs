@@ -1,0 +1,111 @@
+//! Everything a run needs before the first step: the checkpoint and data
+//! (generated for `builtin:tiny`), the tokenised pairs split into training and
+//! held-out sets.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::config::{BUILTIN, TrainConfig};
+use crate::data::{EncodeOptions, EncodedPair, EncodedSet, TextEncoder, encode_rows, read_rows};
+use crate::tiny;
+
+/// A run's inputs, ready to train on.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The checkpoint folder of the initial (and reference) model.
+    pub model_dir: PathBuf,
+    /// The training data file.
+    pub data_path: PathBuf,
+    /// The held-out data file, when separate.
+    pub eval_path: Option<PathBuf>,
+    /// Tokenizer and template.
+    pub encoder: TextEncoder,
+    /// Length limits.
+    pub options: EncodeOptions,
+    /// Training pairs, in file order.
+    pub train: Vec<EncodedPair>,
+    /// Held-out pairs.
+    pub eval: Vec<EncodedPair>,
+    /// Encoding report of the training file.
+    pub train_report: EncodedSet,
+}
+
+/// SplitMix64 step (the data order's generator).
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A permutation of `0..n` determined by `seed` and `stream` (Fisher–Yates).
+pub(crate) fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F);
+    for i in (1..n).rev() {
+        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+fn encode_file(path: &Path, encoder: &TextEncoder, options: &EncodeOptions) -> Result<EncodedSet> {
+    let rows = read_rows(path)?;
+    encode_rows(&rows, encoder, options, &path.display().to_string())
+}
+
+/// Resolves `builtin:tiny`, reads and encodes the data, splits off the
+/// held-out set.
+pub fn prepare(config: &TrainConfig, run_dir: &Path) -> Result<Prepared> {
+    let builtin = (config.model.path == BUILTIN || config.data.path == BUILTIN)
+        .then(|| tiny::materialize(&run_dir.join("builtin"), config.train.seed))
+        .transpose()?;
+    let pick = |value: &str, builtin_path: Option<PathBuf>| -> PathBuf {
+        match builtin_path {
+            Some(p) if value == BUILTIN => p,
+            _ => PathBuf::from(value),
+        }
+    };
+    let model_dir = pick(&config.model.path, builtin.as_ref().map(|b| b.0.clone()));
+    let data_path = pick(&config.data.path, builtin.as_ref().map(|b| b.1.clone()));
+    let encoder = TextEncoder::open(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
+    let options = EncodeOptions {
+        max_length: config.data.max_length,
+        max_prompt_length: config.data.max_prompt_length,
+        strict: config.data.strict,
+    };
+    let report = encode_file(&data_path, &encoder, &options)?;
+    let eval_path = config.data.eval_path.as_ref().map(PathBuf::from);
+    let (train, eval) = match &eval_path {
+        Some(path) => (report.pairs.clone(), encode_file(path, &encoder, &options)?.pairs),
+        None => {
+            let n = report.pairs.len();
+            let held = config.data.eval_size.min(n / 2);
+            let order = permutation(n, config.train.seed, u64::MAX);
+            let mut is_eval = vec![false; n];
+            for &i in &order[..held] {
+                is_eval[i] = true;
+            }
+            let (mut train, mut eval) = (Vec::new(), Vec::new());
+            for (pair, held_out) in report.pairs.iter().zip(is_eval) {
+                if held_out { eval.push(pair.clone()) } else { train.push(pair.clone()) }
+            }
+            (train, eval)
+        }
+    };
+    if train.is_empty() {
+        bail!(
+            "{}: no usable training pairs ({} rows read, {} skipped: {:?})",
+            data_path.display(),
+            report.rows,
+            report.skipped_total(),
+            report.skipped
+        );
+    }
+    if eval.is_empty() {
+        bail!("no held-out pairs: set data.eval_path or a positive data.eval_size");
+    }
+    Ok(Prepared { model_dir, data_path, eval_path, encoder, options, train, eval, train_report: report })
+}

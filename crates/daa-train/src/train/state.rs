@@ -1,0 +1,159 @@
+//! Checkpoints of a run and resuming from them.
+//!
+//! `checkpoint-NNNNNN/` (N = completed optimizer steps) holds a Hugging Face
+//! checkpoint (`model.safetensors` in f32, `config.json`, tokenizer files)
+//! plus `optimizer.safetensors` (AdamW moments `{name}.exp_avg`,
+//! `{name}.exp_avg_sq`, flattened in burn's layout) and
+//! `trainer_state.json`. The data order is a function of the seed and the
+//! step, so these restore the run exactly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::{Module, ParamId};
+use burn::tensor::backend::Backend;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use crate::atomic_write::write_dir;
+use crate::checkpoint::{NamedTensor, safetensors_bytes, save_model};
+use crate::model::{CausalLm, ParamKind};
+use crate::optim::AdamW;
+
+/// `trainer_state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Completed optimizer steps.
+    pub step: u64,
+    /// Steps of the whole schedule.
+    pub total_steps: u64,
+    /// The configuration of the run.
+    pub config: TrainConfig,
+    /// daa version that wrote it.
+    pub daa_version: String,
+}
+
+/// Folder of the checkpoint after `step` steps.
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("checkpoint-{step:06}"))
+}
+
+/// Saves model, optimizer and state atomically (a temporary folder renamed
+/// into place; an older folder of the same step is replaced only after the
+/// new one is complete).
+pub fn save_checkpoint<B: Backend>(
+    run_dir: &Path,
+    model: &CausalLm<B>,
+    optimizer: &AdamW<B>,
+    state: &TrainerState,
+    source_dir: &Path,
+) -> Result<PathBuf> {
+    let dest = checkpoint_dir(run_dir, state.step);
+    let fill = |dir: &Path| -> Result<()> {
+        save_model(model, dir, source_dir)?;
+        let mut tensors = Vec::new();
+        let mut missing = None;
+        model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| match optimizer.export(p.id()) {
+            Some((m, v)) => {
+                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
+                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
+            }
+            None => missing = missing.take().or(Some(name.to_string())),
+        });
+        if let (Some(name), true) = (missing, optimizer.steps > 0) {
+            bail!("optimizer has no state for `{name}`");
+        }
+        let meta = [("steps", optimizer.steps.to_string())];
+        std::fs::write(dir.join("optimizer.safetensors"), safetensors_bytes(&tensors, &meta)?)
+            .context("writing optimizer.safetensors")?;
+        std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)
+            .context("writing trainer_state.json")?;
+        Ok(())
+    };
+    if dest.exists() {
+        let old = run_dir.join(format!(".checkpoint-{:06}.old", state.step));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(&dest, &old).with_context(|| format!("{}: cannot move aside", dest.display()))?;
+        write_dir(&dest, fill)?;
+        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))?;
+    } else {
+        write_dir(&dest, fill)?;
+    }
+    Ok(dest)
+}
+
+/// The checkpoint to resume from: `path` itself when it is one, else the
+/// latest `checkpoint-*` inside it.
+pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join("trainer_state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let entries = std::fs::read_dir(path).with_context(|| format!("--resume {}: cannot list", path.display()))?;
+    let latest = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join("trainer_state.json").exists().then_some((step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step);
+    match latest {
+        Some((_, dir)) => Ok(dir),
+        None => bail!("--resume {}: no checkpoint-* folder with trainer_state.json", path.display()),
+    }
+}
+
+/// Reads `trainer_state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a daa trainer state", path.display()))
+}
+
+/// Restores AdamW moments saved by [`save_checkpoint`] for `model`'s parameters.
+pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &mut AdamW<B>) -> Result<()> {
+    let path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file =
+        SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
+    let (_, metadata) =
+        SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: bad header", path.display()))?;
+    let steps: u64 = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("steps"))
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{}: no `steps` metadata", path.display()))?;
+    let read = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let view = file.tensor(name).with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
+        if view.dtype() != Dtype::F32 || view.shape() != [len] {
+            bail!(
+                "{}: tensor `{name}` must be F32 [{len}], found {:?} {:?}",
+                path.display(),
+                view.dtype(),
+                view.shape()
+            );
+        }
+        Ok(bytemuck::pod_collect_to_vec(view.data()))
+    };
+    let mut params: Vec<(String, ParamId, usize)> = Vec::new();
+    model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
+        params.push((name.to_string(), p.id(), p.file_shape().iter().product()));
+    });
+    let device = model.devices().into_iter().next().context("the model has no device")?;
+    let mut restored = HashMap::new();
+    if steps > 0 {
+        for (name, id, len) in params {
+            let m = read(&format!("{name}.exp_avg"), len)?;
+            let v = read(&format!("{name}.exp_avg_sq"), len)?;
+            restored.insert(id, (m, v));
+        }
+    }
+    for (id, (m, v)) in restored {
+        optimizer.import(id, m, v, &device)?;
+    }
+    optimizer.steps = steps;
+    Ok(())
+}
