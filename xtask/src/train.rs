@@ -1,5 +1,6 @@
 //! `cargo xtask train [--release] [--config FILE] [DAA TRAIN ARGS…]`: builds
-//! `daa` with the backend the configuration asks for and runs `daa train`.
+//! `daa` (every backend is compiled in; the configuration's `model.backend`
+//! is checked here) and runs `daa train`.
 //! With no arguments: the built-in tiny run (configs/tiny.toml, no download).
 
 use std::process::Command;
@@ -43,20 +44,31 @@ pub fn run(args: &[String]) -> Result<()> {
             _ => passthrough.push(arg.clone()),
         }
     }
-    let features = match backend.as_str() {
-        "cpu" => "cli",
-        "wgpu" => "cli,wgpu",
-        "cuda" => "cli,cuda",
-        other => bail!("model.backend `{other}`: expected cpu, wgpu or cuda"),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(cargo);
-    command.args(["run", "--quiet", "-p", "daa-train", "--bin", "daa", "--features", features]);
-    if release {
-        command.arg("--release");
+    if !matches!(backend.as_str(), "cpu" | "wgpu" | "cuda") {
+        bail!("model.backend `{backend}`: expected cpu, wgpu or cuda");
     }
-    command.arg("--").arg("train").args(&passthrough);
-    let status = command.status().context("running cargo")?;
+    // daa's default features build every backend (cpu, wgpu, cuda; the GPU ones
+    // load their drivers at run time). Building with the whole workspace
+    // selected keeps the feature set identical to `cargo test --workspace`,
+    // so this reuses the test build instead of rebuilding burn.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
+    let mut build = Command::new(&cargo);
+    build.current_dir(&root).args(["build", "--quiet", "--workspace", "--bin", "daa"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("building daa failed ({status})");
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let binary = target.join(if release { "release" } else { "debug" }).join("daa");
+    let status = Command::new(&binary)
+        .arg("train")
+        .args(&passthrough)
+        .status()
+        .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
         bail!("daa train failed ({status})");
     }

@@ -81,6 +81,7 @@ impl RowFault {
 /// Turns the per-row `(code, column)` status words GPU row kernels write
 /// (shaders/*/row_status.*, row_common.cuh: 0 ok, 1 NaN, 2 all −inf,
 /// 3 +inf) into the CPU backends' errors; `first_row` numbers the first word pair.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub(crate) fn check_row_status(words: &[u32], first_row: usize, backend: &'static str) -> Result<()> {
     for (r, pair) in words.chunks_exact(2).enumerate() {
         let (row, column) = (first_row + r, pair[1] as usize);

@@ -54,7 +54,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            // One line: multi-line messages (TOML, serde) are folded.
+            let message = chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {message}");
             ExitCode::from(2)
         }
     }

@@ -477,3 +477,87 @@ fn cuda_without_a_driver_says_what_to_do() {
         "{err}"
     );
 }
+
+/// A tiny checkpoint and a preference file (row 3 has chosen == rejected).
+fn tiny_model_and_data(dir: &Path) -> (PathBuf, PathBuf) {
+    let model = dir.join("model");
+    daa_train::tiny::write_checkpoint(
+        &model,
+        &daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1),
+        1,
+        0.3,
+    )
+    .unwrap();
+    let mut rows = daa_train::tiny::arithmetic_rows(6, 1);
+    rows[2]["rejected"] = rows[2]["chosen"].clone();
+    let data = dir.join("prefs.jsonl");
+    std::fs::write(&data, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    (model, data)
+}
+
+#[test]
+fn logps_writes_reference_scores_and_names_bad_rows_under_strict() {
+    let dir = temp_dir();
+    let (model, data) = tiny_model_and_data(dir.path());
+    let out = dir.path().join("ref.safetensors");
+    let args =
+        ["logps", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let run = daa(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("skipped 1 of 6 rows"), "{}", stderr(&run));
+    let scores = daa_train::scores::read_scores(&out).unwrap();
+    let mut rows: Vec<usize> = scores.keys().copied().collect();
+    rows.sort();
+    assert_eq!(rows, [1, 2, 4, 5, 6]);
+    assert!(scores.values().all(|s| s.chosen < 0.0 && s.rejected < 0.0 && s.chosen_tokens > 0));
+
+    let mut strict = args.to_vec();
+    strict.push("--strict");
+    expect_failure(&strict, &out, &["prefs.jsonl: row 3: `chosen` and `rejected` are identical"]);
+}
+
+#[test]
+fn train_rejects_bad_configurations_naming_the_field() {
+    let dir = temp_dir();
+    let config = dir.path().join("bad.toml");
+    let marker = dir.path().join("untouched");
+    std::fs::write(&config, "[model]\npath = \"m\"\n[data]\npath = \"d.jsonl\"\n[loss]\nname = \"dpo\"\nbeta = 0.1\n[train]\noutput_dir = \"o\"\nlrr = 1e-6\n").unwrap();
+    expect_failure(&["train", "--config", config.to_str().unwrap()], &marker, &["bad.toml", "unknown field `lrr`"]);
+    expect_failure(&["train", "--set", "train.lr=-1"], &marker, &["`train.lr` must be a positive number"]);
+    expect_failure(&["train", "--set", "loss.name=dpx"], &marker, &["loss.name", "dpx"]);
+    expect_failure(
+        &["train", "--set", "train.batch_size=6", "--set", "train.micro_batch_size=4"],
+        &marker,
+        &["`train.batch_size` (6) must be a positive multiple of `train.micro_batch_size` (4)"],
+    );
+    expect_failure(&["train", "--set", "model.backend=tpu"], &marker, &["`model.backend` must be cpu, wgpu or cuda"]);
+    let (model, _) = tiny_model_and_data(dir.path());
+    let out = dir.path().join("run");
+    let missing = dir.path().join("missing.jsonl");
+    expect_failure(
+        &[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            missing.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &marker,
+        &["missing.jsonl: cannot open"],
+    );
+}
+
+#[test]
+fn train_on_cuda_without_a_driver_says_what_to_do() {
+    if daa_core::cuda::driver_present() {
+        return; // a GPU machine: the backend agreement test covers it
+    }
+    let dir = temp_dir();
+    let out = dir.path().join("run");
+    let run = daa(&["train", "--backend", "cuda", "--out", out.to_str().unwrap()]);
+    let err = stderr(&run);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("backend cuda: CUDA driver not found") && err.contains("model.backend = \"cpu\""), "{err}");
+}
