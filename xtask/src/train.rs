@@ -48,13 +48,14 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("model.backend `{backend}`: expected cpu, wgpu or cuda");
     }
     // daa's default features build every backend (cpu, wgpu, cuda; the GPU ones
-    // load their drivers at run time). Building with the whole workspace
-    // selected keeps the feature set identical to `cargo test --workspace`,
-    // so this reuses the test build instead of rebuilding burn.
+    // load their drivers at run time). Building what `cargo test --workspace`
+    // builds (all targets: dev-dependencies change the features of shared
+    // crates such as burn's) makes the two commands share one build instead of
+    // compiling burn twice.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
     let mut build = Command::new(&cargo);
-    build.current_dir(&root).args(["build", "--quiet", "--workspace", "--bin", "daa"]);
+    build.current_dir(&root).args(["build", "--quiet", "--workspace", "--all-targets"]);
     if release {
         build.arg("--release");
     }

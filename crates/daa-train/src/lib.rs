@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod rng;
 
 pub use error::ModelError;
 

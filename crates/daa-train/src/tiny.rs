@@ -17,6 +17,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use crate::atomic_write::{write_bytes, write_dir};
 use crate::checkpoint::save_model;
 use crate::model::{CausalLm, ModelConfig, RandomWeights};
+use crate::rng::splitmix64;
 
 /// Special tokens after the 256 byte tokens, in id order.
 pub const SPECIAL_TOKENS: [&str; 5] = ["<|bos|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"];
@@ -135,14 +136,6 @@ pub fn write_checkpoint(dir: &Path, config: &Value, seed: u64, std: f32) -> Resu
     save_model(&model, dir, dir)
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// The built-in task, `rows` pairs: "What is a plus b?" with the right sum
 /// chosen and a wrong one rejected, in UltraFeedback's layout (`prompt`
 /// string, `chosen`/`rejected` as whole conversations, extra fields).
@@ -150,10 +143,10 @@ pub fn arithmetic_rows(rows: usize, seed: u64) -> Vec<Value> {
     let mut state = seed ^ 0x5EED;
     (0..rows)
         .map(|i| {
-            let a = splitmix(&mut state) % 50;
-            let b = splitmix(&mut state) % 50;
-            let offset = 1 + splitmix(&mut state) % 9;
-            let wrong = if splitmix(&mut state) % 2 == 0 { a + b + offset } else { (a + b).abs_diff(offset) };
+            let a = splitmix64(&mut state) % 50;
+            let b = splitmix64(&mut state) % 50;
+            let offset = 1 + splitmix64(&mut state) % 9;
+            let wrong = if splitmix64(&mut state) % 2 == 0 { a + b + offset } else { (a + b).abs_diff(offset) };
             let prompt = format!("What is {a} plus {b}?");
             let conversation = |answer: u64| {
                 json!([

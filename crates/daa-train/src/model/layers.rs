@@ -54,6 +54,17 @@ fn visit_linear<B: Backend>(name: &str, l: &Linear<B>, visit: &mut dyn FnMut(&st
     }
 }
 
+/// What every block needs about positions, built once per forward pass.
+#[derive(Debug, Clone)]
+pub struct Positions<B: Backend> {
+    /// RoPE `cos` table `[1, 1, seq, h]`.
+    pub cos: Tensor<B, 4>,
+    /// RoPE `sin` table `[1, 1, seq, h]`.
+    pub sin: Tensor<B, 4>,
+    /// Additive attention bias `[1, 1, seq, seq]` (see [`attention_bias`]).
+    pub bias: Tensor<B, 4>,
+}
+
 /// Additive attention bias `[1, 1, seq, seq]`: 0 where query `i` may see key
 /// `j` (`j ≤ i`, and `j > i − w` with a sliding window `w`), −∞ elsewhere.
 pub(crate) fn attention_bias<B: Backend>(seq: usize, window: Option<usize>, device: &B::Device) -> Tensor<B, 4> {
@@ -123,19 +134,13 @@ impl<B: Backend> Attention<B> {
     }
 
     /// `[batch, seq, d] → [batch, seq, d]`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        bias: &Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, at: &Positions<B>) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
-        let q = self.rope.apply(self.split_heads(self.q.forward(x.clone()), self.heads), cos, sin);
-        let k = self.rope.apply(self.split_heads(self.k.forward(x.clone()), self.kv_heads), cos, sin);
+        let q = self.rope.apply(self.split_heads(self.q.forward(x.clone()), self.heads), &at.cos, &at.sin);
+        let k = self.rope.apply(self.split_heads(self.k.forward(x.clone()), self.kv_heads), &at.cos, &at.sin);
         let v = self.split_heads(self.v.forward(x), self.kv_heads);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt()) + bias.clone();
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt()) + at.bias.clone();
         let context = softmax(scores, 3).matmul(v);
         self.o.forward(context.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
     }
@@ -210,21 +215,15 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// `[batch, seq, d] → [batch, seq, d]`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cos: &Tensor<B, 4>,
-        sin: &Tensor<B, 4>,
-        bias: &Tensor<B, 4>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, at: &Positions<B>) -> Tensor<B, 3> {
         let normed = self.input_norm.forward(x.clone());
         match &self.post_norm {
             None => {
-                let attended = self.attention.forward(normed.clone(), cos, sin, bias);
+                let attended = self.attention.forward(normed.clone(), at);
                 x + attended + self.mlp.forward(normed)
             }
             Some(post_norm) => {
-                let h = x + self.attention.forward(normed, cos, sin, bias);
+                let h = x + self.attention.forward(normed, at);
                 h.clone() + self.mlp.forward(post_norm.forward(h))
             }
         }

@@ -19,7 +19,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor};
 
 pub use config::{Architecture, ModelConfig, NormKind, RopeScaling};
-pub use layers::{Attention, DecoderLayer, Mlp, Norm};
+pub use layers::{Attention, DecoderLayer, Mlp, Norm, Positions};
 pub use weights::{ParamKind, RandomWeights, WeightSource};
 
 use crate::error::ModelError;
@@ -77,10 +77,11 @@ impl<B: Backend> CausalLm<B> {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let (cos, sin) = self.rope.tables::<B>(seq, &device);
-        let mask = layers::attention_bias::<B>(seq, self.config.sliding_window, &device);
+        let bias = layers::attention_bias::<B>(seq, self.config.sliding_window, &device);
+        let at = Positions { cos, sin, bias };
         let mut x = self.embed.forward(tokens);
         for layer in &self.layers {
-            x = layer.forward(x, &cos, &sin, &mask);
+            x = layer.forward(x, &at);
         }
         let x = self.norm.forward(x);
         let head = match &self.lm_head {

@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::ModelError;
+use crate::rng::uniform_open;
 
 /// A provider of weights by Hugging Face name, in the file layout.
 pub trait WeightSource {
@@ -128,14 +129,6 @@ pub struct RandomWeights {
     pub std: f32,
 }
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl WeightSource for RandomWeights {
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let len: usize = shape.iter().product();
@@ -145,11 +138,10 @@ impl WeightSource for RandomWeights {
         let mut state = name
             .bytes()
             .fold(self.seed ^ 0xD1B5_4A32_D192_ED03, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3));
-        let uniform = |state: &mut u64| ((splitmix(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
         Ok((0..len)
             .map(|_| {
                 // Box–Muller: one normal from two uniforms.
-                let (u1, u2) = (uniform(&mut state), uniform(&mut state));
+                let (u1, u2) = (uniform_open(&mut state), uniform_open(&mut state));
                 let n = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
                 (n as f32) * self.std
             })

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use super::config::{BUILTIN, TrainConfig};
 use crate::data::{EncodeOptions, EncodedPair, EncodedSet, TextEncoder, encode_rows, read_rows};
+use crate::rng::splitmix64;
 use crate::tiny;
 
 /// A run's inputs, ready to train on.
@@ -31,21 +32,12 @@ pub struct Prepared {
     pub train_report: EncodedSet,
 }
 
-/// SplitMix64 step (the data order's generator).
-pub(crate) fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// A permutation of `0..n` determined by `seed` and `stream` (Fisher–Yates).
 pub(crate) fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F);
     for i in (1..n).rev() {
-        let j = (splitmix(&mut state) % (i as u64 + 1)) as usize;
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
     order

@@ -166,6 +166,19 @@ fn reference_log_probabilities_are_cached_and_match_the_model() {
     assert_eq!(std::fs::metadata(key.cache_path(&dir.path().join("cache"))).unwrap().modified().unwrap(), modified);
 }
 
+#[test]
+fn a_frozen_reference_model_trains_like_the_cached_reference() {
+    let cached = tempfile::tempdir().unwrap();
+    train(tiny_config(cached.path(), &["train.max_steps=3", "train.seed=5"]), None).unwrap();
+    let frozen = tempfile::tempdir().unwrap();
+    train(tiny_config(frozen.path(), &["train.max_steps=3", "train.seed=5", "loss.reference=\"model\""]), None)
+        .unwrap();
+    assert!(!frozen.path().join("cache").exists(), "a frozen reference needs no cache");
+    let a = read_metrics(&cached.path().join("run/metrics.jsonl")).unwrap();
+    let b = read_metrics(&frozen.path().join("run/metrics.jsonl")).unwrap();
+    assert_same_metrics(&a, &b);
+}
+
 fn chat(prompt: &str, reply: &str) -> Value {
     json!([{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}])
 }

@@ -1,0 +1,17 @@
+//! The one pseudo-random generator of the trainer: SplitMix64 (Steele, Lea
+//! and Flood 2014). Deterministic across platforms, so data order, splits and
+//! generated weights are the same everywhere for the same seed.
+
+/// Advances `state` and returns the next 64 random bits.
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A uniform draw in the open interval `(0, 1)`.
+pub fn uniform_open(state: &mut u64) -> f64 {
+    ((splitmix64(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
