@@ -45,27 +45,19 @@ pub fn pair_batch(pairs: &[&EncodedPair], pad_id: u32, vocab: usize) -> Result<T
         .with_context(|| format!("pair batch starting at data row {}", pairs.first().map_or(0, |p| p.row)))
 }
 
-/// Scores `pairs` with `model` (no gradients), `batch` pairs per forward
-/// pass; `progress` is told how many pairs are done.
-pub fn score_pairs<B: Backend>(
-    model: &CausalLm<B>,
-    pairs: &[EncodedPair],
-    batch: usize,
-    pad_id: u32,
-    progress: &mut dyn FnMut(usize),
-) -> Result<Vec<PairScore>> {
+/// Scores one batch of pairs with `model` in a single forward pass (no gradients).
+pub fn score_batch<B: Backend>(model: &CausalLm<B>, pairs: &[&EncodedPair], pad_id: u32) -> Result<Vec<PairScore>> {
     let device = model.devices().into_iter().next().context("the model has no device")?;
-    let vocab = model.config().vocab_size;
-    let mut scores = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        let refs: Vec<&EncodedPair> = chunk.iter().collect();
-        let tokens = pair_batch(&refs, pad_id, vocab)?;
-        let logits = model.forward(tokens.input::<B>(&device));
-        let (targets, weights) = tokens.targets::<B>(&device);
-        let values =
-            sequence_logps(logits, targets, weights).into_data().convert::<f64>().into_vec::<f64>().unwrap_or_default();
-        let n = chunk.len();
-        for (i, p) in chunk.iter().enumerate() {
+    let tokens = pair_batch(pairs, pad_id, model.config().vocab_size)?;
+    let logits = model.forward(tokens.input::<B>(&device));
+    let (targets, weights) = tokens.targets::<B>(&device);
+    let values =
+        sequence_logps(logits, targets, weights).into_data().convert::<f64>().into_vec::<f64>().unwrap_or_default();
+    let n = pairs.len();
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
             let score = PairScore {
                 chosen: values[i],
                 rejected: values[n + i],
@@ -80,8 +72,23 @@ pub fn score_pairs<B: Backend>(
                     score.rejected
                 );
             }
-            scores.push(score);
-        }
+            Ok(score)
+        })
+        .collect()
+}
+
+/// Scores `pairs` with `model` (no gradients), `batch` pairs per forward
+/// pass; `progress` is told how many pairs are done.
+pub fn score_pairs<B: Backend>(
+    model: &CausalLm<B>,
+    pairs: &[EncodedPair],
+    batch: usize,
+    pad_id: u32,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<PairScore>> {
+    let mut scores = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        scores.extend(score_batch(model, &chunk.iter().collect::<Vec<_>>(), pad_id)?);
         progress(scores.len());
     }
     Ok(scores)

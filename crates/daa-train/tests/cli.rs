@@ -64,6 +64,19 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `tiny.safetensors` in `dir`: one row of two logits and its target.
+fn one_row_logits(dir: &Path) -> PathBuf {
+    let file = dir.join("tiny.safetensors");
+    write_safetensors(
+        &file,
+        &[
+            ("logits", Dtype::F32, vec![1, 2], bytes_of(&[0.0f32, 1.0])),
+            ("targets", Dtype::I64, vec![1], bytes_of(&[1i64])),
+        ],
+    );
+    file
+}
+
 fn temp_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
@@ -436,14 +449,7 @@ fn stats_on_the_wgpu_backend_matches_the_cpu_backend() {
 #[test]
 fn wgpu_without_an_adapter_says_what_to_install() {
     let dir = temp_dir();
-    let file = dir.path().join("tiny.safetensors");
-    write_safetensors(
-        &file,
-        &[
-            ("logits", Dtype::F32, vec![1, 2], bytes_of(&[0.0f32, 1.0])),
-            ("targets", Dtype::I64, vec![1], bytes_of(&[1i64])),
-        ],
-    );
+    let file = one_row_logits(dir.path());
     // Restrict wgpu to a graphics API this machine cannot have.
     let out = Command::new(env!("CARGO_BIN_EXE_daa"))
         .args(["stats", "--logits", file.to_str().unwrap(), "--backend", "wgpu", "--k", "1"])
@@ -461,14 +467,7 @@ fn cuda_without_a_driver_says_what_to_do() {
         return; // a GPU machine: the agreement tests cover it
     }
     let dir = temp_dir();
-    let file = dir.path().join("tiny.safetensors");
-    write_safetensors(
-        &file,
-        &[
-            ("logits", Dtype::F32, vec![1, 2], bytes_of(&[0.0f32, 1.0])),
-            ("targets", Dtype::I64, vec![1], bytes_of(&[1i64])),
-        ],
-    );
+    let file = one_row_logits(dir.path());
     let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--backend", "cuda", "--k", "1"]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");

@@ -24,7 +24,7 @@ use crate::data::EncodedPair;
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{pair_objective, sequence_logps};
 use crate::optim::{AdamW, GradAccumulator};
-use crate::scores::{PairScore, ScoresKey, cache_dir, pair_batch, read_scores, score_pairs, write_scores};
+use crate::scores::{PairScore, ScoresKey, cache_dir, pair_batch, read_scores, score_batch, score_pairs, write_scores};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -97,6 +97,14 @@ fn cached_reference<B: Backend>(
     Ok(scores)
 }
 
+/// Where the training pairs' reference scores come from.
+enum TrainReference<B: Backend> {
+    /// Scored once with the initial model, indexed like the training pairs.
+    Cached(Vec<PairScore>),
+    /// A frozen copy of the initial model, run on each micro-batch.
+    Frozen(CausalLm<B>),
+}
+
 fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     let strip = |c: &TrainConfig| {
         let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
@@ -166,49 +174,41 @@ fn run<B: AutodiffBackend>(config: TrainConfig, resume: Option<PathBuf>, device:
     let batch = config.train.micro_batch_size;
     let pad = prepared.encoder.pad_id;
     let inner = device.clone();
-    let (train_ref, eval_ref, frozen): (Option<Vec<PairScore>>, Vec<PairScore>, Option<CausalLm<B::InnerBackend>>) =
-        if config.loss.reference == "cache" {
-            let cache_root = cache_dir(config.train.cache_dir.as_deref());
-            let (train_ref, eval_ref) = match &prepared.eval_path {
-                Some(eval_path) => (
-                    cached_reference::<B::InnerBackend>(
-                        &prepared,
-                        &cache_root,
-                        &prepared.data_path,
-                        &prepared.train,
-                        batch,
-                        &inner,
-                    )?,
-                    cached_reference::<B::InnerBackend>(
-                        &prepared,
-                        &cache_root,
-                        eval_path,
-                        &prepared.eval,
-                        batch,
-                        &inner,
-                    )?,
-                ),
-                None => {
-                    let all: Vec<EncodedPair> = prepared.train_report.pairs.clone();
-                    let scores = cached_reference::<B::InnerBackend>(
-                        &prepared,
-                        &cache_root,
-                        &prepared.data_path,
-                        &all,
-                        batch,
-                        &inner,
-                    )?;
-                    let by_row: HashMap<usize, PairScore> = all.iter().map(|p| p.row).zip(scores).collect();
-                    let pick = |set: &[EncodedPair]| set.iter().map(|p| by_row[&p.row]).collect::<Vec<_>>();
-                    (pick(&prepared.train), pick(&prepared.eval))
-                }
-            };
-            (Some(train_ref), eval_ref, None)
-        } else {
-            let frozen: CausalLm<B::InnerBackend> = load_model(&prepared.model_dir, &inner)?;
-            let eval_ref = score_pairs(&frozen, &prepared.eval, batch, pad, &mut |_| {})?;
-            (None, eval_ref, Some(frozen))
+    let (train_ref, eval_ref): (TrainReference<B::InnerBackend>, Vec<PairScore>) = if config.loss.reference == "cache" {
+        let cache_root = cache_dir(config.train.cache_dir.as_deref());
+        let (train_ref, eval_ref) = match &prepared.eval_path {
+            Some(eval_path) => (
+                cached_reference::<B::InnerBackend>(
+                    &prepared,
+                    &cache_root,
+                    &prepared.data_path,
+                    &prepared.train,
+                    batch,
+                    &inner,
+                )?,
+                cached_reference::<B::InnerBackend>(&prepared, &cache_root, eval_path, &prepared.eval, batch, &inner)?,
+            ),
+            None => {
+                let all = &prepared.train_report.pairs;
+                let scores = cached_reference::<B::InnerBackend>(
+                    &prepared,
+                    &cache_root,
+                    &prepared.data_path,
+                    all,
+                    batch,
+                    &inner,
+                )?;
+                let by_row: HashMap<usize, PairScore> = all.iter().map(|p| p.row).zip(scores).collect();
+                let pick = |set: &[EncodedPair]| set.iter().map(|p| by_row[&p.row]).collect::<Vec<_>>();
+                (pick(&prepared.train), pick(&prepared.eval))
+            }
         };
+        (TrainReference::Cached(train_ref), eval_ref)
+    } else {
+        let frozen: CausalLm<B::InnerBackend> = load_model(&prepared.model_dir, &inner)?;
+        let eval_ref = score_pairs(&frozen, &prepared.eval, batch, pad, &mut |_| {})?;
+        (TrainReference::Frozen(frozen), eval_ref)
+    };
 
     // Policy, optimizer, position.
     let steps_per_epoch = prepared.train.len().div_ceil(config.train.batch_size) as u64;
@@ -236,7 +236,7 @@ fn run<B: AutodiffBackend>(config: TrainConfig, resume: Option<PathBuf>, device:
         }
         None => (load_model(&prepared.model_dir, &device)?, 0),
     };
-    // Optimizer state is keyed by parameter id: re-key what was restored on the inner model.
+    // Which parameters weight decay applies to, by id (ids survive `valid()` and optimizer steps).
     let mut decays: HashMap<ParamId, bool> = HashMap::new();
     model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
         decays.insert(p.id(), p.decays());
@@ -269,9 +269,13 @@ fn run<B: AutodiffBackend>(config: TrainConfig, resume: Option<PathBuf>, device:
     let started = Instant::now();
     let mut tokens_seen = 0usize;
     let mut first_eval = read_metrics(metrics.path())?.into_iter().find(|r| r["type"] == "eval");
+    let mut order: Option<(u64, Vec<usize>)> = None;
     for step in start_step..last_step {
         let epoch = step / steps_per_epoch;
-        let order = permutation(prepared.train.len(), config.train.seed, epoch);
+        if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            order = Some((epoch, permutation(prepared.train.len(), config.train.seed, epoch)));
+        }
+        let order = order.as_ref().map(|(_, o)| o.as_slice()).unwrap_or_default();
         let offset = ((step % steps_per_epoch) as usize) * config.train.batch_size;
         let indices = &order[offset..(offset + config.train.batch_size).min(order.len())];
         let step_pairs = indices.len() as f64;
@@ -286,19 +290,11 @@ fn run<B: AutodiffBackend>(config: TrainConfig, resume: Option<PathBuf>, device:
             let input = tokens.input::<B>(&device);
             let (targets, weights) = tokens.targets::<B>(&device);
             let policy = sequence_logps(model.forward(input), targets, weights);
-            let reference: Vec<(f64, f64)> = match (&train_ref, &frozen) {
-                (Some(cache), _) => micro.iter().map(|&i| (cache[i].chosen, cache[i].rejected)).collect(),
-                (None, Some(frozen)) => {
-                    let refs = score_pairs(
-                        frozen,
-                        &pairs.iter().map(|p| (*p).clone()).collect::<Vec<_>>(),
-                        pairs.len(),
-                        pad,
-                        &mut |_| {},
-                    )?;
-                    refs.iter().map(|s| (s.chosen, s.rejected)).collect()
+            let reference: Vec<(f64, f64)> = match &train_ref {
+                TrainReference::Cached(cache) => micro.iter().map(|&i| (cache[i].chosen, cache[i].rejected)).collect(),
+                TrainReference::Frozen(frozen) => {
+                    score_batch(frozen, &pairs, pad)?.iter().map(|s| (s.chosen, s.rejected)).collect()
                 }
-                (None, None) => unreachable!("a reference is always set up"),
             };
             let counts: Vec<(f64, f64)> =
                 pairs.iter().map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64)).collect();
