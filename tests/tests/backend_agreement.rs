@@ -188,7 +188,7 @@ fn preference_loss_matches<B: Backend>(backend: &B) {
         let want = Reference.preference_loss(&tensor, &params).unwrap().to_f64_vec("want").unwrap();
         let got = backend.preference_loss(&backend.upload(&tensor).unwrap(), &params).unwrap();
         let got = backend.download(&got).unwrap().to_f64_vec("got").unwrap();
-        assert_close(&got, &want, tolerance_for(backend, PREFERENCE_CPU, PREFERENCE_GPU), loss.name());
+        assert_close(&got, &want, tolerance_for(backend, PREFERENCE_CPU, PREFERENCE_GPU), loss.name().as_str());
     }
 }
 

@@ -6,8 +6,8 @@
 
 use daa_core::preference::{sigmoid, softplus};
 use daa_core::{
-    LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams, pair_loss,
-    validate_pair,
+    LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
+    pair_loss, validate_pair,
 };
 use daa_tests::fixtures::SplitMix64;
 
@@ -224,17 +224,31 @@ fn losses_stay_finite_at_extreme_margins() {
 
 #[test]
 fn names_parameters_and_inputs_are_checked() {
-    for name in daa_core::LOSS_NAMES {
-        let loss = PreferenceLoss::from_name(name, LossHyperParams::default()).unwrap();
+    for name in LossName::ALL {
+        let loss = PreferenceLoss::with_defaults(name, LossHyperParams::default()).unwrap();
         assert_eq!(loss.name(), name);
+        assert_eq!(name.as_str().parse::<LossName>().unwrap(), name);
+        // The `[loss]` form (serde, tagged by `name`) gives the same defaults.
+        let parsed: PreferenceLoss = serde_json::from_value(serde_json::json!({ "name": name.as_str() })).unwrap();
+        assert_eq!(parsed, loss, "{name}");
+        assert_eq!(serde_json::to_value(loss).unwrap()["name"], name.as_str());
     }
-    let err = PreferenceLoss::from_name("kto", LossHyperParams::default()).unwrap_err().to_string();
+    assert_eq!(LossName::ALL.iter().collect::<std::collections::HashSet<_>>().len(), LossName::ALL.len());
+    let err = "kto".parse::<LossName>().unwrap_err().to_string();
     assert!(err.contains("`loss` = kto") && err.contains("dpo, robust-dpo"), "{err}");
-    let err = PreferenceLoss::from_name("dpo", LossHyperParams { beta: Some(-1.0), ..Default::default() }).unwrap_err();
-    assert!(err.to_string().contains("`beta` = -1"), "{err}");
-    let err = PreferenceLoss::from_name("dpo", LossHyperParams { label_smoothing: Some(0.5), ..Default::default() })
+    let err = PreferenceLoss::with_defaults(LossName::Dpo, LossHyperParams { beta: Some(-1.0), ..Default::default() })
         .unwrap_err();
+    assert!(err.to_string().contains("`beta` = -1"), "{err}");
+    let smoothing = LossHyperParams { label_smoothing: Some(0.5), ..Default::default() };
+    let err = PreferenceLoss::with_defaults(LossName::Dpo, smoothing).unwrap_err();
     assert!(err.to_string().contains("label_smoothing"), "{err}");
+    // A hyper-parameter of another loss is an error naming it and the accepted ones.
+    let err = serde_json::from_value::<PreferenceLoss>(serde_json::json!({ "name": "ipo", "beta": 0.1 }))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `beta`") && err.contains("tau"), "{err}");
+    let err = serde_json::from_value::<PreferenceLoss>(serde_json::json!({ "name": "kto" })).unwrap_err().to_string();
+    assert!(err.contains("kto") && err.contains("ipo-mean"), "{err}");
     let params = PreferenceLossParams { loss: PreferenceLoss::Orpo { beta: 0.1 }, nll: None };
     let zero_tokens = PairLogps { chosen_tokens: 0.0, ..PAIR };
     let err = validate_pair(3, &zero_tokens, &params).unwrap_err().to_string();

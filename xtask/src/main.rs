@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask bench [--quick] [FILTER]`: runs the criterion benchmarks and
 //!   prints a GB/s table (plus `target/daa-bench/token_stats.{md,svg}`).
-//! - `cargo xtask train [--release] [--config FILE] [DAA TRAIN ARGS…]`: runs
+//! - `cargo xtask train [--release] [DAA TRAIN ARGS…]`: builds and runs
 //!   `daa train` (the built-in tiny run without arguments).
 
 mod bench;
@@ -17,7 +17,7 @@ fn main() -> Result<()> {
         Some("train") => train::run(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
-            println!("       cargo xtask train [--release] [--config FILE] [DAA TRAIN ARGS…]");
+            println!("       cargo xtask train [--release] [DAA TRAIN ARGS…]");
             Ok(())
         }
         Some(other) => bail!("unknown xtask `{other}`; available: bench, train"),

@@ -82,6 +82,14 @@ pub enum DaaError {
     /// and ends at the number of values.
     #[error("`offsets`: {0}")]
     Offsets(String),
+    /// A file could not be opened, mapped or parsed, or lacks what was asked of it.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong, naming the tensor where one is concerned.
+        message: String,
+    },
     /// A device could not be found, initialised, or failed while running.
     #[error("{backend} backend: {message}")]
     Device {

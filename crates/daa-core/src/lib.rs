@@ -30,6 +30,8 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod error;
+#[cfg(feature = "io")]
+pub mod io;
 mod logits;
 pub mod logits_backward;
 pub mod preference;
@@ -46,12 +48,12 @@ pub use cpu::{Cpu, SimdLevel, simd_level};
 pub use cuda::{Cuda, CudaTensor};
 pub use error::{DaaError, Result};
 pub use preference::{
-    LOSS_NAMES, LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
+    LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
     pair_loss, validate_pair,
 };
 pub use reference::Reference;
 pub use segment::SegmentReduction;
-pub use tensor::{DType, HostTensor, TensorData};
+pub use tensor::{DType, Elements, HostTensor, SharedBytes, TensorData};
 pub use token_stats::{MAX_TOP_K, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
 #[cfg(feature = "wgpu")]
 pub use wgpu::{Wgpu, WgpuOptions, WgpuTensor};

@@ -15,7 +15,7 @@
 //! Every function here is the f64 specification; GPU backends port the same
 //! formulas and are checked against these.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{DaaError, Result};
 
@@ -114,37 +114,137 @@ impl PairLoss {
     }
 }
 
+/// The catalog's names: what `daa loss --loss` and a run's `loss.name`
+/// accept. This enum is the one list of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum LossName {
+    /// [`PreferenceLoss::Dpo`].
+    Dpo,
+    /// [`PreferenceLoss::RobustDpo`].
+    RobustDpo,
+    /// [`PreferenceLoss::Ipo`].
+    Ipo,
+    /// [`PreferenceLoss::IpoMean`].
+    IpoMean,
+    /// [`PreferenceLoss::Hinge`].
+    Hinge,
+    /// [`PreferenceLoss::HingeTrl`].
+    HingeTrl,
+    /// [`PreferenceLoss::Simpo`].
+    Simpo,
+    /// [`PreferenceLoss::Orpo`].
+    Orpo,
+}
+
+impl LossName {
+    /// Every name, in catalog order.
+    pub const ALL: [LossName; 8] = [
+        LossName::Dpo,
+        LossName::RobustDpo,
+        LossName::Ipo,
+        LossName::IpoMean,
+        LossName::Hinge,
+        LossName::HingeTrl,
+        LossName::Simpo,
+        LossName::Orpo,
+    ];
+
+    /// The name as users write it (`robust-dpo`, `ipo-mean`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LossName::Dpo => "dpo",
+            LossName::RobustDpo => "robust-dpo",
+            LossName::Ipo => "ipo",
+            LossName::IpoMean => "ipo-mean",
+            LossName::Hinge => "hinge",
+            LossName::HingeTrl => "hinge-trl",
+            LossName::Simpo => "simpo",
+            LossName::Orpo => "orpo",
+        }
+    }
+
+    /// Every name as users write them, joined by `, ` (for messages).
+    pub fn list() -> String {
+        Self::ALL.map(Self::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for LossName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for LossName {
+    type Err = DaaError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|n| n.as_str() == s).ok_or_else(|| DaaError::Parameter {
+            name: "loss",
+            value: s.to_string(),
+            expected: format!("expected one of {}", Self::list()),
+        })
+    }
+}
+
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_tau() -> f64 {
+    0.1
+}
+fn default_hinge_gamma() -> f64 {
+    1.0
+}
+fn default_simpo_beta() -> f64 {
+    2.0
+}
+fn default_simpo_gamma() -> f64 {
+    0.5
+}
+
 /// The preference term of a DAA loss. Names in brackets are what users pass
-/// on the command line (`--loss NAME`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// on the command line (`--loss NAME`) and in a run's `[loss]` section,
+/// where the hyper-parameters sit beside `name` (`name = "ipo"`, `tau = 0.1`);
+/// a hyper-parameter another loss uses (`beta` for `ipo`) is an error that
+/// names it. Unset hyper-parameters take the defaults shown.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PreferenceLoss {
     /// \[`dpo`\] DPO with label smoothing ε (cDPO; ε = 0 is plain DPO):
     /// `L = (1−ε)·softplus(−βΔ) + ε·softplus(βΔ)`.
     /// Rewards `r_w = β(π_w − ρ_w)`, `r_l = β(π_l − ρ_l)`.
     Dpo {
-        /// Inverse temperature β (> 0); the paper sweeps 0.01–0.5, 0.1 is common.
+        /// Inverse temperature β (> 0; default 0.1); the paper sweeps 0.01–0.5.
+        #[serde(default = "default_beta")]
         beta: f64,
-        /// Label smoothing ε in `[0, 0.5)`.
+        /// Label smoothing ε in `[0, 0.5)` (default 0).
+        #[serde(default)]
         label_smoothing: f64,
     },
     /// \[`robust-dpo`\] Robust DPO (Chowdhury et al. 2024), unbiased under label noise ε:
     /// `L = ((1−ε)·softplus(−βΔ) − ε·softplus(βΔ)) / (1 − 2ε)`. Rewards as DPO.
     RobustDpo {
-        /// Inverse temperature β (> 0).
+        /// Inverse temperature β (> 0; default 0.1).
+        #[serde(default = "default_beta")]
         beta: f64,
-        /// Assumed label-flip rate ε in `[0, 0.5)`.
+        /// Assumed label-flip rate ε in `[0, 0.5)` (default 0).
+        #[serde(default)]
         label_smoothing: f64,
     },
     /// \[`ipo`\] IPO as the paper writes it, on summed log-probabilities:
     /// `L = (τΔ − ½)²`, minimised at `Δ = 1/(2τ)`. Rewards `τ(π − ρ)`.
     Ipo {
-        /// τ (> 0).
+        /// τ (> 0; default 0.1).
+        #[serde(default = "default_tau")]
         tau: f64,
     },
     /// \[`ipo-mean`\] IPO as TRL and the IPO authors' code write it, length-normalised:
     /// `L = (Δ̄ − 1/(2τ))²`. Rewards `τ(π − ρ)/n`.
     IpoMean {
-        /// τ (> 0); TRL calls it `beta`.
+        /// τ (> 0; default 0.1); TRL calls it `beta`.
+        #[serde(default = "default_tau")]
         tau: f64,
     },
     /// \[`hinge`\] Hinge / SLiC-HF as the paper writes it, on mean log-likelihoods:
@@ -152,25 +252,31 @@ pub enum PreferenceLoss {
     /// The first term has no reference model. Rewards `ℓ̄_w`, `ℓ̄_l` (the
     /// margin is the quantity the hinge acts on).
     Hinge {
-        /// Margin γ (the paper uses 1).
+        /// Margin γ (default 1, as the paper).
+        #[serde(default = "default_hinge_gamma")]
         gamma: f64,
-        /// Weight α ≥ 0 of the reference regulariser.
+        /// Weight α ≥ 0 of the reference regulariser (default 0).
+        #[serde(default)]
         alpha: f64,
     },
     /// \[`hinge-trl`\] TRL's `hinge`: `L = max(0, 1 − βΔ)`, reference-normalised. Rewards as DPO.
     HingeTrl {
-        /// β (> 0).
+        /// β (> 0; default 0.1).
+        #[serde(default = "default_beta")]
         beta: f64,
     },
     /// \[`simpo`\] SimPO (Meng et al. 2024), reference-free, length-normalised:
     /// `L = (1−ε)·softplus(−z) + ε·softplus(z)`, `z = β(ℓ̄_w − ℓ̄_l) − γ`.
     /// Rewards `β·ℓ̄`.
     Simpo {
-        /// β (> 0); SimPO suggests 2.0–2.5.
+        /// β (> 0; default 2); SimPO suggests 2.0–2.5.
+        #[serde(default = "default_simpo_beta")]
         beta: f64,
         /// Target margin γ ≥ 0 (TRL's `simpo_gamma`, default 0.5).
+        #[serde(default = "default_simpo_gamma")]
         gamma: f64,
-        /// Label smoothing ε in `[0, 0.5)`.
+        /// Label smoothing ε in `[0, 0.5)` (default 0).
+        #[serde(default)]
         label_smoothing: f64,
     },
     /// \[`orpo`\] ORPO's odds-ratio term (Hong et al. 2024) on mean log-likelihoods:
@@ -178,15 +284,19 @@ pub enum PreferenceLoss {
     /// ORPO as published adds the mean NLL of the chosen completion with weight 1:
     /// combine with [`NllTerm`] `{ weight: 1, mean }`. Rewards `β·ℓ̄`.
     Orpo {
-        /// β, the weight of the odds-ratio term (ORPO's λ; TRL default 0.1).
+        /// β, the weight of the odds-ratio term (ORPO's λ; default 0.1 as TRL).
+        #[serde(default = "default_beta")]
         beta: f64,
     },
 }
 
 /// How the NLL regulariser normalises the chosen completion's log-probability.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum NllNormalisation {
     /// `−π_w` (summed, as the paper writes it).
+    #[default]
     Sum,
     /// `−π_w / n_w` (per-token mean, as TRL's `sft` loss and ORPO do).
     Mean,
@@ -210,9 +320,6 @@ pub struct PreferenceLossParams {
     pub nll: Option<NllTerm>,
 }
 
-/// Every catalog name, as accepted by [`PreferenceLoss::from_name`].
-pub const LOSS_NAMES: [&str; 8] = ["dpo", "robust-dpo", "ipo", "ipo-mean", "hinge", "hinge-trl", "simpo", "orpo"];
-
 /// Hyper-parameters a user may give by name; unset ones take each loss's default.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct LossHyperParams {
@@ -229,43 +336,42 @@ pub struct LossHyperParams {
 }
 
 impl PreferenceLoss {
-    /// Builds a catalog entry from its command-line name and hyper-parameters.
-    /// Defaults: β 0.1 (SimPO 2.0), τ 0.1, hinge γ 1 and α 0, SimPO γ 0.5, ε 0.
-    pub fn from_name(name: &str, h: LossHyperParams) -> Result<Self> {
-        let beta = |default: f64| h.beta.unwrap_or(default);
+    /// Builds a catalog entry from its name and hyper-parameters (unset ones
+    /// take the defaults documented on each variant), checking the ranges.
+    pub fn with_defaults(name: LossName, h: LossHyperParams) -> Result<Self> {
+        let beta = |default: fn() -> f64| h.beta.unwrap_or_else(default);
         let eps = h.label_smoothing.unwrap_or(0.0);
         let loss = match name {
-            "dpo" | "sigmoid" => Self::Dpo { beta: beta(0.1), label_smoothing: eps },
-            "robust-dpo" | "robust" => Self::RobustDpo { beta: beta(0.1), label_smoothing: eps },
-            "ipo" => Self::Ipo { tau: h.tau.unwrap_or(0.1) },
-            "ipo-mean" => Self::IpoMean { tau: h.tau.unwrap_or(0.1) },
-            "hinge" | "slic" => Self::Hinge { gamma: h.gamma.unwrap_or(1.0), alpha: h.alpha.unwrap_or(0.0) },
-            "hinge-trl" => Self::HingeTrl { beta: beta(0.1) },
-            "simpo" => Self::Simpo { beta: beta(2.0), gamma: h.gamma.unwrap_or(0.5), label_smoothing: eps },
-            "orpo" => Self::Orpo { beta: beta(0.1) },
-            other => {
-                return Err(DaaError::Parameter {
-                    name: "loss",
-                    value: other.to_string(),
-                    expected: format!("expected one of {}", LOSS_NAMES.join(", ")),
-                });
+            LossName::Dpo => Self::Dpo { beta: beta(default_beta), label_smoothing: eps },
+            LossName::RobustDpo => Self::RobustDpo { beta: beta(default_beta), label_smoothing: eps },
+            LossName::Ipo => Self::Ipo { tau: h.tau.unwrap_or_else(default_tau) },
+            LossName::IpoMean => Self::IpoMean { tau: h.tau.unwrap_or_else(default_tau) },
+            LossName::Hinge => {
+                Self::Hinge { gamma: h.gamma.unwrap_or_else(default_hinge_gamma), alpha: h.alpha.unwrap_or(0.0) }
             }
+            LossName::HingeTrl => Self::HingeTrl { beta: beta(default_beta) },
+            LossName::Simpo => Self::Simpo {
+                beta: beta(default_simpo_beta),
+                gamma: h.gamma.unwrap_or_else(default_simpo_gamma),
+                label_smoothing: eps,
+            },
+            LossName::Orpo => Self::Orpo { beta: beta(default_beta) },
         };
         loss.validate()?;
         Ok(loss)
     }
 
     /// The catalog name.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> LossName {
         match self {
-            Self::Dpo { .. } => "dpo",
-            Self::RobustDpo { .. } => "robust-dpo",
-            Self::Ipo { .. } => "ipo",
-            Self::IpoMean { .. } => "ipo-mean",
-            Self::Hinge { .. } => "hinge",
-            Self::HingeTrl { .. } => "hinge-trl",
-            Self::Simpo { .. } => "simpo",
-            Self::Orpo { .. } => "orpo",
+            Self::Dpo { .. } => LossName::Dpo,
+            Self::RobustDpo { .. } => LossName::RobustDpo,
+            Self::Ipo { .. } => LossName::Ipo,
+            Self::IpoMean { .. } => LossName::IpoMean,
+            Self::Hinge { .. } => LossName::Hinge,
+            Self::HingeTrl { .. } => LossName::HingeTrl,
+            Self::Simpo { .. } => LossName::Simpo,
+            Self::Orpo { .. } => LossName::Orpo,
         }
     }
 

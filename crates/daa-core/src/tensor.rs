@@ -41,24 +41,141 @@ impl fmt::Display for DType {
     }
 }
 
-/// The elements of a host tensor. Shared (`Arc`) so that CPU backends
-/// "upload" without copying.
+/// Bytes owned elsewhere that host tensors may borrow without a copy: a
+/// memory-mapped file, a buffer read once. Anything that can lend its bytes
+/// and be shared across threads qualifies.
+pub trait SharedBytes: AsRef<[u8]> + Send + Sync + fmt::Debug {}
+
+impl<T: AsRef<[u8]> + Send + Sync + fmt::Debug> SharedBytes for T {}
+
+/// The elements of one tensor: owned (and shared by reference count, so CPU
+/// backends "upload" without copying) or borrowed from [`SharedBytes`]
+/// (a memory-mapped file), also without copying. Reads as a `&[T]`.
+pub struct Elements<T> {
+    repr: Repr<T>,
+}
+
+enum Repr<T> {
+    Owned(Arc<[T]>),
+    /// `len` elements of `bytes` from byte `start`, which is aligned for `T`.
+    Borrowed {
+        bytes: Arc<dyn SharedBytes>,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl<T: bytemuck::Pod> fmt::Debug for Elements<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = if self.is_borrowed() { "borrowed" } else { "owned" };
+        write!(f, "Elements[{}, {how}]", self.len())
+    }
+}
+
+impl<T> Clone for Elements<T> {
+    fn clone(&self) -> Self {
+        let repr = match &self.repr {
+            Repr::Owned(v) => Repr::Owned(Arc::clone(v)),
+            Repr::Borrowed { bytes, start, len } => {
+                Repr::Borrowed { bytes: Arc::clone(bytes), start: *start, len: *len }
+            }
+        };
+        Self { repr }
+    }
+}
+
+impl<T: bytemuck::Pod> Elements<T> {
+    /// The `T`s stored in `bytes[range]`, borrowed. `None` when the range is
+    /// out of bounds, not a whole number of elements, or not aligned for `T`
+    /// in memory (the caller then copies).
+    pub fn borrowed(bytes: Arc<dyn SharedBytes>, range: std::ops::Range<usize>) -> Option<Self> {
+        let size = std::mem::size_of::<T>();
+        let slice = (*bytes).as_ref().get(range.clone())?;
+        if slice.len() % size != 0 || (slice.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+            return None;
+        }
+        let len = slice.len() / size;
+        Some(Self { repr: Repr::Borrowed { bytes, start: range.start, len } })
+    }
+
+    /// Whether the elements are borrowed from [`SharedBytes`] (no copy was made).
+    pub fn is_borrowed(&self) -> bool {
+        matches!(self.repr, Repr::Borrowed { .. })
+    }
+
+    /// Mutable elements, copied first when shared with another tensor or borrowed.
+    pub fn make_mut(&mut self) -> &mut [T] {
+        if let Repr::Borrowed { .. } = &self.repr {
+            self.repr = Repr::Owned(Arc::from(self.as_slice()));
+        }
+        match &mut self.repr {
+            Repr::Owned(v) => Arc::make_mut(v),
+            Repr::Borrowed { .. } => unreachable!("borrowed elements were copied above"),
+        }
+    }
+
+    /// The elements as a slice.
+    pub fn as_slice(&self) -> &[T] {
+        match &self.repr {
+            Repr::Owned(v) => v,
+            Repr::Borrowed { bytes, start, len } => {
+                let size = std::mem::size_of::<T>();
+                // Length and alignment were checked in `borrowed`, and the
+                // bytes cannot change while `bytes` is alive.
+                bytemuck::cast_slice(&(**bytes).as_ref()[*start..*start + len * size])
+            }
+        }
+    }
+}
+
+impl<T: bytemuck::Pod> std::ops::Deref for Elements<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        self.as_slice()
+    }
+}
+
+impl<T> From<Arc<[T]>> for Elements<T> {
+    fn from(v: Arc<[T]>) -> Self {
+        Self { repr: Repr::Owned(v) }
+    }
+}
+
+impl<T> From<Vec<T>> for Elements<T> {
+    fn from(v: Vec<T>) -> Self {
+        Self { repr: Repr::Owned(v.into()) }
+    }
+}
+
+impl<T: Clone> From<&[T]> for Elements<T> {
+    fn from(v: &[T]) -> Self {
+        Self { repr: Repr::Owned(v.into()) }
+    }
+}
+
+impl<T> FromIterator<T> for Elements<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        Self { repr: Repr::Owned(iter.into_iter().collect()) }
+    }
+}
+
+/// The elements of a host tensor, by element type.
 #[derive(Clone)]
 pub enum TensorData {
     /// f32 elements.
-    F32(Arc<[f32]>),
+    F32(Elements<f32>),
     /// f16 elements.
-    F16(Arc<[f16]>),
+    F16(Elements<f16>),
     /// bf16 elements.
-    BF16(Arc<[bf16]>),
+    BF16(Elements<bf16>),
     /// f64 elements.
-    F64(Arc<[f64]>),
+    F64(Elements<f64>),
     /// i32 elements.
-    I32(Arc<[i32]>),
+    I32(Elements<i32>),
     /// i64 elements.
-    I64(Arc<[i64]>),
+    I64(Elements<i64>),
     /// u8 elements.
-    U8(Arc<[u8]>),
+    U8(Elements<u8>),
 }
 
 impl fmt::Debug for TensorData {
@@ -110,7 +227,7 @@ pub struct HostTensor {
 macro_rules! typed_constructor {
     ($fn_name:ident, $elem:ty, $variant:ident) => {
         #[doc = concat!("A tensor of `", stringify!($elem), "` elements; fails when the shape's product differs from the data length.")]
-        pub fn $fn_name(data: impl Into<Arc<[$elem]>>, shape: &[usize]) -> Result<Self> {
+        pub fn $fn_name(data: impl Into<Elements<$elem>>, shape: &[usize]) -> Result<Self> {
             Self::new(TensorData::$variant(data.into()), shape)
         }
     };

@@ -22,6 +22,16 @@ impl Sequence {
     }
 }
 
+/// The two sequences of one preference pair: the same prompt with the
+/// preferred (chosen) and the dispreferred (rejected) completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SequencePair {
+    /// Prompt + preferred completion.
+    pub chosen: Sequence,
+    /// Prompt + dispreferred completion.
+    pub rejected: Sequence,
+}
+
 /// Sequences padded on the right to the longest one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBatch {
@@ -73,20 +83,68 @@ impl TokenBatch {
         Tensor::from_data(TensorData::new(ids, [self.rows, self.len]), device)
     }
 
-    /// Next-token targets `[rows, len − 1]` (`ids[:, 1:]`) and their weights
-    /// (1 for completion tokens, 0 for prompt and padding).
-    pub fn targets<B: Backend>(&self, device: &B::Device) -> (Tensor<B, 2, Int>, Tensor<B, 2>) {
-        let n = self.len.saturating_sub(1);
-        let mut targets = Vec::with_capacity(self.rows * n);
-        let mut weights = Vec::with_capacity(self.rows * n);
+    /// The positions whose next token is scored (completion tokens), row by
+    /// row: position `t` of row `r` predicts token `t + 1`.
+    pub fn scored_positions(&self) -> ScoredPositions {
+        let mut scored = ScoredPositions { rows: self.rows, len: self.len, ..ScoredPositions::default() };
         for r in 0..self.rows {
-            let row = r * self.len;
-            targets.extend(self.ids[row + 1..row + self.len].iter().map(|&i| i64::from(i)));
-            weights.extend_from_slice(&self.scored[row + 1..row + self.len]);
+            for t in 1..self.len {
+                if self.scored[r * self.len + t] != 0.0 {
+                    scored.flat.push(r * self.len + t - 1);
+                    scored.targets.push(self.ids[r * self.len + t]);
+                    scored.row_of.push(r);
+                }
+            }
+            scored.row_ends.push(scored.flat.len());
         }
-        (
-            Tensor::from_data(TensorData::new(targets, [self.rows, n]), device),
-            Tensor::from_data(TensorData::new(weights, [self.rows, n]), device),
-        )
+        scored
+    }
+}
+
+/// Where a [`TokenBatch`]'s scored tokens are: `N` positions in row order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScoredPositions {
+    /// Rows of the batch.
+    pub rows: usize,
+    /// Padded length of the batch.
+    pub len: usize,
+    /// Flat index `r·len + t` of each predicting position, `[N]`.
+    pub flat: Vec<usize>,
+    /// The token each position predicts, `[N]`.
+    pub targets: Vec<u32>,
+    /// The row of each position, `[N]`.
+    pub row_of: Vec<usize>,
+    /// Row `r`'s positions are `row_ends[r − 1]..row_ends[r]` (`row_ends[−1]` = 0).
+    pub row_ends: Vec<usize>,
+}
+
+impl ScoredPositions {
+    /// Number of scored positions `N`.
+    pub fn count(&self) -> usize {
+        self.flat.len()
+    }
+
+    /// Positions of rows `0..rows` (they come first).
+    pub fn count_in_first_rows(&self, rows: usize) -> usize {
+        if rows == 0 { 0 } else { self.row_ends[rows - 1] }
+    }
+
+    fn ints<B: Backend>(values: impl Iterator<Item = i64>, n: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+        Tensor::from_data(TensorData::new(values.collect::<Vec<_>>(), [n]), device)
+    }
+
+    /// [`Self::flat`] as an index tensor.
+    pub fn flat_index<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        Self::ints(self.flat.iter().map(|&i| i as i64), self.count(), device)
+    }
+
+    /// [`Self::targets`] as an index tensor.
+    pub fn target_index<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        Self::ints(self.targets.iter().map(|&i| i64::from(i)), self.count(), device)
+    }
+
+    /// [`Self::row_of`] as an index tensor.
+    pub fn row_index<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        Self::ints(self.row_of.iter().map(|&i| i as i64), self.count(), device)
     }
 }

@@ -2,13 +2,13 @@
 //! listed in `model.safetensors.index.json`) and tokenizer files.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use daa_core::HostTensor;
+use daa_core::io::SafetensorsFile;
+use safetensors::Dtype;
 
 use crate::error::ModelError;
 use crate::model::{CausalLm, ModelConfig, ParamKind, WeightSource};
@@ -29,19 +29,12 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     ModelConfig::from_json(&text).with_context(|| format!("{}", path.display()))
 }
 
-/// The safetensors files of a checkpoint, memory-mapped, and which file holds
-/// which tensor.
+/// The safetensors files of a checkpoint, memory-mapped (headers parsed
+/// once), and which file holds which tensor.
 #[derive(Debug)]
 pub struct SafetensorsWeights {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<SafetensorsFile>,
     location: HashMap<String, usize>,
-}
-
-fn map_file(path: &Path) -> Result<Mmap> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    // SAFETY: the file is only read; a checkpoint changed underneath a run is
-    // outside what any trainer can guard against.
-    unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))
 }
 
 impl SafetensorsWeights {
@@ -77,18 +70,12 @@ impl SafetensorsWeights {
                 if !path.exists() {
                     bail!("{}: shard `{shard}` is missing from {}", index_path.display(), dir.display());
                 }
-                files.push((path.clone(), map_file(&path)?));
+                files.push(SafetensorsFile::open(&path)?);
             }
         } else if single.exists() {
-            let map = map_file(&single)?;
-            let names = SafeTensors::deserialize(&map)
-                .with_context(|| format!("{}: not a safetensors file", single.display()))?
-                .names()
-                .into_iter()
-                .map(str::to_string)
-                .collect::<Vec<_>>();
-            location.extend(names.into_iter().map(|n| (n, 0)));
-            files.push((single, map));
+            let file = SafetensorsFile::open(&single)?;
+            location.extend(file.names().into_iter().map(|n| (n, 0)));
+            files.push(file);
         } else {
             bail!("{}: no model.safetensors or model.safetensors.index.json", dir.display());
         }
@@ -101,36 +88,23 @@ impl SafetensorsWeights {
     }
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
-    Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => return None,
-    })
-}
-
 impl WeightSource for SafetensorsWeights {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
         let Some(&i) = self.location.get(name) else {
             return Err(ModelError::MissingTensor { name: name.to_string() });
         };
-        let (path, map) = &self.files[i];
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let located = || format!("{name}` in `{file}");
-        let tensors = SafeTensors::deserialize(map)
-            .map_err(|e| ModelError::Config(format!("{}: not a safetensors file ({e})", path.display())))?;
-        let view = tensors.tensor(name).map_err(|_| ModelError::MissingTensor { name: located() })?;
-        if view.shape() != shape {
-            return Err(ModelError::Shape { name: located(), expected: shape.to_vec(), found: view.shape().to_vec() });
+        let file = &self.files[i];
+        let file_name = file.path().file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let located = || format!("{name}` in `{file_name}");
+        let stored = file.get(name).ok_or_else(|| ModelError::MissingTensor { name: located() })?;
+        if stored.shape() != shape {
+            return Err(ModelError::Shape {
+                name: located(),
+                expected: shape.to_vec(),
+                found: stored.shape().to_vec(),
+            });
         }
-        to_f32(view.dtype(), view.data()).ok_or_else(|| {
-            ModelError::Config(format!(
-                "tensor `{}` has dtype {:?}; daa reads F32, F16 and BF16",
-                located(),
-                view.dtype()
-            ))
-        })
+        stored.host().map_err(|e| ModelError::Config(e.to_string()))
     }
 }
 
@@ -186,19 +160,28 @@ pub fn safetensors_bytes(tensors: &[NamedTensor], extra: &[(&str, String)]) -> R
 }
 
 /// Every weight of `model`, file layout, in visiting order.
-pub fn model_tensors<B: Backend>(model: &CausalLm<B>) -> Vec<NamedTensor> {
+pub fn model_tensors<B: Backend>(model: &CausalLm<B>) -> Result<Vec<NamedTensor>, ModelError> {
     let mut out = Vec::new();
+    let mut failed = None;
     model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
-        out.push(NamedTensor::f32(name, p.file_shape(), &p.to_file_f32()));
+        if failed.is_none() {
+            match p.to_file_f32(name) {
+                Ok(values) => out.push(NamedTensor::f32(name, p.file_shape(), &values)),
+                Err(e) => failed = Some(e),
+            }
+        }
     });
-    out
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// Writes `model` as a Hugging Face checkpoint into the existing folder
 /// `dir`: `model.safetensors` (f32), `config.json` and, from `source_dir`,
 /// the tokenizer files present there.
 pub fn save_model<B: Backend>(model: &CausalLm<B>, dir: &Path, source_dir: &Path) -> Result<()> {
-    let bytes = safetensors_bytes(&model_tensors(model), &[])?;
+    let bytes = safetensors_bytes(&model_tensors(model)?, &[])?;
     std::fs::write(dir.join("model.safetensors"), bytes)
         .with_context(|| format!("{}: write failed", dir.join("model.safetensors").display()))?;
     std::fs::write(dir.join("config.json"), model.config().to_json("float32"))

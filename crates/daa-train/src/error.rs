@@ -47,7 +47,51 @@ pub enum ModelError {
     /// The loss catalog rejected the parameters or a pair.
     #[error(transparent)]
     Core(#[from] daa_core::error::DaaError),
+    /// A model gave a pair a log-probability that is not finite.
+    #[error("pair {pair}: the model's log-probability is not finite (chosen {chosen}, rejected {rejected})")]
+    NonFiniteScore {
+        /// Index of the pair in what was scored.
+        pair: usize,
+        /// `π_w`.
+        chosen: f64,
+        /// `π_l`.
+        rejected: f64,
+    },
     /// Optimizer state does not match the model.
     #[error("optimizer state: {0}")]
     OptimizerState(String),
+    /// A tensor could not be read back from the device (the backend failed,
+    /// or its data has an unexpected element type).
+    #[error("reading {what} back from the device: {message}")]
+    Readback {
+        /// What was being read (`policy log-probabilities`, a weight's name…).
+        what: String,
+        /// The backend's message.
+        message: String,
+    },
+}
+
+impl ModelError {
+    /// The same error with pair indices moved by `offset`: for callers that
+    /// score a slice of pairs starting at `offset`.
+    pub fn offset_pairs(self, offset: usize) -> Self {
+        match self {
+            ModelError::NonFiniteScore { pair, chosen, rejected } => {
+                ModelError::NonFiniteScore { pair: pair + offset, chosen, rejected }
+            }
+            ModelError::Core(e) => ModelError::Core(e.offset_rows(offset)),
+            other => other,
+        }
+    }
+}
+
+/// The values of `tensor` on the host as `T`, or [`ModelError::Readback`]
+/// naming `what`: never an empty or default vector.
+pub fn read_vec<T: burn::tensor::Element, B: burn::tensor::backend::Backend, const D: usize>(
+    tensor: burn::tensor::Tensor<B, D>,
+    what: &str,
+) -> Result<Vec<T>, ModelError> {
+    let failed = |message: String| ModelError::Readback { what: what.to_string(), message };
+    let data = tensor.try_into_data().map_err(|e| failed(format!("{e:?}")))?;
+    data.convert::<T>().into_vec::<T>().map_err(|e| failed(format!("{e:?}")))
 }

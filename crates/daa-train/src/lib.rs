@@ -1,30 +1,39 @@
 //! daa's trainer: Direct Alignment Algorithms on burn, with over-optimisation
 //! monitoring through daa-core's `token_stats`.
 //!
-//! The model, the objective and the optimizer (modules [`model`],
-//! [`objective`], [`optim`], [`batch`]) touch no files or threads and build for
-//! `wasm32-unknown-unknown`; everything else needs the `cli` feature.
+//! Without features the library has the model ([`model`]: a decoder with a
+//! key/value cache), the objective ([`objective`], [`score`]), the optimizer
+//! ([`optim`]), one training step for every host ([`Trainer`]) and held-out
+//! evaluation ([`eval`]): no files, no threads, it builds for
+//! `wasm32-unknown-unknown`. Feature `io` adds checkpoints, tokenizers,
+//! datasets, the reference cache and whole runs ([`train`]); `wgpu` and
+//! `cuda` add burn's GPU backends ([`backend`]).
 
+pub mod backend;
 pub mod batch;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod records;
 pub mod rng;
+pub mod score;
+pub mod trainer;
 
+pub use backend::ComputeBackend;
 pub use error::ModelError;
+pub use eval::EvalReport;
+pub use records::{EvalRecord, MetricsRecord, TrainRecord};
+pub use trainer::{GradientReducer, ReferencePolicy, SingleRank, StepPair, StepRecord, Trainer, TrainerOptions};
 
-#[cfg(feature = "cli")]
-pub mod atomic_write;
-#[cfg(feature = "cli")]
-pub mod backends;
-#[cfg(feature = "cli")]
+#[cfg(feature = "io")]
 pub mod checkpoint;
-#[cfg(feature = "cli")]
+#[cfg(feature = "io")]
 pub mod data;
-#[cfg(feature = "cli")]
-pub mod scores;
-#[cfg(feature = "cli")]
+#[cfg(feature = "io")]
+pub mod reference_cache;
+#[cfg(feature = "io")]
 pub mod tiny;
-#[cfg(feature = "cli")]
+#[cfg(feature = "io")]
 pub mod train;

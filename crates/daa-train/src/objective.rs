@@ -1,40 +1,72 @@
-//! From logits to the training objective.
+//! From hidden states to the training objective.
 //!
-//! Per-token log-probabilities `ℓ_{i,t} = log softmax(z_{i,t})[x_{i,t+1}]`;
-//! a sequence's score is `π_i = Σ_t m_{i,t+1} ℓ_{i,t}` over its completion
-//! tokens (`m` = 1 on completion tokens). The preference loss itself comes from
-//! daa-core's catalog ([`daa_core::preference::pair_loss`]), which returns the
-//! loss and `∂L/∂π` per pair. The trainer backpropagates the surrogate
-//! `S = Σ_i (∂L̄/∂π_i)·π_i` with the weights held constant: `∇_θ S = ∇_θ L̄`
-//! (chain rule), so every catalog loss trains without a second implementation.
+//! Per-token log-probabilities `ℓ_{i,t} = log softmax(z_{i,t})[x_{i,t+1}]`
+//! are needed only where `x_{i,t+1}` is a completion token, so the output
+//! head is applied at those positions alone ([`CompletionLogits`]); a
+//! sequence's score is `π_i = Σ_t ℓ_{i,t}` over them. The preference loss
+//! itself comes from daa-core's catalog ([`daa_core::preference::pair_loss`]),
+//! which returns the loss and `∂L/∂π` per pair. The trainer backpropagates
+//! the surrogate `S = Σ_i (∂L̄/∂π_i)·π_i` with the weights held constant:
+//! `∇_θ S = ∇_θ L̄` (chain rule), so every catalog loss trains without a
+//! second implementation.
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{IndexingUpdateOp, Tensor, TensorData};
 use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams, pair_loss, validate_pair};
 
-use crate::error::ModelError;
+use crate::batch::{ScoredPositions, TokenBatch};
+use crate::error::{ModelError, read_vec};
+use crate::model::{CausalLm, Positions};
 
-/// `ℓ_{i,t}·m_{i,t+1}`, `[rows, len − 1]`, from logits `[rows, len, V]`.
-pub fn token_logps<B: Backend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-    weights: Tensor<B, 2>,
-) -> Tensor<B, 2> {
-    let [rows, len, _] = logits.dims();
-    let logp = log_softmax(logits.narrow(1, 0, len - 1), 2);
-    let picked: Tensor<B, 2> = logp.gather(2, targets.unsqueeze_dim(2)).reshape([rows, len - 1]);
-    picked * weights
+/// Logits `z` `[N, V]` at the `N` positions of a batch that predict
+/// completion tokens, row by row, and where those positions are.
+#[derive(Debug, Clone)]
+pub struct CompletionLogits<B: Backend> {
+    /// `[N, V]`.
+    pub logits: Tensor<B, 2>,
+    /// The positions, their targets and rows.
+    pub positions: ScoredPositions,
 }
 
-/// `π_i = Σ_t ℓ_{i,t}·m_{i,t+1}`, `[rows]`.
+impl<B: Backend> CompletionLogits<B> {
+    /// Runs `model` on `batch` (every row from column 0) and applies the
+    /// head at the scored positions only.
+    pub fn of(model: &CausalLm<B>, batch: &TokenBatch, device: &B::Device) -> Result<Self, ModelError> {
+        let hidden = model.hidden(batch.input::<B>(device), &Positions::from_zero(), None)?;
+        let [rows, len, d] = hidden.dims();
+        let positions = batch.scored_positions();
+        let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(device));
+        Ok(Self { logits: model.head(picked), positions })
+    }
+
+    /// `ℓ` at every scored position, `[N]`.
+    pub fn token_logps(&self) -> Tensor<B, 1> {
+        let n = self.positions.count();
+        let device = self.logits.device();
+        let targets = self.positions.target_index::<B>(&device).reshape([n, 1]);
+        log_softmax(self.logits.clone(), 1).gather(1, targets).reshape([n])
+    }
+
+    /// `π_i = Σ_t ℓ_{i,t}` of every row, `[rows]`.
+    pub fn sequence_logps(&self) -> Tensor<B, 1> {
+        let device = self.logits.device();
+        Tensor::zeros([self.positions.rows], &device).select_assign(
+            0,
+            self.positions.row_index::<B>(&device),
+            self.token_logps(),
+            IndexingUpdateOp::Add,
+        )
+    }
+}
+
+/// `π_i` of every row of `batch` under `model`, `[rows]`.
 pub fn sequence_logps<B: Backend>(
-    logits: Tensor<B, 3>,
-    targets: Tensor<B, 2, Int>,
-    weights: Tensor<B, 2>,
-) -> Tensor<B, 1> {
-    let [rows, _, _] = logits.dims();
-    token_logps(logits, targets, weights).sum_dim(1).reshape([rows])
+    model: &CausalLm<B>,
+    batch: &TokenBatch,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>, ModelError> {
+    Ok(CompletionLogits::of(model, batch, device)?.sequence_logps())
 }
 
 /// What one batch of pairs contributes to the objective.
@@ -60,7 +92,7 @@ pub fn pair_objective<B: Backend>(
     normaliser: f64,
 ) -> Result<PairObjective<B>, ModelError> {
     let pairs = reference.len();
-    let values: Vec<f64> = policy.clone().into_data().convert::<f64>().into_vec::<f64>().unwrap_or_default();
+    let values: Vec<f64> = read_vec(policy.clone(), "policy log-probabilities")?;
     if values.len() != 2 * pairs || tokens.len() != pairs {
         return Err(ModelError::Batch(format!(
             "{} sequence scores, {} token counts for {pairs} pairs (need chosen then rejected)",

@@ -21,7 +21,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 
-use crate::error::ModelError;
+use crate::error::{ModelError, read_vec};
 
 /// AdamW hyper-parameters; defaults are the paper's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,19 +120,31 @@ impl<B: Backend> GradAccumulator<B> {
         model.visit(&mut Collect::<AB> { from: &mut params, into: self });
     }
 
-    /// `‖g‖₂` over every parameter.
-    pub fn global_norm(&self) -> f64 {
-        self.order
-            .iter()
-            .filter_map(|id| self.grads.get(id))
-            .map(|g| g.clone().powi_scalar(2).sum().into_scalar().elem::<f64>())
-            .sum::<f64>()
-            .sqrt()
+    /// `‖g‖₂` over every parameter, summed in the model's visiting order.
+    pub fn global_norm(&self) -> Result<f64, ModelError> {
+        let mut sum = 0.0;
+        for g in self.order.iter().filter_map(|id| self.grads.get(id)) {
+            let squares = g.clone().powi_scalar(2).sum();
+            let value = squares
+                .try_into_scalar()
+                .map_err(|e| ModelError::Readback { what: "a gradient norm".into(), message: format!("{e:?}") })?;
+            sum += value.elem::<f64>();
+        }
+        Ok(sum.sqrt())
     }
 
     /// Whether no gradient has been added.
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
+    }
+
+    /// Every parameter's flattened gradient, in the model's visiting order:
+    /// where a data-parallel all-reduce reads and writes them.
+    pub fn gradients_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<B, 1>)> {
+        let order = &self.order;
+        let mut grads: Vec<(ParamId, &mut Tensor<B, 1>)> = self.grads.iter_mut().map(|(id, g)| (*id, g)).collect();
+        grads.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
+        grads.into_iter()
     }
 }
 
@@ -209,22 +221,21 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Applies one step with the accumulated gradients (consumed) at rate
-    /// `lr`. `decays` says per parameter whether weight decay applies.
-    pub fn step<AB, M>(
+    /// `lr`, their global norm `grad_norm` (finite: see
+    /// [`GradAccumulator::global_norm`]) deciding the clipping. `decays` says
+    /// per parameter whether weight decay applies.
+    pub fn update<AB, M>(
         &mut self,
         model: M,
         mut grads: GradAccumulator<B>,
         lr: f64,
+        grad_norm: f64,
         decays: &HashMap<ParamId, bool>,
-    ) -> Result<(M, StepReport), ModelError>
+    ) -> (M, StepReport)
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let grad_norm = grads.global_norm();
-        if !grad_norm.is_finite() {
-            return Err(ModelError::Batch(format!("gradient norm is {grad_norm}: the step would corrupt the weights")));
-        }
         let scale = match self.config.clip_norm {
             Some(c) if grad_norm > c => c / grad_norm,
             _ => 1.0,
@@ -241,14 +252,19 @@ impl<B: Backend> AdamW<B> {
             t,
         };
         let model = model.map(&mut update);
-        Ok((model, StepReport { grad_norm, lr }))
+        (model, StepReport { grad_norm, lr })
     }
 
-    /// The state of one parameter as f32 vectors `(m, v)`, if it has any.
-    pub fn export(&self, id: ParamId) -> Option<(Vec<f32>, Vec<f32>)> {
-        let Moments { m, v } = self.moments.get(&id)?;
-        let read = |t: &Tensor<B, 1>| t.clone().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
-        Some((read(m), read(v)))
+    /// The state of one parameter as f32 vectors `(m, v)`, if it has any;
+    /// `name` is for the error.
+    pub fn export(&self, id: ParamId, name: &str) -> Result<Option<(Vec<f32>, Vec<f32>)>, ModelError> {
+        let Some(Moments { m, v }) = self.moments.get(&id) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            read_vec(m.clone(), &format!("{name}.exp_avg"))?,
+            read_vec(v.clone(), &format!("{name}.exp_avg_sq"))?,
+        )))
     }
 
     /// Restores the state of one parameter from f32 vectors.

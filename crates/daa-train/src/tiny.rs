@@ -14,8 +14,10 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::atomic_write::{write_bytes, write_dir};
+use daa_core::io::{write_bytes_atomic as write_bytes, write_dir_atomic as write_dir};
+
 use crate::checkpoint::save_model;
+pub use crate::model::tiny::{cohere_config, llama_config};
 use crate::model::{CausalLm, ModelConfig, RandomWeights};
 use crate::rng::splitmix64;
 
@@ -75,55 +77,7 @@ pub fn write_tokenizer(dir: &Path) -> Result<()> {
         "model_max_length": 2048,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    write_bytes(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())
-}
-
-/// A tiny Llama `config.json` (GQA: 4 query heads, 2 key/value heads).
-pub fn llama_config(vocab: usize, hidden: usize, layers: usize) -> Value {
-    json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": hidden * 8 / 3,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "hidden_act": "silu",
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": false,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": 256,
-        "eos_token_id": 257,
-        "torch_dtype": "float32",
-    })
-}
-
-/// A tiny Cohere Command R `config.json` (tied embeddings, logit scale).
-pub fn cohere_config(vocab: usize, hidden: usize, layers: usize) -> Value {
-    json!({
-        "architectures": ["CohereForCausalLM"],
-        "model_type": "cohere",
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": hidden * 2,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "hidden_act": "silu",
-        "layer_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "logit_scale": 0.5,
-        "use_qk_norm": false,
-        "max_position_embeddings": 512,
-        "tie_word_embeddings": true,
-        "bos_token_id": 256,
-        "eos_token_id": 257,
-        "torch_dtype": "float32",
-    })
+    Ok(write_bytes(&dir.join("tokenizer_config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?)
 }
 
 /// Writes a complete checkpoint folder (config, random weights `N(0, std²)`, tokenizer).

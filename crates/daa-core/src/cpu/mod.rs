@@ -201,14 +201,6 @@ fn backward_in_place_rows<E: LogitElement>(
     faults.into_result()
 }
 
-/// Mutable access to a shared slice, copying it first when another tensor shares it.
-fn unshare<T: Copy>(data: &mut Arc<[T]>) -> &mut [T] {
-    if Arc::get_mut(data).is_none() {
-        *data = data.to_vec().into();
-    }
-    Arc::get_mut(data).expect("freshly copied data is unshared")
-}
-
 impl Backend for Cpu {
     type Tensor = HostTensor;
 
@@ -322,9 +314,9 @@ impl Backend for Cpu {
         let g = read_grad_logprob(grad_logprob, shape.rows)?;
         let t = &rows.targets;
         self.install(|| match logits.data_mut() {
-            TensorData::F32(v) => backward_in_place_rows::<f32>(unshare(v), shape.vocab, t, &g),
-            TensorData::F16(v) => backward_in_place_rows::<f16>(unshare(v), shape.vocab, t, &g),
-            TensorData::BF16(v) => backward_in_place_rows::<bf16>(unshare(v), shape.vocab, t, &g),
+            TensorData::F32(v) => backward_in_place_rows::<f32>(v.make_mut(), shape.vocab, t, &g),
+            TensorData::F16(v) => backward_in_place_rows::<f16>(v.make_mut(), shape.vocab, t, &g),
+            TensorData::BF16(v) => backward_in_place_rows::<bf16>(v.make_mut(), shape.vocab, t, &g),
             other => Err(DaaError::DType { tensor: "logits", actual: other.dtype(), expected: "f32, f16 or bf16" }),
         })
     }

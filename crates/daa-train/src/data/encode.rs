@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::chat::TextEncoder;
 use super::rows::{Example, Message, RawRow};
-use crate::batch::Sequence;
+use crate::batch::{Sequence, SequencePair};
 
 /// Length limits and strictness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +25,8 @@ pub struct EncodeOptions {
 pub struct EncodedPair {
     /// 1-based row number in the source file.
     pub row: usize,
-    /// Prompt + preferred completion.
-    pub chosen: Sequence,
-    /// Prompt + dispreferred completion.
-    pub rejected: Sequence,
+    /// Prompt + preferred and prompt + dispreferred completion.
+    pub pair: SequencePair,
 }
 
 /// A data file after encoding, with what was skipped and why.
@@ -135,7 +133,10 @@ pub fn encode_rows(
                     ids.extend(completion);
                     Sequence { ids, completion_start: start }
                 };
-                set.pairs.push(EncodedPair { row: raw.row, chosen: join(chosen), rejected: join(rejected) });
+                set.pairs.push(EncodedPair {
+                    row: raw.row,
+                    pair: SequencePair { chosen: join(chosen), rejected: join(rejected) },
+                });
             }
             Err(reason) if options.strict => bail!("{source}: row {}: {reason}", raw.row),
             Err(reason) => *set.skipped.entry(reason).or_default() += 1,

@@ -4,8 +4,9 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Tensor};
 
+use super::cache::LayerCache;
 use super::config::{ModelConfig, NormKind};
 use super::rope::Rope;
 use super::weights::{Loader, ParamKind};
@@ -54,30 +55,17 @@ fn visit_linear<B: Backend>(name: &str, l: &Linear<B>, visit: &mut dyn FnMut(&st
     }
 }
 
-/// What every block needs about positions, built once per forward pass.
+/// What every block needs about positions, built once per call of
+/// [`super::CausalLm::hidden`].
 #[derive(Debug, Clone)]
-pub struct Positions<B: Backend> {
-    /// RoPE `cos` table `[1, 1, seq, h]`.
+pub struct AttentionContext<B: Backend> {
+    /// RoPE `cos` `[rows or 1, 1, seq, h]`.
     pub cos: Tensor<B, 4>,
-    /// RoPE `sin` table `[1, 1, seq, h]`.
+    /// RoPE `sin` `[rows or 1, 1, seq, h]`.
     pub sin: Tensor<B, 4>,
-    /// Additive attention bias `[1, 1, seq, seq]` (see [`attention_bias`]).
-    pub bias: Tensor<B, 4>,
-}
-
-/// Additive attention bias `[1, 1, seq, seq]`: 0 where query `i` may see key
-/// `j` (`j ≤ i`, and `j > i − w` with a sliding window `w`), −∞ elsewhere.
-pub(crate) fn attention_bias<B: Backend>(seq: usize, window: Option<usize>, device: &B::Device) -> Tensor<B, 4> {
-    let mut bias = vec![0f32; seq * seq];
-    for i in 0..seq {
-        for j in 0..seq {
-            let visible = j <= i && window.is_none_or(|w| i - j < w);
-            if !visible {
-                bias[i * seq + j] = f32::NEG_INFINITY;
-            }
-        }
-    }
-    Tensor::from_data(TensorData::new(bias, [1, 1, seq, seq]), device)
+    /// `true` where a query must not see a key, `[rows or 1, 1, seq, keys]`
+    /// (see [`super::positions::hidden_keys`]); `None` when every key is visible.
+    pub hidden_keys: Option<Tensor<B, 4, Bool>>,
 }
 
 /// Grouped-query self-attention with RoPE:
@@ -133,14 +121,29 @@ impl<B: Backend> Attention<B> {
         x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, h]).reshape([b, kv * groups, t, h])
     }
 
-    /// `[batch, seq, d] → [batch, seq, d]`.
-    pub fn forward(&self, x: Tensor<B, 3>, at: &Positions<B>) -> Tensor<B, 3> {
+    /// `[batch, seq, d] → [batch, seq, d]`. With `cache`, the keys and values
+    /// of earlier calls are attended to and this call's are appended.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        at: &AttentionContext<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
         let [b, t, _] = x.dims();
         let q = self.rope.apply(self.split_heads(self.q.forward(x.clone()), self.heads), &at.cos, &at.sin);
         let k = self.rope.apply(self.split_heads(self.k.forward(x.clone()), self.kv_heads), &at.cos, &at.sin);
         let v = self.split_heads(self.v.forward(x), self.kv_heads);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt()) + at.bias.clone();
+        let keys = k.dims()[2];
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt());
+        let scores = match &at.hidden_keys {
+            Some(hidden) => scores.mask_fill(hidden.clone().expand([b, self.heads, t, keys]), f32::NEG_INFINITY),
+            None => scores,
+        };
         let context = softmax(scores, 3).matmul(v);
         self.o.forward(context.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
     }
@@ -215,15 +218,20 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// `[batch, seq, d] → [batch, seq, d]`.
-    pub fn forward(&self, x: Tensor<B, 3>, at: &Positions<B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        at: &AttentionContext<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
         let normed = self.input_norm.forward(x.clone());
         match &self.post_norm {
             None => {
-                let attended = self.attention.forward(normed.clone(), at);
+                let attended = self.attention.forward(normed.clone(), at, cache);
                 x + attended + self.mlp.forward(normed)
             }
             Some(post_norm) => {
-                let h = x + self.attention.forward(normed, at);
+                let h = x + self.attention.forward(normed, at, cache);
                 h.clone() + self.mlp.forward(post_norm.forward(h))
             }
         }

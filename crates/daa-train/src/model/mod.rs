@@ -7,9 +7,12 @@
 //! `[in, out]`; Hugging Face files hold `[out, in]`, transposed on the host at
 //! load and save.
 
+mod cache;
 pub mod config;
 mod layers;
+mod positions;
 pub mod rope;
+pub mod tiny;
 mod weights;
 
 use burn::module::{Module, Param};
@@ -18,12 +21,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor};
 
+pub use cache::{KvCache, LayerCache};
 pub use config::{Architecture, ModelConfig, NormKind, RopeScaling};
-pub use layers::{Attention, DecoderLayer, Mlp, Norm, Positions};
+pub use layers::{Attention, AttentionContext, DecoderLayer, Mlp, Norm};
+pub use positions::Positions;
 pub use weights::{ParamKind, RandomWeights, WeightSource};
 
 use crate::error::ModelError;
-use rope::Rope;
+use rope::{ROPE_TABLE_POSITIONS, RopeTables};
 
 /// A causal language model: embedding, decoder blocks, final norm, head.
 #[derive(Module, Debug)]
@@ -36,10 +41,10 @@ pub struct CausalLm<B: Backend> {
     pub norm: Norm<B>,
     /// `lm_head.weight`, `[V, d]` as in the file; `None` when tied to the embedding.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// RoPE `cos`/`sin` of the first positions, computed once.
+    pub rope: RopeTables<B>,
     #[module(skip)]
     config: ModelConfig,
-    #[module(skip)]
-    rope: Rope,
 }
 
 impl<B: Backend> CausalLm<B> {
@@ -62,7 +67,8 @@ impl<B: Backend> CausalLm<B> {
         } else {
             Some(load.matrix("lm_head.weight", [c.vocab_size, c.hidden_size])?)
         };
-        Ok(Self { embed, layers, norm, lm_head, config: c.clone(), rope: Rope::new(c) })
+        let rope = RopeTables::new(c, c.max_position_embeddings.min(ROPE_TABLE_POSITIONS), device);
+        Ok(Self { embed, layers, norm, lm_head, rope, config: c.clone() })
     }
 
     /// The configuration the model was built from.
@@ -70,26 +76,88 @@ impl<B: Backend> CausalLm<B> {
         &self.config
     }
 
-    /// Logits `[batch, seq, V]` for token ids `[batch, seq]`. Position `i`
-    /// sees positions `≤ i` (and, with a sliding window `w`, `> i − w`), so
-    /// right padding never changes the real positions.
-    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        let [_, seq] = tokens.dims();
-        let device = tokens.device();
-        let (cos, sin) = self.rope.tables::<B>(seq, &device);
-        let bias = layers::attention_bias::<B>(seq, self.config.sliding_window, &device);
-        let at = Positions { cos, sin, bias };
-        let mut x = self.embed.forward(tokens);
-        for layer in &self.layers {
-            x = layer.forward(x, &at);
+    /// Final hidden states `[rows, seq, d]` (after the last norm: what the
+    /// head reads) of token ids `[rows, seq]` laid out as `positions` says.
+    /// A query sees the keys of its own row up to its own column (within a
+    /// sliding window where the model has one), never padding. With `cache`,
+    /// the columns of earlier calls are attended to and this call's are added.
+    pub fn hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &Positions,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        let [rows, seq] = tokens.dims();
+        let pads = positions.left_padding();
+        if let Some(pads) = pads
+            && pads.len() != rows
+        {
+            return Err(ModelError::Batch(format!("{} left-padding counts for {rows} rows", pads.len())));
         }
-        let x = self.norm.forward(x);
-        let head = match &self.lm_head {
+        let past = match cache.as_deref_mut() {
+            None => 0,
+            Some(cache) => {
+                if cache.layers.len() != self.layers.len() {
+                    return Err(ModelError::Batch(format!(
+                        "the key/value cache has {} layers, the model {}",
+                        cache.layers.len(),
+                        self.layers.len()
+                    )));
+                }
+                if cache.rows.is_some_and(|r| r != rows) {
+                    return Err(ModelError::Batch(format!(
+                        "the key/value cache holds {} rows, the tokens {rows}",
+                        cache.rows.unwrap_or(0)
+                    )));
+                }
+                cache.columns
+            }
+        };
+        if let Some(pads) = pads
+            && let Some((r, &p)) = pads.iter().enumerate().find(|&(_, &p)| p >= past + seq)
+        {
+            return Err(ModelError::Batch(format!(
+                "row {r} has {p} columns of left padding but the batch has only {} columns: no token",
+                past + seq
+            )));
+        }
+        let device = tokens.device();
+        let (cos, sin) = match pads {
+            None => self.rope.contiguous(past, seq),
+            Some(_) => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
+        };
+        let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, pads, self.config.sliding_window, &device);
+        let at = AttentionContext { cos, sin, hidden_keys };
+        let mut x = self.embed.forward(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &at, layer_cache);
+        }
+        if let Some(cache) = cache {
+            cache.rows = Some(rows);
+            cache.columns += seq;
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// Logits of hidden states (`[…, d] → […, V]`): the output head (the
+    /// embedding matrix when tied), times Cohere's `logit_scale`. Apply it
+    /// only where logits are needed: the objective's completion positions,
+    /// generation's last column.
+    pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        let weight = match &self.lm_head {
             Some(w) => w.val(),
             None => self.embed.weight.val(),
         };
-        let logits = linear(x, head.transpose(), None);
+        let logits = linear(hidden, weight.transpose(), None);
         if self.config.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.config.logit_scale) }
+    }
+
+    /// Logits `[rows, seq, V]` at every position of token ids `[rows, seq]`
+    /// that start at column 0 (`head(hidden(tokens))`). Right padding never
+    /// changes the real positions.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(self.head(self.hidden(tokens, &Positions::from_zero(), None)?))
     }
 
     /// Every weight under its Hugging Face name, in the file layout (`[out, in]`

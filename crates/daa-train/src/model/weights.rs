@@ -5,16 +5,34 @@ use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use daa_core::{HostTensor, TensorData as HostData};
 
-use crate::error::ModelError;
+use crate::error::{ModelError, read_vec};
 use crate::rng::uniform_open;
 
 /// A provider of weights by Hugging Face name, in the file layout.
 pub trait WeightSource {
-    /// The values of `name` as f32, row-major. Implementations check that the
-    /// stored shape equals `shape` and fail with [`ModelError::Shape`] or
-    /// [`ModelError::MissingTensor`] otherwise.
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError>;
+    /// The values of `name`, row-major, in f32, f16 or bf16 (a checkpoint's
+    /// tensors borrow the memory-mapped file: no copy until the weight is
+    /// built). Implementations check that the stored shape equals `shape` and
+    /// fail with [`ModelError::Shape`] or [`ModelError::MissingTensor`] otherwise.
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError>;
+}
+
+/// Widens `values` (f32, f16 or bf16) to f32, visiting each element once.
+fn for_each_f32(name: &str, values: &HostTensor, mut f: impl FnMut(usize, f32)) -> Result<(), ModelError> {
+    match values.data() {
+        HostData::F32(v) => v.iter().enumerate().for_each(|(i, &x)| f(i, x)),
+        HostData::F16(v) => v.iter().enumerate().for_each(|(i, x)| f(i, x.to_f32())),
+        HostData::BF16(v) => v.iter().enumerate().for_each(|(i, x)| f(i, x.to_f32())),
+        other => {
+            return Err(ModelError::Config(format!(
+                "tensor `{name}` has dtype {}; daa reads f32, f16 and bf16 weights",
+                other.dtype()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A parameter as [`super::CausalLm::visit_weights`] shows it.
@@ -55,14 +73,13 @@ impl<B: Backend> ParamKind<'_, B> {
         !matches!(self, Self::Vector(_))
     }
 
-    /// The values in the file layout, as f32.
-    pub fn to_file_f32(&self) -> Vec<f32> {
-        let data = match self {
-            Self::Linear(p) => p.val().transpose().into_data(),
-            Self::Matrix(p) => p.val().into_data(),
-            Self::Vector(p) => p.val().into_data(),
-        };
-        data.convert::<f32>().into_vec::<f32>().unwrap_or_default()
+    /// The values in the file layout, as f32; `name` is for the error.
+    pub fn to_file_f32(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        match self {
+            Self::Linear(p) => read_vec(p.val().transpose(), name),
+            Self::Matrix(p) => read_vec(p.val(), name),
+            Self::Vector(p) => read_vec(p.val(), name),
+        }
     }
 }
 
@@ -72,46 +89,51 @@ pub(crate) struct Loader<'a, B: Backend> {
     pub device: &'a B::Device,
 }
 
-fn check_finite(name: &str, values: &[f32]) -> Result<(), ModelError> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(index) => Err(ModelError::NonFinite { name: name.to_string(), index }),
-        None => Ok(()),
-    }
-}
-
 impl<B: Backend> Loader<'_, B> {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
-        let values = self.source.read(name, shape)?;
-        if values.len() != shape.iter().product::<usize>() {
-            return Err(ModelError::Shape { name: name.into(), expected: shape.to_vec(), found: vec![values.len()] });
+    /// `name`'s values in f32, with the element at flat index `i` of the file
+    /// layout stored at `place(i)`; checks the shape and that every value is finite.
+    fn read(&mut self, name: &str, shape: &[usize], place: impl Fn(usize) -> usize) -> Result<Vec<f32>, ModelError> {
+        let stored = self.source.read(name, shape)?;
+        let len: usize = shape.iter().product();
+        if stored.len() != len {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: stored.shape().to_vec(),
+            });
         }
-        check_finite(name, &values)?;
-        Ok(values)
+        let mut values = vec![0f32; len];
+        let mut non_finite = None;
+        for_each_f32(name, &stored, |i, x| {
+            if !x.is_finite() && non_finite.is_none() {
+                non_finite = Some(i);
+            }
+            values[place(i)] = x;
+        })?;
+        match non_finite {
+            Some(index) => Err(ModelError::NonFinite { name: name.to_string(), index }),
+            None => Ok(values),
+        }
     }
 
     /// A matrix kept in the file layout.
     pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>, ModelError> {
-        let values = self.read(name, &shape)?;
+        let values = self.read(name, &shape, |i| i)?;
         Ok(Param::from_data(TensorData::new(values, shape), self.device))
     }
 
     /// A vector.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
-        let values = self.read(name, &[len])?;
+        let values = self.read(name, &[len], |i| i)?;
         Ok(Param::from_data(TensorData::new(values, [len]), self.device))
     }
 
     /// `{prefix}.weight` (`[d_out, d_in]` in the file) and, when `bias`,
-    /// `{prefix}.bias`, as a burn [`Linear`] (`[d_in, d_out]`).
+    /// `{prefix}.bias`, as a burn [`Linear`] (`[d_in, d_out]`, transposed
+    /// while it is read).
     pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
-        let file = self.read(&name, &[d_out, d_in])?;
-        let mut stored = vec![0f32; file.len()];
-        for (o, row) in file.chunks_exact(d_in).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                stored[i * d_out + o] = v;
-            }
-        }
+        let stored = self.read(&name, &[d_out, d_in], |i| (i % d_in) * d_out + i / d_in)?;
         let weight = Param::from_data(TensorData::new(stored, [d_in, d_out]), self.device);
         let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out)?) } else { None };
         Ok(Linear { weight, bias })
@@ -130,21 +152,26 @@ pub struct RandomWeights {
 }
 
 impl WeightSource for RandomWeights {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
         let len: usize = shape.iter().product();
-        if name.ends_with("norm.weight") {
-            return Ok(vec![1.0; len]);
-        }
+        let values = if name.ends_with("norm.weight") { vec![1.0; len] } else { self.normal(name, len) };
+        Ok(HostTensor::from_f32(values, shape)?)
+    }
+}
+
+impl RandomWeights {
+    /// `len` draws of `N(0, std²)` from a stream seeded by the seed and `name`.
+    fn normal(&self, name: &str, len: usize) -> Vec<f32> {
         let mut state = name
             .bytes()
             .fold(self.seed ^ 0xD1B5_4A32_D192_ED03, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3));
-        Ok((0..len)
+        (0..len)
             .map(|_| {
                 // Box–Muller: one normal from two uniforms.
                 let (u1, u2) = (uniform_open(&mut state), uniform_open(&mut state));
                 let n = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
                 (n as f32) * self.std
             })
-            .collect())
+            .collect()
     }
 }

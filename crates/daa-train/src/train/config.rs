@@ -4,10 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use daa_core::preference::{LossHyperParams, NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
-use serde::{Deserialize, Serialize};
+use anyhow::{Context, Result, anyhow, bail};
+use daa_core::preference::{LossName, NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::backend::ComputeBackend;
 use crate::optim::{AdamWConfig, LrSchedule};
 
 /// The configuration of `cargo xtask train` with no arguments.
@@ -40,8 +42,8 @@ pub struct ModelSection {
     /// Hugging Face checkpoint folder, or `builtin:tiny`.
     pub path: String,
     /// `cpu` (burn ndarray), `wgpu` or `cuda`.
-    #[serde(default = "default_backend")]
-    pub backend: String,
+    #[serde(default)]
+    pub backend: ComputeBackend,
     /// GPU index for `cuda` / `wgpu`.
     #[serde(default)]
     pub device: usize,
@@ -70,37 +72,75 @@ pub struct DataSection {
     pub strict: bool,
 }
 
-/// `[loss]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[loss]`: the catalog loss by `name` with its hyper-parameters beside it
+/// (`name = "ipo"`, `tau = 0.1`; see [`PreferenceLoss`] for each loss's and
+/// their defaults), plus the NLL term and the reference's source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LossSection {
-    /// A catalog name: dpo, robust-dpo, ipo, ipo-mean, hinge, hinge-trl, simpo, orpo.
-    pub name: String,
-    /// β of dpo, robust-dpo, hinge-trl, simpo, orpo.
-    #[serde(default)]
-    pub beta: Option<f64>,
-    /// τ of ipo, ipo-mean.
-    #[serde(default)]
-    pub tau: Option<f64>,
-    /// γ of hinge and simpo.
-    #[serde(default)]
-    pub gamma: Option<f64>,
-    /// α of hinge.
-    #[serde(default)]
-    pub alpha: Option<f64>,
-    /// ε of dpo, robust-dpo, simpo.
-    #[serde(default)]
-    pub label_smoothing: Option<f64>,
+    /// The preference term.
+    #[serde(flatten)]
+    pub loss: PreferenceLoss,
     /// λ of the NLL term on the chosen completion (0 = none).
-    #[serde(default)]
     pub nll_weight: f64,
     /// `sum` or `mean` (per token) NLL.
-    #[serde(default = "default_nll_normalisation")]
-    pub nll_normalisation: String,
-    /// `cache` (reference log-probabilities computed once, stored on disk) or
-    /// `model` (a frozen copy of the initial model in memory).
-    #[serde(default = "default_reference")]
-    pub reference: String,
+    pub nll_normalisation: NllNormalisation,
+    /// Where the reference log-probabilities come from.
+    pub reference: ReferenceMode,
+}
+
+/// `loss.reference`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReferenceMode {
+    /// Computed once with the initial model and stored on disk (keyed by the
+    /// model, data and length limits), before the policy is loaded.
+    #[default]
+    Cache,
+    /// A frozen copy of the initial model in memory, run on each micro-batch.
+    Model,
+}
+
+/// The fields of `[loss]` that every loss has.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LossCommon {
+    #[serde(default)]
+    nll_weight: f64,
+    #[serde(default)]
+    nll_normalisation: NllNormalisation,
+    #[serde(default)]
+    reference: ReferenceMode,
+}
+
+impl<'de> Deserialize<'de> for LossSection {
+    /// The common fields are taken out first; the rest must be exactly one
+    /// catalog loss's (`name` and its hyper-parameters), so a hyper-parameter
+    /// of another loss is an error naming it and the accepted ones.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut fields: serde_json::Map<String, serde_json::Value> = Deserialize::deserialize(deserializer)?;
+        let mut common = serde_json::Map::new();
+        for key in ["nll_weight", "nll_normalisation", "reference"] {
+            if let Some(value) = fields.remove(key) {
+                common.insert(key.to_string(), value);
+            }
+        }
+        let common: LossCommon = serde_json::from_value(serde_json::Value::Object(common)).map_err(D::Error::custom)?;
+        let name = match fields.get("name") {
+            None => return Err(D::Error::custom("missing field `name` (the loss)")),
+            Some(serde_json::Value::String(name)) => name.parse::<LossName>().map_err(|_| {
+                D::Error::custom(format!("`name` = `{name}` is not a loss; expected one of {}", LossName::list()))
+            })?,
+            Some(other) => return Err(D::Error::custom(format!("`name` must be a string, found {other}"))),
+        };
+        let loss: PreferenceLoss = serde_json::from_value(serde_json::Value::Object(fields))
+            .map_err(|e| D::Error::custom(format!("{e} (the parameters of `{name}`)")))?;
+        Ok(Self {
+            loss,
+            nll_weight: common.nll_weight,
+            nll_normalisation: common.nll_normalisation,
+            reference: common.reference,
+        })
+    }
 }
 
 /// `[train]`.
@@ -185,9 +225,6 @@ impl Default for MonitorSection {
     }
 }
 
-fn default_backend() -> String {
-    "cpu".into()
-}
 fn default_eval_size() -> usize {
     64
 }
@@ -196,12 +233,6 @@ fn default_max_length() -> usize {
 }
 fn default_max_prompt_length() -> usize {
     256
-}
-fn default_nll_normalisation() -> String {
-    "sum".into()
-}
-fn default_reference() -> String {
-    "cache".into()
 }
 fn default_batch_size() -> usize {
     32
@@ -245,7 +276,8 @@ fn default_entropy_base() -> f64 {
 
 /// Sets `section.field = value` in a parsed TOML table. `value` is read as a
 /// TOML value (`1e-6`, `true`, `"text"`), or as a string when it is not one.
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+/// Returns the `(section, field)` it set.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(String, String)> {
     let Some((key, raw)) = assignment.split_once('=') else {
         bail!("--set {assignment}: expected section.field=value");
     };
@@ -262,7 +294,22 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
         bail!("--set {assignment}: `{section}` is not a section");
     };
     section_table.insert(field.to_string(), value);
-    Ok(())
+    Ok((section.to_string(), field.to_string()))
+}
+
+/// When an override changes `loss.name`, the file's hyper-parameters were
+/// meant for the file's loss: they are dropped (the new loss takes its
+/// defaults, or the values given with `--set`). Hyper-parameters given with
+/// `--set` are kept, so one the new loss does not take is still an error.
+fn drop_file_hyper_parameters(table: &mut toml::Table, file_loss: Option<&toml::Value>, set: &[(String, String)]) {
+    let Some(loss) = table.get_mut("loss").and_then(toml::Value::as_table_mut) else {
+        return;
+    };
+    if file_loss.is_none() || loss.get("name") == file_loss {
+        return;
+    }
+    let given = |field: &str| set.iter().any(|(s, f)| s == "loss" && f == field);
+    loss.retain(|field, _| matches!(field, "name" | "nll_weight" | "nll_normalisation" | "reference") || given(field));
 }
 
 impl TrainConfig {
@@ -270,10 +317,12 @@ impl TrainConfig {
     /// and validates.
     pub fn parse(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
         let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
-        for o in overrides {
-            apply_override(&mut table, o)?;
-        }
-        let config: Self = table.try_into().with_context(|| format!("{origin}: invalid configuration"))?;
+        let file_loss = table.get("loss").and_then(|l| l.get("name")).cloned();
+        let set = overrides.iter().map(|o| apply_override(&mut table, o)).collect::<Result<Vec<_>>>()?;
+        drop_file_hyper_parameters(&mut table, file_loss.as_ref(), &set);
+        let config: Self = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow!("`{}`: {}", e.path(), e.inner()))
+            .with_context(|| format!("{origin}: invalid configuration"))?;
         config.validate().with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(config)
     }
@@ -298,9 +347,6 @@ impl TrainConfig {
             }
             Ok(())
         };
-        if !matches!(self.model.backend.as_str(), "cpu" | "wgpu" | "cuda") {
-            bail!("`model.backend` must be cpu, wgpu or cuda, found `{}`", self.model.backend);
-        }
         positive("train.lr", t.lr)?;
         if t.batch_size == 0 || t.micro_batch_size == 0 || t.batch_size % t.micro_batch_size != 0 {
             bail!(
@@ -343,9 +389,6 @@ impl TrainConfig {
         if !(self.monitor.entropy_base > 1.0) {
             bail!("`monitor.entropy_base` must exceed 1, found {}", self.monitor.entropy_base);
         }
-        if !matches!(self.loss.reference.as_str(), "cache" | "model") {
-            bail!("`loss.reference` must be `cache` or `model`, found `{}`", self.loss.reference);
-        }
         self.loss_params()?;
         Ok(())
     }
@@ -353,25 +396,12 @@ impl TrainConfig {
     /// The catalog loss and NLL term.
     pub fn loss_params(&self) -> Result<PreferenceLossParams> {
         let l = &self.loss;
-        let hyper = LossHyperParams {
-            beta: l.beta,
-            tau: l.tau,
-            gamma: l.gamma,
-            alpha: l.alpha,
-            label_smoothing: l.label_smoothing,
-        };
-        let loss = PreferenceLoss::from_name(&l.name, hyper).context("`loss.name` and its parameters")?;
-        let normalisation = match l.nll_normalisation.as_str() {
-            "sum" => NllNormalisation::Sum,
-            "mean" => NllNormalisation::Mean,
-            other => bail!("`loss.nll_normalisation` must be `sum` or `mean`, found `{other}`"),
-        };
         if !(l.nll_weight >= 0.0 && l.nll_weight.is_finite()) {
             bail!("`loss.nll_weight` must be ≥ 0, found {}", l.nll_weight);
         }
-        let nll = (l.nll_weight > 0.0).then_some(NllTerm { weight: l.nll_weight, normalisation });
-        let params = PreferenceLossParams { loss, nll };
-        params.validate().context("`loss`")?;
+        let nll = (l.nll_weight > 0.0).then_some(NllTerm { weight: l.nll_weight, normalisation: l.nll_normalisation });
+        let params = PreferenceLossParams { loss: l.loss, nll };
+        params.validate().with_context(|| format!("`loss` ({})", l.loss.name()))?;
         Ok(params)
     }
 

@@ -1,14 +1,15 @@
-//! `metrics.jsonl`: one JSON object per line, `"type": "train"` every step and
-//! `"type": "eval"` at every evaluation, appended and flushed as they happen.
+//! `metrics.jsonl`: one [`MetricsRecord`] per line, `"type": "train"` every
+//! step and `"type": "eval"` at every evaluation, appended and flushed as
+//! they happen.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::Value;
+use daa_core::io::write_bytes_atomic;
 
-use crate::atomic_write::write_bytes;
+use crate::records::MetricsRecord;
 
 /// The metrics file of a run.
 #[derive(Debug)]
@@ -17,18 +18,21 @@ pub struct MetricsLog {
     file: File,
 }
 
-/// Reads every record of a metrics file.
-pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
+/// Reads every record of a metrics file; a line that is not a record is an
+/// error naming the file and the line.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    BufReader::new(file)
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
-        .map(|(i, line)| {
-            let line = line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
-            serde_json::from_str(&line).with_context(|| format!("{}: line {}: not JSON", path.display(), i + 1))
-        })
-        .collect()
+    let mut records = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_str(&line)
+            .with_context(|| format!("{}: line {}: not a daa metrics record", path.display(), i + 1))?;
+        records.push(record);
+    }
+    Ok(records)
 }
 
 impl MetricsLog {
@@ -37,23 +41,25 @@ impl MetricsLog {
     /// interrupted run may have written past its last checkpoint).
     pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
-        let kept: Vec<Value> = match resume_step {
-            Some(step) if path.exists() => read_metrics(&path)?
-                .into_iter()
-                .filter(|r| r.get("step").and_then(Value::as_u64).is_some_and(|s| s <= step))
-                .collect(),
+        let kept: Vec<MetricsRecord> = match resume_step {
+            Some(step) if path.exists() => read_metrics(&path)?.into_iter().filter(|r| r.step() <= step).collect(),
             _ => Vec::new(),
         };
-        let text: String = kept.iter().map(|r| format!("{r}\n")).collect();
-        write_bytes(&path, text.as_bytes())?;
+        let mut text = String::new();
+        for record in &kept {
+            text.push_str(&serde_json::to_string(record)?);
+            text.push('\n');
+        }
+        write_bytes_atomic(&path, text.as_bytes())?;
         let file =
             OpenOptions::new().append(true).open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
         Ok(Self { path, file })
     }
 
     /// Appends one record.
-    pub fn write(&mut self, record: &Value) -> Result<()> {
-        writeln!(self.file, "{record}")
+    pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
+        let line = serde_json::to_string(record)?;
+        writeln!(self.file, "{line}")
             .and_then(|()| self.file.flush())
             .with_context(|| format!("{}: write failed", self.path.display()))
     }

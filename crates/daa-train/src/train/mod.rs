@@ -1,14 +1,12 @@
-//! `daa train`: the training run, its configuration, evaluation, metrics and
-//! checkpoints.
+//! `daa train`: the run's configuration, orchestration, metrics and
+//! checkpoints (feature `io`). The optimizer step is [`crate::Trainer`]'s.
 
-pub mod chart;
 pub mod config;
-pub mod eval;
 pub mod metrics;
 mod prepare;
 mod run;
 pub mod state;
 
-pub use config::TrainConfig;
+pub use config::{LossSection, ReferenceMode, TrainConfig};
 pub use prepare::{Prepared, prepare};
-pub use run::{RunOutcome, train};
+pub use run::{RunObserver, RunOutcome, RunSummary, Silent, train};

@@ -11,16 +11,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::{Module, ParamId};
+use burn::module::ParamId;
 use burn::tensor::backend::Backend;
-use safetensors::{Dtype, SafeTensors};
+use daa_core::DType;
+use daa_core::io::SafetensorsFile;
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
-use crate::atomic_write::write_dir;
 use crate::checkpoint::{NamedTensor, safetensors_bytes, save_model};
 use crate::model::{CausalLm, ParamKind};
 use crate::optim::AdamW;
+use daa_core::io::write_dir_atomic as write_dir;
 
 /// `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,17 +54,18 @@ pub fn save_checkpoint<B: Backend>(
     let dest = checkpoint_dir(run_dir, state.step);
     let fill = |dir: &Path| -> Result<()> {
         save_model(model, dir, source_dir)?;
+        let mut params = Vec::new();
+        model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
         let mut tensors = Vec::new();
-        let mut missing = None;
-        model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| match optimizer.export(p.id()) {
-            Some((m, v)) => {
-                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
-                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
+        for (name, id) in params {
+            match optimizer.export(id, &name)? {
+                Some((m, v)) => {
+                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
+                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
+                }
+                None if optimizer.steps > 0 => bail!("optimizer has no state for `{name}`"),
+                None => {}
             }
-            None => missing = missing.take().or(Some(name.to_string())),
-        });
-        if let (Some(name), true) = (missing, optimizer.steps > 0) {
-            bail!("optimizer has no state for `{name}`");
         }
         let meta = [("steps", optimizer.steps.to_string())];
         std::fs::write(dir.join("optimizer.safetensors"), safetensors_bytes(&tensors, &meta)?)
@@ -115,34 +117,28 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 /// Restores AdamW moments saved by [`save_checkpoint`] for `model`'s parameters.
 pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &mut AdamW<B>) -> Result<()> {
     let path = dir.join("optimizer.safetensors");
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let file =
-        SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let (_, metadata) =
-        SafeTensors::read_metadata(&bytes).with_context(|| format!("{}: bad header", path.display()))?;
-    let steps: u64 = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("steps"))
+    let file = SafetensorsFile::open(&path)?;
+    let steps: u64 = file
+        .metadata("steps")
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{}: no `steps` metadata", path.display()))?;
     let read = |name: &str, len: usize| -> Result<Vec<f32>> {
-        let view = file.tensor(name).with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
-        if view.dtype() != Dtype::F32 || view.shape() != [len] {
+        let view = file.require(name, "an AdamW moment")?;
+        if view.dtype()? != DType::F32 || view.shape() != [len] {
             bail!(
-                "{}: tensor `{name}` must be F32 [{len}], found {:?} {:?}",
+                "{}: tensor `{name}` must be F32 [{len}], found {} {:?}",
                 path.display(),
-                view.dtype(),
+                view.stored_dtype(),
                 view.shape()
             );
         }
-        Ok(bytemuck::pod_collect_to_vec(view.data()))
+        Ok(view.host()?.as_f32("moment")?.to_vec())
     };
     let mut params: Vec<(String, ParamId, usize)> = Vec::new();
     model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
         params.push((name.to_string(), p.id(), p.file_shape().iter().product()));
     });
-    let device = model.devices().into_iter().next().context("the model has no device")?;
+    let device = model.embed.weight.device();
     let mut restored = HashMap::new();
     if steps > 0 {
         for (name, id, len) in params {

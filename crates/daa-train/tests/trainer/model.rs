@@ -10,7 +10,7 @@ use daa_core::preference::{NllNormalisation, NllTerm, PreferenceLoss, Preference
 use daa_train::batch::{Sequence, TokenBatch};
 use daa_train::checkpoint::{SafetensorsWeights, load_model};
 use daa_train::model::{CausalLm, WeightSource, config::ModelConfig};
-use daa_train::objective::{pair_objective, sequence_logps, token_logps};
+use daa_train::objective::{CompletionLogits, pair_objective, sequence_logps};
 use daa_train::optim::{AdamW, AdamWConfig, GradAccumulator};
 use daa_train::tiny::{TINY_VOCAB, cohere_config, llama_config};
 use serde_json::{Value, json};
@@ -48,25 +48,31 @@ fn forward_log_probabilities_match_the_naive_reference_for_each_architecture() {
         let weights = Weights::read(dir.path());
         let seqs = sequences();
         let batch = TokenBatch::new(&seqs.iter().collect::<Vec<_>>(), 0, TINY_VOCAB).unwrap();
-        let (targets, w) = batch.targets::<B>(&DEVICE);
-        let got = token_logps(model.forward(batch.input::<B>(&DEVICE)), targets, w);
-        let got: Vec<f32> = got.into_data().into_vec().unwrap();
-        let n = batch.len - 1;
+        // Every token but the first is a completion token: every position is scored.
+        let scored = CompletionLogits::of(&model, &batch, &DEVICE).unwrap();
+        let got: Vec<f32> = scored.token_logps().into_data().into_vec().unwrap();
+        assert_eq!(got.len(), seqs.iter().map(|s| s.ids.len() - 1).sum::<usize>(), "{name}: padding is not scored");
+        let all: Vec<f32> = model.forward(batch.input::<B>(&DEVICE)).unwrap().into_data().into_vec().unwrap();
         let mut spread = (f64::MAX, f64::MIN);
+        let mut offset = 0;
         for (r, seq) in seqs.iter().enumerate() {
             // The shorter row is right-padded: its real positions must not see the padding.
             let want = token_logprobs(&config, &weights, &seq.ids);
             for (t, want) in want.iter().enumerate() {
-                let have = f64::from(got[r * n + t]);
+                let have = f64::from(got[offset + t]);
                 assert!(
                     (have - want).abs() < 2e-4 * (1.0 + want.abs()),
                     "{name} row {r} position {t}: {have} vs {want}"
                 );
                 spread = (spread.0.min(*want), spread.1.max(*want));
+                // `forward` (the head at every position) agrees at the same place.
+                let row = &all[(r * batch.len + t) * TINY_VOCAB..(r * batch.len + t + 1) * TINY_VOCAB];
+                let max = row.iter().fold(f32::MIN, |m, &x| m.max(x));
+                let lse = f64::from(max) + row.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln();
+                let from_forward = f64::from(row[seq.ids[t + 1] as usize]) - lse;
+                assert!((from_forward - have).abs() < 1e-4 * (1.0 + have.abs()), "{name}: forward vs head at scored");
             }
-            for t in want.len()..n {
-                assert_eq!(got[r * n + t], 0.0, "{name}: padding is not scored");
-            }
+            offset += want.len();
         }
         // A model near uniform would make the comparison weak.
         assert!(spread.1 - spread.0 > 1.0, "{name}: log-probabilities spread {spread:?}");
@@ -83,7 +89,7 @@ fn sharded_checkpoints_load_and_bad_checkpoints_are_named() {
     checkpoint(dir.path(), &llama_config(TINY_VOCAB, 32, 2), 0.3);
     let single: CausalLm<B> = load_model(dir.path(), &DEVICE).unwrap();
     let ids = Tensor::<B, 2, burn::tensor::Int>::from_data([[256i64, 72, 105, 33]], &DEVICE);
-    let reference: Vec<f32> = single.forward(ids.clone()).into_data().into_vec().unwrap();
+    let reference: Vec<f32> = single.forward(ids.clone()).unwrap().into_data().into_vec().unwrap();
 
     // Split into two shards with an index, as transformers writes them.
     let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
@@ -104,7 +110,7 @@ fn sharded_checkpoints_load_and_bad_checkpoints_are_named() {
     let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
     std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
     let sharded: CausalLm<B> = load_model(dir.path(), &DEVICE).unwrap();
-    let again: Vec<f32> = sharded.forward(ids).into_data().into_vec().unwrap();
+    let again: Vec<f32> = sharded.forward(ids).unwrap().into_data().into_vec().unwrap();
     assert_eq!(reference, again);
 
     // Missing shard.
@@ -154,12 +160,14 @@ struct Nudged {
 }
 
 impl WeightSource for Nudged {
-    fn read(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, daa_train::ModelError> {
-        let mut v = self.inner.read(name, shape)?;
-        if name == self.name {
-            v[self.index] += self.delta;
+    fn read(&mut self, name: &str, shape: &[usize]) -> Result<daa_core::HostTensor, daa_train::ModelError> {
+        let stored = self.inner.read(name, shape)?;
+        if name != self.name {
+            return Ok(stored);
         }
-        Ok(v)
+        let mut v = stored.to_f32_vec(self.name)?;
+        v[self.index] += self.delta;
+        Ok(daa_core::HostTensor::from_f32(v, shape)?)
     }
 }
 
@@ -187,15 +195,7 @@ fn mean_loss<Bk: burn::tensor::backend::Backend>(
     let (seqs, counts) = pairs();
     let batch = TokenBatch::new(&seqs.iter().collect::<Vec<_>>(), 0, TINY_VOCAB).unwrap();
     let device = model.devices()[0].clone();
-    let (t, w) = batch.targets::<Bk>(&device);
-    let obj = pair_objective(
-        sequence_logps(model.forward(batch.input::<Bk>(&device)), t, w),
-        reference,
-        &counts,
-        params,
-        1.0,
-    )
-    .unwrap();
+    let obj = pair_objective(sequence_logps(model, &batch, &device).unwrap(), reference, &counts, params, 1.0).unwrap();
     obj.losses.iter().map(|l| l.loss).sum::<f64>() / counts.len() as f64
 }
 
@@ -216,8 +216,7 @@ fn the_surrogate_gradient_is_the_gradient_of_the_mean_loss() {
     for params in [dpo_with_nll(), PreferenceLossParams { loss: PreferenceLoss::Ipo { tau: 0.1 }, nll: None }] {
         let model: CausalLm<AD> = load_model(dir.path(), &DEVICE).unwrap();
         let batch = TokenBatch::new(&seqs.iter().collect::<Vec<_>>(), 0, TINY_VOCAB).unwrap();
-        let (t, w) = batch.targets::<AD>(&DEVICE);
-        let policy = sequence_logps(model.forward(batch.input::<AD>(&DEVICE)), t, w);
+        let policy = sequence_logps(&model, &batch, &DEVICE).unwrap();
         let obj = pair_objective(policy, &reference, &counts, &params, counts.len() as f64).unwrap();
         let grads = obj.surrogate.backward();
         let norm_grad: Vec<f32> = model.norm.weight.val().grad(&grads).unwrap().into_data().into_vec().unwrap();
@@ -254,12 +253,8 @@ fn one_adamw_step_lowers_the_loss_on_a_fixed_batch() {
     let initial: CausalLm<B> = load_model(dir.path(), &DEVICE).unwrap();
     // Reference = the initial model: DPO starts at ln 2 (+ the NLL term).
     let batch = TokenBatch::new(&seqs.iter().collect::<Vec<_>>(), 0, TINY_VOCAB).unwrap();
-    let (t, w) = batch.targets::<B>(&DEVICE);
-    let scores: Vec<f64> = sequence_logps(initial.forward(batch.input::<B>(&DEVICE)), t, w)
-        .into_data()
-        .convert::<f64>()
-        .into_vec()
-        .unwrap();
+    let scores: Vec<f64> =
+        sequence_logps(&initial, &batch, &DEVICE).unwrap().into_data().convert::<f64>().into_vec().unwrap();
     let reference: Vec<(f64, f64)> = (0..counts.len()).map(|i| (scores[i], scores[counts.len() + i])).collect();
     let before = mean_loss(&initial, &reference, &params);
     let spec = pair_loss(
@@ -276,15 +271,8 @@ fn one_adamw_step_lowers_the_loss_on_a_fixed_batch() {
     assert!((spec.loss - (2f64.ln() - 0.1 * scores[0] / counts[0].0)).abs() < 1e-12);
 
     let model: CausalLm<AD> = load_model(dir.path(), &DEVICE).unwrap();
-    let (t, w) = batch.targets::<AD>(&DEVICE);
-    let obj = pair_objective(
-        sequence_logps(model.forward(batch.input::<AD>(&DEVICE)), t, w),
-        &reference,
-        &counts,
-        &params,
-        3.0,
-    )
-    .unwrap();
+    let obj =
+        pair_objective(sequence_logps(&model, &batch, &DEVICE).unwrap(), &reference, &counts, &params, 3.0).unwrap();
     let mut grads = GradAccumulator::<B>::default();
     grads.add::<AD, _>(&model, obj.surrogate.backward());
     let mut decays = std::collections::HashMap::new();
@@ -292,7 +280,8 @@ fn one_adamw_step_lowers_the_loss_on_a_fixed_batch() {
         decays.insert(p.id(), p.decays());
     });
     let mut adam = AdamW::<B>::new(AdamWConfig::default());
-    let (model, report) = adam.step::<AD, _>(model, grads, 1e-2, &decays).unwrap();
+    let norm = grads.global_norm().unwrap();
+    let (model, report) = adam.update::<AD, _>(model, grads, 1e-2, norm, &decays);
     assert!(report.grad_norm > 0.0 && report.grad_norm.is_finite());
     assert_eq!(adam.steps, 1);
     let after = mean_loss(&model, &reference, &params);

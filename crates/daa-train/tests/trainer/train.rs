@@ -3,10 +3,18 @@
 
 use std::path::Path;
 
-use daa_train::scores::{ScoresKey, read_scores, score_pairs};
-use daa_train::train::metrics::read_metrics;
-use daa_train::train::{TrainConfig, prepare, train};
+use daa_train::reference_cache::{ScoresKey, read_scores, score_encoded};
+use daa_train::train::{RunOutcome, Silent, TrainConfig, prepare};
 use serde_json::{Value, json};
+
+fn train(config: TrainConfig, resume: Option<std::path::PathBuf>) -> anyhow::Result<RunOutcome> {
+    daa_train::train::train(config, resume, &mut Silent)
+}
+
+/// Every line of a `metrics.jsonl` as JSON (what other tools read).
+fn read_metrics(path: &Path) -> anyhow::Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(path)?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+}
 
 use super::write_jsonl;
 
@@ -26,7 +34,7 @@ fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
     TrainConfig::load(None, &overrides).unwrap()
 }
 
-const TRAIN_FIELDS: [&str; 14] = [
+const TRAIN_FIELDS: [&str; 16] = [
     "step",
     "epoch",
     "lr",
@@ -40,6 +48,8 @@ const TRAIN_FIELDS: [&str; 14] = [
     "logps/rejected",
     "logps/chosen_per_token",
     "logps/rejected_per_token",
+    "pairs",
+    "tokens",
     "elapsed_s",
 ];
 const EVAL_FIELDS: [&str; 8] = [
@@ -118,7 +128,11 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
     // DPO at the first step: policy = reference, so the loss is ln 2 too.
     let first = train_records[0]["loss"].as_f64().unwrap();
     assert!((first - 2f64.ln()).abs() < 1e-5, "{first}");
-    assert!(run.join("metrics.svg").exists() && run.join("summary.json").exists());
+    assert!(run.join("summary.json").exists());
+    // The records read back typed, the same as written.
+    let typed = daa_train::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(typed.len(), records.len());
+    assert_eq!(serde_json::to_value(typed[1]).unwrap(), records[1]);
     for f in ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "optimizer.safetensors"] {
         assert!(run.join("checkpoint-000006").join(f).exists(), "checkpoint lacks {f}");
     }
@@ -153,7 +167,7 @@ fn reference_log_probabilities_are_cached_and_match_the_model() {
     assert_eq!(cached.len(), prepared.train.len() + prepared.eval.len());
     let model: daa_train::model::CausalLm<burn::backend::NdArray<f32>> =
         daa_train::checkpoint::load_model(&prepared.model_dir, &Default::default()).unwrap();
-    let direct = score_pairs(&model, &prepared.eval[..4], 3, prepared.encoder.pad_id, &mut |_| {}).unwrap();
+    let direct = score_encoded(&model, &prepared.eval[..4], 3, prepared.encoder.pad_id, &mut |_| {}).unwrap();
     for (pair, want) in prepared.eval[..4].iter().zip(direct) {
         let got = cached[&pair.row];
         assert!((got.chosen - want.chosen).abs() < 1e-4 && (got.rejected - want.rejected).abs() < 1e-4);
@@ -227,7 +241,7 @@ fn bad_rows_are_counted_or_stop_the_run_under_strict_and_parquet_reads_like_json
     assert_eq!(from_parquet.train_report.rows, 37);
     assert_eq!(from_parquet.train_report.skipped_total(), 0);
     let ids = |p: &daa_train::train::Prepared| {
-        let mut v: Vec<Vec<u32>> = p.train.iter().chain(&p.eval).map(|x| x.chosen.ids.clone()).collect();
+        let mut v: Vec<Vec<u32>> = p.train.iter().chain(&p.eval).map(|x| x.pair.chosen.ids.clone()).collect();
         v.sort();
         v
     };

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use daa_train::backends::{BackendTask, with_backend};
+use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
 use daa_train::checkpoint::load_model;
 use daa_train::data::{EncodeOptions, TextEncoder, encode_rows, read_rows};
 use daa_train::model::CausalLm;
-use daa_train::scores::{ScoresKey, score_pairs, write_scores};
-use indicatif::ProgressBar;
+use daa_train::reference_cache::{ScoresKey, score_encoded, write_scores};
+
+use crate::progress::bar;
 
 /// Arguments of `daa logps`.
 #[derive(Debug, Args, Clone)]
@@ -33,9 +34,9 @@ pub struct LogpsArgs {
     /// Pairs per forward pass.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    /// cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    backend: String,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = ComputeBackend::Cpu)]
+    backend: ComputeBackend,
     /// Stop at the first bad row instead of skipping it.
     #[arg(long)]
     strict: bool,
@@ -43,6 +44,7 @@ pub struct LogpsArgs {
 
 impl BackendTask for LogpsArgs {
     type Output = ();
+    type Error = anyhow::Error;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let encoder = TextEncoder::open(&self.model).with_context(|| format!("model {}", self.model.display()))?;
         let options = EncodeOptions {
@@ -56,9 +58,9 @@ impl BackendTask for LogpsArgs {
         }
         let key = ScoresKey::new(&self.model, &self.data, options)?;
         let model: CausalLm<B::InnerBackend> = load_model(&self.model, &device)?;
-        let bar = ProgressBar::new(set.pairs.len() as u64);
+        let bar = bar(set.pairs.len() as u64, "scoring");
         let scores =
-            score_pairs(&model, &set.pairs, self.batch_size, encoder.pad_id, &mut |n| bar.set_position(n as u64))?;
+            score_encoded(&model, &set.pairs, self.batch_size, encoder.pad_id, &mut |n| bar.set_position(n as u64))?;
         bar.finish_and_clear();
         write_scores(&self.out, &set.pairs, &scores, &key.metadata())?;
         eprintln!("wrote {} pairs to {}", scores.len(), self.out.display());
@@ -68,5 +70,5 @@ impl BackendTask for LogpsArgs {
 
 /// Runs `daa logps`.
 pub fn run(args: &LogpsArgs) -> Result<()> {
-    with_backend(&args.backend, 0, args.clone())
+    with_backend(args.backend, 0, args.clone())
 }

@@ -390,7 +390,7 @@ fn loss_bad_inputs_exit_2_with_clear_errors() {
     expect_failure(
         &["loss", "--loss", "kto", "--input", &s(&input), "--out", &s(&out_path)],
         &out_path,
-        &["`loss` = kto", "expected one of dpo"],
+        &["invalid value 'kto' for '--loss <LOSS>'", "possible values: dpo, robust-dpo, ipo, ipo-mean"],
     );
     expect_failure(&["loss", "--beta", "0", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`beta` = 0"]);
 
@@ -478,6 +478,7 @@ fn cuda_without_a_driver_says_what_to_do() {
 }
 
 /// A tiny checkpoint and a preference file (row 3 has chosen == rejected).
+#[cfg(feature = "train")]
 fn tiny_model_and_data(dir: &Path) -> (PathBuf, PathBuf) {
     let model = dir.join("model");
     daa_train::tiny::write_checkpoint(
@@ -495,6 +496,7 @@ fn tiny_model_and_data(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 #[test]
+#[cfg(feature = "train")]
 fn logps_writes_reference_scores_and_names_bad_rows_under_strict() {
     let dir = temp_dir();
     let (model, data) = tiny_model_and_data(dir.path());
@@ -504,7 +506,7 @@ fn logps_writes_reference_scores_and_names_bad_rows_under_strict() {
     let run = daa(&args);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).contains("skipped 1 of 6 rows"), "{}", stderr(&run));
-    let scores = daa_train::scores::read_scores(&out).unwrap();
+    let scores = daa_train::reference_cache::read_scores(&out).unwrap();
     let mut rows: Vec<usize> = scores.keys().copied().collect();
     rows.sort();
     assert_eq!(rows, [1, 2, 4, 5, 6]);
@@ -516,6 +518,7 @@ fn logps_writes_reference_scores_and_names_bad_rows_under_strict() {
 }
 
 #[test]
+#[cfg(feature = "train")]
 fn train_rejects_bad_configurations_naming_the_field() {
     let dir = temp_dir();
     let config = dir.path().join("bad.toml");
@@ -523,13 +526,28 @@ fn train_rejects_bad_configurations_naming_the_field() {
     std::fs::write(&config, "[model]\npath = \"m\"\n[data]\npath = \"d.jsonl\"\n[loss]\nname = \"dpo\"\nbeta = 0.1\n[train]\noutput_dir = \"o\"\nlrr = 1e-6\n").unwrap();
     expect_failure(&["train", "--config", config.to_str().unwrap()], &marker, &["bad.toml", "unknown field `lrr`"]);
     expect_failure(&["train", "--set", "train.lr=-1"], &marker, &["`train.lr` must be a positive number"]);
-    expect_failure(&["train", "--set", "loss.name=dpx"], &marker, &["loss.name", "dpx"]);
+    expect_failure(
+        &["train", "--set", "loss.name=dpx"],
+        &marker,
+        &["`loss`", "`name` = `dpx` is not a loss", "ipo-mean"],
+    );
+    // A hyper-parameter of another loss is named, with the ones the loss takes.
+    expect_failure(
+        &["train", "--set", "loss.name=ipo", "--set", "loss.beta=0.1"],
+        &marker,
+        &["`loss`", "unknown field `beta`, expected `tau`", "(the parameters of `ipo`)"],
+    );
     expect_failure(
         &["train", "--set", "train.batch_size=6", "--set", "train.micro_batch_size=4"],
         &marker,
         &["`train.batch_size` (6) must be a positive multiple of `train.micro_batch_size` (4)"],
     );
-    expect_failure(&["train", "--set", "model.backend=tpu"], &marker, &["`model.backend` must be cpu, wgpu or cuda"]);
+    expect_failure(
+        &["train", "--set", "model.backend=tpu"],
+        &marker,
+        &["`model.backend`", "unknown variant `tpu`", "`cpu`, `wgpu`, `cuda`"],
+    );
+    expect_failure(&["train", "--set", "loss.reference=disk"], &marker, &["`loss`", "unknown variant `disk`"]);
     let (model, _) = tiny_model_and_data(dir.path());
     let out = dir.path().join("run");
     let missing = dir.path().join("missing.jsonl");
@@ -549,8 +567,10 @@ fn train_rejects_bad_configurations_naming_the_field() {
 }
 
 #[test]
+#[cfg(all(feature = "train", feature = "cuda"))]
 fn train_on_cuda_without_a_driver_says_what_to_do() {
-    if daa_core::cuda::driver_present() {
+    let compiled = daa_train::ComputeBackend::Cuda.is_compiled();
+    if compiled && daa_core::cuda::driver_present() {
         return; // a GPU machine: the backend agreement test covers it
     }
     let dir = temp_dir();
@@ -558,5 +578,32 @@ fn train_on_cuda_without_a_driver_says_what_to_do() {
     let run = daa(&["train", "--backend", "cuda", "--out", out.to_str().unwrap()]);
     let err = stderr(&run);
     assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains("backend cuda: CUDA driver not found") && err.contains("model.backend = \"cpu\""), "{err}");
+    if compiled {
+        assert!(
+            err.contains("backend cuda: CUDA driver not found") && err.contains("model.backend = \"cpu\""),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("backend cuda: not compiled into this build") && err.contains("train-cuda"), "{err}");
+    }
+}
+
+#[test]
+#[cfg(feature = "train")]
+fn train_draws_the_evaluation_chart_and_prints_the_summary() {
+    let dir = temp_dir();
+    let out = dir.path().join("run");
+    let cache = format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string());
+    let run = daa(&["train", "--max-steps", "2", "--out", out.to_str().unwrap(), "--set", &cache]);
+    let err = stderr(&run);
+    assert!(run.status.success(), "{err}");
+    for needle in ["step     0  eval loss", "step     2  eval loss", "done: 2 steps", "top-k entropy", "top-k mass"] {
+        assert!(err.contains(needle), "expected {needle:?} in {err}");
+    }
+    let svg = std::fs::read_to_string(out.join("metrics.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("top-k entropy") && svg.contains("<polyline"), "{svg}");
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 2);
+    assert_eq!(summary["backend"], "cpu");
+    assert!(summary["last_eval"]["eval/topk_mass"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)), "{summary}");
 }

@@ -4,32 +4,23 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use daa_core::io::write_atomic;
 use daa_core::{
-    Backend, HostTensor, LossHyperParams, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss,
+    Backend, HostTensor, LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss,
     PreferenceLossParams,
 };
 use serde_json::{Map, Value, json};
 
-use crate::atomic_write::write_output;
 use crate::backend_choice::BackendArgs;
 use crate::with_backend;
-
-/// NLL normalisation as users write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NllNorm {
-    /// λ·(−log π(y_w|x)), summed over tokens (the paper).
-    Sum,
-    /// λ·(−log π(y_w|x) / |y_w|), per-token mean (TRL `sft`, ORPO).
-    Mean,
-}
 
 /// Arguments of `daa loss`.
 #[derive(Debug, Args)]
 pub struct LossArgs {
-    /// Loss: dpo, robust-dpo, ipo, ipo-mean, hinge, hinge-trl, simpo, orpo.
-    #[arg(long, default_value = "dpo")]
-    pub loss: String,
+    /// The catalog loss.
+    #[arg(long, value_enum, default_value_t = LossName::Dpo)]
+    pub loss: LossName,
     /// β (dpo, robust-dpo, hinge-trl, simpo, orpo).
     #[arg(long)]
     pub beta: Option<f64>,
@@ -48,9 +39,10 @@ pub struct LossArgs {
     /// λ: weight of the NLL term on the chosen completion (0 or absent: none).
     #[arg(long)]
     pub nll: Option<f64>,
-    /// How the NLL term is normalised.
-    #[arg(long, value_enum, default_value = "sum")]
-    pub nll_norm: NllNorm,
+    /// How the NLL term is normalised: `sum` λ·(−log π(y_w|x)) (the paper)
+    /// or `mean` λ·(−log π(y_w|x) / |y_w|) (TRL `sft`, ORPO).
+    #[arg(long, value_enum, default_value_t = NllNormalisation::Sum)]
+    pub nll_norm: NllNormalisation,
     /// JSON Lines input, one pair per line, with `policy_chosen`,
     /// `policy_rejected` (summed log-probabilities), `reference_chosen`,
     /// `reference_rejected`, `chosen_tokens`, `rejected_tokens`; other fields
@@ -73,15 +65,9 @@ impl LossArgs {
             alpha: self.alpha,
             label_smoothing: self.label_smoothing,
         };
-        let loss = PreferenceLoss::from_name(&self.loss, hyper)?;
+        let loss = PreferenceLoss::with_defaults(self.loss, hyper)?;
         let nll = match self.nll {
-            Some(weight) if weight != 0.0 => Some(NllTerm {
-                weight,
-                normalisation: match self.nll_norm {
-                    NllNorm::Sum => NllNormalisation::Sum,
-                    NllNorm::Mean => NllNormalisation::Mean,
-                },
-            }),
+            Some(weight) if weight != 0.0 => Some(NllTerm { weight, normalisation: self.nll_norm }),
             _ => None,
         };
         let params = PreferenceLossParams { loss, nll };
@@ -172,7 +158,7 @@ pub fn run(args: &LossArgs) -> Result<()> {
         results.iter().map(|r| r.accuracy).sum::<f64>() / n,
         results.iter().map(|r| r.margin).sum::<f64>() / n,
     );
-    write_output(args.out.as_deref(), |w| {
+    write_atomic(args.out.as_deref(), |w| -> Result<()> {
         for (pair, result) in pairs.iter().zip(&results) {
             let mut record = json!({ "line": pair.line });
             if let Some(id) = &pair.id {

@@ -4,16 +4,18 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use daa_core::{Backend, HostTensor, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
+use daa_core::io::{SafetensorsFile, write_atomic};
+use daa_core::{Backend, DType, HostTensor, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::Dtype;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::atomic_write::write_output;
 use crate::backend_choice::BackendArgs;
-use crate::safetensors_input::SafetensorsFile;
 use crate::with_backend;
+
+/// Bytes of logits per chunk when `--chunk-rows` is not given: what a GPU
+/// backend holds at once (the CPU backends read the memory-mapped file in place).
+const CHUNK_BYTES: usize = 256 << 20;
 
 /// Arguments of `daa stats`.
 #[derive(Debug, Args)]
@@ -38,9 +40,11 @@ pub struct StatsArgs {
     /// Leave out the per-row statistics (keep the summary and per-sequence means).
     #[arg(long)]
     pub summary_only: bool,
-    /// Rows per batch sent to the backend (bounds memory for huge files).
-    #[arg(long, default_value_t = 4096)]
-    pub chunk_rows: usize,
+    /// Rows per batch sent to the backend (default: 256 MiB of logits). The
+    /// CPU backends read the memory-mapped file without copying it; GPU
+    /// backends hold one chunk at a time.
+    #[arg(long)]
+    pub chunk_rows: Option<usize>,
     #[command(flatten)]
     pub backend: BackendArgs,
 }
@@ -118,23 +122,26 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     let logits = file.require("logits", "[rows, vocab] or [batch, time, vocab] logits")?;
     let targets = file.require("targets", "target token ids shaped like logits without the last dimension")?;
     let mask = file.get("mask");
-    if !matches!(logits.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-        bail!(at(format!("tensor `logits` has dtype {:?}, expected F32, F16 or BF16", logits.dtype)));
+    if !matches!(logits.dtype(), Ok(DType::F32 | DType::F16 | DType::BF16)) {
+        bail!(at(format!("tensor `logits` has dtype {}, expected F32, F16 or BF16", logits.stored_dtype())));
     }
-    if !matches!(targets.dtype, Dtype::I32 | Dtype::I64) {
-        bail!(at(format!("tensor `targets` has dtype {:?}, expected I32 or I64", targets.dtype)));
+    if !matches!(targets.dtype(), Ok(DType::I32 | DType::I64)) {
+        bail!(at(format!("tensor `targets` has dtype {}, expected I32 or I64", targets.stored_dtype())));
     }
     let shape = daa_core::token_stats::TokenStatsShape::check(
-        &logits.shape,
-        &targets.shape,
-        mask.as_ref().map(|m| m.shape.as_slice()),
+        logits.shape(),
+        targets.shape(),
+        mask.as_ref().map(|m| m.shape()),
     )
     .with_context(|| file.path().display().to_string())?;
     let params = TokenStatsParams { k: args.k, entropy_base: args.entropy_base };
     params.validate(shape.vocab).with_context(|| file.path().display().to_string())?;
-    if args.chunk_rows == 0 {
-        bail!("--chunk-rows must be at least 1");
-    }
+    let row_bytes = logits.bytes().len() / shape.rows.max(1);
+    let chunk_rows = match args.chunk_rows {
+        Some(0) => bail!("--chunk-rows must be at least 1"),
+        Some(n) => n,
+        None => (CHUNK_BYTES / row_bytes.max(1)).max(1),
+    };
     let backend = args.backend.build()?;
     let bar = ProgressBar::new(shape.rows as u64).with_style(
         ProgressStyle::with_template("{spinner} token_stats {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
@@ -142,12 +149,13 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     );
     let mut stats: Vec<f32> = Vec::with_capacity(shape.rows * TOKEN_STATS_COLUMNS);
     let started = std::time::Instant::now();
-    for start in (0..shape.rows).step_by(args.chunk_rows) {
-        let end = (start + args.chunk_rows).min(shape.rows);
+    for start in (0..shape.rows).step_by(chunk_rows) {
+        let end = (start + chunk_rows).min(shape.rows);
         let n = end - start;
-        let l = logits.to_host("logits", start * shape.vocab, end * shape.vocab, &[n, shape.vocab])?;
-        let t = targets.to_host("targets", start, end, &[n])?;
-        let m = mask.as_ref().map(|m| m.to_host("mask", start, end, &[n])).transpose()?;
+        // Borrowed from the memory map: no copy on the CPU backends.
+        let l = logits.host_range(start * shape.vocab..end * shape.vocab, &[n, shape.vocab])?;
+        let t = targets.host_range(start..end, &[n])?;
+        let m = mask.as_ref().map(|m| m.host_range(start..end, &[n])).transpose()?;
         let out = with_backend!(&backend, |b| stats_of_chunk(b, &l, &t, m.as_ref(), &params, start))
             .with_context(|| file.path().display().to_string())?;
         stats.extend_from_slice(out.as_f32("token_stats output")?);
@@ -158,14 +166,14 @@ pub fn run(args: &StatsArgs) -> Result<()> {
 
     let (summary, sequences) = with_backend!(&backend, |b| {
         let summary = segment_means(b, &stats, shape.rows.max(1))?.pop().unwrap_or_default();
-        let sequences = match logits.shape.as_slice() {
+        let sequences = match logits.shape() {
             [_, time, _] => Some(segment_means(b, &stats, *time)?),
             _ => None,
         };
         (summary, sequences)
     });
     let rows: Vec<TokenStatsRow> = stats.chunks_exact(TOKEN_STATS_COLUMNS).map(TokenStatsRow::from_columns).collect();
-    let bytes_read = logits.bytes.len();
+    let bytes_read = logits.bytes().len();
     eprintln!(
         "{} rows ({} active) x {} vocab, {} backend: {:.3} s, {:.2} GB/s of logits; mean top-{} entropy {:.4}, mean top-{} mass {:.4}",
         shape.rows,
@@ -186,7 +194,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         "entropy_base": args.entropy_base,
         "rows": shape.rows,
         "vocab": shape.vocab,
-        "logits_dtype": format!("{:?}", logits.dtype),
+        "logits_dtype": logits.stored_dtype(),
         "columns": column_names(),
         "summary": summary,
         "sequences": sequences,
@@ -194,10 +202,10 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     });
     if let Some(plot) = &args.plot {
         let source = file.path().display().to_string();
-        let svg = crate::plot::stats_histograms(&rows, args.k, args.entropy_base, &source);
-        write_output(Some(plot), |w| Ok(w.write_all(svg.as_bytes())?))?;
+        let svg = crate::plot::stats_histograms(&rows, args.k, args.entropy_base, &source)?;
+        daa_core::io::write_bytes_atomic(plot, svg.as_bytes())?;
     }
-    write_output(args.out.as_deref(), |w| {
+    write_atomic(args.out.as_deref(), |w| -> Result<()> {
         serde_json::to_writer_pretty(&mut *w, &report).context("encoding JSON")?;
         writeln!(w).context("writing output")?;
         Ok(())

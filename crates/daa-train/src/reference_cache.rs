@@ -1,5 +1,5 @@
-//! Sequence log-probabilities of preference pairs under a model, and the
-//! on-disk cache of the reference model's (`daa logps`).
+//! The on-disk cache of the reference model's sequence log-probabilities
+//! (what `daa logps` writes and `daa train` reuses).
 //!
 //! The cache file is safetensors: `row` (i64, 1-based row of the data file),
 //! `chosen_logps`, `rejected_logps` (f64, summed over completion tokens),
@@ -12,86 +12,35 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
-use burn::module::Module;
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::Backend;
-use safetensors::{Dtype, SafeTensors};
+use daa_core::io::{SafetensorsFile, write_bytes_atomic};
+use daa_core::{DType, HostTensor};
 use sha2::{Digest, Sha256};
 
-use crate::atomic_write::write_bytes;
-use crate::batch::TokenBatch;
+use crate::batch::SequencePair;
 use crate::checkpoint::{NamedTensor, TOKENIZER_FILES, safetensors_bytes};
 use crate::data::{EncodeOptions, EncodedPair};
+use crate::error::ModelError;
 use crate::model::CausalLm;
-use crate::objective::sequence_logps;
-
-/// Summed completion log-probabilities of one pair and the completion lengths.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PairScore {
-    /// `π_w`.
-    pub chosen: f64,
-    /// `π_l`.
-    pub rejected: f64,
-    /// `n_w`.
-    pub chosen_tokens: usize,
-    /// `n_l`.
-    pub rejected_tokens: usize,
-}
-
-/// Chosen sequences first, then rejected, padded: one forward pass per pair batch.
-pub fn pair_batch(pairs: &[&EncodedPair], pad_id: u32, vocab: usize) -> Result<TokenBatch> {
-    let sequences: Vec<_> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
-    TokenBatch::new(&sequences, pad_id, vocab)
-        .with_context(|| format!("pair batch starting at data row {}", pairs.first().map_or(0, |p| p.row)))
-}
-
-/// Scores one batch of pairs with `model` in a single forward pass (no gradients).
-pub fn score_batch<B: Backend>(model: &CausalLm<B>, pairs: &[&EncodedPair], pad_id: u32) -> Result<Vec<PairScore>> {
-    let device = model.devices().into_iter().next().context("the model has no device")?;
-    let tokens = pair_batch(pairs, pad_id, model.config().vocab_size)?;
-    let logits = model.forward(tokens.input::<B>(&device));
-    let (targets, weights) = tokens.targets::<B>(&device);
-    let values =
-        sequence_logps(logits, targets, weights).into_data().convert::<f64>().into_vec::<f64>().unwrap_or_default();
-    let n = pairs.len();
-    pairs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let score = PairScore {
-                chosen: values[i],
-                rejected: values[n + i],
-                chosen_tokens: p.chosen.completion_len(),
-                rejected_tokens: p.rejected.completion_len(),
-            };
-            if !(score.chosen.is_finite() && score.rejected.is_finite()) {
-                bail!(
-                    "data row {}: the model's log-probability is not finite ({}, {})",
-                    p.row,
-                    score.chosen,
-                    score.rejected
-                );
-            }
-            Ok(score)
-        })
-        .collect()
-}
+use crate::score::{PairScore, score_pairs};
 
 /// Scores `pairs` with `model` (no gradients), `batch` pairs per forward
-/// pass; `progress` is told how many pairs are done.
-pub fn score_pairs<B: Backend>(
+/// pass; `progress` is told how many pairs are done. Errors name the data row.
+pub fn score_encoded<B: Backend>(
     model: &CausalLm<B>,
     pairs: &[EncodedPair],
     batch: usize,
     pad_id: u32,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<PairScore>> {
-    let mut scores = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        scores.extend(score_batch(model, &chunk.iter().collect::<Vec<_>>(), pad_id)?);
-        progress(scores.len());
-    }
-    Ok(scores)
+    let sequences: Vec<&SequencePair> = pairs.iter().map(|p| &p.pair).collect();
+    score_pairs(model, &sequences, batch, pad_id, progress).map_err(|e| match e {
+        ModelError::NonFiniteScore { pair, chosen, rejected } => {
+            anyhow!("data row {}: the model's log-probability is not finite ({chosen}, {rejected})", pairs[pair].row)
+        }
+        other => anyhow::Error::from(other).context("scoring preference pairs"),
+    })
 }
 
 /// Writes scores keyed by data row as a safetensors file (atomically).
@@ -110,27 +59,25 @@ pub fn write_scores(
         NamedTensor::i64("chosen_tokens", vec![n], &ints(&|i| scores[i].chosen_tokens as i64)),
         NamedTensor::i64("rejected_tokens", vec![n], &ints(&|i| scores[i].rejected_tokens as i64)),
     ];
-    write_bytes(path, &safetensors_bytes(&tensors, metadata)?)
+    Ok(write_bytes_atomic(path, &safetensors_bytes(&tensors, metadata)?)?)
 }
 
-fn column<T: bytemuck::Pod>(file: &SafeTensors<'_>, path: &Path, name: &str, dtype: Dtype) -> Result<Vec<T>> {
-    let view = file.tensor(name).with_context(|| format!("{}: no tensor `{name}`", path.display()))?;
-    if view.dtype() != dtype || view.shape().len() != 1 {
-        bail!("{}: tensor `{name}` must be a vector of {dtype:?}", path.display());
+fn column<'a>(file: &'a SafetensorsFile, name: &'a str, dtype: DType) -> Result<HostTensor> {
+    let view = file.require(name, "a reference-score column")?;
+    if view.dtype()? != dtype || view.shape().len() != 1 {
+        bail!("{}: tensor `{name}` must be a vector of {dtype}", file.path().display());
     }
-    Ok(bytemuck::pod_collect_to_vec(view.data()))
+    Ok(view.host()?)
 }
 
 /// Reads a scores file: data row → score.
 pub fn read_scores(path: &Path) -> Result<HashMap<usize, PairScore>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let file =
-        SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not a safetensors file", path.display()))?;
-    let rows: Vec<i64> = column(&file, path, "row", Dtype::I64)?;
-    let chosen: Vec<f64> = column(&file, path, "chosen_logps", Dtype::F64)?;
-    let rejected: Vec<f64> = column(&file, path, "rejected_logps", Dtype::F64)?;
-    let chosen_tokens: Vec<i64> = column(&file, path, "chosen_tokens", Dtype::I64)?;
-    let rejected_tokens: Vec<i64> = column(&file, path, "rejected_tokens", Dtype::I64)?;
+    let file = SafetensorsFile::open(path)?;
+    let rows = column(&file, "row", DType::I64)?.to_i64_vec("row")?;
+    let chosen = column(&file, "chosen_logps", DType::F64)?.to_f64_vec("chosen_logps")?;
+    let rejected = column(&file, "rejected_logps", DType::F64)?.to_f64_vec("rejected_logps")?;
+    let chosen_tokens = column(&file, "chosen_tokens", DType::I64)?.to_i64_vec("chosen_tokens")?;
+    let rejected_tokens = column(&file, "rejected_tokens", DType::I64)?.to_i64_vec("rejected_tokens")?;
     let n = rows.len();
     if [chosen.len(), rejected.len(), chosen_tokens.len(), rejected_tokens.len()].iter().any(|&l| l != n) {
         bail!("{}: columns have different lengths", path.display());

@@ -1,8 +1,9 @@
-//! `--backend` and `--threads`, shared by the subcommands.
+//! `--backend` and `--threads` of the daa-core commands (`daa stats`,
+//! `daa loss`): which of daa-core's backends computes.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use daa_core::{Cpu, Cuda, Reference, Wgpu};
+use daa_core::{Cpu, Reference};
 
 /// Which daa-core backend computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,9 +37,11 @@ pub enum ChosenBackend {
     /// Reference.
     Reference(Reference),
     /// wgpu.
-    Wgpu(Wgpu),
+    #[cfg(feature = "wgpu")]
+    Wgpu(daa_core::Wgpu),
     /// CUDA.
-    Cuda(Cuda),
+    #[cfg(feature = "cuda")]
+    Cuda(daa_core::Cuda),
 }
 
 impl BackendArgs {
@@ -61,17 +64,28 @@ impl BackendArgs {
                 None => Cpu::new(),
             }),
             BackendName::Reference => ChosenBackend::Reference(Reference),
+            #[cfg(feature = "wgpu")]
             BackendName::Wgpu => {
-                let gpu = Wgpu::new()?;
+                let gpu = daa_core::Wgpu::new()?;
                 let a = gpu.adapter();
                 eprintln!("wgpu adapter: {} ({}, {})", a.name, a.backend, a.device_type);
                 ChosenBackend::Wgpu(gpu)
             }
+            #[cfg(feature = "cuda")]
             BackendName::Cuda => {
-                let gpu = Cuda::new(0)?;
+                let gpu = daa_core::Cuda::new(0)?;
                 eprintln!("cuda device: {}", gpu.describe());
                 ChosenBackend::Cuda(gpu)
             }
+            #[allow(unreachable_patterns)]
+            other => bail!(
+                "--backend {}: not compiled into this build of daa (rebuild with `--features {}`)",
+                self.backend_name(),
+                match other {
+                    BackendName::Cuda => "cuda",
+                    _ => "wgpu",
+                }
+            ),
         })
     }
 }
@@ -83,7 +97,9 @@ macro_rules! with_backend {
         match $backend {
             $crate::backend_choice::ChosenBackend::Cpu($b) => $body,
             $crate::backend_choice::ChosenBackend::Reference($b) => $body,
+            #[cfg(feature = "wgpu")]
             $crate::backend_choice::ChosenBackend::Wgpu($b) => $body,
+            #[cfg(feature = "cuda")]
             $crate::backend_choice::ChosenBackend::Cuda($b) => $body,
         }
     };

@@ -11,21 +11,20 @@
 //! Likelihoods: `eval/chosen_token_loglik = Σ_pairs π_w / Σ_pairs n_w` (mean
 //! log-probability per chosen completion token, nats), same for rejected.
 
-use anyhow::{Context, Result};
-use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 use daa_core::preference::{PairLogps, PreferenceLossParams, pair_loss};
 use daa_core::{Backend as _, Cpu, HostTensor, TokenStatsParams, TokenStatsRow};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::data::EncodedPair;
+use crate::batch::SequencePair;
+use crate::error::{ModelError, read_vec};
 use crate::model::CausalLm;
-use crate::objective::sequence_logps;
-use crate::scores::{PairScore, pair_batch};
+use crate::objective::CompletionLogits;
+use crate::score::{PairScore, pair_batch};
 
-/// One evaluation's figures.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// One evaluation's figures. The serde names are the metric names of
+/// `metrics.jsonl` (and the only place they are spelled).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
     /// Mean loss over held-out pairs.
     #[serde(rename = "eval/loss")]
@@ -53,30 +52,42 @@ pub struct EvalReport {
     pub entropy: f64,
 }
 
-/// Statistics of the rows of `logits` (`[len, V]` of one chosen sequence)
-/// that predict completion tokens, summed: (top-k entropy, mass, entropy, rows).
-fn sequence_stats<B: Backend>(
-    logits: Tensor<B, 2>,
-    pair: &EncodedPair,
+/// A figure of [`EvalReport`] that charts and summaries show: its title and
+/// how to read it.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalFigure {
+    /// Title for people.
+    pub title: &'static str,
+    /// The value in a report.
+    pub value: fn(&EvalReport) -> f64,
+}
+
+impl EvalReport {
+    /// The figures people watch, in the order charts and tables show them.
+    pub const FIGURES: [EvalFigure; 8] = [
+        EvalFigure { title: "loss", value: |r| r.loss },
+        EvalFigure { title: "reward accuracy", value: |r| r.accuracy },
+        EvalFigure { title: "chosen log-lik / token", value: |r| r.chosen_token_loglik },
+        EvalFigure { title: "rejected log-lik / token", value: |r| r.rejected_token_loglik },
+        EvalFigure { title: "reward margin", value: |r| r.margin },
+        EvalFigure { title: "top-k entropy", value: |r| r.topk_entropy },
+        EvalFigure { title: "top-k mass", value: |r| r.topk_mass },
+        EvalFigure { title: "entropy (nats)", value: |r| r.entropy },
+    ];
+}
+
+/// Sums of the statistics over the rows of `logits` (`[rows, V]`, each row
+/// predicting `targets[row]`): (top-k entropy, mass, entropy, rows).
+fn stats_sums(
+    logits: Vec<f32>,
+    targets: &[u32],
+    vocab: usize,
     params: &TokenStatsParams,
     cpu: &Cpu,
-) -> Result<(f64, f64, f64, usize)> {
-    let seq = &pair.chosen;
-    let start = seq.completion_start - 1;
-    let rows = seq.ids.len() - 1 - start;
-    let [_, vocab] = logits.dims();
-    let device = logits.device();
-    let picked = logits.select(
-        0,
-        Tensor::<B, 1, Int>::from_data(
-            TensorData::new((start..start + rows).map(|r| r as i64).collect::<Vec<_>>(), [rows]),
-            &device,
-        ),
-    );
-    let values: Vec<f32> = picked.into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
-    let targets: Vec<i64> = seq.ids[start + 1..].iter().map(|&t| i64::from(t)).collect();
-    let logits = HostTensor::from_f32(values, &[rows, vocab])?;
-    let targets = HostTensor::from_i64(targets, &[rows])?;
+) -> Result<(f64, f64, f64, usize), ModelError> {
+    let rows = targets.len();
+    let logits = HostTensor::from_f32(logits, &[rows, vocab])?;
+    let targets = HostTensor::from_i64(targets.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), &[rows])?;
     let out = cpu.token_stats(&cpu.upload(&logits)?, &cpu.upload(&targets)?, None, params)?;
     let mut sums = (0.0, 0.0, 0.0, 0);
     for row in TokenStatsRow::rows_of(&cpu.download(&out)?)? {
@@ -88,34 +99,31 @@ fn sequence_stats<B: Backend>(
     Ok(sums)
 }
 
-/// Evaluates `model` on `pairs` against their reference scores.
+/// Evaluates `model` on `pairs` against their reference scores, `batch`
+/// pairs per forward pass.
 pub fn evaluate<B: Backend>(
     model: &CausalLm<B>,
-    pairs: &[EncodedPair],
+    pairs: &[&SequencePair],
     reference: &[PairScore],
     loss: &PreferenceLossParams,
     stats: &TokenStatsParams,
     batch: usize,
     pad_id: u32,
-) -> Result<EvalReport> {
-    let device = model.devices().into_iter().next().context("the model has no device")?;
+) -> Result<EvalReport, ModelError> {
+    if pairs.len() != reference.len() {
+        return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
+    }
+    let device = model.embed.weight.device();
     let cpu = Cpu::new();
     let (mut loss_sum, mut acc_sum, mut margin_sum) = (0.0, 0.0, 0.0);
     let (mut chosen_logp, mut rejected_logp, mut chosen_n, mut rejected_n) = (0.0, 0.0, 0usize, 0usize);
     let (mut topk_entropy, mut topk_mass, mut entropy, mut rows) = (0.0, 0.0, 0.0, 0usize);
     for (chunk, refs) in pairs.chunks(batch.max(1)).zip(reference.chunks(batch.max(1))) {
-        let batch_pairs: Vec<&EncodedPair> = chunk.iter().collect();
-        let tokens = pair_batch(&batch_pairs, pad_id, model.config().vocab_size)?;
-        let logits = model.forward(tokens.input::<B>(&device));
-        let (targets, weights) = tokens.targets::<B>(&device);
-        let values = sequence_logps(logits.clone(), targets, weights)
-            .into_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .unwrap_or_default();
+        let tokens = pair_batch(chunk, pad_id, model.config().vocab_size)?;
+        let completion = CompletionLogits::of(model, &tokens, &device)?;
+        let values: Vec<f64> = read_vec(completion.sequence_logps(), "held-out log-probabilities")?;
         let n = chunk.len();
-        let [_, len, vocab] = logits.dims();
-        for (i, (pair, r)) in chunk.iter().zip(refs).enumerate() {
+        for (i, r) in refs.iter().enumerate() {
             let x = PairLogps {
                 policy_chosen: values[i],
                 policy_rejected: values[n + i],
@@ -132,13 +140,17 @@ pub fn evaluate<B: Backend>(
             rejected_logp += x.policy_rejected;
             chosen_n += r.chosen_tokens;
             rejected_n += r.rejected_tokens;
-            let row_logits = logits.clone().narrow(0, i, 1).reshape([len, vocab]);
-            let (h, m, e, k) = sequence_stats(row_logits, pair, stats, &cpu)?;
-            topk_entropy += h;
-            topk_mass += m;
-            entropy += e;
-            rows += k;
         }
+        // The chosen sequences are the batch's first `n` rows: their
+        // completion positions come first among the scored ones.
+        let chosen_rows = completion.positions.count_in_first_rows(n);
+        let [_, vocab] = completion.logits.dims();
+        let logits: Vec<f32> = read_vec(completion.logits.narrow(0, 0, chosen_rows), "held-out logits")?;
+        let (h, m, e, k) = stats_sums(logits, &completion.positions.targets[..chosen_rows], vocab, stats, &cpu)?;
+        topk_entropy += h;
+        topk_mass += m;
+        entropy += e;
+        rows += k;
     }
     let pairs_n = pairs.len().max(1) as f64;
     let rows_n = rows.max(1) as f64;

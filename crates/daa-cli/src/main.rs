@@ -4,13 +4,15 @@
 //! line at fault, and exits with status 2; output files are written to a
 //! temporary name and renamed, so a failed run leaves none behind.
 
-use daa_train::atomic_write;
 mod backend_choice;
+#[cfg(feature = "train")]
 mod logps_cmd;
 mod loss_cmd;
 mod plot;
-mod safetensors_input;
+#[cfg(feature = "train")]
+mod progress;
 mod stats_cmd;
+#[cfg(feature = "train")]
 mod train_cmd;
 
 use std::process::ExitCode;
@@ -33,31 +35,45 @@ enum Command {
     /// Per-pair losses, gradients and implicit rewards of the loss catalog,
     /// from per-sequence log-probabilities in JSON Lines.
     Loss(loss_cmd::LossArgs),
+    #[cfg(feature = "train")]
     /// Train a Hugging Face checkpoint with a Direct Alignment Algorithm,
     /// watching top-k entropy and mass on held-out data. Without --config,
     /// runs the built-in tiny model and task.
     Train(train_cmd::TrainArgs),
+    #[cfg(feature = "train")]
     /// Reference log-probabilities of a preference dataset under a model
     /// (what `daa train` caches), as safetensors.
     Logps(logps_cmd::LogpsArgs),
 }
 
+/// Prints `message` as the one `error: …` line (multi-line messages from
+/// TOML, serde or clap are folded) and returns status 2.
+fn fail(message: &str) -> ExitCode {
+    let message = message.trim_start_matches("error:").split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let message = rendered.split("For more information").next().unwrap_or(&rendered);
+            return fail(message);
+        }
+    };
     let result = match cli.command {
         Command::Stats(args) => stats_cmd::run(&args),
         Command::Loss(args) => loss_cmd::run(&args),
+        #[cfg(feature = "train")]
         Command::Train(args) => train_cmd::run(&args),
+        #[cfg(feature = "train")]
         Command::Logps(args) => logps_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            // One line: multi-line messages (TOML, serde) are folded.
-            let message = chain.join(": ").split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(e) => fail(&e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")),
     }
 }

@@ -1,0 +1,109 @@
+//! `daa train`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use daa_train::ComputeBackend;
+use daa_train::eval::EvalReport;
+use daa_train::records::MetricsRecord;
+use daa_train::train::metrics::read_metrics;
+use daa_train::train::{RunSummary, TrainConfig, train};
+
+use crate::plot::{Series, line_charts};
+use crate::progress::TrainProgress;
+
+/// Arguments of `daa train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML configuration (see configs/); the built-in tiny run when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a field: --set train.lr=1e-6 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    overrides: Vec<String>,
+    /// Checkpoint folder, or run folder (its latest checkpoint), to continue from.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Shorthand for --set model.path=DIR.
+    #[arg(long)]
+    model: Option<String>,
+    /// Shorthand for --set data.path=FILE.
+    #[arg(long)]
+    data: Option<String>,
+    /// Shorthand for --set train.output_dir=DIR.
+    #[arg(long)]
+    out: Option<String>,
+    /// Shorthand for --set model.backend=NAME.
+    #[arg(long, value_enum)]
+    backend: Option<ComputeBackend>,
+    /// Shorthand for --set train.max_steps=N.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Shorthand for --set data.strict=true: stop at the first bad row.
+    #[arg(long)]
+    strict: bool,
+}
+
+fn quoted(s: &str) -> String {
+    format!("{:?}", s)
+}
+
+/// The evaluation series of a run's records, one per [`EvalReport::FIGURES`] entry.
+pub fn eval_series(records: &[MetricsRecord]) -> Vec<Series> {
+    EvalReport::FIGURES
+        .iter()
+        .map(|figure| Series {
+            title: figure.title.to_string(),
+            points: records
+                .iter()
+                .filter_map(MetricsRecord::eval)
+                .map(|r| (r.step as f64, (figure.value)(&r.report)))
+                .collect(),
+        })
+        .collect()
+}
+
+fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
+    eprintln!(
+        "done: {} steps in {:.1} s ({:.2} steps/s, {:.0} tokens/s, peak memory {} MiB)",
+        summary.steps_this_run,
+        summary.elapsed_s,
+        summary.steps_per_s,
+        summary.tokens_per_s,
+        summary.peak_memory_mib.map_or("?".into(), |m| format!("{m:.0}"))
+    );
+    eprintln!("{:<28} {:>10} {:>10}", "held-out", "first", "last");
+    for figure in EvalReport::FIGURES {
+        let value = |r: &Option<daa_train::EvalRecord>| {
+            r.as_ref().map_or("-".to_string(), |r| format!("{:.4}", (figure.value)(&r.report)))
+        };
+        eprintln!("{:<28} {:>10} {:>10}", figure.title, value(&summary.first_eval), value(&summary.last_eval));
+    }
+    eprintln!("metrics: {0}/metrics.jsonl, chart: {0}/metrics.svg, checkpoints: {0}/checkpoint-*", run_dir.display());
+}
+
+/// Runs `daa train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let mut overrides = args.overrides.clone();
+    let shorthands = [
+        ("model.path", args.model.as_deref().map(quoted)),
+        ("data.path", args.data.as_deref().map(quoted)),
+        ("train.output_dir", args.out.as_deref().map(quoted)),
+        ("model.backend", args.backend.map(|b| quoted(b.as_str()))),
+        ("train.max_steps", args.max_steps.map(|n| n.to_string())),
+        ("data.strict", args.strict.then(|| "true".to_string())),
+    ];
+    overrides.extend(shorthands.into_iter().filter_map(|(k, v)| v.map(|v| format!("{k}={v}"))));
+    let config = TrainConfig::load(args.config.as_deref(), &overrides)?;
+    let k = config.monitor.top_k;
+    let mut progress = TrainProgress::new(k);
+    let outcome = train(config, args.resume.clone(), &mut progress)?;
+    progress.finish();
+    let records = read_metrics(&outcome.run_dir.join("metrics.jsonl"))?;
+    let title = format!("daa train: {} (top-{k} statistics of held-out chosen completions)", outcome.run_dir.display());
+    let svg = line_charts(&eval_series(&records), &title)?;
+    daa_core::io::write_bytes_atomic(&outcome.run_dir.join("metrics.svg"), svg.as_bytes())?;
+    print_summary(&outcome.summary, &outcome.run_dir);
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! burn backends chosen at run time: `cpu` (burn's ndarray backend, always
+//! built), `wgpu` and `cuda` (cargo features of the same names). GPU
+//! availability is checked before burn touches the device, so a missing
+//! driver is an error message, not a panic on a device thread.
+//!
+//! Code generic over the backend ([`BackendTask::run`]) is compiled once per
+//! backend this build includes; keep such tasks few and put the work in
+//! generic library functions they call.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+/// Where the trainer computes (`model.backend`, `--backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum ComputeBackend {
+    /// burn's ndarray backend on the CPU (multi-threaded, f32).
+    #[default]
+    Cpu,
+    /// burn's wgpu backend (Vulkan, Metal, DX12, WebGPU); feature `wgpu`.
+    Wgpu,
+    /// burn's CUDA backend (NVIDIA GPUs); feature `cuda`.
+    Cuda,
+}
+
+impl ComputeBackend {
+    /// The name users write.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComputeBackend::Cpu => "cpu",
+            ComputeBackend::Wgpu => "wgpu",
+            ComputeBackend::Cuda => "cuda",
+        }
+    }
+
+    /// Whether this build includes the backend.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            ComputeBackend::Cpu => true,
+            ComputeBackend::Wgpu => cfg!(feature = "wgpu"),
+            ComputeBackend::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The CPU backend with autodiff: ndarray (multi-threaded, SIMD), f32.
+pub type CpuBackend = Autodiff<NdArray<f32>>;
+
+/// A backend that cannot run here, and what to do instead.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend}: {message}")]
+pub struct BackendUnavailable {
+    /// The backend asked for.
+    pub backend: ComputeBackend,
+    /// Why, with a hint.
+    pub message: String,
+}
+
+/// Work that runs on whichever backend the user chose.
+pub trait BackendTask {
+    /// What the work returns.
+    type Output;
+    /// Its error.
+    type Error: From<BackendUnavailable>;
+    /// Runs on backend `B` and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output, Self::Error>;
+}
+
+/// Runs `task` on `backend`, device `ordinal` (GPU backends).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn with_backend<T: BackendTask>(backend: ComputeBackend, ordinal: usize, task: T) -> Result<T::Output, T::Error> {
+    let unavailable = |message: String| T::Error::from(BackendUnavailable { backend, message });
+    let _ = ordinal;
+    match backend {
+        ComputeBackend::Cpu => task.run::<CpuBackend>(burn::backend::ndarray::NdArrayDevice::Cpu),
+        #[cfg(feature = "wgpu")]
+        ComputeBackend::Wgpu => {
+            // daa-core opens an adapter the same way burn will: its error is the clear one.
+            daa_core::Wgpu::new()
+                .map_err(|e| unavailable(format!("{e}; use --backend cpu (model.backend = \"cpu\")")))?;
+            let device = if ordinal == 0 {
+                burn::backend::wgpu::WgpuDevice::DefaultDevice
+            } else {
+                burn::backend::wgpu::WgpuDevice::DiscreteGpu(ordinal)
+            };
+            task.run::<Autodiff<burn::backend::Wgpu>>(device)
+        }
+        #[cfg(feature = "cuda")]
+        ComputeBackend::Cuda => {
+            if !daa_core::cuda::driver_present() {
+                return Err(unavailable(
+                    "CUDA driver not found (libcuda.so could not be loaded; no NVIDIA driver on this machine); use \
+                     model.backend = \"cpu\" or \"wgpu\""
+                        .into(),
+                ));
+            }
+            task.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(ordinal))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(unavailable(format!(
+            "not compiled into this build, which trains on {}; rebuild with the `{other}` feature of daa-train \
+             (the daa command: `cargo xtask train --features train-{other}`, or `cargo build --release -p daa-cli \
+             --features train-{other}`)",
+            [ComputeBackend::Cpu, ComputeBackend::Wgpu, ComputeBackend::Cuda]
+                .into_iter()
+                .filter(|b| b.is_compiled())
+                .map(ComputeBackend::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}

@@ -1,0 +1,324 @@
+//! One optimizer step, the same for every host: `daa train`, the testbed,
+//! the browser and data-parallel ranks all call [`Trainer::step`].
+//!
+//! A step over `P` pairs (split into micro-batches of `m`):
+//! 1. per micro-batch: one forward pass over the chosen and rejected
+//!    sequences, `π` at the completion positions, the catalog loss and its
+//!    surrogate (see [`crate::objective`]), backward, gradients added;
+//! 2. **the data-parallel reduction point**: [`GradientReducer::reduce`]
+//!    (a no-op with one rank);
+//! 3. global-norm clipping and AdamW (see [`crate::optim`]) at the
+//!    schedule's rate for this step.
+//!
+//! No files, no threads: this module builds for `wasm32-unknown-unknown`.
+
+use std::collections::HashMap;
+
+use burn::module::{AutodiffModule, ParamId};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use daa_core::TokenStatsParams;
+use daa_core::preference::PreferenceLossParams;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::SequencePair;
+use crate::error::ModelError;
+use crate::eval::{EvalReport, evaluate};
+use crate::model::{CausalLm, ParamKind};
+use crate::objective::{pair_objective, sequence_logps};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule};
+use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
+
+/// What a [`Trainer`] needs besides the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainerOptions {
+    /// The catalog loss and NLL term.
+    pub loss: PreferenceLossParams,
+    /// AdamW hyper-parameters.
+    pub optimizer: AdamWConfig,
+    /// The learning-rate schedule over the whole run.
+    pub schedule: LrSchedule,
+    /// Pairs per forward pass.
+    pub micro_batch_size: usize,
+    /// Token id of padding.
+    pub pad_id: u32,
+}
+
+/// Where the reference log-probabilities `ρ` come from.
+#[derive(Debug)]
+pub enum ReferencePolicy<B: Backend> {
+    /// Each [`StepPair`] carries its reference scores (computed once and
+    /// cached, as `daa train` does by default).
+    Given,
+    /// A frozen copy of the initial model scores each micro-batch.
+    Frozen(CausalLm<B>),
+}
+
+/// One pair of a step, with its reference scores when the reference policy
+/// is [`ReferencePolicy::Given`].
+#[derive(Debug, Clone, Copy)]
+pub struct StepPair<'a> {
+    /// The two sequences.
+    pub sequences: &'a SequencePair,
+    /// `(ρ_w, ρ_l)` and the token counts, if known.
+    pub reference: Option<PairScore>,
+}
+
+/// Combines the gradients of data-parallel ranks. Called once per optimizer
+/// step, after every micro-batch's gradients are accumulated and before
+/// clipping: the place for an all-reduce (or a reduce-scatter, with sharded
+/// optimizer state).
+pub trait GradientReducer<B: Backend>: std::fmt::Debug {
+    /// Ranks whose gradients [`Self::reduce`] sums (each rank steps on its own
+    /// `P` pairs; the loss is normalised by `P · world_size`).
+    fn world_size(&self) -> usize {
+        1
+    }
+
+    /// Replaces every gradient by its sum over the ranks.
+    fn reduce(&mut self, gradients: &mut GradAccumulator<B>) -> Result<(), ModelError>;
+}
+
+/// One process, one device: nothing to reduce.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SingleRank;
+
+impl<B: Backend> GradientReducer<B> for SingleRank {
+    fn reduce(&mut self, _gradients: &mut GradAccumulator<B>) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// What one optimizer step did, as `metrics.jsonl` records it (means over
+/// the step's pairs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Optimizer steps completed, this one included.
+    pub step: u64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean loss.
+    pub loss: f64,
+    /// `‖g‖₂` before clipping.
+    pub grad_norm: f64,
+    /// Mean implicit reward of the chosen completions.
+    #[serde(rename = "rewards/chosen")]
+    pub chosen_reward: f64,
+    /// Mean implicit reward of the rejected completions.
+    #[serde(rename = "rewards/rejected")]
+    pub rejected_reward: f64,
+    /// Mean reward margin.
+    #[serde(rename = "rewards/margin")]
+    pub margin: f64,
+    /// Fraction of pairs whose chosen reward exceeds the rejected one.
+    #[serde(rename = "rewards/accuracy")]
+    pub accuracy: f64,
+    /// Mean `π_w` (nats).
+    #[serde(rename = "logps/chosen")]
+    pub chosen_logps: f64,
+    /// Mean `π_l` (nats).
+    #[serde(rename = "logps/rejected")]
+    pub rejected_logps: f64,
+    /// Mean `π_w / n_w`.
+    #[serde(rename = "logps/chosen_per_token")]
+    pub chosen_logps_per_token: f64,
+    /// Mean `π_l / n_l`.
+    #[serde(rename = "logps/rejected_per_token")]
+    pub rejected_logps_per_token: f64,
+    /// Pairs in the step.
+    pub pairs: usize,
+    /// Tokens of the policy's forward passes (prompt, completion, both sides).
+    pub tokens: usize,
+}
+
+/// Model, optimizer state, schedule, objective and reference of one run.
+#[derive(Debug)]
+pub struct Trainer<B: AutodiffBackend> {
+    /// Always present between steps (taken only while AdamW maps it).
+    model: Option<CausalLm<B>>,
+    device: B::Device,
+    optimizer: AdamW<B::InnerBackend>,
+    options: TrainerOptions,
+    reference: ReferencePolicy<B::InnerBackend>,
+    reducer: Box<dyn GradientReducer<B::InnerBackend>>,
+    /// Which parameters weight decay applies to, by id (ids survive `valid()` and steps).
+    decays: HashMap<ParamId, bool>,
+    completed: u64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer at step 0 with fresh optimizer state, on one rank.
+    pub fn new(
+        model: CausalLm<B>,
+        options: TrainerOptions,
+        reference: ReferencePolicy<B::InnerBackend>,
+    ) -> Result<Self, ModelError> {
+        if options.micro_batch_size == 0 {
+            return Err(ModelError::Batch("the micro-batch size must be at least 1".into()));
+        }
+        options.loss.validate()?;
+        let mut decays = HashMap::new();
+        model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
+            decays.insert(p.id(), p.decays());
+        });
+        let device = model.embed.weight.device();
+        Ok(Self {
+            model: Some(model),
+            device,
+            optimizer: AdamW::new(options.optimizer),
+            options,
+            reference,
+            reducer: Box::new(SingleRank),
+            decays,
+            completed: 0,
+        })
+    }
+
+    /// Uses `reducer` to combine gradients across data-parallel ranks.
+    pub fn with_reducer(mut self, reducer: Box<dyn GradientReducer<B::InnerBackend>>) -> Self {
+        self.reducer = reducer;
+        self
+    }
+
+    /// The policy.
+    pub fn model(&self) -> &CausalLm<B> {
+        self.model.as_ref().expect("the model is put back after every step")
+    }
+
+    /// The policy, without its autodiff graph (for evaluation, saving, sampling).
+    pub fn valid_model(&self) -> CausalLm<B::InnerBackend> {
+        self.model().valid()
+    }
+
+    /// The optimizer state.
+    pub fn optimizer(&self) -> &AdamW<B::InnerBackend> {
+        &self.optimizer
+    }
+
+    /// The optimizer state, to restore a checkpoint's.
+    pub fn optimizer_mut(&mut self) -> &mut AdamW<B::InnerBackend> {
+        &mut self.optimizer
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TrainerOptions {
+        &self.options
+    }
+
+    /// Optimizer steps completed.
+    pub fn completed_steps(&self) -> u64 {
+        self.completed
+    }
+
+    /// Continues a run after `steps` completed steps (the schedule resumes there).
+    pub fn resume_at(&mut self, steps: u64) {
+        self.completed = steps;
+    }
+
+    /// Reference scores of `pairs` under the frozen reference model, or
+    /// `None` when the reference is [`ReferencePolicy::Given`].
+    pub fn frozen_reference_scores(
+        &self,
+        pairs: &[&SequencePair],
+        batch: usize,
+    ) -> Result<Option<Vec<PairScore>>, ModelError> {
+        match &self.reference {
+            ReferencePolicy::Given => Ok(None),
+            ReferencePolicy::Frozen(model) => {
+                Ok(Some(score_pairs(model, pairs, batch, self.options.pad_id, &mut |_| {})?))
+            }
+        }
+    }
+
+    /// One optimizer step over `pairs` (this rank's share of the step).
+    pub fn step(&mut self, pairs: &[StepPair<'_>]) -> Result<StepRecord, ModelError> {
+        if pairs.is_empty() {
+            return Err(ModelError::Batch("a step needs at least one pair".into()));
+        }
+        let o = self.options;
+        let lr = o.schedule.at(self.completed);
+        let normaliser = (pairs.len() * self.reducer.world_size()) as f64;
+        let model = self.model.as_ref().expect("the model is put back after every step");
+        let vocab = model.config().vocab_size;
+        let mut grads = GradAccumulator::<B::InnerBackend>::default();
+        let (mut inputs, mut losses, mut tokens) = (Vec::new(), Vec::new(), 0);
+        for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
+            let offset = m * o.micro_batch_size;
+            let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
+            let batch = pair_batch(&sequences, o.pad_id, vocab)?;
+            tokens += sequences.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
+            let policy = sequence_logps(model, &batch, &self.device)?;
+            let reference: Vec<(f64, f64)> = match &self.reference {
+                ReferencePolicy::Given => micro
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| match p.reference {
+                        Some(r) => Ok((r.chosen, r.rejected)),
+                        None if !o.loss.loss.uses_reference() => Ok((0.0, 0.0)),
+                        None => Err(ModelError::Batch(format!(
+                            "pair {} of the step has no reference log-probabilities and the trainer has no \
+                             reference model",
+                            offset + i
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?,
+                ReferencePolicy::Frozen(frozen) => score_batch(frozen, &sequences, o.pad_id)
+                    .map_err(|e| e.offset_pairs(offset))?
+                    .iter()
+                    .map(|s| (s.chosen, s.rejected))
+                    .collect(),
+            };
+            let counts: Vec<(f64, f64)> = sequences
+                .iter()
+                .map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64))
+                .collect();
+            let objective =
+                pair_objective(policy, &reference, &counts, &o.loss, normaliser).map_err(|e| e.offset_pairs(offset))?;
+            grads.add::<B, _>(model, objective.surrogate.backward());
+            inputs.extend(objective.inputs);
+            losses.extend(objective.losses);
+        }
+        // ── Data-parallel reduction point: every rank's gradients summed here. ──
+        self.reducer.reduce(&mut grads)?;
+        let grad_norm = grads.global_norm()?;
+        if !grad_norm.is_finite() {
+            return Err(ModelError::Batch(format!(
+                "step {}: gradient norm is {grad_norm}: the step would corrupt the weights",
+                self.completed + 1
+            )));
+        }
+        let model = self.model.take().expect("the model is put back after every step");
+        let (model, report) = self.optimizer.update::<B, _>(model, grads, lr, grad_norm, &self.decays);
+        self.model = Some(model);
+        self.completed += 1;
+        let n = losses.len() as f64;
+        let mean = |f: &dyn Fn(usize) -> f64| (0..losses.len()).map(f).sum::<f64>() / n;
+        Ok(StepRecord {
+            step: self.completed,
+            lr: report.lr,
+            loss: mean(&|i| losses[i].loss),
+            grad_norm: report.grad_norm,
+            chosen_reward: mean(&|i| losses[i].chosen_reward),
+            rejected_reward: mean(&|i| losses[i].rejected_reward),
+            margin: mean(&|i| losses[i].margin),
+            accuracy: mean(&|i| losses[i].accuracy),
+            chosen_logps: mean(&|i| inputs[i].policy_chosen),
+            rejected_logps: mean(&|i| inputs[i].policy_rejected),
+            chosen_logps_per_token: mean(&|i| inputs[i].policy_chosen / inputs[i].chosen_tokens),
+            rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
+            pairs: losses.len(),
+            tokens,
+        })
+    }
+
+    /// Held-out figures of the current policy on `pairs` against their
+    /// reference scores (see [`crate::eval`]).
+    pub fn evaluate(
+        &self,
+        pairs: &[&SequencePair],
+        reference: &[PairScore],
+        stats: &TokenStatsParams,
+        batch: usize,
+    ) -> Result<EvalReport, ModelError> {
+        evaluate(&self.valid_model(), pairs, reference, &self.options.loss, stats, batch, self.options.pad_id)
+    }
+}
