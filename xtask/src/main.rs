@@ -17,7 +17,7 @@ fn main() -> Result<()> {
         Some("train") => train::run(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
-            println!("       cargo xtask train [--release] [DAA TRAIN ARGS…]");
+            println!("       cargo xtask train [--release] [--features train-wgpu,train-cuda] [DAA TRAIN ARGS…]");
             Ok(())
         }
         Some(other) => bail!("unknown xtask `{other}`; available: bench, train"),

@@ -1,7 +1,8 @@
-//! `cargo xtask train [--release] [DAA TRAIN ARGS…]`: builds the `daa`
-//! command (showing cargo's progress) and runs `daa train` with the
-//! arguments; `daa` checks the configuration. With no arguments: the built-in
-//! tiny run (configs/tiny.toml, no download).
+//! `cargo xtask train [--release] [--features LIST] [DAA TRAIN ARGS…]`:
+//! builds the `daa` command (showing cargo's progress; `--features
+//! train-cuda` or `train-wgpu` for GPU training) and runs `daa train` with
+//! the other arguments; `daa` checks the configuration. With no arguments:
+//! the built-in tiny run (configs/tiny.toml, no download).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,8 +10,16 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 pub fn run(args: &[String]) -> Result<()> {
-    let release = args.iter().any(|a| a == "--release");
-    let passthrough: Vec<&String> = args.iter().filter(|a| *a != "--release" && *a != "--").collect();
+    let (mut release, mut features, mut passthrough) = (false, None, Vec::new());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--release" => release = true,
+            "--features" => features = Some(iter.next().context("--features needs a list (train-wgpu,train-cuda)")?),
+            "--" => {}
+            _ => passthrough.push(arg),
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
     // The same package and features `cargo test --workspace` builds `daa` with,
@@ -19,6 +28,9 @@ pub fn run(args: &[String]) -> Result<()> {
     build.current_dir(&root).args(["build", "--package", "daa-cli", "--bin", "daa"]);
     if release {
         build.arg("--release");
+    }
+    if let Some(features) = features {
+        build.args(["--features", features]);
     }
     eprintln!("building daa ({}; the first build takes a while)", if release { "release" } else { "debug" });
     let status = build.status().context("running cargo build")?;

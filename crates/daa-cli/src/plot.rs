@@ -85,6 +85,7 @@ pub fn stats_histograms(rows: &[TokenStatsRow], k: usize, entropy_base: f64, sou
 }
 
 /// A series to draw: its title and `(step, value)` points.
+#[cfg(feature = "train")]
 #[derive(Debug, Clone)]
 pub struct Series {
     /// Panel title.
@@ -94,6 +95,7 @@ pub struct Series {
 }
 
 /// One line chart per series, three to a row, under `title`.
+#[cfg(feature = "train")]
 pub fn line_charts(series: &[Series], title: &str) -> Result<String> {
     const COLUMNS: usize = 3;
     let rows = series.len().div_ceil(COLUMNS).max(1);
@@ -130,7 +132,7 @@ pub fn line_charts(series: &[Series], title: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Series, histogram, line_charts};
+    use super::histogram;
 
     #[test]
     fn histogram_counts_every_value_once_and_clamps_the_ends() {
@@ -142,7 +144,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "train")]
     fn line_charts_draw_every_series_and_skip_empty_ones() {
+        use super::{Series, line_charts};
         let series = [
             Series { title: "top-k entropy".into(), points: vec![(0.0, 3.3), (10.0, 3.1), (20.0, 2.9)] },
             Series { title: "empty".into(), points: vec![] },
