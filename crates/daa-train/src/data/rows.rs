@@ -87,26 +87,21 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRow>> {
     Ok(rows)
 }
 
+/// Parquet rows as JSON objects (parquet's record API): strings, numbers,
+/// lists and structs as JSON has them, so a list of `{role, content}`
+/// messages reads like JSON Lines.
 fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .with_context(|| format!("{}: not a Parquet file", path.display()))?
-        .build()
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.with_context(|| format!("{}: cannot decode a record batch", path.display()))?;
-        let mut writer = arrow_json::ArrayWriter::new(Vec::new());
-        writer.write(&batch).with_context(|| format!("{}: cannot convert a record batch", path.display()))?;
-        writer.finish().with_context(|| format!("{}: cannot convert a record batch", path.display()))?;
-        let buffer = writer.into_inner();
-        let values: Vec<Value> = if buffer.is_empty() { Vec::new() } else { serde_json::from_slice(&buffer)? };
-        for value in values {
-            rows.push(RawRow { row: rows.len() + 1, value: Ok(value) });
-        }
-    }
-    Ok(rows)
+    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
+    let rows = reader.get_row_iter(None).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(rows
+        .enumerate()
+        .map(|(i, row)| RawRow {
+            row: i + 1,
+            value: row.map(|r| r.to_json_value()).map_err(|e| format!("cannot decode the Parquet row ({e})")),
+        })
+        .collect())
 }
 
 fn messages(field: &str, value: &Value) -> Result<Vec<Message>, String> {
