@@ -432,3 +432,42 @@ impl TrainConfig {
         PathBuf::from(&self.train.output_dir)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use daa_core::preference::PreferenceLoss;
+
+    use super::TrainConfig;
+
+    fn built_in(overrides: &[&str]) -> anyhow::Result<TrainConfig> {
+        TrainConfig::load(None, &overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn switching_the_loss_drops_the_file_s_hyper_parameters_but_not_the_command_line_s() {
+        // configs/tiny.toml sets `beta` for DPO.
+        assert_eq!(built_in(&[]).unwrap().loss.loss, PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 });
+        assert_eq!(built_in(&["loss.name=ipo"]).unwrap().loss.loss, PreferenceLoss::Ipo { tau: 0.1 });
+        assert_eq!(built_in(&["loss.name=ipo", "loss.tau=0.05"]).unwrap().loss.loss, PreferenceLoss::Ipo { tau: 0.05 });
+        let e = format!("{:#}", built_in(&["loss.name=ipo", "loss.beta=0.2"]).unwrap_err());
+        assert!(e.contains("unknown field `beta`, expected `tau`"), "{e}");
+        // The common fields stay.
+        let c = built_in(&["loss.nll_weight=0.5", "loss.name=hinge"]).unwrap();
+        assert_eq!(c.loss.nll_weight, 0.5);
+        assert_eq!(c.loss.loss, PreferenceLoss::Hinge { gamma: 1.0, alpha: 0.0 });
+    }
+
+    #[test]
+    fn typed_fields_name_the_field_and_the_accepted_values() {
+        let e = format!("{:#}", built_in(&["model.backend=tpu"]).unwrap_err());
+        assert!(e.contains("`model.backend`: unknown variant `tpu`, expected one of `cpu`, `wgpu`, `cuda`"), "{e}");
+        let e = format!("{:#}", built_in(&["loss.nll_normalisation=median"]).unwrap_err());
+        assert!(e.contains("`loss`") && e.contains("unknown variant `median`"), "{e}");
+        let e = format!("{:#}", built_in(&["loss.name=kto"]).unwrap_err());
+        assert!(e.contains("`name` = `kto` is not a loss; expected one of dpo, robust-dpo"), "{e}");
+        // The configuration survives a round trip through trainer_state.json.
+        let c = built_in(&["loss.name=simpo", "loss.gamma=0.3"]).unwrap();
+        let back: TrainConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}
