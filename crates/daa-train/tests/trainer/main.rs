@@ -1,7 +1,6 @@
 //! The trainer end to end on tiny random checkpoints written in the real
 //! Hugging Face layout (safetensors, config.json, tokenizer.json).
 
-mod backends;
 mod model;
 mod naive;
 mod train;
