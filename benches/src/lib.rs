@@ -1,1 +1,4 @@
 //! Benchmarks live in `benches/`; run them with `cargo xtask bench`.
+
+pub mod trainer;
+pub mod trainer_report;

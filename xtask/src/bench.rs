@@ -31,6 +31,9 @@ impl Row {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    if args.iter().any(|a| a == "--trainer") {
+        return trainer(args);
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -59,6 +62,46 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::write(out_dir.join("token_stats.md"), &table)?;
     std::fs::write(out_dir.join("token_stats.svg"), bar_chart(&rows))?;
     println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
+    Ok(())
+}
+
+/// `cargo xtask bench --trainer [--quick] [--torch] [--shapes LIST] [--threads LIST] [--repeats N]`:
+/// the trainer benchmark (`benches/benches/trainer_step.rs`); `--quick` is
+/// the tiny and 5 M shapes with 3 repetitions; `--torch` also times
+/// PyTorch + transformers on the same checkpoints and batches, installing
+/// them first into a virtual environment outside the clone.
+fn trainer(args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step", "--"]);
+    let mut passed = false;
+    for (i, arg) in args.iter().enumerate() {
+        if ["--shapes", "--threads", "--repeats"].contains(&arg.as_str()) {
+            cmd.arg(arg).arg(args.get(i + 1).with_context(|| format!("{arg} needs a value"))?);
+            passed |= arg != "--threads";
+        }
+    }
+    if args.iter().any(|a| a == "--quick") && !passed {
+        cmd.args(["--shapes", "tiny,5m", "--repeats", "3"]);
+    }
+    if args.iter().any(|a| a == "--torch") {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let script = root.join("scripts/torch_dpo_baseline.py");
+        let status = Command::new("python3")
+            .arg(&script)
+            .args(["--install", "--setup-only"])
+            .status()
+            .context("running python3 (the PyTorch baseline needs Python 3)")?;
+        if !status.success() {
+            bail!("installing the PyTorch baseline failed ({status}); see {}", script.display());
+        }
+        let venv = std::env::var("DAA_TORCH_VENV").unwrap_or_else(|_| "/var/tmp/daa-torch-venv".into());
+        cmd.arg("--torch").arg(Path::new(&venv).join("bin/python"));
+    }
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("the trainer benchmark failed ({status})");
+    }
     Ok(())
 }
 

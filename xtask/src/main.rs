@@ -2,6 +2,9 @@
 //!
 //! - `cargo xtask bench [--quick] [FILTER]`: runs the criterion benchmarks and
 //!   prints a GB/s table (plus `target/daa-bench/token_stats.{md,svg}`).
+//! - `cargo xtask bench --trainer [--quick] [--torch]`: times a DPO step and
+//!   a scoring pass of the trainer (plus `target/daa-bench/trainer.{md,svg}`),
+//!   beside PyTorch + transformers with `--torch`.
 //! - `cargo xtask train [--release] [DAA TRAIN ARGS…]`: builds and runs
 //!   `daa train` (the built-in tiny run without arguments).
 
@@ -17,6 +20,9 @@ fn main() -> Result<()> {
         Some("train") => train::run(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
+            println!(
+                "       cargo xtask bench --trainer [--quick] [--torch] [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N]"
+            );
             println!("       cargo xtask train [--release] [--features train-wgpu,train-cuda] [DAA TRAIN ARGS…]");
             Ok(())
         }

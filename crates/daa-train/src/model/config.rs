@@ -151,20 +151,43 @@ fn bool_field(raw: &Map<String, Value>, name: &str, default: bool) -> Result<boo
     }
 }
 
-fn rope_scaling(raw: &Map<String, Value>) -> Result<RopeScaling, ModelError> {
-    let Some(scaling) = raw.get("rope_scaling").filter(|v| !v.is_null()) else {
-        return Ok(RopeScaling::None);
+/// `(θ, scaling)` of RoPE: transformers ≥ 5 writes one `rope_parameters`
+/// object (`rope_theta`, `rope_type` and the scaling fields); earlier
+/// versions write `rope_theta` and an optional `rope_scaling` object.
+fn rope(raw: &Map<String, Value>) -> Result<(f64, RopeScaling), ModelError> {
+    if let Some(parameters) = raw.get("rope_parameters").filter(|v| !v.is_null()) {
+        let Some(object) = parameters.as_object() else {
+            return Err(ModelError::Config(format!("field `rope_parameters` must be an object, found {parameters}")));
+        };
+        let theta = match object.get("rope_theta") {
+            Some(v) => v.as_f64().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
+                ModelError::Config(format!("`rope_parameters.rope_theta` must be a positive number, found {v}"))
+            })?,
+            None => f64_field(raw, "rope_theta", 10_000.0)?,
+        };
+        return Ok((theta, rope_scaling(object, "rope_parameters")?));
+    }
+    let scaling = match raw.get("rope_scaling").filter(|v| !v.is_null()) {
+        None => RopeScaling::None,
+        Some(scaling) => match scaling.as_object() {
+            Some(object) => rope_scaling(object, "rope_scaling")?,
+            None => {
+                return Err(ModelError::Config(format!("field `rope_scaling` must be an object, found {scaling}")));
+            }
+        },
     };
-    let Some(scaling) = scaling.as_object() else {
-        return Err(ModelError::Config(format!("field `rope_scaling` must be an object, found {scaling}")));
-    };
+    Ok((f64_field(raw, "rope_theta", 10_000.0)?, scaling))
+}
+
+/// The scaling described by `scaling` (the object called `field`).
+fn rope_scaling(scaling: &Map<String, Value>, field: &str) -> Result<RopeScaling, ModelError> {
     let kind = scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(Value::as_str).unwrap_or("default");
     let number = |name: &str| -> Result<f64, ModelError> {
         scaling
             .get(name)
             .and_then(Value::as_f64)
             .filter(|x| x.is_finite() && *x > 0.0)
-            .ok_or_else(|| ModelError::Config(format!("`rope_scaling.{name}` must be a positive number")))
+            .ok_or_else(|| ModelError::Config(format!("`{field}.{name}` must be a positive number")))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
@@ -179,12 +202,12 @@ fn rope_scaling(raw: &Map<String, Value>) -> Result<RopeScaling, ModelError> {
             if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling
                 && high_freq_factor <= low_freq_factor
             {
-                return Err(ModelError::Config("`rope_scaling.high_freq_factor` must exceed `low_freq_factor`".into()));
+                return Err(ModelError::Config(format!("`{field}.high_freq_factor` must exceed `low_freq_factor`")));
             }
             Ok(scaling)
         }
         other => Err(ModelError::Config(format!(
-            "`rope_scaling.rope_type` `{other}` is not supported (daa supports default, linear, llama3)"
+            "`{field}.rope_type` `{other}` is not supported (daa supports default, linear, llama3)"
         ))),
     }
 }
@@ -248,6 +271,7 @@ impl ModelConfig {
         }
         let is_qwen2 = architecture_name == "Qwen2ForCausalLM";
         let is_cohere = architecture == Architecture::Cohere;
+        let (rope_theta, rope_scaling) = rope(&raw)?;
         if is_cohere && bool_field(&raw, "use_qk_norm", false)? {
             return Err(ModelError::Config(
                 "field `use_qk_norm` is true (Command R+): per-head query/key norms are not supported yet".into(),
@@ -276,8 +300,8 @@ impl ModelConfig {
                 f64_field(&raw, "rms_norm_eps", 1e-6)?
             },
             norm: if is_cohere { NormKind::LayerNormNoBias } else { NormKind::Rms },
-            rope_theta: f64_field(&raw, "rope_theta", 10_000.0)?,
-            rope_scaling: rope_scaling(&raw)?,
+            rope_theta,
+            rope_scaling,
             rope_interleaved: is_cohere,
             max_position_embeddings: optional_usize(&raw, "max_position_embeddings")?.unwrap_or(2048),
             sliding_window,
@@ -310,5 +334,52 @@ impl ModelConfig {
         let norms = if self.parallel_block { d } else { 2 * d };
         let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
         self.num_layers * (q + kv + o + mlp + norms) + embed + d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{ModelConfig, RopeScaling};
+    use crate::model::tiny::llama_config;
+
+    fn parse(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelConfig, String> {
+        let mut config = llama_config(64, 32, 1);
+        edit(&mut config);
+        ModelConfig::from_json(&config.to_string()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn rope_parameters_of_transformers_5_read_like_rope_theta_and_rope_scaling() {
+        let scaling = json!({"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                             "original_max_position_embeddings": 8192, "rope_type": "llama3"});
+        let legacy = parse(|c| {
+            c["rope_theta"] = json!(500000.0);
+            c["rope_scaling"] = scaling.clone();
+        })
+        .unwrap();
+        let v5 = parse(|c| {
+            c.as_object_mut().unwrap().remove("rope_theta");
+            let mut parameters = scaling.clone();
+            parameters["rope_theta"] = json!(500000.0);
+            c["rope_parameters"] = parameters;
+        })
+        .unwrap();
+        assert_eq!((v5.rope_theta, v5.rope_scaling), (500000.0, legacy.rope_scaling));
+        assert_eq!(legacy.rope_theta, 500000.0);
+        assert!(matches!(v5.rope_scaling, RopeScaling::Llama3 { factor: 8.0, .. }));
+        // What transformers 5 writes for a plain Llama.
+        let plain = parse(|c| {
+            c.as_object_mut().unwrap().remove("rope_theta");
+            c["rope_parameters"] = json!({"rope_theta": 10000.0, "rope_type": "default"});
+        })
+        .unwrap();
+        assert_eq!((plain.rope_theta, plain.rope_scaling), (10000.0, RopeScaling::None));
+        let e = parse(|c| c["rope_parameters"] = json!({"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}))
+            .unwrap_err();
+        assert!(e.contains("`rope_parameters.rope_type` `yarn` is not supported"), "{e}");
+        let e = parse(|c| c["rope_parameters"] = json!({"rope_theta": -1.0})).unwrap_err();
+        assert!(e.contains("`rope_parameters.rope_theta` must be a positive number"), "{e}");
     }
 }

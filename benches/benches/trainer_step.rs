@@ -1,0 +1,198 @@
+//! The trainer benchmark (`cargo xtask bench --trainer`): one DPO optimizer
+//! step and one forward-only scoring pass on burn's CPU backend, for every
+//! shape of `daa_benches::trainer::SHAPES`, with 1 and 2 threads; tokens/s
+//! and peak resident memory, as a table (`target/daa-bench/trainer.md`) and
+//! a chart (`trainer.svg`). With `--torch PYTHON` each shape is also built
+//! with transformers and timed in PyTorch by `scripts/torch_dpo_baseline.py`,
+//! and daa is timed on that very checkpoint and batch, beside it.
+//!
+//! Each measurement runs in a process of its own (this binary, `--child`),
+//! so that its peak memory is its own and its thread count is set before
+//! any thread pool starts.
+//!
+//! ```text
+//! trainer_step [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
+//! trainer_step --child --shape S --mode step|score --threads N --repeats R [--checkpoint DIR --batch FILE]
+//! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use daa_benches::trainer::{BatchFile, Measurement, ModelSource, PairIds, SHAPES, Shape, measure, read_batch};
+use daa_benches::trainer_report::{Row, write_report};
+
+/// Seed of the benchmark's random batch.
+const BATCH_SEED: u64 = 42;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+/// The value after `flag`, if any.
+fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn number(args: &[String], flag: &str, default: usize) -> Result<usize> {
+    value(args, flag).map_or(Ok(default), |v| v.parse().with_context(|| format!("{flag} {v}: not a number")))
+}
+
+fn run() -> Result<()> {
+    // `cargo bench` adds `--bench`.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    if let Some(i) = args.iter().position(|a| a == "--write-inputs") {
+        let (shape, dir) = (args.get(i + 1).context("--write-inputs SHAPE DIR")?, args.get(i + 2));
+        return write_inputs(&Shape::named(shape)?, Path::new(dir.context("--write-inputs SHAPE DIR")?));
+    }
+    if args.iter().any(|a| a == "--child") {
+        let shape = Shape::named(value(&args, "--shape").context("--child needs --shape")?)?;
+        let (threads, repeats) = (number(&args, "--threads", 1)?, number(&args, "--repeats", 5)?);
+        let mode = value(&args, "--mode").unwrap_or("step");
+        let m = match (value(&args, "--checkpoint"), value(&args, "--batch")) {
+            (Some(dir), Some(batch)) => measure(
+                &shape,
+                &ModelSource::Checkpoint(Path::new(dir)),
+                &read_batch(Path::new(batch))?,
+                mode,
+                threads,
+                repeats,
+            )?,
+            (None, None) => {
+                measure(&shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode, threads, repeats)?
+            }
+            _ => bail!("--checkpoint and --batch go together"),
+        };
+        println!("{}", serde_json::to_string(&m)?);
+        return Ok(());
+    }
+
+    let shapes: Vec<Shape> = match value(&args, "--shapes") {
+        Some(list) => list.split(',').map(Shape::named).collect::<Result<_>>()?,
+        None => SHAPES.to_vec(),
+    };
+    let threads: Vec<usize> = match value(&args, "--threads") {
+        Some(list) => {
+            list.split(',').map(|t| t.parse().with_context(|| format!("--threads {t}"))).collect::<Result<_>>()?
+        }
+        None => vec![1, 2],
+    };
+    let repeats = number(&args, "--repeats", 5)?;
+    let torch = value(&args, "--torch");
+    let out_dir = target_dir().join("daa-bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let mut rows = Vec::new();
+    for shape in &shapes {
+        eprintln!(
+            "{}: {:.1} M parameters, {} pairs × {} tokens ({} prompt), vocabulary {}",
+            shape.name,
+            shape.parameters() as f64 / 1e6,
+            shape.pairs,
+            shape.seq_len,
+            shape.prompt_len,
+            shape.vocab
+        );
+        for &t in &threads {
+            let row = match torch {
+                None => Row {
+                    shape: *shape,
+                    threads: t,
+                    step: child(shape, "step", t, repeats, None)?,
+                    score: child(shape, "score", t, repeats, None)?,
+                    torch_step: None,
+                    torch_score: None,
+                },
+                Some(python) => {
+                    let dir = out_dir.join(format!("baseline-{}", shape.name));
+                    write_inputs(shape, &dir)?;
+                    let (torch_step, torch_score) = baseline(python, &dir, t, repeats)?;
+                    let inputs = Some(dir.as_path());
+                    Row {
+                        shape: *shape,
+                        threads: t,
+                        step: child(shape, "step", t, repeats, inputs)?,
+                        score: child(shape, "score", t, repeats, inputs)?,
+                        torch_step: Some(torch_step),
+                        torch_score: Some(torch_score),
+                    }
+                }
+            };
+            eprintln!("  {}", row.summary());
+            rows.push(row);
+        }
+    }
+    write_report(&rows, &out_dir)?;
+    Ok(())
+}
+
+/// Runs one measurement in a fresh process with `threads` threads.
+fn child(shape: &Shape, mode: &str, threads: usize, repeats: usize, inputs: Option<&Path>) -> Result<Measurement> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--child", "--shape", shape.name, "--mode", mode]);
+    cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
+    if let Some(dir) = inputs {
+        cmd.arg("--checkpoint").arg(dir.join("checkpoint")).arg("--batch").arg(dir.join("batch.json"));
+    }
+    last_json_line(with_threads(&mut cmd, threads), &format!("{} {mode} ({threads} threads)", shape.name))
+}
+
+/// Every thread pool a CPU step may use: rayon's (burn's ndarray backend),
+/// matrixmultiply's, a BLAS's and PyTorch's.
+fn with_threads(cmd: &mut Command, threads: usize) -> &mut Command {
+    for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
+    {
+        cmd.env(var, threads.to_string());
+    }
+    cmd
+}
+
+fn last_json_line<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str) -> Result<T> {
+    let out = cmd.output().with_context(|| format!("starting {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .with_context(|| format!("{what} printed no result"))?;
+    serde_json::from_str(line).with_context(|| format!("{what}: reading `{line}`"))
+}
+
+/// PyTorch's step and scoring pass on the inputs in `dir` (it writes `dir/checkpoint`).
+fn baseline(python: &str, dir: &Path, threads: usize, repeats: usize) -> Result<(Measurement, Measurement)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/torch_dpo_baseline.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script).arg("--inputs").arg(dir);
+    cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
+    let both: [Measurement; 2] = last_json_line(with_threads(&mut cmd, threads), "the PyTorch baseline")?;
+    let [step, score] = both;
+    Ok((step, score))
+}
+
+/// `config.json` of the shape and `batch.json` of the benchmark's pairs.
+fn write_inputs(shape: &Shape, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = serde_json::to_string_pretty(&shape.config_json())?;
+    std::fs::write(dir.join("config.json"), config)?;
+    let pairs = shape
+        .random_pairs(BATCH_SEED)
+        .into_iter()
+        .map(|p| PairIds { prompt_len: p.chosen.completion_start, chosen: p.chosen.ids, rejected: p.rejected.ids })
+        .collect();
+    std::fs::write(dir.join("batch.json"), serde_json::to_string(&BatchFile { pairs })?)?;
+    Ok(())
+}
+
+/// `CARGO_TARGET_DIR`, or the workspace's `target/`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}

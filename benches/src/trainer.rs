@@ -1,0 +1,320 @@
+//! The trainer benchmark's measurement: one DPO optimizer step (forward of
+//! chosen and rejected, completion-only log-probabilities, sigmoid DPO
+//! against cached reference scores, backward, global-norm clipping, AdamW)
+//! and one forward-only scoring pass, on burn's CPU backend, timed in this
+//! process. `benches/trainer_step.rs` runs one measurement per process so
+//! that each peak resident memory is its own.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, NdArray};
+use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
+use daa_train::batch::{Sequence, SequencePair};
+use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
+use daa_train::optim::{AdamWConfig, LrSchedule};
+use daa_train::score::score_pairs;
+use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+type Cpu = NdArray<f32>;
+type Train = Autodiff<Cpu>;
+
+/// A model and batch shape of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Name in tables and on the command line.
+    pub name: &'static str,
+    /// Decoder blocks.
+    pub layers: usize,
+    /// Model width `d`.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// MLP width.
+    pub mlp: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Preference pairs per step (2× as many sequences).
+    pub pairs: usize,
+    /// Tokens per sequence (prompt and completion).
+    pub seq_len: usize,
+    /// Prompt tokens per sequence; the rest is completion.
+    pub prompt_len: usize,
+}
+
+/// The built-in run's model and batch (configs/tiny.toml), the 5 M shape of
+/// the issue that measured the trainer against PyTorch, and a 25 M one.
+pub const SHAPES: [Shape; 3] = [
+    Shape {
+        name: "tiny",
+        layers: 2,
+        hidden: 64,
+        heads: 4,
+        kv_heads: 2,
+        mlp: 170,
+        vocab: 261,
+        pairs: 8,
+        seq_len: 64,
+        prompt_len: 40,
+    },
+    Shape {
+        name: "5m",
+        layers: 4,
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        mlp: 680,
+        vocab: 4096,
+        pairs: 8,
+        seq_len: 128,
+        prompt_len: 64,
+    },
+    Shape {
+        name: "25m",
+        layers: 8,
+        hidden: 512,
+        heads: 8,
+        kv_heads: 4,
+        mlp: 1376,
+        vocab: 32000,
+        pairs: 8,
+        seq_len: 256,
+        prompt_len: 128,
+    },
+];
+
+impl Shape {
+    /// The shape called `name`.
+    pub fn named(name: &str) -> Result<Shape> {
+        SHAPES
+            .into_iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("unknown shape `{name}`; expected one of {}", SHAPES.map(|s| s.name).join(", ")))
+    }
+
+    /// Hugging Face `config.json` of a Llama with this shape (what the
+    /// PyTorch baseline builds with transformers).
+    pub fn config_json(&self) -> Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "intermediate_size": self.mlp,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "max_position_embeddings": self.seq_len.max(512),
+            "tie_word_embeddings": false,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+            "torch_dtype": "float32",
+        })
+    }
+
+    /// Parameters of the model.
+    pub fn parameters(&self) -> usize {
+        let head_dim = self.hidden / self.heads;
+        let attention = self.hidden * head_dim * (2 * self.heads + 2 * self.kv_heads);
+        let block = attention + 3 * self.hidden * self.mlp + 2 * self.hidden;
+        2 * self.vocab * self.hidden + self.layers * block + self.hidden
+    }
+
+    /// Tokens through the model per step (chosen and rejected).
+    pub fn tokens(&self) -> usize {
+        2 * self.pairs * self.seq_len
+    }
+
+    /// Random pairs of this shape: the same prompt for chosen and rejected,
+    /// different completions, token ids uniform below the vocabulary
+    /// (SplitMix64 from `seed`).
+    pub fn random_pairs(&self, seed: u64) -> Vec<SequencePair> {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) % self.vocab as u64) as u32
+        };
+        (0..self.pairs)
+            .map(|_| {
+                let prompt: Vec<u32> = (0..self.prompt_len).map(|_| next()).collect();
+                let mut completion = |_| -> Sequence {
+                    let ids = prompt.iter().copied().chain((self.prompt_len..self.seq_len).map(|_| next())).collect();
+                    Sequence { ids, completion_start: self.prompt_len }
+                };
+                SequencePair { chosen: completion(0), rejected: completion(1) }
+            })
+            .collect()
+    }
+}
+
+/// Pairs as the PyTorch baseline writes them (`batch.json`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchFile {
+    /// Per pair: the chosen and rejected token ids and where the completion starts.
+    pub pairs: Vec<PairIds>,
+}
+
+/// One pair of `batch.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PairIds {
+    /// Chosen sequence, prompt first.
+    pub chosen: Vec<u32>,
+    /// Rejected sequence, prompt first.
+    pub rejected: Vec<u32>,
+    /// Prompt tokens (the same in both).
+    pub prompt_len: usize,
+}
+
+/// Reads `batch.json`.
+pub fn read_batch(path: &Path) -> Result<Vec<SequencePair>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: BatchFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file
+        .pairs
+        .into_iter()
+        .map(|p| SequencePair {
+            chosen: Sequence { ids: p.chosen, completion_start: p.prompt_len },
+            rejected: Sequence { ids: p.rejected, completion_start: p.prompt_len },
+        })
+        .collect())
+}
+
+/// What one measurement found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Measurement {
+    /// `daa` or `pytorch`.
+    #[serde(default = "daa")]
+    pub engine: String,
+    /// Shape name.
+    pub shape: String,
+    /// `step` (forward, backward, optimizer) or `score` (forward only).
+    pub mode: String,
+    /// Threads the process was given.
+    pub threads: usize,
+    /// Median seconds per step or scoring pass.
+    pub seconds: f64,
+    /// Fastest repetition, seconds.
+    pub best_seconds: f64,
+    /// Tokens per second at the median.
+    pub tokens_per_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    /// The first step's loss (a check that the step computes what it should).
+    pub loss: f64,
+}
+
+fn daa() -> String {
+    "daa".into()
+}
+
+/// The process's peak resident memory, MiB (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    let n = times.len();
+    if n % 2 == 1 { times[n / 2] } else { 0.5 * (times[n / 2 - 1] + times[n / 2]) }
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// Random weights `N(0, 0.02²)` of the shape (seed 0).
+    Random,
+    /// A Hugging Face checkpoint folder (the PyTorch baseline's).
+    Checkpoint(&'a Path),
+}
+
+fn model<B: burn::tensor::backend::Backend>(shape: &Shape, source: &ModelSource<'_>) -> Result<CausalLm<B>> {
+    let device = Default::default();
+    Ok(match source {
+        ModelSource::Random => {
+            let config = ModelConfig::from_json(&shape.config_json().to_string())?;
+            CausalLm::from_weights(&config, &mut RandomWeights { seed: 0, std: 0.02 }, &device)?
+        }
+        ModelSource::Checkpoint(dir) => daa_train::checkpoint::load_model(dir, &device)?,
+    })
+}
+
+/// Times `repeats` steps (after one warm-up) or scoring passes of `pairs`
+/// with one forward pass over all of them.
+pub fn measure(
+    shape: &Shape,
+    source: &ModelSource<'_>,
+    pairs: &[SequencePair],
+    mode: &str,
+    threads: usize,
+    repeats: usize,
+) -> Result<Measurement> {
+    let refs: Vec<&SequencePair> = pairs.iter().collect();
+    let tokens: usize = pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum();
+    let mut times = Vec::with_capacity(repeats);
+    let mut loss = f64::NAN;
+    match mode {
+        "score" => {
+            let scorer = model::<Cpu>(shape, source)?;
+            for _ in 0..=repeats {
+                let started = Instant::now();
+                let scores = score_pairs(&scorer, &refs, pairs.len(), 0, &mut |_| {})?;
+                times.push(started.elapsed().as_secs_f64());
+                loss = scores[0].chosen;
+            }
+        }
+        "step" => {
+            // The cached reference: the initial model's scores.
+            let reference = score_pairs(&model::<Cpu>(shape, source)?, &refs, pairs.len(), 0, &mut |_| {})?;
+            let options = TrainerOptions {
+                loss: PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None },
+                optimizer: AdamWConfig::default(),
+                schedule: LrSchedule { peak: 1e-4, warmup: 0, total: 1000, final_fraction: 0.1 },
+                micro_batch_size: pairs.len(),
+                pad_id: 0,
+            };
+            let mut trainer = Trainer::new(model::<Train>(shape, source)?, options, ReferencePolicy::Given)?;
+            let step: Vec<StepPair<'_>> =
+                pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
+            for i in 0..=repeats {
+                let started = Instant::now();
+                let record = trainer.step(&step)?;
+                times.push(started.elapsed().as_secs_f64());
+                if i == 0 {
+                    loss = record.loss;
+                }
+            }
+        }
+        other => bail!("unknown mode `{other}`; expected step or score"),
+    }
+    times.remove(0); // the warm-up
+    let seconds = median(times.clone());
+    Ok(Measurement {
+        engine: daa(),
+        shape: shape.name.into(),
+        mode: mode.into(),
+        threads,
+        seconds,
+        best_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
+        tokens_per_s: tokens as f64 / seconds,
+        peak_rss_mib: peak_rss_mib(),
+        loss,
+    })
+}
