@@ -11,7 +11,9 @@ same weights), and times, on the CPU with ``--threads`` threads:
   log-probabilities, sigmoid DPO (beta 0.1) against reference scores computed
   once beforehand (a cached reference), backward, global-norm clipping to 1.0,
   AdamW (lr 1e-4, betas 0.9/0.95, weight decay 0.1);
-* one forward-only scoring pass of the same batch (``torch.inference_mode``).
+* one forward-only scoring pass of the same batch (``torch.inference_mode``),
+  timed first, on the checkpoint's weights (its ``loss`` field is the first
+  chosen sequence's log-probability, which daa must reproduce).
 
 Prints two JSON lines in the benchmark's format (median seconds over
 ``--repeats`` after one warm-up, tokens/s, the process's peak resident
@@ -131,7 +133,9 @@ def main():
             return sequence_logps(model(ids).logits)[0].item()
 
     results = []
-    for mode, fn in (("step", step), ("score", score)):
+    # Scoring first, on the checkpoint's weights: its first value (row 0's
+    # log-probability) must equal daa's on the same checkpoint.
+    for mode, fn in (("score", score), ("step", step)):
         times, first = [], None
         for _ in range(args.repeats + 1):
             started = time.perf_counter()
@@ -154,7 +158,7 @@ def main():
         print(json.dumps(result), flush=True)
         results.append(result)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads", file=sys.stderr)
-    print(json.dumps(results))
+    print(json.dumps(results[::-1]))
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ fn run() -> Result<()> {
                 }
             };
             eprintln!("  {}", row.summary());
+            if row.scores_agree() == Some(false) {
+                bail!("{}: daa and PyTorch disagree on the same checkpoint and batch: {}", shape.name, row.summary());
+            }
             rows.push(row);
         }
     }
@@ -194,5 +197,5 @@ fn write_inputs(shape: &Shape, dir: &Path) -> Result<()> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target"))
 }

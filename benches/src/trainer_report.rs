@@ -27,6 +27,13 @@ pub struct Row {
 }
 
 impl Row {
+    /// Whether daa and PyTorch scored the first sequence alike (relative
+    /// 1e-4: f32 sums in different orders), when both ran.
+    pub fn scores_agree(&self) -> Option<bool> {
+        let t = self.torch_score.as_ref()?;
+        Some((self.score.loss - t.loss).abs() <= 1e-4 * t.loss.abs().max(1.0))
+    }
+
     /// `daa time / PyTorch time` of the step (below 1: daa is faster).
     pub fn step_ratio(&self) -> Option<f64> {
         self.torch_step.as_ref().map(|t| self.step.seconds / t.seconds)
@@ -45,6 +52,9 @@ impl Row {
         );
         if let (Some(t), Some(ratio)) = (&self.torch_step, self.step_ratio()) {
             let _ = write!(s, "; PyTorch step {:.3} s ({:.0} MiB): daa/PyTorch {ratio:.2}×", t.seconds, t.peak_rss_mib);
+        }
+        if let Some(t) = &self.torch_score {
+            let _ = write!(s, "; first log-probability daa {:.4} vs PyTorch {:.4}", self.score.loss, t.loss);
         }
         s
     }

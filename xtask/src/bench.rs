@@ -65,15 +65,20 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench --trainer [--quick] [--torch] [--shapes LIST] [--threads LIST] [--repeats N]`:
+/// `cargo xtask bench --trainer [--quick] [--torch] [--blas] [--shapes LIST] [--threads LIST] [--repeats N]`:
 /// the trainer benchmark (`benches/benches/trainer_step.rs`); `--quick` is
-/// the tiny and 5 M shapes with 3 repetitions; `--torch` also times
+/// the tiny and 5 M shapes with 3 repetitions; `--blas` builds burn's CPU
+/// backend on the system's OpenBLAS; `--torch` also times
 /// PyTorch + transformers on the same checkpoints and batches, installing
 /// them first into a virtual environment outside the clone.
 fn trainer(args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step", "--"]);
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step"]);
+    if args.iter().any(|a| a == "--blas") {
+        cmd.args(["--features", "blas"]);
+    }
+    cmd.arg("--");
     let mut passed = false;
     for (i, arg) in args.iter().enumerate() {
         if ["--shapes", "--threads", "--repeats"].contains(&arg.as_str()) {

@@ -22,8 +22,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
-    // The same package and features `cargo test --workspace` builds `daa` with,
-    // so the two commands share one build of burn.
+    // The package alone: a newcomer's first build compiles only what `daa`
+    // needs. (`--features train-wgpu` gives the features `cargo test
+    // --workspace` builds with, so after the tests burn is not built again.)
     let mut build = Command::new(&cargo);
     build.current_dir(&root).args(["build", "--package", "daa-cli", "--bin", "daa"]);
     if release {

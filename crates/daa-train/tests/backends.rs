@@ -3,8 +3,9 @@
 //! log-probabilities of a Command R model, then one `Trainer::step` (its
 //! record and the weights it leaves). A backend this build does not compile
 //! is reported and skipped; without a device a compiled backend is skipped
-//! unless `DAA_REQUIRE_GPU` names it. CI runs this file with
-//! `--no-default-features --features wgpu,cuda`, requiring wgpu on lavapipe.
+//! unless `DAA_REQUIRE_GPU` names it. The workspace's test build has the
+//! wgpu backend (daa-cli's dev-dependency turns it on); CI requires it, on
+//! lavapipe.
 
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
@@ -96,8 +97,7 @@ fn gpu_backends_agree_with_the_cpu_backend_on_a_forward_pass_and_a_trainer_step(
     assert!(cpu.loss.is_finite() && cpu.grad_norm > 0.0, "loss {} grad norm {}", cpu.loss, cpu.grad_norm);
     for backend in [ComputeBackend::Wgpu, ComputeBackend::Cuda] {
         if !backend.is_compiled() {
-            // A build choice, not a missing device: CI builds the trainer with
-            // both GPU features in a step of its own, where DAA_REQUIRE_GPU applies.
+            // A build choice, not a missing device (CUDA is type-checked in CI).
             println!("skipped: {backend}: this build has no `{backend}` feature");
             continue;
         }

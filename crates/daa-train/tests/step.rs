@@ -1,7 +1,6 @@
 //! `Trainer::step` with the library alone (no `io` feature: what the browser
 //! builds): the loss falls on a fixed batch, micro-batches accumulate to the
 //! same step as one pass, and the data-parallel reduction point is used.
-//! CI also runs this file with `--no-default-features --features wgpu,cuda`.
 
 use burn::backend::{Autodiff, NdArray};
 use daa_core::TokenStatsParams;
