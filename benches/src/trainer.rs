@@ -212,7 +212,9 @@ pub struct Measurement {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_rss_mib: f64,
-    /// The first step's loss (a check that the step computes what it should).
+    /// `step`: the first step's loss (ln 2 for DPO against the model's own
+    /// scores); `score`: the first chosen sequence's log-probability, which
+    /// daa and PyTorch must agree on for the same checkpoint.
     pub loss: f64,
 }
 
@@ -266,6 +268,9 @@ pub fn measure(
     threads: usize,
     repeats: usize,
 ) -> Result<Measurement> {
+    if repeats == 0 {
+        bail!("--repeats must be at least 1 (one warm-up runs before them)");
+    }
     let refs: Vec<&SequencePair> = pairs.iter().collect();
     let tokens: usize = pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum();
     let mut times = Vec::with_capacity(repeats);
