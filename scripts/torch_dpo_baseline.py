@@ -20,7 +20,9 @@ Prints two JSON lines in the benchmark's format (median seconds over
 memory) and, last, both as one JSON list.
 
 Run it through ``cargo xtask bench --trainer --torch`` (which prints the ratio
-to daa in the same run). ``--install`` first creates a virtual environment
+to daa in the same run). On its own, the benchmark binary writes the inputs:
+``trainer_step --write-inputs 5m DIR`` (the binary under
+``target/release/deps/``), then ``--inputs DIR``. ``--install`` first creates a virtual environment
 outside the clone (``$DAA_TORCH_VENV``, default ``/var/tmp/daa-torch-venv``)
 with torch and transformers from PyPI, then re-runs itself there;
 without it nothing is installed. CI does not run this script.

@@ -98,29 +98,23 @@ fn run() -> Result<()> {
             shape.vocab
         );
         for &t in &threads {
-            let row = match torch {
-                None => Row {
-                    shape: *shape,
-                    threads: t,
-                    step: child(shape, "step", t, repeats, None)?,
-                    score: child(shape, "score", t, repeats, None)?,
-                    torch_step: None,
-                    torch_score: None,
-                },
+            // With the baseline, daa runs on the checkpoint and batch PyTorch built.
+            let (inputs, torch_step, torch_score) = match torch {
+                None => (None, None, None),
                 Some(python) => {
                     let dir = out_dir.join(format!("baseline-{}", shape.name));
                     write_inputs(shape, &dir)?;
-                    let (torch_step, torch_score) = baseline(python, &dir, t, repeats)?;
-                    let inputs = Some(dir.as_path());
-                    Row {
-                        shape: *shape,
-                        threads: t,
-                        step: child(shape, "step", t, repeats, inputs)?,
-                        score: child(shape, "score", t, repeats, inputs)?,
-                        torch_step: Some(torch_step),
-                        torch_score: Some(torch_score),
-                    }
+                    let (step, score) = baseline(python, &dir, t, repeats)?;
+                    (Some(dir), Some(step), Some(score))
                 }
+            };
+            let row = Row {
+                shape: *shape,
+                threads: t,
+                step: child(shape, "step", t, repeats, inputs.as_deref())?,
+                score: child(shape, "score", t, repeats, inputs.as_deref())?,
+                torch_step,
+                torch_score,
             };
             eprintln!("  {}", row.summary());
             if row.scores_agree() == Some(false) {

@@ -79,15 +79,18 @@ fn trainer(args: &[String]) -> Result<()> {
         cmd.args(["--features", "blas"]);
     }
     cmd.arg("--");
-    let mut passed = false;
     for (i, arg) in args.iter().enumerate() {
         if ["--shapes", "--threads", "--repeats"].contains(&arg.as_str()) {
             cmd.arg(arg).arg(args.get(i + 1).with_context(|| format!("{arg} needs a value"))?);
-            passed |= arg != "--threads";
         }
     }
-    if args.iter().any(|a| a == "--quick") && !passed {
-        cmd.args(["--shapes", "tiny,5m", "--repeats", "3"]);
+    if args.iter().any(|a| a == "--quick") {
+        // Defaults for what the command line left open.
+        for (flag, quick) in [("--shapes", "tiny,5m"), ("--repeats", "3")] {
+            if !args.iter().any(|a| a == flag) {
+                cmd.args([flag, quick]);
+            }
+        }
     }
     if args.iter().any(|a| a == "--torch") {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
