@@ -6,6 +6,10 @@
 
 mod backend_choice;
 #[cfg(feature = "train")]
+mod generate_cmd;
+#[cfg(feature = "train")]
+mod judge_cmd;
+#[cfg(feature = "train")]
 mod logps_cmd;
 mod loss_cmd;
 mod plot;
@@ -44,6 +48,14 @@ enum Command {
     /// Reference log-probabilities of a preference dataset under a model
     /// (what `daa train` caches), as safetensors.
     Logps(logps_cmd::LogpsArgs),
+    #[cfg(feature = "train")]
+    /// Sample completions of prompts (JSON Lines or Parquet rows with a
+    /// `prompt`) from a checkpoint: temperature, top-p, key/value cache.
+    Generate(generate_cmd::GenerateArgs),
+    #[cfg(feature = "train")]
+    /// Rewards of completions (`prompt` + `completion` rows, or preference
+    /// rows) from the testbed's gold reward or a reward model checkpoint.
+    Judge(judge_cmd::JudgeArgs),
 }
 
 /// Prints `message` as the one `error: …` line (multi-line messages from
@@ -71,6 +83,10 @@ fn main() -> ExitCode {
         Command::Train(args) => train_cmd::run(&args),
         #[cfg(feature = "train")]
         Command::Logps(args) => logps_cmd::run(&args),
+        #[cfg(feature = "train")]
+        Command::Generate(args) => generate_cmd::run(&args),
+        #[cfg(feature = "train")]
+        Command::Judge(args) => judge_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

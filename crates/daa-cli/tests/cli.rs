@@ -607,3 +607,159 @@ fn train_draws_the_evaluation_chart_and_prints_the_summary() {
     assert_eq!(summary["backend"], "cpu");
     assert!(summary["last_eval"]["eval/topk_mass"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)), "{summary}");
 }
+
+fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+#[cfg(feature = "train")]
+fn generate_continues_chat_and_text_prompts_reproducibly() {
+    let dir = temp_dir();
+    let (model, _) = tiny_model_and_data(dir.path());
+    let prompts = dir.path().join("prompts.jsonl");
+    let rows = [
+        serde_json::json!({"id": "a", "prompt": [{"role": "user", "content": "What is 2 plus 3?"}]}),
+        serde_json::json!({"id": "b", "prompt": "Once upon"}),
+        serde_json::json!({"id": "c", "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}),
+    ];
+    std::fs::write(&prompts, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        let result = daa(&args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        read_jsonl(out)
+    };
+    let greedy = run(&dir.path().join("greedy.jsonl"), &["--temperature", "0", "--batch-size", "2"]);
+    assert_eq!(greedy.len(), 3);
+    for (row, input) in greedy.iter().zip(&rows) {
+        assert_eq!(row["id"], input["id"]);
+        assert_eq!(row["prompt"], input["prompt"]);
+        let ids = row["completion_ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 6, "{row}");
+        let logprob = row["logprob"].as_f64().unwrap();
+        assert!(logprob.is_finite() && logprob < 0.0, "{row}");
+        let finish = row["finish_reason"].as_str().unwrap();
+        assert!(finish == "length" && ids.len() == 6 || finish == "stop", "{row}");
+        assert!(row["completion"].is_string() && row.get("sample").is_none());
+    }
+    // Greedy decoding does not depend on the batch.
+    let alone = run(&dir.path().join("alone.jsonl"), &["--temperature", "0", "--batch-size", "1"]);
+    for (a, b) in alone.iter().zip(&greedy) {
+        assert_eq!(a["completion_ids"], b["completion_ids"]);
+    }
+    // Several samples per prompt, in input order, reproducible from the seed.
+    let sampled_args = ["--temperature", "1", "--top-p", "1", "--samples-per-prompt", "2", "--seed", "5"];
+    let sampled = run(&dir.path().join("sampled.jsonl"), &sampled_args);
+    assert_eq!(sampled.len(), 6);
+    let order: Vec<(String, u64)> =
+        sampled.iter().map(|r| (r["id"].as_str().unwrap().to_string(), r["sample"].as_u64().unwrap())).collect();
+    assert_eq!(order[0], ("a".to_string(), 0));
+    assert_eq!(order[5], ("c".to_string(), 1));
+    let again = run(&dir.path().join("again.jsonl"), &sampled_args);
+    assert_eq!(sampled, again);
+    let texts: std::collections::HashSet<String> = sampled.iter().map(|r| r["completion_ids"].to_string()).collect();
+    assert!(texts.len() > 3, "six samples at temperature 1 over a 261-token vocabulary: {texts:?}");
+
+    // A row without a prompt is named; nothing is written.
+    std::fs::write(&prompts, format!("{}\n{{\"id\": \"x\"}}\n", rows[0])).unwrap();
+    let out = dir.path().join("bad.jsonl");
+    let args = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    expect_failure(&args, &out, &["prompts.jsonl: row 2: missing field `prompt`"]);
+    let args = [&args[..], &["--top-p", "0"]].concat();
+    expect_failure(&args, &out, &["top_p"]);
+}
+
+#[test]
+#[cfg(feature = "train")]
+fn judge_scores_completions_and_pairs_with_the_gold_reward_and_a_reward_model() {
+    let dir = temp_dir();
+    let data = dir.path().join("rows.jsonl");
+    let rows = [
+        serde_json::json!({"id": 1, "prompt": "need cfk avoid bm length 8", "completion": "acdfghik", "finish_reason": "stop"}),
+        serde_json::json!({"id": 2, "prompt": [{"role": "user", "content": "need cfk avoid bm length 8"}],
+                           "completion": "acdfghik", "finish_reason": "length"}),
+        daa_train::testbed::ultrafeedback_row("p-3", "need cfk avoid bm length 8", ("cfk", 0.0), ("bbbb", 0.0)),
+    ];
+    std::fs::write(&data, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let out = dir.path().join("judged.jsonl");
+    let args = ["judge", "--judge", "gold", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let run = daa(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("chosen above rejected in 1 of 1 pairs"), "{}", stderr(&run));
+    let judged = read_jsonl(&out);
+    assert_eq!(judged[0]["reward"], 1.0);
+    assert_eq!(judged[1]["reward"], 0.5, "a completion cut at the length limit loses ½");
+    // "cfk": cover 1, length |3 − 8|/8; "bbbb": cover 0, bad 1, repeat 3/4, length 1/2.
+    assert!((judged[2]["reward_chosen"].as_f64().unwrap() - (1.0 - 5.0 / 8.0)).abs() < 1e-12);
+    assert!((judged[2]["reward_rejected"].as_f64().unwrap() - (-1.0 - 0.75 - 0.5)).abs() < 1e-12);
+    assert_eq!(judged[2]["prompt_id"], "p-3");
+
+    // A reward model checkpoint: finite rewards, the same on every run.
+    let rm = dir.path().join("rm");
+    let mut config = daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1);
+    config["architectures"] = serde_json::json!(["LlamaForSequenceClassification"]);
+    config["id2label"] = serde_json::json!({"0": "LABEL_0"});
+    daa_train::tiny::write_checkpoint(&rm, &config, 3, 0.3).unwrap();
+    let rm_out = dir.path().join("rm.jsonl");
+    let rm_args = [
+        "judge",
+        "--judge",
+        rm.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        rm_out.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ];
+    let run = daa(&rm_args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let judged = read_jsonl(&rm_out);
+    for field in ["reward", "reward_chosen", "reward_rejected"] {
+        let row = judged.iter().find(|r| r.get(field).is_some()).unwrap();
+        assert!(row[field].as_f64().unwrap().is_finite(), "{row}");
+    }
+    // Rows 1 and 2 differ only in whether the completion ended: the reward model does not care
+    // (up to the CPU matrix product's rounding, which differs between rows of one batch).
+    let (a, b) = (judged[0]["reward"].as_f64().unwrap(), judged[1]["reward"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+
+    // Bad rows and judges are named; nothing is written.
+    std::fs::write(&data, "{\"id\": 1, \"text\": \"x\"}\n").unwrap();
+    expect_failure(&args, &out, &["rows.jsonl: row 1: expected `prompt` and `completion`"]);
+    std::fs::write(&data, "{\"prompt\": \"hello\", \"completion\": \"x\"}\n").unwrap();
+    expect_failure(&args, &out, &["rows.jsonl: rows 1–1", "not a testbed prompt"]);
+    let model = dir.path().join("lm");
+    daa_train::tiny::write_checkpoint(
+        &model,
+        &daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1),
+        1,
+        0.3,
+    )
+    .unwrap();
+    let lm_args =
+        ["judge", "--judge", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    expect_failure(&lm_args, &out, &["is a language model"]);
+    let missing = ["judge", "--judge", "nowhere", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    expect_failure(&missing, &out, &["--judge nowhere"]);
+}

@@ -29,18 +29,22 @@ pub mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod diversity;
 pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
 mod logits;
 pub mod logits_backward;
+pub mod monitor;
 pub mod preference;
 pub mod reference;
+pub mod sampling;
 pub mod segment;
 pub mod tensor;
 pub mod token_stats;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+pub mod win;
 
 pub use backend::Backend;
 pub use cpu::{Cpu, SimdLevel, simd_level};

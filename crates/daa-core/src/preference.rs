@@ -336,6 +336,32 @@ pub struct LossHyperParams {
 }
 
 impl PreferenceLoss {
+    /// β of the losses that have one (`dpo`, `robust-dpo`, `hinge-trl`,
+    /// `simpo`, `orpo`); `None` for IPO (τ) and the paper's hinge (α).
+    pub fn beta(&self) -> Option<f64> {
+        match *self {
+            Self::Dpo { beta, .. }
+            | Self::RobustDpo { beta, .. }
+            | Self::HingeTrl { beta }
+            | Self::Simpo { beta, .. }
+            | Self::Orpo { beta } => Some(beta),
+            Self::Ipo { .. } | Self::IpoMean { .. } | Self::Hinge { .. } => None,
+        }
+    }
+
+    /// The same loss with β replaced; unchanged for losses without β.
+    pub fn with_beta(mut self, value: f64) -> Self {
+        match &mut self {
+            Self::Dpo { beta, .. }
+            | Self::RobustDpo { beta, .. }
+            | Self::HingeTrl { beta }
+            | Self::Simpo { beta, .. }
+            | Self::Orpo { beta } => *beta = value,
+            Self::Ipo { .. } | Self::IpoMean { .. } | Self::Hinge { .. } => {}
+        }
+        self
+    }
+
     /// Builds a catalog entry from its name and hyper-parameters (unset ones
     /// take the defaults documented on each variant), checking the ranges.
     pub fn with_defaults(name: LossName, h: LossHyperParams) -> Result<Self> {

@@ -11,7 +11,7 @@ use daa_core::io::SafetensorsFile;
 use safetensors::Dtype;
 
 use crate::error::ModelError;
-use crate::model::{CausalLm, ModelConfig, ParamKind, WeightSource};
+use crate::model::{CausalLm, ModelConfig, OutputHead, ParamKind, WeightSource};
 
 /// Files copied from the source checkpoint into every saved one (when present).
 pub const TOKENIZER_FILES: [&str; 5] = [
@@ -108,9 +108,39 @@ impl WeightSource for SafetensorsWeights {
     }
 }
 
-/// Loads a checkpoint folder onto `device`.
+/// Loads a language-model checkpoint folder onto `device` (a reward model
+/// is refused: it has no next-token head).
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm<B>> {
     let config = read_config(dir)?;
+    if let OutputHead::SequenceClassification { .. } = config.head {
+        bail!(
+            "{}: {} is a sequence-classification (reward) model, not a language model; use it as a judge \
+             (`daa judge --judge {}`)",
+            dir.display(),
+            config.architecture_name,
+            dir.display()
+        );
+    }
+    let mut weights = SafetensorsWeights::open(dir)?;
+    CausalLm::from_weights(&config, &mut weights, device).with_context(|| format!("loading {}", dir.display()))
+}
+
+/// Loads a reward model: a `…ForSequenceClassification` checkpoint with one
+/// label.
+pub fn load_reward_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm<B>> {
+    let config = read_config(dir)?;
+    match config.head {
+        OutputHead::SequenceClassification { num_labels: 1 } => {}
+        OutputHead::SequenceClassification { num_labels } => {
+            bail!("{}: the score head has {num_labels} labels (`id2label`); a reward model has one", dir.display())
+        }
+        OutputHead::LanguageModel => bail!(
+            "{}: {} is a language model; a reward model is a `…ForSequenceClassification` checkpoint with a \
+             `score` head",
+            dir.display(),
+            config.architecture_name
+        ),
+    }
     let mut weights = SafetensorsWeights::open(dir)?;
     CausalLm::from_weights(&config, &mut weights, device).with_context(|| format!("loading {}", dir.display()))
 }

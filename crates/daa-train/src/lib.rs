@@ -3,8 +3,9 @@
 //!
 //! Without features the library has the model ([`model`]: a decoder with a
 //! key/value cache), the objective ([`objective`], [`score`]), the optimizer
-//! ([`optim`]), one training step for every host ([`Trainer`]) and held-out
-//! evaluation ([`eval`]): no files, no threads, it builds for
+//! ([`optim`]), one training step for every host ([`Trainer`]), held-out
+//! evaluation ([`eval`]) and sampling with the key/value cache
+//! ([`generate`]): no files, no threads, it builds for
 //! `wasm32-unknown-unknown`. Feature `io` adds checkpoints, tokenizers,
 //! datasets, the reference cache and whole runs ([`train`]); `wgpu` and
 //! `cuda` add burn's GPU backends ([`backend`]).
@@ -13,19 +14,25 @@ pub mod backend;
 pub mod batch;
 pub mod error;
 pub mod eval;
+pub mod generate;
+pub mod judge;
 pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod records;
 pub mod rng;
+pub mod sample_eval;
 pub mod score;
+pub mod testbed;
 pub mod trainer;
 
 pub use backend::ComputeBackend;
 pub use error::ModelError;
 pub use eval::EvalReport;
 pub use records::{EvalRecord, MetricsRecord, TrainRecord};
-pub use trainer::{GradientReducer, ReferencePolicy, SingleRank, StepPair, StepRecord, Trainer, TrainerOptions};
+pub use trainer::{
+    GradientReducer, NllStepRecord, ReferencePolicy, SingleRank, StepPair, StepRecord, Trainer, TrainerOptions,
+};
 
 #[cfg(feature = "io")]
 pub mod checkpoint;
@@ -33,6 +40,8 @@ pub mod checkpoint;
 pub mod data;
 #[cfg(feature = "io")]
 pub mod reference_cache;
+#[cfg(feature = "io")]
+pub mod reward_model;
 #[cfg(feature = "io")]
 pub mod tiny;
 #[cfg(feature = "io")]

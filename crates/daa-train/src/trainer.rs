@@ -20,12 +20,12 @@ use daa_core::TokenStatsParams;
 use daa_core::preference::PreferenceLossParams;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::SequencePair;
-use crate::error::ModelError;
+use crate::batch::{Sequence, SequencePair, TokenBatch};
+use crate::error::{ModelError, read_vec};
 use crate::eval::{EvalReport, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{pair_objective, sequence_logps};
-use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
 use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
 
 /// What a [`Trainer`] needs besides the model.
@@ -130,6 +130,23 @@ pub struct StepRecord {
     pub tokens: usize,
 }
 
+/// What one supervised step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NllStepRecord {
+    /// Optimizer steps completed, this one included.
+    pub step: u64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean negative log-likelihood per completion token (nats).
+    pub loss: f64,
+    /// `‖g‖₂` before clipping.
+    pub grad_norm: f64,
+    /// Sequences in the step.
+    pub sequences: usize,
+    /// Tokens of the forward passes.
+    pub tokens: usize,
+}
+
 /// Model, optimizer state, schedule, objective and reference of one run.
 #[derive(Debug)]
 pub struct Trainer<B: AutodiffBackend> {
@@ -202,6 +219,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The options.
     pub fn options(&self) -> &TrainerOptions {
         &self.options
+    }
+
+    /// Changes the objective from the next step on (the adaptive
+    /// regulariser's NLL weight or β); checked like [`Trainer::new`] checks it.
+    pub fn set_loss(&mut self, loss: PreferenceLossParams) -> Result<(), ModelError> {
+        loss.validate()?;
+        self.options.loss = loss;
+        Ok(())
     }
 
     /// Optimizer steps completed.
@@ -277,19 +302,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             inputs.extend(objective.inputs);
             losses.extend(objective.losses);
         }
-        // ── Data-parallel reduction point: every rank's gradients summed here. ──
-        self.reducer.reduce(&mut grads)?;
-        let grad_norm = grads.global_norm()?;
-        if !grad_norm.is_finite() {
-            return Err(ModelError::Batch(format!(
-                "step {}: gradient norm is {grad_norm}: the step would corrupt the weights",
-                self.completed + 1
-            )));
-        }
-        let model = self.model.take().expect("the model is put back after every step");
-        let (model, report) = self.optimizer.update::<B, _>(model, grads, lr, grad_norm, &self.decays);
-        self.model = Some(model);
-        self.completed += 1;
+        let report = self.apply(grads, lr)?;
         let n = losses.len() as f64;
         let mean = |f: &dyn Fn(usize) -> f64| (0..losses.len()).map(f).sum::<f64>() / n;
         Ok(StepRecord {
@@ -306,6 +319,66 @@ impl<B: AutodiffBackend> Trainer<B> {
             chosen_logps_per_token: mean(&|i| inputs[i].policy_chosen / inputs[i].chosen_tokens),
             rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
             pairs: losses.len(),
+            tokens,
+        })
+    }
+
+    /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end
+    /// of every kind of step.
+    fn apply(&mut self, mut grads: GradAccumulator<B::InnerBackend>, lr: f64) -> Result<StepReport, ModelError> {
+        // ── Data-parallel reduction point: every rank's gradients summed here. ──
+        self.reducer.reduce(&mut grads)?;
+        let grad_norm = grads.global_norm()?;
+        if !grad_norm.is_finite() {
+            return Err(ModelError::Batch(format!(
+                "step {}: gradient norm is {grad_norm}: the step would corrupt the weights",
+                self.completed + 1
+            )));
+        }
+        let model = self.model.take().expect("the model is put back after every step");
+        let (model, report) = self.optimizer.update::<B, _>(model, grads, lr, grad_norm, &self.decays);
+        self.model = Some(model);
+        self.completed += 1;
+        Ok(report)
+    }
+
+    /// One supervised (NLL) optimizer step on completions: the mean negative
+    /// log-likelihood per completion token,
+    /// `L = −(Σ_i Σ_t ℓ_{i,t}) / (Σ_i n_i)` (summed over ranks, normalised by
+    /// every rank's tokens when the reducer has several). What the testbed's
+    /// reference policy is fine-tuned with; the preference loss and the
+    /// reference are not used.
+    pub fn nll_step(&mut self, sequences: &[&Sequence]) -> Result<NllStepRecord, ModelError> {
+        if sequences.is_empty() {
+            return Err(ModelError::Batch("a step needs at least one sequence".into()));
+        }
+        let o = self.options;
+        let lr = o.schedule.at(self.completed);
+        let model = self.model.as_ref().expect("the model is put back after every step");
+        let vocab = model.config().vocab_size;
+        let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();
+        let normaliser = (scored * self.reducer.world_size()) as f64;
+        let mut grads = GradAccumulator::<B::InnerBackend>::default();
+        let (mut total, mut tokens) = (0.0, 0);
+        for micro in sequences.chunks(2 * o.micro_batch_size) {
+            let batch = TokenBatch::new(micro, o.pad_id, vocab)?;
+            tokens += micro.iter().map(|s| s.ids.len()).sum::<usize>();
+            let logps = sequence_logps(model, &batch, &self.device)?.sum();
+            let value: Vec<f64> = read_vec(logps.clone(), "completion log-likelihood")?;
+            let value = value.first().copied().unwrap_or(f64::NAN);
+            if !value.is_finite() {
+                return Err(ModelError::Batch(format!("the completion log-likelihood is {value}")));
+            }
+            total += value;
+            grads.add::<B, _>(model, logps.mul_scalar(-1.0 / normaliser).backward());
+        }
+        let report = self.apply(grads, lr)?;
+        Ok(NllStepRecord {
+            step: self.completed,
+            lr: report.lr,
+            loss: -total / scored.max(1) as f64,
+            grad_norm: report.grad_norm,
+            sequences: sequences.len(),
             tokens,
         })
     }

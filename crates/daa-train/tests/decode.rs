@@ -1,11 +1,15 @@
 //! Incremental decoding with the key/value cache gives the same next-token
 //! log-probabilities as a full forward pass over each row alone, for Llama,
 //! Mistral (sliding window) and Command R models, with left-padded rows of
-//! different lengths in one batch.
+//! different lengths in one batch; and generation on top of it (greedy
+//! through the cache = greedy without it, stop tokens, seeds).
 
 use burn::backend::NdArray;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
+use daa_core::TokenStatsParams;
+use daa_core::sampling::SamplingParams;
+use daa_train::generate::{FinishReason, GenerationConfig, GenerationRequest, generate, request_seed};
 use daa_train::model::tiny::{cohere_config, llama_config};
 use daa_train::model::{CausalLm, KvCache, ModelConfig, Positions, RandomWeights};
 use serde_json::{Value, json};
@@ -139,4 +143,102 @@ fn left_padding_leaves_every_real_position_unchanged() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("row 1 has 2 columns of left padding"), "{e}");
+}
+
+/// Greedy decoding without a cache: each step runs the whole row from
+/// position 0 and takes the arg-max of the last position (lowest id on ties).
+fn greedy_without_cache(model: &CausalLm<B>, prompt: &[u32], steps: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+    let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
+    for _ in 0..steps {
+        let all = alone(model, &ids);
+        let last = &all[(ids.len() - 1) * VOCAB..ids.len() * VOCAB];
+        let (best, lp) =
+            last.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b });
+        tokens.push(best as u32);
+        logprobs.push(lp);
+        ids.push(best as i64);
+    }
+    (tokens, logprobs)
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    (0..PROMPTS.len()).map(|r| row(r)[..PROMPTS[r]].iter().map(|&t| t as u32).collect()).collect()
+}
+
+#[test]
+fn cached_sampling_at_temperature_zero_is_greedy_decoding_without_the_cache() {
+    let model = model(&llama_config(VOCAB, 32, 2));
+    let prompts = prompts();
+    let requests: Vec<GenerationRequest> =
+        prompts.iter().enumerate().map(|(r, p)| GenerationRequest { prompt: p, seed: r as u64 }).collect();
+    let steps = 8;
+    let want: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|p| greedy_without_cache(&model, p, steps)).collect();
+    for temperature in [0.0, 1e-6] {
+        let config = GenerationConfig {
+            sampling: SamplingParams { temperature, top_p: 1.0 },
+            max_new_tokens: steps,
+            stop_tokens: vec![],
+            topk_stats: Some(TokenStatsParams { k: 10, entropy_base: 2.0 }),
+        };
+        let got = generate(&model, &requests, &config, &Default::default()).unwrap();
+        for (r, (g, (tokens, logprobs))) in got.iter().zip(&want).enumerate() {
+            assert_eq!(&g.tokens, tokens, "temperature {temperature}, row {r}");
+            assert_eq!(g.finish, FinishReason::Length);
+            for (a, b) in g.logprobs.iter().zip(logprobs) {
+                assert!((*a as f32 - b).abs() < TOLERANCE * (1.0 + b.abs()), "row {r}: {a} vs {b}");
+            }
+            let stats = g.stats.unwrap();
+            assert_eq!(stats.positions, steps);
+            let mass = stats.topk_mass_sum / steps as f64;
+            assert!(mass > 0.0 && mass <= 1.0 + 1e-6, "row {r}: mean top-k mass {mass}");
+        }
+    }
+
+    // A stop token ends its row (kept in the output); the others go on.
+    let stop = want[0].0[2];
+    let config = GenerationConfig {
+        sampling: SamplingParams::GREEDY,
+        max_new_tokens: steps,
+        stop_tokens: vec![stop],
+        topk_stats: None,
+    };
+    let got = generate(&model, &requests, &config, &Default::default()).unwrap();
+    let first_stop = want[0].0.iter().position(|&t| t == stop).unwrap();
+    assert_eq!(got[0].tokens, want[0].0[..=first_stop].to_vec());
+    assert_eq!(got[0].finish, FinishReason::Stop);
+    for (g, (tokens, _)) in got.iter().zip(&want) {
+        match tokens.iter().position(|&t| t == stop) {
+            Some(i) => assert_eq!(g.tokens, tokens[..=i].to_vec()),
+            None => assert_eq!((&g.tokens, g.finish), (tokens, FinishReason::Length)),
+        }
+    }
+}
+
+#[test]
+fn a_requests_sample_does_not_depend_on_its_batch() {
+    let model = model(&cohere_config(VOCAB, 32, 2));
+    let prompts = prompts();
+    let config = GenerationConfig {
+        sampling: SamplingParams { temperature: 1.0, top_p: 0.9 },
+        max_new_tokens: 6,
+        stop_tokens: vec![],
+        topk_stats: None,
+    };
+    let requests: Vec<GenerationRequest> =
+        prompts.iter().enumerate().map(|(r, p)| GenerationRequest { prompt: p, seed: request_seed(7, r, 0) }).collect();
+    let together = generate(&model, &requests, &config, &Default::default()).unwrap();
+    for (r, request) in requests.iter().enumerate() {
+        let alone = generate(&model, std::slice::from_ref(request), &config, &Default::default()).unwrap();
+        assert_eq!(alone[0].tokens, together[r].tokens, "row {r}");
+    }
+    // Other seeds draw other samples (six tokens over 50 at temperature 1).
+    let other: Vec<GenerationRequest> =
+        prompts.iter().enumerate().map(|(r, p)| GenerationRequest { prompt: p, seed: request_seed(7, r, 1) }).collect();
+    let again = generate(&model, &other, &config, &Default::default()).unwrap();
+    assert!(again.iter().zip(&together).any(|(a, b)| a.tokens != b.tokens));
+    // Bad requests are named.
+    let bad = [GenerationRequest { prompt: &[1, 99], seed: 0 }];
+    let e = generate(&model, &bad, &config, &Default::default()).unwrap_err().to_string();
+    assert!(e.contains("request 0") && e.contains("99"), "{e}");
 }

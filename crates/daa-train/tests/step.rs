@@ -174,3 +174,29 @@ fn a_frozen_reference_scores_micro_batches_and_missing_references_are_errors() {
     assert!(e.contains("pair 0 of the step has no reference"), "{e}");
     assert!(given.step(&[]).unwrap_err().to_string().contains("at least one pair"));
 }
+
+#[test]
+fn supervised_steps_report_the_mean_token_nll_and_lower_it() {
+    let pairs = pairs();
+    let sequences: Vec<&Sequence> = pairs.iter().map(|p| &p.chosen).collect();
+    let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();
+    // The reported loss is −Σπ / Σn under the model before the step.
+    let initial = reference(&pairs);
+    let want = -initial.iter().map(|s| s.chosen).sum::<f64>() / scored as f64;
+    let mut trainer = Trainer::new(model(), options(2), ReferencePolicy::Given).unwrap();
+    let first = trainer.nll_step(&sequences).unwrap();
+    assert!((first.loss - want).abs() < 1e-4 * want.abs(), "{} vs {want}", first.loss);
+    assert_eq!((first.step, first.sequences), (1, 6));
+    assert!(first.grad_norm > 0.0 && first.grad_norm.is_finite());
+    let mut last = first;
+    for _ in 0..10 {
+        last = trainer.nll_step(&sequences).unwrap();
+    }
+    assert!(last.loss < 0.5 * first.loss, "NLL {} → {}", first.loss, last.loss);
+    // Micro-batches of 2·2 sequences and one pass of all six give the same step.
+    let mut whole = Trainer::new(model(), options(3), ReferencePolicy::Given).unwrap();
+    let mut split = Trainer::new(model(), options(1), ReferencePolicy::Given).unwrap();
+    let (a, b) = (whole.nll_step(&sequences).unwrap(), split.nll_step(&sequences).unwrap());
+    assert!((a.loss - b.loss).abs() < 1e-5 * a.loss && (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm);
+    assert!(trainer.nll_step(&[]).is_err());
+}

@@ -74,6 +74,30 @@ pub struct TextEncoder {
     pub eos_id: Option<u32>,
     /// Id used for padding (never scored).
     pub pad_id: u32,
+    /// Ids that end a generated reply: the EOS id and every `eos_token_id`
+    /// of `generation_config.json` (Llama 3 lists its end-of-turn there).
+    pub stop_ids: Vec<u32>,
+}
+
+/// `eos_token_id` of `dir/generation_config.json` (a number or a list), if
+/// the file exists.
+fn generation_stop_ids(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let config: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let id = |v: &Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| anyhow!("{}: `eos_token_id` must be token ids, found {v}", path.display()))
+    };
+    match config.get("eos_token_id") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => list.iter().map(id).collect(),
+        Some(one) => Ok(vec![id(one)?]),
+    }
 }
 
 impl TextEncoder {
@@ -117,7 +141,13 @@ impl TextEncoder {
         };
         let (bos_id, eos_id) = (id(&bos), id(&eos));
         let pad_id = id(&pad).or(eos_id).unwrap_or(0);
-        Ok(Self { tokenizer, template, bos_id, eos_id, pad_id })
+        let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
+        for extra in generation_stop_ids(dir)? {
+            if !stop_ids.contains(&extra) {
+                stop_ids.push(extra);
+            }
+        }
+        Ok(Self { tokenizer, template, bos_id, eos_id, pad_id, stop_ids })
     }
 
     /// Token ids of `text`, special-token strings included as written (the
@@ -125,6 +155,11 @@ impl TextEncoder {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self.tokenizer.encode(text, false).map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of generated ids, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| anyhow!("decoding token ids: {e}"))
     }
 
     /// Renders a conversation; fails when the checkpoint has no template.

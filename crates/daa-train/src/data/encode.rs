@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, bail};
 
 use super::chat::TextEncoder;
-use super::rows::{Example, Message, RawRow};
+use super::rows::{Example, Message, Prompt, RawRow};
 use crate::batch::{Sequence, SequencePair};
 
 /// Length limits and strictness.
@@ -79,6 +79,21 @@ fn sides(encoder: &TextEncoder, example: &Example) -> Result<(Vec<u32>, Vec<u32>
             };
             Ok((encoder.encode(&prompt_text).map_err(err)?, completion(chosen)?, completion(rejected)?))
         }
+    }
+}
+
+/// Token ids of a prompt to continue, as training renders prompts: plain
+/// text after the BOS token; a conversation through the chat template with
+/// the assistant's turn opened.
+pub fn encode_prompt(encoder: &TextEncoder, prompt: &Prompt) -> Result<Vec<u32>, String> {
+    let err = |e: anyhow::Error| format!("{e:#}");
+    match prompt {
+        Prompt::Text(text) => {
+            let mut ids: Vec<u32> = encoder.bos_id.into_iter().collect();
+            ids.extend(encoder.encode(text).map_err(err)?);
+            Ok(ids)
+        }
+        Prompt::Chat(turns) => encoder.encode(&encoder.render(turns, true).map_err(err)?).map_err(err),
     }
 }
 

@@ -7,5 +7,5 @@ pub mod encode;
 pub mod rows;
 
 pub use chat::{ChatTemplate, TextEncoder};
-pub use encode::{EncodeOptions, EncodedPair, EncodedSet, encode_rows};
-pub use rows::{Example, Message, RawRow, read_rows};
+pub use encode::{EncodeOptions, EncodedPair, EncodedSet, encode_prompt, encode_rows};
+pub use rows::{Example, Message, Prompt, RawRow, read_rows};

@@ -120,6 +120,39 @@ fn messages(field: &str, value: &Value) -> Result<Vec<Message>, String> {
         .collect()
 }
 
+/// A prompt to continue (generation): plain text, or a conversation that the
+/// assistant answers next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Plain text: the completion follows directly.
+    Text(String),
+    /// Chat messages, rendered with the checkpoint's template.
+    Chat(Vec<Message>),
+}
+
+impl Prompt {
+    /// The `prompt` field of a row: a string or a non-empty list of messages.
+    pub fn parse(value: &Value) -> Result<Self, String> {
+        let Some(prompt) = value.as_object().and_then(|o| o.get("prompt")).filter(|v| !v.is_null()) else {
+            return Err(if value.is_object() {
+                "missing field `prompt`".into()
+            } else {
+                "row is not a JSON object".into()
+            });
+        };
+        match prompt {
+            Value::String(text) => Ok(Prompt::Text(text.clone())),
+            other => {
+                let turns = messages("prompt", other)?;
+                if turns.is_empty() {
+                    return Err("the prompt has no messages".into());
+                }
+                Ok(Prompt::Chat(turns))
+            }
+        }
+    }
+}
+
 /// Splits a chosen/rejected conversation into (turns before, reply).
 fn reply(field: &str, mut list: Vec<Message>) -> Result<(Vec<Message>, Message), String> {
     let Some(last) = list.pop() else {

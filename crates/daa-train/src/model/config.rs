@@ -9,6 +9,10 @@
 //! | block | sequential: `h = x + attn(n₁(x))`, `y = h + mlp(n₂(h))` | parallel: `y = x + attn(n(x)) + mlp(n(x))` |
 //! | RoPE | halves rotated (`[x₁, x₂] → [−x₂, x₁]`) | adjacent pairs rotated |
 //! | head | untied unless `tie_word_embeddings` | tied, logits × `logit_scale` |
+//!
+//! `…ForSequenceClassification` checkpoints of the Llama family (reward
+//! models) have the same decoder and a `score` head instead of `lm_head`
+//! ([`OutputHead`]).
 
 use serde_json::{Map, Value};
 
@@ -24,8 +28,29 @@ pub enum Architecture {
 }
 
 /// The `architectures` entries daa accepts, for error messages.
-pub const SUPPORTED_ARCHITECTURES: [&str; 4] =
-    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "CohereForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: [&str; 7] = [
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "CohereForCausalLM",
+    "LlamaForSequenceClassification",
+    "MistralForSequenceClassification",
+    "Qwen2ForSequenceClassification",
+];
+
+/// What the last hidden state feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputHead {
+    /// Next-token logits (`lm_head`, or the embedding when tied).
+    LanguageModel,
+    /// `score.weight` `[num_labels, d]` without bias, read at a sequence's
+    /// last token (Hugging Face's `…ForSequenceClassification`; a reward
+    /// model has one label).
+    SequenceClassification {
+        /// Outputs of the score head (`id2label`'s size; Hugging Face's default 2 without it).
+        num_labels: usize,
+    },
+}
 
 /// How RoPE frequencies are rescaled for long contexts (`rope_scaling`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +123,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// The output head shares the embedding matrix.
     pub tie_word_embeddings: bool,
+    /// Language-model head or sequence-classification (reward) head.
+    pub head: OutputHead,
     /// q, k, v projections have biases (Qwen2, Llama `attention_bias`).
     pub qkv_bias: bool,
     /// The output projection has a bias (Llama `attention_bias`).
@@ -240,7 +267,12 @@ impl ModelConfig {
             }
         };
         let architecture = match architecture_name.as_str() {
-            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" => Architecture::Llama,
+            "LlamaForCausalLM"
+            | "MistralForCausalLM"
+            | "Qwen2ForCausalLM"
+            | "LlamaForSequenceClassification"
+            | "MistralForSequenceClassification"
+            | "Qwen2ForSequenceClassification" => Architecture::Llama,
             "CohereForCausalLM" => Architecture::Cohere,
             other => {
                 let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("?");
@@ -269,7 +301,19 @@ impl ModelConfig {
                 "head width {head_dim} (hidden_size {hidden_size} / num_attention_heads {num_heads}) must be even and divide hidden_size"
             )));
         }
-        let is_qwen2 = architecture_name == "Qwen2ForCausalLM";
+        let is_qwen2 = architecture_name.starts_with("Qwen2For");
+        let head = if architecture_name.ends_with("ForSequenceClassification") {
+            let num_labels = match raw.get("id2label") {
+                Some(Value::Object(labels)) => labels.len(),
+                _ => optional_usize(&raw, "num_labels")?.unwrap_or(2),
+            };
+            if num_labels == 0 {
+                return Err(ModelError::Config("`id2label` is empty: the score head needs at least one label".into()));
+            }
+            OutputHead::SequenceClassification { num_labels }
+        } else {
+            OutputHead::LanguageModel
+        };
         let is_cohere = architecture == Architecture::Cohere;
         let (rope_theta, rope_scaling) = rope(&raw)?;
         if is_cohere && bool_field(&raw, "use_qk_norm", false)? {
@@ -284,7 +328,7 @@ impl ModelConfig {
         }
         let attention_bias = bool_field(&raw, "attention_bias", false)?;
         let sliding_window =
-            if architecture_name == "MistralForCausalLM" { optional_usize(&raw, "sliding_window")? } else { None };
+            if architecture_name.starts_with("MistralFor") { optional_usize(&raw, "sliding_window")? } else { None };
         Ok(Self {
             architecture,
             vocab_size: usize_field(&raw, "vocab_size")?,
@@ -306,6 +350,7 @@ impl ModelConfig {
             max_position_embeddings: optional_usize(&raw, "max_position_embeddings")?.unwrap_or(2048),
             sliding_window,
             tie_word_embeddings: bool_field(&raw, "tie_word_embeddings", is_cohere)?,
+            head,
             qkv_bias: attention_bias || is_qwen2,
             o_bias: attention_bias,
             mlp_bias: bool_field(&raw, "mlp_bias", false)?,
@@ -332,8 +377,12 @@ impl ModelConfig {
         let o = self.num_heads * hd * d + usize::from(self.o_bias) * d;
         let mlp = 3 * d * self.intermediate_size + usize::from(self.mlp_bias) * (2 * self.intermediate_size + d);
         let norms = if self.parallel_block { d } else { 2 * d };
-        let embed = self.vocab_size * d * if self.tie_word_embeddings { 1 } else { 2 };
-        self.num_layers * (q + kv + o + mlp + norms) + embed + d
+        let head = match self.head {
+            OutputHead::LanguageModel if !self.tie_word_embeddings => self.vocab_size * d,
+            OutputHead::LanguageModel => 0,
+            OutputHead::SequenceClassification { num_labels } => num_labels * d,
+        };
+        self.num_layers * (q + kv + o + mlp + norms) + self.vocab_size * d + head + d
     }
 }
 

@@ -22,7 +22,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor};
 
 pub use cache::{KvCache, LayerCache};
-pub use config::{Architecture, ModelConfig, NormKind, RopeScaling};
+pub use config::{Architecture, ModelConfig, NormKind, OutputHead, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Mlp, Norm};
 pub use positions::Positions;
 pub use weights::{ParamKind, RandomWeights, WeightSource};
@@ -39,8 +39,12 @@ pub struct CausalLm<B: Backend> {
     pub layers: Vec<DecoderLayer<B>>,
     /// `model.norm.weight`.
     pub norm: Norm<B>,
-    /// `lm_head.weight`, `[V, d]` as in the file; `None` when tied to the embedding.
+    /// `lm_head.weight`, `[V, d]` as in the file; `None` when tied to the
+    /// embedding, and in sequence-classification models.
     pub lm_head: Option<Param<Tensor<B, 2>>>,
+    /// `score.weight`, `[labels, d]`: the head of sequence-classification
+    /// (reward) models, `None` in language models.
+    pub score: Option<Param<Tensor<B, 2>>>,
     /// RoPE `cos`/`sin` of the first positions, computed once.
     pub rope: RopeTables<B>,
     #[module(skip)]
@@ -62,13 +66,15 @@ impl<B: Backend> CausalLm<B> {
             .map(|i| DecoderLayer::load(c, &format!("model.layers.{i}"), &mut load))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = Norm::load(c, "model.norm", &mut load)?;
-        let lm_head = if c.tie_word_embeddings {
-            None
-        } else {
-            Some(load.matrix("lm_head.weight", [c.vocab_size, c.hidden_size])?)
+        let (lm_head, score) = match c.head {
+            OutputHead::LanguageModel if c.tie_word_embeddings => (None, None),
+            OutputHead::LanguageModel => (Some(load.matrix("lm_head.weight", [c.vocab_size, c.hidden_size])?), None),
+            OutputHead::SequenceClassification { num_labels } => {
+                (None, Some(load.matrix("score.weight", [num_labels, c.hidden_size])?))
+            }
         };
         let rope = RopeTables::new(c, c.max_position_embeddings.min(ROPE_TABLE_POSITIONS), device);
-        Ok(Self { embed, layers, norm, lm_head, rope, config: c.clone() })
+        Ok(Self { embed, layers, norm, lm_head, score, rope, config: c.clone() })
     }
 
     /// The configuration the model was built from.
@@ -153,6 +159,19 @@ impl<B: Backend> CausalLm<B> {
         if self.config.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.config.logit_scale) }
     }
 
+    /// Sequence-classification outputs `[rows, labels]` of hidden states
+    /// `[rows, d]` (each row's last token): `h · scoreᵀ`. An error for
+    /// language models, which have no score head.
+    pub fn scores(&self, hidden: Tensor<B, 2>) -> Result<Tensor<B, 2>, ModelError> {
+        match &self.score {
+            Some(w) => Ok(linear(hidden, w.val().transpose(), None)),
+            None => Err(ModelError::Config(format!(
+                "{} has no `score` head: a reward model is a `…ForSequenceClassification` checkpoint",
+                self.config.architecture_name
+            ))),
+        }
+    }
+
     /// Logits `[rows, seq, V]` at every position of token ids `[rows, seq]`
     /// that start at column 0 (`head(hidden(tokens))`). Right padding never
     /// changes the real positions.
@@ -170,6 +189,9 @@ impl<B: Backend> CausalLm<B> {
         self.norm.visit("model.norm", visit);
         if let Some(head) = &self.lm_head {
             visit("lm_head.weight", ParamKind::Matrix(head));
+        }
+        if let Some(score) = &self.score {
+            visit("score.weight", ParamKind::Matrix(score));
         }
     }
 }

@@ -18,6 +18,11 @@ pub const BUILTIN_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
 /// Value of `model.path` / `data.path` that selects the built-in tiny model and task.
 pub const BUILTIN: &str = "builtin:tiny";
 
+/// Value of `model.path` / `data.path` that selects the over-optimisation
+/// testbed: its SFT reference policy and its gold-labelled pairs (training
+/// and held-out), made once per `[testbed]` specification and cached.
+pub const BUILTIN_TESTBED: &str = "builtin:testbed";
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +38,10 @@ pub struct TrainConfig {
     /// Monitoring.
     #[serde(default)]
     pub monitor: MonitorSection,
+    /// `[testbed]`: the synthetic task, its SFT reference and its pairs, for
+    /// `model.path = data.path = "builtin:testbed"`.
+    #[serde(default)]
+    pub testbed: crate::testbed::build::TestbedSpec,
 }
 
 /// `[model]`.
@@ -212,6 +221,21 @@ pub struct MonitorSection {
     /// Pairs per evaluation forward pass.
     #[serde(default = "default_micro_batch_size")]
     pub eval_batch_size: usize,
+    /// `[monitor.samples]`: evaluation on the policy's own samples (win
+    /// probability, KL, diversity); off unless a judge is named.
+    #[serde(default)]
+    pub samples: Option<SampleSection>,
+    /// `[monitor.turning]`: turning points of top-k entropy and mass.
+    #[serde(default)]
+    pub turning: TurningSection,
+    /// Stop the run at the first confirmed turning point (the checkpoint of
+    /// the last healthy evaluation is in `best-indicator/` either way).
+    #[serde(default)]
+    pub early_stop: bool,
+    /// `[monitor.adaptive]`: raise the NLL weight (and β) when the
+    /// indicators fall, relax it when they recover.
+    #[serde(default)]
+    pub adaptive: Option<AdaptiveSection>,
 }
 
 impl Default for MonitorSection {
@@ -221,8 +245,132 @@ impl Default for MonitorSection {
             top_k: default_top_k(),
             entropy_base: default_entropy_base(),
             eval_batch_size: default_micro_batch_size(),
+            samples: None,
+            turning: TurningSection::default(),
+            early_stop: false,
+            adaptive: None,
         }
     }
+}
+
+/// `[monitor.samples]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSection {
+    /// `gold` (the testbed's gold reward) or a reward model checkpoint folder.
+    pub judge: String,
+    /// Held-out prompts sampled at every evaluation (the first ones of the held-out pairs).
+    #[serde(default = "default_sample_prompts")]
+    pub prompts: usize,
+    /// Sampling temperature (the paper: 0.5).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Nucleus mass (the paper: 0.75).
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// Generated tokens at most.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Seed of the draws (the same at every evaluation).
+    #[serde(default)]
+    pub seed: u64,
+    /// Prompts sampled together.
+    #[serde(default = "default_sample_batch")]
+    pub batch_size: usize,
+}
+
+/// `[monitor.turning]`: see `daa_core::monitor`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurningSection {
+    /// EMA weight of the newest evaluation, (0, 1].
+    pub smoothing: f64,
+    /// How far (bits) below its peak the smoothed top-k entropy must stay.
+    pub entropy_margin: f64,
+    /// How far below its peak the smoothed top-k mass must stay.
+    pub mass_margin: f64,
+    /// Consecutive evaluations that confirm a turn.
+    pub patience: usize,
+}
+
+impl Default for TurningSection {
+    fn default() -> Self {
+        let d = daa_core::monitor::TurningPointConfig::default();
+        Self {
+            smoothing: d.smoothing,
+            entropy_margin: d.entropy_margin,
+            mass_margin: d.mass_margin,
+            patience: d.patience,
+        }
+    }
+}
+
+impl TurningSection {
+    /// As daa-core's detector settings.
+    pub fn detector(&self) -> daa_core::monitor::TurningPointConfig {
+        daa_core::monitor::TurningPointConfig {
+            smoothing: self.smoothing,
+            entropy_margin: self.entropy_margin,
+            mass_margin: self.mass_margin,
+            patience: self.patience,
+        }
+    }
+}
+
+/// `[monitor.adaptive]`: see `daa_core::monitor`; λ starts at `loss.nll_weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdaptiveSection {
+    /// EMA weight of the newest evaluation, (0, 1].
+    pub smoothing: f64,
+    /// A fall of the smoothed top-k entropy larger than this warns.
+    pub entropy_tolerance: f64,
+    /// A fall of the smoothed top-k mass larger than this warns.
+    pub mass_tolerance: f64,
+    /// `λ_on`: the first NLL weight a warning switches on.
+    pub nll_switch_on: f64,
+    /// `λ_max`.
+    pub nll_max: f64,
+    /// Growth factor per warning evaluation (> 1).
+    pub up: f64,
+    /// Decay factor per calm evaluation (in (0, 1)).
+    pub down: f64,
+    /// Adapt β too (losses with a β), between β and `beta_max_factor`·β.
+    pub adapt_beta: bool,
+    /// β's ceiling as a multiple of the configured β.
+    pub beta_max_factor: f64,
+}
+
+impl Default for AdaptiveSection {
+    fn default() -> Self {
+        Self {
+            smoothing: 0.5,
+            entropy_tolerance: 0.0,
+            mass_tolerance: 0.0,
+            nll_switch_on: 0.1,
+            nll_max: 1.0,
+            up: 2.0,
+            down: 0.5,
+            adapt_beta: false,
+            beta_max_factor: 4.0,
+        }
+    }
+}
+
+fn default_sample_prompts() -> usize {
+    64
+}
+fn default_temperature() -> f64 {
+    daa_core::sampling::SamplingParams::PAPER.temperature
+}
+fn default_top_p() -> f64 {
+    daa_core::sampling::SamplingParams::PAPER.top_p
+}
+fn default_max_new_tokens() -> usize {
+    64
+}
+fn default_sample_batch() -> usize {
+    16
 }
 
 fn default_eval_size() -> usize {
@@ -389,6 +537,18 @@ impl TrainConfig {
         if !(self.monitor.entropy_base > 1.0) {
             bail!("`monitor.entropy_base` must exceed 1, found {}", self.monitor.entropy_base);
         }
+        if let Some(samples) = &self.monitor.samples {
+            daa_core::sampling::SamplingParams { temperature: samples.temperature, top_p: samples.top_p }
+                .validate()
+                .context("`monitor.samples`")?;
+            if samples.prompts == 0 || samples.max_new_tokens == 0 || samples.batch_size == 0 {
+                bail!("`monitor.samples.prompts`, `max_new_tokens` and `batch_size` must be at least 1");
+            }
+        }
+        daa_core::monitor::TurningPointDetector::new(self.monitor.turning.detector()).context("`monitor.turning`")?;
+        if self.monitor.adaptive.is_some() {
+            self.adaptive_config()?;
+        }
         self.loss_params()?;
         Ok(())
     }
@@ -403,6 +563,44 @@ impl TrainConfig {
         let params = PreferenceLossParams { loss: l.loss, nll };
         params.validate().with_context(|| format!("`loss` ({})", l.loss.name()))?;
         Ok(params)
+    }
+
+    /// The adaptive regulariser's settings, when `[monitor.adaptive]` is
+    /// present: λ from `loss.nll_weight`, β from the loss (an error when
+    /// `adapt_beta` is set for a loss without β).
+    pub fn adaptive_config(&self) -> Result<Option<daa_core::monitor::AdaptiveConfig>> {
+        let Some(a) = &self.monitor.adaptive else {
+            return Ok(None);
+        };
+        let beta = if a.adapt_beta {
+            let Some(beta) = self.loss.loss.beta() else {
+                bail!("`monitor.adaptive.adapt_beta`: loss `{}` has no β", self.loss.loss.name());
+            };
+            Some(daa_core::monitor::AdaptiveBounds {
+                initial: beta,
+                switch_on: beta,
+                max: beta * a.beta_max_factor,
+                up: a.up,
+                down: a.down,
+            })
+        } else {
+            None
+        };
+        let config = daa_core::monitor::AdaptiveConfig {
+            smoothing: a.smoothing,
+            entropy_tolerance: a.entropy_tolerance,
+            mass_tolerance: a.mass_tolerance,
+            nll_weight: daa_core::monitor::AdaptiveBounds {
+                initial: self.loss.nll_weight,
+                switch_on: a.nll_switch_on,
+                max: a.nll_max,
+                up: a.up,
+                down: a.down,
+            },
+            beta,
+        };
+        daa_core::monitor::AdaptiveRegulariser::new(config).context("`monitor.adaptive`")?;
+        Ok(Some(config))
     }
 
     /// AdamW settings.

@@ -3,10 +3,11 @@
 
 pub mod config;
 pub mod metrics;
+mod monitoring;
 mod prepare;
 mod run;
 pub mod state;
 
 pub use config::{LossSection, ReferenceMode, TrainConfig};
-pub use prepare::{Prepared, prepare};
+pub use prepare::{Prepared, prepare, prepare_with};
 pub use run::{RunObserver, RunOutcome, RunSummary, Silent, train};

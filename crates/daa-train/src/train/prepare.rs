@@ -1,14 +1,16 @@
 //! Everything a run needs before the first step: the checkpoint and data
-//! (generated for `builtin:tiny`), the tokenised pairs split into training and
+//! (generated for `builtin:tiny`, made and cached for `builtin:testbed`), the tokenised pairs split into training and
 //! held-out sets.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::config::{BUILTIN, TrainConfig};
+use super::config::{BUILTIN, BUILTIN_TESTBED, TrainConfig};
 use crate::data::{EncodeOptions, EncodedPair, EncodedSet, TextEncoder, encode_rows, read_rows};
+use crate::reference_cache::cache_dir;
 use crate::rng::splitmix64;
+use crate::testbed::build::materialize as materialize_testbed;
 use crate::tiny;
 
 /// A run's inputs, ready to train on.
@@ -48,20 +50,31 @@ fn encode_file(path: &Path, encoder: &TextEncoder, options: &EncodeOptions) -> R
     encode_rows(&rows, encoder, options, &path.display().to_string())
 }
 
-/// Resolves `builtin:tiny`, reads and encodes the data, splits off the
-/// held-out set.
+/// Resolves `builtin:tiny` and `builtin:testbed`, reads and encodes the
+/// data, splits off the held-out set.
 pub fn prepare(config: &TrainConfig, run_dir: &Path) -> Result<Prepared> {
+    prepare_with(config, run_dir, &mut |_| {})
+}
+
+/// [`prepare`], telling `note` what it makes (the testbed's first build).
+pub fn prepare_with(config: &TrainConfig, run_dir: &Path, note: &mut dyn FnMut(&str)) -> Result<Prepared> {
     let builtin = (config.model.path == BUILTIN || config.data.path == BUILTIN)
         .then(|| tiny::materialize(&run_dir.join("builtin"), config.train.seed))
         .transpose()?;
-    let pick = |value: &str, builtin_path: Option<PathBuf>| -> PathBuf {
-        match builtin_path {
-            Some(p) if value == BUILTIN => p,
+    let testbed = (config.model.path == BUILTIN_TESTBED || config.data.path == BUILTIN_TESTBED)
+        .then(|| materialize_testbed(&config.testbed, &cache_dir(config.train.cache_dir.as_deref()), note))
+        .transpose()?;
+    let pick = |value: &str, builtin_path: Option<PathBuf>, testbed_path: Option<PathBuf>| -> PathBuf {
+        match (builtin_path, testbed_path) {
+            (Some(p), _) if value == BUILTIN => p,
+            (_, Some(p)) if value == BUILTIN_TESTBED => p,
             _ => PathBuf::from(value),
         }
     };
-    let model_dir = pick(&config.model.path, builtin.as_ref().map(|b| b.0.clone()));
-    let data_path = pick(&config.data.path, builtin.as_ref().map(|b| b.1.clone()));
+    let model_dir =
+        pick(&config.model.path, builtin.as_ref().map(|b| b.0.clone()), testbed.as_ref().map(|t| t.reference.clone()));
+    let data_path =
+        pick(&config.data.path, builtin.as_ref().map(|b| b.1.clone()), testbed.as_ref().map(|t| t.train.clone()));
     let encoder = TextEncoder::open(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
     let options = EncodeOptions {
         max_length: config.data.max_length,
@@ -69,7 +82,12 @@ pub fn prepare(config: &TrainConfig, run_dir: &Path) -> Result<Prepared> {
         strict: config.data.strict,
     };
     let report = encode_file(&data_path, &encoder, &options)?;
-    let eval_path = config.data.eval_path.as_ref().map(PathBuf::from);
+    let eval_path = match (&config.data.eval_path, &testbed) {
+        (Some(path), Some(t)) if path == BUILTIN_TESTBED => Some(t.eval.clone()),
+        (Some(path), _) => Some(PathBuf::from(path)),
+        (None, Some(t)) if config.data.path == BUILTIN_TESTBED => Some(t.eval.clone()),
+        (None, _) => None,
+    };
     let (train, eval) = match &eval_path {
         Some(path) => (report.pairs.clone(), encode_file(path, &encoder, &options)?.pairs),
         None => {

@@ -15,15 +15,16 @@ use serde_json::Value;
 
 use super::config::{ReferenceMode, TrainConfig};
 use super::metrics::{MetricsLog, read_metrics};
-use super::prepare::{Prepared, permutation, prepare};
-use super::state::{TrainerState, find_checkpoint, load_optimizer, read_state, save_checkpoint};
+use super::monitoring::RunMonitor;
+use super::prepare::{Prepared, permutation, prepare_with};
+use super::state::{TrainerState, find_checkpoint, load_optimizer, read_state, replace_dir, save_checkpoint};
 use crate::backend::{BackendTask, ComputeBackend, with_backend};
 use crate::batch::SequencePair;
-use crate::checkpoint::load_model;
+use crate::checkpoint::{load_model, save_model};
 use crate::data::EncodedPair;
 use crate::eval::EvalReport;
 use crate::model::CausalLm;
-use crate::records::{EvalRecord, MetricsRecord, TrainRecord};
+use crate::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent, TrainRecord};
 use crate::reference_cache::{ScoresKey, cache_dir, read_scores, score_encoded, write_scores};
 use crate::score::PairScore;
 use crate::trainer::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
@@ -189,6 +190,61 @@ fn references<B: Backend>(
     }
 }
 
+/// One evaluation of a run: teacher-forced figures, the policy's samples,
+/// the monitor's decisions (events, `best-indicator/`, the objective).
+struct EvalRound<'a> {
+    eval_pairs: &'a [&'a SequencePair],
+    reference: &'a [PairScore],
+    stats: &'a TokenStatsParams,
+    batch: usize,
+    prepared: &'a Prepared,
+    run_dir: &'a Path,
+    best_indicator_step: Option<u64>,
+}
+
+impl EvalRound<'_> {
+    /// Evaluates after `step` steps, logs, acts; returns the record and
+    /// whether the run must stop.
+    fn run<B: AutodiffBackend>(
+        &mut self,
+        trainer: &mut Trainer<B>,
+        step: u64,
+        monitor: &mut RunMonitor<B::InnerBackend>,
+        metrics: &mut MetricsLog,
+        observer: &mut dyn RunObserver,
+    ) -> Result<(EvalRecord, bool)> {
+        let context = || format!("evaluation after step {step}");
+        let report = trainer.evaluate(self.eval_pairs, self.reference, self.stats, self.batch).with_context(context)?;
+        let policy = trainer.valid_model();
+        let samples = monitor.sample_report(&policy, self.prepared).with_context(context)?;
+        let record = EvalRecord { step, report, samples };
+        metrics.write(&MetricsRecord::Eval(record))?;
+        observer.evaluated(&record);
+        let decision = monitor.after_eval(&record)?;
+        for event in decision.events {
+            metrics.write(&MetricsRecord::Event(EventRecord { step, event }))?;
+            if let MonitorEvent::TurningPoint { indicator, peak_step, .. } = event {
+                observer.note(&format!("step {step}: {} turned (smoothed peak at step {peak_step})", indicator.name()));
+            }
+        }
+        if decision.keep_best {
+            let dest = self.run_dir.join("best-indicator");
+            let model_dir = &self.prepared.model_dir;
+            let fill = |dir: &Path| -> Result<()> {
+                save_model(&policy, dir, model_dir)?;
+                write_bytes_atomic(&dir.join("step.json"), serde_json::json!({ "step": step }).to_string().as_bytes())?;
+                Ok(())
+            };
+            replace_dir(&dest, fill)?;
+            self.best_indicator_step = Some(step);
+        }
+        if let Some(loss) = decision.loss {
+            trainer.set_loss(loss)?;
+        }
+        Ok((record, decision.stop))
+    }
+}
+
 /// The fields whose change makes `--resume` refuse: everything but the
 /// stopping point, checkpoint cadence, folders and monitoring.
 fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
@@ -206,7 +262,7 @@ fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     };
     let (a, b) = (strip(saved), strip(now));
     let mut differing = Vec::new();
-    for section in ["model", "data", "loss", "train"] {
+    for section in ["model", "data", "loss", "train", "testbed"] {
         if let (Some(x), Some(y)) =
             (a.get(section).and_then(Value::as_object), b.get(section).and_then(Value::as_object))
         {
@@ -239,7 +295,7 @@ fn run<B: AutodiffBackend>(
         .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
     let loss = config.loss_params()?;
     let stats = TokenStatsParams { k: config.monitor.top_k, entropy_base: config.monitor.entropy_base };
-    let prepared = prepare(&config, &run_dir)?;
+    let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;
     let report = &prepared.train_report;
     observer.note(&format!(
         "data {}: {} rows, {} pairs ({} train, {} held out), {} skipped{}, {} truncated",
@@ -259,7 +315,7 @@ fn run<B: AutodiffBackend>(
     // Policy, optimizer, position.
     let steps_per_epoch = prepared.train.len().div_ceil(config.train.batch_size) as u64;
     let total_steps = steps_per_epoch * config.train.epochs as u64;
-    let last_step = if config.train.max_steps > 0 { total_steps.min(config.train.max_steps) } else { total_steps };
+    let mut last_step = if config.train.max_steps > 0 { total_steps.min(config.train.max_steps) } else { total_steps };
     let options = TrainerOptions {
         loss,
         optimizer: config.adamw(),
@@ -289,7 +345,7 @@ fn run<B: AutodiffBackend>(
     };
     let model_dir = resume_from.as_ref().map_or(prepared.model_dir.as_path(), |(dir, _)| dir.as_path());
     let model: CausalLm<B> = load_model(model_dir, &device)?;
-    let mut trainer = Trainer::new(model, options, reference)?;
+    let mut trainer = Trainer::<B>::new(model, options, reference)?;
     let start_step = match &resume_from {
         Some((dir, step)) => {
             load_optimizer(dir, &trainer.valid_model(), trainer.optimizer_mut())
@@ -316,18 +372,32 @@ fn run<B: AutodiffBackend>(
 
     let eval_pairs: Vec<&SequencePair> = prepared.eval.iter().map(|p| &p.pair).collect();
     let eval_batch = config.monitor.eval_batch_size;
-    let evaluate = |trainer: &Trainer<B>, step: u64| -> Result<EvalRecord> {
-        let report = trainer
-            .evaluate(&eval_pairs, &references.eval, &stats, eval_batch)
-            .with_context(|| format!("evaluation after step {step}"))?;
-        Ok(EvalRecord { step, report })
+    let mut monitor = RunMonitor::<B::InnerBackend>::new(&config, &prepared, loss, &device)?;
+    if let Some(reward) = monitor.competitor_reward() {
+        observer.note(&format!("sample evaluation: the reference policy's samples score {reward:.4} on average"));
+    }
+    // A resumed run's monitor catches up on the evaluations already logged.
+    for record in read_metrics(metrics.path())?.iter().filter_map(MetricsRecord::eval) {
+        if let Some(loss) = monitor.after_eval(record)?.loss {
+            trainer.set_loss(loss)?;
+        }
+    }
+    let mut round = EvalRound {
+        eval_pairs: &eval_pairs,
+        reference: &references.eval,
+        stats: &stats,
+        batch: eval_batch,
+        prepared: &prepared,
+        run_dir: &run_dir,
+        best_indicator_step: None,
     };
     let mut last_eval = None;
     if start_step == 0 {
-        let record = evaluate(&trainer, 0)?;
-        metrics.write(&MetricsRecord::Eval(record))?;
-        observer.evaluated(&record);
+        let (record, stop) = round.run(&mut trainer, 0, &mut monitor, &mut metrics, observer)?;
         last_eval = Some(record.report);
+        if stop {
+            bail!("monitor.early_stop: a turning point before the first step (patience must be at least 1)");
+        }
     }
     observer.training(start_step, last_step);
     let started = Instant::now();
@@ -348,6 +418,7 @@ fn run<B: AutodiffBackend>(
                 reference: references.train.as_ref().map(|scores| scores[i]),
             })
             .collect();
+        let (nll_weight, beta) = monitor.coefficients();
         let record = trainer.step(&pairs).with_context(|| format!("step {}", step + 1))?;
         tokens_seen += record.tokens;
         let done = record.step;
@@ -355,15 +426,26 @@ fn run<B: AutodiffBackend>(
             step: record,
             epoch: done as f64 / steps_per_epoch as f64,
             elapsed_s: started.elapsed().as_secs_f64(),
+            nll_weight,
+            beta,
         };
         metrics.write(&MetricsRecord::Train(train_record))?;
+        let mut stop = false;
         if done % config.monitor.eval_every == 0 || done == last_step {
-            let record = evaluate(&trainer, done)?;
-            metrics.write(&MetricsRecord::Eval(record))?;
-            observer.evaluated(&record);
+            let (record, early_stop) = round.run(&mut trainer, done, &mut monitor, &mut metrics, observer)?;
             last_eval = Some(record.report);
+            stop = early_stop;
         }
         observer.stepped(&train_record, last_eval.as_ref());
+        if stop {
+            let event = MonitorEvent::EarlyStop { best_indicator_step: round.best_indicator_step };
+            metrics.write(&MetricsRecord::Event(EventRecord { step: done, event }))?;
+            observer.note(&format!(
+                "early stop at step {done}: an indicator turned; best-indicator/ holds step {}",
+                round.best_indicator_step.map_or("none".to_string(), |s| s.to_string())
+            ));
+            last_step = done;
+        }
         if (config.train.checkpoint_every > 0 && done % config.train.checkpoint_every == 0) || done == last_step {
             let state = TrainerState {
                 step: done,
@@ -372,6 +454,9 @@ fn run<B: AutodiffBackend>(
                 daa_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             save_checkpoint(&run_dir, &trainer.valid_model(), trainer.optimizer(), &state, &prepared.model_dir)?;
+        }
+        if stop {
+            break;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -74,16 +74,23 @@ pub fn save_checkpoint<B: Backend>(
             .context("writing trainer_state.json")?;
         Ok(())
     };
-    if dest.exists() {
-        let old = run_dir.join(format!(".checkpoint-{:06}.old", state.step));
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(&dest, &old).with_context(|| format!("{}: cannot move aside", dest.display()))?;
-        write_dir(&dest, fill)?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))?;
-    } else {
-        write_dir(&dest, fill)?;
-    }
+    replace_dir(&dest, fill)?;
     Ok(dest)
+}
+
+/// Writes the folder `dest` through a temporary one and renames it into
+/// place; an existing `dest` is moved aside first and removed after, so a
+/// failure never leaves a half-written folder under the name.
+pub(crate) fn replace_dir(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !dest.exists() {
+        return write_dir(dest, fill);
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let old = dest.with_file_name(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(dest, &old).with_context(|| format!("{}: cannot move aside", dest.display()))?;
+    write_dir(dest, fill)?;
+    std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))
 }
 
 /// The checkpoint to resume from: `path` itself when it is one, else the

@@ -93,14 +93,13 @@ fn rope(x: &mut [f64], p: usize, freqs: &[f64], interleaved: bool) {
     }
 }
 
-/// `log p(ids[t+1] | ids[..=t])` for every `t`.
-pub fn token_logprobs(cfg: &Value, w: &Weights, ids: &[u32]) -> Vec<f64> {
+/// Final hidden states (after the last norm) at every position.
+fn final_hidden(cfg: &Value, w: &Weights, ids: &[u32]) -> Vec<Vec<f64>> {
     let cohere = cfg["model_type"] == "cohere";
     let d = cfg["hidden_size"].as_u64().unwrap() as usize;
     let heads = cfg["num_attention_heads"].as_u64().unwrap() as usize;
     let kv_heads = cfg["num_key_value_heads"].as_u64().unwrap() as usize;
     let layers = cfg["num_hidden_layers"].as_u64().unwrap() as usize;
-    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
     let hd = d / heads;
     let eps = if cohere { cfg["layer_norm_eps"].as_f64().unwrap() } else { cfg["rms_norm_eps"].as_f64().unwrap() };
     let freqs = inv_freq(cfg, hd);
@@ -166,12 +165,21 @@ pub fn token_logprobs(cfg: &Value, w: &Weights, ids: &[u32]) -> Vec<f64> {
         }
         xs = next;
     }
+    xs.iter().map(|x| norm(x, w.get("model.norm.weight"), eps, cohere)).collect()
+}
+
+/// `log p(ids[t+1] | ids[..=t])` for every `t`.
+pub fn token_logprobs(cfg: &Value, w: &Weights, ids: &[u32]) -> Vec<f64> {
+    let cohere = cfg["model_type"] == "cohere";
+    let d = cfg["hidden_size"].as_u64().unwrap() as usize;
+    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+    let hidden = final_hidden(cfg, w, ids);
     let head = if w.has("lm_head.weight") { "lm_head.weight" } else { "model.embed_tokens.weight" };
     let head = w.get(head);
     let scale = if cohere { cfg["logit_scale"].as_f64().unwrap() } else { 1.0 };
     (0..ids.len() - 1)
         .map(|t| {
-            let n = norm(&xs[t], w.get("model.norm.weight"), eps, cohere);
+            let n = &hidden[t];
             let logits: Vec<f64> =
                 (0..vocab).map(|v| scale * (0..d).map(|i| head[v * d + i] * n[i]).sum::<f64>()).collect();
             let max = logits.iter().cloned().fold(f64::MIN, f64::max);
@@ -179,4 +187,12 @@ pub fn token_logprobs(cfg: &Value, w: &Weights, ids: &[u32]) -> Vec<f64> {
             logits[ids[t + 1] as usize] - lse
         })
         .collect()
+}
+
+/// A one-label `LlamaForSequenceClassification` reward: `score.weight` times
+/// the final hidden state of the last token.
+pub fn sequence_reward(cfg: &Value, w: &Weights, ids: &[u32]) -> f64 {
+    let hidden = final_hidden(cfg, w, ids);
+    let last = hidden.last().unwrap();
+    w.get("score.weight").iter().zip(last).map(|(a, b)| a * b).sum()
 }

@@ -1,0 +1,107 @@
+//! Win probability against a competitor and a Monte-Carlo KL estimate: the
+//! testbed's measures of how good a policy's samples are and how far it moved.
+//!
+//! For prompts `i = 1…n`, a judge's reward `r_i` of the model's sample and
+//! `c_i` of the competitor's sample for the same prompt:
+//!
+//! ```text
+//! P_win    = (1/n) Σ_i σ(r_i − c_i)          (the paper's win probability)
+//! win_rate = (1/n) Σ_i [r_i > c_i]            (strictly better)
+//! ```
+//!
+//! For samples `y_j ~ π` with per-sequence log-probabilities under the policy
+//! and the reference, `KL(π‖π_ref) ≈ (1/m) Σ_j [log π(y_j) − log π_ref(y_j)]`
+//! per sequence (unbiased when the samples come from `π` itself; with a
+//! temperature or a nucleus they come from a sharpened `π`, and the figure is
+//! the same average over those samples).
+
+use crate::error::{DaaError, Result};
+
+/// Win figures of a model's samples against a competitor's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WinStats {
+    /// `P_win`.
+    pub win_prob: f64,
+    /// Fraction of prompts where the model's reward is strictly higher.
+    pub win_rate: f64,
+    /// Prompts compared.
+    pub prompts: usize,
+}
+
+/// `σ(x)` without overflow for large `|x|`.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 { 1.0 / (1.0 + (-x).exp()) } else { x.exp() / (1.0 + x.exp()) }
+}
+
+fn check_finite(values: &[f64], name: &'static str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(DaaError::Parameter {
+            name,
+            value: values[i].to_string(),
+            expected: format!("a finite value at row {i}"),
+        }),
+    }
+}
+
+/// Win probability and win rate of `model` rewards against `competitor`
+/// rewards, prompt by prompt (module documentation).
+pub fn win_stats(model: &[f64], competitor: &[f64]) -> Result<WinStats> {
+    if model.len() != competitor.len() || model.is_empty() {
+        return Err(DaaError::Parameter {
+            name: "competitor",
+            value: format!("{} rewards", competitor.len()),
+            expected: format!("one reward per prompt of the model's {} (at least one)", model.len()),
+        });
+    }
+    check_finite(model, "model reward")?;
+    check_finite(competitor, "competitor reward")?;
+    let n = model.len() as f64;
+    let win_prob = model.iter().zip(competitor).map(|(r, c)| sigmoid(r - c)).sum::<f64>() / n;
+    let win_rate = model.iter().zip(competitor).filter(|(r, c)| r > c).count() as f64 / n;
+    Ok(WinStats { win_prob, win_rate, prompts: model.len() })
+}
+
+/// Monte-Carlo `KL(π‖π_ref)` per sequence from the samples' log-probabilities
+/// under the policy and the reference (module documentation).
+pub fn kl_estimate(policy_logps: &[f64], reference_logps: &[f64]) -> Result<f64> {
+    if policy_logps.len() != reference_logps.len() || policy_logps.is_empty() {
+        return Err(DaaError::Parameter {
+            name: "reference_logps",
+            value: format!("{} values", reference_logps.len()),
+            expected: format!("one per sample of the policy's {} (at least one)", policy_logps.len()),
+        });
+    }
+    check_finite(policy_logps, "policy log-probability")?;
+    check_finite(reference_logps, "reference log-probability")?;
+    Ok(policy_logps.iter().zip(reference_logps).map(|(p, r)| p - r).sum::<f64>() / policy_logps.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_win_figures() {
+        let w = win_stats(&[1.0, 0.0, 2.0], &[0.0, 0.0, 3.0]).unwrap();
+        let expected = (sigmoid(1.0) + 0.5 + sigmoid(-1.0)) / 3.0;
+        assert!((w.win_prob - expected).abs() < 1e-15);
+        assert!((w.win_prob - 0.5).abs() < 1e-15, "σ(1) + σ(−1) = 1");
+        assert!((w.win_rate - 1.0 / 3.0).abs() < 1e-15);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert_eq!(sigmoid(1000.0), 1.0);
+    }
+
+    #[test]
+    fn kl_of_samples() {
+        assert!((kl_estimate(&[-1.0, -2.0], &[-1.5, -3.5]).unwrap() - 1.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn mismatches_and_non_finite_values_are_named() {
+        assert!(win_stats(&[1.0], &[]).unwrap_err().to_string().contains("competitor"));
+        let err = win_stats(&[1.0, f64::NAN], &[0.0, 0.0]).unwrap_err().to_string();
+        assert!(err.contains("row 1"), "{err}");
+        assert!(kl_estimate(&[], &[]).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Evaluation on the policy's own samples: what the paper measures and the
+//! teacher-forced evaluation ([`crate::eval`]) cannot see.
+//!
+//! For held-out prompts `x_1 … x_n`, one sample `y_i ~ π(·|x_i)` each (the
+//! evaluation's temperature and nucleus; the same seed per prompt at every
+//! evaluation, so curves move with the policy, not with the draws) and the
+//! reference policy's sample `c_i` for the same prompt (drawn once, before
+//! training), a judge's rewards `r(x, y)`:
+//!
+//! - `eval/win_prob` `= (1/n) Σ σ(r(x_i, y_i) − r(x_i, c_i))`, `eval/win_rate`
+//!   the fraction strictly better (daa-core's [`daa_core::win`]);
+//! - `eval/gold_reward`: the mean judge reward of the samples (the gold
+//!   reward in the testbed, a reward model's score otherwise);
+//! - `eval/kl` `= (1/n) Σ [log π(y_i|x_i) − log π_ref(y_i|x_i)]`, a
+//!   Monte-Carlo estimate per sequence;
+//! - `eval/ead_1 … eval/ead_5` and their mean `eval/ead`: expectation-adjusted
+//!   distinct n-grams of the samples' tokens across prompts, over the model's
+//!   vocabulary (`Vⁿ` for n-grams; [`daa_core::diversity`]);
+//! - `eval/sample_topk_entropy`, `eval/sample_topk_mass`: the indicators at
+//!   every generated position, averaged over positions;
+//! - `eval/length`: mean generated tokens, the stop token left out.
+
+use burn::tensor::backend::Backend;
+use daa_core::diversity::ead_up_to;
+use daa_core::win::{kl_estimate, win_stats};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{Sequence, TokenBatch};
+use crate::error::{ModelError, read_vec};
+use crate::generate::{FinishReason, Generated, GenerationConfig, GenerationRequest, generate, request_seed};
+use crate::judge::{Judge, Judged};
+use crate::model::CausalLm;
+use crate::objective::sequence_logps;
+
+/// The figures of one sample evaluation; the serde names are the metric
+/// names of `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleReport {
+    /// `P_win` against the reference policy's samples.
+    #[serde(rename = "eval/win_prob")]
+    pub win_prob: f64,
+    /// Fraction of prompts where the sample is strictly better.
+    #[serde(rename = "eval/win_rate")]
+    pub win_rate: f64,
+    /// Mean judge reward of the samples.
+    #[serde(rename = "eval/gold_reward")]
+    pub gold_reward: f64,
+    /// Monte-Carlo `KL(π‖π_ref)` per sequence (nats).
+    #[serde(rename = "eval/kl")]
+    pub kl: f64,
+    /// EAD of unigrams.
+    #[serde(rename = "eval/ead_1")]
+    pub ead_1: f64,
+    /// EAD of bigrams.
+    #[serde(rename = "eval/ead_2")]
+    pub ead_2: f64,
+    /// EAD of trigrams.
+    #[serde(rename = "eval/ead_3")]
+    pub ead_3: f64,
+    /// EAD of 4-grams.
+    #[serde(rename = "eval/ead_4")]
+    pub ead_4: f64,
+    /// EAD of 5-grams.
+    #[serde(rename = "eval/ead_5")]
+    pub ead_5: f64,
+    /// Mean of `ead_1 … ead_5`.
+    #[serde(rename = "eval/ead")]
+    pub ead: f64,
+    /// Mean top-k entropy at generated positions.
+    #[serde(rename = "eval/sample_topk_entropy")]
+    pub sample_topk_entropy: f64,
+    /// Mean top-k mass at generated positions.
+    #[serde(rename = "eval/sample_topk_mass")]
+    pub sample_topk_mass: f64,
+    /// Mean generated length in tokens (the stop token left out).
+    #[serde(rename = "eval/length")]
+    pub length: f64,
+}
+
+/// A held-out prompt: its token ids and the text the judge reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalPrompt {
+    /// Prompt token ids (chat template applied).
+    pub ids: Vec<u32>,
+    /// The prompt's text for the judge (a conversation's last user message).
+    pub text: String,
+}
+
+/// Turns generated ids into text (the tokenizer's decode, special tokens left out).
+pub type Decode<'a> = dyn Fn(&[u32]) -> Result<String, ModelError> + 'a;
+
+/// Samples and their judge rewards.
+struct JudgedSamples {
+    samples: Vec<Generated>,
+    rewards: Vec<f64>,
+}
+
+/// How the evaluation samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleEvalSettings {
+    /// Temperature, nucleus, length, stop tokens; `topk_stats` must be set.
+    pub generation: GenerationConfig,
+    /// Seed of the draws (the same at every evaluation).
+    pub seed: u64,
+    /// Prompts sampled together.
+    pub batch_size: usize,
+    /// Padding id for scoring.
+    pub pad_id: u32,
+}
+
+/// Sample evaluation against a reference policy (module documentation).
+#[derive(Debug)]
+pub struct SampleEvaluator<B: Backend> {
+    reference: CausalLm<B>,
+    prompts: Vec<EvalPrompt>,
+    settings: SampleEvalSettings,
+    competitor_rewards: Vec<f64>,
+}
+
+impl<B: Backend> SampleEvaluator<B> {
+    /// Draws the reference policy's samples for `prompts` and judges them.
+    pub fn new(
+        reference: CausalLm<B>,
+        prompts: Vec<EvalPrompt>,
+        mut settings: SampleEvalSettings,
+        judge: &mut dyn Judge,
+        decode: &Decode<'_>,
+    ) -> Result<Self, ModelError> {
+        if prompts.is_empty() {
+            return Err(ModelError::Batch("sample evaluation needs at least one held-out prompt".into()));
+        }
+        if settings.generation.topk_stats.is_none() {
+            return Err(ModelError::Batch("sample evaluation needs `topk_stats` in its generation settings".into()));
+        }
+        settings.batch_size = settings.batch_size.max(1);
+        let seed = settings.seed;
+        let mut evaluator = Self { reference, prompts, settings, competitor_rewards: vec![] };
+        // The competitor's draws use another stream than the policy's.
+        let competitor =
+            evaluator.sample_and_judge(&evaluator.reference, seed ^ 0xC0FF_EE00_D15E_A5E5, judge, decode)?;
+        evaluator.competitor_rewards = competitor.rewards;
+        Ok(evaluator)
+    }
+
+    /// The reference samples' mean reward (what `eval/gold_reward` starts near).
+    pub fn competitor_mean_reward(&self) -> f64 {
+        self.competitor_rewards.iter().sum::<f64>() / self.competitor_rewards.len() as f64
+    }
+
+    fn sample_and_judge(
+        &self,
+        model: &CausalLm<B>,
+        seed: u64,
+        judge: &mut dyn Judge,
+        decode: &Decode<'_>,
+    ) -> Result<JudgedSamples, ModelError> {
+        let device = model.embed.weight.device();
+        let mut samples = Vec::with_capacity(self.prompts.len());
+        for (c, chunk) in self.prompts.chunks(self.settings.batch_size).enumerate() {
+            let requests: Vec<GenerationRequest> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, p)| GenerationRequest {
+                    prompt: &p.ids,
+                    seed: request_seed(seed, c * self.settings.batch_size + i, 0),
+                })
+                .collect();
+            samples.extend(generate(model, &requests, &self.settings.generation, &device)?);
+        }
+        let texts = samples.iter().map(|g| decode(&g.tokens)).collect::<Result<Vec<_>, _>>()?;
+        let items: Vec<Judged> = self
+            .prompts
+            .iter()
+            .zip(&samples)
+            .zip(&texts)
+            .map(|((p, g), text)| Judged { prompt: &p.text, completion: text, ended: g.finish == FinishReason::Stop })
+            .collect();
+        let rewards = judge.rewards(&items)?;
+        Ok(JudgedSamples { samples, rewards })
+    }
+
+    /// `log π_ref(y|x)` of each sample.
+    fn reference_logps(&self, samples: &[Generated]) -> Result<Vec<f64>, ModelError> {
+        let device = self.reference.embed.weight.device();
+        let vocab = self.reference.config().vocab_size;
+        let sequences: Vec<Sequence> = self
+            .prompts
+            .iter()
+            .zip(samples)
+            .map(|(p, g)| Sequence {
+                ids: p.ids.iter().chain(&g.tokens).copied().collect(),
+                completion_start: p.ids.len(),
+            })
+            .collect();
+        let mut out = Vec::with_capacity(sequences.len());
+        for chunk in sequences.chunks(self.settings.batch_size) {
+            let refs: Vec<&Sequence> = chunk.iter().collect();
+            let batch = TokenBatch::new(&refs, self.settings.pad_id, vocab)?;
+            let logps: Vec<f64> =
+                read_vec(sequence_logps(&self.reference, &batch, &device)?, "reference log-probabilities")?;
+            out.extend(logps);
+        }
+        Ok(out)
+    }
+
+    /// Samples `policy` on the held-out prompts and computes every figure.
+    pub fn evaluate(
+        &self,
+        policy: &CausalLm<B>,
+        judge: &mut dyn Judge,
+        decode: &Decode<'_>,
+    ) -> Result<SampleReport, ModelError> {
+        let JudgedSamples { samples, rewards } = self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
+        let win = win_stats(&rewards, &self.competitor_rewards)?;
+        let policy_logps: Vec<f64> = samples.iter().map(Generated::logprob).collect();
+        let kl = kl_estimate(&policy_logps, &self.reference_logps(&samples)?)?;
+        let stops = &self.settings.generation.stop_tokens;
+        let bodies: Vec<Vec<u32>> =
+            samples.iter().map(|g| g.tokens.iter().copied().filter(|t| !stops.contains(t)).collect()).collect();
+        let vocab = policy.config().vocab_size;
+        let (per_n, ead) = ead_up_to(&bodies, 5, vocab)?;
+        let (mut entropy, mut mass, mut positions) = (0.0, 0.0, 0usize);
+        for s in samples.iter().filter_map(|g| g.stats) {
+            entropy += s.topk_entropy_sum;
+            mass += s.topk_mass_sum;
+            positions += s.positions;
+        }
+        let n = samples.len() as f64;
+        let per_position = |sum: f64| if positions == 0 { 0.0 } else { sum / positions as f64 };
+        Ok(SampleReport {
+            win_prob: win.win_prob,
+            win_rate: win.win_rate,
+            gold_reward: rewards.iter().sum::<f64>() / n,
+            kl,
+            ead_1: per_n[0].ead,
+            ead_2: per_n[1].ead,
+            ead_3: per_n[2].ead,
+            ead_4: per_n[3].ead,
+            ead_5: per_n[4].ead,
+            ead,
+            sample_topk_entropy: per_position(entropy),
+            sample_topk_mass: per_position(mass),
+            length: bodies.iter().map(Vec::len).sum::<usize>() as f64 / n,
+        })
+    }
+}
