@@ -6,6 +6,12 @@
 
 mod backend_choice;
 #[cfg(feature = "train")]
+mod experiment_cmd;
+#[cfg(feature = "train")]
+mod experiment_report;
+#[cfg(feature = "train")]
+mod fit;
+#[cfg(feature = "train")]
 mod generate_cmd;
 #[cfg(feature = "train")]
 mod judge_cmd;
@@ -15,6 +21,8 @@ mod loss_cmd;
 mod plot;
 #[cfg(feature = "train")]
 mod progress;
+#[cfg(feature = "train")]
+mod report_plot;
 mod stats_cmd;
 #[cfg(feature = "train")]
 mod train_cmd;
@@ -56,6 +64,10 @@ enum Command {
     /// Rewards of completions (`prompt` + `completion` rows, or preference
     /// rows) from the testbed's gold reward or a reward model checkpoint.
     Judge(judge_cmd::JudgeArgs),
+    #[cfg(feature = "train")]
+    /// A sweep on the over-optimisation testbed (losses × values × NLL
+    /// regularisation × seeds), in parallel and resumable, with a report.
+    Experiment(experiment_cmd::ExperimentArgs),
 }
 
 /// Prints `message` as the one `error: …` line (multi-line messages from
@@ -87,6 +99,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_cmd::run(&args),
         #[cfg(feature = "train")]
         Command::Judge(args) => judge_cmd::run(&args),
+        #[cfg(feature = "train")]
+        Command::Experiment(args) => experiment_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

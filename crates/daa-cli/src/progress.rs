@@ -80,8 +80,11 @@ impl RunObserver for TrainProgress {
 
     fn evaluated(&mut self, record: &EvalRecord) {
         let (r, k) = (&record.report, self.k);
+        let samples = record.samples.map_or(String::new(), |s| {
+            format!("  win prob {:.3}  gold {:.3}  KL {:.2}  EAD {:.3}", s.win_prob, s.gold_reward, s.kl, s.ead)
+        });
         self.println(&format!(
-            "step {:>5}  eval loss {:.4}  acc {:.3}  chosen ll/token {:.4}  top-{k} entropy {:.4}  top-{k} mass {:.4}",
+            "step {:>5}  eval loss {:.4}  acc {:.3}  chosen ll/token {:.4}  top-{k} entropy {:.4}  top-{k} mass {:.4}{samples}",
             record.step, r.loss, r.accuracy, r.chosen_token_loglik, r.topk_entropy, r.topk_mass
         ));
     }

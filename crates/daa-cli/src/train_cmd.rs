@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use daa_train::ComputeBackend;
+use daa_train::EvalRecord;
 use daa_train::eval::EvalReport;
-use daa_train::records::MetricsRecord;
+use daa_train::records::{MetricsRecord, MonitorEvent};
+use daa_train::sample_eval::SampleReport;
 use daa_train::train::metrics::read_metrics;
 use daa_train::train::{RunSummary, TrainConfig, train};
 
@@ -49,19 +51,55 @@ fn quoted(s: &str) -> String {
     format!("{:?}", s)
 }
 
-/// The evaluation series of a run's records, one per [`EvalReport::FIGURES`] entry.
+/// The evaluation series of a run's records, one per [`EvalReport::FIGURES`]
+/// entry, then one per [`SampleReport::FIGURES`] entry when the run sampled.
 pub fn eval_series(records: &[MetricsRecord]) -> Vec<Series> {
-    EvalReport::FIGURES
-        .iter()
-        .map(|figure| Series {
-            title: figure.title.to_string(),
-            points: records
-                .iter()
-                .filter_map(MetricsRecord::eval)
-                .map(|r| (r.step as f64, (figure.value)(&r.report)))
-                .collect(),
-        })
-        .collect()
+    let evals: Vec<&EvalRecord> = records.iter().filter_map(MetricsRecord::eval).collect();
+    let teacher_forced = EvalReport::FIGURES.iter().map(|figure| Series {
+        title: figure.title.to_string(),
+        points: evals.iter().map(|r| (r.step as f64, (figure.value)(&r.report))).collect(),
+    });
+    let sampled = SampleReport::FIGURES.iter().map(|figure| Series {
+        title: figure.title.to_string(),
+        points: evals.iter().filter_map(|r| Some((r.step as f64, (figure.value)(r.samples.as_ref()?)))).collect(),
+    });
+    teacher_forced.chain(sampled).filter(|s| !s.points.is_empty()).collect()
+}
+
+/// Where the sampled figures peaked and what the monitor decided.
+fn print_monitoring(records: &[MetricsRecord]) {
+    let evals: Vec<(u64, SampleReport)> =
+        records.iter().filter_map(MetricsRecord::eval).filter_map(|r| Some((r.step, r.samples?))).collect();
+    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
+        eprintln!("{:<28} {:>10} {:>10} {:>10}", "samples (held-out prompts)", "first", "last", "best");
+        for figure in SampleReport::FIGURES {
+            let best = evals.iter().map(|(_, r)| (figure.value)(r)).fold(f64::NEG_INFINITY, f64::max);
+            eprintln!(
+                "{:<28} {:>10.4} {:>10.4} {:>10.4}",
+                figure.title,
+                (figure.value)(&first.1),
+                (figure.value)(&last.1),
+                best
+            );
+        }
+        let (step, peak) =
+            evals.iter().fold((0, f64::NEG_INFINITY), |b, (s, r)| if r.win_prob > b.1 { (*s, r.win_prob) } else { b });
+        eprintln!("win probability peaked at step {step} ({peak:.4})");
+    }
+    for event in records.iter().filter_map(MetricsRecord::event) {
+        match event.event {
+            MonitorEvent::TurningPoint { indicator, peak_step, .. } => eprintln!(
+                "{} turned: confirmed at step {}, smoothed peak at step {peak_step}",
+                indicator.name(),
+                event.step
+            ),
+            MonitorEvent::EarlyStop { best_indicator_step } => eprintln!(
+                "stopped early at step {} (best-indicator/ holds step {})",
+                event.step,
+                best_indicator_step.map_or("none".into(), |s| s.to_string())
+            ),
+        }
+    }
 }
 
 fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
@@ -101,9 +139,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let outcome = train(config, args.resume.clone(), &mut progress)?;
     progress.finish();
     let records = read_metrics(&outcome.run_dir.join("metrics.jsonl"))?;
-    let title = format!("daa train: {} (top-{k} statistics of held-out chosen completions)", outcome.run_dir.display());
+    let title = format!(
+        "daa train: {} (top-{k} statistics of held-out chosen completions; sampled figures on held-out prompts)",
+        outcome.run_dir.display()
+    );
     let svg = line_charts(&eval_series(&records), &title)?;
     daa_core::io::write_bytes_atomic(&outcome.run_dir.join("metrics.svg"), svg.as_bytes())?;
     print_summary(&outcome.summary, &outcome.run_dir);
+    print_monitoring(&records);
     Ok(())
 }

@@ -77,6 +77,29 @@ pub struct SampleReport {
     pub length: f64,
 }
 
+/// A figure of [`SampleReport`] that charts and summaries show.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleFigure {
+    /// Title for people.
+    pub title: &'static str,
+    /// The value in a report.
+    pub value: fn(&SampleReport) -> f64,
+}
+
+impl SampleReport {
+    /// The figures people watch, in the order charts and tables show them.
+    pub const FIGURES: [SampleFigure; 8] = [
+        SampleFigure { title: "win probability", value: |r| r.win_prob },
+        SampleFigure { title: "gold reward", value: |r| r.gold_reward },
+        SampleFigure { title: "KL(π‖π_ref) per sample", value: |r| r.kl },
+        SampleFigure { title: "EAD (n = 1…5)", value: |r| r.ead },
+        SampleFigure { title: "sample top-k entropy", value: |r| r.sample_topk_entropy },
+        SampleFigure { title: "sample top-k mass", value: |r| r.sample_topk_mass },
+        SampleFigure { title: "sample length", value: |r| r.length },
+        SampleFigure { title: "win rate", value: |r| r.win_rate },
+    ];
+}
+
 /// A held-out prompt: its token ids and the text the judge reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalPrompt {

@@ -15,6 +15,9 @@ use crate::optim::{AdamWConfig, LrSchedule};
 /// The configuration of `cargo xtask train` with no arguments.
 pub const BUILTIN_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
 
+/// The testbed's configuration (`configs/testbed.toml`), the base of `daa experiment`.
+pub const TESTBED_CONFIG: &str = include_str!("../../../../configs/testbed.toml");
+
 /// Value of `model.path` / `data.path` that selects the built-in tiny model and task.
 pub const BUILTIN: &str = "builtin:tiny";
 

@@ -54,7 +54,11 @@ fn a_reward_model_scores_like_the_reference_in_batches_of_any_shape() {
         assert_eq!(ids[0], 256, "item {i}");
         let want = sequence_reward(&config, &weights, &ids);
         let single = alone.rewards(std::slice::from_ref(item)).unwrap()[0];
-        assert!((rewards[i] - want).abs() < REWARD_TOLERANCE * (1.0 + want.abs()), "item {i}: {} vs {want}", rewards[i]);
+        assert!(
+            (rewards[i] - want).abs() < REWARD_TOLERANCE * (1.0 + want.abs()),
+            "item {i}: {} vs {want}",
+            rewards[i]
+        );
         assert!((single - want).abs() < REWARD_TOLERANCE * (1.0 + want.abs()), "item {i} alone: {single} vs {want}");
     }
     assert!(rewards.iter().all(|r| r.is_finite()));

@@ -308,3 +308,126 @@ fn write_parquet(path: &Path, rows: &[Value]) {
     group.close().unwrap();
     writer.close().unwrap();
 }
+
+const SAMPLE_FIELDS: [&str; 13] = [
+    "eval/win_prob",
+    "eval/win_rate",
+    "eval/gold_reward",
+    "eval/kl",
+    "eval/ead_1",
+    "eval/ead_2",
+    "eval/ead_3",
+    "eval/ead_4",
+    "eval/ead_5",
+    "eval/ead",
+    "eval/sample_topk_entropy",
+    "eval/sample_topk_mass",
+    "eval/length",
+];
+
+/// configs/testbed.toml shrunk for tests, in `dir`.
+fn testbed_config(dir: &Path, extra: &[&str]) -> TrainConfig {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/testbed.toml")).unwrap();
+    let mut overrides = vec![
+        format!("train.cache_dir={:?}", dir.join("cache").display().to_string()),
+        format!("train.output_dir={:?}", dir.join("run").display().to_string()),
+        "train.batch_size=8".into(),
+        "train.micro_batch_size=8".into(),
+        "train.lr=1e-2".into(),
+        "monitor.eval_every=2".into(),
+        "testbed.sft_prompts=64".into(),
+        "testbed.sft_steps=8".into(),
+        "testbed.sft_batch=8".into(),
+        "testbed.pairs=48".into(),
+        "testbed.eval_pairs=12".into(),
+        "testbed.hidden_size=32".into(),
+        "testbed.layers=1".into(),
+    ];
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let mut config = TrainConfig::parse(&text, "configs/testbed.toml", &overrides).unwrap();
+    let samples = config.monitor.samples.as_mut().unwrap();
+    samples.prompts = 8;
+    samples.batch_size = 4;
+    config
+}
+
+#[test]
+fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = testbed_config(dir.path(), &["train.max_steps=12"]);
+    config.monitor.turning.smoothing = 1.0;
+    config.monitor.turning.patience = 1;
+    config.monitor.turning.mass_margin = 0.0;
+    config.monitor.adaptive = Some(Default::default());
+    let mut notes = Vec::new();
+    let prepared =
+        daa_train::train::prepare_with(&config, &dir.path().join("run"), &mut |l| notes.push(l.to_string())).unwrap();
+    assert!(notes.iter().any(|n| n.contains("fine-tuning the reference policy")), "{notes:?}");
+    assert!(
+        prepared.train.len() > 40 && prepared.eval.len() == 12,
+        "{} / {}",
+        prepared.train.len(),
+        prepared.eval.len()
+    );
+    // The gold-labelled pairs are in UltraFeedback's schema, chosen scored at least as well as rejected mostly.
+    let rows: Vec<Value> = std::fs::read_to_string(&prepared.data_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let better = rows.iter().filter(|r| r["score_chosen"].as_f64() >= r["score_rejected"].as_f64()).count();
+    assert!(better * 10 >= rows.len() * 7, "{better} of {} chosen at least as good", rows.len());
+    assert_eq!(rows[0]["chosen"][1]["role"], "assistant");
+    // A second preparation reuses the cached reference and pairs.
+    let mut again = Vec::new();
+    daa_train::train::prepare_with(&config, &dir.path().join("run"), &mut |l| again.push(l.to_string())).unwrap();
+    assert!(again.iter().any(|n| n.contains("cached reference policy")), "{again:?}");
+
+    let outcome = train(config.clone(), None).unwrap();
+    let records = read_metrics(&outcome.run_dir.join("metrics.jsonl")).unwrap();
+    let evals: Vec<&Value> = records.iter().filter(|r| r["type"] == "eval").collect();
+    assert!(evals.len() >= 2);
+    for e in &evals {
+        for field in SAMPLE_FIELDS.iter().chain(&EVAL_FIELDS) {
+            assert!(e[field].as_f64().is_some_and(f64::is_finite), "{field} in {e}");
+        }
+        assert!((0.0..=1.0).contains(&e["eval/win_prob"].as_f64().unwrap()));
+    }
+    // Before any step the policy is the reference: KL 0 (up to batching), win probability near ½.
+    assert!(evals[0]["eval/kl"].as_f64().unwrap().abs() < 1e-2, "{}", evals[0]);
+    for t in records.iter().filter(|r| r["type"] == "train") {
+        assert!(t["train/nll_weight"].as_f64().is_some_and(|w| (0.0..=1.0).contains(&w)), "{t}");
+    }
+    let best = outcome.run_dir.join("best-indicator");
+    assert!(best.join("model.safetensors").exists() && best.join("step.json").exists());
+    // Each event is a turning point after its peak, or the early stop (off here).
+    for event in records.iter().filter(|r| r["type"] == "event") {
+        assert_eq!(event["event"], "eval/turning_point", "{event}");
+        assert!(event["peak_step"].as_u64().unwrap() < event["step"].as_u64().unwrap(), "{event}");
+    }
+    let summary_steps = outcome.summary.steps;
+    assert_eq!(summary_steps, 12);
+
+    // With early stopping the run ends at its first turning point, when it has one.
+    let mut stopping = config;
+    stopping.monitor.early_stop = true;
+    stopping.train.output_dir = dir.path().join("stopping").display().to_string();
+    let stopped = train(stopping, None).unwrap();
+    let records = read_metrics(&stopped.run_dir.join("metrics.jsonl")).unwrap();
+    let first_turn = records.iter().find(|r| r["event"] == "eval/turning_point").map(|r| r["step"].as_u64().unwrap());
+    let stop = records.iter().find(|r| r["event"] == "train/early_stop").map(|r| r["step"].as_u64().unwrap());
+    assert_eq!(first_turn, stop, "stops exactly at the first turning point");
+    match stop {
+        Some(at) => {
+            assert_eq!(stopped.summary.steps, at, "the run ends where it stopped");
+            assert!(records.iter().all(|r| r["step"].as_u64().unwrap() <= at));
+            assert!(stopped.run_dir.join(format!("checkpoint-{at:06}")).exists());
+        }
+        None => assert_eq!(stopped.summary.steps, 12),
+    }
+    assert!(turns_seen(&records) <= 2);
+}
+
+fn turns_seen(records: &[Value]) -> usize {
+    records.iter().filter(|r| r["event"] == "eval/turning_point").count()
+}

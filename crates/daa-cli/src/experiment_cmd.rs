@@ -1,0 +1,295 @@
+//! `daa experiment`: a sweep on the testbed over losses × hyper-parameter
+//! values × regularisation (fixed NLL weights and the adaptive one) × seeds.
+//!
+//! Each run is `daa train` in a process of its own (`--jobs` at a time, the
+//! cores shared between them), writing `OUT/runs/<name>/`; a run with a
+//! `summary.json` is finished and kept, so running the command again resumes
+//! the sweep (an unfinished run starts over). The testbed's reference policy
+//! and pairs are made once, before any run. Then the report
+//! ([`crate::experiment_report`]) is written from every finished run.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use daa_train::reference_cache::cache_dir;
+use daa_train::testbed::build::materialize;
+use daa_train::train::TrainConfig;
+use daa_train::train::config::TESTBED_CONFIG;
+
+use crate::experiment_report::write_report;
+use crate::progress::bar;
+
+/// Sweep sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// DPO, IPO and the paper's hinge at one value each × λ ∈ {0, 0.1, adaptive} × 2 seeds:
+    /// 18 runs of the base configuration (256 steps), about half an hour on 2 cores.
+    Small,
+    /// Three values per loss × λ ∈ {0, 0.05, 0.1, 0.5, adaptive} × 3 seeds: 135 runs, hours.
+    Paper,
+}
+
+/// Arguments of `daa experiment`.
+#[derive(Debug, Args, Clone)]
+pub struct ExperimentArgs {
+    /// The sweep.
+    #[arg(long, value_enum, default_value_t = Preset::Small)]
+    preset: Preset,
+    /// Experiment folder: runs/, report.md and the charts. Running again resumes.
+    #[arg(long, default_value = "runs/experiment")]
+    out: PathBuf,
+    /// Runs at a time (default: the cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Base configuration (default: configs/testbed.toml, built into daa).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a field of every run: --set train.epochs=2 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.FIELD=VALUE")]
+    overrides: Vec<String>,
+    /// Write the report from the finished runs without running anything.
+    #[arg(long)]
+    report_only: bool,
+}
+
+/// How a run regularises.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Regularisation {
+    /// A fixed NLL weight λ (0: none).
+    Fixed(f64),
+    /// `[monitor.adaptive]` with its defaults, λ starting at 0.
+    Adaptive,
+}
+
+impl Regularisation {
+    /// As the report names it.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Fixed(l) => format!("λ={l}"),
+            Self::Adaptive => "adaptive λ".into(),
+        }
+    }
+}
+
+/// One run of the sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    /// `loss.name`.
+    pub loss: &'static str,
+    /// The loss's swept hyper-parameter.
+    pub param: &'static str,
+    /// Its value.
+    pub value: f64,
+    /// The NLL term.
+    pub regularisation: Regularisation,
+    /// `train.seed`.
+    pub seed: u64,
+}
+
+impl RunSpec {
+    /// The run's folder name, e.g. `dpo-beta0.1-lam0-s0`.
+    pub fn name(&self) -> String {
+        let reg = match self.regularisation {
+            Regularisation::Fixed(l) => format!("lam{l}"),
+            Regularisation::Adaptive => "adaptive".into(),
+        };
+        format!("{}-{}{}-{reg}-s{}", self.loss, self.param, self.value, self.seed)
+    }
+
+    /// The configuration (loss, its value and regularisation) without the seed.
+    pub fn setting(&self) -> String {
+        format!("{} {}={} {}", self.loss, self.param, self.value, self.regularisation.label())
+    }
+
+    /// `--set` arguments of the run.
+    fn overrides(&self) -> Vec<String> {
+        let mut sets = vec![
+            format!("loss.name={}", self.loss),
+            format!("loss.{}={}", self.param, self.value),
+            format!("train.seed={}", self.seed),
+        ];
+        match self.regularisation {
+            Regularisation::Fixed(l) => sets.push(format!("loss.nll_weight={l}")),
+            Regularisation::Adaptive => {
+                sets.push("loss.nll_weight=0".into());
+                sets.push("monitor.adaptive={}".into());
+            }
+        }
+        sets
+    }
+}
+
+/// The runs of a preset.
+pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
+    let (losses, regs, seeds, common): (Vec<(&str, &str, Vec<f64>)>, Vec<Regularisation>, Vec<u64>, Vec<String>) =
+        match preset {
+            Preset::Small => (
+                vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
+                vec![Regularisation::Fixed(0.0), Regularisation::Fixed(0.1), Regularisation::Adaptive],
+                vec![0, 1],
+                vec![],
+            ),
+            Preset::Paper => (
+                vec![
+                    ("dpo", "beta", vec![0.05, 0.1, 0.5]),
+                    ("ipo", "tau", vec![0.05, 0.1, 0.5]),
+                    ("hinge", "alpha", vec![0.0, 0.1, 1.0]),
+                ],
+                vec![
+                    Regularisation::Fixed(0.0),
+                    Regularisation::Fixed(0.05),
+                    Regularisation::Fixed(0.1),
+                    Regularisation::Fixed(0.5),
+                    Regularisation::Adaptive,
+                ],
+                vec![0, 1, 2],
+                vec![],
+            ),
+        };
+    let mut runs = Vec::new();
+    for (loss, param, values) in &losses {
+        for &value in values {
+            for &regularisation in &regs {
+                for &seed in &seeds {
+                    runs.push(RunSpec { loss, param, value, regularisation, seed });
+                }
+            }
+        }
+    }
+    (runs, common)
+}
+
+/// Runs one `daa train` child; its output goes to `<run>.log`.
+fn run_child(base: &Path, run_dir: &Path, overrides: &[String], threads: usize) -> Result<()> {
+    if run_dir.exists() {
+        std::fs::remove_dir_all(run_dir).with_context(|| format!("{}: cannot clear", run_dir.display()))?;
+    }
+    let log_path = run_dir.with_extension("log");
+    let log = std::fs::File::create(&log_path).with_context(|| format!("{}: cannot create", log_path.display()))?;
+    let mut command = Command::new(std::env::current_exe().context("locating the daa binary")?);
+    command.arg("train").arg("--config").arg(base).arg("--out").arg(run_dir);
+    for set in overrides {
+        command.arg("--set").arg(set);
+    }
+    let status = command
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .status()
+        .context("starting daa train")?;
+    if !status.success() {
+        bail!("{status}; see {}", log_path.display());
+    }
+    Ok(())
+}
+
+/// Runs `daa experiment`.
+pub fn run(args: &ExperimentArgs) -> Result<()> {
+    let (runs, common) = sweep(args.preset);
+    let base_text = match &args.config {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?,
+        None => TESTBED_CONFIG.to_string(),
+    };
+    std::fs::create_dir_all(args.out.join("runs")).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let base = args.out.join("base.toml");
+    daa_core::io::write_bytes_atomic(&base, base_text.as_bytes())?;
+    let overrides: Vec<String> = common.iter().chain(&args.overrides).cloned().collect();
+    // Every run's configuration must be valid before anything runs.
+    let mut first = None;
+    for spec in &runs {
+        let sets: Vec<String> = overrides.iter().cloned().chain(spec.overrides()).collect();
+        let config = TrainConfig::parse(&base_text, &base.display().to_string(), &sets)
+            .with_context(|| format!("run {}", spec.name()))?;
+        first.get_or_insert(config);
+    }
+    let finished = |spec: &RunSpec| args.out.join("runs").join(spec.name()).join("summary.json").exists();
+    if !args.report_only {
+        if let Some(config) = &first {
+            let cache = cache_dir(config.train.cache_dir.as_deref());
+            materialize(&config.testbed, &cache, &mut |line| eprintln!("{line}"))?;
+        }
+        let todo: VecDeque<RunSpec> = runs.iter().filter(|s| !finished(s)).cloned().collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let jobs = args.jobs.unwrap_or(cores).clamp(1, todo.len().max(1));
+        let threads = (cores / jobs).max(1);
+        eprintln!(
+            "{} runs ({} finished before), {jobs} at a time with {threads} thread(s) each, into {}",
+            runs.len(),
+            runs.len() - todo.len(),
+            args.out.display()
+        );
+        let progress = bar(runs.len() as u64, "runs");
+        progress.set_position((runs.len() - todo.len()) as u64);
+        let queue = Arc::new(Mutex::new(todo));
+        let (sender, receiver) = mpsc::channel::<(String, Result<()>)>();
+        let workers: Vec<_> = (0..jobs)
+            .map(|_| {
+                let (queue, sender, base, out, overrides) =
+                    (queue.clone(), sender.clone(), base.clone(), args.out.clone(), overrides.clone());
+                std::thread::spawn(move || {
+                    loop {
+                        let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                        let Some(spec) = next else { break };
+                        let sets: Vec<String> = overrides.iter().cloned().chain(spec.overrides()).collect();
+                        let result = run_child(&base, &out.join("runs").join(spec.name()), &sets, threads);
+                        if sender.send((spec.name(), result)).is_err() {
+                            break;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(sender);
+        let mut failed = Vec::new();
+        for (name, result) in receiver {
+            progress.inc(1);
+            match result {
+                Ok(()) => progress.set_message(format!("finished {name}")),
+                Err(e) => {
+                    progress.println(format!("run {name} failed: {e:#}"));
+                    failed.push(name);
+                }
+            }
+        }
+        for worker in workers {
+            let _ = worker.join();
+        }
+        progress.finish_and_clear();
+        if !failed.is_empty() {
+            write_report(&args.out, &runs)?;
+            bail!("{} of {} runs failed: {}", failed.len(), runs.len(), failed.join(", "));
+        }
+    }
+    let report = write_report(&args.out, &runs)?;
+    eprintln!("report: {}", report.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_name_every_run_once_and_configure_it() {
+        for preset in [Preset::Small, Preset::Paper] {
+            let (runs, _) = sweep(preset);
+            let names: std::collections::HashSet<String> = runs.iter().map(RunSpec::name).collect();
+            assert_eq!(names.len(), runs.len(), "{preset:?}");
+        }
+        let (small, common) = sweep(Preset::Small);
+        assert_eq!(small.len(), 18);
+        let adaptive = small.iter().find(|s| s.regularisation == Regularisation::Adaptive).unwrap();
+        let sets: Vec<String> = common.iter().cloned().chain(adaptive.overrides()).collect();
+        let config = TrainConfig::parse(TESTBED_CONFIG, "testbed", &sets).unwrap();
+        assert!(config.monitor.adaptive.is_some());
+        assert_eq!(config.loss.nll_weight, 0.0);
+        assert_eq!(adaptive.name(), "dpo-beta0.1-adaptive-s0");
+        let ipo = small.iter().find(|s| s.loss == "ipo").unwrap();
+        let config = TrainConfig::parse(TESTBED_CONFIG, "testbed", &ipo.overrides()).unwrap();
+        assert_eq!(config.loss.loss.name(), daa_core::LossName::Ipo);
+    }
+}

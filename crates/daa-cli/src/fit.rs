@@ -1,0 +1,124 @@
+//! Least-squares fits of the experiment report: win probability against
+//! chosen log-likelihood (linear and quadratic, the paper's comparison) and
+//! gold reward against √KL in the functional forms of Gao et al. 2022.
+//!
+//! A fit with basis functions `φ_1 … φ_m` minimises `Σ_j (y_j − Σ_k c_k φ_k(x_j))²`
+//! through the normal equations `(ΦᵀΦ) c = Φᵀy`, solved by Gaussian
+//! elimination with partial pivoting; `RMSE = √((1/n) Σ_j residual_j²)`.
+
+/// Coefficients and root-mean-square error of one fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    /// `c_k`, in the order of the basis.
+    pub coefficients: Vec<f64>,
+    /// `√(mean squared residual)`.
+    pub rmse: f64,
+}
+
+impl Fit {
+    /// `Σ_k c_k φ_k(x)` with the same basis.
+    pub fn predict(&self, basis: &dyn Fn(f64) -> Vec<f64>, x: f64) -> f64 {
+        basis(x).iter().zip(&self.coefficients).map(|(p, c)| p * c).sum()
+    }
+}
+
+/// Fits `ys` on `basis(x)` for `xs`; `None` when there are fewer points than
+/// coefficients or the system is singular.
+pub fn least_squares(xs: &[f64], ys: &[f64], basis: &dyn Fn(f64) -> Vec<f64>) -> Option<Fit> {
+    let rows: Vec<Vec<f64>> = xs.iter().map(|&x| basis(x)).collect();
+    let m = rows.first()?.len();
+    if xs.len() != ys.len() || xs.len() < m {
+        return None;
+    }
+    // Augmented normal equations [ΦᵀΦ | Φᵀy].
+    let mut a = vec![vec![0.0; m + 1]; m];
+    for (phi, &y) in rows.iter().zip(ys) {
+        for i in 0..m {
+            for j in 0..m {
+                a[i][j] += phi[i] * phi[j];
+            }
+            a[i][m] += phi[i] * y;
+        }
+    }
+    for col in 0..m {
+        let pivot = (col..m).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))?;
+        if a[pivot][col].abs() < 1e-12 * (1.0 + a[col][col].abs()) {
+            return None;
+        }
+        a.swap(col, pivot);
+        for row in 0..m {
+            if row != col {
+                let factor = a[row][col] / a[col][col];
+                for k in col..=m {
+                    a[row][k] -= factor * a[col][k];
+                }
+            }
+        }
+    }
+    let coefficients: Vec<f64> = (0..m).map(|i| a[i][m] / a[i][i]).collect();
+    let fit = Fit { coefficients, rmse: 0.0 };
+    let sse: f64 = xs.iter().zip(ys).map(|(&x, &y)| (y - fit.predict(basis, x)).powi(2)).sum();
+    Some(Fit { rmse: (sse / xs.len() as f64).sqrt(), ..fit })
+}
+
+/// `[1, x]`.
+pub fn linear(x: f64) -> Vec<f64> {
+    vec![1.0, x]
+}
+
+/// `[1, x, x²]`.
+pub fn quadratic(x: f64) -> Vec<f64> {
+    vec![1.0, x, x * x]
+}
+
+/// Gao et al.'s best-of-n form `R(d) = d(α − βd)`: basis `[d, −d²]`, so the
+/// coefficients are `(α, β)`.
+pub fn gao_best_of_n(d: f64) -> Vec<f64> {
+    vec![d, -d * d]
+}
+
+/// Gao et al.'s RL form `R(d) = d(α − β log d)`: basis `[d, −d·ln d]` (0 at
+/// `d = 0`), coefficients `(α, β)`.
+pub fn gao_rl(d: f64) -> Vec<f64> {
+    vec![d, if d > 0.0 { -d * d.ln() } else { 0.0 }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovers_exact_polynomials_and_measures_misfit() {
+        let xs: Vec<f64> = (0..20).map(|i| -4.0 + 0.2 * f64::from(i)).collect();
+        let ys: Vec<f64> = xs.iter().map(|x| 0.3 - 0.1 * x - 0.05 * x * x).collect();
+        let q = least_squares(&xs, &ys, &quadratic).unwrap();
+        for (c, want) in q.coefficients.iter().zip([0.3, -0.1, -0.05]) {
+            assert!((c - want).abs() < 1e-9, "{q:?}");
+        }
+        assert!(q.rmse < 1e-12);
+        // A line through a parabola has a residual; by hand for y = x² on {−1, 0, 1}:
+        // the fit is y = 2/3, residuals 1/3, −2/3, 1/3, RMSE √(2/9).
+        let l = least_squares(&[-1.0, 0.0, 1.0], &[1.0, 0.0, 1.0], &linear).unwrap();
+        assert!((l.coefficients[0] - 2.0 / 3.0).abs() < 1e-12 && l.coefficients[1].abs() < 1e-12);
+        assert!((l.rmse - (2.0f64 / 9.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gao_forms_recover_their_coefficients() {
+        let ds: Vec<f64> = (1..30).map(|i| 0.1 * f64::from(i)).collect();
+        let bon: Vec<f64> = ds.iter().map(|d| d * (0.8 - 0.2 * d)).collect();
+        let f = least_squares(&ds, &bon, &gao_best_of_n).unwrap();
+        assert!((f.coefficients[0] - 0.8).abs() < 1e-9 && (f.coefficients[1] - 0.2).abs() < 1e-9, "{f:?}");
+        let rl: Vec<f64> = ds.iter().map(|d| d * (0.5 - 0.3 * d.ln())).collect();
+        let f = least_squares(&ds, &rl, &gao_rl).unwrap();
+        assert!((f.coefficients[0] - 0.5).abs() < 1e-9 && (f.coefficients[1] - 0.3).abs() < 1e-9, "{f:?}");
+        assert_eq!(gao_rl(0.0), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn too_few_points_or_degenerate_data_give_no_fit() {
+        assert!(least_squares(&[1.0, 2.0], &[1.0, 2.0], &quadratic).is_none());
+        assert!(least_squares(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0], &linear).is_none());
+        assert!(least_squares(&[], &[], &linear).is_none());
+    }
+}
