@@ -6,7 +6,9 @@
 //!   a scoring pass of the trainer (plus `target/daa-bench/trainer.{md,svg}`),
 //!   beside PyTorch + transformers with `--torch`.
 //! - `cargo xtask train [--release] [DAA TRAIN ARGS…]`: builds and runs
-//!   `daa train` (the built-in tiny run without arguments).
+//!   `daa train` (the over-optimisation testbed without arguments).
+//! - `cargo xtask experiment [--release] [DAA EXPERIMENT ARGS…]`: builds and
+//!   runs `daa experiment` (a sweep on the testbed and its report).
 
 mod bench;
 mod train;
@@ -18,14 +20,16 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("bench") => bench::run(&args[1..]),
         Some("train") => train::run(&args[1..]),
+        Some("experiment") => train::experiment(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
             println!(
                 "       cargo xtask bench --trainer [--quick] [--torch] [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N]"
             );
             println!("       cargo xtask train [--release] [--features train-wgpu,train-cuda] [DAA TRAIN ARGS…]");
+            println!("       cargo xtask experiment [--release] [--preset small|paper] [--out DIR] [--jobs N]");
             Ok(())
         }
-        Some(other) => bail!("unknown xtask `{other}`; available: bench, train"),
+        Some(other) => bail!("unknown xtask `{other}`; available: bench, train, experiment"),
     }
 }

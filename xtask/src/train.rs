@@ -2,14 +2,26 @@
 //! builds the `daa` command (showing cargo's progress; `--features
 //! train-cuda` or `train-wgpu` for GPU training) and runs `daa train` with
 //! the other arguments; `daa` checks the configuration. With no arguments:
-//! the built-in tiny run (configs/tiny.toml, no download).
+//! the over-optimisation testbed (configs/testbed.toml, no download; the
+//! built-in tiny run is `--config configs/tiny.toml`).
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// `cargo xtask train`.
 pub fn run(args: &[String]) -> Result<()> {
+    build_and_run("train", args)
+}
+
+/// `cargo xtask experiment [--release] [DAA EXPERIMENT ARGS…]`: the same
+/// build, then `daa experiment`.
+pub fn experiment(args: &[String]) -> Result<()> {
+    build_and_run("experiment", args)
+}
+
+fn build_and_run(subcommand: &str, args: &[String]) -> Result<()> {
     let (mut release, mut features, mut passthrough) = (false, None, Vec::new());
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -41,12 +53,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let binary = target.join(if release { "release" } else { "debug" }).join("daa");
     let status = Command::new(&binary)
-        .arg("train")
+        .arg(subcommand)
         .args(passthrough)
         .status()
         .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {
-        bail!("daa train failed ({status})");
+        bail!("daa {subcommand} failed ({status})");
     }
     Ok(())
 }

@@ -163,12 +163,18 @@ pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
     (runs, common)
 }
 
+/// `<run>.log` beside the run folder (names hold dots: not `with_extension`).
+fn log_path(run_dir: &Path) -> PathBuf {
+    let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    run_dir.with_file_name(format!("{name}.log"))
+}
+
 /// Runs one `daa train` child; its output goes to `<run>.log`.
 fn run_child(base: &Path, run_dir: &Path, overrides: &[String], threads: usize) -> Result<()> {
     if run_dir.exists() {
         std::fs::remove_dir_all(run_dir).with_context(|| format!("{}: cannot clear", run_dir.display()))?;
     }
-    let log_path = run_dir.with_extension("log");
+    let log_path = log_path(run_dir);
     let log = std::fs::File::create(&log_path).with_context(|| format!("{}: cannot create", log_path.display()))?;
     let mut command = Command::new(std::env::current_exe().context("locating the daa binary")?);
     command.arg("train").arg("--config").arg(base).arg("--out").arg(run_dir);
@@ -291,5 +297,10 @@ mod tests {
         let ipo = small.iter().find(|s| s.loss == "ipo").unwrap();
         let config = TrainConfig::parse(TESTBED_CONFIG, "testbed", &ipo.overrides()).unwrap();
         assert_eq!(config.loss.loss.name(), daa_core::LossName::Ipo);
+        // Every run has a log of its own.
+        let logs: std::collections::HashSet<PathBuf> =
+            small.iter().map(|s| log_path(&Path::new("runs").join(s.name()))).collect();
+        assert_eq!(logs.len(), small.len());
+        assert_eq!(log_path(Path::new("runs/dpo-beta0.1-lam0-s0")), Path::new("runs/dpo-beta0.1-lam0-s0.log"));
     }
 }

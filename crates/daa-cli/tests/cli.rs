@@ -591,17 +591,43 @@ fn train_on_cuda_without_a_driver_says_what_to_do() {
 #[test]
 #[cfg(feature = "train")]
 fn train_draws_the_evaluation_chart_and_prints_the_summary() {
+    // The default run (the testbed), shrunk: SFT reference, pairs, DPO with sample evaluation.
     let dir = temp_dir();
     let out = dir.path().join("run");
     let cache = format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string());
-    let run = daa(&["train", "--max-steps", "2", "--out", out.to_str().unwrap(), "--set", &cache]);
+    let mut args = vec!["train", "--max-steps", "2", "--out", out.to_str().unwrap(), "--set", &cache];
+    for set in [
+        "testbed.sft_prompts=64",
+        "testbed.sft_steps=4",
+        "testbed.sft_batch=8",
+        "testbed.pairs=40",
+        "testbed.eval_pairs=8",
+        "testbed.hidden_size=32",
+        "train.batch_size=8",
+        "train.micro_batch_size=8",
+        "monitor.eval_every=1",
+    ] {
+        args.extend(["--set", set]);
+    }
+    let run = daa(&args);
     let err = stderr(&run);
     assert!(run.status.success(), "{err}");
-    for needle in ["step     0  eval loss", "step     2  eval loss", "done: 2 steps", "top-k entropy", "top-k mass"] {
+    for needle in [
+        "testbed: fine-tuning the reference policy",
+        "step     0  eval loss",
+        "step     2  eval loss",
+        "win prob",
+        "done: 2 steps",
+        "top-k entropy",
+        "top-k mass",
+        "samples (held-out prompts)",
+        "win probability peaked at step",
+    ] {
         assert!(err.contains(needle), "expected {needle:?} in {err}");
     }
     let svg = std::fs::read_to_string(out.join("metrics.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("top-k entropy") && svg.contains("<polyline"), "{svg}");
+    assert!(svg.contains("win probability") && svg.contains("EAD"), "sampled figures are charted");
     let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 2);
     assert_eq!(summary["backend"], "cpu");

@@ -33,29 +33,32 @@ pub fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 { 1.0 / (1.0 + (-x).exp()) } else { x.exp() / (1.0 + x.exp()) }
 }
 
-fn check_finite(values: &[f64], name: &'static str) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(i) => Err(DaaError::Parameter {
-            name,
-            value: values[i].to_string(),
-            expected: format!("a finite value at row {i}"),
-        }),
+/// Two non-empty series of the same length, every value finite; errors name
+/// the series and the row.
+fn check_paired(first: (&[f64], &'static str), second: (&[f64], &'static str)) -> Result<()> {
+    if first.0.len() != second.0.len() || first.0.is_empty() {
+        return Err(DaaError::Parameter {
+            name: second.1,
+            value: format!("{} values", second.0.len()),
+            expected: format!("one per row of the {} {} values (at least one)", first.0.len(), first.1),
+        });
     }
+    for (values, name) in [first, second] {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(DaaError::Parameter {
+                name,
+                value: values[i].to_string(),
+                expected: format!("a finite value at row {i}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Win probability and win rate of `model` rewards against `competitor`
 /// rewards, prompt by prompt (module documentation).
 pub fn win_stats(model: &[f64], competitor: &[f64]) -> Result<WinStats> {
-    if model.len() != competitor.len() || model.is_empty() {
-        return Err(DaaError::Parameter {
-            name: "competitor",
-            value: format!("{} rewards", competitor.len()),
-            expected: format!("one reward per prompt of the model's {} (at least one)", model.len()),
-        });
-    }
-    check_finite(model, "model reward")?;
-    check_finite(competitor, "competitor reward")?;
+    check_paired((model, "model reward"), (competitor, "competitor reward"))?;
     let n = model.len() as f64;
     let win_prob = model.iter().zip(competitor).map(|(r, c)| sigmoid(r - c)).sum::<f64>() / n;
     let win_rate = model.iter().zip(competitor).filter(|(r, c)| r > c).count() as f64 / n;
@@ -65,15 +68,7 @@ pub fn win_stats(model: &[f64], competitor: &[f64]) -> Result<WinStats> {
 /// Monte-Carlo `KL(π‖π_ref)` per sequence from the samples' log-probabilities
 /// under the policy and the reference (module documentation).
 pub fn kl_estimate(policy_logps: &[f64], reference_logps: &[f64]) -> Result<f64> {
-    if policy_logps.len() != reference_logps.len() || policy_logps.is_empty() {
-        return Err(DaaError::Parameter {
-            name: "reference_logps",
-            value: format!("{} values", reference_logps.len()),
-            expected: format!("one per sample of the policy's {} (at least one)", policy_logps.len()),
-        });
-    }
-    check_finite(policy_logps, "policy log-probability")?;
-    check_finite(reference_logps, "reference log-probability")?;
+    check_paired((policy_logps, "policy log-probability"), (reference_logps, "reference log-probability"))?;
     Ok(policy_logps.iter().zip(reference_logps).map(|(p, r)| p - r).sum::<f64>() / policy_logps.len() as f64)
 }
 

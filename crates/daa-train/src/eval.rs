@@ -52,15 +52,18 @@ pub struct EvalReport {
     pub entropy: f64,
 }
 
-/// A figure of [`EvalReport`] that charts and summaries show: its title and
-/// how to read it.
+/// A figure of a report (`R`: [`EvalReport`], the sampled figures'
+/// `SampleReport`) that charts and summaries show: its title and how to read it.
 #[derive(Debug, Clone, Copy)]
-pub struct EvalFigure {
+pub struct Figure<R> {
     /// Title for people.
     pub title: &'static str,
     /// The value in a report.
-    pub value: fn(&EvalReport) -> f64,
+    pub value: fn(&R) -> f64,
 }
+
+/// A figure of [`EvalReport`].
+pub type EvalFigure = Figure<EvalReport>;
 
 impl EvalReport {
     /// The figures people watch, in the order charts and tables show them.

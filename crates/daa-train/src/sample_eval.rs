@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{Sequence, TokenBatch};
 use crate::error::{ModelError, read_vec};
+use crate::eval::Figure;
 use crate::generate::{FinishReason, Generated, GenerationConfig, GenerationRequest, generate, request_seed};
 use crate::judge::{Judge, Judged};
 use crate::model::CausalLm;
@@ -78,13 +79,7 @@ pub struct SampleReport {
 }
 
 /// A figure of [`SampleReport`] that charts and summaries show.
-#[derive(Debug, Clone, Copy)]
-pub struct SampleFigure {
-    /// Title for people.
-    pub title: &'static str,
-    /// The value in a report.
-    pub value: fn(&SampleReport) -> f64,
-}
+pub type SampleFigure = Figure<SampleReport>;
 
 impl SampleReport {
     /// The figures people watch, in the order charts and tables show them.

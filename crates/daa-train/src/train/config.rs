@@ -12,11 +12,16 @@ use serde::{Deserialize, Deserializer, Serialize};
 use crate::backend::ComputeBackend;
 use crate::optim::{AdamWConfig, LrSchedule};
 
-/// The configuration of `cargo xtask train` with no arguments.
-pub const BUILTIN_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
-
-/// The testbed's configuration (`configs/testbed.toml`), the base of `daa experiment`.
+/// The testbed's configuration (`configs/testbed.toml`): what `daa train`
+/// (and `cargo xtask train`) run without `--config`, and the base of `daa experiment`.
 pub const TESTBED_CONFIG: &str = include_str!("../../../../configs/testbed.toml");
+
+/// The configuration of `daa train` without `--config`.
+pub const BUILTIN_CONFIG: &str = TESTBED_CONFIG;
+
+/// The built-in tiny run (`configs/tiny.toml`): a random model on arithmetic
+/// pairs, the trainer's smoke test (no SFT, no sampling).
+pub const TINY_CONFIG: &str = include_str!("../../../../configs/tiny.toml");
 
 /// Value of `model.path` / `data.path` that selects the built-in tiny model and task.
 pub const BUILTIN: &str = "builtin:tiny";
@@ -481,7 +486,7 @@ impl TrainConfig {
     /// Reads a configuration file, or the built-in one when `path` is `None`.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self> {
         match path {
-            None => Self::parse(BUILTIN_CONFIG, "built-in configs/tiny.toml", overrides),
+            None => Self::parse(BUILTIN_CONFIG, "built-in configs/testbed.toml", overrides),
             Some(p) => {
                 let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
                 Self::parse(&text, &p.display().to_string(), overrides)
@@ -646,7 +651,7 @@ mod tests {
 
     #[test]
     fn switching_the_loss_drops_the_file_s_hyper_parameters_but_not_the_command_line_s() {
-        // configs/tiny.toml sets `beta` for DPO.
+        // configs/testbed.toml sets `beta` for DPO.
         assert_eq!(built_in(&[]).unwrap().loss.loss, PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 });
         assert_eq!(built_in(&["loss.name=ipo"]).unwrap().loss.loss, PreferenceLoss::Ipo { tau: 0.1 });
         assert_eq!(built_in(&["loss.name=ipo", "loss.tau=0.05"]).unwrap().loss.loss, PreferenceLoss::Ipo { tau: 0.05 });

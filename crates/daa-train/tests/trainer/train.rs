@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use daa_train::reference_cache::{ScoresKey, read_scores, score_encoded};
+use daa_train::train::config::TINY_CONFIG;
 use daa_train::train::{RunOutcome, Silent, TrainConfig, prepare};
 use serde_json::{Value, json};
 
@@ -31,7 +32,7 @@ fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
         "data.eval_size=16".into(),
     ];
     overrides.extend(extra.iter().map(|s| s.to_string()));
-    TrainConfig::load(None, &overrides).unwrap()
+    TrainConfig::parse(TINY_CONFIG, "configs/tiny.toml", &overrides).unwrap()
 }
 
 const TRAIN_FIELDS: [&str; 16] = [
@@ -327,7 +328,7 @@ const SAMPLE_FIELDS: [&str; 13] = [
 
 /// configs/testbed.toml shrunk for tests, in `dir`.
 fn testbed_config(dir: &Path, extra: &[&str]) -> TrainConfig {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs/testbed.toml")).unwrap();
+    let text = daa_train::train::config::TESTBED_CONFIG;
     let mut overrides = vec![
         format!("train.cache_dir={:?}", dir.join("cache").display().to_string()),
         format!("train.output_dir={:?}", dir.join("run").display().to_string()),
@@ -344,7 +345,7 @@ fn testbed_config(dir: &Path, extra: &[&str]) -> TrainConfig {
         "testbed.layers=1".into(),
     ];
     overrides.extend(extra.iter().map(|s| s.to_string()));
-    let mut config = TrainConfig::parse(&text, "configs/testbed.toml", &overrides).unwrap();
+    let mut config = TrainConfig::parse(text, "configs/testbed.toml", &overrides).unwrap();
     let samples = config.monitor.samples.as_mut().unwrap();
     samples.prompts = 8;
     samples.batch_size = 4;
