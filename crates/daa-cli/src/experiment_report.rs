@@ -12,9 +12,10 @@
 //!     `d(α − β ln d)`;
 //! (d) `regularisation.svg`: final win probability per loss and
 //!     regularisation, mean and range over seeds (and values);
-//! (e) early stopping, replayed with daa-core's detector on each run's
-//!     evaluations: win probability at the stop, at the kept
-//!     `best-indicator` evaluation, at the best evaluation and at the end.
+//! (e) `early_stopping.svg`: early stopping, replayed with daa-core's
+//!     detector on each run's evaluations: win probability at the stop, at
+//!     the kept `best-indicator` evaluation, at the best evaluation and at
+//!     the end.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -337,7 +338,7 @@ fn section_d(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
 }
 
 /// (e): what early stopping would keep, replayed on each run's evaluations.
-fn section_e(runs: &[RunData], md: &mut String) -> Result<()> {
+fn section_e(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
     writeln!(md, "## (e) Early stopping\n")?;
     writeln!(
         md,
@@ -383,10 +384,30 @@ fn section_e(runs: &[RunData], md: &mut String) -> Result<()> {
         ]);
     }
     writeln!(md, "\n| loss | runs | at stop | kept | best | final |\n|---|---|---|---|---|---|")?;
+    let mut bars = Vec::new();
     for (loss, rows) in &sums {
-        let col = |i: usize| mean(&rows.iter().map(|r| r[i]).collect::<Vec<_>>());
-        writeln!(md, "| {loss} | {} | {:.4} | {:.4} | {:.4} | {:.4} |", rows.len(), col(0), col(1), col(2), col(3))?;
+        let column = |i: usize| rows.iter().map(|r| r[i]).collect::<Vec<_>>();
+        writeln!(
+            md,
+            "| {loss} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+            rows.len(),
+            mean(&column(0)),
+            mean(&column(1)),
+            mean(&column(2)),
+            mean(&column(3))
+        )?;
+        for (i, what) in ["at the stop", "kept (best-indicator)", "best evaluation", "end"].into_iter().enumerate() {
+            let values = column(i);
+            let (low, high) = span(&values);
+            bars.push(Interval { label: format!("{loss}: {what}"), mean: mean(&values), low, high });
+        }
     }
+    write_svg(
+        out,
+        "early_stopping.svg",
+        &intervals("(e) early stopping: win probability (mean, range over runs)", "P_win", &bars)?,
+    )?;
+    writeln!(md, "\n![](early_stopping.svg)\n")?;
     Ok(())
 }
 
@@ -408,9 +429,95 @@ pub fn write_report(out: &Path, specs: &[RunSpec]) -> Result<PathBuf> {
         section_b(&runs, out, &mut md)?;
         section_c(&runs, out, &mut md)?;
         section_d(&runs, out, &mut md)?;
-        section_e(&runs, &mut md)?;
+        section_e(&runs, out, &mut md)?;
     }
     let path = out.join("report.md");
     daa_core::io::write_bytes_atomic(&path, md.as_bytes())?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use daa_train::EvalRecord;
+    use daa_train::eval::EvalReport;
+    use daa_train::records::{EventRecord, MetricsRecord, MonitorEvent};
+    use daa_train::sample_eval::SampleReport;
+
+    use super::*;
+    use crate::experiment_cmd::{Preset, sweep};
+
+    /// A run whose win probability is exactly quadratic in the chosen log-likelihood.
+    fn planted_run(dir: &Path, seed: u64) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut lines = String::new();
+        for i in 0..12u64 {
+            let loglik = -2.5 - 0.1 * i as f64;
+            let win = 0.55 - 2.0 * (loglik + 3.0).powi(2) + 0.001 * seed as f64;
+            let report = EvalReport {
+                loss: 0.6,
+                accuracy: 0.6,
+                margin: 0.1,
+                chosen_token_loglik: loglik,
+                rejected_token_loglik: loglik - 0.2,
+                topk_entropy: 3.0 + if i < 4 { 0.05 * i as f64 } else { 0.2 - 0.05 * (i - 4) as f64 },
+                topk_mass: 0.7,
+                entropy: 2.7,
+            };
+            let kl = 0.5 * i as f64;
+            let samples = SampleReport {
+                win_prob: win,
+                win_rate: win,
+                gold_reward: 0.1 * kl.sqrt() - 0.01 * kl,
+                kl,
+                ead_1: 0.5,
+                ead_2: 0.5,
+                ead_3: 0.5,
+                ead_4: 0.5,
+                ead_5: 0.5,
+                ead: 0.5,
+                sample_topk_entropy: 3.0,
+                sample_topk_mass: 0.7,
+                length: 7.0,
+            };
+            let record = MetricsRecord::Eval(EvalRecord { step: 16 * i, report, samples: Some(samples) });
+            lines.push_str(&format!("{}\n", serde_json::to_string(&record).unwrap()));
+        }
+        let event = MonitorEvent::TurningPoint {
+            indicator: Indicator::TopkEntropy,
+            peak_step: 48,
+            peak_value: 3.2,
+            value: 3.1,
+        };
+        let record = MetricsRecord::Event(EventRecord { step: 96, event });
+        lines.push_str(&format!("{}\n", serde_json::to_string(&record).unwrap()));
+        std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+        std::fs::write(dir.join("summary.json"), "{}").unwrap();
+    }
+
+    #[test]
+    fn the_report_fits_planted_curves_and_draws_every_chart() {
+        let out = tempfile::tempdir().unwrap();
+        let (specs, _) = sweep(Preset::Small);
+        // Two finished runs of one loss; the rest never ran.
+        for spec in specs.iter().filter(|s| s.loss == "dpo" && s.regularisation == Regularisation::Fixed(0.0)) {
+            planted_run(&out.path().join("runs").join(spec.name()), spec.seed);
+        }
+        let report = std::fs::read_to_string(write_report(out.path(), &specs).unwrap()).unwrap();
+        assert!(report.contains("2 of 18 runs finished"), "{report}");
+        // The two runs lie on one parabola 0.001 apart (the seed's offset): the quadratic fit
+        // recovers it (c = −2, b = −12) with residuals ±0.0005, far below the line's.
+        let row = report.lines().find(|l| l.starts_with("| dpo | 24 |")).unwrap();
+        assert!(row.contains("| 0.0005 |") && row.contains("-12.000·ℓ -2.0000·ℓ²"), "{row}");
+        assert!(row.contains("99.8 %"), "{row}");
+        // The win-probability peak (ℓ = −3, step 80 smoothed near it) and the planted turn.
+        assert!(report.contains("| 48 / 96 |"), "{report}");
+        for chart in ["winprob_vs_loglik", "indicators", "gold_vs_kl", "regularisation", "early_stopping"] {
+            let svg = std::fs::read_to_string(out.path().join(format!("{chart}.svg"))).unwrap();
+            assert!(svg.starts_with("<svg"), "{chart}");
+        }
+        // The replayed detector stops after the planted entropy peak and keeps an evaluation before it.
+        let stop_row =
+            report.lines().find(|l| l.starts_with("| dpo-beta0.1-lam0-s0 |") && l.matches('|').count() == 8).unwrap();
+        assert!(!stop_row.contains("none (end)"), "{stop_row}");
+    }
 }
