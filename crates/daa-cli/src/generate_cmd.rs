@@ -18,7 +18,7 @@ use daa_core::sampling::SamplingParams;
 use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
 use daa_train::checkpoint::load_model;
 use daa_train::data::{Prompt, TextEncoder, encode_prompt, read_rows};
-use daa_train::generate::{FinishReason, GenerationConfig, GenerationRequest, generate, request_seed};
+use daa_train::generate::{FinishReason, GenerationConfig, GenerationRequest, generate_in_batches, request_seed};
 use daa_train::model::CausalLm;
 use serde_json::{Map, Value, json};
 
@@ -112,33 +112,32 @@ impl BackendTask for GenerateArgs {
         let mut order: Vec<usize> = (0..jobs.len()).collect();
         order.sort_by_key(|&j| jobs[j].ids.len());
         let bar = bar(jobs.len() as u64, "generating");
+        let requests: Vec<GenerationRequest> = order
+            .iter()
+            .map(|&j| GenerationRequest {
+                prompt: &jobs[j].ids,
+                seed: request_seed(self.seed, jobs[j].row, jobs[j].sample),
+            })
+            .collect();
+        let generated = generate_in_batches(&model, &requests, self.batch_size, &config, &device, &mut |done| {
+            bar.set_position(done as u64)
+        })?;
         let mut lines: Vec<Option<String>> = vec![None; jobs.len()];
-        for chunk in order.chunks(self.batch_size) {
-            let requests: Vec<GenerationRequest> = chunk
-                .iter()
-                .map(|&j| GenerationRequest {
-                    prompt: &jobs[j].ids,
-                    seed: request_seed(self.seed, jobs[j].row, jobs[j].sample),
-                })
-                .collect();
-            let generated = generate(&model, &requests, &config, &device)?;
-            for (&j, g) in chunk.iter().zip(generated) {
-                let job = &jobs[j];
-                let mut row: Map<String, Value> = values[job.row].as_object().cloned().unwrap_or_default();
-                row.insert("completion".into(), json!(encoder.decode(&g.tokens)?));
-                row.insert("completion_ids".into(), json!(g.tokens));
-                row.insert("logprob".into(), json!(g.logprob()));
-                let finish = match g.finish {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length => "length",
-                };
-                row.insert("finish_reason".into(), json!(finish));
-                if self.samples_per_prompt > 1 {
-                    row.insert("sample".into(), json!(job.sample));
-                }
-                lines[j] = Some(serde_json::to_string(&Value::Object(row))?);
+        for (&j, g) in order.iter().zip(generated) {
+            let job = &jobs[j];
+            let mut row: Map<String, Value> = values[job.row].as_object().cloned().unwrap_or_default();
+            row.insert("completion".into(), json!(encoder.decode(&g.tokens)?));
+            row.insert("completion_ids".into(), json!(g.tokens));
+            row.insert("logprob".into(), json!(g.logprob()));
+            let finish = match g.finish {
+                FinishReason::Stop => "stop",
+                FinishReason::Length => "length",
+            };
+            row.insert("finish_reason".into(), json!(finish));
+            if self.samples_per_prompt > 1 {
+                row.insert("sample".into(), json!(job.sample));
             }
-            bar.inc(chunk.len() as u64);
+            lines[j] = Some(serde_json::to_string(&Value::Object(row))?);
         }
         bar.finish_and_clear();
         let mut text = String::new();

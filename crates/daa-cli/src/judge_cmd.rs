@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use daa_core::io::write_bytes_atomic;
 use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
-use daa_train::data::read_rows;
+use daa_train::data::{Prompt, read_rows};
 use daa_train::judge::{GoldJudge, Judge, Judged};
 use daa_train::reward_model::RewardModelJudge;
 use serde_json::{Value, json};
@@ -43,18 +43,9 @@ pub struct JudgeArgs {
     backend: ComputeBackend,
 }
 
-/// The text of a prompt: a string, or the last user message of a conversation.
-fn prompt_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(turns) => turns
-            .iter()
-            .rev()
-            .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-            .and_then(|m| m.get("content").and_then(Value::as_str))
-            .map(str::to_string),
-        _ => None,
-    }
+/// The text of a prompt field: a string, or the last user message of a conversation.
+fn prompt_text(field: &str, value: &Value) -> Option<String> {
+    Prompt::from_field(field, value).ok()?.judge_text().map(str::to_string)
 }
 
 /// The text of a reply: a string, or the last assistant message.
@@ -83,7 +74,7 @@ fn row_items(value: &Value) -> Result<RowItems, String> {
     let field = |name: &str| object.get(name).filter(|v| !v.is_null());
     if let Some(completion) = field("completion") {
         let prompt = field("prompt").ok_or("missing field `prompt` (beside `completion`)")?;
-        let prompt = prompt_text(prompt).ok_or("`prompt` must be a string or messages with a user turn")?;
+        let prompt = prompt_text("prompt", prompt).ok_or("`prompt` must be a string or messages with a user turn")?;
         let completion = reply_text(completion).ok_or("`completion` must be a string")?;
         let ended = field("finish_reason").and_then(Value::as_str) != Some("length");
         return Ok(RowItems { items: vec![(prompt, completion, ended)], fields: &["reward"] });
@@ -92,8 +83,8 @@ fn row_items(value: &Value) -> Result<RowItems, String> {
         return Err("expected `prompt` and `completion`, or `chosen` and `rejected`".into());
     };
     let prompt = field("prompt")
-        .and_then(prompt_text)
-        .or_else(|| prompt_text(chosen))
+        .and_then(|p| prompt_text("prompt", p))
+        .or_else(|| prompt_text("chosen", chosen))
         .ok_or("no prompt: neither a `prompt` field nor a user turn in `chosen`")?;
     let reply = |name: &str, v: &Value| {
         reply_text(v).ok_or(format!("`{name}` must be a string or messages ending with the assistant's"))

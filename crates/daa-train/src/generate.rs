@@ -164,6 +164,26 @@ pub fn generate<B: Backend>(
     Ok(out)
 }
 
+/// [`generate`] over `requests`, `batch_size` at a time, in order;
+/// `progress(done)` after each batch. Batches of similar prompt lengths pad
+/// less: callers may order the requests (the output follows their order,
+/// and seeds keep each sample independent of its batch).
+pub fn generate_in_batches<B: Backend>(
+    model: &CausalLm<B>,
+    requests: &[GenerationRequest<'_>],
+    batch_size: usize,
+    config: &GenerationConfig,
+    device: &B::Device,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<Generated>, ModelError> {
+    let mut out = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(batch_size.max(1)) {
+        out.extend(generate(model, chunk, config, device)?);
+        progress(out.len());
+    }
+    Ok(out)
+}
+
 /// Adds the indicators of the active rows' next-token distributions.
 fn add_stats(
     cpu: &Cpu,

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Sequence, TokenBatch};
 use crate::error::{ModelError, read_vec};
 use crate::eval::Figure;
-use crate::generate::{FinishReason, Generated, GenerationConfig, GenerationRequest, generate, request_seed};
+use crate::generate::{
+    FinishReason, Generated, GenerationConfig, GenerationRequest, generate_in_batches, request_seed,
+};
 use crate::judge::{Judge, Judged};
 use crate::model::CausalLm;
 use crate::objective::sequence_logps;
@@ -173,18 +175,20 @@ impl<B: Backend> SampleEvaluator<B> {
         decode: &Decode<'_>,
     ) -> Result<JudgedSamples, ModelError> {
         let device = model.embed.weight.device();
-        let mut samples = Vec::with_capacity(self.prompts.len());
-        for (c, chunk) in self.prompts.chunks(self.settings.batch_size).enumerate() {
-            let requests: Vec<GenerationRequest> = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, p)| GenerationRequest {
-                    prompt: &p.ids,
-                    seed: request_seed(seed, c * self.settings.batch_size + i, 0),
-                })
-                .collect();
-            samples.extend(generate(model, &requests, &self.settings.generation, &device)?);
-        }
+        let requests: Vec<GenerationRequest> = self
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| GenerationRequest { prompt: &p.ids, seed: request_seed(seed, i, 0) })
+            .collect();
+        let samples = generate_in_batches(
+            model,
+            &requests,
+            self.settings.batch_size,
+            &self.settings.generation,
+            &device,
+            &mut |_| {},
+        )?;
         let texts = samples.iter().map(|g| decode(&g.tokens)).collect::<Result<Vec<_>, _>>()?;
         let items: Vec<Judged> = self
             .prompts

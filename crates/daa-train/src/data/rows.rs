@@ -140,15 +140,29 @@ impl Prompt {
                 "row is not a JSON object".into()
             });
         };
-        match prompt {
+        Self::from_field("prompt", prompt)
+    }
+
+    /// A string or a non-empty list of messages found in `field`.
+    pub fn from_field(field: &str, value: &Value) -> Result<Self, String> {
+        match value {
             Value::String(text) => Ok(Prompt::Text(text.clone())),
             other => {
-                let turns = messages("prompt", other)?;
+                let turns = messages(field, other)?;
                 if turns.is_empty() {
-                    return Err("the prompt has no messages".into());
+                    return Err(format!("`{field}` has no messages"));
                 }
                 Ok(Prompt::Chat(turns))
             }
+        }
+    }
+
+    /// What a judge reads of the prompt: the text, or the conversation's
+    /// last user message (`None` when it has none).
+    pub fn judge_text(&self) -> Option<&str> {
+        match self {
+            Prompt::Text(text) => Some(text),
+            Prompt::Chat(turns) => turns.iter().rev().find(|m| m.role == "user").map(|m| m.content.as_str()),
         }
     }
 }

@@ -23,7 +23,7 @@ use super::task::{Constraints, TaskShape, behaviour_completion, gold_reward};
 use crate::batch::Sequence;
 use crate::checkpoint::{load_model, save_model};
 use crate::data::{Message, TextEncoder};
-use crate::generate::{FinishReason, GenerationConfig, GenerationRequest, generate, request_seed};
+use crate::generate::{FinishReason, GenerationConfig, GenerationRequest, generate_in_batches, request_seed};
 use crate::model::{CausalLm, ModelConfig, RandomWeights};
 use crate::optim::{AdamWConfig, LrSchedule};
 use crate::rng::uniform_open;
@@ -246,39 +246,35 @@ fn labelled_pairs(
         .collect::<Result<_>>()?;
     let mut labels = spec.seed ^ stream;
     let (mut rows, mut identical) = (Vec::new(), 0);
-    for chunk in prompts.chunks(64) {
-        let requests: Vec<GenerationRequest> = chunk
-            .iter()
-            .flat_map(|(i, _, ids)| {
-                (0..2).map(move |s| GenerationRequest {
-                    prompt: ids,
-                    seed: request_seed(spec.seed ^ stream, *i as usize, s),
-                })
-            })
-            .collect();
-        let samples = generate(reference, &requests, &config, &device)?;
-        for ((i, prompt, _), two) in chunk.iter().zip(samples.chunks(2)) {
-            let text = |k: usize| encoder.decode(&two[k].tokens);
-            let (a, b) = (text(0)?, text(1)?);
-            if a == b {
-                identical += 1;
-                continue;
-            }
-            let reward = |k: usize, t: &str| gold_reward(prompt, t, two[k].finish == FinishReason::Stop);
-            let (ra, rb) = (reward(0, &a), reward(1, &b));
-            let ((chosen, rc), (rejected, rr)) =
-                if first_preferred(ra, rb, spec.label_temperature, uniform_open(&mut labels)) {
-                    ((a, ra), (b, rb))
-                } else {
-                    ((b, rb), (a, ra))
-                };
-            rows.push(ultrafeedback_row(
-                &format!("testbed-{i:06}"),
-                &prompt.to_text(),
-                (chosen.as_str(), rc),
-                (rejected.as_str(), rr),
-            ));
+    let requests: Vec<GenerationRequest> = prompts
+        .iter()
+        .flat_map(|(i, _, ids)| {
+            (0..2)
+                .map(move |s| GenerationRequest { prompt: ids, seed: request_seed(spec.seed ^ stream, *i as usize, s) })
+        })
+        .collect();
+    let samples = generate_in_batches(reference, &requests, 128, &config, &device, &mut |_| {})?;
+    for ((i, prompt, _), two) in prompts.iter().zip(samples.chunks(2)) {
+        let text = |k: usize| encoder.decode(&two[k].tokens);
+        let (a, b) = (text(0)?, text(1)?);
+        if a == b {
+            identical += 1;
+            continue;
         }
+        let reward = |k: usize, t: &str| gold_reward(prompt, t, two[k].finish == FinishReason::Stop);
+        let (ra, rb) = (reward(0, &a), reward(1, &b));
+        let ((chosen, rc), (rejected, rr)) =
+            if first_preferred(ra, rb, spec.label_temperature, uniform_open(&mut labels)) {
+                ((a, ra), (b, rb))
+            } else {
+                ((b, rb), (a, ra))
+            };
+        rows.push(ultrafeedback_row(
+            &format!("testbed-{i:06}"),
+            &prompt.to_text(),
+            (chosen.as_str(), rc),
+            (rejected.as_str(), rr),
+        ));
     }
     Ok((rows, identical))
 }

@@ -48,14 +48,6 @@ pub(crate) struct RunMonitor<B: Backend> {
     samples: Option<(SampleEvaluator<B>, Box<dyn Judge>)>,
 }
 
-/// The text a judge reads of a row's prompt: the string, or the last user message.
-fn prompt_text(value: &serde_json::Value) -> Option<String> {
-    match Prompt::parse(value).ok()? {
-        Prompt::Text(text) => Some(text),
-        Prompt::Chat(turns) => turns.into_iter().rev().find(|m| m.role == "user").map(|m| m.content),
-    }
-}
-
 impl<B: Backend> RunMonitor<B> {
     /// Builds the detector, the regulariser and, with `[monitor.samples]`,
     /// the judge and the reference policy's samples.
@@ -82,7 +74,10 @@ impl<B: Backend> RunMonitor<B> {
                 let source = prepared.eval_path.as_deref().unwrap_or(&prepared.data_path);
                 let texts: HashMap<usize, String> = read_rows(source)?
                     .into_iter()
-                    .filter_map(|r| Some((r.row, prompt_text(r.value.as_ref().ok()?)?)))
+                    .filter_map(|r| {
+                        let prompt = Prompt::parse(r.value.as_ref().ok()?).ok()?;
+                        Some((r.row, prompt.judge_text()?.to_string()))
+                    })
                     .collect();
                 let prompts: Vec<EvalPrompt> = prepared
                     .eval
