@@ -327,9 +327,9 @@ pub struct AdaptiveConfig {
     pub entropy_tolerance: f64,
     /// `ε_M ≥ 0`: a fall of the smoothed top-k mass larger than this warns.
     pub mass_tolerance: f64,
-    /// The NLL weight's rule.
-    pub nll_weight: AdaptiveBounds,
-    /// β's rule, when β is adapted too.
+    /// The NLL weight's rule, when λ is adapted.
+    pub nll_weight: Option<AdaptiveBounds>,
+    /// β's rule, when β is adapted (at least one of the two is).
     pub beta: Option<AdaptiveBounds>,
 }
 
@@ -340,8 +340,8 @@ pub struct RegularisationDecision {
     pub step: u64,
     /// Whether an indicator fell (`w_t`).
     pub warning: bool,
-    /// The NLL weight from now on.
-    pub nll_weight: f64,
+    /// The NLL weight from now on (`None` when λ is not adapted).
+    pub nll_weight: Option<f64>,
     /// β from now on (`None` when β is not adapted).
     pub beta: Option<f64>,
 }
@@ -353,14 +353,23 @@ pub struct AdaptiveRegulariser {
     config: AdaptiveConfig,
     entropy: SmoothedSignal,
     mass: SmoothedSignal,
-    nll_weight: f64,
+    nll_weight: Option<f64>,
     beta: Option<f64>,
 }
 
 impl AdaptiveRegulariser {
     /// A controller with `config`, checked.
     pub fn new(config: AdaptiveConfig) -> Result<Self> {
-        config.nll_weight.validate("adaptive.nll_weight")?;
+        if config.nll_weight.is_none() && config.beta.is_none() {
+            return Err(DaaError::Parameter {
+                name: "adaptive",
+                value: "neither λ nor β".into(),
+                expected: "the NLL weight, β, or both to adapt".into(),
+            });
+        }
+        if let Some(nll) = &config.nll_weight {
+            nll.validate("adaptive.nll_weight")?;
+        }
         if let Some(beta) = &config.beta {
             beta.validate("adaptive.beta")?;
         }
@@ -377,14 +386,14 @@ impl AdaptiveRegulariser {
         Ok(Self {
             entropy: SmoothedSignal::new(config.smoothing)?,
             mass: SmoothedSignal::new(config.smoothing)?,
-            nll_weight: config.nll_weight.initial,
+            nll_weight: config.nll_weight.map(|b| b.initial),
             beta: config.beta.map(|b| b.initial),
             config,
         })
     }
 
-    /// The current NLL weight.
-    pub fn nll_weight(&self) -> f64 {
+    /// The current NLL weight, when adapted.
+    pub fn nll_weight(&self) -> Option<f64> {
         self.nll_weight
     }
 
@@ -399,7 +408,9 @@ impl AdaptiveRegulariser {
         self.mass.push(step, topk_mass, Indicator::TopkMass.name())?;
         let warning =
             self.entropy.trend() < -self.config.entropy_tolerance || self.mass.trend() < -self.config.mass_tolerance;
-        self.nll_weight = self.config.nll_weight.next(self.nll_weight, warning);
+        if let (Some(nll), Some(bounds)) = (self.nll_weight, &self.config.nll_weight) {
+            self.nll_weight = Some(bounds.next(nll, warning));
+        }
         if let (Some(beta), Some(bounds)) = (self.beta, &self.config.beta) {
             self.beta = Some(bounds.next(beta, warning));
         }
@@ -494,8 +505,8 @@ mod tests {
         assert!(SmoothedSignal::new(0.0).is_err());
     }
 
-    fn controller(beta: bool) -> AdaptiveRegulariser {
-        let nll = AdaptiveBounds { initial: 0.0, switch_on: 0.1, max: 1.0, up: 2.0, down: 0.5 };
+    fn controller(nll: bool, beta: bool) -> AdaptiveRegulariser {
+        let nll = nll.then_some(AdaptiveBounds { initial: 0.0, switch_on: 0.1, max: 1.0, up: 2.0, down: 0.5 });
         let beta = beta.then_some(AdaptiveBounds { initial: 0.1, switch_on: 0.1, max: 0.8, up: 2.0, down: 0.5 });
         AdaptiveRegulariser::new(AdaptiveConfig {
             smoothing: 1.0,
@@ -509,28 +520,34 @@ mod tests {
 
     #[test]
     fn the_controller_raises_on_falls_and_relaxes_on_recovery() {
-        let mut c = controller(true);
+        let mut c = controller(true, true);
         // Rising, then four falling evaluations, then recovery.
         let entropy = [1.0, 1.2, 1.4, 1.3, 1.2, 1.1, 1.0, 1.1, 1.2, 1.3, 1.4];
         let decisions: Vec<_> =
             entropy.iter().enumerate().map(|(i, &h)| c.observe(i as u64, h, 0.8).unwrap()).collect();
-        let weights: Vec<f64> = decisions.iter().map(|d| d.nll_weight).collect();
+        let weights: Vec<f64> = decisions.iter().map(|d| d.nll_weight.unwrap()).collect();
         assert_eq!(weights, [0.0, 0.0, 0.0, 0.1, 0.2, 0.4, 0.8, 0.4, 0.2, 0.1, 0.0]);
         let betas: Vec<f64> = decisions.iter().map(|d| d.beta.unwrap()).collect();
         assert_eq!(betas, [0.1, 0.1, 0.1, 0.2, 0.4, 0.8, 0.8, 0.4, 0.2, 0.1, 0.1]);
         assert!(decisions[3].warning && !decisions[7].warning);
+        // β alone: the same β sequence, no NLL weight.
+        let mut only_beta = controller(false, true);
+        let alone: Vec<_> =
+            entropy.iter().enumerate().map(|(i, &h)| only_beta.observe(i as u64, h, 0.8).unwrap()).collect();
+        assert!(alone.iter().all(|d| d.nll_weight.is_none()));
+        assert_eq!(alone.iter().map(|d| d.beta.unwrap()).collect::<Vec<_>>(), betas);
     }
 
     #[test]
     fn the_controller_reacts_to_mass_alone_and_stays_calm_on_rises() {
-        let mut c = controller(false);
+        let mut c = controller(true, false);
         for i in 0..5 {
             let d = c.observe(i, 1.0 + 0.1 * i as f64, 0.5 + 0.01 * i as f64).unwrap();
-            assert_eq!((d.warning, d.nll_weight, d.beta), (false, 0.0, None));
+            assert_eq!((d.warning, d.nll_weight, d.beta), (false, Some(0.0), None));
         }
         let d = c.observe(5, 1.6, 0.4).unwrap();
         assert!(d.warning);
-        assert_eq!(d.nll_weight, 0.1);
+        assert_eq!(d.nll_weight, Some(0.1));
     }
 
     #[test]
@@ -542,10 +559,18 @@ mod tests {
             smoothing: 0.5,
             entropy_tolerance: 0.0,
             mass_tolerance: 0.0,
-            nll_weight: bad,
+            nll_weight: Some(bad),
             beta: None,
         })
         .unwrap_err();
         assert!(err.to_string().contains("adaptive.nll_weight"), "{err}");
+        let none = AdaptiveConfig {
+            smoothing: 0.5,
+            entropy_tolerance: 0.0,
+            mass_tolerance: 0.0,
+            nll_weight: None,
+            beta: None,
+        };
+        assert!(AdaptiveRegulariser::new(none).unwrap_err().to_string().contains("neither λ nor β"));
     }
 }

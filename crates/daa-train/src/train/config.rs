@@ -343,7 +343,9 @@ pub struct AdaptiveSection {
     pub up: f64,
     /// Decay factor per calm evaluation (in (0, 1)).
     pub down: f64,
-    /// Adapt β too (losses with a β), between β and `beta_max_factor`·β.
+    /// Adapt the NLL weight λ (starting at `loss.nll_weight`).
+    pub adapt_nll: bool,
+    /// Adapt β (losses with a β), between β and `beta_max_factor`·β.
     pub adapt_beta: bool,
     /// β's ceiling as a multiple of the configured β.
     pub beta_max_factor: f64,
@@ -359,6 +361,7 @@ impl Default for AdaptiveSection {
             nll_max: 1.0,
             up: 2.0,
             down: 0.5,
+            adapt_nll: true,
             adapt_beta: false,
             beta_max_factor: 4.0,
         }
@@ -598,13 +601,13 @@ impl TrainConfig {
             smoothing: a.smoothing,
             entropy_tolerance: a.entropy_tolerance,
             mass_tolerance: a.mass_tolerance,
-            nll_weight: daa_core::monitor::AdaptiveBounds {
+            nll_weight: a.adapt_nll.then_some(daa_core::monitor::AdaptiveBounds {
                 initial: self.loss.nll_weight,
                 switch_on: a.nll_switch_on,
                 max: a.nll_max,
                 up: a.up,
                 down: a.down,
-            },
+            }),
             beta,
         };
         daa_core::monitor::AdaptiveRegulariser::new(config).context("`monitor.adaptive`")?;

@@ -145,7 +145,7 @@ impl<B: Backend> RunMonitor<B> {
     pub fn coefficients(&self) -> (Option<f64>, Option<f64>) {
         match &self.adaptive {
             None => (None, None),
-            Some(a) => (Some(a.nll_weight()), a.beta()),
+            Some(a) => (a.nll_weight(), a.beta()),
         }
     }
 
@@ -168,8 +168,10 @@ impl<B: Backend> RunMonitor<B> {
                 Some(beta) => self.base_loss.loss.with_beta(beta),
                 None => self.base_loss.loss,
             };
-            let nll =
-                (d.nll_weight > 0.0).then_some(NllTerm { weight: d.nll_weight, normalisation: self.nll_normalisation });
+            let nll = match d.nll_weight {
+                Some(weight) => (weight > 0.0).then_some(NllTerm { weight, normalisation: self.nll_normalisation }),
+                None => self.base_loss.nll,
+            };
             decision.loss = Some(PreferenceLossParams { loss, nll });
         }
         decision.stop = self.early_stop && self.detector.first_turn().is_some();
