@@ -22,7 +22,7 @@ use super::labels::{first_preferred, ultrafeedback_row};
 use super::task::{Constraints, TaskShape, behaviour_completion, gold_reward};
 use crate::batch::Sequence;
 use crate::checkpoint::{load_model, save_model};
-use crate::data::{Message, TextEncoder};
+use crate::data::{Message, Prompt, TextEncoder, encode_prompt};
 use crate::generate::{FinishReason, GenerationConfig, GenerationRequest, generate_in_batches, request_seed};
 use crate::model::{CausalLm, ModelConfig, RandomWeights};
 use crate::optim::{AdamWConfig, LrSchedule};
@@ -155,8 +155,8 @@ impl TestbedSpec {
 
 /// A chat-rendered prompt's ids.
 fn prompt_ids(encoder: &TextEncoder, prompt: &str) -> Result<Vec<u32>> {
-    let turns = [Message { role: "user".into(), content: prompt.to_string() }];
-    encoder.encode(&encoder.render(&turns, true)?)
+    let turns = vec![Message { role: "user".into(), content: prompt.to_string() }];
+    encode_prompt(encoder, &Prompt::Chat(turns)).map_err(anyhow::Error::msg)
 }
 
 /// Fine-tunes the random model on behaviour samples; writes the checkpoint into `dir`.

@@ -50,11 +50,13 @@ pub(crate) struct RunMonitor<B: Backend> {
 
 impl<B: Backend> RunMonitor<B> {
     /// Builds the detector, the regulariser and, with `[monitor.samples]`,
-    /// the judge and the reference policy's samples.
+    /// the judge and the reference policy's samples (from `frozen_reference`
+    /// when the run keeps one in memory, else loaded from the checkpoint).
     pub fn new(
         config: &TrainConfig,
         prepared: &Prepared,
         base_loss: PreferenceLossParams,
+        frozen_reference: Option<CausalLm<B>>,
         device: &B::Device,
     ) -> Result<Self> {
         let detector = TurningPointDetector::new(config.monitor.turning.detector())?;
@@ -110,7 +112,11 @@ impl<B: Backend> RunMonitor<B> {
                     batch_size: s.batch_size,
                     pad_id: prepared.encoder.pad_id,
                 };
-                let reference: CausalLm<B> = load_model(&prepared.model_dir, device)?;
+                // The run's frozen reference when it keeps one (tensors shared, not copied).
+                let reference: CausalLm<B> = match frozen_reference {
+                    Some(frozen) => frozen,
+                    None => load_model(&prepared.model_dir, device)?,
+                };
                 let decode = |ids: &[u32]| decode(prepared, ids);
                 let evaluator = SampleEvaluator::new(reference, prompts, settings, judge.as_mut(), &decode)
                     .context("sampling the reference policy for the evaluation")?;

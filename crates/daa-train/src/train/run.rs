@@ -323,6 +323,7 @@ fn run<B: AutodiffBackend>(
         micro_batch_size: config.train.micro_batch_size,
         pad_id: prepared.encoder.pad_id,
     };
+    let sample_reference = references.frozen.clone();
     let reference = match references.frozen {
         Some(frozen) => ReferencePolicy::Frozen(frozen),
         None => ReferencePolicy::Given,
@@ -372,7 +373,7 @@ fn run<B: AutodiffBackend>(
 
     let eval_pairs: Vec<&SequencePair> = prepared.eval.iter().map(|p| &p.pair).collect();
     let eval_batch = config.monitor.eval_batch_size;
-    let mut monitor = RunMonitor::<B::InnerBackend>::new(&config, &prepared, loss, &device)?;
+    let mut monitor = RunMonitor::<B::InnerBackend>::new(&config, &prepared, loss, sample_reference, &device)?;
     if let Some(reward) = monitor.competitor_reward() {
         observer.note(&format!("sample evaluation: the reference policy's samples score {reward:.4} on average"));
     }

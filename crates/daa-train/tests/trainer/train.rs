@@ -409,6 +409,16 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
     let summary_steps = outcome.summary.steps;
     assert_eq!(summary_steps, 12);
 
+    // A frozen reference in memory serves the sample evaluation too: KL 0 before the first step.
+    let mut frozen = config.clone();
+    frozen.loss.reference = daa_train::train::ReferenceMode::Model;
+    frozen.train.max_steps = 2;
+    frozen.train.output_dir = dir.path().join("frozen").display().to_string();
+    let run = train(frozen, None).unwrap();
+    let first =
+        read_metrics(&run.run_dir.join("metrics.jsonl")).unwrap().into_iter().find(|r| r["type"] == "eval").unwrap();
+    assert!(first["eval/kl"].as_f64().unwrap().abs() < 1e-2, "{first}");
+
     // With early stopping the run ends at its first turning point, when it has one.
     let mut stopping = config;
     stopping.monitor.early_stop = true;
