@@ -32,6 +32,46 @@ pub struct SequencePair {
     pub rejected: Sequence,
 }
 
+/// How long a pair's sequences may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LengthLimits {
+    /// Longest prompt + completion, in tokens.
+    pub max_length: usize,
+    /// Longest prompt kept when a pair is too long (its end is kept).
+    pub max_prompt_length: usize,
+}
+
+impl SequencePair {
+    /// Joins a prompt with two completions, truncated like TRL: when prompt
+    /// + longer completion exceeds `max_length`, keep the last
+    /// `max_prompt_length` prompt tokens, then cut the completions to what is
+    /// left. Returns the pair and whether anything was cut.
+    pub fn truncated(
+        mut prompt: Vec<u32>,
+        mut chosen: Vec<u32>,
+        mut rejected: Vec<u32>,
+        limits: &LengthLimits,
+    ) -> (Self, bool) {
+        let longest = chosen.len().max(rejected.len());
+        let cut = prompt.len() + longest > limits.max_length;
+        if cut {
+            if prompt.len() > limits.max_prompt_length {
+                prompt.drain(..prompt.len() - limits.max_prompt_length);
+            }
+            let room = limits.max_length.saturating_sub(prompt.len());
+            chosen.truncate(room);
+            rejected.truncate(room);
+        }
+        let start = prompt.len();
+        let join = |completion: Vec<u32>| {
+            let mut ids = prompt.clone();
+            ids.extend(completion);
+            Sequence { ids, completion_start: start }
+        };
+        (Self { chosen: join(chosen), rejected: join(rejected) }, cut)
+    }
+}
+
 /// Sequences padded on the right to the longest one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenBatch {

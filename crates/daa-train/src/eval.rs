@@ -79,48 +79,102 @@ impl EvalReport {
     ];
 }
 
-/// Sums of the statistics over the rows of `logits` (`[rows, V]`, each row
-/// predicting `targets[row]`): (top-k entropy, mass, entropy, rows).
-fn stats_sums(
-    logits: Vec<f32>,
-    targets: &[u32],
-    vocab: usize,
-    params: &TokenStatsParams,
-    cpu: &Cpu,
-) -> Result<(f64, f64, f64, usize), ModelError> {
-    let rows = targets.len();
-    let logits = HostTensor::from_f32(logits, &[rows, vocab])?;
-    let targets = HostTensor::from_i64(targets.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), &[rows])?;
-    let out = cpu.token_stats(&cpu.upload(&logits)?, &cpu.upload(&targets)?, None, params)?;
-    let mut sums = (0.0, 0.0, 0.0, 0);
-    for row in TokenStatsRow::rows_of(&cpu.download(&out)?)? {
-        sums.0 += f64::from(row.topk_entropy);
-        sums.1 += f64::from(row.topk_mass);
-        sums.2 += f64::from(row.entropy);
-        sums.3 += 1;
-    }
-    Ok(sums)
+/// Sums of the per-row statistics over completion positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StatsSums {
+    /// `Σ H(q_r)` (base `b`).
+    pub topk_entropy: f64,
+    /// `Σ M_k(p_r)`.
+    pub topk_mass: f64,
+    /// `Σ H(p_r)` (nats).
+    pub entropy: f64,
+    /// Rows summed.
+    pub rows: usize,
 }
 
-/// Evaluates `model` on `pairs` against their reference scores, `batch`
-/// pairs per forward pass.
-pub fn evaluate<B: Backend>(
+impl StatsSums {
+    /// Adds the rows of a `token_stats` result (`[rows, 6]`, downloaded).
+    pub fn add_rows(&mut self, stats: &HostTensor) -> Result<(), ModelError> {
+        for row in TokenStatsRow::rows_of(stats)? {
+            self.topk_entropy += f64::from(row.topk_entropy);
+            self.topk_mass += f64::from(row.topk_mass);
+            self.entropy += f64::from(row.entropy);
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// The statistics of `logits` (`[rows, V]`, each row predicting
+    /// `targets[row]`) on daa-core's CPU backend, added.
+    pub fn add_on_cpu(
+        &mut self,
+        cpu: &Cpu,
+        logits: &HostTensor,
+        targets: &HostTensor,
+        params: &TokenStatsParams,
+    ) -> Result<(), ModelError> {
+        let out = cpu.token_stats(&cpu.upload(logits)?, &cpu.upload(targets)?, None, params)?;
+        self.add_rows(&cpu.download(&out)?)
+    }
+}
+
+/// The logits of one batch's chosen completion positions, for the statistics.
+#[derive(Debug, Clone)]
+pub struct ChosenLogits {
+    /// `[rows, V]` f32.
+    pub logits: HostTensor,
+    /// `[rows]`: the token each row predicts.
+    pub targets: HostTensor,
+}
+
+/// Likelihood and loss sums of a held-out pass, before the statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HeldOutSums {
+    loss: f64,
+    accuracy: f64,
+    margin: f64,
+    chosen_logp: f64,
+    rejected_logp: f64,
+    chosen_tokens: usize,
+    rejected_tokens: usize,
+    pairs: usize,
+}
+
+impl HeldOutSums {
+    /// The report, with the statistics' sums over the same pass.
+    pub fn report(&self, stats: &StatsSums) -> EvalReport {
+        let pairs_n = self.pairs.max(1) as f64;
+        let rows_n = stats.rows.max(1) as f64;
+        EvalReport {
+            loss: self.loss / pairs_n,
+            accuracy: self.accuracy / pairs_n,
+            margin: self.margin / pairs_n,
+            chosen_token_loglik: self.chosen_logp / self.chosen_tokens.max(1) as f64,
+            rejected_token_loglik: self.rejected_logp / self.rejected_tokens.max(1) as f64,
+            topk_entropy: stats.topk_entropy / rows_n,
+            topk_mass: stats.topk_mass / rows_n,
+            entropy: stats.entropy / rows_n,
+        }
+    }
+}
+
+/// Scores `pairs` against their reference scores, `batch` pairs per forward
+/// pass, and hands each batch's chosen completion logits to `on_chosen`
+/// (which computes the statistics, on whatever backend it likes).
+pub fn held_out_pass<B: Backend>(
     model: &CausalLm<B>,
     pairs: &[&SequencePair],
     reference: &[PairScore],
     loss: &PreferenceLossParams,
-    stats: &TokenStatsParams,
     batch: usize,
     pad_id: u32,
-) -> Result<EvalReport, ModelError> {
+    on_chosen: &mut dyn FnMut(ChosenLogits) -> Result<(), ModelError>,
+) -> Result<HeldOutSums, ModelError> {
     if pairs.len() != reference.len() {
         return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
     }
     let device = model.embed.weight.device();
-    let cpu = Cpu::new();
-    let (mut loss_sum, mut acc_sum, mut margin_sum) = (0.0, 0.0, 0.0);
-    let (mut chosen_logp, mut rejected_logp, mut chosen_n, mut rejected_n) = (0.0, 0.0, 0usize, 0usize);
-    let (mut topk_entropy, mut topk_mass, mut entropy, mut rows) = (0.0, 0.0, 0.0, 0usize);
+    let mut sums = HeldOutSums { pairs: pairs.len(), ..HeldOutSums::default() };
     for (chunk, refs) in pairs.chunks(batch.max(1)).zip(reference.chunks(batch.max(1))) {
         let tokens = pair_batch(chunk, pad_id, model.config().vocab_size)?;
         let completion = CompletionLogits::of(model, &tokens, &device)?;
@@ -136,35 +190,43 @@ pub fn evaluate<B: Backend>(
                 rejected_tokens: r.rejected_tokens as f64,
             };
             let out = pair_loss(&x, loss);
-            loss_sum += out.loss;
-            acc_sum += out.accuracy;
-            margin_sum += out.margin;
-            chosen_logp += x.policy_chosen;
-            rejected_logp += x.policy_rejected;
-            chosen_n += r.chosen_tokens;
-            rejected_n += r.rejected_tokens;
+            sums.loss += out.loss;
+            sums.accuracy += out.accuracy;
+            sums.margin += out.margin;
+            sums.chosen_logp += x.policy_chosen;
+            sums.rejected_logp += x.policy_rejected;
+            sums.chosen_tokens += r.chosen_tokens;
+            sums.rejected_tokens += r.rejected_tokens;
         }
         // The chosen sequences are the batch's first `n` rows: their
         // completion positions come first among the scored ones.
         let chosen_rows = completion.positions.count_in_first_rows(n);
         let [_, vocab] = completion.logits.dims();
         let logits: Vec<f32> = read_vec(completion.logits.narrow(0, 0, chosen_rows), "held-out logits")?;
-        let (h, m, e, k) = stats_sums(logits, &completion.positions.targets[..chosen_rows], vocab, stats, &cpu)?;
-        topk_entropy += h;
-        topk_mass += m;
-        entropy += e;
-        rows += k;
+        let targets: Vec<i64> = completion.positions.targets[..chosen_rows].iter().map(|&t| i64::from(t)).collect();
+        on_chosen(ChosenLogits {
+            logits: HostTensor::from_f32(logits, &[chosen_rows, vocab])?,
+            targets: HostTensor::from_i64(targets, &[chosen_rows])?,
+        })?;
     }
-    let pairs_n = pairs.len().max(1) as f64;
-    let rows_n = rows.max(1) as f64;
-    Ok(EvalReport {
-        loss: loss_sum / pairs_n,
-        accuracy: acc_sum / pairs_n,
-        margin: margin_sum / pairs_n,
-        chosen_token_loglik: chosen_logp / chosen_n.max(1) as f64,
-        rejected_token_loglik: rejected_logp / rejected_n.max(1) as f64,
-        topk_entropy: topk_entropy / rows_n,
-        topk_mass: topk_mass / rows_n,
-        entropy: entropy / rows_n,
-    })
+    Ok(sums)
+}
+
+/// Evaluates `model` on `pairs` against their reference scores, `batch`
+/// pairs per forward pass, the statistics on daa-core's CPU backend.
+pub fn evaluate<B: Backend>(
+    model: &CausalLm<B>,
+    pairs: &[&SequencePair],
+    reference: &[PairScore],
+    loss: &PreferenceLossParams,
+    stats: &TokenStatsParams,
+    batch: usize,
+    pad_id: u32,
+) -> Result<EvalReport, ModelError> {
+    let cpu = Cpu::new();
+    let mut totals = StatsSums::default();
+    let sums = held_out_pass(model, pairs, reference, loss, batch, pad_id, &mut |chosen| {
+        totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, stats)
+    })?;
+    Ok(sums.report(&totals))
 }

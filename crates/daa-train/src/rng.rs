@@ -15,3 +15,14 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 pub fn uniform_open(state: &mut u64) -> f64 {
     ((splitmix64(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
+
+/// A permutation of `0..n` determined by `seed` and `stream` (Fisher–Yates).
+pub fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut state = seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F);
+    for i in (1..n).rev() {
+        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::chat::TextEncoder;
 use super::rows::{Example, Message, Prompt, RawRow};
-use crate::batch::{Sequence, SequencePair};
+use crate::batch::{LengthLimits, SequencePair};
 
 /// Length limits and strictness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,23 +97,6 @@ pub fn encode_prompt(encoder: &TextEncoder, prompt: &Prompt) -> Result<Vec<u32>,
     }
 }
 
-/// Truncates like TRL: when prompt + longer completion exceeds `max_length`,
-/// keep the last `max_prompt_length` prompt tokens, then cut completions to
-/// what is left. Returns whether anything was cut.
-fn truncate(prompt: &mut Vec<u32>, chosen: &mut Vec<u32>, rejected: &mut Vec<u32>, o: &EncodeOptions) -> bool {
-    let longest = chosen.len().max(rejected.len());
-    if prompt.len() + longest <= o.max_length {
-        return false;
-    }
-    if prompt.len() > o.max_prompt_length {
-        prompt.drain(..prompt.len() - o.max_prompt_length);
-    }
-    let room = o.max_length - prompt.len();
-    chosen.truncate(room);
-    rejected.truncate(room);
-    true
-}
-
 /// Encodes `rows` (bad rows skipped and counted, or an error naming the row
 /// under `strict`). `source` names the file in errors.
 pub fn encode_rows(
@@ -138,20 +121,12 @@ pub fn encode_rows(
                 },
             );
         match parsed {
-            Ok((mut prompt, mut chosen, mut rejected)) => {
-                if truncate(&mut prompt, &mut chosen, &mut rejected, options) {
-                    set.truncated += 1;
-                }
-                let start = prompt.len();
-                let join = |completion: Vec<u32>| {
-                    let mut ids = prompt.clone();
-                    ids.extend(completion);
-                    Sequence { ids, completion_start: start }
-                };
-                set.pairs.push(EncodedPair {
-                    row: raw.row,
-                    pair: SequencePair { chosen: join(chosen), rejected: join(rejected) },
-                });
+            Ok((prompt, chosen, rejected)) => {
+                let limits =
+                    LengthLimits { max_length: options.max_length, max_prompt_length: options.max_prompt_length };
+                let (pair, truncated) = SequencePair::truncated(prompt, chosen, rejected, &limits);
+                set.truncated += usize::from(truncated);
+                set.pairs.push(EncodedPair { row: raw.row, pair });
             }
             Err(reason) if options.strict => bail!("{source}: row {}: {reason}", raw.row),
             Err(reason) => *set.skipped.entry(reason).or_default() += 1,

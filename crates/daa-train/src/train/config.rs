@@ -49,7 +49,7 @@ pub struct TrainConfig {
     /// `[testbed]`: the synthetic task, its SFT reference and its pairs, for
     /// `model.path = data.path = "builtin:testbed"`.
     #[serde(default)]
-    pub testbed: crate::testbed::build::TestbedSpec,
+    pub testbed: crate::testbed::TestbedSpec,
 }
 
 /// `[model]`.

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use super::config::{BUILTIN, BUILTIN_TESTBED, TrainConfig};
 use crate::data::{EncodeOptions, EncodedPair, EncodedSet, TextEncoder, encode_rows, read_rows};
 use crate::reference_cache::cache_dir;
-use crate::rng::splitmix64;
+use crate::rng::permutation;
 use crate::testbed::build::materialize as materialize_testbed;
 use crate::tiny;
 
@@ -32,17 +32,6 @@ pub struct Prepared {
     pub eval: Vec<EncodedPair>,
     /// Encoding report of the training file.
     pub train_report: EncodedSet,
-}
-
-/// A permutation of `0..n` determined by `seed` and `stream` (Fisher–Yates).
-pub(crate) fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut state = seed ^ stream.wrapping_mul(0xA076_1D64_78BD_642F);
-    for i in (1..n).rev() {
-        let j = (splitmix64(&mut state) % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
 }
 
 fn encode_file(path: &Path, encoder: &TextEncoder, options: &EncodeOptions) -> Result<EncodedSet> {

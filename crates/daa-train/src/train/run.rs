@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::config::{ReferenceMode, TrainConfig};
 use super::metrics::{MetricsLog, read_metrics};
 use super::monitoring::RunMonitor;
-use super::prepare::{Prepared, permutation, prepare_with};
+use super::prepare::{Prepared, prepare_with};
 use super::state::{TrainerState, find_checkpoint, load_optimizer, read_state, replace_dir, save_checkpoint};
 use crate::backend::{BackendTask, ComputeBackend, with_backend};
 use crate::batch::SequencePair;
@@ -26,6 +26,7 @@ use crate::eval::EvalReport;
 use crate::model::CausalLm;
 use crate::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent, TrainRecord};
 use crate::reference_cache::{ScoresKey, cache_dir, read_scores, score_encoded, write_scores};
+use crate::rng::permutation;
 use crate::score::PairScore;
 use crate::trainer::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 
