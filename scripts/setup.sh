@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Installs what daa's build and tests need on a fresh Debian machine with a
 # Rust toolchain. Idempotent: skips what is already there.
+#   scripts/setup.sh          the build, `cargo test --workspace`, `cargo xtask train`
+#   scripts/setup.sh --web    also the browser demo and its test (`cargo xtask web --test`):
+#                             Debian's chromium, node/npm, the wasm-bindgen CLI of Cargo.lock
 set -euo pipefail
+web=false
+[ "${1:-}" = "--web" ] && web=true
 
 # wgpu's tests run on lavapipe (Mesa's software Vulkan) when no GPU is present.
 need_apt=()
-for pkg in mesa-vulkan-drivers libvulkan1; do
+packages=(mesa-vulkan-drivers libvulkan1)
+# The browser test drives Debian's chromium (never a downloaded browser).
+$web && packages+=(chromium nodejs npm)
+for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
@@ -24,6 +32,19 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 DAA_NVRTC_DIR="${DAA_NVRTC_DIR:-/var/tmp/daa-nvrtc}"
 if [ ! -e "$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]; then
     python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DAA_NVRTC_DIR" "nvidia-cuda-nvrtc-cu12==12.9.86"
+fi
+
+if $web; then
+    # The CLI must match the wasm-bindgen crate in Cargo.lock exactly.
+    root="$(cd "$(dirname "$0")/.." && pwd)"
+    want=$(grep -A1 '^name = "wasm-bindgen"$' "$root/Cargo.lock" | sed -n 's/^version = "\(.*\)"/\1/p')
+    have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+    if [ "$have" != "$want" ]; then
+        echo "installing wasm-bindgen-cli $want (found: ${have:-none}; a few minutes)"
+        # (in a temporary target directory, not a CI build cache)
+        env -u CARGO_TARGET_DIR cargo install -q wasm-bindgen-cli --version "$want"
+    fi
+    (cd "$root/web/tests" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 rustc --version

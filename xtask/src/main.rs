@@ -9,9 +9,12 @@
 //!   `daa train` (the over-optimisation testbed without arguments).
 //! - `cargo xtask experiment [--release] [DAA EXPERIMENT ARGS…]`: builds and
 //!   runs `daa experiment` (a sweep on the testbed and its report).
+//! - `cargo xtask web [--no-serve] [--port N] [--run FILE]`: builds the
+//!   browser demo into `web/pkg/` and serves `web/` on 127.0.0.1.
 
 mod bench;
 mod train;
+mod web;
 
 use anyhow::{Result, bail};
 
@@ -21,6 +24,7 @@ fn main() -> Result<()> {
         Some("bench") => bench::run(&args[1..]),
         Some("train") => train::run(&args[1..]),
         Some("experiment") => train::experiment(&args[1..]),
+        Some("web") => web::run(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("usage: cargo xtask bench [--quick] [FILTER]");
             println!(
@@ -28,8 +32,9 @@ fn main() -> Result<()> {
             );
             println!("       cargo xtask train [--release] [--features train-wgpu,train-cuda] [DAA TRAIN ARGS…]");
             println!("       cargo xtask experiment [--release] [--preset small|paper] [--out DIR] [--jobs N]");
+            println!("       cargo xtask web [--no-serve] [--port N] [--run FILE]");
             Ok(())
         }
-        Some(other) => bail!("unknown xtask `{other}`; available: bench, train, experiment"),
+        Some(other) => bail!("unknown xtask `{other}`; available: bench, train, experiment, web"),
     }
 }

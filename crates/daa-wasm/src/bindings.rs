@@ -5,6 +5,7 @@
 //! ```js
 //! const demo = new Demo(JSON.stringify({ loss: "ipo", tau: 0.1 }));
 //! await demo.useWebGpu();                 // top-k statistics on WebGPU, when there is one
+//! demo.setStatsPolicy("auto");             // keep whichever of WebGPU and the CPU is faster
 //! while (demo.phase() !== "done") {
 //!   const progress = demo.step();          // one SFT step, chunk of pairs or DPO step
 //!   if (progress.eval_due) { const point = await demo.evaluate(); }
@@ -62,6 +63,8 @@ export interface EvalPoint {
   record: EvalRecord; events: TurningEvent[]; nll_weight?: number; at_peak: boolean;
   /** Where the top-k statistics ran, and (first WebGPU evaluation) their largest difference from the CPU's. */
   stats_backend: "webgpu" | "cpu"; stats_check?: number; stats_ms: number;
+  /** First WebGPU evaluation: the timings of both backends and which one later evaluations use. */
+  stats_choice?: string;
 }
 /** A reply and its gold reward. */
 export interface SampleText { text: string; reward: number; ended: boolean; }
@@ -105,15 +108,23 @@ pub struct Demo {
     session: Rc<RefCell<Session>>,
     gpu: Rc<RefCell<Option<daa_core::Wgpu>>>,
     gpu_checked: Rc<RefCell<bool>>,
+    keep_gpu: Rc<RefCell<bool>>,
 }
 
 #[derive(Serialize)]
 struct EvalAnswer {
     #[serde(flatten)]
-    point: crate::session::EvalPoint,
+    point: Option<crate::session::EvalPoint>,
     stats_backend: &'static str,
     stats_check: Option<f64>,
+    stats_choice: Option<String>,
     stats_ms: f64,
+}
+
+impl Default for EvalAnswer {
+    fn default() -> Self {
+        Self { point: None, stats_backend: "cpu", stats_check: None, stats_choice: None, stats_ms: 0.0 }
+    }
 }
 
 #[derive(Serialize)]
@@ -138,6 +149,7 @@ impl Demo {
             session: Rc::new(RefCell::new(session)),
             gpu: Rc::new(RefCell::new(None)),
             gpu_checked: Rc::new(RefCell::new(false)),
+            keep_gpu: Rc::new(RefCell::new(false)),
         })
     }
 
@@ -150,16 +162,29 @@ impl Demo {
             let wgpu = daa_core::Wgpu::new_async(daa_core::WgpuOptions::default())
                 .await
                 .map_err(|e| JsValue::from(js_error(format!("WebGPU is not usable here: {e}"))))?;
-            let name = format!("{} ({})", wgpu.adapter().name, wgpu.adapter().backend);
+            let name = adapter_name(&wgpu);
             *gpu.borrow_mut() = Some(wgpu);
             Ok(JsValue::from_str(&name))
         })
     }
 
+    /// `"auto"` (the default): at the first evaluation the statistics run on
+    /// WebGPU and on the CPU, are compared, timed, and the faster backend is
+    /// kept; `"webgpu"`: keep WebGPU whatever the timings.
+    #[wasm_bindgen(js_name = setStatsPolicy)]
+    pub fn set_stats_policy(&self, policy: &str) -> Result<(), JsError> {
+        *self.keep_gpu.borrow_mut() = match policy {
+            "auto" => false,
+            "webgpu" => true,
+            other => return Err(js_error(format!("stats policy `{other}`: expected \"auto\" or \"webgpu\""))),
+        };
+        Ok(())
+    }
+
     /// Where the model trains and where the top-k statistics run.
     pub fn backend(&self) -> String {
         let stats = match self.gpu.borrow().as_ref() {
-            Some(g) => format!("top-k statistics on WebGPU ({})", g.adapter().name),
+            Some(g) => format!("top-k statistics on WebGPU ({})", adapter_name(g)),
             None => "top-k statistics on the CPU".to_string(),
         };
         format!("model on burn's CPU backend (wasm, one thread); {stats}")
@@ -185,33 +210,51 @@ impl Demo {
     }
 
     /// The due evaluation; the top-k statistics on WebGPU after `useWebGpu()`
-    /// (the first time also on the CPU, to report their largest difference).
+    /// (the first time also on the CPU: compared, timed, and the faster one
+    /// kept under the `"auto"` policy).
     #[wasm_bindgen(unchecked_return_type = "Promise<EvalPoint>")]
     pub fn evaluate(&self) -> js_sys::Promise {
-        let (session, gpu, checked) = (self.session.clone(), self.gpu.clone(), self.gpu_checked.clone());
+        let (session, gpu, checked, keep) =
+            (self.session.clone(), self.gpu.clone(), self.gpu_checked.clone(), *self.keep_gpu.borrow());
         wasm_bindgen_futures::future_to_promise(async move {
             let fail = |e: daa_train::ModelError| JsValue::from(js_error(e));
+            let fail_gpu = |e: String| JsValue::from(js_error(e));
             let pending = session.borrow().begin_evaluation().map_err(fail)?;
             let params = session.borrow().stats_params();
             let started = clock();
             let wgpu = gpu.borrow().clone();
-            let (stats, backend, check) = match wgpu {
-                Some(wgpu) => {
-                    let (stats, rows) =
-                        gpu_stats(&wgpu, &pending, &params).await.map_err(|e| JsValue::from(js_error(e)))?;
-                    let check = if *checked.borrow() {
-                        None
-                    } else {
-                        *checked.borrow_mut() = true;
-                        Some(largest_difference(&pending, &rows, &params).map_err(|e| JsValue::from(js_error(e)))?)
-                    };
-                    (stats, "webgpu", check)
+            let mut answer = EvalAnswer::default();
+            let stats = match wgpu {
+                Some(wgpu) if !*checked.borrow() => {
+                    *checked.borrow_mut() = true;
+                    let (stats, rows) = gpu_stats(&wgpu, &pending, &params).await.map_err(fail_gpu)?;
+                    let first_ms = (clock() - started) * 1000.0;
+                    let (difference, cpu_ms) = largest_difference(&pending, &rows, &params).map_err(fail_gpu)?;
+                    answer.stats_check = Some(difference);
+                    let t = clock();
+                    gpu_stats(&wgpu, &pending, &params).await.map_err(fail_gpu)?;
+                    let warm_ms = (clock() - t) * 1000.0;
+                    let faster = if warm_ms <= cpu_ms { "WebGPU" } else { "the CPU" };
+                    let kept = if keep || warm_ms <= cpu_ms { "WebGPU" } else { "the CPU" };
+                    answer.stats_choice = Some(format!(
+                        "top-k statistics of one evaluation: WebGPU {warm_ms:.1} ms (first call {first_ms:.1} ms), \
+                         CPU {cpu_ms:.1} ms; {faster} is faster here, later evaluations use {kept}"
+                    ));
+                    if kept == "the CPU" {
+                        *gpu.borrow_mut() = None;
+                    }
+                    answer.stats_backend = "webgpu";
+                    stats
                 }
-                None => (session.borrow().cpu_stats(&pending).map_err(fail)?, "cpu", None),
+                Some(wgpu) => {
+                    answer.stats_backend = "webgpu";
+                    gpu_stats(&wgpu, &pending, &params).await.map_err(fail_gpu)?.0
+                }
+                None => session.borrow().cpu_stats(&pending).map_err(fail)?,
             };
-            let stats_ms = (clock() - started) * 1000.0;
-            let point = session.borrow_mut().finish_evaluation(pending, &stats).map_err(fail)?;
-            to_js(&EvalAnswer { point, stats_backend: backend, stats_check: check, stats_ms }).map_err(JsValue::from)
+            answer.stats_ms = (clock() - started) * 1000.0;
+            answer.point = Some(session.borrow_mut().finish_evaluation(pending, &stats).map_err(fail)?);
+            to_js(&answer).map_err(JsValue::from)
         })
     }
 
@@ -233,6 +276,12 @@ impl Demo {
             backend: self.backend(),
         })
     }
+}
+
+/// The adapter's name, or what the browser says about it when it hides the name.
+fn adapter_name(wgpu: &daa_core::Wgpu) -> String {
+    let a = wgpu.adapter();
+    if a.name.trim().is_empty() { format!("{}, {}", a.backend, a.device_type) } else { a.name.clone() }
 }
 
 /// The statistics of every chunk of `pending` on WebGPU: their sums and
@@ -257,16 +306,19 @@ async fn gpu_stats(
 
 /// Largest absolute difference, over every row and statistic (top-k
 /// entropy, top-k mass, entropy, target log-probability), between WebGPU's
-/// rows and daa-core's CPU backend on the same logits.
+/// rows and daa-core's CPU backend on the same logits; and the CPU's time
+/// for them (ms).
 fn largest_difference(
     pending: &PendingEval,
     gpu_rows: &[HostTensor],
     params: &daa_core::TokenStatsParams,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
     let cpu = daa_core::Cpu::new();
     let mut largest = 0.0f64;
+    let mut cpu_ms = 0.0;
     for (chunk, gpu) in pending.chosen.iter().zip(gpu_rows) {
         let err = |e: daa_core::DaaError| e.to_string();
+        let started = clock();
         let out = cpu
             .token_stats(
                 &cpu.upload(&chunk.logits).map_err(err)?,
@@ -276,6 +328,7 @@ fn largest_difference(
             )
             .map_err(err)?;
         let cpu_rows = TokenStatsRow::rows_of(&cpu.download(&out).map_err(err)?).map_err(err)?;
+        cpu_ms += (clock() - started) * 1000.0;
         let gpu_rows = TokenStatsRow::rows_of(gpu).map_err(err)?;
         for (a, b) in cpu_rows.iter().zip(&gpu_rows) {
             for (x, y) in [
@@ -288,5 +341,5 @@ fn largest_difference(
             }
         }
     }
-    Ok(largest)
+    Ok((largest, cpu_ms))
 }
