@@ -70,6 +70,8 @@ async function slice(once) {
   if (demo.phase() === "done" && demo.evalDue()) await evaluate();
 }
 
+// At most one loop runs: "play" while a paused loop is still finishing its
+// slice lets that loop go on instead of starting a second one.
 async function run() {
   while (running && demo && demo.phase() !== "done") {
     await slice(false);
@@ -111,13 +113,19 @@ async function handle(m) {
         if (!demo || running) break;
         running = true;
         post({ type: "state", running, phase: demo.phase() });
-        loop = run().catch(fail);
+        if (!loop) {
+          loop = run()
+            .catch(fail)
+            .finally(() => {
+              loop = null;
+            });
+        }
         break;
       case "pause":
         running = false;
         break;
       case "step":
-        if (demo && !running) {
+        if (demo && !running && !loop) {
           await slice(true);
           post({ type: "state", running, phase: demo.phase() });
         }

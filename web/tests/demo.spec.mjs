@@ -11,7 +11,9 @@
 // - waits for three evaluation points, checks the figures shown are finite
 //   and the charts are drawn, and where the top-k statistics ran (on WebGPU:
 //   agreeing with the CPU kernel);
-// and loads sample-metrics.jsonl (one malformed line) into the run viewer.
+// then checks bad settings give a message naming the field and a working
+// reset, and loads sample-metrics.jsonl (one malformed line) into the run
+// viewer.
 // Screenshots and a summary (timings) go to $DAA_WEB_ARTIFACTS
 // (default: target/web-test/).
 
@@ -177,6 +179,26 @@ async function trainRun(webgpu, summary) {
   rmSync(profile, { recursive: true, force: true });
 }
 
+async function workerFailure() {
+  console.log("\n== a run that cannot start");
+  const { context, profile } = await launch(false);
+  const page = context.pages()[0] || (await context.newPage());
+  await page.goto(`${base}?hidden=12&autoplay=1`);
+  await page.waitForFunction(() => !document.getElementById("error").hidden, null, { timeout: 60_000 });
+  const text = await page.evaluate(() => document.getElementById("error-text").textContent);
+  check(/hidden_size/.test(text), `bad settings: the page names the field ("${text}")`);
+  await page.click("#error-reset");
+  const after = await page.evaluate(() => ({
+    errorHidden: document.getElementById("error").hidden,
+    state: document.getElementById("run-state").textContent,
+    play: !document.getElementById("play").disabled,
+  }));
+  check(after.errorHidden && after.state === "idle" && after.play, `bad settings: reset clears the error (${JSON.stringify(after)})`);
+  await page.screenshot({ path: join(artifacts, "error.png") });
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+
 async function viewer(summary) {
   console.log("\n== the run viewer");
   const { context, profile } = await launch(false);
@@ -213,6 +235,7 @@ try {
   console.log(`wasm: ${(summary.wasm.bytes / 1e6).toFixed(2)} MB, ${(summary.wasm.gzipBytes / 1e6).toFixed(2)} MB gzip`);
   await trainRun(true, summary);
   await trainRun(false, summary);
+  await workerFailure();
   await viewer(summary);
 } catch (e) {
   failures.push(String(e && e.stack ? e.stack : e));
