@@ -13,8 +13,9 @@ function niceTicks(min, max, count) {
   const power = Math.pow(10, Math.floor(Math.log10(raw)));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * power).find((s) => s >= raw) || raw;
   const start = Math.floor(min / step) * step;
-  const ticks = [];
-  for (let t = start; t <= max + step * 0.5; t += step) ticks.push(Number(t.toPrecision(12)));
+  const ticks = [Number(start.toPrecision(12))];
+  // Up to the first tick at or beyond `max`, so no point falls outside.
+  while (ticks[ticks.length - 1] < max - step * 1e-9) ticks.push(Number((start + ticks.length * step).toPrecision(12)));
   return { ticks, lo: ticks[0], hi: ticks[ticks.length - 1] };
 }
 
