@@ -11,8 +11,14 @@ web=false
 # wgpu's tests run on lavapipe (Mesa's software Vulkan) when no GPU is present.
 need_apt=()
 packages=(mesa-vulkan-drivers libvulkan1)
-# The browser test drives Debian's chromium (never a downloaded browser).
-$web && packages+=(chromium nodejs npm)
+# The browser test drives Debian's chromium (never a downloaded browser) from
+# node; node and npm count when present from any source (NodeSource's nodejs
+# ships npm and conflicts with Debian's npm package).
+if $web; then
+    packages+=(chromium)
+    command -v node >/dev/null 2>&1 || packages+=(nodejs)
+    command -v npm >/dev/null 2>&1 || packages+=(npm)
+fi
 for pkg in "${packages[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
