@@ -18,6 +18,8 @@ mod judge_cmd;
 #[cfg(feature = "train")]
 mod logps_cmd;
 mod loss_cmd;
+#[cfg(feature = "train")]
+mod plan_cmd;
 mod plot;
 #[cfg(feature = "train")]
 mod progress;
@@ -68,6 +70,12 @@ enum Command {
     /// A sweep on the over-optimisation testbed (losses × values × NLL
     /// regularisation × seeds), in parallel and resumable, with a report.
     Experiment(experiment_cmd::ExperimentArgs),
+    #[cfg(feature = "train")]
+    /// Memory per GPU of one training step by component (weights, master
+    /// weights, gradients, AdamW state, reference, activations with and
+    /// without checkpointing, logits with and without the fused head) and
+    /// whether it fits, from a model's config.json.
+    Plan(plan_cmd::PlanArgs),
 }
 
 /// Prints `message` as the one `error: …` line (multi-line messages from
@@ -101,6 +109,8 @@ fn main() -> ExitCode {
         Command::Judge(args) => judge_cmd::run(&args),
         #[cfg(feature = "train")]
         Command::Experiment(args) => experiment_cmd::run(&args),
+        #[cfg(feature = "train")]
+        Command::Plan(args) => plan_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

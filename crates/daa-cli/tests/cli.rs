@@ -789,3 +789,27 @@ fn judge_scores_completions_and_pairs_with_the_gold_reward_and_a_reward_model() 
     let missing = ["judge", "--judge", "nowhere", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()];
     expect_failure(&missing, &out, &["--judge nowhere"]);
 }
+
+#[test]
+#[cfg(feature = "train")]
+fn plan_prints_the_table_and_json_and_names_bad_sizes() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../daa-train/tests/data/llama-2-7b.config.json");
+    let out = daa(&["plan", "--model", config, "--gpu-memory", "141GiB", "--seq", "1024"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("LlamaForCausalLM") && table.contains("optimizer state") && table.contains("fits:"),
+        "{table}"
+    );
+    let out = daa(&["plan", "--model", config, "--gpus", "1", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["parameters"], 6_738_415_616u64);
+    assert_eq!(plan["fits"], false);
+    let out = daa(&["plan", "--model", config, "--gpu-memory", "80 gigs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--gpu-memory") && stderr(&out).contains("unknown unit"), "{}", stderr(&out));
+    let out = daa(&["plan", "--model", "/nonexistent/config.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/nonexistent/config.json"), "{}", stderr(&out));
+}

@@ -19,6 +19,7 @@ pub mod judge;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod plan;
 pub mod records;
 pub mod rng;
 pub mod sample_eval;

@@ -225,10 +225,14 @@ fn the_surrogate_gradient_is_the_gradient_of_the_mean_loss() {
         for (name, index, analytic) in
             [("model.norm.weight", 3usize, norm_grad[3]), ("lm_head.weight", 52 * 32 + 5, head_grad[52 * 32 + 5])]
         {
-            // The loss is evaluated in f64: in f32 the rounding of the two
-            // forward passes (summed in a thread-dependent order) is a few
-            // percent of the difference quotient.
-            let h = 1e-2f32;
+            // The step is large because the loss is computed in f32 (the
+            // weights are loaded as f32 data, which burn keeps even on
+            // NdArray<f64>), rounded in a thread-dependent order: measured
+            // over three runs, the difference quotient scattered ±4 % around
+            // the (deterministic) analytic value with h = 0.01, ±2 % with
+            // 0.03, within 1.5 % with 0.1 (and the norm weight's, whose
+            // curvature is visible, moved 0.007 %).
+            let h = 1e-1f32;
             let at = |delta: f32| {
                 let inner = SafetensorsWeights::open(dir.path()).unwrap();
                 let config = daa_train::checkpoint::read_config(dir.path()).unwrap();

@@ -1,0 +1,101 @@
+//! `daa plan`: memory per GPU of one training step, by component, and
+//! whether it fits (`daa_train::plan` has the formulas).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use daa_train::checkpoint::read_config;
+use daa_train::model::ModelConfig;
+use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
+
+/// Weight precision on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrecisionArg {
+    /// bf16 weights, gradients, activations; f32 master weights and AdamW moments.
+    Bf16,
+    /// Everything f32 (what `daa train` trains in today).
+    F32,
+}
+
+/// Where the reference log-probabilities come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReferenceArg {
+    /// Computed once and cached on disk: no second model in memory.
+    Cache,
+    /// A frozen copy of the model in memory.
+    Model,
+}
+
+/// Arguments of `daa plan`.
+#[derive(Debug, Args, Clone)]
+pub struct PlanArgs {
+    /// A checkpoint folder (its config.json) or a config.json file.
+    #[arg(long)]
+    model: PathBuf,
+    /// GPUs the weights, gradients and optimizer state are sharded over.
+    #[arg(long, default_value_t = 1)]
+    gpus: u64,
+    /// Memory of one GPU (80GiB, 141GiB, 24GB, …).
+    #[arg(long, default_value = "80GiB")]
+    gpu_memory: String,
+    /// Preference pairs per micro-batch on one GPU (two sequences each).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 1024)]
+    seq: u64,
+    /// Weight precision.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Bf16)]
+    precision: PrecisionArg,
+    /// Reference log-probabilities cached or from a live model.
+    #[arg(long, value_enum, default_value_t = ReferenceArg::Cache)]
+    reference: ReferenceArg,
+    /// Plan without activation checkpointing.
+    #[arg(long)]
+    no_checkpointing: bool,
+    /// Plan with the unfused LM head (full `[tokens × V]` logits).
+    #[arg(long)]
+    unfused_head: bool,
+    /// The same numbers as JSON (bytes).
+    #[arg(long)]
+    json: bool,
+}
+
+fn model_config(path: &PathBuf) -> Result<ModelConfig> {
+    if path.is_dir() {
+        return read_config(path);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    ModelConfig::from_json(&text).with_context(|| format!("{}", path.display()))
+}
+
+/// Runs `daa plan`.
+pub fn run(args: PlanArgs) -> Result<()> {
+    let config = model_config(&args.model)?;
+    let gpu_memory = parse_bytes(&args.gpu_memory).map_err(anyhow::Error::msg).context("--gpu-memory")?;
+    if args.gpus == 0 || args.batch == 0 || args.seq == 0 {
+        bail!("--gpus, --batch and --seq must be at least 1");
+    }
+    let setup = PlanSetup {
+        gpus: args.gpus,
+        gpu_memory,
+        pairs: args.batch,
+        seq_len: args.seq,
+        precision: match args.precision {
+            PrecisionArg::Bf16 => Precision::Bf16,
+            PrecisionArg::F32 => Precision::F32,
+        },
+        reference_live: args.reference == ReferenceArg::Model,
+        activation_checkpointing: !args.no_checkpointing,
+        fused_head: !args.unfused_head,
+    };
+    let plan = MemoryPlan::new(&config, setup).map_err(anyhow::Error::msg)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        println!("{}: {}", args.model.display(), config.architecture_name);
+        println!("{}", plan.table());
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Memory plan of one preference-training step on each GPU, by component
+//! (`daa plan`). An estimate from `config.json` alone, in bytes:
+//!
+//! With `P` parameters, `N` GPUs over which weights, gradients and optimizer
+//! state are sharded (as FSDP / ZeRO-3 do), weight bytes `w` (2 for bf16, 4
+//! for f32), `B` pairs per micro-batch on one GPU (`S = 2B` sequences of `T`
+//! tokens), width `d`, key/value width `d_kv`, MLP width `I`, `a` query
+//! heads, `L` blocks and vocabulary `V`:
+//!
+//! ```text
+//! weights            P·w / N
+//! master weights     P·4 / N             (bf16 only: f32 copy the optimizer updates)
+//! gradients          P·w / N
+//! optimizer state    P·8 / N             (AdamW m and v in f32)
+//! reference model    P·w / N             (only with loss.reference = "model")
+//! activations        L·S·T·A + 2·S·T·d·w              without checkpointing
+//!                    L·S·T·d·w + S·T·A + 2·S·T·d·w    with one checkpoint per block
+//!   A = (9d + 3d_kv + 4I)·w + 2·a·T·w                 per token and block: norms, q/k/v
+//!                                                     (and RoPE'd q, k), attention output,
+//!                                                     MLP gate/up/act/product, residuals,
+//!                                                     and the attention scores and
+//!                                                     probabilities (no flash attention)
+//! logits             S·T·V·4·3           unfused: f32 logits, log-softmax, their gradient
+//!                    C·V·4·3             fused head, chunks of C = min(S·T, 1024) rows
+//! ```
+//!
+//! Bounds, not measurements: every position is counted as a completion
+//! position (the objective computes the head only on completion tokens),
+//! allocator fragmentation and the CUDA context (~0.5–1 GiB) are not.
+
+use serde::Serialize;
+
+use crate::model::ModelConfig;
+
+/// Rows of the fused head's chunks.
+pub const FUSED_HEAD_CHUNK: u64 = 1024;
+
+/// Weight and activation precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything f32.
+    F32,
+    /// bf16 weights, gradients and activations; f32 master weights and AdamW moments.
+    Bf16,
+}
+
+impl Precision {
+    fn weight_bytes(self) -> u64 {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 => 2,
+        }
+    }
+}
+
+/// What is trained, where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanSetup {
+    /// GPUs the states are sharded over (`N`).
+    pub gpus: u64,
+    /// Memory of one GPU, bytes.
+    pub gpu_memory: u64,
+    /// Preference pairs per micro-batch on one GPU (`B`).
+    pub pairs: u64,
+    /// Tokens per sequence (`T`).
+    pub seq_len: u64,
+    /// Weight precision.
+    pub precision: Precision,
+    /// A frozen reference model in memory (`loss.reference = "model"`).
+    pub reference_live: bool,
+    /// One activation checkpoint per decoder block.
+    pub activation_checkpointing: bool,
+    /// The fused LM head + loss (no `[tokens × V]` logits kept).
+    pub fused_head: bool,
+}
+
+/// One line of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanLine {
+    /// What it is.
+    pub component: &'static str,
+    /// Bytes on each GPU.
+    pub bytes: u64,
+    /// Counted in the total (alternatives are shown, not counted).
+    pub counted: bool,
+}
+
+/// The plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemoryPlan {
+    /// The setup planned for.
+    pub setup: PlanSetup,
+    /// `P`.
+    pub parameters: u64,
+    /// Every component, the alternatives included.
+    pub lines: Vec<PlanLine>,
+    /// Sum of the counted lines.
+    pub total: u64,
+    /// Whether the total fits in one GPU's memory.
+    pub fits: bool,
+}
+
+impl MemoryPlan {
+    /// The plan of `setup` for the model of `config` (module documentation).
+    pub fn new(config: &ModelConfig, setup: PlanSetup) -> Result<Self, String> {
+        if setup.gpus == 0 || setup.pairs == 0 || setup.seq_len == 0 || setup.gpu_memory == 0 {
+            return Err("plan: GPUs, GPU memory, pairs and sequence length must be at least 1".into());
+        }
+        let p = config.parameter_count() as u64;
+        let w = setup.precision.weight_bytes();
+        let shard = |bytes_per_param: u64| (p * bytes_per_param).div_ceil(setup.gpus);
+        let (d, l, v) = (config.hidden_size as u64, config.num_layers as u64, config.vocab_size as u64);
+        let d_kv = (config.num_kv_heads * config.head_dim) as u64;
+        let (i, a, t) = (config.intermediate_size as u64, config.num_heads as u64, setup.seq_len);
+        let tokens = 2 * setup.pairs * t;
+        let per_token_block = (9 * d + 3 * d_kv + 4 * i) * w + 2 * a * t * w;
+        let ends = 2 * tokens * d * w;
+        let full = l * tokens * per_token_block + ends;
+        let checkpointed = l * tokens * d * w + tokens * per_token_block + ends;
+        let unfused = tokens * v * 4 * 3;
+        let fused = tokens.min(FUSED_HEAD_CHUNK) * v * 4 * 3;
+        let ckpt = setup.activation_checkpointing;
+        let mut lines = vec![
+            PlanLine { component: "weights", bytes: shard(w), counted: true },
+            PlanLine {
+                component: "master weights (f32)",
+                bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
+                counted: true,
+            },
+            PlanLine { component: "gradients", bytes: shard(w), counted: true },
+            PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },
+            PlanLine {
+                component: "reference model",
+                bytes: if setup.reference_live { shard(w) } else { 0 },
+                counted: true,
+            },
+            PlanLine { component: "activations, checkpoint per block", bytes: checkpointed, counted: ckpt },
+            PlanLine { component: "activations, no checkpointing", bytes: full, counted: !ckpt },
+            PlanLine { component: "logits, fused head", bytes: fused, counted: setup.fused_head },
+            PlanLine { component: "logits, unfused", bytes: unfused, counted: !setup.fused_head },
+        ];
+        lines.retain(|line| line.bytes > 0);
+        let total = lines.iter().filter(|line| line.counted).map(|line| line.bytes).sum();
+        Ok(Self { setup, parameters: p, lines, total, fits: total <= setup.gpu_memory })
+    }
+
+    /// The plan as a table for people (GiB).
+    pub fn table(&self) -> String {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let s = &self.setup;
+        let mut out = format!(
+            "{:.2} B parameters; {} GPU(s) of {:.1} GiB; {} pair(s) × {} tokens per GPU; {}{}{}{}\n",
+            self.parameters as f64 / 1e9,
+            s.gpus,
+            gib(s.gpu_memory),
+            s.pairs,
+            s.seq_len,
+            match s.precision {
+                Precision::Bf16 => "bf16 weights, f32 state",
+                Precision::F32 => "f32",
+            },
+            if s.reference_live { ", reference model in memory" } else { ", cached reference" },
+            if s.activation_checkpointing { ", activation checkpointing" } else { "" },
+            if s.fused_head { ", fused head" } else { ", unfused head" },
+        );
+        out += &format!("{:<36} {:>12}\n", "per GPU", "GiB");
+        for line in &self.lines {
+            let mark = if line.counted { "" } else { " (not counted)" };
+            out += &format!("{:<36} {:>12.2}{mark}\n", line.component, gib(line.bytes));
+        }
+        out += &format!("{:<36} {:>12.2}\n", "total", gib(self.total));
+        out += &if self.fits {
+            format!("fits: {:.2} GiB of {:.2} GiB", gib(self.total), gib(s.gpu_memory))
+        } else {
+            format!(
+                "does not fit: {:.2} GiB needed, {:.2} GiB per GPU (more GPUs, checkpointing, the fused head, \
+                 a cached reference or fewer tokens per micro-batch lower it)",
+                gib(self.total),
+                gib(s.gpu_memory)
+            )
+        };
+        out
+    }
+}
+
+/// Reads a size like `80GiB`, `80 GB`, `512MiB` or a number of bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("size {text:?}: expected a number and a unit, e.g. 80GiB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024f64.powi(2),
+        "gib" => 1024f64.powi(3),
+        "tib" => 1024f64.powi(4),
+        other => return Err(format!("size {text:?}: unknown unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+    };
+    let bytes = value * scale;
+    if !(bytes.is_finite() && bytes >= 1.0) {
+        return Err(format!("size {text:?} must be at least one byte"));
+    }
+    Ok(bytes.round() as u64)
+}

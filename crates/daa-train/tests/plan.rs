@@ -1,0 +1,97 @@
+//! `daa plan`'s numbers against hand computation, on the published
+//! `config.json` of Llama-2-7B and Command R (c4ai-command-r-v01, 35B).
+
+use daa_train::model::ModelConfig;
+use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
+
+const GIB: u64 = 1 << 30;
+
+fn config(name: &str) -> ModelConfig {
+    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    ModelConfig::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn setup(gpus: u64) -> PlanSetup {
+    PlanSetup {
+        gpus,
+        gpu_memory: 80 * GIB,
+        pairs: 1,
+        seq_len: 1024,
+        precision: Precision::Bf16,
+        reference_live: false,
+        activation_checkpointing: true,
+        fused_head: true,
+    }
+}
+
+fn line(plan: &MemoryPlan, component: &str) -> u64 {
+    plan.lines.iter().find(|l| l.component == component).unwrap_or_else(|| panic!("no line {component}")).bytes
+}
+
+#[test]
+fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
+    let plan = MemoryPlan::new(&config("llama-2-7b.config.json"), setup(1)).unwrap();
+    // 32 × (4·4096² + 3·4096·11008 + 2·4096) + 2·32000·4096 + 4096.
+    assert_eq!(plan.parameters, 6_738_415_616);
+    assert_eq!(line(&plan, "weights"), 13_476_831_232);
+    assert_eq!(line(&plan, "master weights (f32)"), 26_953_662_464);
+    assert_eq!(line(&plan, "gradients"), 13_476_831_232);
+    assert_eq!(line(&plan, "optimizer state (AdamW, f32)"), 53_907_324_928);
+    // 2048 tokens; per token and block (9·4096 + 3·4096 + 4·11008)·2 + 2·32·1024·2 = 317 440.
+    assert_eq!(line(&plan, "activations, no checkpointing"), 32 * 2048 * 317_440 + 2 * 2048 * 4096 * 2);
+    assert_eq!(
+        line(&plan, "activations, checkpoint per block"),
+        32 * 2048 * 4096 * 2 + 2048 * 317_440 + 2 * 2048 * 4096 * 2
+    );
+    assert_eq!(line(&plan, "logits, unfused"), 2048 * 32_000 * 12);
+    assert_eq!(line(&plan, "logits, fused head"), 1024 * 32_000 * 12);
+    // 16 bytes per parameter before activations: 100.4 GiB, more than 80.
+    let states = 16 * 6_738_415_616u64;
+    assert_eq!(plan.total, states + 1_220_542_464 + 393_216_000);
+    assert!(!plan.fits);
+    assert!(plan.table().contains("does not fit"), "{}", plan.table());
+    // On a 141 GiB H200 it fits.
+    let h200 =
+        MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { gpu_memory: 141 * GIB, ..setup(1) }).unwrap();
+    assert!(h200.fits);
+}
+
+#[test]
+fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
+    let plan = MemoryPlan::new(&config("command-r-v01.config.json"), setup(8)).unwrap();
+    // Tied embeddings, one LayerNorm per (parallel) block:
+    // 40 × (4·8192² + 3·8192·22528 + 8192) + 256000·8192 + 8192.
+    assert_eq!(plan.parameters, 34_980_831_232);
+    assert_eq!(line(&plan, "weights"), 8_745_207_808);
+    assert_eq!(line(&plan, "optimizer state (AdamW, f32)"), 34_980_831_232);
+    // Per token and block (9·8192 + 3·8192 + 4·22528)·2 + 2·64·1024·2 = 638 976.
+    let checkpointed = 40 * 2048 * 8192 * 2 + 2048 * 638_976 + 2 * 2048 * 8192 * 2;
+    assert_eq!(line(&plan, "activations, checkpoint per block"), checkpointed);
+    assert_eq!(line(&plan, "logits, fused head"), 1024 * 256_000 * 12);
+    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 3_145_728_000);
+    assert!(plan.fits, "{}", plan.table());
+    // Without checkpointing and with the unfused head it does not.
+    let plain = MemoryPlan::new(
+        &config("command-r-v01.config.json"),
+        PlanSetup { activation_checkpointing: false, fused_head: false, ..setup(8) },
+    )
+    .unwrap();
+    assert!(!plain.fits, "{}", plain.table());
+    // A live reference adds its bf16 shard.
+    let live =
+        MemoryPlan::new(&config("command-r-v01.config.json"), PlanSetup { reference_live: true, ..setup(8) }).unwrap();
+    assert_eq!(live.total - plan.total, 8_745_207_808);
+}
+
+#[test]
+fn f32_has_no_master_copy_and_sizes_parse() {
+    let plan = MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { precision: Precision::F32, ..setup(1) })
+        .unwrap();
+    assert!(plan.lines.iter().all(|l| l.component != "master weights (f32)"));
+    assert_eq!(line(&plan, "weights"), 4 * 6_738_415_616);
+    assert_eq!(parse_bytes("80GiB").unwrap(), 80 * GIB);
+    assert_eq!(parse_bytes("80 GB").unwrap(), 80_000_000_000);
+    assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 * GIB / 2);
+    assert!(parse_bytes("80 gigs").unwrap_err().contains("unknown unit"));
+    assert!(MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { gpus: 0, ..setup(1) }).is_err());
+}
