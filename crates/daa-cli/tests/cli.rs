@@ -693,8 +693,19 @@ fn generate_continues_chat_and_text_prompts_reproducibly() {
         sampled.iter().map(|r| (r["id"].as_str().unwrap().to_string(), r["sample"].as_u64().unwrap())).collect();
     assert_eq!(order[0], ("a".to_string(), 0));
     assert_eq!(order[5], ("c".to_string(), 1));
+    // The same tokens; log-probabilities equal up to rounding (burn's CPU
+    // backend sums in a thread-dependent order: seen 7e-6 apart in CI).
     let again = run(&dir.path().join("again.jsonl"), &sampled_args);
-    assert_eq!(sampled, again);
+    assert_eq!(sampled.len(), again.len());
+    for (a, b) in sampled.iter().zip(&again) {
+        assert_eq!(a["completion_ids"], b["completion_ids"]);
+        assert_eq!(
+            (&a["id"], &a["sample"], &a["completion"], &a["finish_reason"]),
+            (&b["id"], &b["sample"], &b["completion"], &b["finish_reason"])
+        );
+        let (x, y) = (a["logprob"].as_f64().unwrap(), b["logprob"].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} vs {y}");
+    }
     let texts: std::collections::HashSet<String> = sampled.iter().map(|r| r["completion_ids"].to_string()).collect();
     assert!(texts.len() > 3, "six samples at temperature 1 over a 261-token vocabulary: {texts:?}");
 
