@@ -36,6 +36,7 @@
 //! bounds when enabled (a larger β keeps DPO closer to the reference).
 
 use crate::error::{DaaError, Result};
+use crate::preference::{NllNormalisation, NllTerm, PreferenceLossParams};
 
 /// Which indicator an event concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -344,6 +345,23 @@ pub struct RegularisationDecision {
     pub nll_weight: Option<f64>,
     /// β from now on (`None` when β is not adapted).
     pub beta: Option<f64>,
+}
+
+impl RegularisationDecision {
+    /// The objective from now on: `base` with the adapted β (when β is
+    /// adapted) and the adapted NLL weight with `normalisation` (none at
+    /// weight 0; `base`'s NLL term when λ is not adapted).
+    pub fn apply(&self, base: &PreferenceLossParams, normalisation: NllNormalisation) -> PreferenceLossParams {
+        let loss = match self.beta {
+            Some(beta) => base.loss.with_beta(beta),
+            None => base.loss,
+        };
+        let nll = match self.nll_weight {
+            Some(weight) => (weight > 0.0).then_some(NllTerm { weight, normalisation }),
+            None => base.nll,
+        };
+        PreferenceLossParams { loss, nll }
+    }
 }
 
 /// Raises the NLL weight (and β) when the indicators fall, relaxes them when

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use daa_core::monitor::Indicator;
+use daa_core::monitor::{Indicator, TurningPoint};
 
 use crate::eval::EvalReport;
 use crate::sample_eval::SampleReport;
@@ -113,4 +113,16 @@ pub enum MonitorEvent {
         /// Step of the checkpoint kept in `best-indicator/`.
         best_indicator_step: Option<u64>,
     },
+}
+
+impl MonitorEvent {
+    /// The event of a confirmed turning point.
+    pub fn turning_point(t: &TurningPoint) -> Self {
+        MonitorEvent::TurningPoint {
+            indicator: t.indicator,
+            peak_step: t.peak_step,
+            peak_value: t.peak_value,
+            value: t.value,
+        }
+    }
 }

@@ -9,7 +9,6 @@
 use burn::backend::{Autodiff, NdArray};
 use daa_core::TokenStatsParams;
 use daa_core::monitor::{AdaptiveRegulariser, TurningPointDetector};
-use daa_core::preference::{NllTerm, PreferenceLossParams};
 use daa_core::sampling::SamplingParams;
 use daa_train::batch::SequencePair;
 use daa_train::eval::{ChosenLogits, HeldOutSums, StatsSums, held_out_pass};
@@ -456,25 +455,12 @@ impl Session {
         let events: Vec<EventRecord> = observation
             .turning_points
             .iter()
-            .map(|tp| EventRecord {
-                step,
-                event: MonitorEvent::TurningPoint {
-                    indicator: tp.indicator,
-                    peak_step: tp.peak_step,
-                    peak_value: tp.peak_value,
-                    value: tp.value,
-                },
-            })
+            .map(|tp| EventRecord { step, event: MonitorEvent::turning_point(tp) })
             .collect();
         let mut nll_weight = None;
         if let Some(adaptive) = t.adaptive.as_mut() {
             let decision = adaptive.observe(step, report.topk_entropy, report.topk_mass)?;
-            let base = t.trainer.options().loss;
-            let nll = decision
-                .nll_weight
-                .filter(|&w| w > 0.0)
-                .map(|weight| NllTerm { weight, normalisation: daa_core::NllNormalisation::Mean });
-            t.trainer.set_loss(PreferenceLossParams { loss: base.loss, nll })?;
+            t.trainer.set_loss(decision.apply(&self.config.loss_params(), daa_core::NllNormalisation::Mean))?;
             nll_weight = decision.nll_weight;
         }
         t.eval_due = false;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
 use daa_core::TokenStatsParams;
 use daa_core::monitor::{AdaptiveRegulariser, TurningPointDetector};
-use daa_core::preference::{NllTerm, PreferenceLossParams};
+use daa_core::preference::PreferenceLossParams;
 use daa_core::sampling::SamplingParams;
 
 use super::config::TrainConfig;
@@ -160,25 +160,10 @@ impl<B: Backend> RunMonitor<B> {
         let (step, r) = (record.step, &record.report);
         let observation = self.detector.observe(step, r.topk_entropy, r.topk_mass)?;
         let mut decision = Decision { keep_best: observation.at_peak, ..Decision::default() };
-        for t in observation.turning_points {
-            decision.events.push(MonitorEvent::TurningPoint {
-                indicator: t.indicator,
-                peak_step: t.peak_step,
-                peak_value: t.peak_value,
-                value: t.value,
-            });
-        }
+        decision.events.extend(observation.turning_points.iter().map(MonitorEvent::turning_point));
         if let Some(adaptive) = self.adaptive.as_mut() {
             let d = adaptive.observe(step, r.topk_entropy, r.topk_mass)?;
-            let loss = match d.beta {
-                Some(beta) => self.base_loss.loss.with_beta(beta),
-                None => self.base_loss.loss,
-            };
-            let nll = match d.nll_weight {
-                Some(weight) => (weight > 0.0).then_some(NllTerm { weight, normalisation: self.nll_normalisation }),
-                None => self.base_loss.nll,
-            };
-            decision.loss = Some(PreferenceLossParams { loss, nll });
+            decision.loss = Some(d.apply(&self.base_loss, self.nll_normalisation));
         }
         decision.stop = self.early_stop && self.detector.first_turn().is_some();
         Ok(decision)
