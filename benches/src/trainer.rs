@@ -294,6 +294,7 @@ pub fn measure(
                 schedule: LrSchedule { peak: 1e-4, warmup: 0, total: 1000, final_fraction: 0.1 },
                 micro_batch_size: pairs.len(),
                 pad_id: 0,
+                memory: daa_train::backward::MemoryOptions::default(),
             };
             let mut trainer = Trainer::new(model::<Train>(shape, source)?, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =

@@ -12,6 +12,7 @@ use safetensors::Dtype;
 
 use crate::error::ModelError;
 use crate::model::{CausalLm, ModelConfig, OutputHead, ParamKind, WeightSource};
+use crate::shards::{SaveDtype, SaveOptions, write_weights};
 
 /// Files copied from the source checkpoint into every saved one (when present).
 pub const TOKENIZER_FILES: [&str; 5] = [
@@ -106,10 +107,19 @@ impl WeightSource for SafetensorsWeights {
         }
         stored.host().map_err(|e| ModelError::Config(e.to_string()))
     }
+
+    fn release(&mut self, name: &str) {
+        if let Some(stored) = self.location.get(name).and_then(|&i| self.files[i].get(name)) {
+            stored.release();
+        }
+    }
 }
 
 /// Loads a language-model checkpoint folder onto `device` (a reward model
-/// is refused: it has no next-token head).
+/// is refused: it has no next-token head), from its f32 master weights when
+/// it has them ([`MASTER_WEIGHTS_DIR`]). Tensor by tensor: each shard's pages
+/// are let go once its tensor is built, so host memory holds the tensor
+/// being converted, not the files.
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm<B>> {
     let config = read_config(dir)?;
     if let OutputHead::SequenceClassification { .. } = config.head {
@@ -121,8 +131,10 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm
             dir.display()
         );
     }
-    let mut weights = SafetensorsWeights::open(dir)?;
-    CausalLm::from_weights(&config, &mut weights, device).with_context(|| format!("loading {}", dir.display()))
+    let master = dir.join(MASTER_WEIGHTS_DIR);
+    let weights_dir = if master.is_dir() { master } else { dir.to_path_buf() };
+    let mut weights = SafetensorsWeights::open(&weights_dir)?;
+    CausalLm::from_weights(&config, &mut weights, device).with_context(|| format!("loading {}", weights_dir.display()))
 }
 
 /// Loads a reward model: a `…ForSequenceClassification` checkpoint with one
@@ -207,14 +219,35 @@ pub fn model_tensors<B: Backend>(model: &CausalLm<B>) -> Result<Vec<NamedTensor>
     }
 }
 
+/// Folder of a checkpoint that holds the f32 master weights when the weights
+/// themselves were saved in a lower precision: what a resumed run (and
+/// [`load_model`]) continues from, so that saving does not round the run.
+pub const MASTER_WEIGHTS_DIR: &str = "master";
+
 /// Writes `model` as a Hugging Face checkpoint into the existing folder
-/// `dir`: `model.safetensors` (f32), `config.json` and, from `source_dir`,
-/// the tokenizer files present there.
+/// `dir` in the dtype it was loaded in (see [`save_model_as`]).
 pub fn save_model<B: Backend>(model: &CausalLm<B>, dir: &Path, source_dir: &Path) -> Result<()> {
-    let bytes = safetensors_bytes(&model_tensors(model)?, &[])?;
-    std::fs::write(dir.join("model.safetensors"), bytes)
-        .with_context(|| format!("{}: write failed", dir.join("model.safetensors").display()))?;
-    std::fs::write(dir.join("config.json"), model.config().to_json("float32"))
+    save_model_as(model, dir, source_dir, &SaveOptions::like_source(model.config()))
+}
+
+/// Writes `model` into the existing folder `dir`: the weights as `options`
+/// says ([`crate::shards`]: dtype, shards of at most 5 GB with an index),
+/// `config.json` naming that dtype and, from `source_dir`, the tokenizer
+/// files present there. Weights saved below f32 also get their f32 values
+/// under [`MASTER_WEIGHTS_DIR`].
+pub fn save_model_as<B: Backend>(
+    model: &CausalLm<B>,
+    dir: &Path,
+    source_dir: &Path,
+    options: &SaveOptions,
+) -> Result<()> {
+    write_weights(model, dir, options)?;
+    if options.dtype != SaveDtype::F32 {
+        let master = dir.join(MASTER_WEIGHTS_DIR);
+        std::fs::create_dir_all(&master).with_context(|| format!("{}: cannot create", master.display()))?;
+        write_weights(model, &master, &SaveOptions { dtype: SaveDtype::F32, ..*options })?;
+    }
+    std::fs::write(dir.join("config.json"), model.config().to_json(options.dtype.torch_dtype()))
         .with_context(|| format!("{}: write failed", dir.join("config.json").display()))?;
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     if same(source_dir, dir) {

@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::SequencePair;
 use crate::error::{ModelError, read_vec};
+use crate::fused_head::FusedHead;
 use crate::model::CausalLm;
-use crate::objective::CompletionLogits;
+use crate::objective::{row_sums, scored_hidden};
 use crate::score::{PairScore, pair_batch};
 
 /// One evaluation's figures. The serde names are the metric names of
@@ -159,8 +160,10 @@ impl HeldOutSums {
 }
 
 /// Scores `pairs` against their reference scores, `batch` pairs per forward
-/// pass, and hands each batch's chosen completion logits to `on_chosen`
-/// (which computes the statistics, on whatever backend it likes).
+/// pass, and hands the chosen completion logits to `on_chosen` (which
+/// computes the statistics, on whatever backend it likes), one chunk of the
+/// fused head ([`crate::fused_head`]) at a time: `head_chunk_rows` positions
+/// (0 = [`crate::fused_head::chunk_rows`] of the vocabulary).
 pub fn held_out_pass<B: Backend>(
     model: &CausalLm<B>,
     pairs: &[&SequencePair],
@@ -168,18 +171,41 @@ pub fn held_out_pass<B: Backend>(
     loss: &PreferenceLossParams,
     batch: usize,
     pad_id: u32,
+    head_chunk_rows: usize,
     on_chosen: &mut dyn FnMut(ChosenLogits) -> Result<(), ModelError>,
 ) -> Result<HeldOutSums, ModelError> {
     if pairs.len() != reference.len() {
         return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
     }
     let device = model.embed.weight.device();
+    let head = match head_chunk_rows {
+        0 => FusedHead::of_model(model),
+        rows => FusedHead::of_model(model).with_chunk_rows(rows),
+    };
     let mut sums = HeldOutSums { pairs: pairs.len(), ..HeldOutSums::default() };
     for (chunk, refs) in pairs.chunks(batch.max(1)).zip(reference.chunks(batch.max(1))) {
         let tokens = pair_batch(chunk, pad_id, model.config().vocab_size)?;
-        let completion = CompletionLogits::of(model, &tokens, &device)?;
-        let values: Vec<f64> = read_vec(completion.sequence_logps(), "held-out log-probabilities")?;
+        let (hidden, positions) = scored_hidden(model, &tokens, &device)?;
         let n = chunk.len();
+        // The chosen sequences are the batch's first `n` rows: their
+        // completion positions come first among the scored ones. The fused
+        // head hands over its chunks of logits; the chosen rows of each go
+        // to `on_chosen`, so no more than a chunk is ever copied.
+        let chosen_rows = positions.count_in_first_rows(n);
+        let token_logps = head.token_logps(&hidden, &positions.target_index::<B>(&device), &mut |start, logits| {
+            let [len, vocab] = logits.dims();
+            let take = chosen_rows.saturating_sub(start).min(len);
+            if take == 0 {
+                return Ok(());
+            }
+            let values: Vec<f32> = read_vec(logits.clone().narrow(0, 0, take), "held-out logits")?;
+            let targets: Vec<i64> = positions.targets[start..start + take].iter().map(|&t| i64::from(t)).collect();
+            on_chosen(ChosenLogits {
+                logits: HostTensor::from_f32(values, &[take, vocab])?,
+                targets: HostTensor::from_i64(targets, &[take])?,
+            })
+        })?;
+        let values: Vec<f64> = read_vec(row_sums(token_logps, &positions), "held-out log-probabilities")?;
         for (i, r) in refs.iter().enumerate() {
             let x = PairLogps {
                 policy_chosen: values[i],
@@ -198,16 +224,6 @@ pub fn held_out_pass<B: Backend>(
             sums.chosen_tokens += r.chosen_tokens;
             sums.rejected_tokens += r.rejected_tokens;
         }
-        // The chosen sequences are the batch's first `n` rows: their
-        // completion positions come first among the scored ones.
-        let chosen_rows = completion.positions.count_in_first_rows(n);
-        let [_, vocab] = completion.logits.dims();
-        let logits: Vec<f32> = read_vec(completion.logits.narrow(0, 0, chosen_rows), "held-out logits")?;
-        let targets: Vec<i64> = completion.positions.targets[..chosen_rows].iter().map(|&t| i64::from(t)).collect();
-        on_chosen(ChosenLogits {
-            logits: HostTensor::from_f32(logits, &[chosen_rows, vocab])?,
-            targets: HostTensor::from_i64(targets, &[chosen_rows])?,
-        })?;
     }
     Ok(sums)
 }
@@ -225,7 +241,7 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalReport, ModelError> {
     let cpu = Cpu::new();
     let mut totals = StatsSums::default();
-    let sums = held_out_pass(model, pairs, reference, loss, batch, pad_id, &mut |chosen| {
+    let sums = held_out_pass(model, pairs, reference, loss, batch, pad_id, 0, &mut |chosen| {
         totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, stats)
     })?;
     Ok(sums.report(&totals))

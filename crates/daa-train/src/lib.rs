@@ -11,9 +11,11 @@
 //! `cuda` add burn's GPU backends ([`backend`]).
 
 pub mod backend;
+pub mod backward;
 pub mod batch;
 pub mod error;
 pub mod eval;
+pub mod fused_head;
 pub mod generate;
 pub mod judge;
 pub mod model;
@@ -43,6 +45,8 @@ pub mod data;
 pub mod reference_cache;
 #[cfg(feature = "io")]
 pub mod reward_model;
+#[cfg(feature = "io")]
+pub mod shards;
 #[cfg(feature = "io")]
 pub mod tiny;
 #[cfg(feature = "io")]

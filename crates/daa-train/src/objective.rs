@@ -17,6 +17,7 @@ use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams, pair_loss,
 
 use crate::batch::{ScoredPositions, TokenBatch};
 use crate::error::{ModelError, read_vec};
+use crate::fused_head::FusedHead;
 use crate::model::{CausalLm, Positions};
 
 /// Logits `z` `[N, V]` at the `N` positions of a batch that predict
@@ -33,11 +34,8 @@ impl<B: Backend> CompletionLogits<B> {
     /// Runs `model` on `batch` (every row from column 0) and applies the
     /// head at the scored positions only.
     pub fn of(model: &CausalLm<B>, batch: &TokenBatch, device: &B::Device) -> Result<Self, ModelError> {
-        let hidden = model.hidden(batch.input::<B>(device), &Positions::from_zero(), None)?;
-        let [rows, len, d] = hidden.dims();
-        let positions = batch.scored_positions();
-        let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(device));
-        Ok(Self { logits: model.head(picked), positions })
+        let (hidden, positions) = scored_hidden(model, batch, device)?;
+        Ok(Self { logits: model.head(hidden), positions })
     }
 
     /// `ℓ` at every scored position, `[N]`.
@@ -50,23 +48,46 @@ impl<B: Backend> CompletionLogits<B> {
 
     /// `π_i = Σ_t ℓ_{i,t}` of every row, `[rows]`.
     pub fn sequence_logps(&self) -> Tensor<B, 1> {
-        let device = self.logits.device();
-        Tensor::zeros([self.positions.rows], &device).select_assign(
-            0,
-            self.positions.row_index::<B>(&device),
-            self.token_logps(),
-            IndexingUpdateOp::Add,
-        )
+        row_sums(self.token_logps(), &self.positions)
     }
 }
 
-/// `π_i` of every row of `batch` under `model`, `[rows]`.
+/// `π_i = Σ_t ℓ_{i,t}` of every row from the per-position `ℓ` `[N]`, `[rows]`.
+pub fn row_sums<B: Backend>(token_logps: Tensor<B, 1>, positions: &ScoredPositions) -> Tensor<B, 1> {
+    let device = token_logps.device();
+    Tensor::zeros([positions.rows], &device).select_assign(
+        0,
+        positions.row_index::<B>(&device),
+        token_logps,
+        IndexingUpdateOp::Add,
+    )
+}
+
+/// Hidden states `[N, d]` of `batch`'s scored positions under `model` (every
+/// row from column 0), and where they are.
+pub fn scored_hidden<B: Backend>(
+    model: &CausalLm<B>,
+    batch: &TokenBatch,
+    device: &B::Device,
+) -> Result<(Tensor<B, 2>, ScoredPositions), ModelError> {
+    let hidden = model.hidden(batch.input::<B>(device), &Positions::from_zero(), None)?;
+    let [rows, len, d] = hidden.dims();
+    let positions = batch.scored_positions();
+    Ok((hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(device)), positions))
+}
+
+/// `π_i` of every row of `batch` under `model`, `[rows]`, through the fused
+/// head ([`crate::fused_head`]: no `[N × V]` logits; differentiable on an
+/// autodiff backend like the unfused [`CompletionLogits::sequence_logps`]).
 pub fn sequence_logps<B: Backend>(
     model: &CausalLm<B>,
     batch: &TokenBatch,
     device: &B::Device,
 ) -> Result<Tensor<B, 1>, ModelError> {
-    Ok(CompletionLogits::of(model, batch, device)?.sequence_logps())
+    let (hidden, positions) = scored_hidden(model, batch, device)?;
+    let targets = positions.target_index::<B>(device);
+    let token_logps = FusedHead::of_model(model).token_logps(&hidden, &targets, &mut |_, _| Ok(()))?;
+    Ok(row_sums(token_logps, &positions))
 }
 
 /// What one batch of pairs contributes to the objective.
@@ -74,6 +95,18 @@ pub fn sequence_logps<B: Backend>(
 pub struct PairObjective<B: Backend> {
     /// `S = Σ_i w_i π_i`; its gradient is the gradient of the mean loss.
     pub surrogate: Tensor<B, 1>,
+    /// The inputs of every pair (policy, reference, token counts).
+    pub inputs: Vec<PairLogps>,
+    /// The loss, gradient and rewards of every pair.
+    pub losses: Vec<PairLoss>,
+}
+
+/// The losses of a batch of pairs and the weights `w_i = ∂L̄/∂π_i` of its
+/// sequences (chosen first, then rejected).
+#[derive(Debug, Clone)]
+pub struct PairWeights {
+    /// `w`, `[2P]`.
+    pub weights: Vec<f32>,
     /// The inputs of every pair (policy, reference, token counts).
     pub inputs: Vec<PairLogps>,
     /// The loss, gradient and rewards of every pair.
@@ -91,8 +124,24 @@ pub fn pair_objective<B: Backend>(
     params: &PreferenceLossParams,
     normaliser: f64,
 ) -> Result<PairObjective<B>, ModelError> {
-    let pairs = reference.len();
     let values: Vec<f64> = read_vec(policy.clone(), "policy log-probabilities")?;
+    let PairWeights { weights, inputs, losses } = pair_weights(&values, reference, tokens, params, normaliser)?;
+    let n = weights.len();
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), &policy.device());
+    Ok(PairObjective { surrogate: (policy * weights).sum(), inputs, losses })
+}
+
+/// The loss of every pair from the policy scores `values` `[2P]` (chosen
+/// first, then rejected) against `reference` and `tokens`, and the weights
+/// `w_i = (∂L/∂π_i) / normaliser`.
+pub fn pair_weights(
+    values: &[f64],
+    reference: &[(f64, f64)],
+    tokens: &[(f64, f64)],
+    params: &PreferenceLossParams,
+    normaliser: f64,
+) -> Result<PairWeights, ModelError> {
+    let pairs = reference.len();
     if values.len() != 2 * pairs || tokens.len() != pairs {
         return Err(ModelError::Batch(format!(
             "{} sequence scores, {} token counts for {pairs} pairs (need chosen then rejected)",
@@ -119,6 +168,5 @@ pub fn pair_objective<B: Backend>(
         inputs.push(x);
         losses.push(loss);
     }
-    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [2 * pairs]), &policy.device());
-    Ok(PairObjective { surrogate: (policy * weights).sum(), inputs, losses })
+    Ok(PairWeights { weights, inputs, losses })
 }

@@ -95,16 +95,7 @@ struct Collect<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id) {
-            let n = g.shape().num_elements();
-            let g = g.reshape([n]);
-            let sum = match self.into.grads.remove(&param.id) {
-                Some(acc) => acc + g,
-                None => {
-                    self.into.order.push(param.id);
-                    g
-                }
-            };
-            self.into.grads.insert(param.id, sum);
+            self.into.add_param(param.id, g);
         }
     }
 }
@@ -118,6 +109,29 @@ impl<B: Backend> GradAccumulator<B> {
     {
         let mut params = GradientsParams::from_grads(grads, model);
         model.visit(&mut Collect::<AB> { from: &mut params, into: self });
+    }
+
+    /// Adds `grad` (any shape; flattened) to parameter `id`'s gradient: for
+    /// gradients formed outside autodiff (the fused head's `∂S/∂W`).
+    pub fn add_param<const D: usize>(&mut self, id: ParamId, grad: Tensor<B, D>) {
+        let n = grad.shape().num_elements();
+        let grad = grad.reshape([n]);
+        let sum = match self.grads.remove(&id) {
+            Some(acc) => acc + grad,
+            None => {
+                self.order.push(id);
+                grad
+            }
+        };
+        self.grads.insert(id, sum);
+    }
+
+    /// Puts the parameters in `order` (those it does not name keep their
+    /// place after them), so that reductions over parameters do not depend
+    /// on which backward pass saw a parameter first.
+    pub fn reorder(&mut self, order: &[ParamId]) {
+        let rank = |id: &ParamId| order.iter().position(|o| o == id).unwrap_or(order.len());
+        self.order.sort_by_key(rank);
     }
 
     /// `‖g‖₂` over every parameter, summed in the model's visiting order.

@@ -20,11 +20,12 @@ use daa_core::TokenStatsParams;
 use daa_core::preference::PreferenceLossParams;
 use serde::{Deserialize, Serialize};
 
+use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::error::{ModelError, read_vec};
+use crate::error::ModelError;
 use crate::eval::{EvalReport, evaluate};
 use crate::model::{CausalLm, ParamKind};
-use crate::objective::{pair_objective, sequence_logps};
+use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
 use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
 
@@ -41,6 +42,8 @@ pub struct TrainerOptions {
     pub micro_batch_size: usize,
     /// Token id of padding.
     pub pad_id: u32,
+    /// Fused head, activation checkpointing.
+    pub memory: MemoryOptions,
 }
 
 /// Where the reference log-probabilities `ρ` come from.
@@ -152,13 +155,14 @@ pub struct NllStepRecord {
 pub struct Trainer<B: AutodiffBackend> {
     /// Always present between steps (taken only while AdamW maps it).
     model: Option<CausalLm<B>>,
-    device: B::Device,
     optimizer: AdamW<B::InnerBackend>,
     options: TrainerOptions,
     reference: ReferencePolicy<B::InnerBackend>,
     reducer: Box<dyn GradientReducer<B::InnerBackend>>,
     /// Which parameters weight decay applies to, by id (ids survive `valid()` and steps).
     decays: HashMap<ParamId, bool>,
+    /// Every parameter in the model's visiting order (gradient reductions follow it).
+    param_order: Vec<ParamId>,
     completed: u64,
 }
 
@@ -174,18 +178,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         options.loss.validate()?;
         let mut decays = HashMap::new();
+        let mut param_order = Vec::new();
         model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
             decays.insert(p.id(), p.decays());
+            param_order.push(p.id());
         });
-        let device = model.embed.weight.device();
         Ok(Self {
             model: Some(model),
-            device,
             optimizer: AdamW::new(options.optimizer),
             options,
             reference,
             reducer: Box::new(SingleRank),
             decays,
+            param_order,
             completed: 0,
         })
     }
@@ -271,7 +276,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
             let batch = pair_batch(&sequences, o.pad_id, vocab)?;
             tokens += sequences.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
-            let policy = sequence_logps(model, &batch, &self.device)?;
             let reference: Vec<(f64, f64)> = match &self.reference {
                 ReferencePolicy::Given => micro
                     .iter()
@@ -296,11 +300,24 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .iter()
                 .map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64))
                 .collect();
-            let objective =
-                pair_objective(policy, &reference, &counts, &o.loss, normaliser).map_err(|e| e.offset_pairs(offset))?;
-            grads.add::<B, _>(model, objective.surrogate.backward());
-            inputs.extend(objective.inputs);
-            losses.extend(objective.losses);
+            let mut objective = None;
+            weighted_backward(
+                model,
+                &batch,
+                &o.memory,
+                &mut |policy| {
+                    let weighed = pair_weights(policy, &reference, &counts, &o.loss, normaliser)
+                        .map_err(|e| e.offset_pairs(offset))?;
+                    let weights = weighed.weights.clone();
+                    objective = Some(weighed);
+                    Ok(weights)
+                },
+                &mut grads,
+            )?;
+            let PairWeights { inputs: pair_inputs, losses: pair_losses, .. } =
+                objective.expect("weighted_backward asks for the weights once");
+            inputs.extend(pair_inputs);
+            losses.extend(pair_losses);
         }
         let report = self.apply(grads, lr)?;
         let n = losses.len() as f64;
@@ -326,6 +343,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end
     /// of every kind of step.
     fn apply(&mut self, mut grads: GradAccumulator<B::InnerBackend>, lr: f64) -> Result<StepReport, ModelError> {
+        grads.reorder(&self.param_order);
         // ── Data-parallel reduction point: every rank's gradients summed here. ──
         self.reducer.reduce(&mut grads)?;
         let grad_norm = grads.global_norm()?;
@@ -363,14 +381,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         for micro in sequences.chunks(2 * o.micro_batch_size) {
             let batch = TokenBatch::new(micro, o.pad_id, vocab)?;
             tokens += micro.iter().map(|s| s.ids.len()).sum::<usize>();
-            let logps = sequence_logps(model, &batch, &self.device)?.sum();
-            let value: Vec<f64> = read_vec(logps.clone(), "completion log-likelihood")?;
-            let value = value.first().copied().unwrap_or(f64::NAN);
-            if !value.is_finite() {
-                return Err(ModelError::Batch(format!("the completion log-likelihood is {value}")));
-            }
-            total += value;
-            grads.add::<B, _>(model, logps.mul_scalar(-1.0 / normaliser).backward());
+            weighted_backward(
+                model,
+                &batch,
+                &o.memory,
+                &mut |logps| {
+                    let value: f64 = logps.iter().sum();
+                    if !value.is_finite() {
+                        return Err(ModelError::Batch(format!("the completion log-likelihood is {value}")));
+                    }
+                    total += value;
+                    Ok(vec![(-1.0 / normaliser) as f32; logps.len()])
+                },
+                &mut grads,
+            )?;
         }
         let report = self.apply(grads, lr)?;
         Ok(NllStepRecord {

@@ -59,6 +59,7 @@ impl BackendTask for Probe {
             schedule: LrSchedule { peak: 1e-2, warmup: 1, total: 10, final_fraction: 0.1 },
             micro_batch_size: 2,
             pad_id: 0,
+            memory: daa_train::backward::MemoryOptions::default(),
         };
         let score = |chosen, rejected, pair: &SequencePair| PairScore {
             chosen,

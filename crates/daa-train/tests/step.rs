@@ -48,6 +48,7 @@ fn options_with(micro_batch_size: usize, optimizer: AdamWConfig) -> TrainerOptio
         schedule: LrSchedule { peak: 1e-2, warmup: 1, total: 20, final_fraction: 0.1 },
         micro_batch_size,
         pad_id: 0,
+        memory: daa_train::backward::MemoryOptions::default(),
     }
 }
 

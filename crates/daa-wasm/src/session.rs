@@ -336,6 +336,7 @@ impl Session {
             },
             micro_batch_size: self.config.batch_size,
             pad_id: END,
+            memory: daa_train::backward::MemoryOptions::default(),
         };
         let trainer = Trainer::new(self.sft.model().clone(), options, ReferencePolicy::Given)?;
         let detector = TurningPointDetector::new(self.config.turning())?;
@@ -421,11 +422,19 @@ impl Session {
         let policy = t.trainer.valid_model();
         let pairs: Vec<&SequencePair> = t.eval.iter().collect();
         let mut chosen = Vec::new();
-        let sums =
-            held_out_pass(&policy, &pairs, &t.eval_scores, &t.trainer.options().loss, FORWARD_BATCH, END, &mut |c| {
+        let sums = held_out_pass(
+            &policy,
+            &pairs,
+            &t.eval_scores,
+            &t.trainer.options().loss,
+            FORWARD_BATCH,
+            END,
+            0,
+            &mut |c| {
                 chosen.push(c);
                 Ok(())
-            })?;
+            },
+        )?;
         Ok(PendingEval { sums, chosen })
     }
 

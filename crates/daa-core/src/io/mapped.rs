@@ -134,6 +134,27 @@ impl StoredTensor<'_> {
         })
     }
 
+    /// Lets this tensor's pages leave the process's resident memory: the
+    /// kernel drops them (they are read from the file again if touched).
+    /// Loading a checkpoint tensor by tensor and releasing each keeps the
+    /// resident set to the tensors being converted instead of the whole file.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        {
+            let range = self.byte_range(0..self.len());
+            if range.is_empty() {
+                return;
+            }
+            // SAFETY: the map is read-only and its pages are clean file pages:
+            // MADV_DONTNEED only drops them, and any later read (including a
+            // borrowed view still alive) faults the same bytes back in from
+            // the file. Advice is a hint: a failure changes nothing.
+            let _ = unsafe {
+                self.file.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len())
+            };
+        }
+    }
+
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.file.map[self.byte_range(0..self.len())]

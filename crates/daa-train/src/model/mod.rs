@@ -91,6 +91,17 @@ impl<B: Backend> CausalLm<B> {
         &self,
         tokens: Tensor<B, 2, Int>,
         positions: &Positions,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>, ModelError> {
+        Ok(self.norm.forward(self.blocks(tokens, positions, cache)?))
+    }
+
+    /// The output of the last decoder block, `[rows, seq, d]`: [`Self::hidden`]
+    /// before the final norm.
+    pub fn blocks(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        positions: &Positions,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [rows, seq] = tokens.dims();
@@ -127,13 +138,7 @@ impl<B: Backend> CausalLm<B> {
                 past + seq
             )));
         }
-        let device = tokens.device();
-        let (cos, sin) = match pads {
-            None => self.rope.contiguous(past, seq),
-            Some(_) => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
-        };
-        let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, pads, self.config.sliding_window, &device);
-        let at = AttentionContext { cos, sin, hidden_keys };
+        let at = self.attention_context(rows, past, seq, positions, &tokens.device());
         let mut x = self.embed.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
@@ -143,7 +148,35 @@ impl<B: Backend> CausalLm<B> {
             cache.rows = Some(rows);
             cache.columns += seq;
         }
-        Ok(self.norm.forward(x))
+        Ok(x)
+    }
+
+    /// What every block needs to know about the positions of columns
+    /// `past..past + seq` of `rows` rows laid out as `positions` says: RoPE
+    /// tables and which keys each query must not see.
+    pub fn attention_context(
+        &self,
+        rows: usize,
+        past: usize,
+        seq: usize,
+        positions: &Positions,
+        device: &B::Device,
+    ) -> AttentionContext<B> {
+        let pads = positions.left_padding();
+        let (cos, sin) = match pads {
+            None => self.rope.contiguous(past, seq),
+            Some(_) => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
+        };
+        let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, pads, self.config.sliding_window, device);
+        AttentionContext { cos, sin, hidden_keys }
+    }
+
+    /// The output head's weight `[V, d]`: `lm_head`, or the embedding when tied.
+    pub fn head_weight(&self) -> &Param<Tensor<B, 2>> {
+        match &self.lm_head {
+            Some(w) => w,
+            None => &self.embed.weight,
+        }
     }
 
     /// Logits of hidden states (`[…, d] → […, V]`): the output head (the
@@ -151,11 +184,7 @@ impl<B: Backend> CausalLm<B> {
     /// only where logits are needed: the objective's completion positions,
     /// generation's last column.
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        let weight = match &self.lm_head {
-            Some(w) => w.val(),
-            None => self.embed.weight.val(),
-        };
-        let logits = linear(hidden, weight.transpose(), None);
+        let logits = linear(hidden, self.head_weight().val().transpose(), None);
         if self.config.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.config.logit_scale) }
     }
 

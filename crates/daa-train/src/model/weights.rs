@@ -17,6 +17,10 @@ pub trait WeightSource {
     /// built). Implementations check that the stored shape equals `shape` and
     /// fail with [`ModelError::Shape`] or [`ModelError::MissingTensor`] otherwise.
     fn read(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError>;
+
+    /// Called once `name` has been built into a parameter: a memory-mapped
+    /// source lets its pages go, so loading holds one tensor at a time.
+    fn release(&mut self, _name: &str) {}
 }
 
 /// Widens `values` (f32, f16 or bf16) to f32, visiting each element once.
@@ -110,6 +114,8 @@ impl<B: Backend> Loader<'_, B> {
             }
             values[place(i)] = x;
         })?;
+        drop(stored);
+        self.source.release(name);
         match non_finite {
             Some(index) => Err(ModelError::NonFinite { name: name.to_string(), index }),
             None => Ok(values),

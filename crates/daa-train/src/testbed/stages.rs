@@ -91,6 +91,7 @@ impl<B: AutodiffBackend> SftRun<B> {
             },
             micro_batch_size: spec.sft_batch.div_ceil(2),
             pad_id: END,
+            memory: crate::backward::MemoryOptions::default(),
         };
         let sequences = sft_sequences(spec);
         Ok(Self {

@@ -211,6 +211,26 @@ pub struct TrainSection {
     /// or `~/.cache/daa`).
     #[serde(default)]
     pub cache_dir: Option<String>,
+    /// The fused LM head + objective: no `[tokens × V]` logits kept (default true).
+    #[serde(default = "default_true")]
+    pub fused_head: bool,
+    /// Positions per chunk of the fused head (0 = 64 MiB of f32 logits).
+    #[serde(default)]
+    pub head_chunk_tokens: usize,
+    /// Recompute every decoder block in backward instead of keeping its activations.
+    #[serde(default)]
+    pub activation_checkpointing: bool,
+}
+
+impl TrainSection {
+    /// The memory/compute trade-offs the trainer applies.
+    pub fn memory_options(&self) -> crate::backward::MemoryOptions {
+        crate::backward::MemoryOptions {
+            fused_head: self.fused_head,
+            head_chunk_rows: self.head_chunk_tokens,
+            activation_checkpointing: self.activation_checkpointing,
+        }
+    }
 }
 
 /// `[monitor]`.
@@ -368,6 +388,9 @@ impl Default for AdaptiveSection {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_sample_prompts() -> usize {
     64
 }

@@ -323,6 +323,7 @@ fn run<B: AutodiffBackend>(
         schedule: config.schedule(total_steps),
         micro_batch_size: config.train.micro_batch_size,
         pad_id: prepared.encoder.pad_id,
+        memory: config.train.memory_options(),
     };
     let sample_reference = references.frozen.clone();
     let reference = match references.frozen {

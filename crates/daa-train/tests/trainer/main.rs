@@ -1,6 +1,7 @@
 //! The trainer end to end on tiny random checkpoints written in the real
 //! Hugging Face layout (safetensors, config.json, tokenizer.json).
 
+mod checkpoints;
 mod judge;
 mod model;
 mod naive;

@@ -1,0 +1,179 @@
+//! One forward and backward pass of a batch: what every training step is
+//! made of.
+//!
+//! The batch's rows get scores `π_i = Σ_t ℓ_{i,t}` (completion positions
+//! only); the caller looks at them and answers with weights `w_i` (for a
+//! preference loss `w_i = ∂L̄/∂π_i`, for the NLL step `−1/n`); the pass adds
+//! `∇_θ S`, `S = Σ_i w_i π_i`, to the gradient accumulator. How, is the
+//! [`MemoryOptions`]' choice; every choice gives the same gradient:
+//!
+//! - **head**: unfused (autodiff through the `[N, V]` logits and their
+//!   log-softmax) or fused ([`crate::fused_head`]: chunks of logits,
+//!   recomputed in backward; `∂S/∂W` added directly, `∂S/∂h` sent into the
+//!   model by back-propagating `⟨h, stop_grad(∂S/∂h)⟩`).
+//! - **activation checkpointing**: the decoder blocks first run without an
+//!   autodiff graph, keeping only each block's input `x_i` (`[rows, seq, d]`).
+//!   Backward walks the blocks in reverse: block `i` runs again with autodiff
+//!   from `x_i` (a leaf), and back-propagating `⟨block_i(x_i), g_{i+1}⟩` gives
+//!   the block's parameters their share of `∇S` and `g_i = ∂S/∂x_i` (chain
+//!   rule); the embedding gets `⟨embed(x), g_0⟩`'s. One block's graph exists
+//!   at a time, for one more forward pass of the blocks.
+
+use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{ScoredPositions, TokenBatch};
+use crate::error::{ModelError, read_vec};
+use crate::fused_head::{FusedHead, chunk_rows};
+use crate::model::{CausalLm, Positions};
+use crate::objective::{CompletionLogits, row_sums};
+use crate::optim::GradAccumulator;
+
+/// How a training pass trades memory for compute (`[train]`'s
+/// `fused_head`, `activation_checkpointing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryOptions {
+    /// The fused head: no `[N × V]` logits kept (default on).
+    pub fused_head: bool,
+    /// Positions per chunk of the fused head; 0 = [`chunk_rows`] of the vocabulary.
+    pub head_chunk_rows: usize,
+    /// Recompute each decoder block in backward instead of keeping its activations.
+    pub activation_checkpointing: bool,
+}
+
+impl Default for MemoryOptions {
+    fn default() -> Self {
+        Self { fused_head: true, head_chunk_rows: 0, activation_checkpointing: false }
+    }
+}
+
+/// What a pass asks its caller: the weights `w` (one per row) for the rows'
+/// scores `π`.
+pub type Weigh<'a> = dyn FnMut(&[f64]) -> Result<Vec<f32>, ModelError> + 'a;
+
+/// Runs `model` on `batch`, hands the rows' scores `π` to `weigh`, and adds
+/// `∇_θ Σ_i w_i π_i` (`w` = what `weigh` returns, one per row) to `grads`.
+pub fn weighted_backward<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    batch: &TokenBatch,
+    memory: &MemoryOptions,
+    weigh: &mut Weigh<'_>,
+    grads: &mut GradAccumulator<B::InnerBackend>,
+) -> Result<(), ModelError> {
+    let device = model.embed.weight.device();
+    let checkpoints = memory.activation_checkpointing.then(|| BlockInputs::record(model, batch, &device));
+    let top = match &checkpoints {
+        Some(saved) => saved.leaf(),
+        None => model.blocks(batch.input::<B>(&device), &Positions::from_zero(), None)?,
+    };
+    let hidden = model.norm.forward(top.clone());
+    let [rows, len, d] = hidden.dims();
+    let positions = batch.scored_positions();
+    let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(&device));
+    let top_grads = if memory.fused_head {
+        fused_head_backward(model, picked, &positions, memory, weigh, grads)?
+    } else {
+        let policy = CompletionLogits { logits: model.head(picked), positions }.sequence_logps();
+        let weights = weigh(&read_vec::<f64, _, 1>(policy.clone(), "policy log-probabilities")?)?;
+        (policy * row_tensor::<B>(weights, rows, &device)?).sum().backward()
+    };
+    match checkpoints {
+        None => grads.add::<B, _>(model, top_grads),
+        Some(saved) => {
+            let mut g = top.grad(&top_grads).ok_or_else(|| no_gradient("the last block's output"))?;
+            grads.add::<B, _>(model, top_grads);
+            for (i, layer) in model.layers.iter().enumerate().rev() {
+                let x = saved.inputs[i].clone().detach().require_grad();
+                let out = layer.forward(x.clone(), &saved.context, None);
+                let block_grads = (out * Tensor::from_inner(g)).sum().backward();
+                g = x.grad(&block_grads).ok_or_else(|| no_gradient(&format!("block {i}'s input")))?;
+                grads.add::<B, _>(model, block_grads);
+            }
+            let embedded = model.embed.forward(batch.input::<B>(&device));
+            grads.add::<B, _>(model, (embedded * Tensor::from_inner(g)).sum().backward());
+        }
+    }
+    Ok(())
+}
+
+/// The fused head's part of [`weighted_backward`]: `ℓ` in chunks, the
+/// weights, `∂S/∂W` into `grads`, and the autodiff gradients of
+/// `⟨h, ∂S/∂h⟩` returned for the rest of the model.
+fn fused_head_backward<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    picked: Tensor<B, 2>,
+    positions: &ScoredPositions,
+    memory: &MemoryOptions,
+    weigh: &mut Weigh<'_>,
+    grads: &mut GradAccumulator<B::InnerBackend>,
+) -> Result<B::Gradients, ModelError> {
+    let device = picked.device();
+    let config = model.config();
+    let rows = if memory.head_chunk_rows == 0 { chunk_rows(config.vocab_size) } else { memory.head_chunk_rows };
+    let weight = model.head_weight();
+    let head = FusedHead::new(weight.val().inner(), config.logit_scale, rows);
+    let hidden = picked.clone().inner();
+    let targets = positions.target_index::<B::InnerBackend>(&device);
+    let token_logps = head.token_logps(&hidden, &targets, &mut |_, _| Ok(()))?;
+    let policy = row_sums(token_logps, positions);
+    let weights = weigh(&read_vec::<f64, _, 1>(policy, "policy log-probabilities")?)?;
+    if weights.len() != positions.rows {
+        return Err(ModelError::Batch(format!("{} weights for {} rows", weights.len(), positions.rows)));
+    }
+    let per_position: Vec<f32> = positions.row_of.iter().map(|&r| weights[r]).collect();
+    let n = per_position.len();
+    let coefficients = Tensor::from_data(TensorData::new(per_position, [n]), &device);
+    let (grad_hidden, grad_weight) = head.backward(&hidden, &targets, &coefficients);
+    let model_grads = (picked * Tensor::from_inner(grad_hidden)).sum().backward();
+    grads.add_param(weight.id, grad_weight);
+    Ok(model_grads)
+}
+
+/// The weights as a `[rows]` tensor (their count checked).
+fn row_tensor<B: AutodiffBackend>(
+    weights: Vec<f32>,
+    rows: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>, ModelError> {
+    if weights.len() != rows {
+        return Err(ModelError::Batch(format!("{} weights for {rows} rows", weights.len())));
+    }
+    Ok(Tensor::from_data(TensorData::new(weights, [rows]), device))
+}
+
+fn no_gradient(what: &str) -> ModelError {
+    ModelError::Batch(format!("activation checkpointing: no gradient reached {what}"))
+}
+
+/// The decoder blocks run without a graph: each block's input, and the
+/// attention context they share. The pass runs on the autodiff backend with
+/// the parameters marked constant (nothing is recorded), not on the inner
+/// backend: burn's ndarray backend rounds some operations differently when
+/// a buffer is not shared (in place), and the recomputation in backward must
+/// see the values a single graph would have.
+struct BlockInputs<B: AutodiffBackend> {
+    inputs: Vec<Tensor<B, 3>>,
+    output: Tensor<B, 3>,
+    context: crate::model::AttentionContext<B>,
+}
+
+impl<B: AutodiffBackend> BlockInputs<B> {
+    fn record(model: &CausalLm<B>, batch: &TokenBatch, device: &B::Device) -> Self {
+        let constant = model.clone().no_grad();
+        let context = model.attention_context(batch.rows, 0, batch.len, &Positions::from_zero(), device);
+        let mut x = constant.embed.forward(batch.input(device));
+        let mut inputs = Vec::with_capacity(constant.layers.len());
+        for layer in &constant.layers {
+            inputs.push(x.clone());
+            x = layer.forward(x, &context, None);
+        }
+        Self { inputs, output: x, context }
+    }
+
+    /// The last block's output as a leaf that collects its gradient.
+    fn leaf(&self) -> Tensor<B, 3> {
+        self.output.clone().detach().require_grad()
+    }
+}

@@ -1,0 +1,145 @@
+//! The fused output head: log-probabilities of the scored tokens, and their
+//! gradients, without ever holding `[N × V]` logits.
+//!
+//! For the hidden states `h_t` of the `N` scored positions (`[N, d]`), the
+//! head weight `W` (`[V, d]`, the embedding when tied) and Cohere's logit
+//! scale `s`:
+//!
+//! ```text
+//! z_t = s · W h_t,      ℓ_t = z_t[y_t] − log Σ_v exp z_t[v]
+//! ```
+//!
+//! computed in chunks of `C` positions, so that at most `C × V` logits exist
+//! at a time. For a surrogate `S = Σ_t c_t ℓ_t` (the trainer's `c_t` is the
+//! weight `∂L̄/∂π_i` of the row holding position `t`), [`FusedHead::backward`]
+//! recomputes each chunk's logits and forms
+//!
+//! ```text
+//! G_t     = s · c_t · (e_{y_t} − softmax(z_t))     [C, V], one chunk at a time
+//! ∂S/∂h_t = G_t W                                   [C, d]
+//! ∂S/∂W   = Σ_t G_tᵀ h_t                            [V, d]
+//! ```
+//!
+//! Memory of the head: about `3·C·V` floats (logits, probabilities, `G`)
+//! instead of the `[N, V]` logits, log-softmax and their gradient the
+//! unfused path keeps for autodiff. Cost: one more `C·d·V` product per
+//! chunk (the recomputation), as in Liger-Kernel's chunked losses and Cut
+//! Cross-Entropy. Plain burn tensor operations: the same code runs on every
+//! backend; evaluation hands each chunk's logits to a callback (the top-k
+//! statistics), so they never accumulate either.
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+
+use crate::error::ModelError;
+use crate::model::CausalLm;
+
+/// Bytes of f32 logits one chunk may hold (64 MiB: 130 positions at
+/// `V = 128256`, every position of a small model).
+pub const HEAD_CHUNK_BYTES: usize = 64 << 20;
+
+/// Positions per chunk for vocabulary `vocab`: `⌊HEAD_CHUNK_BYTES / 4V⌋`, at least 1.
+pub fn chunk_rows(vocab: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (4 * vocab.max(1))).max(1)
+}
+
+/// Receives each chunk's first position and logits `[C, V]`.
+pub type OnChunk<'a, B> = dyn FnMut(usize, &Tensor<B, 2>) -> Result<(), ModelError> + 'a;
+
+/// The output head as the fused path applies it.
+#[derive(Debug, Clone)]
+pub struct FusedHead<B: Backend> {
+    /// `W`, `[V, d]`.
+    weight: Tensor<B, 2>,
+    /// `s`.
+    scale: f64,
+    /// `C`.
+    chunk_rows: usize,
+}
+
+impl<B: Backend> FusedHead<B> {
+    /// The head `W` `[V, d]` with logit scale `scale`, `chunk_rows` positions per chunk.
+    pub fn new(weight: Tensor<B, 2>, scale: f64, chunk_rows: usize) -> Self {
+        Self { weight, scale, chunk_rows: chunk_rows.max(1) }
+    }
+
+    /// `model`'s head, chunked by [`chunk_rows`].
+    pub fn of_model(model: &CausalLm<B>) -> Self {
+        let config = model.config();
+        Self::new(model.head_weight().val(), config.logit_scale, chunk_rows(config.vocab_size))
+    }
+
+    /// The same head with `rows` positions per chunk.
+    pub fn with_chunk_rows(self, rows: usize) -> Self {
+        Self { chunk_rows: rows.max(1), ..self }
+    }
+
+    /// Positions per chunk.
+    pub fn chunk_rows(&self) -> usize {
+        self.chunk_rows
+    }
+
+    /// `(first position, positions)` of every chunk of `n`.
+    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + use<B> {
+        let c = self.chunk_rows;
+        (0..n).step_by(c).map(move |start| (start, c.min(n - start)))
+    }
+
+    /// `z = s · h Wᵀ` of one chunk, `[C, V]`.
+    fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        let z = hidden.matmul(self.weight.clone().transpose());
+        if self.scale == 1.0 { z } else { z.mul_scalar(self.scale) }
+    }
+
+    /// `ℓ_t` of every row of `hidden` (`[N, d]`) predicting `targets`
+    /// (`[N]`), `[N]`. Each chunk's logits (`[C, V]`) are handed to
+    /// `on_chunk` with the chunk's first position before they are dropped.
+    pub fn token_logps(
+        &self,
+        hidden: &Tensor<B, 2>,
+        targets: &Tensor<B, 1, Int>,
+        on_chunk: &mut OnChunk<'_, B>,
+    ) -> Result<Tensor<B, 1>, ModelError> {
+        let [n, _] = hidden.dims();
+        let mut parts = Vec::with_capacity(n.div_ceil(self.chunk_rows));
+        for (start, len) in self.chunks(n) {
+            let z = self.logits(hidden.clone().narrow(0, start, len));
+            on_chunk(start, &z)?;
+            let y = targets.clone().narrow(0, start, len).reshape([len, 1]);
+            parts.push(log_softmax(z, 1).gather(1, y).reshape([len]));
+        }
+        Ok(if parts.is_empty() { Tensor::zeros([0], &hidden.device()) } else { Tensor::cat(parts, 0) })
+    }
+
+    /// `(∂S/∂h, ∂S/∂W)` of `S = Σ_t c_t ℓ_t` for `hidden` `[N, d]`,
+    /// `targets` `[N]` and `coefficients` `c` `[N]`: `[N, d]` and `[V, d]`
+    /// (the layout of `W`).
+    pub fn backward(
+        &self,
+        hidden: &Tensor<B, 2>,
+        targets: &Tensor<B, 1, Int>,
+        coefficients: &Tensor<B, 1>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let [n, d] = hidden.dims();
+        let device = hidden.device();
+        let mut grad_weight = Tensor::<B, 2>::zeros(self.weight.dims(), &device);
+        let mut grad_hidden = Vec::with_capacity(n.div_ceil(self.chunk_rows));
+        for (start, len) in self.chunks(n) {
+            let h = hidden.clone().narrow(0, start, len);
+            let y = targets.clone().narrow(0, start, len).reshape([len, 1]);
+            let c = coefficients.clone().narrow(0, start, len).reshape([len, 1]);
+            let p = softmax(self.logits(h.clone()), 1);
+            // G = c·(e_y − p), times s.
+            let mut g = (p * c.clone()).neg().scatter(1, y, c, IndexingUpdateOp::Add);
+            if self.scale != 1.0 {
+                g = g.mul_scalar(self.scale);
+            }
+            grad_hidden.push(g.clone().matmul(self.weight.clone()));
+            grad_weight = grad_weight + g.transpose().matmul(h);
+        }
+        let grad_hidden =
+            if grad_hidden.is_empty() { Tensor::zeros([0, d], &device) } else { Tensor::cat(grad_hidden, 0) };
+        (grad_hidden, grad_weight)
+    }
+}
