@@ -21,7 +21,8 @@
 //!                                                     and the attention scores and
 //!                                                     probabilities (no flash attention)
 //! logits             S·T·V·4·3           unfused: f32 logits, log-softmax, their gradient
-//!                    C·V·4·3             fused head, chunks of C = min(S·T, 1024) rows
+//!                    C·V·4·3             fused head: chunks of C = min(S·T, ⌊64 MiB / 4V⌋)
+//!                                        rows (logits, probabilities, their gradient)
 //! ```
 //!
 //! Bounds, not measurements: every position is counted as a completion
@@ -31,9 +32,6 @@
 use serde::Serialize;
 
 use crate::model::ModelConfig;
-
-/// Rows of the fused head's chunks.
-pub const FUSED_HEAD_CHUNK: u64 = 1024;
 
 /// Weight and activation precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,7 +117,7 @@ impl MemoryPlan {
         let full = l * tokens * per_token_block + ends;
         let checkpointed = l * tokens * d * w + tokens * per_token_block + ends;
         let unfused = tokens * v * 4 * 3;
-        let fused = tokens.min(FUSED_HEAD_CHUNK) * v * 4 * 3;
+        let fused = tokens.min(crate::fused_head::chunk_rows(v as usize) as u64) * v * 4 * 3;
         let ckpt = setup.activation_checkpointing;
         let mut lines = vec![
             PlanLine { component: "weights", bytes: shard(w), counted: true },

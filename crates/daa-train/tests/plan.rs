@@ -44,10 +44,11 @@ fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
         32 * 2048 * 4096 * 2 + 2048 * 317_440 + 2 * 2048 * 4096 * 2
     );
     assert_eq!(line(&plan, "logits, unfused"), 2048 * 32_000 * 12);
-    assert_eq!(line(&plan, "logits, fused head"), 1024 * 32_000 * 12);
+    // Chunks of ⌊64 MiB / (4 · 32 000)⌋ = 524 positions.
+    assert_eq!(line(&plan, "logits, fused head"), 524 * 32_000 * 12);
     // 16 bytes per parameter before activations: 100.4 GiB, more than 80.
     let states = 16 * 6_738_415_616u64;
-    assert_eq!(plan.total, states + 1_220_542_464 + 393_216_000);
+    assert_eq!(plan.total, states + 1_220_542_464 + 201_216_000);
     assert!(!plan.fits);
     assert!(plan.table().contains("does not fit"), "{}", plan.table());
     // On a 141 GiB H200 it fits.
@@ -67,8 +68,9 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     // Per token and block (9·8192 + 3·8192 + 4·22528)·2 + 2·64·1024·2 = 638 976.
     let checkpointed = 40 * 2048 * 8192 * 2 + 2048 * 638_976 + 2 * 2048 * 8192 * 2;
     assert_eq!(line(&plan, "activations, checkpoint per block"), checkpointed);
-    assert_eq!(line(&plan, "logits, fused head"), 1024 * 256_000 * 12);
-    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 3_145_728_000);
+    // Chunks of ⌊64 MiB / (4 · 256 000)⌋ = 65 positions.
+    assert_eq!(line(&plan, "logits, fused head"), 65 * 256_000 * 12);
+    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 199_680_000);
     assert!(plan.fits, "{}", plan.table());
     // Without checkpointing and with the unfused head it does not.
     let plain = MemoryPlan::new(

@@ -220,6 +220,13 @@ pub struct TrainSection {
     /// Recompute every decoder block in backward instead of keeping its activations.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Memory the step may use (`"80GiB"`); default: the host's available
+    /// memory on `cpu`, unchecked on GPU backends.
+    #[serde(default)]
+    pub device_memory: Option<String>,
+    /// Run `daa plan`'s estimate first and refuse a step that will not fit.
+    #[serde(default = "default_true")]
+    pub memory_check: bool,
 }
 
 impl TrainSection {

@@ -2,6 +2,7 @@
 //! checkpoints (feature `io`). The optimizer step is [`crate::Trainer`]'s.
 
 pub mod config;
+mod memory_check;
 pub mod metrics;
 mod monitoring;
 mod prepare;

@@ -14,13 +14,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::config::{ReferenceMode, TrainConfig};
+use super::memory_check;
 use super::metrics::{MetricsLog, read_metrics};
 use super::monitoring::RunMonitor;
 use super::prepare::{Prepared, prepare_with};
 use super::state::{TrainerState, find_checkpoint, load_optimizer, read_state, replace_dir, save_checkpoint};
 use crate::backend::{BackendTask, ComputeBackend, with_backend};
 use crate::batch::SequencePair;
-use crate::checkpoint::{load_model, save_model};
+use crate::checkpoint::{load_model, read_config, save_model};
 use crate::data::EncodedPair;
 use crate::eval::EvalReport;
 use crate::model::CausalLm;
@@ -297,6 +298,7 @@ fn run<B: AutodiffBackend>(
     let loss = config.loss_params()?;
     let stats = TokenStatsParams { k: config.monitor.top_k, entropy_base: config.monitor.entropy_base };
     let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;
+    observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
     let report = &prepared.train_report;
     observer.note(&format!(
         "data {}: {} rows, {} pairs ({} train, {} held out), {} skipped{}, {} truncated",

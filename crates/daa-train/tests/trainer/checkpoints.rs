@@ -195,7 +195,7 @@ fn loading_a_multi_shard_checkpoint_holds_the_model_not_the_files() {
         line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).unwrap().parse().unwrap()
     };
     let (before, peak, params) = (field("before"), field("peak"), field("params"));
-    let model_bytes = params as u64 * 4;
+    let model_bytes = params * 4;
     let grew = peak.saturating_sub(before);
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(

@@ -442,3 +442,19 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
 fn turns_seen(records: &[Value]) -> usize {
     records.iter().filter(|r| r["event"] == "eval/turning_point").count()
 }
+
+#[test]
+fn a_step_that_will_not_fit_is_refused_with_the_plan_before_anything_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_config(dir.path(), &["train.device_memory=\"1MiB\""]);
+    let error = format!("{:#}", train(config, None).unwrap_err());
+    assert!(error.contains("will not fit in train.device_memory"), "{error}");
+    for line in ["weights", "AdamW", "logits, fused head", "total", "does not fit"] {
+        assert!(error.contains(line), "the refusal shows the plan's `{line}` line:\n{error}");
+    }
+    assert!(!dir.path().join("run").join("metrics.jsonl").exists(), "nothing trained");
+    // The same run with the check off starts (and its plan is said to be unchecked).
+    let config =
+        tiny_config(dir.path(), &["train.device_memory=\"1MiB\"", "train.memory_check=false", "train.max_steps=1"]);
+    train(config, None).unwrap();
+}
