@@ -248,11 +248,23 @@ impl EvalRound<'_> {
 }
 
 /// The fields whose change makes `--resume` refuse: everything but the
-/// stopping point, checkpoint cadence, folders and monitoring.
+/// stopping point, checkpoint cadence, folders, monitoring and the memory
+/// settings (which change how a step is computed, not what: a run that ran
+/// out of memory resumes with checkpointing on).
 fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     let strip = |c: &TrainConfig| {
         let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
-        for field in ["max_steps", "checkpoint_every", "output_dir", "cache_dir"] {
+        for field in [
+            "max_steps",
+            "checkpoint_every",
+            "output_dir",
+            "cache_dir",
+            "fused_head",
+            "head_chunk_tokens",
+            "activation_checkpointing",
+            "device_memory",
+            "memory_check",
+        ] {
             if let Some(t) = v.get_mut("train").and_then(Value::as_object_mut) {
                 t.remove(field);
             }

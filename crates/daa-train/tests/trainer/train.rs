@@ -142,11 +142,17 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
         daa_train::checkpoint::load_model(&run.join("checkpoint-000006"), &Default::default()).unwrap();
     assert_eq!(reloaded.config().architecture_name, "LlamaForCausalLM");
 
-    // Interrupted after 4 steps (checkpoint at 3), then resumed: same records.
+    // Interrupted after 4 steps (checkpoint at 3), then resumed — with
+    // activation checkpointing, which changes how a step is computed, not
+    // what (so the resume accepts it): same records.
     let split = tempfile::tempdir().unwrap();
     train(tiny_config(split.path(), &["train.max_steps=4"]), None).unwrap();
     let split_run = split.path().join("run");
-    let resumed = train(tiny_config(split.path(), &["train.max_steps=6"]), Some(split_run.clone())).unwrap();
+    let resumed = train(
+        tiny_config(split.path(), &["train.max_steps=6", "train.activation_checkpointing=true"]),
+        Some(split_run.clone()),
+    )
+    .unwrap();
     assert_eq!(resumed.steps, 6);
     assert_same_metrics(&records, &read_metrics(&split_run.join("metrics.jsonl")).unwrap());
 
