@@ -21,12 +21,12 @@
 
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ScoredPositions, TokenBatch};
 use crate::error::{ModelError, read_vec};
-use crate::fused_head::{FusedHead, chunk_rows};
+use crate::fused_head::{FusedHead, chunk_rows_or};
 use crate::model::{CausalLm, Positions};
 use crate::objective::{CompletionLogits, row_sums};
 use crate::optim::GradAccumulator;
@@ -37,7 +37,7 @@ use crate::optim::GradAccumulator;
 pub struct MemoryOptions {
     /// The fused head: no `[N × V]` logits kept (default on).
     pub fused_head: bool,
-    /// Positions per chunk of the fused head; 0 = [`chunk_rows`] of the vocabulary.
+    /// Positions per chunk of the fused head; 0 = [`crate::fused_head::chunk_rows`] of the vocabulary.
     pub head_chunk_rows: usize,
     /// Recompute each decoder block in backward instead of keeping its activations.
     pub activation_checkpointing: bool,
@@ -63,21 +63,30 @@ pub fn weighted_backward<B: AutodiffBackend>(
     grads: &mut GradAccumulator<B::InnerBackend>,
 ) -> Result<(), ModelError> {
     let device = model.embed.weight.device();
-    let checkpoints = memory.activation_checkpointing.then(|| BlockInputs::record(model, batch, &device));
+    let tokens = batch.input::<B>(&device);
+    // The caller's weights, one per row, checked once for both heads.
+    let mut weigh = |policy: &[f64]| {
+        let weights = weigh(policy)?;
+        if weights.len() != policy.len() {
+            return Err(ModelError::Batch(format!("{} weights for {} rows", weights.len(), policy.len())));
+        }
+        Ok(weights)
+    };
+    let checkpoints = memory.activation_checkpointing.then(|| BlockInputs::record(model, tokens.clone(), batch));
     let top = match &checkpoints {
         Some(saved) => saved.leaf(),
-        None => model.blocks(batch.input::<B>(&device), &Positions::from_zero(), None)?,
+        None => model.blocks(tokens.clone(), &Positions::from_zero(), None)?,
     };
     let hidden = model.norm.forward(top.clone());
     let [rows, len, d] = hidden.dims();
     let positions = batch.scored_positions();
     let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(&device));
     let top_grads = if memory.fused_head {
-        fused_head_backward(model, picked, &positions, memory, weigh, grads)?
+        fused_head_backward(model, picked, &positions, memory, &mut weigh, grads)?
     } else {
         let policy = CompletionLogits { logits: model.head(picked), positions }.sequence_logps();
         let weights = weigh(&read_vec::<f64, _, 1>(policy.clone(), "policy log-probabilities")?)?;
-        (policy * row_tensor::<B>(weights, rows, &device)?).sum().backward()
+        (policy * Tensor::from_data(TensorData::new(weights, [rows]), &device)).sum().backward()
     };
     match checkpoints {
         None => grads.add::<B, _>(model, top_grads),
@@ -91,7 +100,7 @@ pub fn weighted_backward<B: AutodiffBackend>(
                 g = x.grad(&block_grads).ok_or_else(|| no_gradient(&format!("block {i}'s input")))?;
                 grads.add::<B, _>(model, block_grads);
             }
-            let embedded = model.embed.forward(batch.input::<B>(&device));
+            let embedded = model.embed.forward(tokens);
             grads.add::<B, _>(model, (embedded * Tensor::from_inner(g)).sum().backward());
         }
     }
@@ -111,17 +120,14 @@ fn fused_head_backward<B: AutodiffBackend>(
 ) -> Result<B::Gradients, ModelError> {
     let device = picked.device();
     let config = model.config();
-    let rows = if memory.head_chunk_rows == 0 { chunk_rows(config.vocab_size) } else { memory.head_chunk_rows };
     let weight = model.head_weight();
+    let rows = chunk_rows_or(memory.head_chunk_rows, config.vocab_size);
     let head = FusedHead::new(weight.val().inner(), config.logit_scale, rows);
     let hidden = picked.clone().inner();
     let targets = positions.target_index::<B::InnerBackend>(&device);
     let token_logps = head.token_logps(&hidden, &targets, &mut |_, _| Ok(()))?;
     let policy = row_sums(token_logps, positions);
     let weights = weigh(&read_vec::<f64, _, 1>(policy, "policy log-probabilities")?)?;
-    if weights.len() != positions.rows {
-        return Err(ModelError::Batch(format!("{} weights for {} rows", weights.len(), positions.rows)));
-    }
     let per_position: Vec<f32> = positions.row_of.iter().map(|&r| weights[r]).collect();
     let n = per_position.len();
     let coefficients = Tensor::from_data(TensorData::new(per_position, [n]), &device);
@@ -129,18 +135,6 @@ fn fused_head_backward<B: AutodiffBackend>(
     let model_grads = (picked * Tensor::from_inner(grad_hidden)).sum().backward();
     grads.add_param(weight.id, grad_weight);
     Ok(model_grads)
-}
-
-/// The weights as a `[rows]` tensor (their count checked).
-fn row_tensor<B: AutodiffBackend>(
-    weights: Vec<f32>,
-    rows: usize,
-    device: &B::Device,
-) -> Result<Tensor<B, 1>, ModelError> {
-    if weights.len() != rows {
-        return Err(ModelError::Batch(format!("{} weights for {rows} rows", weights.len())));
-    }
-    Ok(Tensor::from_data(TensorData::new(weights, [rows]), device))
 }
 
 fn no_gradient(what: &str) -> ModelError {
@@ -160,10 +154,10 @@ struct BlockInputs<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> BlockInputs<B> {
-    fn record(model: &CausalLm<B>, batch: &TokenBatch, device: &B::Device) -> Self {
+    fn record(model: &CausalLm<B>, tokens: Tensor<B, 2, Int>, batch: &TokenBatch) -> Self {
         let constant = model.clone().no_grad();
-        let context = model.attention_context(batch.rows, 0, batch.len, &Positions::from_zero(), device);
-        let mut x = constant.embed.forward(batch.input(device));
+        let context = model.attention_context(batch.rows, 0, batch.len, &Positions::from_zero(), &tokens.device());
+        let mut x = constant.embed.forward(tokens);
         let mut inputs = Vec::with_capacity(constant.layers.len());
         for layer in &constant.layers {
             inputs.push(x.clone());

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::SequencePair;
 use crate::error::{ModelError, read_vec};
-use crate::fused_head::FusedHead;
+use crate::fused_head::{FusedHead, chunk_rows_or};
 use crate::model::CausalLm;
 use crate::objective::{row_sums, scored_hidden};
 use crate::score::{PairScore, pair_batch};
@@ -178,10 +178,7 @@ pub fn held_out_pass<B: Backend>(
         return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
     }
     let device = model.embed.weight.device();
-    let head = match head_chunk_rows {
-        0 => FusedHead::of_model(model),
-        rows => FusedHead::of_model(model).with_chunk_rows(rows),
-    };
+    let head = FusedHead::of_model(model).with_chunk_rows(chunk_rows_or(head_chunk_rows, model.config().vocab_size));
     let mut sums = HeldOutSums { pairs: pairs.len(), ..HeldOutSums::default() };
     for (chunk, refs) in pairs.chunks(batch.max(1)).zip(reference.chunks(batch.max(1))) {
         let tokens = pair_batch(chunk, pad_id, model.config().vocab_size)?;

@@ -47,6 +47,12 @@ pub fn chunk_rows(vocab: usize) -> usize {
 /// Receives each chunk's first position and logits `[C, V]`.
 pub type OnChunk<'a, B> = dyn FnMut(usize, &Tensor<B, 2>) -> Result<(), ModelError> + 'a;
 
+/// `configured` positions per chunk, or [`chunk_rows`] of `vocab` when it is 0
+/// (how `train.head_chunk_tokens` and the evaluation's setting read).
+pub fn chunk_rows_or(configured: usize, vocab: usize) -> usize {
+    if configured == 0 { chunk_rows(vocab) } else { configured }
+}
+
 /// The output head as the fused path applies it.
 #[derive(Debug, Clone)]
 pub struct FusedHead<B: Backend> {
