@@ -11,8 +11,8 @@
 //! any thread pool starts.
 //!
 //! ```text
-//! trainer_step [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
-//! trainer_step --child --shape S --mode step|score --threads N --repeats R [--checkpoint DIR --batch FILE]
+//! trainer_step [--backend flex|ndarray] [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
+//! trainer_step --child --backend B --shape S --mode step|score --threads N --repeats R [--checkpoint DIR --batch FILE]
 //! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
 //! ```
 
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use daa_benches::trainer::{BatchFile, Measurement, ModelSource, PairIds, SHAPES, Shape, measure, read_batch};
+use daa_benches::trainer::{BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Shape, measure, read_batch};
 use daa_benches::trainer_report::{Row, write_report};
 
 /// Seed of the benchmark's random batch.
@@ -53,8 +53,10 @@ fn run() -> Result<()> {
         let shape = Shape::named(value(&args, "--shape").context("--child needs --shape")?)?;
         let (threads, repeats) = (number(&args, "--threads", 1)?, number(&args, "--repeats", 5)?);
         let mode = value(&args, "--mode").unwrap_or("step");
+        let backend = value(&args, "--backend").unwrap_or(CPU_BACKENDS[0]);
         let m = match (value(&args, "--checkpoint"), value(&args, "--batch")) {
             (Some(dir), Some(batch)) => measure(
+                backend,
                 &shape,
                 &ModelSource::Checkpoint(Path::new(dir)),
                 &read_batch(Path::new(batch))?,
@@ -63,7 +65,7 @@ fn run() -> Result<()> {
                 repeats,
             )?,
             (None, None) => {
-                measure(&shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode, threads, repeats)?
+                measure(backend, &shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode, threads, repeats)?
             }
             _ => bail!("--checkpoint and --batch go together"),
         };
@@ -82,6 +84,10 @@ fn run() -> Result<()> {
         None => vec![1, 2],
     };
     let repeats = number(&args, "--repeats", 5)?;
+    let backend = value(&args, "--backend").unwrap_or(CPU_BACKENDS[0]);
+    if !CPU_BACKENDS.contains(&backend) {
+        bail!("--backend {backend}: expected one of {}", CPU_BACKENDS.join(", "));
+    }
     let torch = value(&args, "--torch");
     let out_dir = target_dir().join("daa-bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -111,8 +117,8 @@ fn run() -> Result<()> {
             let row = Row {
                 shape: *shape,
                 threads: t,
-                step: child(shape, "step", t, repeats, inputs.as_deref())?,
-                score: child(shape, "score", t, repeats, inputs.as_deref())?,
+                step: child(backend, shape, "step", t, repeats, inputs.as_deref())?,
+                score: child(backend, shape, "score", t, repeats, inputs.as_deref())?,
                 torch_step,
                 torch_score,
             };
@@ -128,9 +134,16 @@ fn run() -> Result<()> {
 }
 
 /// Runs one measurement in a fresh process with `threads` threads.
-fn child(shape: &Shape, mode: &str, threads: usize, repeats: usize, inputs: Option<&Path>) -> Result<Measurement> {
+fn child(
+    backend: &str,
+    shape: &Shape,
+    mode: &str,
+    threads: usize,
+    repeats: usize,
+    inputs: Option<&Path>,
+) -> Result<Measurement> {
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--child", "--shape", shape.name, "--mode", mode]);
+    cmd.args(["--child", "--backend", backend, "--shape", shape.name, "--mode", mode]);
     cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
     if let Some(dir) = inputs {
         cmd.arg("--checkpoint").arg(dir.join("checkpoint")).arg("--batch").arg(dir.join("batch.json"));

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex, NdArray};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::batch::{Sequence, SequencePair};
 use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
@@ -19,8 +19,8 @@ use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-type Cpu = NdArray<f32>;
-type Train = Autodiff<Cpu>;
+/// burn's CPU backends the benchmark can time.
+pub const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
 
 /// A model and batch shape of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +261,22 @@ fn model<B: burn::tensor::backend::Backend>(shape: &Shape, source: &ModelSource<
 /// Times `repeats` steps (after one warm-up) or scoring passes of `pairs`
 /// with one forward pass over all of them.
 pub fn measure(
+    backend: &str,
+    shape: &Shape,
+    source: &ModelSource<'_>,
+    pairs: &[SequencePair],
+    mode: &str,
+    threads: usize,
+    repeats: usize,
+) -> Result<Measurement> {
+    match backend {
+        "flex" => measure_on::<Flex>(shape, source, pairs, mode, threads, repeats),
+        "ndarray" => measure_on::<NdArray<f32>>(shape, source, pairs, mode, threads, repeats),
+        other => bail!("unknown CPU backend `{other}`; expected one of {}", CPU_BACKENDS.join(", ")),
+    }
+}
+
+fn measure_on<Cpu: burn::tensor::backend::Backend>(
     shape: &Shape,
     source: &ModelSource<'_>,
     pairs: &[SequencePair],
@@ -296,7 +312,7 @@ pub fn measure(
                 pad_id: 0,
                 memory: daa_train::backward::MemoryOptions::default(),
             };
-            let mut trainer = Trainer::new(model::<Train>(shape, source)?, options, ReferencePolicy::Given)?;
+            let mut trainer = Trainer::new(model::<Autodiff<Cpu>>(shape, source)?, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =
                 pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
             for i in 0..=repeats {

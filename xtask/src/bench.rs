@@ -65,22 +65,27 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench --trainer [--quick] [--torch] [--blas] [--shapes LIST] [--threads LIST] [--repeats N]`:
+/// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--shapes LIST] [--threads LIST] [--repeats N]`:
 /// the trainer benchmark (`benches/benches/trainer_step.rs`); `--quick` is
-/// the tiny and 5 M shapes with 3 repetitions; `--blas` builds burn's CPU
-/// backend on the system's OpenBLAS; `--torch` also times
+/// the tiny and 5 M shapes with 3 repetitions; `--backend` picks burn's CPU
+/// backend (Flex, what `daa train` uses, by default; ndarray, the browser
+/// demo's); `--blas` times ndarray on the system's OpenBLAS; `--torch` also times
 /// PyTorch + transformers on the same checkpoints and batches, installing
 /// them first into a virtual environment outside the clone.
 fn trainer(args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step"]);
-    if args.iter().any(|a| a == "--blas") {
+    let blas = args.iter().any(|a| a == "--blas");
+    if blas {
         cmd.args(["--features", "blas"]);
     }
     cmd.arg("--");
+    if blas && !args.iter().any(|a| a == "--backend") {
+        cmd.args(["--backend", "ndarray"]);
+    }
     for (i, arg) in args.iter().enumerate() {
-        if ["--shapes", "--threads", "--repeats"].contains(&arg.as_str()) {
+        if ["--shapes", "--threads", "--repeats", "--backend"].contains(&arg.as_str()) {
             cmd.arg(arg).arg(args.get(i + 1).with_context(|| format!("{arg} needs a value"))?);
         }
     }

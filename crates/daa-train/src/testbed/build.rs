@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use daa_core::io::{write_bytes_atomic, write_dir_atomic};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -43,7 +43,7 @@ impl TestbedSpec {
     }
 }
 
-type Cpu = Autodiff<NdArray<f32>>;
+type Cpu = Autodiff<Flex>;
 
 /// Fine-tunes the random model on behaviour samples; writes the checkpoint into `dir`.
 fn fine_tune(spec: &TestbedSpec, dir: &Path, note: &mut dyn FnMut(&str)) -> Result<()> {
@@ -63,7 +63,7 @@ fn fine_tune(spec: &TestbedSpec, dir: &Path, note: &mut dyn FnMut(&str)) -> Resu
 /// UltraFeedback rows and how many prompts gave identical samples.
 fn labelled_rows(
     spec: &TestbedSpec,
-    reference: &CausalLm<NdArray<f32>>,
+    reference: &CausalLm<Flex>,
     range: std::ops::Range<u64>,
     stream: u64,
 ) -> Result<(Vec<Value>, usize)> {
@@ -110,7 +110,7 @@ pub fn materialize(spec: &TestbedSpec, cache_root: &Path, note: &mut dyn FnMut(&
         note(&format!("testbed: cached reference policy {}", files.reference.display()));
     }
     if !(files.train.exists() && files.eval.exists()) {
-        let reference: CausalLm<NdArray<f32>> = load_model(&files.reference, &Default::default())?;
+        let reference: CausalLm<Flex> = load_model(&files.reference, &Default::default())?;
         let (train_range, eval_range) = pair_ranges(spec);
         let (train, same_train) = labelled_rows(spec, &reference, train_range, 1)?;
         let (eval, same_eval) = labelled_rows(spec, &reference, eval_range, 2)?;
