@@ -311,6 +311,7 @@ fn measure_on<Cpu: burn::tensor::backend::Backend>(
                 micro_batch_size: pairs.len(),
                 pad_id: 0,
                 memory: daa_train::backward::MemoryOptions::default(),
+                precision: daa_train::Precision::F32,
             };
             let mut trainer = Trainer::new(model::<Autodiff<Cpu>>(shape, source)?, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =

@@ -9,15 +9,6 @@ use daa_train::checkpoint::read_config;
 use daa_train::model::ModelConfig;
 use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
 
-/// Weight precision on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum PrecisionArg {
-    /// bf16 weights, gradients, activations; f32 master weights and AdamW moments.
-    Bf16,
-    /// Everything f32 (what `daa train` trains in today).
-    F32,
-}
-
 /// Where the reference log-probabilities come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ReferenceArg {
@@ -46,8 +37,8 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 1024)]
     seq: u64,
     /// Weight precision.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Bf16)]
-    precision: PrecisionArg,
+    #[arg(long, value_enum, default_value_t = Precision::Bf16)]
+    precision: Precision,
     /// Reference log-probabilities cached or from a live model.
     #[arg(long, value_enum, default_value_t = ReferenceArg::Cache)]
     reference: ReferenceArg,
@@ -82,10 +73,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         gpu_memory,
         pairs: args.batch,
         seq_len: args.seq,
-        precision: match args.precision {
-            PrecisionArg::Bf16 => Precision::Bf16,
-            PrecisionArg::F32 => Precision::F32,
-        },
+        precision: args.precision,
         reference_live: args.reference == ReferenceArg::Model,
         activation_checkpointing: !args.no_checkpointing,
         fused_head: !args.unfused_head,

@@ -3,15 +3,18 @@
 //! issue 12 (vocabulary 128256 like Llama 3, 4 pairs of 512 tokens).
 //!
 //! ```text
-//! cargo run --release -p daa-train --example step_memory -- fused [checkpointing] [--vocab V --hidden D --layers L]
+//! cargo run --release -p daa-train --example step_memory -- fused [checkpointing] [bf16] [--vocab V --hidden D --layers L]
 //! cargo run --release -p daa-train --example step_memory -- unfused
 //! ```
+//!
+//! On burn's CPU backend of `daa train` (Flex); `bf16` trains in bf16 with
+//! f32 masters (`train.precision = "bf16"`).
 //!
 //! Run each configuration in its own process (the peak, `VmHWM`, only grows).
 
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backward::MemoryOptions;
 use daa_train::batch::{Sequence, SequencePair};
@@ -48,7 +51,9 @@ fn main() {
         head_chunk_rows: 0,
         activation_checkpointing: args.iter().any(|a| a == "checkpointing"),
     };
-    type Train = Autodiff<NdArray<f32>>;
+    type Train = Autodiff<Flex>;
+    let precision =
+        if args.iter().any(|a| a == "bf16") { daa_train::Precision::Bf16 } else { daa_train::Precision::F32 };
     let config = ModelConfig::from_json(&llama_config(vocab, hidden, layers).to_string()).unwrap();
     let model: CausalLm<Train> =
         CausalLm::from_weights(&config, &mut RandomWeights { seed: 1, std: 0.02 }, &Default::default()).unwrap();
@@ -76,6 +81,7 @@ fn main() {
         micro_batch_size: pairs_n,
         pad_id: 0,
         memory,
+        precision,
     };
     let mut trainer = Trainer::new(model, options, ReferencePolicy::Given).unwrap();
     let before = status_mib("VmRSS:");
@@ -85,7 +91,7 @@ fn main() {
     let scored = 2 * pairs_n * (seq - prompt);
     println!(
         "V {vocab}, d {hidden}, {layers} layers, {pairs_n} pairs × {seq} tokens ({scored} scored positions), \
-         fused_head {}, checkpointing {}: loss {:.5}, grad norm {:.5}; {seconds:.2} s; \
+         {precision}, fused_head {}, checkpointing {}: loss {:.5}, grad norm {:.5}; {seconds:.2} s; \
          resident before the step {before:.0} MiB, peak {:.0} MiB (step added {:.0} MiB; \
          one [positions × V] f32 copy = {:.0} MiB)",
         memory.fused_head,

@@ -27,10 +27,15 @@
 //! Cross-Entropy. Plain burn tensor operations: the same code runs on every
 //! backend; evaluation hands each chunk's logits to a callback (the top-k
 //! statistics), so they never accumulate either.
+//!
+//! In bf16 training ([`crate::precision`]) the products `h Wᵀ`, `G W` and
+//! `Gᵀ h` run in bf16; the logits are widened to f32 before the softmax, so
+//! `ℓ`, `G` and the chunk handed to the statistics are f32, and `∂S/∂W` is
+//! summed over chunks in f32. `∂S/∂h` comes back in `h`'s dtype.
 
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor};
 
 use crate::error::ModelError;
 use crate::model::CausalLm;
@@ -92,9 +97,9 @@ impl<B: Backend> FusedHead<B> {
         (0..n).step_by(c).map(move |start| (start, c.min(n - start)))
     }
 
-    /// `z = s · h Wᵀ` of one chunk, `[C, V]`.
+    /// `z = s · h Wᵀ` of one chunk, `[C, V]`, in f32.
     fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = hidden.matmul(self.weight.clone().transpose());
+        let z = hidden.matmul(self.weight.clone().transpose()).cast(FloatDType::F32);
         if self.scale == 1.0 { z } else { z.mul_scalar(self.scale) }
     }
 
@@ -119,8 +124,8 @@ impl<B: Backend> FusedHead<B> {
     }
 
     /// `(∂S/∂h, ∂S/∂W)` of `S = Σ_t c_t ℓ_t` for `hidden` `[N, d]`,
-    /// `targets` `[N]` and `coefficients` `c` `[N]`: `[N, d]` and `[V, d]`
-    /// (the layout of `W`).
+    /// `targets` `[N]` and `coefficients` `c` `[N]` (f32): `[N, d]` in
+    /// `hidden`'s dtype and `[V, d]` in f32 (the layout of `W`).
     pub fn backward(
         &self,
         hidden: &Tensor<B, 2>,
@@ -129,6 +134,7 @@ impl<B: Backend> FusedHead<B> {
     ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let [n, d] = hidden.dims();
         let device = hidden.device();
+        let dtype = FloatDType::from(self.weight.dtype());
         let mut grad_weight = Tensor::<B, 2>::zeros(self.weight.dims(), &device);
         let mut grad_hidden = Vec::with_capacity(n.div_ceil(self.chunk_rows));
         for (start, len) in self.chunks(n) {
@@ -141,11 +147,15 @@ impl<B: Backend> FusedHead<B> {
             if self.scale != 1.0 {
                 g = g.mul_scalar(self.scale);
             }
+            let g = g.cast(dtype);
             grad_hidden.push(g.clone().matmul(self.weight.clone()));
-            grad_weight = grad_weight + g.transpose().matmul(h);
+            grad_weight = grad_weight + g.transpose().matmul(h).cast(FloatDType::F32);
         }
-        let grad_hidden =
-            if grad_hidden.is_empty() { Tensor::zeros([0, d], &device) } else { Tensor::cat(grad_hidden, 0) };
+        let grad_hidden = if grad_hidden.is_empty() {
+            Tensor::<B, 2>::zeros([0, d], &device).cast(dtype)
+        } else {
+            Tensor::cat(grad_hidden, 0)
+        };
         (grad_hidden, grad_weight)
     }
 }

@@ -22,6 +22,7 @@ pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod plan;
+pub mod precision;
 pub mod records;
 pub mod rng;
 pub mod sample_eval;
@@ -32,6 +33,7 @@ pub mod trainer;
 pub use backend::ComputeBackend;
 pub use error::ModelError;
 pub use eval::EvalReport;
+pub use precision::Precision;
 pub use records::{EvalRecord, MetricsRecord, TrainRecord};
 pub use trainer::{
     GradientReducer, NllStepRecord, ReferencePolicy, SingleRank, StepPair, StepRecord, Trainer, TrainerOptions,

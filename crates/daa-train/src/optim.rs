@@ -12,14 +12,17 @@
 //!
 //! Weight decay `λ` applies to matrices only (not norms or biases), as in the
 //! Hugging Face Trainer. State `m`, `v` is f32 and kept per parameter,
-//! flattened, on the parameter's device.
+//! flattened, on the parameter's device. Gradients are summed in f32
+//! whatever the model's dtype; a parameter the model holds below f32 (bf16,
+//! [`crate::precision`]) has an f32 master copy `θ` here, which the step
+//! updates and the model receives rounded.
 
 use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, FloatDType, Tensor, TensorData};
 
 use crate::error::{ModelError, read_vec};
 
@@ -111,11 +114,12 @@ impl<B: Backend> GradAccumulator<B> {
         model.visit(&mut Collect::<AB> { from: &mut params, into: self });
     }
 
-    /// Adds `grad` (any shape; flattened) to parameter `id`'s gradient: for
-    /// gradients formed outside autodiff (the fused head's `∂S/∂W`).
+    /// Adds `grad` (any shape and float dtype; flattened, summed in f32) to
+    /// parameter `id`'s gradient: also for gradients formed outside
+    /// autodiff (the fused head's `∂S/∂W`).
     pub fn add_param<const D: usize>(&mut self, id: ParamId, grad: Tensor<B, D>) {
         let n = grad.shape().num_elements();
-        let grad = grad.reshape([n]);
+        let grad = grad.reshape([n]).cast(FloatDType::F32);
         let sum = match self.grads.remove(&id) {
             Some(acc) => acc + grad,
             None => {
@@ -171,7 +175,8 @@ pub struct Moments<B: Backend> {
     pub v: Tensor<B, 1>,
 }
 
-/// AdamW state: step count and moments per parameter.
+/// AdamW state: step count, moments per parameter and the f32 master
+/// weights of parameters held below f32.
 #[derive(Debug)]
 pub struct AdamW<B: Backend> {
     /// Hyper-parameters.
@@ -180,6 +185,9 @@ pub struct AdamW<B: Backend> {
     pub steps: u64,
     /// Moments per parameter.
     pub moments: HashMap<ParamId, Moments<B>>,
+    /// f32 master weights, flattened, of the parameters the model holds in
+    /// a lower precision (empty when it trains in f32).
+    pub masters: HashMap<ParamId, Tensor<B, 1>>,
 }
 
 /// What a step did.
@@ -194,6 +202,7 @@ pub struct StepReport {
 struct Update<'a, B: AutodiffBackend> {
     grads: &'a mut HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
     moments: &'a mut HashMap<ParamId, Moments<B::InnerBackend>>,
+    masters: &'a mut HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
     decays: &'a HashMap<ParamId, bool>,
     config: AdamWConfig,
     lr: f64,
@@ -210,7 +219,13 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let c = self.config;
         let g = g.mul_scalar(self.scale);
         let shape = tensor.shape();
-        let theta = tensor.inner().reshape([shape.num_elements()]);
+        let dtype = FloatDType::from(tensor.dtype());
+        let master = self.masters.remove(&id);
+        let keeps_master = master.is_some();
+        let theta = match master {
+            Some(theta) => theta,
+            None => tensor.inner().reshape([shape.num_elements()]).cast(FloatDType::F32),
+        };
         let (m, v) = match self.moments.remove(&id) {
             Some(Moments { m, v }) => (m, v),
             None => (g.zeros_like(), g.zeros_like()),
@@ -223,15 +238,51 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let theta =
             theta.mul_scalar(1.0 - self.lr * decay) - (m_hat / (v_hat.sqrt().add_scalar(c.eps))).mul_scalar(self.lr);
         self.moments.insert(id, Moments { m, v });
-        let updated = Tensor::<B, D>::from_inner(theta.reshape(shape)).require_grad();
+        if keeps_master {
+            self.masters.insert(id, theta.clone());
+        }
+        let updated = Tensor::<B, D>::from_inner(theta.reshape(shape).cast(dtype)).require_grad();
         Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+struct Masters<'a, B: Backend> {
+    masters: &'a HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<B: Backend> ModuleMapper<B> for Masters<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let value = match self.masters.get(&id) {
+            Some(master) => master.clone().reshape(tensor.shape()),
+            None => tensor,
+        };
+        Param::from_mapped_value(id, value, mapper)
     }
 }
 
 impl<B: Backend> AdamW<B> {
     /// A fresh optimizer.
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, steps: 0, moments: HashMap::new() }
+        Self { config, steps: 0, moments: HashMap::new(), masters: HashMap::new() }
+    }
+
+    /// Keeps `value` (any float dtype; widened to f32, flattened) as the
+    /// master copy of parameter `id`, which the model holds in a lower
+    /// precision from now on.
+    pub fn keep_master<const D: usize>(&mut self, id: ParamId, value: Tensor<B, D>) {
+        let n = value.shape().num_elements();
+        self.masters.insert(id, value.reshape([n]).cast(FloatDType::F32));
+    }
+
+    /// `model` with every parameter that has a master copy replaced by it
+    /// (f32, the parameter's shape): what is saved, so that a checkpoint
+    /// never holds the rounded weights only.
+    pub fn with_masters<M: burn::module::Module<B>>(&self, model: M) -> M {
+        if self.masters.is_empty() {
+            return model;
+        }
+        model.map(&mut Masters { masters: &self.masters })
     }
 
     /// Applies one step with the accumulated gradients (consumed) at rate
@@ -259,6 +310,7 @@ impl<B: Backend> AdamW<B> {
         let mut update = Update::<AB> {
             grads: &mut grads.grads,
             moments: &mut self.moments,
+            masters: &mut self.masters,
             decays,
             config: self.config,
             lr,

@@ -10,7 +10,8 @@
 //! ```text
 //! weights            P·w / N
 //! master weights     P·4 / N             (bf16 only: f32 copy the optimizer updates)
-//! gradients          P·w / N
+//! gradient sums      P·4 / N             (f32, summed over micro-batches)
+//! backward's grads   P·2 / N             (bf16 only: one backward pass's, before the f32 sum)
 //! optimizer state    P·8 / N             (AdamW m and v in f32)
 //! reference model    P·w / N             (only with loss.reference = "model")
 //! activations        L·S·T·A + 2·S·T·d·w              without checkpointing
@@ -33,24 +34,7 @@ use serde::Serialize;
 
 use crate::model::ModelConfig;
 
-/// Weight and activation precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Everything f32.
-    F32,
-    /// bf16 weights, gradients and activations; f32 master weights and AdamW moments.
-    Bf16,
-}
-
-impl Precision {
-    fn weight_bytes(self) -> u64 {
-        match self {
-            Precision::F32 => 4,
-            Precision::Bf16 => 2,
-        }
-    }
-}
+pub use crate::precision::Precision;
 
 /// What is trained, where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,7 +90,7 @@ impl MemoryPlan {
             return Err("plan: GPUs, GPU memory, pairs and sequence length must be at least 1".into());
         }
         let p = config.parameter_count() as u64;
-        let w = setup.precision.weight_bytes();
+        let w = setup.precision.bytes();
         let shard = |bytes_per_param: u64| (p * bytes_per_param).div_ceil(setup.gpus);
         let (d, l, v) = (config.hidden_size as u64, config.num_layers as u64, config.vocab_size as u64);
         let d_kv = (config.num_kv_heads * config.head_dim) as u64;
@@ -126,7 +110,12 @@ impl MemoryPlan {
                 bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
                 counted: true,
             },
-            PlanLine { component: "gradients", bytes: shard(w), counted: true },
+            PlanLine { component: "gradient sums (f32)", bytes: shard(4), counted: true },
+            PlanLine {
+                component: "gradients of one backward (bf16)",
+                bytes: if setup.precision == Precision::Bf16 { shard(2) } else { 0 },
+                counted: true,
+            },
             PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },
             PlanLine {
                 component: "reference model",

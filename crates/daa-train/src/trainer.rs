@@ -27,6 +27,7 @@ use crate::eval::{EvalReport, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
+use crate::precision::Precision;
 use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
 
 /// What a [`Trainer`] needs besides the model.
@@ -44,6 +45,8 @@ pub struct TrainerOptions {
     pub pad_id: u32,
     /// Fused head, activation checkpointing.
     pub memory: MemoryOptions,
+    /// The dtype the model trains in (bf16: f32 masters in the optimizer).
+    pub precision: Precision,
 }
 
 /// Where the reference log-probabilities `ρ` come from.
@@ -167,7 +170,10 @@ pub struct Trainer<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
-    /// A trainer at step 0 with fresh optimizer state, on one rank.
+    /// A trainer at step 0 with fresh optimizer state, on one rank. With
+    /// `options.precision` below f32, `model`'s weights (f32, as loaded)
+    /// become the optimizer's masters and the model (and a frozen reference)
+    /// is cast to that precision.
     pub fn new(
         model: CausalLm<B>,
         options: TrainerOptions,
@@ -177,15 +183,29 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Err(ModelError::Batch("the micro-batch size must be at least 1".into()));
         }
         options.loss.validate()?;
+        let precision = options.precision;
+        precision.check_supported::<B>(&model.embed.weight.val().device())?;
+        let mut optimizer = AdamW::new(options.optimizer);
         let mut decays = HashMap::new();
         let mut param_order = Vec::new();
         model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
             decays.insert(p.id(), p.decays());
             param_order.push(p.id());
+            if precision.keeps_masters() {
+                match p {
+                    ParamKind::Linear(w) | ParamKind::Matrix(w) => optimizer.keep_master(w.id, w.val().inner()),
+                    ParamKind::Vector(b) => optimizer.keep_master(b.id, b.val().inner()),
+                }
+            }
         });
+        let model = model.cast(precision.dtype());
+        let reference = match reference {
+            ReferencePolicy::Frozen(frozen) => ReferencePolicy::Frozen(frozen.cast(precision.dtype())),
+            given => given,
+        };
         Ok(Self {
             model: Some(model),
-            optimizer: AdamW::new(options.optimizer),
+            optimizer,
             options,
             reference,
             reducer: Box::new(SingleRank),
@@ -209,6 +229,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The policy, without its autodiff graph (for evaluation, saving, sampling).
     pub fn valid_model(&self) -> CausalLm<B::InnerBackend> {
         self.model().valid()
+    }
+
+    /// The policy as it is saved: [`Self::valid_model`] with the f32 master
+    /// weights in place of lower-precision ones (the same model when
+    /// training in f32).
+    pub fn master_model(&self) -> CausalLm<B::InnerBackend> {
+        self.optimizer.with_masters(self.valid_model())
     }
 
     /// The optimizer state.

@@ -60,6 +60,7 @@ impl BackendTask for Probe {
             micro_batch_size: 2,
             pad_id: 0,
             memory: daa_train::backward::MemoryOptions::default(),
+            precision: daa_train::Precision::F32,
         };
         let score = |chosen, rejected, pair: &SequencePair| PairScore {
             chosen,

@@ -268,6 +268,7 @@ fn trainer_steps_agree_with_and_without_the_memory_options() {
             micro_batch_size: 2,
             pad_id: 0,
             memory,
+            precision: daa_train::Precision::F32,
         };
         let mut trainer = Trainer::new(model(&cohere_config(VOCAB, 32, 2)), options, ReferencePolicy::Given).unwrap();
         let step: Vec<StepPair<'_>> =

@@ -49,6 +49,7 @@ fn options_with(micro_batch_size: usize, optimizer: AdamWConfig) -> TrainerOptio
         micro_batch_size,
         pad_id: 0,
         memory: daa_train::backward::MemoryOptions::default(),
+        precision: daa_train::Precision::F32,
     }
 }
 

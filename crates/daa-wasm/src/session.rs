@@ -337,6 +337,7 @@ impl Session {
             micro_batch_size: self.config.batch_size,
             pad_id: END,
             memory: daa_train::backward::MemoryOptions::default(),
+            precision: daa_train::Precision::F32,
         };
         let trainer = Trainer::new(self.sft.model().clone(), options, ReferencePolicy::Given)?;
         let detector = TurningPointDetector::new(self.config.turning())?;

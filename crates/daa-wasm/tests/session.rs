@@ -112,6 +112,7 @@ fn a_demo_step_equals_daa_trains_step_on_the_same_pairs() {
         micro_batch_size: native.train.micro_batch_size,
         pad_id: encoder.pad_id,
         memory: native.train.memory_options(),
+        precision: native.train.precision,
     };
     let mut trainer = Trainer::new(policy, trainer_options, ReferencePolicy::Given).unwrap();
     let order = permutation(native_pairs.len(), native.train.seed, 0);

@@ -4,7 +4,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::cache::LayerCache;
 use super::config::{ModelConfig, NormKind};
@@ -14,7 +14,9 @@ use crate::error::ModelError;
 
 /// RMSNorm `y = x / √(mean(x²) + ε) · w` or, for Cohere, LayerNorm without
 /// bias `y = (x − μ) / √(σ² + ε) · w` (`μ`, `σ²` the mean and biased variance
-/// over the last axis).
+/// over the last axis). The normalisation runs in f32 whatever `x`'s dtype;
+/// its result is rounded back to it before the product with `w`, as in
+/// Hugging Face's Llama.
 #[derive(Module, Debug)]
 pub struct Norm<B: Backend> {
     /// `w`, `[d]`.
@@ -32,6 +34,8 @@ impl<B: Backend> Norm<B> {
 
     /// Normalises over the last axis of `[batch, seq, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dtype = FloatDType::from(x.dtype());
+        let x = x.cast(FloatDType::F32);
         let centred = match self.kind {
             NormKind::Rms => x,
             NormKind::LayerNormNoBias => {
@@ -40,7 +44,7 @@ impl<B: Backend> Norm<B> {
             }
         };
         let scale = centred.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt().recip();
-        centred * scale * self.weight.val().unsqueeze::<3>()
+        (centred * scale).cast(dtype) * self.weight.val().unsqueeze::<3>()
     }
 
     pub(crate) fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
@@ -144,7 +148,9 @@ impl<B: Backend> Attention<B> {
             Some(hidden) => scores.mask_fill(hidden.clone().expand([b, self.heads, t, keys]), f32::NEG_INFINITY),
             None => scores,
         };
-        let context = softmax(scores, 3).matmul(v);
+        // The softmax in f32 (a no-op cast when training in f32).
+        let dtype = FloatDType::from(scores.dtype());
+        let context = softmax(scores.cast(FloatDType::F32), 3).cast(dtype).matmul(v);
         self.o.forward(context.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
     }
 

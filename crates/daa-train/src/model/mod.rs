@@ -19,7 +19,7 @@ use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{FloatDType, Int, Tensor};
 
 pub use cache::{KvCache, LayerCache};
 pub use config::{Architecture, ModelConfig, NormKind, OutputHead, RopeScaling};
@@ -167,6 +167,9 @@ impl<B: Backend> CausalLm<B> {
             None => self.rope.contiguous(past, seq),
             Some(_) => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
         };
+        // The tables are f32; the activations they multiply are in the weights' dtype.
+        let dtype = self.dtype();
+        let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
         let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, pads, self.config.sliding_window, device);
         AttentionContext { cos, sin, hidden_keys }
     }
@@ -179,12 +182,12 @@ impl<B: Backend> CausalLm<B> {
         }
     }
 
-    /// Logits of hidden states (`[…, d] → […, V]`): the output head (the
-    /// embedding matrix when tied), times Cohere's `logit_scale`. Apply it
-    /// only where logits are needed: the objective's completion positions,
-    /// generation's last column.
+    /// Logits of hidden states (`[…, d] → […, V]`), in f32 whatever the
+    /// weights' dtype: the output head (the embedding matrix when tied),
+    /// times Cohere's `logit_scale`. Apply it only where logits are needed:
+    /// the objective's completion positions, generation's last column.
     pub fn head<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        let logits = linear(hidden, self.head_weight().val().transpose(), None);
+        let logits = linear(hidden, self.head_weight().val().transpose(), None).cast(FloatDType::F32);
         if self.config.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.config.logit_scale) }
     }
 
@@ -193,7 +196,7 @@ impl<B: Backend> CausalLm<B> {
     /// language models, which have no score head.
     pub fn scores(&self, hidden: Tensor<B, 2>) -> Result<Tensor<B, 2>, ModelError> {
         match &self.score {
-            Some(w) => Ok(linear(hidden, w.val().transpose(), None)),
+            Some(w) => Ok(linear(hidden, w.val().transpose(), None).cast(FloatDType::F32)),
             None => Err(ModelError::Config(format!(
                 "{} has no `score` head: a reward model is a `…ForSequenceClassification` checkpoint",
                 self.config.architecture_name

@@ -92,6 +92,7 @@ impl<B: AutodiffBackend> SftRun<B> {
             micro_batch_size: spec.sft_batch.div_ceil(2),
             pad_id: END,
             memory: crate::backward::MemoryOptions::default(),
+            precision: crate::precision::Precision::F32,
         };
         let sequences = sft_sequences(spec);
         Ok(Self {

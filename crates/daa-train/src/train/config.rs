@@ -220,6 +220,11 @@ pub struct TrainSection {
     /// Recompute every decoder block in backward instead of keeping its activations.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// `"f32"` (default) or `"bf16"`: the dtype of the weights and
+    /// activations while training; bf16 keeps f32 master weights, gradient
+    /// sums and AdamW moments (`daa_train::precision`).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// Memory the step may use (`"80GiB"`); default: the host's available
     /// memory on `cpu`, unchecked on GPU backends.
     #[serde(default)]

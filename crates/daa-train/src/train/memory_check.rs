@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use super::config::{ReferenceMode, TrainConfig};
 use crate::backend::ComputeBackend;
 use crate::model::ModelConfig;
-use crate::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
+use crate::plan::{MemoryPlan, PlanSetup, parse_bytes};
 
 /// Checks the plan of `config`'s step for `model`; returns what to tell the user.
 pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<String> {
@@ -37,7 +37,7 @@ pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<
         gpu_memory: capacity,
         pairs: config.train.micro_batch_size as u64,
         seq_len: config.data.max_length as u64,
-        precision: Precision::F32,
+        precision: config.train.precision,
         reference_live: config.loss.reference == ReferenceMode::Model,
         activation_checkpointing: config.train.activation_checkpointing,
         fused_head: config.train.fused_head,

@@ -217,8 +217,7 @@ impl EvalRound<'_> {
     ) -> Result<(EvalRecord, bool)> {
         let context = || format!("evaluation after step {step}");
         let report = trainer.evaluate(self.eval_pairs, self.reference, self.stats, self.batch).with_context(context)?;
-        let policy = trainer.valid_model();
-        let samples = monitor.sample_report(&policy, self.prepared).with_context(context)?;
+        let samples = monitor.sample_report(&trainer.valid_model(), self.prepared).with_context(context)?;
         let record = EvalRecord { step, report, samples };
         metrics.write(&MetricsRecord::Eval(record))?;
         observer.evaluated(&record);
@@ -232,6 +231,7 @@ impl EvalRound<'_> {
         if decision.keep_best {
             let dest = self.run_dir.join("best-indicator");
             let model_dir = &self.prepared.model_dir;
+            let policy = trainer.master_model();
             let fill = |dir: &Path| -> Result<()> {
                 save_model(&policy, dir, model_dir)?;
                 write_bytes_atomic(&dir.join("step.json"), serde_json::json!({ "step": step }).to_string().as_bytes())?;
@@ -262,6 +262,7 @@ fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
             "fused_head",
             "head_chunk_tokens",
             "activation_checkpointing",
+            "precision",
             "device_memory",
             "memory_check",
         ] {
@@ -308,6 +309,7 @@ fn run<B: AutodiffBackend>(
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
     let loss = config.loss_params()?;
+    config.train.precision.check_supported::<B>(&device)?;
     let stats = TokenStatsParams { k: config.monitor.top_k, entropy_base: config.monitor.entropy_base };
     let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;
     observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
@@ -338,6 +340,7 @@ fn run<B: AutodiffBackend>(
         micro_batch_size: config.train.micro_batch_size,
         pad_id: prepared.encoder.pad_id,
         memory: config.train.memory_options(),
+        precision: config.train.precision,
     };
     let sample_reference = references.frozen.clone();
     let reference = match references.frozen {
@@ -470,7 +473,7 @@ fn run<B: AutodiffBackend>(
                 config: config.clone(),
                 daa_version: env!("CARGO_PKG_VERSION").to_string(),
             };
-            save_checkpoint(&run_dir, &trainer.valid_model(), trainer.optimizer(), &state, &prepared.model_dir)?;
+            save_checkpoint(&run_dir, &trainer.master_model(), trainer.optimizer(), &state, &prepared.model_dir)?;
         }
         if stop {
             break;

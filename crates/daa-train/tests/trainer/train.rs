@@ -162,6 +162,47 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
 }
 
 #[test]
+fn a_bf16_run_trains_near_the_f32_run_saves_its_masters_and_resumes_exactly() {
+    let f32_dir = tempfile::tempdir().unwrap();
+    train(tiny_config(f32_dir.path(), &["train.max_steps=6"]), None).unwrap();
+    let f32_records = read_metrics(&f32_dir.path().join("run/metrics.jsonl")).unwrap();
+
+    let whole = tempfile::tempdir().unwrap();
+    let bf16 = ["train.max_steps=6", "train.precision=\"bf16\""];
+    let outcome = train(tiny_config(whole.path(), &bf16), None).unwrap();
+    assert_eq!(outcome.steps, 6);
+    let run = whole.path().join("run");
+    let records = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.len(), f32_records.len());
+    // bf16 rounds each weight and activation by up to 2^-9 relative: the
+    // first steps' losses and every held-out figure stay near the f32 run's.
+    for (a, b) in f32_records.iter().zip(&records) {
+        assert_eq!(a["type"], b["type"]);
+        for key in ["loss", "eval/loss", "eval/chosen_token_loglik", "eval/topk_entropy", "eval/topk_mass"] {
+            if let (Some(x), Some(y)) = (a[key].as_f64(), b[key].as_f64()) {
+                assert!(y.is_finite() && (x - y).abs() <= 0.05 * (1.0 + x.abs()), "step {}: {key} f32 {x} bf16 {y}", a["step"]);
+            }
+        }
+    }
+    // The checkpoint holds the f32 masters (the tiny model's source is f32),
+    // not the bf16 weights the steps ran: some values are not bf16 numbers.
+    let bytes = std::fs::read(run.join("checkpoint-000006/model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let weights = file.tensor("model.layers.0.mlp.up_proj.weight").unwrap();
+    assert_eq!(weights.dtype(), safetensors::Dtype::F32);
+    let values: Vec<f32> = weights.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let off_grid = values.iter().filter(|&&v| half::bf16::from_f32(v).to_f32() != v).count();
+    assert!(off_grid > values.len() / 2, "{off_grid} of {} saved weights are off bf16's grid", values.len());
+
+    // Interrupted after 4 steps (checkpoint at 3), resumed: the same records.
+    let split = tempfile::tempdir().unwrap();
+    train(tiny_config(split.path(), &["train.max_steps=4", "train.precision=\"bf16\""]), None).unwrap();
+    let split_run = split.path().join("run");
+    train(tiny_config(split.path(), &bf16), Some(split_run.clone())).unwrap();
+    assert_same_metrics(&records, &read_metrics(&split_run.join("metrics.jsonl")).unwrap());
+}
+
+#[test]
 fn reference_log_probabilities_are_cached_and_match_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_config(dir.path(), &["train.max_steps=1"]);
