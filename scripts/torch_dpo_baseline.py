@@ -19,6 +19,13 @@ Prints two JSON lines in the benchmark's format (median seconds over
 ``--repeats`` after one warm-up, tokens/s, the process's peak resident
 memory) and, last, both as one JSON list.
 
+On a GPU (``--device cuda --dtype bfloat16``, what ``scripts/gpu-check.sh``
+runs) the weights stay f32 and the forward runs under
+``torch.autocast(dtype=torch.bfloat16)`` (automatic mixed precision: f32
+master weights, gradients and AdamW state, bf16 products), the reference
+scores come from the model itself, ``--no-save`` skips the checkpoint, and
+the peak is ``torch.cuda.max_memory_allocated``.
+
 Run it through ``cargo xtask bench --trainer --torch`` (which prints the ratio
 to daa in the same run). On its own, the benchmark binary writes the inputs:
 ``trainer_step --write-inputs 5m DIR`` (the binary under
@@ -67,6 +74,10 @@ def main():
     parser.add_argument("--inputs", help="folder with config.json and batch.json")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype (autocast)")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing per block")
+    parser.add_argument("--no-save", action="store_true", help="do not write the checkpoint daa would load")
     parser.add_argument("--install", action="store_true", help="create the virtual environment and re-run there")
     parser.add_argument("--setup-only", action="store_true", help="check that torch and transformers import, then stop")
     args = parser.parse_args()
@@ -94,15 +105,21 @@ def main():
 
     torch.manual_seed(0)
     config.attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).float()
-    model.save_pretrained(os.path.join(args.inputs, "checkpoint"), safe_serialization=True)
+    device = torch.device(args.device)
+    with device:
+        model = LlamaForCausalLM(config).float()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+    if not args.no_save:
+        model.save_pretrained(os.path.join(args.inputs, "checkpoint"), safe_serialization=True)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     # Chosen rows first, then rejected; every row has the same length here.
     rows = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     prompt = [p["prompt_len"] for p in pairs] * 2
-    ids = torch.tensor(rows, dtype=torch.long)
+    ids = torch.tensor(rows, dtype=torch.long, device=device)
     # labels[t] = ids[t + 1] where that token is a completion token.
-    scored = torch.zeros(ids.shape, dtype=torch.bool)
+    scored = torch.zeros(ids.shape, dtype=torch.bool, device=device)
     for r, start in enumerate(prompt):
         scored[r, start - 1 : len(rows[r]) - 1] = True
     targets = torch.roll(ids, shifts=-1, dims=1)
@@ -112,7 +129,7 @@ def main():
         logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
         return (logps * scored).sum(dim=1)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         reference = sequence_logps(model(ids).logits)
     n = len(pairs)
     ref_chosen, ref_rejected = reference[:n].clone(), reference[n:].clone()
@@ -121,7 +138,9 @@ def main():
     beta = 0.1
 
     def step():
-        policy = sequence_logps(model(ids).logits)
+        with autocast:
+            logits = model(ids).logits
+        policy = sequence_logps(logits)
         margin = (policy[:n] - ref_chosen) - (policy[n:] - ref_rejected)
         loss = -F.logsigmoid(beta * margin).mean()
         loss.backward()
@@ -131,8 +150,21 @@ def main():
         return loss.item()
 
     def score():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast:
             return sequence_logps(model(ids).logits)[0].item()
+
+    def peak_mib():
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated(device) / 2**20
+        return peak_rss_mib()
+
+    # Model FLOPs as daa's benchmark counts them (PaLM's MFU): per token
+    # 6N + 12·L·d·T to train, 2N + 4·L·d·T forward only, N without the input embedding.
+    n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+    if config.tie_word_embeddings:
+        n_params += model.get_input_embeddings().weight.numel()
+    attention = config.num_hidden_layers * config.hidden_size * ids.shape[1]
+    flops = {"step": (6 * n_params + 12 * attention) * tokens, "score": (2 * n_params + 4 * attention) * tokens}
 
     results = []
     # Scoring first, on the checkpoint's weights: its first value (row 0's
@@ -154,8 +186,11 @@ def main():
             "seconds": seconds,
             "best_seconds": min(times),
             "tokens_per_s": tokens / seconds,
-            "peak_rss_mib": peak_rss_mib(),
+            "peak_rss_mib": peak_mib(),
             "loss": first,
+            "backend": args.device,
+            "model_flops": flops[mode],
+            "precision": "bf16" if args.dtype == "bfloat16" else "f32",
         }
         print(json.dumps(result), flush=True)
         results.append(result)

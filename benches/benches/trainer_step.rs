@@ -11,16 +11,24 @@
 //! any thread pool starts.
 //!
 //! ```text
-//! trainer_step [--backend flex|ndarray] [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
-//! trainer_step --child --backend B --shape S --mode step|score --threads N --repeats R [--checkpoint DIR --batch FILE]
+//! trainer_step [--backend flex|ndarray|cuda] [--precision f32|bf16] [--checkpointing]
+//!              [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
+//! trainer_step --child --backend B --precision P [--checkpointing] --shape S --mode step|score
+//!              --threads N --repeats R [--checkpoint DIR --batch FILE]
 //! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
 //! ```
+//!
+//! `cuda` (feature `cuda`) and the GPU shapes `1b`, `7b` are what
+//! `scripts/gpu-check.sh` runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use daa_benches::trainer::{BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Shape, measure, read_batch};
+use daa_benches::trainer::{
+    BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Setup, Shape, measure, read_batch,
+};
+use daa_train::Precision;
 use daa_benches::trainer_report::{Row, write_report};
 
 /// Seed of the benchmark's random batch.
@@ -53,20 +61,16 @@ fn run() -> Result<()> {
         let shape = Shape::named(value(&args, "--shape").context("--child needs --shape")?)?;
         let (threads, repeats) = (number(&args, "--threads", 1)?, number(&args, "--repeats", 5)?);
         let mode = value(&args, "--mode").unwrap_or("step");
-        let backend = value(&args, "--backend").unwrap_or(CPU_BACKENDS[0]);
+        let setup = setup(&args, threads, repeats)?;
         let m = match (value(&args, "--checkpoint"), value(&args, "--batch")) {
             (Some(dir), Some(batch)) => measure(
-                backend,
+                &setup,
                 &shape,
                 &ModelSource::Checkpoint(Path::new(dir)),
                 &read_batch(Path::new(batch))?,
                 mode,
-                threads,
-                repeats,
             )?,
-            (None, None) => {
-                measure(backend, &shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode, threads, repeats)?
-            }
+            (None, None) => measure(&setup, &shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode)?,
             _ => bail!("--checkpoint and --batch go together"),
         };
         println!("{}", serde_json::to_string(&m)?);
@@ -84,10 +88,7 @@ fn run() -> Result<()> {
         None => vec![1, 2],
     };
     let repeats = number(&args, "--repeats", 5)?;
-    let backend = value(&args, "--backend").unwrap_or(CPU_BACKENDS[0]);
-    if !CPU_BACKENDS.contains(&backend) {
-        bail!("--backend {backend}: expected one of {}", CPU_BACKENDS.join(", "));
-    }
+    let base = setup(&args, 1, repeats)?;
     let torch = value(&args, "--torch");
     let out_dir = target_dir().join("daa-bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -117,8 +118,8 @@ fn run() -> Result<()> {
             let row = Row {
                 shape: *shape,
                 threads: t,
-                step: child(backend, shape, "step", t, repeats, inputs.as_deref())?,
-                score: child(backend, shape, "score", t, repeats, inputs.as_deref())?,
+                step: child(&Setup { threads: t, ..base }, shape, "step", inputs.as_deref())?,
+                score: child(&Setup { threads: t, ..base }, shape, "score", inputs.as_deref())?,
                 torch_step,
                 torch_score,
             };
@@ -133,17 +134,30 @@ fn run() -> Result<()> {
     Ok(())
 }
 
+/// `--backend`, `--precision` and `--checkpointing` of the command line.
+fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup<'a>> {
+    let backend = value(args, "--backend").unwrap_or(CPU_BACKENDS[0]);
+    if !CPU_BACKENDS.contains(&backend) && backend != "cuda" {
+        bail!("--backend {backend}: expected one of {}, cuda", CPU_BACKENDS.join(", "));
+    }
+    let precision = match value(args, "--precision").unwrap_or("f32") {
+        "f32" => Precision::F32,
+        "bf16" => Precision::Bf16,
+        other => bail!("--precision {other}: expected f32 or bf16"),
+    };
+    let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    Ok(Setup { backend, precision, checkpointing, threads, repeats })
+}
+
 /// Runs one measurement in a fresh process with `threads` threads.
-fn child(
-    backend: &str,
-    shape: &Shape,
-    mode: &str,
-    threads: usize,
-    repeats: usize,
-    inputs: Option<&Path>,
-) -> Result<Measurement> {
+fn child(setup: &Setup<'_>, shape: &Shape, mode: &str, inputs: Option<&Path>) -> Result<Measurement> {
+    let (threads, repeats) = (setup.threads, setup.repeats);
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["--child", "--backend", backend, "--shape", shape.name, "--mode", mode]);
+    cmd.args(["--child", "--backend", setup.backend, "--precision", setup.precision.as_str()]);
+    cmd.args(["--shape", shape.name, "--mode", mode]);
+    if setup.checkpointing {
+        cmd.arg("--checkpointing");
+    }
     cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
     if let Some(dir) = inputs {
         cmd.arg("--checkpoint").arg(dir.join("checkpoint")).arg("--batch").arg(dir.join("batch.json"));

@@ -1,9 +1,10 @@
 //! The trainer benchmark's measurement: one DPO optimizer step (forward of
 //! chosen and rejected, completion-only log-probabilities, sigmoid DPO
 //! against cached reference scores, backward, global-norm clipping, AdamW)
-//! and one forward-only scoring pass, on burn's CPU backend, timed in this
-//! process. `benches/trainer_step.rs` runs one measurement per process so
-//! that each peak resident memory is its own.
+//! and one forward-only scoring pass, on burn's CPU backend (or CUDA, with
+//! the `cuda` feature: `scripts/gpu-check.sh`), timed in this process.
+//! `benches/trainer_step.rs` runs one measurement per process so that each
+//! peak resident memory is its own.
 
 use std::path::Path;
 use std::time::Instant;
@@ -14,13 +15,29 @@ use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::batch::{Sequence, SequencePair};
 use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
-use daa_train::score::score_pairs;
-use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
+use daa_train::backward::MemoryOptions;
+use daa_train::score::{PairScore, score_pairs};
+use daa_train::{Precision, ReferencePolicy, StepPair, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// burn's CPU backends the benchmark can time.
+/// burn's CPU backends the benchmark can time (and `cuda` with that feature).
 pub const CPU_BACKENDS: [&str; 2] = ["flex", "ndarray"];
+
+/// How one measurement runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup<'a> {
+    /// `flex`, `ndarray` or `cuda`.
+    pub backend: &'a str,
+    /// The training precision (`train.precision`).
+    pub precision: Precision,
+    /// Per-block activation checkpointing.
+    pub checkpointing: bool,
+    /// Threads the process was given.
+    pub threads: usize,
+    /// Timed repetitions after one warm-up.
+    pub repeats: usize,
+}
 
 /// A model and batch shape of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +62,8 @@ pub struct Shape {
     pub seq_len: usize,
     /// Prompt tokens per sequence; the rest is completion.
     pub prompt_len: usize,
+    /// Whether the head is the embedding matrix.
+    pub tied: bool,
 }
 
 /// The built-in run's model and batch (configs/tiny.toml), the 5 M shape of
@@ -61,6 +80,7 @@ pub const SHAPES: [Shape; 3] = [
         pairs: 8,
         seq_len: 64,
         prompt_len: 40,
+        tied: false,
     },
     Shape {
         name: "5m",
@@ -73,6 +93,7 @@ pub const SHAPES: [Shape; 3] = [
         pairs: 8,
         seq_len: 128,
         prompt_len: 64,
+        tied: false,
     },
     Shape {
         name: "25m",
@@ -85,16 +106,49 @@ pub const SHAPES: [Shape; 3] = [
         pairs: 8,
         seq_len: 256,
         prompt_len: 128,
+        tied: false,
+    },
+];
+
+/// Shapes of the GPU check (`scripts/gpu-check.sh`): Llama-3.2-1B's
+/// (tied head, vocabulary 128 256), 4 pairs × 512 tokens, and Llama-2-7B's,
+/// 1 pair × 512 tokens (to show that it fits one GPU in bf16).
+pub const GPU_SHAPES: [Shape; 2] = [
+    Shape {
+        name: "1b",
+        layers: 16,
+        hidden: 2048,
+        heads: 32,
+        kv_heads: 8,
+        mlp: 8192,
+        vocab: 128_256,
+        pairs: 4,
+        seq_len: 512,
+        prompt_len: 128,
+        tied: true,
+    },
+    Shape {
+        name: "7b",
+        layers: 32,
+        hidden: 4096,
+        heads: 32,
+        kv_heads: 32,
+        mlp: 11008,
+        vocab: 32000,
+        pairs: 1,
+        seq_len: 512,
+        prompt_len: 128,
+        tied: false,
     },
 ];
 
 impl Shape {
     /// The shape called `name`.
     pub fn named(name: &str) -> Result<Shape> {
-        SHAPES
-            .into_iter()
-            .find(|s| s.name == name)
-            .with_context(|| format!("unknown shape `{name}`; expected one of {}", SHAPES.map(|s| s.name).join(", ")))
+        SHAPES.into_iter().chain(GPU_SHAPES).find(|s| s.name == name).with_context(|| {
+            let names: Vec<&str> = SHAPES.iter().chain(&GPU_SHAPES).map(|s| s.name).collect();
+            format!("unknown shape `{name}`; expected one of {}", names.join(", "))
+        })
     }
 
     /// Hugging Face `config.json` of a Llama with this shape (what the
@@ -113,7 +167,7 @@ impl Shape {
             "rms_norm_eps": 1e-5,
             "rope_theta": 10000.0,
             "max_position_embeddings": self.seq_len.max(512),
-            "tie_word_embeddings": false,
+            "tie_word_embeddings": self.tied,
             "attention_bias": false,
             "mlp_bias": false,
             "bos_token_id": 1,
@@ -127,7 +181,21 @@ impl Shape {
         let head_dim = self.hidden / self.heads;
         let attention = self.hidden * head_dim * (2 * self.heads + 2 * self.kv_heads);
         let block = attention + 3 * self.hidden * self.mlp + 2 * self.hidden;
-        2 * self.vocab * self.hidden + self.layers * block + self.hidden
+        let embeddings = if self.tied { 1 } else { 2 };
+        embeddings * self.vocab * self.hidden + self.layers * block + self.hidden
+    }
+
+    /// Model FLOPs of one step (`step`) or scoring pass (`score`), as MFU
+    /// counts them (PaLM's appendix B): per token `6N + 12·L·d·T` to train,
+    /// `2N + 4·L·d·T` forward only, `N` the parameters without the input
+    /// embedding (the head counted), `T` the sequence length; for every
+    /// token, although daa applies the head at completion positions only.
+    pub fn model_flops(&self, mode: &str) -> f64 {
+        let n = (self.parameters() - self.vocab * self.hidden + if self.tied { self.vocab * self.hidden } else { 0 })
+            as f64;
+        let attention = (self.layers * self.hidden * self.seq_len) as f64;
+        let per_token = if mode == "step" { 6.0 * n + 12.0 * attention } else { 2.0 * n + 4.0 * attention };
+        per_token * self.tokens() as f64
     }
 
     /// Tokens through the model per step (chosen and rejected).
@@ -212,6 +280,18 @@ pub struct Measurement {
     pub tokens_per_s: f64,
     /// Peak resident memory of the process (VmHWM), MiB.
     pub peak_rss_mib: f64,
+    /// burn backend (`flex`, `ndarray`, `cuda`; PyTorch's device).
+    #[serde(default)]
+    pub backend: String,
+    /// Training precision.
+    #[serde(default = "f32_name")]
+    pub precision: String,
+    /// Model FLOPs of the step or pass ([`Shape::model_flops`]).
+    #[serde(default)]
+    pub model_flops: f64,
+    /// `daa plan`'s estimate of the step's memory on one GPU, MiB (steps only).
+    #[serde(default)]
+    pub plan_mib: f64,
     /// `step`: the first step's loss (ln 2 for DPO against the model's own
     /// scores); `score`: the first chosen sequence's log-probability, which
     /// daa and PyTorch must agree on for the same checkpoint.
@@ -220,6 +300,10 @@ pub struct Measurement {
 
 fn daa() -> String {
     "daa".into()
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// The process's peak resident memory, MiB (Linux `VmHWM`; 0 elsewhere).
@@ -247,43 +331,92 @@ pub enum ModelSource<'a> {
     Checkpoint(&'a Path),
 }
 
-fn model<B: burn::tensor::backend::Backend>(shape: &Shape, source: &ModelSource<'_>) -> Result<CausalLm<B>> {
-    let device = Default::default();
+fn model<B: burn::tensor::backend::Backend>(
+    shape: &Shape,
+    source: &ModelSource<'_>,
+    device: &B::Device,
+) -> Result<CausalLm<B>> {
     Ok(match source {
         ModelSource::Random => {
             let config = ModelConfig::from_json(&shape.config_json().to_string())?;
-            CausalLm::from_weights(&config, &mut RandomWeights { seed: 0, std: 0.02 }, &device)?
+            CausalLm::from_weights(&config, &mut RandomWeights { seed: 0, std: 0.02 }, device)?
         }
-        ModelSource::Checkpoint(dir) => daa_train::checkpoint::load_model(dir, &device)?,
+        ModelSource::Checkpoint(dir) => daa_train::checkpoint::load_model(dir, device)?,
     })
 }
 
 /// Times `repeats` steps (after one warm-up) or scoring passes of `pairs`
 /// with one forward pass over all of them.
 pub fn measure(
-    backend: &str,
+    setup: &Setup<'_>,
     shape: &Shape,
     source: &ModelSource<'_>,
     pairs: &[SequencePair],
     mode: &str,
-    threads: usize,
-    repeats: usize,
 ) -> Result<Measurement> {
-    match backend {
-        "flex" => measure_on::<Flex>(shape, source, pairs, mode, threads, repeats),
-        "ndarray" => measure_on::<NdArray<f32>>(shape, source, pairs, mode, threads, repeats),
-        other => bail!("unknown CPU backend `{other}`; expected one of {}", CPU_BACKENDS.join(", ")),
+    let m = match setup.backend {
+        "flex" => measure_on::<Flex>(setup, shape, source, pairs, mode, &Default::default())?,
+        "ndarray" => measure_on::<NdArray<f32>>(setup, shape, source, pairs, mode, &Default::default())?,
+        #[cfg(feature = "cuda")]
+        "cuda" => measure_on::<burn::backend::Cuda>(setup, shape, source, pairs, mode, &Default::default())?,
+        other => bail!(
+            "unknown backend `{other}`; expected one of {}{}",
+            CPU_BACKENDS.join(", "),
+            if cfg!(feature = "cuda") { ", cuda" } else { " (cuda: build with --features cuda)" }
+        ),
+    };
+    let plan_mib = if mode == "step" { plan_bytes(setup, shape)? as f64 / (1 << 20) as f64 } else { 0.0 };
+    Ok(Measurement {
+        backend: setup.backend.into(),
+        precision: setup.precision.as_str().into(),
+        model_flops: shape.model_flops(mode),
+        plan_mib,
+        ..m
+    })
+}
+
+/// `daa plan`'s total for the step of `shape` on one GPU (cached reference, fused head).
+fn plan_bytes(setup: &Setup<'_>, shape: &Shape) -> Result<u64> {
+    let config = ModelConfig::from_json(&shape.config_json().to_string())?;
+    let plan = daa_train::plan::MemoryPlan::new(
+        &config,
+        daa_train::plan::PlanSetup {
+            gpus: 1,
+            gpu_memory: u64::MAX,
+            pairs: shape.pairs as u64,
+            seq_len: shape.seq_len as u64,
+            precision: setup.precision,
+            reference_live: false,
+            activation_checkpointing: setup.checkpointing,
+            fused_head: true,
+        },
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(plan.total)
+}
+
+/// Reference scores of a step without a second model on the device (GPU
+/// shapes): `−ln V` per completion token, the loss's reference side only.
+fn uniform_reference(pair: &SequencePair, vocab: usize) -> PairScore {
+    let tokens = |s: &Sequence| s.ids.len() - s.completion_start;
+    let per_token = -(vocab as f64).ln();
+    PairScore {
+        chosen: per_token * tokens(&pair.chosen) as f64,
+        rejected: per_token * tokens(&pair.rejected) as f64,
+        chosen_tokens: tokens(&pair.chosen),
+        rejected_tokens: tokens(&pair.rejected),
     }
 }
 
-fn measure_on<Cpu: burn::tensor::backend::Backend>(
+fn measure_on<B: burn::tensor::backend::Backend>(
+    setup: &Setup<'_>,
     shape: &Shape,
     source: &ModelSource<'_>,
     pairs: &[SequencePair],
     mode: &str,
-    threads: usize,
-    repeats: usize,
+    device: &B::Device,
 ) -> Result<Measurement> {
+    let (threads, repeats) = (setup.threads, setup.repeats);
     if repeats == 0 {
         bail!("--repeats must be at least 1 (one warm-up runs before them)");
     }
@@ -293,7 +426,7 @@ fn measure_on<Cpu: burn::tensor::backend::Backend>(
     let mut loss = f64::NAN;
     match mode {
         "score" => {
-            let scorer = model::<Cpu>(shape, source)?;
+            let scorer = model::<B>(shape, source, device)?.cast(setup.precision.dtype());
             for _ in 0..=repeats {
                 let started = Instant::now();
                 let scores = score_pairs(&scorer, &refs, pairs.len(), 0, &mut |_| {})?;
@@ -302,18 +435,24 @@ fn measure_on<Cpu: burn::tensor::backend::Backend>(
             }
         }
         "step" => {
-            // The cached reference: the initial model's scores.
-            let reference = score_pairs(&model::<Cpu>(shape, source)?, &refs, pairs.len(), 0, &mut |_| {})?;
+            // The cached reference: the initial model's scores (on a GPU,
+            // where a second copy of a 7B model would not fit, −ln V per token).
+            let reference = if GPU_SHAPES.iter().any(|g| g.name == shape.name) {
+                pairs.iter().map(|p| uniform_reference(p, shape.vocab)).collect()
+            } else {
+                score_pairs(&model::<B>(shape, source, device)?, &refs, pairs.len(), 0, &mut |_| {})?
+            };
             let options = TrainerOptions {
                 loss: PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None },
                 optimizer: AdamWConfig::default(),
                 schedule: LrSchedule { peak: 1e-4, warmup: 0, total: 1000, final_fraction: 0.1 },
                 micro_batch_size: pairs.len(),
                 pad_id: 0,
-                memory: daa_train::backward::MemoryOptions::default(),
-                precision: daa_train::Precision::F32,
+                memory: MemoryOptions { activation_checkpointing: setup.checkpointing, ..MemoryOptions::default() },
+                precision: setup.precision,
             };
-            let mut trainer = Trainer::new(model::<Autodiff<Cpu>>(shape, source)?, options, ReferencePolicy::Given)?;
+            let policy = model::<Autodiff<B>>(shape, source, device)?;
+            let mut trainer = Trainer::new(policy, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =
                 pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
             for i in 0..=repeats {
@@ -339,5 +478,9 @@ fn measure_on<Cpu: burn::tensor::backend::Backend>(
         tokens_per_s: tokens as f64 / seconds,
         peak_rss_mib: peak_rss_mib(),
         loss,
+        backend: String::new(),
+        precision: f32_name(),
+        model_flops: 0.0,
+        plan_mib: 0.0,
     })
 }

@@ -65,7 +65,7 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--shapes LIST] [--threads LIST] [--repeats N]`:
+/// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--precision f32|bf16] [--checkpointing] [--shapes LIST] [--threads LIST] [--repeats N]`:
 /// the trainer benchmark (`benches/benches/trainer_step.rs`); `--quick` is
 /// the tiny and 5 M shapes with 3 repetitions; `--backend` picks burn's CPU
 /// backend (Flex, what `daa train` uses, by default; ndarray, the browser
@@ -85,8 +85,11 @@ fn trainer(args: &[String]) -> Result<()> {
         cmd.args(["--backend", "ndarray"]);
     }
     for (i, arg) in args.iter().enumerate() {
-        if ["--shapes", "--threads", "--repeats", "--backend"].contains(&arg.as_str()) {
+        if ["--shapes", "--threads", "--repeats", "--backend", "--precision"].contains(&arg.as_str()) {
             cmd.arg(arg).arg(args.get(i + 1).with_context(|| format!("{arg} needs a value"))?);
+        }
+        if arg == "--checkpointing" {
+            cmd.arg(arg);
         }
     }
     if args.iter().any(|a| a == "--quick") {

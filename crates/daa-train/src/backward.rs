@@ -18,6 +18,10 @@
 //!   the block's parameters their share of `∇S` and `g_i = ∂S/∂x_i` (chain
 //!   rule); the embedding gets `⟨embed(x), g_0⟩`'s. One block's graph exists
 //!   at a time, for one more forward pass of the blocks.
+//!
+//! The logits of the scored positions (f32) are handed to the caller's
+//! `on_chunk` as the head computes them — one chunk at a time with the fused
+//! head, all at once without — for statistics of the training batch.
 
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
@@ -26,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{ScoredPositions, TokenBatch};
 use crate::error::{ModelError, read_vec};
-use crate::fused_head::{FusedHead, chunk_rows_or};
+use crate::fused_head::{FusedHead, OnChunk, chunk_rows_or};
 use crate::model::{CausalLm, Positions};
 use crate::objective::{CompletionLogits, row_sums};
 use crate::optim::GradAccumulator;
@@ -55,11 +59,14 @@ pub type Weigh<'a> = dyn FnMut(&[f64]) -> Result<Vec<f32>, ModelError> + 'a;
 
 /// Runs `model` on `batch`, hands the rows' scores `π` to `weigh`, and adds
 /// `∇_θ Σ_i w_i π_i` (`w` = what `weigh` returns, one per row) to `grads`.
+/// `on_chunk` sees the scored positions' logits (`[C, V]`, f32, with the
+/// first position of the chunk, in [`TokenBatch::scored_positions`] order).
 pub fn weighted_backward<B: AutodiffBackend>(
     model: &CausalLm<B>,
     batch: &TokenBatch,
     memory: &MemoryOptions,
     weigh: &mut Weigh<'_>,
+    on_chunk: &mut OnChunk<'_, B::InnerBackend>,
     grads: &mut GradAccumulator<B::InnerBackend>,
 ) -> Result<(), ModelError> {
     let device = model.embed.weight.device();
@@ -82,9 +89,11 @@ pub fn weighted_backward<B: AutodiffBackend>(
     let positions = batch.scored_positions();
     let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(&device));
     let top_grads = if memory.fused_head {
-        fused_head_backward(model, picked, &positions, memory, &mut weigh, grads)?
+        fused_head_backward(model, picked, &positions, memory, &mut weigh, on_chunk, grads)?
     } else {
-        let policy = CompletionLogits { logits: model.head(picked), positions }.sequence_logps();
+        let logits = model.head(picked);
+        on_chunk(0, &logits.clone().inner())?;
+        let policy = CompletionLogits { logits, positions }.sequence_logps();
         let weights = weigh(&read_vec::<f64, _, 1>(policy.clone(), "policy log-probabilities")?)?;
         (policy * Tensor::from_data(TensorData::new(weights, [rows]), &device)).sum().backward()
     };
@@ -116,6 +125,7 @@ fn fused_head_backward<B: AutodiffBackend>(
     positions: &ScoredPositions,
     memory: &MemoryOptions,
     weigh: &mut Weigh<'_>,
+    on_chunk: &mut OnChunk<'_, B::InnerBackend>,
     grads: &mut GradAccumulator<B::InnerBackend>,
 ) -> Result<B::Gradients, ModelError> {
     let device = picked.device();
@@ -125,7 +135,7 @@ fn fused_head_backward<B: AutodiffBackend>(
     let head = FusedHead::new(weight.val().inner(), config.logit_scale, rows);
     let hidden = picked.clone().inner();
     let targets = positions.target_index::<B::InnerBackend>(&device);
-    let token_logps = head.token_logps(&hidden, &targets, &mut |_, _| Ok(()))?;
+    let token_logps = head.token_logps(&hidden, &targets, on_chunk)?;
     let policy = row_sums(token_logps, positions);
     let weights = weigh(&read_vec::<f64, _, 1>(policy, "policy log-probabilities")?)?;
     let per_position: Vec<f32> = positions.row_of.iter().map(|&r| weights[r]).collect();

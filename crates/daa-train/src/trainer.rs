@@ -16,14 +16,14 @@ use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use daa_core::TokenStatsParams;
+use daa_core::{HostTensor, TokenStatsParams};
 use daa_core::preference::PreferenceLossParams;
 use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::error::ModelError;
-use crate::eval::{EvalReport, evaluate};
+use crate::error::{ModelError, read_vec};
+use crate::eval::{EvalReport, StatsSums, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
@@ -134,6 +134,17 @@ pub struct StepRecord {
     pub pairs: usize,
     /// Tokens of the policy's forward passes (prompt, completion, both sides).
     pub tokens: usize,
+    /// Mean top-k entropy of the next-token distributions at the chosen
+    /// completions' positions of this step's batch, before the update
+    /// ([`Trainer::step_with_stats`]; bits, renormalised top-k).
+    #[serde(rename = "train/topk_entropy", default, skip_serializing_if = "Option::is_none")]
+    pub topk_entropy: Option<f64>,
+    /// Mean top-k probability mass at the same positions.
+    #[serde(rename = "train/topk_mass", default, skip_serializing_if = "Option::is_none")]
+    pub topk_mass: Option<f64>,
+    /// Mean full-vocabulary entropy at the same positions (nats).
+    #[serde(rename = "train/entropy", default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<f64>,
 }
 
 /// What one supervised step did.
@@ -288,6 +299,21 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// One optimizer step over `pairs` (this rank's share of the step).
     pub fn step(&mut self, pairs: &[StepPair<'_>]) -> Result<StepRecord, ModelError> {
+        self.step_with_stats(pairs, None)
+    }
+
+    /// [`Self::step`], and with `stats` the over-optimisation statistics of
+    /// the batch itself: top-k entropy, top-k mass and entropy of the
+    /// policy's next-token distributions at the chosen completions' positions,
+    /// as the step's forward pass computes them (before the update), from the
+    /// fused head's chunks of logits (copied to the host a chunk at a time,
+    /// the statistics on daa-core's CPU backend) — what the held-out
+    /// evaluation reports, on training data, without a second forward pass.
+    pub fn step_with_stats(
+        &mut self,
+        pairs: &[StepPair<'_>],
+        stats: Option<&TokenStatsParams>,
+    ) -> Result<StepRecord, ModelError> {
         if pairs.is_empty() {
             return Err(ModelError::Batch("a step needs at least one pair".into()));
         }
@@ -298,6 +324,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let vocab = model.config().vocab_size;
         let mut grads = GradAccumulator::<B::InnerBackend>::default();
         let (mut inputs, mut losses, mut tokens) = (Vec::new(), Vec::new(), 0);
+        let cpu = daa_core::Cpu::new();
+        let mut totals = StatsSums::default();
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
@@ -328,6 +356,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64))
                 .collect();
             let mut objective = None;
+            // The chosen sequences are the batch's first rows: their completion
+            // positions come first among the scored ones.
+            let positions = batch.scored_positions();
+            let chosen_positions = positions.count_in_first_rows(micro.len());
             weighted_backward(
                 model,
                 &batch,
@@ -338,6 +370,23 @@ impl<B: AutodiffBackend> Trainer<B> {
                     let weights = weighed.weights.clone();
                     objective = Some(weighed);
                     Ok(weights)
+                },
+                &mut |start, logits| {
+                    let Some(params) = stats else { return Ok(()) };
+                    let [len, vocab] = logits.dims();
+                    let take = chosen_positions.saturating_sub(start).min(len);
+                    if take == 0 {
+                        return Ok(());
+                    }
+                    let values: Vec<f32> = read_vec(logits.clone().narrow(0, 0, take), "training logits")?;
+                    let targets: Vec<i64> =
+                        positions.targets[start..start + take].iter().map(|&t| i64::from(t)).collect();
+                    totals.add_on_cpu(
+                        &cpu,
+                        &HostTensor::from_f32(values, &[take, vocab])?,
+                        &HostTensor::from_i64(targets, &[take])?,
+                        params,
+                    )
                 },
                 &mut grads,
             )?;
@@ -364,6 +413,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
             pairs: losses.len(),
             tokens,
+            topk_entropy: stats.map(|_| totals.topk_entropy / totals.rows.max(1) as f64),
+            topk_mass: stats.map(|_| totals.topk_mass / totals.rows.max(1) as f64),
+            entropy: stats.map(|_| totals.entropy / totals.rows.max(1) as f64),
         })
     }
 
@@ -420,6 +472,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     total += value;
                     Ok(vec![(-1.0 / normaliser) as f32; logps.len()])
                 },
+                &mut |_, _| Ok(()),
                 &mut grads,
             )?;
         }

@@ -43,6 +43,19 @@ const FUSED_HEAD: Tolerance = Tolerance { name: "fused head vs autodiff through 
 /// models). A lost or doubled block gradient is an O(1) difference.
 const WHOLE_MODEL: f64 = 5e-4;
 
+/// Values computed through a checkpointed forward (π, a step's loss, norm
+/// and statistics) against one graph: the in-place rounding above, which
+/// also varies with how rayon's threads are busy (seen while other tests run
+/// in parallel: π of the 3-block Llama 1.25e-5 relative off, a gradient norm
+/// 2.4e-5).
+const CHECKPOINTED: Tolerance =
+    Tolerance { name: "through a checkpointed forward (ndarray's in-place rounding)", abs: 1e-5, rel: 1e-4 };
+
+/// [`CHECKPOINTED`] where `memory` checkpoints, else [`FUSED_HEAD`].
+fn tolerance_of(memory: &MemoryOptions) -> Tolerance {
+    if memory.activation_checkpointing { CHECKPOINTED } else { FUSED_HEAD }
+}
+
 fn normal(rows: usize, cols: usize, std: f64, rng: &mut SplitMix64) -> Tensor<Inner, 2> {
     let values: Vec<f32> = (0..rows * cols).map(|_| (rng.normal() * std) as f32).collect();
     Tensor::from_data(TensorData::new(values, [rows, cols]), &Default::default())
@@ -201,6 +214,7 @@ fn gradients(
             seen = policy.to_vec();
             Ok(weights.to_vec())
         },
+        &mut |_, _| Ok(()),
         &mut acc,
     )
     .unwrap();
@@ -235,7 +249,7 @@ fn every_memory_option_gives_the_gradient_of_one_graph() {
         for memory in variants {
             let (policy, got) = gradients(&model, &batch, memory, &weights);
             let what = format!("{family}, {memory:?}");
-            assert_close(&policy, &want_policy, FUSED_HEAD, &format!("{what}: π"));
+            assert_close(&policy, &want_policy, tolerance_of(&memory), &format!("{what}: π"));
             let mut worst = 0f64;
             for ((name, g), (_, w)) in got.iter().zip(&want) {
                 let scale = w.iter().fold(0f64, |m, v| m.max(v.abs()));
@@ -283,7 +297,7 @@ fn trainer_steps_agree_with_and_without_the_memory_options() {
     assert_close(
         &[got.loss, got.grad_norm, got.chosen_logps, got.rejected_logps, got.margin],
         &[want.loss, want.grad_norm, want.chosen_logps, want.rejected_logps, want.margin],
-        FUSED_HEAD,
+        CHECKPOINTED,
         "a preference step, fused head + checkpointing vs plain",
     );
     // The second step starts from weights one AdamW update apart by rounding only.
@@ -324,5 +338,55 @@ fn evaluation_in_small_head_chunks_equals_one_chunk() {
             [r.loss, r.chosen_token_loglik, r.rejected_token_loglik, r.topk_entropy, r.topk_mass, r.entropy]
         };
         assert_close(&fields(&chunked), &fields(&whole), FUSED_HEAD, &format!("held-out pass in chunks of {chunk}"));
+    }
+}
+
+#[test]
+fn a_steps_own_statistics_equal_the_evaluation_of_its_batch_and_leave_the_step_unchanged() {
+    let pairs = pairs();
+    let refs: Vec<&SequencePair> = pairs.iter().collect();
+    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
+    let initial: CausalLm<Inner> =
+        CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.2 }, &Default::default()).unwrap();
+    let reference: Vec<PairScore> = score_pairs(&initial, &refs, 2, 0, &mut |_| {}).unwrap();
+    let params = TokenStatsParams { k: 5, entropy_base: 2.0 };
+    let loss = PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None };
+    // The held-out evaluation of the same pairs by the same (initial) model.
+    let held_out = daa_train::eval::evaluate(&initial, &refs, &reference, &loss, &params, 3, 0).unwrap();
+    let step: Vec<StepPair<'_>> =
+        pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
+    for memory in [
+        MemoryOptions { fused_head: false, head_chunk_rows: 0, activation_checkpointing: false },
+        MemoryOptions { fused_head: true, head_chunk_rows: 0, activation_checkpointing: false },
+        MemoryOptions { fused_head: true, head_chunk_rows: 4, activation_checkpointing: true },
+    ] {
+        let trainer = |memory| {
+            let options = TrainerOptions {
+                loss,
+                optimizer: AdamWConfig::default(),
+                schedule: LrSchedule { peak: 1e-3, warmup: 1, total: 10, final_fraction: 0.1 },
+                micro_batch_size: 2,
+                pad_id: 0,
+                memory,
+                precision: daa_train::Precision::F32,
+            };
+            Trainer::new(model(&llama_config(VOCAB, 32, 2)), options, ReferencePolicy::Given).unwrap()
+        };
+        let plain = trainer(memory).step(&step).unwrap();
+        let with_stats = trainer(memory).step_with_stats(&step, Some(&params)).unwrap();
+        assert_eq!(plain.topk_entropy, None);
+        let got = [with_stats.topk_entropy.unwrap(), with_stats.topk_mass.unwrap(), with_stats.entropy.unwrap()];
+        assert_close(
+            &got,
+            &[held_out.topk_entropy, held_out.topk_mass, held_out.entropy],
+            tolerance_of(&memory),
+            &format!("{memory:?}: the step's statistics vs the evaluation of its pairs"),
+        );
+        assert_close(
+            &[with_stats.loss, with_stats.grad_norm],
+            &[plain.loss, plain.grad_norm],
+            tolerance_of(&memory),
+            &format!("{memory:?}: the step with statistics vs without"),
+        );
     }
 }

@@ -37,6 +37,7 @@ export interface TrainRecord {
   "logps/chosen_per_token": number; "logps/rejected_per_token": number;
   pairs: number; tokens: number; epoch: number; elapsed_s: number;
   "train/nll_weight"?: number; "train/beta"?: number;
+  "train/topk_entropy"?: number; "train/topk_mass"?: number; "train/entropy"?: number;
 }
 /** What one `step()` did. */
 export interface Progress {

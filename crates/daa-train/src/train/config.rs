@@ -252,6 +252,12 @@ pub struct MonitorSection {
     /// Evaluate every this many steps (and before the first and after the last).
     #[serde(default = "default_eval_every")]
     pub eval_every: u64,
+    /// Every this many optimizer steps, the step's own batch gets the
+    /// top-k statistics too (`train/topk_entropy`, `train/topk_mass`,
+    /// `train/entropy` in its record; 0 = never): computed from the
+    /// training forward pass's logits, no extra forward pass.
+    #[serde(default)]
+    pub train_stats_every: u64,
     /// `k` of top-k entropy and mass.
     #[serde(default = "default_top_k")]
     pub top_k: usize,
@@ -282,6 +288,7 @@ impl Default for MonitorSection {
     fn default() -> Self {
         Self {
             eval_every: default_eval_every(),
+            train_stats_every: 0,
             top_k: default_top_k(),
             entropy_base: default_entropy_base(),
             eval_batch_size: default_micro_batch_size(),

@@ -439,7 +439,9 @@ fn run<B: AutodiffBackend>(
             })
             .collect();
         let (nll_weight, beta) = monitor.coefficients();
-        let record = trainer.step(&pairs).with_context(|| format!("step {}", step + 1))?;
+        let every = config.monitor.train_stats_every;
+        let batch_stats = (every > 0 && (step + 1) % every == 0).then_some(&stats);
+        let record = trainer.step_with_stats(&pairs, batch_stats).with_context(|| format!("step {}", step + 1))?;
         tokens_seen += record.tokens;
         let done = record.step;
         let train_record = TrainRecord {

@@ -99,7 +99,7 @@ fn assert_same_metrics(a: &[Value], b: &[Value]) {
 #[test]
 fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
     let whole = tempfile::tempdir().unwrap();
-    let config = tiny_config(whole.path(), &["train.max_steps=6"]);
+    let config = tiny_config(whole.path(), &["train.max_steps=6", "monitor.train_stats_every=2"]);
     let outcome = train(config.clone(), None).unwrap();
     assert_eq!(outcome.steps, 6);
     let run = whole.path().join("run");
@@ -113,6 +113,16 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
             assert!(r[f].is_number(), "train record lacks {f}: {r}");
         }
         assert!(r["loss"].as_f64().unwrap().is_finite());
+        // Every second step's batch has its own top-k statistics.
+        let step = r["step"].as_u64().unwrap();
+        for f in ["train/topk_entropy", "train/topk_mass", "train/entropy"] {
+            assert_eq!(r.get(f).is_some(), step % 2 == 0, "step {step}: {f} in {r}");
+        }
+        if step % 2 == 0 {
+            let h = r["train/topk_entropy"].as_f64().unwrap();
+            assert!(h > 0.0 && h <= 10f64.log2() + 1e-6, "top-10 entropy {h} bits");
+            assert!((0.0..=1.0).contains(&r["train/topk_mass"].as_f64().unwrap()));
+        }
     }
     for r in &eval_records {
         for f in EVAL_FIELDS {
@@ -146,10 +156,13 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
     // activation checkpointing, which changes how a step is computed, not
     // what (so the resume accepts it): same records.
     let split = tempfile::tempdir().unwrap();
-    train(tiny_config(split.path(), &["train.max_steps=4"]), None).unwrap();
+    train(tiny_config(split.path(), &["train.max_steps=4", "monitor.train_stats_every=2"]), None).unwrap();
     let split_run = split.path().join("run");
     let resumed = train(
-        tiny_config(split.path(), &["train.max_steps=6", "train.activation_checkpointing=true"]),
+        tiny_config(
+            split.path(),
+            &["train.max_steps=6", "train.activation_checkpointing=true", "monitor.train_stats_every=2"],
+        ),
         Some(split_run.clone()),
     )
     .unwrap();
