@@ -385,6 +385,7 @@ fn plan_bytes(setup: &Setup<'_>, shape: &Shape) -> Result<u64> {
             gpu_memory: u64::MAX,
             pairs: shape.pairs as u64,
             seq_len: shape.seq_len as u64,
+            micro_batches: 1,
             precision: setup.precision,
             reference_live: false,
             activation_checkpointing: setup.checkpointing,

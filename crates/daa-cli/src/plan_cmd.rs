@@ -36,6 +36,9 @@ pub struct PlanArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 1024)]
     seq: u64,
+    /// Micro-batches per optimizer step (above 1, gradients are summed in f32).
+    #[arg(long, default_value_t = 1)]
+    micro_batches: u64,
     /// Weight precision.
     #[arg(long, value_enum, default_value_t = Precision::Bf16)]
     precision: Precision,
@@ -73,6 +76,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         gpu_memory,
         pairs: args.batch,
         seq_len: args.seq,
+        micro_batches: args.micro_batches,
         precision: args.precision,
         reference_live: args.reference == ReferenceArg::Model,
         activation_checkpointing: !args.no_checkpointing,

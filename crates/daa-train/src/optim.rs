@@ -12,8 +12,10 @@
 //!
 //! Weight decay `λ` applies to matrices only (not norms or biases), as in the
 //! Hugging Face Trainer. State `m`, `v` is f32 and kept per parameter,
-//! flattened, on the parameter's device. Gradients are summed in f32
-//! whatever the model's dtype; a parameter the model holds below f32 (bf16,
+//! flattened, on the parameter's device. A step's gradients stay as the
+//! backward pass made them (bf16 for a bf16 model) while there is one
+//! micro-batch, and are summed in f32 from the second on; the norm and the
+//! update widen each to f32. A parameter the model holds below f32 (bf16,
 //! [`crate::precision`]) has an f32 master copy `θ` here, which the step
 //! updates and the model receives rounded.
 
@@ -114,14 +116,14 @@ impl<B: Backend> GradAccumulator<B> {
         model.visit(&mut Collect::<AB> { from: &mut params, into: self });
     }
 
-    /// Adds `grad` (any shape and float dtype; flattened, summed in f32) to
-    /// parameter `id`'s gradient: also for gradients formed outside
-    /// autodiff (the fused head's `∂S/∂W`).
+    /// Adds `grad` (any shape and float dtype; flattened) to parameter
+    /// `id`'s gradient — the first one kept in its dtype, sums in f32 —
+    /// also for gradients formed outside autodiff (the fused head's `∂S/∂W`).
     pub fn add_param<const D: usize>(&mut self, id: ParamId, grad: Tensor<B, D>) {
         let n = grad.shape().num_elements();
-        let grad = grad.reshape([n]).cast(FloatDType::F32);
+        let grad = grad.reshape([n]);
         let sum = match self.grads.remove(&id) {
-            Some(acc) => acc + grad,
+            Some(acc) => acc.cast(FloatDType::F32) + grad.cast(FloatDType::F32),
             None => {
                 self.order.push(id);
                 grad
@@ -142,7 +144,7 @@ impl<B: Backend> GradAccumulator<B> {
     pub fn global_norm(&self) -> Result<f64, ModelError> {
         let mut sum = 0.0;
         for g in self.order.iter().filter_map(|id| self.grads.get(id)) {
-            let squares = g.clone().powi_scalar(2).sum();
+            let squares = g.clone().cast(FloatDType::F32).powi_scalar(2).sum();
             let value = squares
                 .try_into_scalar()
                 .map_err(|e| ModelError::Readback { what: "a gradient norm".into(), message: format!("{e:?}") })?;
@@ -217,7 +219,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let c = self.config;
-        let g = g.mul_scalar(self.scale);
+        let g = g.cast(FloatDType::F32).mul_scalar(self.scale);
         let shape = tensor.shape();
         let dtype = FloatDType::from(tensor.dtype());
         let master = self.masters.remove(&id);

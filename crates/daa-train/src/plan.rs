@@ -10,8 +10,8 @@
 //! ```text
 //! weights            P·w / N
 //! master weights     P·4 / N             (bf16 only: f32 copy the optimizer updates)
-//! gradient sums      P·4 / N             (f32, summed over micro-batches)
-//! backward's grads   P·2 / N             (bf16 only: one backward pass's, before the f32 sum)
+//! gradients          P·w / N             (one backward pass's)
+//! gradient sums      P·4 / N             (only with several micro-batches per step: f32 sums)
 //! optimizer state    P·8 / N             (AdamW m and v in f32)
 //! reference model    P·w / N             (only with loss.reference = "model")
 //! activations        L·S·T·A + 2·S·T·d·w              without checkpointing
@@ -47,6 +47,8 @@ pub struct PlanSetup {
     pub pairs: u64,
     /// Tokens per sequence (`T`).
     pub seq_len: u64,
+    /// Micro-batches per optimizer step (gradient accumulation when above 1).
+    pub micro_batches: u64,
     /// Weight precision.
     pub precision: Precision,
     /// A frozen reference model in memory (`loss.reference = "model"`).
@@ -86,8 +88,13 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// The plan of `setup` for the model of `config` (module documentation).
     pub fn new(config: &ModelConfig, setup: PlanSetup) -> Result<Self, String> {
-        if setup.gpus == 0 || setup.pairs == 0 || setup.seq_len == 0 || setup.gpu_memory == 0 {
-            return Err("plan: GPUs, GPU memory, pairs and sequence length must be at least 1".into());
+        if setup.gpus == 0
+            || setup.pairs == 0
+            || setup.seq_len == 0
+            || setup.gpu_memory == 0
+            || setup.micro_batches == 0
+        {
+            return Err("plan: GPUs, GPU memory, pairs, sequence length and micro-batches must be at least 1".into());
         }
         let p = config.parameter_count() as u64;
         let w = setup.precision.bytes();
@@ -110,10 +117,10 @@ impl MemoryPlan {
                 bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
                 counted: true,
             },
-            PlanLine { component: "gradient sums (f32)", bytes: shard(4), counted: true },
+            PlanLine { component: "gradients", bytes: shard(w), counted: true },
             PlanLine {
-                component: "gradients of one backward (bf16)",
-                bytes: if setup.precision == Precision::Bf16 { shard(2) } else { 0 },
+                component: "gradient sums (f32, accumulation)",
+                bytes: if setup.micro_batches > 1 { shard(4) } else { 0 },
                 counted: true,
             },
             PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },

@@ -17,6 +17,7 @@ fn setup(gpus: u64) -> PlanSetup {
         gpu_memory: 80 * GIB,
         pairs: 1,
         seq_len: 1024,
+        micro_batches: 1,
         precision: Precision::Bf16,
         reference_live: false,
         activation_checkpointing: true,
@@ -35,10 +36,9 @@ fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
     assert_eq!(plan.parameters, 6_738_415_616);
     assert_eq!(line(&plan, "weights"), 13_476_831_232);
     assert_eq!(line(&plan, "master weights (f32)"), 26_953_662_464);
-    // Gradients are summed in f32; one backward pass's bf16 gradients exist beside the sums.
-    assert_eq!(line(&plan, "gradient sums (f32)"), 26_953_662_464);
-    assert_eq!(line(&plan, "gradients of one backward (bf16)"), 13_476_831_232);
+    assert_eq!(line(&plan, "gradients"), 13_476_831_232);
     assert_eq!(line(&plan, "optimizer state (AdamW, f32)"), 53_907_324_928);
+    assert!(plan.lines.iter().all(|l| !l.component.starts_with("gradient sums")), "one micro-batch: no sums");
     // 2048 tokens; per token and block (9·4096 + 3·4096 + 4·11008)·2 + 2·32·1024·2 = 317 440.
     assert_eq!(line(&plan, "activations, no checkpointing"), 32 * 2048 * 317_440 + 2 * 2048 * 4096 * 2);
     assert_eq!(
@@ -48,15 +48,20 @@ fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
     assert_eq!(line(&plan, "logits, unfused"), 2048 * 32_000 * 12);
     // Chunks of ⌊64 MiB / (4 · 32 000)⌋ = 524 positions.
     assert_eq!(line(&plan, "logits, fused head"), 524 * 32_000 * 12);
-    // 20 bytes per parameter before activations (2 + 4 + 4 + 2 + 8): 125.5 GiB, more than 80.
-    let states = 20 * 6_738_415_616u64;
+    // 16 bytes per parameter before activations (2 + 4 + 2 + 8): 100.4 GiB, more than 80.
+    let states = 16 * 6_738_415_616u64;
     assert_eq!(plan.total, states + 1_220_542_464 + 201_216_000);
     assert!(!plan.fits);
     assert!(plan.table().contains("does not fit"), "{}", plan.table());
-    // On an H200 (139 GiB as the device reports it) it fits: 126.8 GiB.
+    // On an H200 (139 GiB as the device reports it) it fits: 102.6 GiB.
     let h200 =
         MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { gpu_memory: 139 * GIB, ..setup(1) }).unwrap();
     assert!(h200.fits);
+    // Accumulating over 4 micro-batches adds the f32 sums: 20 bytes per parameter, 125.5 GiB.
+    let accumulating =
+        MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { micro_batches: 4, ..setup(1) }).unwrap();
+    assert_eq!(line(&accumulating, "gradient sums (f32, accumulation)"), 26_953_662_464);
+    assert_eq!(accumulating.total, 20 * 6_738_415_616u64 + 1_220_542_464 + 201_216_000);
 }
 
 #[test]
@@ -72,20 +77,21 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     assert_eq!(line(&plan, "activations, checkpoint per block"), checkpointed);
     // Chunks of ⌊64 MiB / (4 · 256 000)⌋ = 65 positions.
     assert_eq!(line(&plan, "logits, fused head"), 65 * 256_000 * 12);
-    // 20 bytes per parameter over 8 GPUs: 81.4 GiB each before activations,
-    // more than 80 (daa keeps bf16 weights beside the f32 masters and sums
-    // gradients in f32).
-    assert_eq!(plan.total, 20 * 34_980_831_232 / 8 + checkpointed + 199_680_000);
-    assert!(!plan.fits, "{}", plan.table());
-    // Over 16 GPUs it fits; without checkpointing and with the unfused head it does not.
-    let sixteen = MemoryPlan::new(&config("command-r-v01.config.json"), setup(16)).unwrap();
-    assert!(sixteen.fits, "{}", sixteen.table());
+    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 199_680_000);
+    assert!(plan.fits, "{}", plan.table());
+    // Without checkpointing and with the unfused head it does not; nor with
+    // f32 gradient sums for accumulation (20 bytes per parameter: 81.4 GiB
+    // per GPU before activations).
     let plain = MemoryPlan::new(
         &config("command-r-v01.config.json"),
-        PlanSetup { activation_checkpointing: false, fused_head: false, ..setup(16) },
+        PlanSetup { activation_checkpointing: false, fused_head: false, ..setup(8) },
     )
     .unwrap();
     assert!(!plain.fits, "{}", plain.table());
+    let accumulating =
+        MemoryPlan::new(&config("command-r-v01.config.json"), PlanSetup { micro_batches: 2, ..setup(8) }).unwrap();
+    assert_eq!(accumulating.total, 20 * 34_980_831_232 / 8 + checkpointed + 199_680_000);
+    assert!(!accumulating.fits, "{}", accumulating.table());
     // A live reference adds its bf16 shard.
     let live =
         MemoryPlan::new(&config("command-r-v01.config.json"), PlanSetup { reference_live: true, ..setup(8) }).unwrap();
@@ -97,13 +103,13 @@ fn f32_has_no_master_copy_and_sizes_parse() {
     let plan = MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { precision: Precision::F32, ..setup(1) })
         .unwrap();
     assert!(plan.lines.iter().all(|l| l.component != "master weights (f32)"));
-    assert!(plan.lines.iter().all(|l| l.component != "gradients of one backward (bf16)"));
     assert_eq!(line(&plan, "weights"), 4 * 6_738_415_616);
-    assert_eq!(line(&plan, "gradient sums (f32)"), 4 * 6_738_415_616);
+    assert_eq!(line(&plan, "gradients"), 4 * 6_738_415_616);
     assert_eq!(plan.total, 16 * 6_738_415_616 + line(&plan, "activations, checkpoint per block") + 201_216_000);
     assert_eq!(parse_bytes("80GiB").unwrap(), 80 * GIB);
     assert_eq!(parse_bytes("80 GB").unwrap(), 80_000_000_000);
     assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 * GIB / 2);
     assert!(parse_bytes("80 gigs").unwrap_err().contains("unknown unit"));
     assert!(MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { gpus: 0, ..setup(1) }).is_err());
+    assert!(MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { micro_batches: 0, ..setup(1) }).is_err());
 }

@@ -198,3 +198,30 @@ fn a_frozen_reference_is_cast_and_scores_like_the_f32_reference() {
     let live: Vec<StepPair<'_>> = pairs.iter().map(|p| StepPair { sequences: p, reference: None }).collect();
     assert!(trainer.step(&live).unwrap().loss.is_finite());
 }
+
+#[test]
+fn one_micro_batch_keeps_bf16_gradients_and_accumulation_sums_in_f32() {
+    use burn::module::ParamId;
+    use burn::tensor::{Tensor, TensorData};
+    use daa_train::optim::GradAccumulator;
+    let device = Default::default();
+    // 257 is not a bf16 number (spacing 2 at 256): 256 + 1 + 1 + … stalls in bf16.
+    let part = |v: f32| Tensor::<Flex, 1>::from_data(TensorData::new(vec![v; 3], [3]), &device).cast(FloatDType::BF16);
+    let id = ParamId::new();
+    let mut one = GradAccumulator::<Flex>::default();
+    one.add_param(id, part(1.0));
+    let (_, g) = one.gradients_mut().next().unwrap();
+    assert_eq!(g.dtype(), DType::BF16, "one backward pass: its bf16 gradient, no f32 copy");
+    let mut many = GradAccumulator::<Flex>::default();
+    many.add_param(id, part(256.0));
+    for _ in 0..256 {
+        many.add_param(id, part(1.0));
+    }
+    let (_, g) = many.gradients_mut().next().unwrap();
+    assert_eq!(g.dtype(), DType::F32);
+    assert_eq!(g.clone().into_data().to_vec::<f32>().unwrap(), vec![512.0; 3], "256 + 256 × 1 summed in f32");
+    // In bf16, 256 + 1 rounds back to 256 (spacing 2 there).
+    let bf16_sum = (0..256).fold(part(256.0), |acc, _| acc + part(1.0));
+    assert_eq!(bf16_sum.cast(FloatDType::F32).into_data().to_vec::<f32>().unwrap(), vec![256.0; 3]);
+    assert!((many.global_norm().unwrap() - 512.0 * 3f64.sqrt()).abs() < 1e-3);
+}

@@ -37,6 +37,7 @@ pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<
         gpu_memory: capacity,
         pairs: config.train.micro_batch_size as u64,
         seq_len: config.data.max_length as u64,
+        micro_batches: config.train.batch_size.div_ceil(config.train.micro_batch_size.max(1)) as u64,
         precision: config.train.precision,
         reference_live: config.loss.reference == ReferenceMode::Model,
         activation_checkpointing: config.train.activation_checkpointing,
