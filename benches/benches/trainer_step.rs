@@ -28,8 +28,8 @@ use anyhow::{Context, Result, bail};
 use daa_benches::trainer::{
     BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Setup, Shape, measure, read_batch,
 };
-use daa_train::Precision;
 use daa_benches::trainer_report::{Row, write_report};
+use daa_train::Precision;
 
 /// Seed of the benchmark's random batch.
 const BATCH_SEED: u64 = 42;
@@ -63,13 +63,9 @@ fn run() -> Result<()> {
         let mode = value(&args, "--mode").unwrap_or("step");
         let setup = setup(&args, threads, repeats)?;
         let m = match (value(&args, "--checkpoint"), value(&args, "--batch")) {
-            (Some(dir), Some(batch)) => measure(
-                &setup,
-                &shape,
-                &ModelSource::Checkpoint(Path::new(dir)),
-                &read_batch(Path::new(batch))?,
-                mode,
-            )?,
+            (Some(dir), Some(batch)) => {
+                measure(&setup, &shape, &ModelSource::Checkpoint(Path::new(dir)), &read_batch(Path::new(batch))?, mode)?
+            }
             (None, None) => measure(&setup, &shape, &ModelSource::Random, &shape.random_pairs(BATCH_SEED), mode)?,
             _ => bail!("--checkpoint and --batch go together"),
         };

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use daa_core::{HostTensor, TokenStatsParams};
 use daa_core::preference::PreferenceLossParams;
+use daa_core::{HostTensor, TokenStatsParams};
 use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};

@@ -88,8 +88,8 @@ fn bf16_steps_follow_f32_steps_with_f32_state() {
         MemoryOptions { fused_head: false, ..MemoryOptions::default() },
         MemoryOptions { head_chunk_rows: 5, activation_checkpointing: true, ..MemoryOptions::default() },
     ] {
-        let mut f32_run = Trainer::new(model::<AD>(), options(Precision::F32, 1e-2, memory), ReferencePolicy::Given)
-            .unwrap();
+        let mut f32_run =
+            Trainer::new(model::<AD>(), options(Precision::F32, 1e-2, memory), ReferencePolicy::Given).unwrap();
         let mut bf16_run =
             Trainer::new(model::<AD>(), options(Precision::Bf16, 1e-2, memory), ReferencePolicy::Given).unwrap();
         assert!(dtypes(f32_run.model()).iter().all(|d| *d == DType::F32));

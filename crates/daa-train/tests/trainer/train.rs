@@ -193,7 +193,11 @@ fn a_bf16_run_trains_near_the_f32_run_saves_its_masters_and_resumes_exactly() {
         assert_eq!(a["type"], b["type"]);
         for key in ["loss", "eval/loss", "eval/chosen_token_loglik", "eval/topk_entropy", "eval/topk_mass"] {
             if let (Some(x), Some(y)) = (a[key].as_f64(), b[key].as_f64()) {
-                assert!(y.is_finite() && (x - y).abs() <= 0.05 * (1.0 + x.abs()), "step {}: {key} f32 {x} bf16 {y}", a["step"]);
+                assert!(
+                    y.is_finite() && (x - y).abs() <= 0.05 * (1.0 + x.abs()),
+                    "step {}: {key} f32 {x} bf16 {y}",
+                    a["step"]
+                );
             }
         }
     }
@@ -203,7 +207,8 @@ fn a_bf16_run_trains_near_the_f32_run_saves_its_masters_and_resumes_exactly() {
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let weights = file.tensor("model.layers.0.mlp.up_proj.weight").unwrap();
     assert_eq!(weights.dtype(), safetensors::Dtype::F32);
-    let values: Vec<f32> = weights.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let values: Vec<f32> =
+        weights.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     let off_grid = values.iter().filter(|&&v| half::bf16::from_f32(v).to_f32() != v).count();
     assert!(off_grid > values.len() / 2, "{off_grid} of {} saved weights are off bf16's grid", values.len());
 
