@@ -193,8 +193,13 @@ fn pairs() -> Vec<SequencePair> {
 const VOCAB: usize = 61;
 
 fn model(config: &serde_json::Value) -> CausalLm<AD> {
+    random_model(config, 5, 0.2)
+}
+
+/// A model of `config` with weights `N(0, std²)` from `seed`, on any backend.
+fn random_model<B: burn::tensor::backend::Backend>(config: &serde_json::Value, seed: u64, std: f32) -> CausalLm<B> {
     let config = ModelConfig::from_json(&config.to_string()).unwrap();
-    CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.2 }, &Default::default()).unwrap()
+    CausalLm::from_weights(&config, &mut RandomWeights { seed, std }, &Default::default()).unwrap()
 }
 
 /// `∇ Σ_i w_i π_i` by parameter name, and the `π` the pass saw.
@@ -266,9 +271,7 @@ fn every_memory_option_gives_the_gradient_of_one_graph() {
 #[test]
 fn trainer_steps_agree_with_and_without_the_memory_options() {
     let pairs = pairs();
-    let config = ModelConfig::from_json(&cohere_config(VOCAB, 32, 2).to_string()).unwrap();
-    let initial: CausalLm<Inner> =
-        CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.2 }, &Default::default()).unwrap();
+    let initial: CausalLm<Inner> = random_model(&cohere_config(VOCAB, 32, 2), 5, 0.2);
     let refs: Vec<&SequencePair> = pairs.iter().collect();
     let reference: Vec<PairScore> = score_pairs(&initial, &refs, 2, 0, &mut |_| {}).unwrap();
     let run = |memory: MemoryOptions| {
@@ -313,9 +316,7 @@ fn trainer_steps_agree_with_and_without_the_memory_options() {
 fn evaluation_in_small_head_chunks_equals_one_chunk() {
     let pairs = pairs();
     let refs: Vec<&SequencePair> = pairs.iter().collect();
-    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
-    let model: CausalLm<Inner> =
-        CausalLm::from_weights(&config, &mut RandomWeights { seed: 9, std: 0.3 }, &Default::default()).unwrap();
+    let model: CausalLm<Inner> = random_model(&llama_config(VOCAB, 32, 2), 9, 0.3);
     let reference: Vec<PairScore> = score_pairs(&model, &refs, 2, 0, &mut |_| {}).unwrap();
     let loss = PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None };
     let cpu = Cpu::new();
@@ -345,9 +346,7 @@ fn evaluation_in_small_head_chunks_equals_one_chunk() {
 fn a_steps_own_statistics_equal_the_evaluation_of_its_batch_and_leave_the_step_unchanged() {
     let pairs = pairs();
     let refs: Vec<&SequencePair> = pairs.iter().collect();
-    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
-    let initial: CausalLm<Inner> =
-        CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.2 }, &Default::default()).unwrap();
+    let initial: CausalLm<Inner> = random_model(&llama_config(VOCAB, 32, 2), 5, 0.2);
     let reference: Vec<PairScore> = score_pairs(&initial, &refs, 2, 0, &mut |_| {}).unwrap();
     let params = TokenStatsParams { k: 5, entropy_base: 2.0 };
     let loss = PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None };
