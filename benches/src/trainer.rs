@@ -358,7 +358,13 @@ pub fn measure(
         "flex" => measure_on::<Flex>(setup, shape, source, pairs, mode, &Default::default())?,
         "ndarray" => measure_on::<NdArray<f32>>(setup, shape, source, pairs, mode, &Default::default())?,
         #[cfg(feature = "cuda")]
-        "cuda" => measure_on::<burn::backend::Cuda>(setup, shape, source, pairs, mode, &Default::default())?,
+        "cuda" => {
+            // burn's CUDA runtime panics on a device thread without a driver: say it first.
+            if !daa_core::cuda::driver_present() {
+                bail!("--backend cuda: CUDA driver not found (libcuda.so could not be loaded; no NVIDIA driver here)");
+            }
+            measure_on::<burn::backend::Cuda>(setup, shape, source, pairs, mode, &Default::default())?
+        }
         other => bail!(
             "unknown backend `{other}`; expected one of {}{}",
             CPU_BACKENDS.join(", "),
