@@ -306,16 +306,6 @@ fn f32_name() -> String {
     "f32".into()
 }
 
-/// The process's peak resident memory, MiB (Linux `VmHWM`; 0 elsewhere).
-pub fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     let n = times.len();
@@ -483,7 +473,7 @@ fn measure_on<B: burn::tensor::backend::Backend>(
         seconds,
         best_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
         tokens_per_s: tokens as f64 / seconds,
-        peak_rss_mib: peak_rss_mib(),
+        peak_rss_mib: daa_train::train::process::memory_mib("VmHWM").unwrap_or(0.0),
         loss,
         backend: String::new(),
         precision: f32_name(),

@@ -25,14 +25,7 @@ use daa_train::score::PairScore;
 use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 
 fn status_mib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    kib / 1024.0
+    daa_train::train::process::memory_mib(field).unwrap_or(f64::NAN)
 }
 
 fn main() {
@@ -84,7 +77,7 @@ fn main() {
         precision,
     };
     let mut trainer = Trainer::new(model, options, ReferencePolicy::Given).unwrap();
-    let before = status_mib("VmRSS:");
+    let before = status_mib("VmRSS");
     let start = Instant::now();
     let record = trainer.step(&step).unwrap();
     let seconds = start.elapsed().as_secs_f64();
@@ -98,8 +91,8 @@ fn main() {
         memory.activation_checkpointing,
         record.loss,
         record.grad_norm,
-        status_mib("VmHWM:"),
-        status_mib("VmHWM:") - before,
+        status_mib("VmHWM"),
+        status_mib("VmHWM") - before,
         (scored * vocab * 4) as f64 / (1 << 20) as f64,
     );
 }

@@ -11,6 +11,7 @@
 //! Likelihoods: `eval/chosen_token_loglik = Σ_pairs π_w / Σ_pairs n_w` (mean
 //! log-probability per chosen completion token, nats), same for rejected.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use daa_core::preference::{PairLogps, PreferenceLossParams, pair_loss};
 use daa_core::{Backend as _, Cpu, HostTensor, TokenStatsParams, TokenStatsRow};
@@ -128,6 +129,32 @@ pub struct ChosenLogits {
     pub targets: HostTensor,
 }
 
+impl ChosenLogits {
+    /// The chosen rows of one chunk of the head's logits (`[C, V]`, f32),
+    /// copied to the host: the chunk starts at scored position `start`, the
+    /// batch's first `chosen` scored positions are the chosen sequences'
+    /// (they come first), `targets` are every scored position's targets.
+    /// `None` when the chunk holds no chosen position.
+    pub fn of_chunk<B: Backend>(
+        logits: &Tensor<B, 2>,
+        start: usize,
+        chosen: usize,
+        targets: &[u32],
+    ) -> Result<Option<Self>, ModelError> {
+        let [len, vocab] = logits.dims();
+        let take = chosen.saturating_sub(start).min(len);
+        if take == 0 {
+            return Ok(None);
+        }
+        let values: Vec<f32> = read_vec(logits.clone().narrow(0, 0, take), "chosen completion logits")?;
+        let targets: Vec<i64> = targets[start..start + take].iter().map(|&t| i64::from(t)).collect();
+        Ok(Some(Self {
+            logits: HostTensor::from_f32(values, &[take, vocab])?,
+            targets: HostTensor::from_i64(targets, &[take])?,
+        }))
+    }
+}
+
 /// Likelihood and loss sums of a held-out pass, before the statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HeldOutSums {
@@ -190,17 +217,10 @@ pub fn held_out_pass<B: Backend>(
         // to `on_chosen`, so no more than a chunk is ever copied.
         let chosen_rows = positions.count_in_first_rows(n);
         let token_logps = head.token_logps(&hidden, &positions.target_index::<B>(&device), &mut |start, logits| {
-            let [len, vocab] = logits.dims();
-            let take = chosen_rows.saturating_sub(start).min(len);
-            if take == 0 {
-                return Ok(());
+            match ChosenLogits::of_chunk(logits, start, chosen_rows, &positions.targets)? {
+                Some(chosen) => on_chosen(chosen),
+                None => Ok(()),
             }
-            let values: Vec<f32> = read_vec(logits.clone().narrow(0, 0, take), "held-out logits")?;
-            let targets: Vec<i64> = positions.targets[start..start + take].iter().map(|&t| i64::from(t)).collect();
-            on_chosen(ChosenLogits {
-                logits: HostTensor::from_f32(values, &[take, vocab])?,
-                targets: HostTensor::from_i64(targets, &[take])?,
-            })
         })?;
         let values: Vec<f64> = read_vec(row_sums(token_logps, &positions), "held-out log-probabilities")?;
         for (i, r) in refs.iter().enumerate() {

@@ -16,14 +16,14 @@ use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use daa_core::TokenStatsParams;
 use daa_core::preference::PreferenceLossParams;
-use daa_core::{HostTensor, TokenStatsParams};
 use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::error::{ModelError, read_vec};
-use crate::eval::{EvalReport, StatsSums, evaluate};
+use crate::error::ModelError;
+use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
@@ -203,10 +203,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             decays.insert(p.id(), p.decays());
             param_order.push(p.id());
             if precision.keeps_masters() {
-                match p {
-                    ParamKind::Linear(w) | ParamKind::Matrix(w) => optimizer.keep_master(w.id, w.val().inner()),
-                    ParamKind::Vector(b) => optimizer.keep_master(b.id, b.val().inner()),
-                }
+                optimizer.keep_master(p.id(), p.flat().inner());
             }
         });
         let model = model.cast(precision.dtype());
@@ -373,20 +370,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 },
                 &mut |start, logits| {
                     let Some(params) = stats else { return Ok(()) };
-                    let [len, vocab] = logits.dims();
-                    let take = chosen_positions.saturating_sub(start).min(len);
-                    if take == 0 {
-                        return Ok(());
+                    match ChosenLogits::of_chunk(logits, start, chosen_positions, &positions.targets)? {
+                        Some(chosen) => totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, params),
+                        None => Ok(()),
                     }
-                    let values: Vec<f32> = read_vec(logits.clone().narrow(0, 0, take), "training logits")?;
-                    let targets: Vec<i64> =
-                        positions.targets[start..start + take].iter().map(|&t| i64::from(t)).collect();
-                    totals.add_on_cpu(
-                        &cpu,
-                        &HostTensor::from_f32(values, &[take, vocab])?,
-                        &HostTensor::from_i64(targets, &[take])?,
-                        params,
-                    )
                 },
                 &mut grads,
             )?;

@@ -196,6 +196,26 @@ fn model(config: &serde_json::Value) -> CausalLm<AD> {
     random_model(config, 5, 0.2)
 }
 
+/// A trainer of [`model`]`(config)` with `loss` and `memory`: AdamW's
+/// defaults, rate 1e-3 after one warm-up step, 2 pairs per micro-batch.
+fn trainer(config: &serde_json::Value, loss: PreferenceLossParams, memory: MemoryOptions) -> Trainer<AD> {
+    let options = TrainerOptions {
+        loss,
+        optimizer: AdamWConfig::default(),
+        schedule: LrSchedule { peak: 1e-3, warmup: 1, total: 10, final_fraction: 0.1 },
+        micro_batch_size: 2,
+        pad_id: 0,
+        memory,
+        precision: daa_train::Precision::F32,
+    };
+    Trainer::new(model(config), options, ReferencePolicy::Given).unwrap()
+}
+
+/// `pairs` with their reference scores, as a step takes them.
+fn step_pairs<'a>(pairs: &'a [SequencePair], reference: &[PairScore]) -> Vec<StepPair<'a>> {
+    pairs.iter().zip(reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect()
+}
+
 /// A model of `config` with weights `N(0, std²)` from `seed`, on any backend.
 fn random_model<B: burn::tensor::backend::Backend>(config: &serde_json::Value, seed: u64, std: f32) -> CausalLm<B> {
     let config = ModelConfig::from_json(&config.to_string()).unwrap();
@@ -274,23 +294,13 @@ fn trainer_steps_agree_with_and_without_the_memory_options() {
     let initial: CausalLm<Inner> = random_model(&cohere_config(VOCAB, 32, 2), 5, 0.2);
     let refs: Vec<&SequencePair> = pairs.iter().collect();
     let reference: Vec<PairScore> = score_pairs(&initial, &refs, 2, 0, &mut |_| {}).unwrap();
+    let loss = PreferenceLossParams {
+        loss: PreferenceLoss::Ipo { tau: 0.1 },
+        nll: Some(NllTerm { weight: 0.2, normalisation: NllNormalisation::Mean }),
+    };
     let run = |memory: MemoryOptions| {
-        let options = TrainerOptions {
-            loss: PreferenceLossParams {
-                loss: PreferenceLoss::Ipo { tau: 0.1 },
-                nll: Some(NllTerm { weight: 0.2, normalisation: NllNormalisation::Mean }),
-            },
-            optimizer: AdamWConfig::default(),
-            schedule: LrSchedule { peak: 1e-3, warmup: 1, total: 10, final_fraction: 0.1 },
-            micro_batch_size: 2,
-            pad_id: 0,
-            memory,
-            precision: daa_train::Precision::F32,
-        };
-        let mut trainer = Trainer::new(model(&cohere_config(VOCAB, 32, 2)), options, ReferencePolicy::Given).unwrap();
-        let step: Vec<StepPair<'_>> =
-            pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
-        let record = trainer.step(&step).unwrap();
+        let mut trainer = trainer(&cohere_config(VOCAB, 32, 2), loss, memory);
+        let record = trainer.step(&step_pairs(&pairs, &reference)).unwrap();
         let nll = trainer.nll_step(&[&pairs[0].chosen, &pairs[1].chosen, &pairs[2].rejected]).unwrap();
         (record, nll)
     };
@@ -352,27 +362,15 @@ fn a_steps_own_statistics_equal_the_evaluation_of_its_batch_and_leave_the_step_u
     let loss = PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None };
     // The held-out evaluation of the same pairs by the same (initial) model.
     let held_out = daa_train::eval::evaluate(&initial, &refs, &reference, &loss, &params, 3, 0).unwrap();
-    let step: Vec<StepPair<'_>> =
-        pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
+    let step = step_pairs(&pairs, &reference);
     for memory in [
         MemoryOptions { fused_head: false, head_chunk_rows: 0, activation_checkpointing: false },
         MemoryOptions { fused_head: true, head_chunk_rows: 0, activation_checkpointing: false },
         MemoryOptions { fused_head: true, head_chunk_rows: 4, activation_checkpointing: true },
     ] {
-        let trainer = |memory| {
-            let options = TrainerOptions {
-                loss,
-                optimizer: AdamWConfig::default(),
-                schedule: LrSchedule { peak: 1e-3, warmup: 1, total: 10, final_fraction: 0.1 },
-                micro_batch_size: 2,
-                pad_id: 0,
-                memory,
-                precision: daa_train::Precision::F32,
-            };
-            Trainer::new(model(&llama_config(VOCAB, 32, 2)), options, ReferencePolicy::Given).unwrap()
-        };
-        let plain = trainer(memory).step(&step).unwrap();
-        let with_stats = trainer(memory).step_with_stats(&step, Some(&params)).unwrap();
+        let config = llama_config(VOCAB, 32, 2);
+        let plain = trainer(&config, loss, memory).step(&step).unwrap();
+        let with_stats = trainer(&config, loss, memory).step_with_stats(&step, Some(&params)).unwrap();
         assert_eq!(plain.topk_entropy, None);
         let got = [with_stats.topk_entropy.unwrap(), with_stats.topk_mass.unwrap(), with_stats.entropy.unwrap()];
         assert_close(

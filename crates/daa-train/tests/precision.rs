@@ -65,12 +65,7 @@ fn step_pairs<'a>(pairs: &'a [SequencePair], reference: &[PairScore]) -> Vec<Ste
 /// Every parameter's dtype, in visiting order.
 fn dtypes<B: burn::tensor::backend::Backend>(model: &CausalLm<B>) -> Vec<DType> {
     let mut out = Vec::new();
-    model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
-        out.push(match p {
-            ParamKind::Linear(w) | ParamKind::Matrix(w) => w.val().dtype(),
-            ParamKind::Vector(b) => b.val().dtype(),
-        })
-    });
+    model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| out.push(p.flat().dtype()));
     out
 }
 

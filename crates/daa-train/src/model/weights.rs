@@ -59,6 +59,14 @@ impl<B: Backend> ParamKind<'_, B> {
         }
     }
 
+    /// The values as burn holds them (`[in, out]` for linear layers), flattened.
+    pub fn flat(&self) -> Tensor<B, 1> {
+        match self {
+            Self::Linear(p) | Self::Matrix(p) => p.val().flatten(0, 1),
+            Self::Vector(p) => p.val(),
+        }
+    }
+
     /// Shape in the file layout.
     pub fn file_shape(&self) -> Vec<usize> {
         match self {

@@ -6,6 +6,7 @@ mod memory_check;
 pub mod metrics;
 mod monitoring;
 mod prepare;
+pub mod process;
 mod run;
 pub mod state;
 

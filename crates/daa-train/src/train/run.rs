@@ -292,13 +292,6 @@ fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     differing
 }
 
-fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
 fn run<B: AutodiffBackend>(
     config: TrainConfig,
     resume: Option<PathBuf>,
@@ -491,7 +484,7 @@ fn run<B: AutodiffBackend>(
         elapsed_s: elapsed,
         steps_per_s: steps_run as f64 / elapsed.max(1e-9),
         tokens_per_s: tokens_seen as f64 / elapsed.max(1e-9),
-        peak_memory_mib: peak_memory_mib(),
+        peak_memory_mib: super::process::memory_mib("VmHWM"),
         backend: config.model.backend,
         first_eval: evals.first().copied(),
         last_eval: evals.last().copied(),

@@ -147,9 +147,8 @@ fn a_sharded_save_loads_back_identically_in_hugging_faces_layout() {
 
 /// `VmRSS`/`VmHWM` of this process in bytes.
 fn status_bytes(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field}"));
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    let mib = daa_train::train::process::memory_mib(field).unwrap_or_else(|| panic!("no {field}"));
+    (mib * 1024.0 * 1024.0) as u64
 }
 
 const RSS_DIR: &str = "DAA_TEST_LOAD_RSS_DIR";
@@ -160,9 +159,9 @@ const RSS_DIR: &str = "DAA_TEST_LOAD_RSS_DIR";
 #[ignore = "the child process of the memory test"]
 fn load_checkpoint_in_child_process() {
     let Ok(dir) = std::env::var(RSS_DIR) else { return };
-    let before = status_bytes("VmRSS:");
+    let before = status_bytes("VmRSS");
     let model: CausalLm<Cpu> = load_model(Path::new(&dir), &Default::default()).unwrap();
-    let peak = status_bytes("VmHWM:");
+    let peak = status_bytes("VmHWM");
     let params: usize = model_tensors(&model).map(|t| t.iter().map(|t| t.bytes.len() / 4).sum()).unwrap_or(0);
     println!("DAA_RSS before={before} peak={peak} params={params}");
 }
