@@ -1,15 +1,15 @@
-//! `token_stats` throughput: reference vs the fast CPU backend, in bytes of
+//! `token_stats` throughput: the f64 specification vs the fast CPU backend, in bytes of
 //! logits read per second. `cargo xtask bench` prints the GB/s table.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use daa_core::{Backend, Cpu, HostTensor, Reference, TokenStatsParams};
+use daa_core::{Backend, Cpu, HostTensor, Specification, TokenStatsParams};
 use daa_tests::fixtures::token_stats_inputs;
 
 const ROWS: usize = 2048;
-/// The reference sorts and works in f64: a few rows give its rate.
-const REFERENCE_ROWS: usize = 64;
+/// The specification sorts and works in f64: a few rows give its rate.
+const SPEC_ROWS: usize = 64;
 const VOCABS: [usize; 3] = [32_000, 128_256, 256_000];
 const KS: [usize; 2] = [10, 100];
 
@@ -120,7 +120,7 @@ fn bench_cuda(c: &mut Criterion) {
 }
 
 fn token_stats(c: &mut Criterion) {
-    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,reference,wgpu,cuda".into());
+    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,spec,wgpu,cuda".into());
     let wanted = |name: &str| only.split(',').any(|w| w.trim() == name);
     if wanted("cpu2") {
         bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, false);
@@ -131,8 +131,8 @@ fn token_stats(c: &mut Criterion) {
     if wanted("cpu2-bf16") {
         bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, true);
     }
-    if wanted("reference") {
-        bench_backend(c, "reference", &Reference, REFERENCE_ROWS, false);
+    if wanted("spec") {
+        bench_backend(c, "spec", &Specification, SPEC_ROWS, false);
     }
     if wanted("wgpu") {
         bench_wgpu(c);

@@ -473,7 +473,7 @@ fn measure_on<B: burn::tensor::backend::Backend>(
         seconds,
         best_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
         tokens_per_s: tokens as f64 / seconds,
-        peak_rss_mib: daa_train::train::process::memory_mib("VmHWM").unwrap_or(0.0),
+        peak_rss_mib: daa_train::run::process::memory_mib("VmHWM").unwrap_or(0.0),
         loss,
         backend: String::new(),
         precision: f32_name(),

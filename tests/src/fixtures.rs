@@ -1,7 +1,7 @@
 //! Deterministic inputs: a tiny PRNG (SplitMix64) so tests and benchmarks
 //! need no `rand` and give the same numbers everywhere.
 
-use daa_core::HostTensor;
+use daa_core::{HostTensor, LossName, PreferenceLoss};
 
 /// SplitMix64: small, fast, good enough for test data.
 #[derive(Debug, Clone)]
@@ -79,4 +79,27 @@ pub fn token_stats_inputs(rows: usize, vocab: usize, seed: u64) -> (HostTensor, 
     let logits = HostTensor::from_f32(lm_logits(rows, vocab, 2.0, seed), &[rows, vocab]).expect("shape");
     let targets = HostTensor::from_i64(targets(rows, vocab, seed), &[rows]).expect("shape");
     (logits, targets)
+}
+
+/// Every catalog loss with non-default hyper-parameters (DPO twice: plain and
+/// with label smoothing, i.e. cDPO); the losses' tests and the backends'
+/// agreement both walk it. A test checks it names every [`LossName`].
+pub fn loss_catalog() -> Vec<PreferenceLoss> {
+    vec![
+        PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 },
+        PreferenceLoss::Dpo { beta: 0.3, label_smoothing: 0.15 },
+        PreferenceLoss::RobustDpo { beta: 0.2, label_smoothing: 0.1 },
+        PreferenceLoss::Ipo { tau: 0.05 },
+        PreferenceLoss::IpoMean { tau: 0.5 },
+        PreferenceLoss::Hinge { gamma: 1.0, alpha: 0.7 },
+        PreferenceLoss::HingeTrl { beta: 0.05 },
+        PreferenceLoss::Simpo { beta: 2.5, gamma: 0.3, label_smoothing: 0.05 },
+        PreferenceLoss::Orpo { beta: 0.2 },
+    ]
+}
+
+/// The names [`loss_catalog`] lacks (empty when it covers the catalog).
+pub fn names_missing_from_loss_catalog() -> Vec<LossName> {
+    let names: Vec<LossName> = loss_catalog().iter().map(PreferenceLoss::name).collect();
+    LossName::ALL.into_iter().filter(|n| !names.contains(n)).collect()
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use clap::Args;
 use serde_json::Value;
 
 /// This machine's measured memory read bandwidth (shared/toolchain-notes.md).
@@ -30,17 +31,62 @@ impl Row {
     }
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    if args.iter().any(|a| a == "--trainer") {
+/// What `cargo xtask bench` takes.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Fewer rows: the kernels' fast CPU rows (and CUDA where a GPU is);
+    /// with --trainer, the tiny and 5 M shapes with 3 repetitions.
+    #[arg(long)]
+    pub quick: bool,
+    /// The trainer benchmark (a DPO step and a scoring pass) instead of the kernels.
+    #[arg(long)]
+    pub trainer: bool,
+    /// Trainer: also time PyTorch + transformers on the same checkpoints and
+    /// batches (installed into a virtual environment outside the clone).
+    #[arg(long)]
+    pub torch: bool,
+    /// Trainer: burn's CPU backend, `flex` (what `daa train` uses) or `ndarray`.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Trainer: burn's ndarray backend on the system's OpenBLAS.
+    #[arg(long)]
+    pub blas: bool,
+    /// Trainer: `f32` or `bf16`.
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Trainer: activation checkpointing.
+    #[arg(long)]
+    pub checkpointing: bool,
+    /// Trainer: model shapes, e.g. `tiny,5m,25m`.
+    #[arg(long)]
+    pub shapes: Option<String>,
+    /// Trainer: thread counts, e.g. `1,2`.
+    #[arg(long)]
+    pub threads: Option<String>,
+    /// Trainer: timed repetitions per measurement.
+    #[arg(long)]
+    pub repeats: Option<u32>,
+    /// Kernels: criterion filters (benchmark ids to run).
+    #[arg(conflicts_with = "trainer")]
+    pub filter: Vec<String>,
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.trainer {
         return trainer(args);
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats", "--"]);
-    cmd.args(filter.iter().map(|s| s.as_str()));
-    if quick {
-        // The fast CPU rows and a real GPU's rows; not the reference, nor wgpu
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats"]);
+    if args.quick {
+        // The quick rows share the debug build of `cargo xtask train` (its
+        // dependencies are optimised, and so is daa-core: Cargo.toml's
+        // profile.dev); the full table builds the bench profile.
+        cmd.args(["--profile", "dev"]);
+    }
+    cmd.arg("--").args(&args.filter);
+    if args.quick {
+        // The fast CPU rows and a real GPU's rows; not the specification, nor wgpu
         // (which on a machine without a GPU is lavapipe: minutes per row).
         cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1,cuda");
     }
@@ -72,35 +118,32 @@ pub fn run(args: &[String]) -> Result<()> {
 /// demo's); `--blas` times ndarray on the system's OpenBLAS; `--torch` also times
 /// PyTorch + transformers on the same checkpoints and batches, installing
 /// them first into a virtual environment outside the clone.
-fn trainer(args: &[String]) -> Result<()> {
+fn trainer(args: &BenchArgs) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step"]);
-    let blas = args.iter().any(|a| a == "--blas");
-    if blas {
+    if args.blas {
         cmd.args(["--features", "blas"]);
     }
     cmd.arg("--");
-    if blas && !args.iter().any(|a| a == "--backend") {
-        cmd.args(["--backend", "ndarray"]);
-    }
-    for (i, arg) in args.iter().enumerate() {
-        if ["--shapes", "--threads", "--repeats", "--backend", "--precision"].contains(&arg.as_str()) {
-            cmd.arg(arg).arg(args.get(i + 1).with_context(|| format!("{arg} needs a value"))?);
-        }
-        if arg == "--checkpointing" {
-            cmd.arg(arg);
-        }
-    }
-    if args.iter().any(|a| a == "--quick") {
-        // Defaults for what the command line left open.
-        for (flag, quick) in [("--shapes", "tiny,5m"), ("--repeats", "3")] {
-            if !args.iter().any(|a| a == flag) {
-                cmd.args([flag, quick]);
-            }
+    let backend = args.backend.as_deref().or(args.blas.then_some("ndarray"));
+    let quick = |value: &'static str| args.quick.then_some(value.to_string());
+    let options = [
+        ("--backend", backend.map(str::to_string)),
+        ("--precision", args.precision.clone()),
+        ("--shapes", args.shapes.clone().or_else(|| quick("tiny,5m"))),
+        ("--threads", args.threads.clone()),
+        ("--repeats", args.repeats.map(|n| n.to_string()).or_else(|| quick("3"))),
+    ];
+    for (flag, value) in options {
+        if let Some(value) = value {
+            cmd.args([flag, &value]);
         }
     }
-    if args.iter().any(|a| a == "--torch") {
+    if args.checkpointing {
+        cmd.arg("--checkpointing");
+    }
+    if args.torch {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let script = root.join("scripts/torch_dpo_baseline.py");
         let status = Command::new("python3")
@@ -221,7 +264,7 @@ fn bar_chart(rows: &[Row]) -> String {
     let _ = writeln!(s, "<text x='10' y='20' font-size='14'>daa token_stats: GB/s of logits read</text>");
     for (i, r) in rows.iter().enumerate() {
         let y = 40.0 + bar_h * i as f64;
-        let colour = if r.function.starts_with("reference") {
+        let colour = if r.function.starts_with("spec") {
             "#999"
         } else if r.function.contains("1thread") {
             "#6a9fd8"

@@ -9,32 +9,66 @@
 //!   `daa train` (the over-optimisation testbed without arguments).
 //! - `cargo xtask experiment [--release] [DAA EXPERIMENT ARGS…]`: builds and
 //!   runs `daa experiment` (a sweep on the testbed and its report).
-//! - `cargo xtask web [--no-serve] [--port N] [--run FILE]`: builds the
-//!   browser demo into `web/pkg/` and serves `web/` on 127.0.0.1.
+//! - `cargo xtask web [--no-serve | --test] [--port N] [--run FILE]`: builds
+//!   the browser demo into `web/pkg/` and serves `web/` on 127.0.0.1.
 
 mod bench;
 mod train;
 mod web;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use clap::Parser;
+
+/// daa's project automation.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about)]
+enum Task {
+    /// The criterion benchmarks of the kernels (a GB/s table and chart), or
+    /// with --trainer the trainer benchmark (a DPO step beside PyTorch).
+    Bench(bench::BenchArgs),
+    /// Builds the `daa` command and runs `daa train` (the testbed without arguments).
+    Train(train::RunArgs),
+    /// Builds the `daa` command and runs `daa experiment` (a testbed sweep and its report).
+    Experiment(train::RunArgs),
+    /// Builds the browser demo into web/pkg/ and serves web/ on 127.0.0.1 (or tests it).
+    Web(web::WebArgs),
+}
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("bench") => bench::run(&args[1..]),
-        Some("train") => train::run(&args[1..]),
-        Some("experiment") => train::experiment(&args[1..]),
-        Some("web") => web::run(&args[1..]),
-        Some("-h" | "--help") | None => {
-            println!("usage: cargo xtask bench [--quick] [FILTER]");
-            println!(
-                "       cargo xtask bench --trainer [--quick] [--torch] [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N]"
-            );
-            println!("       cargo xtask train [--release] [--features train-wgpu,train-cuda] [DAA TRAIN ARGS…]");
-            println!("       cargo xtask experiment [--release] [--preset small|paper] [--out DIR] [--jobs N]");
-            println!("       cargo xtask web [--no-serve] [--port N] [--run FILE]");
-            Ok(())
-        }
-        Some(other) => bail!("unknown xtask `{other}`; available: bench, train, experiment, web"),
+    match Task::parse() {
+        Task::Bench(args) => bench::run(&args),
+        Task::Train(args) => train::build_and_run("train", &args),
+        Task::Experiment(args) => train::build_and_run("experiment", &args),
+        Task::Web(args) => web::run(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent_and_passes_daa_arguments_through() {
+        Task::command().debug_assert();
+        let Task::Train(args) =
+            Task::parse_from(["xtask", "train", "--release", "--config", "configs/tiny.toml", "--set", "a.b=1"])
+        else {
+            panic!("not train")
+        };
+        assert!(args.release);
+        assert_eq!(args.daa_args, ["--config", "configs/tiny.toml", "--set", "a.b=1"]);
+        let Task::Train(args) = Task::parse_from(["xtask", "train", "--", "--config", "configs/tiny.toml"]) else {
+            panic!("not train")
+        };
+        assert!(!args.release && args.features.is_none());
+        assert_eq!(args.daa_args, ["--config", "configs/tiny.toml"]);
+        let Task::Bench(args) = Task::parse_from(["xtask", "bench", "--trainer", "--quick", "--shapes", "tiny"]) else {
+            panic!("not bench")
+        };
+        assert!(args.trainer && args.quick);
+        assert_eq!(args.shapes.as_deref(), Some("tiny"));
+        assert!(Task::try_parse_from(["xtask", "web", "--port", "eighty"]).is_err());
     }
 }

@@ -8,54 +8,58 @@
 //! test instead of serving (`web/tests/demo.spec.mjs`: Debian's chromium,
 //! playwright-core from the lockfile; `scripts/setup.sh --web` installs them).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Args;
+use percent_encoding::percent_decode_str;
+use tiny_http::{Header, Method, Request, Response, Server};
 
 const PACKAGE: &str = "daa-wasm";
 const TARGET: &str = "wasm32-unknown-unknown";
 
+/// What `cargo xtask web` takes.
+#[derive(Debug, Args)]
+pub struct WebArgs {
+    /// Build only.
+    #[arg(long, conflicts_with = "test")]
+    pub no_serve: bool,
+    /// Build, then run the headless-Chromium test instead of serving.
+    #[arg(long)]
+    pub test: bool,
+    /// The port on 127.0.0.1.
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// A run's metrics.jsonl to open in the run viewer (prints its address).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+}
+
 /// `cargo xtask web`.
-pub fn run(args: &[String]) -> Result<()> {
-    let (mut serve, mut test, mut port, mut run_file) = (true, false, 8000u16, None);
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--no-serve" => serve = false,
-            "--test" => test = true,
-            "--port" => port = iter.next().context("--port needs a number")?.parse().context("--port")?,
-            "--run" => run_file = Some(PathBuf::from(iter.next().context("--run needs a metrics.jsonl")?)),
-            other => {
-                bail!("unknown option `{other}`; usage: cargo xtask web [--no-serve | --test] [--port N] [--run FILE]")
-            }
-        }
-    }
+pub fn run(args: &WebArgs) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
     build(&root)?;
-    if test {
+    if args.test {
         return browser_test(&root);
     }
-    if !serve {
+    if args.no_serve {
         return Ok(());
     }
+    let port = args.port;
     let files_root = std::env::current_dir().context("current directory")?;
-    let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("127.0.0.1:{port} is taken"))?;
+    let server = Server::http(("127.0.0.1", port)).map_err(|e| anyhow!("127.0.0.1:{port}: {e}"))?;
     println!("serving {} at http://127.0.0.1:{port}/", root.join("web").display());
-    if let Some(file) = run_file {
-        let relative = file.strip_prefix(&files_root).unwrap_or(&file);
+    if let Some(file) = &args.run {
+        let relative = file.strip_prefix(&files_root).unwrap_or(file);
         println!("the run viewer with {}: http://127.0.0.1:{port}/?run=/files/{}", file.display(), relative.display());
     }
     let web = root.join("web");
-    for stream in listener.incoming().flatten() {
-        let (web, files_root) = (web.clone(), files_root.clone());
-        std::thread::spawn(move || {
-            if let Err(e) = answer(stream, &web, &files_root) {
-                eprintln!("request failed: {e:#}");
-            }
-        });
+    for request in server.incoming_requests() {
+        if let Err(e) = answer(request, &web, &files_root) {
+            eprintln!("request failed: {e:#}");
+        }
     }
     Ok(())
 }
@@ -90,10 +94,10 @@ fn locked_bindgen_version(root: &Path) -> Result<String> {
     let lock = std::fs::read_to_string(root.join("Cargo.lock")).context("reading Cargo.lock")?;
     let mut lines = lock.lines();
     while let Some(line) = lines.next() {
-        if line == "name = \"wasm-bindgen\"" {
-            if let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \"")) {
-                return Ok(version.trim_end_matches('"').to_string());
-            }
+        if line == "name = \"wasm-bindgen\""
+            && let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            return Ok(version.trim_end_matches('"').to_string());
         }
     }
     bail!("Cargo.lock has no wasm-bindgen package")
@@ -157,76 +161,71 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "wasm" => "application/wasm",
-        "json" => "application/json",
-        "jsonl" | "ndjson" => "application/x-ndjson",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "ts" | "md" | "txt" => "text/plain; charset=utf-8",
-        _ => "application/octet-stream",
-    }
-}
-
-/// `url_path` under `base`, refusing anything that climbs out of it.
-fn resolve(base: &Path, url_path: &str) -> Option<PathBuf> {
-    let relative = Path::new(url_path.trim_start_matches('/'));
-    if relative.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return None;
-    }
-    Some(base.join(relative))
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn answer(mut stream: TcpStream, web: &Path, files_root: &Path) -> Result<()> {
-    let mut request = String::new();
-    BufReader::new(&stream).read_line(&mut request)?;
-    let mut parts = request.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = percent_decode(target.split('?').next().unwrap_or("/"));
-    let file = if let Some(rest) = path.strip_prefix("/files/") {
-        resolve(files_root, rest)
-    } else if path == "/" {
-        Some(web.join("index.html"))
-    } else {
-        resolve(web, &path)
+/// The file a request path names: `/` is `web/index.html`, `/files/…` lies
+/// under `files_root`, anything else under `web`; `None` for a path that
+/// would climb out of its folder (`..`, an absolute or a root component).
+fn requested_file(url: &str, web: &Path, files_root: &Path) -> Option<PathBuf> {
+    let path = url.split('?').next().unwrap_or("/");
+    let path = percent_decode_str(path).decode_utf8().ok()?;
+    let (base, relative) = match path.strip_prefix("/files/") {
+        Some(rest) => (files_root, rest),
+        None if path == "/" => (web, "index.html"),
+        None => (web, path.trim_start_matches('/')),
     };
-    let (status, kind, body) = match (method, file) {
-        ("GET" | "HEAD", Some(f)) if f.is_file() => ("200 OK", content_type(&f), std::fs::read(&f)?),
-        ("GET" | "HEAD", _) => {
-            ("404 Not Found", "text/plain; charset=utf-8", format!("{path}: not found\n").into_bytes())
-        }
-        _ => ("405 Method Not Allowed", "text/plain; charset=utf-8", b"only GET\n".to_vec()),
+    let relative = Path::new(relative);
+    relative.components().all(|c| matches!(c, Component::Normal(_))).then(|| base.join(relative))
+}
+
+fn answer(request: Request, web: &Path, files_root: &Path) -> Result<()> {
+    let text = |status: u16, body: String| {
+        Response::from_string(body)
+            .with_status_code(status)
+            .with_header(header("Content-Type", "text/plain; charset=utf-8"))
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if method != "HEAD" {
-        stream.write_all(&body)?;
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Ok(request.respond(text(405, "only GET\n".into()))?);
     }
-    Ok(())
+    let url = request.url().to_string();
+    let Some(path) = requested_file(&url, web, files_root).filter(|p| p.is_file()) else {
+        return Ok(request.respond(text(404, format!("{url}: not found\n")))?);
+    };
+    let mime = mime_guess::from_path(&path).first_or_octet_stream();
+    let file = File::open(&path).with_context(|| format!("{}", path.display()))?;
+    let response = Response::from_file(file)
+        .with_header(header("Content-Type", mime.essence_str()))
+        .with_header(header("Cache-Control", "no-store"));
+    Ok(request.respond(response)?)
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths_stay_inside_their_folders() {
+        let (web, files) = (Path::new("/srv/web"), Path::new("/home/run"));
+        let file = |url: &str| requested_file(url, web, files);
+        assert_eq!(file("/"), Some(web.join("index.html")));
+        assert_eq!(file("/pkg/daa_wasm.js?v=2"), Some(web.join("pkg/daa_wasm.js")));
+        assert_eq!(file("/files/runs/a%20b/metrics.jsonl"), Some(files.join("runs/a b/metrics.jsonl")));
+        for escape in ["/../etc/passwd", "/files/../../etc/passwd", "/%2e%2e/secret", "/files//etc/passwd"] {
+            assert_eq!(file(escape), None, "{escape}");
+        }
+    }
+
+    #[test]
+    fn the_demo_s_files_get_their_types() {
+        for (name, mime) in [
+            ("index.html", "text/html"),
+            ("app.js", "text/javascript"),
+            ("daa_wasm_bg.wasm", "application/wasm"),
+            ("chart.svg", "image/svg+xml"),
+        ] {
+            assert_eq!(mime_guess::from_path(name).first_or_octet_stream().essence_str(), mime, "{name}");
+        }
+    }
 }

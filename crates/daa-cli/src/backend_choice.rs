@@ -3,15 +3,16 @@
 
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use daa_core::{Cpu, Reference};
+use daa_core::{Cpu, Specification};
 
 /// Which daa-core backend computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendName {
     /// Fast CPU backend (vectorised, multi-threaded).
     Cpu,
-    /// Reference backend (f64, single thread; the specification).
-    Reference,
+    /// The specification (f64, single thread): what the others are tested against.
+    #[value(alias = "reference")]
+    Spec,
     /// WGSL kernels through wgpu (Vulkan, Metal, DX12).
     Wgpu,
     /// CUDA kernels (NVIDIA GPUs; device 0).
@@ -29,13 +30,13 @@ pub struct BackendArgs {
     pub threads: Option<usize>,
 }
 
-/// A backend ready to run, for code generic over `daa_core::Backend`.
+/// A daa-core backend ready to run, for code generic over `daa_core::Backend`.
 #[derive(Debug)]
 pub enum ChosenBackend {
     /// Fast CPU.
     Cpu(Cpu),
-    /// Reference.
-    Reference(Reference),
+    /// The f64 specification.
+    Spec(Specification),
     /// wgpu.
     #[cfg(feature = "wgpu")]
     Wgpu(daa_core::Wgpu),
@@ -49,7 +50,7 @@ impl BackendArgs {
     pub fn backend_name(&self) -> &'static str {
         match self.backend {
             BackendName::Cpu => "cpu",
-            BackendName::Reference => "reference",
+            BackendName::Spec => "spec",
             BackendName::Wgpu => "wgpu",
             BackendName::Cuda => "cuda",
         }
@@ -63,7 +64,7 @@ impl BackendArgs {
                 Some(_) => anyhow::bail!("--threads must be at least 1"),
                 None => Cpu::new(),
             }),
-            BackendName::Reference => ChosenBackend::Reference(Reference),
+            BackendName::Spec => ChosenBackend::Spec(Specification),
             #[cfg(feature = "wgpu")]
             BackendName::Wgpu => {
                 let gpu = daa_core::Wgpu::new()?;
@@ -90,13 +91,14 @@ impl BackendArgs {
     }
 }
 
-/// Runs `$body` with `$b` bound to the concrete backend.
+/// Runs `$body` with `$b` bound to the concrete daa-core backend of a
+/// [`ChosenBackend`] (each arm compiles `$body` for one backend type).
 #[macro_export]
-macro_rules! with_backend {
+macro_rules! with_kernel_backend {
     ($backend:expr, |$b:ident| $body:expr) => {
         match $backend {
             $crate::backend_choice::ChosenBackend::Cpu($b) => $body,
-            $crate::backend_choice::ChosenBackend::Reference($b) => $body,
+            $crate::backend_choice::ChosenBackend::Spec($b) => $body,
             #[cfg(feature = "wgpu")]
             $crate::backend_choice::ChosenBackend::Wgpu($b) => $body,
             #[cfg(feature = "cuda")]

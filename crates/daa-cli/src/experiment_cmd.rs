@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use daa_train::reference_cache::cache_dir;
+use daa_train::run::TrainConfig;
+use daa_train::run::config::TESTBED_CONFIG;
 use daa_train::testbed::build::materialize;
-use daa_train::train::TrainConfig;
-use daa_train::train::config::TESTBED_CONFIG;
 
 use crate::experiment_report::write_report;
 use crate::progress::bar;
@@ -27,7 +27,7 @@ use crate::progress::bar;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Preset {
     /// DPO, IPO and the paper's hinge at one value each × λ ∈ {0, 0.1, adaptive} × 2 seeds:
-    /// 18 runs of the base configuration (256 steps), about half an hour on 2 cores.
+    /// 18 runs of the base configuration (256 steps), about a quarter of an hour on 2 cores.
     Small,
     /// Three values per loss × λ ∈ {0, 0.05, 0.1, 0.5, adaptive} × 3 seeds: 135 runs, hours.
     Paper,
@@ -123,33 +123,35 @@ impl RunSpec {
     }
 }
 
+/// A loss of a sweep: its name, the hyper-parameter swept and its values.
+type SweptLoss = (&'static str, &'static str, Vec<f64>);
+
 /// The runs of a preset.
 pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
-    let (losses, regs, seeds, common): (Vec<(&str, &str, Vec<f64>)>, Vec<Regularisation>, Vec<u64>, Vec<String>) =
-        match preset {
-            Preset::Small => (
-                vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
-                vec![Regularisation::Fixed(0.0), Regularisation::Fixed(0.1), Regularisation::Adaptive],
-                vec![0, 1],
-                vec![],
-            ),
-            Preset::Paper => (
-                vec![
-                    ("dpo", "beta", vec![0.05, 0.1, 0.5]),
-                    ("ipo", "tau", vec![0.05, 0.1, 0.5]),
-                    ("hinge", "alpha", vec![0.0, 0.1, 1.0]),
-                ],
-                vec![
-                    Regularisation::Fixed(0.0),
-                    Regularisation::Fixed(0.05),
-                    Regularisation::Fixed(0.1),
-                    Regularisation::Fixed(0.5),
-                    Regularisation::Adaptive,
-                ],
-                vec![0, 1, 2],
-                vec![],
-            ),
-        };
+    let (losses, regs, seeds, common): (Vec<SweptLoss>, Vec<Regularisation>, Vec<u64>, Vec<String>) = match preset {
+        Preset::Small => (
+            vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
+            vec![Regularisation::Fixed(0.0), Regularisation::Fixed(0.1), Regularisation::Adaptive],
+            vec![0, 1],
+            vec![],
+        ),
+        Preset::Paper => (
+            vec![
+                ("dpo", "beta", vec![0.05, 0.1, 0.5]),
+                ("ipo", "tau", vec![0.05, 0.1, 0.5]),
+                ("hinge", "alpha", vec![0.0, 0.1, 1.0]),
+            ],
+            vec![
+                Regularisation::Fixed(0.0),
+                Regularisation::Fixed(0.05),
+                Regularisation::Fixed(0.1),
+                Regularisation::Fixed(0.5),
+                Regularisation::Adaptive,
+            ],
+            vec![0, 1, 2],
+            vec![],
+        ),
+    };
     let mut runs = Vec::new();
     for (loss, param, values) in &losses {
         for &value in values {

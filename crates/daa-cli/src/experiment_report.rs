@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use daa_core::monitor::{Indicator, TurningPointConfig, TurningPointDetector};
 use daa_train::records::{MetricsRecord, MonitorEvent};
+use daa_train::run::metrics::read_metrics;
 use daa_train::sample_eval::SampleReport;
-use daa_train::train::metrics::read_metrics;
 
 use crate::experiment_cmd::{Regularisation, RunSpec};
 use crate::fit::{Fit, gao_best_of_n, gao_rl, least_squares, linear, quadratic};

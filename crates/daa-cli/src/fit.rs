@@ -3,8 +3,15 @@
 //! gold reward against √KL in the functional forms of Gao et al. 2022.
 //!
 //! A fit with basis functions `φ_1 … φ_m` minimises `Σ_j (y_j − Σ_k c_k φ_k(x_j))²`
-//! through the normal equations `(ΦᵀΦ) c = Φᵀy`, solved by Gaussian
-//! elimination with partial pivoting; `RMSE = √((1/n) Σ_j residual_j²)`.
+//! over the `n × m` design matrix `Φ_{jk} = φ_k(x_j)`, solved through the
+//! singular-value decomposition `Φ = U Σ Vᵀ` (nalgebra): `c = V Σ⁺ Uᵀ y`. Unlike
+//! the normal equations `(ΦᵀΦ) c = Φᵀy`, this does not square the condition
+//! number. A design whose smallest singular value is below `max(n, m)·ε_f64` of
+//! the largest (numerically rank-deficient, LAPACK's and NumPy's rule:
+//! repeated x, a basis function that is a combination of the others on the
+//! data) gives no fit. `RMSE = √((1/n) Σ_j residual_j²)`.
+
+use nalgebra::{DMatrix, DVector};
 
 /// Coefficients and root-mean-square error of one fit.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,32 +37,14 @@ pub fn least_squares(xs: &[f64], ys: &[f64], basis: &dyn Fn(f64) -> Vec<f64>) ->
     if xs.len() != ys.len() || xs.len() < m {
         return None;
     }
-    // Augmented normal equations [ΦᵀΦ | Φᵀy].
-    let mut a = vec![vec![0.0; m + 1]; m];
-    for (phi, &y) in rows.iter().zip(ys) {
-        for i in 0..m {
-            for j in 0..m {
-                a[i][j] += phi[i] * phi[j];
-            }
-            a[i][m] += phi[i] * y;
-        }
+    let design = DMatrix::from_fn(xs.len(), m, |j, k| rows[j][k]);
+    let svd = design.svd(true, true);
+    let zero = svd.singular_values.max() * xs.len().max(m) as f64 * f64::EPSILON;
+    if !(zero > 0.0) || svd.rank(zero) < m {
+        return None;
     }
-    for col in 0..m {
-        let pivot = (col..m).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))?;
-        if a[pivot][col].abs() < 1e-12 * (1.0 + a[col][col].abs()) {
-            return None;
-        }
-        a.swap(col, pivot);
-        for row in 0..m {
-            if row != col {
-                let factor = a[row][col] / a[col][col];
-                for k in col..=m {
-                    a[row][k] -= factor * a[col][k];
-                }
-            }
-        }
-    }
-    let coefficients: Vec<f64> = (0..m).map(|i| a[i][m] / a[i][i]).collect();
+    let solution = svd.solve(&DVector::from_column_slice(ys), zero).ok()?;
+    let coefficients: Vec<f64> = solution.iter().copied().collect();
     let fit = Fit { coefficients, rmse: 0.0 };
     let sse: f64 = xs.iter().zip(ys).map(|(&x, &y)| (y - fit.predict(basis, x)).powi(2)).sum();
     Some(Fit { rmse: (sse / xs.len() as f64).sqrt(), ..fit })
@@ -113,6 +102,20 @@ mod tests {
         let f = least_squares(&ds, &rl, &gao_rl).unwrap();
         assert!((f.coefficients[0] - 0.5).abs() < 1e-9 && (f.coefficients[1] - 0.3).abs() < 1e-9, "{f:?}");
         assert_eq!(gao_rl(0.0), vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn an_ill_conditioned_design_keeps_its_accuracy() {
+        // x near 1000 ± 1: ΦᵀΦ of the quadratic basis has a condition number
+        // near 10¹⁸, past f64's precision; Φ itself near 10⁹, which the SVD
+        // handles. y = 2 − 3(x − 1000) + 0.5(x − 1000)², expanded.
+        let xs: Vec<f64> = (0..21).map(|i| 999.0 + 0.1 * f64::from(i)).collect();
+        let ys: Vec<f64> = xs.iter().map(|x| 2.0 - 3.0 * (x - 1000.0) + 0.5 * (x - 1000.0).powi(2)).collect();
+        let q = least_squares(&xs, &ys, &quadratic).unwrap();
+        for (&x, &y) in xs.iter().zip(&ys) {
+            assert!((q.predict(&quadratic, x) - y).abs() < 1e-6, "x = {x}: {q:?}");
+        }
+        assert!(q.rmse < 1e-6, "{q:?}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use daa_core::io::write_bytes_atomic;
 use daa_core::sampling::SamplingParams;
-use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
+use daa_train::backend::{BackendTask, ComputeBackend, with_compute_backend};
 use daa_train::checkpoint::load_model;
 use daa_train::data::{Prompt, TextEncoder, encode_prompt, read_rows};
 use daa_train::generate::{FinishReason, GenerationConfig, GenerationRequest, generate_in_batches, request_seed};
@@ -153,5 +153,5 @@ impl BackendTask for GenerateArgs {
 
 /// Runs `daa generate`.
 pub fn run(args: &GenerateArgs) -> Result<()> {
-    with_backend(args.backend, 0, args.clone())
+    with_compute_backend(args.backend, 0, args.clone())
 }

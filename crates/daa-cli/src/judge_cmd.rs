@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use daa_core::io::write_bytes_atomic;
-use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
+use daa_train::backend::{BackendTask, ComputeBackend, with_compute_backend};
 use daa_train::data::{Prompt, read_rows};
 use daa_train::judge::{GoldJudge, Judge, Judged};
 use daa_train::reward_model::RewardModelJudge;
@@ -170,5 +170,5 @@ pub fn run(args: &JudgeArgs) -> Result<()> {
     if !PathBuf::from(&args.judge).is_dir() {
         bail!("--judge {}: neither `gold` nor a reward model folder", args.judge);
     }
-    with_backend(args.backend, 0, args.clone()).with_context(|| format!("judge {}", args.judge))
+    with_compute_backend(args.backend, 0, args.clone()).with_context(|| format!("judge {}", args.judge))
 }

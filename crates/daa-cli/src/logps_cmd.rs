@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use daa_train::backend::{BackendTask, ComputeBackend, with_backend};
+use daa_train::backend::{BackendTask, ComputeBackend, with_compute_backend};
 use daa_train::checkpoint::load_model;
 use daa_train::data::{EncodeOptions, TextEncoder, encode_rows, read_rows};
 use daa_train::model::CausalLm;
@@ -70,5 +70,5 @@ impl BackendTask for LogpsArgs {
 
 /// Runs `daa logps`.
 pub fn run(args: &LogpsArgs) -> Result<()> {
-    with_backend(args.backend, 0, args.clone())
+    with_compute_backend(args.backend, 0, args.clone())
 }

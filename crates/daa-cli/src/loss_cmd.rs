@@ -13,7 +13,7 @@ use daa_core::{
 use serde_json::{Map, Value, json};
 
 use crate::backend_choice::BackendArgs;
-use crate::with_backend;
+use crate::with_kernel_backend;
 
 /// Arguments of `daa loss`.
 #[derive(Debug, Args)]
@@ -142,7 +142,7 @@ pub fn run(args: &LossArgs) -> Result<()> {
     let flat: Vec<f64> = pairs.iter().flat_map(|p| p.logps.to_columns()).collect();
     let tensor = HostTensor::from_f64(flat, &[pairs.len(), 6])?;
     let backend = args.backend.build()?;
-    let out = with_backend!(&backend, |b| {
+    let out = with_kernel_backend!(&backend, |b| {
         let out = b.preference_loss(&b.upload(&tensor)?, &params)?;
         b.download(&out)?
     });

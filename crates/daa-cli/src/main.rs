@@ -52,7 +52,7 @@ enum Command {
     #[cfg(feature = "train")]
     /// Train a Hugging Face checkpoint with a Direct Alignment Algorithm,
     /// watching top-k entropy and mass on held-out data. Without --config,
-    /// runs the built-in tiny model and task.
+    /// runs the over-optimisation testbed (configs/testbed.toml).
     Train(train_cmd::TrainArgs),
     #[cfg(feature = "train")]
     /// Reference log-probabilities of a preference dataset under a model

@@ -3,7 +3,7 @@
 
 use daa_train::eval::EvalReport;
 use daa_train::records::{EvalRecord, TrainRecord};
-use daa_train::train::RunObserver;
+use daa_train::run::RunObserver;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// A bar with a prefix, position, ETA and a message.

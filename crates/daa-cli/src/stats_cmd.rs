@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::backend_choice::BackendArgs;
-use crate::with_backend;
+use crate::with_kernel_backend;
 
 /// Bytes of logits per chunk when `--chunk-rows` is not given: what a GPU
 /// backend holds at once (the CPU backends read the memory-mapped file in place).
@@ -20,8 +20,8 @@ const CHUNK_BYTES: usize = 256 << 20;
 /// Arguments of `daa stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// safetensors file with `logits` ([N,V] or [B,T,V]; f32, f16 or bf16),
-    /// `targets` ([N] or [B,T]; i32 or i64; negative ids are ignored) and an
+    /// safetensors file with `logits` (`[N, V]` or `[B, T, V]`; f32, f16 or bf16),
+    /// `targets` (`[N]` or `[B, T]`; i32 or i64; negative ids are ignored) and an
     /// optional `mask` (same shape as targets; non-zero keeps).
     #[arg(long)]
     pub logits: PathBuf,
@@ -156,7 +156,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         let l = logits.host_range(start * shape.vocab..end * shape.vocab, &[n, shape.vocab])?;
         let t = targets.host_range(start..end, &[n])?;
         let m = mask.as_ref().map(|m| m.host_range(start..end, &[n])).transpose()?;
-        let out = with_backend!(&backend, |b| stats_of_chunk(b, &l, &t, m.as_ref(), &params, start))
+        let out = with_kernel_backend!(&backend, |b| stats_of_chunk(b, &l, &t, m.as_ref(), &params, start))
             .with_context(|| file.path().display().to_string())?;
         stats.extend_from_slice(out.as_f32("token_stats output")?);
         bar.inc(n as u64);
@@ -164,7 +164,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
 
-    let (summary, sequences) = with_backend!(&backend, |b| {
+    let (summary, sequences) = with_kernel_backend!(&backend, |b| {
         let summary = segment_means(b, &stats, shape.rows.max(1))?.pop().unwrap_or_default();
         let sequences = match logits.shape() {
             [_, time, _] => Some(segment_means(b, &stats, *time)?),

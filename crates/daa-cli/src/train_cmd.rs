@@ -8,9 +8,9 @@ use daa_train::ComputeBackend;
 use daa_train::EvalRecord;
 use daa_train::eval::EvalReport;
 use daa_train::records::{MetricsRecord, MonitorEvent};
+use daa_train::run::metrics::read_metrics;
+use daa_train::run::{RunSummary, TrainConfig, train};
 use daa_train::sample_eval::SampleReport;
-use daa_train::train::metrics::read_metrics;
-use daa_train::train::{RunSummary, TrainConfig, train};
 
 use crate::plot::{Series, line_charts};
 use crate::progress::TrainProgress;
@@ -18,7 +18,7 @@ use crate::progress::TrainProgress;
 /// Arguments of `daa train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// TOML configuration (see configs/); the built-in tiny run when absent.
+    /// TOML configuration (see configs/); the testbed (configs/testbed.toml) when absent.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Override a field: --set train.lr=1e-6 (repeatable).

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use daa_core::{
-    Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Reference, TokenStatsParams, TokenStatsRow,
+    Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Specification, TokenStatsParams,
+    TokenStatsRow,
 };
 use daa_tests::fixtures::{lm_logits, targets};
 use safetensors::{Dtype, tensor::TensorView};
@@ -113,7 +114,7 @@ fn stats_on_batch_time_vocab_logits_matches_the_reference() {
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
 
-    let want = Reference
+    let want = Specification
         .token_stats(
             &HostTensor::from_f32(x, &[b, t, v]).unwrap(),
             &HostTensor::from_i64(ids, &[b, t]).unwrap(),
@@ -159,7 +160,7 @@ fn stats_reads_bf16_logits_and_i32_targets_to_stdout() {
         &file,
         &[("logits", Dtype::BF16, vec![n, v], bytes_of(&x)), ("targets", Dtype::I32, vec![n], bytes_of(&ids))],
     );
-    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--summary-only", "--backend", "reference"]);
+    let out = daa(&["stats", "--logits", file.to_str().unwrap(), "--summary-only", "--backend", "spec"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["logits_dtype"], "BF16");
@@ -190,106 +191,112 @@ fn expect_failure(args: &[&str], out_path: &Path, needles: &[&str]) {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
+/// What a bad-input case's input file holds.
+enum Contents {
+    /// These tensors, as safetensors.
+    Tensors(Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)>),
+    /// This text.
+    Text(String),
+    /// No file at all.
+    Absent,
+}
+
+/// One bad input of a command that reads a file: the file (name and
+/// contents), further arguments, and what the one-line error must say.
+struct BadInput {
+    file: &'static str,
+    contents: Contents,
+    args: &'static [&'static str],
+    expect: &'static [&'static str],
+}
+
+/// Runs `daa <command> <input_flag> FILE --out OUT <args>` for each case,
+/// each expecting exit code 2, one line holding every expected piece, and
+/// `OUT` (holding earlier results) left as it was.
+fn expect_failures(command: &str, input_flag: &str, cases: Vec<BadInput>) {
+    let dir = temp_dir();
+    let out_path = dir.path().join("out.json");
+    std::fs::write(&out_path, b"previous results").unwrap();
+    for case in cases {
+        let file = dir.path().join(case.file);
+        match &case.contents {
+            Contents::Tensors(tensors) => write_safetensors(&file, tensors),
+            Contents::Text(text) => std::fs::write(&file, text).unwrap(),
+            Contents::Absent => {}
+        }
+        let (file, out) = (file.to_str().unwrap(), out_path.to_str().unwrap());
+        let mut args = vec![command, input_flag, file, "--out", out];
+        args.extend_from_slice(case.args);
+        expect_failure(&args, &out_path, case.expect);
+    }
+}
+
 #[test]
 fn stats_bad_inputs_exit_2_with_clear_errors() {
-    let dir = temp_dir();
-    let d = |name: &str| dir.path().join(name);
-    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
     let (n, v) = (9, 40);
     let x = lm_logits(n, v, 1.0, 3);
     let ids = targets(n, v, 3);
-    let out_path = d("out.json");
-    std::fs::write(&out_path, b"previous results").unwrap();
-
-    let only_logits = d("only_logits.safetensors");
-    write_safetensors(&only_logits, &[("logits", Dtype::F32, vec![n, v], bytes_of(&x))]);
-    expect_failure(
-        &["stats", "--logits", &s(&only_logits), "--out", &s(&out_path)],
-        &out_path,
-        &["only_logits.safetensors", "tensor `targets` is missing"],
-    );
-
+    let logits = |values: &[f32]| ("logits", Dtype::F32, vec![n, v], bytes_of(values));
+    let targets_of = |values: &[i64]| ("targets", Dtype::I64, vec![values.len()], bytes_of(values));
     let mut far = ids.clone();
     far[5] = 40;
-    let bad_target = d("bad_target.safetensors");
-    write_safetensors(
-        &bad_target,
-        &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&far))],
-    );
-    // Chunks of 2 rows: the error must still name the file's row 5.
-    expect_failure(
-        &["stats", "--logits", &s(&bad_target), "--out", &s(&out_path), "--chunk-rows", "2"],
-        &out_path,
-        &["bad_target.safetensors", "row 5: target id 40 is outside the vocabulary 0..40"],
-    );
-
     let mut nan = x.clone();
     nan[3 * v + 17] = f32::NAN;
-    let nan_file = d("nan.safetensors");
-    write_safetensors(
-        &nan_file,
-        &[("logits", Dtype::F32, vec![n, v], bytes_of(&nan)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&nan_file), "--out", &s(&out_path)],
-        &out_path,
-        &["`logits` row 3, column 17: value NaN"],
-    );
-
-    let good = d("good.safetensors");
-    write_safetensors(
-        &good,
-        &[("logits", Dtype::F32, vec![n, v], bytes_of(&x)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&good), "--k", "0", "--out", &s(&out_path)],
-        &out_path,
-        &["parameter `k` = 0"],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&good), "--k", "41", "--out", &s(&out_path)],
-        &out_path,
-        &["parameter `k` = 41", "vocabulary size 40"],
-    );
-
-    let short = d("short.safetensors");
-    write_safetensors(
-        &short,
-        &[
-            ("logits", Dtype::F32, vec![n, v], bytes_of(&x)),
-            ("targets", Dtype::I64, vec![n - 1], bytes_of(&ids[..n - 1])),
-        ],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&short), "--out", &s(&out_path)],
-        &out_path,
-        &["`targets` has shape [8], expected [9]"],
-    );
-
-    let int_logits = d("int_logits.safetensors");
     let as_int: Vec<i32> = (0..n * v).map(|i| i as i32).collect();
-    write_safetensors(
-        &int_logits,
-        &[("logits", Dtype::I32, vec![n, v], bytes_of(&as_int)), ("targets", Dtype::I64, vec![n], bytes_of(&ids))],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&int_logits), "--out", &s(&out_path)],
-        &out_path,
-        &["tensor `logits` has dtype I32, expected F32, F16 or BF16"],
-    );
-
-    let not_st = d("garbage.safetensors");
-    std::fs::write(&not_st, b"this is not a safetensors file").unwrap();
-    expect_failure(
-        &["stats", "--logits", &s(&not_st), "--out", &s(&out_path)],
-        &out_path,
-        &["garbage.safetensors: not a safetensors file"],
-    );
-    expect_failure(
-        &["stats", "--logits", &s(&d("absent.safetensors")), "--out", &s(&out_path)],
-        &out_path,
-        &["absent.safetensors: cannot open"],
-    );
+    let good = || Contents::Tensors(vec![logits(&x), targets_of(&ids)]);
+    let cases = vec![
+        BadInput {
+            file: "only_logits.safetensors",
+            contents: Contents::Tensors(vec![logits(&x)]),
+            args: &[],
+            expect: &["only_logits.safetensors", "tensor `targets` is missing"],
+        },
+        // Chunks of 2 rows: the error must still name the file's row 5.
+        BadInput {
+            file: "bad_target.safetensors",
+            contents: Contents::Tensors(vec![logits(&x), targets_of(&far)]),
+            args: &["--chunk-rows", "2"],
+            expect: &["bad_target.safetensors", "row 5: target id 40 is outside the vocabulary 0..40"],
+        },
+        BadInput {
+            file: "nan.safetensors",
+            contents: Contents::Tensors(vec![logits(&nan), targets_of(&ids)]),
+            args: &[],
+            expect: &["`logits` row 3, column 17: value NaN"],
+        },
+        BadInput { file: "good.safetensors", contents: good(), args: &["--k", "0"], expect: &["parameter `k` = 0"] },
+        BadInput {
+            file: "good.safetensors",
+            contents: good(),
+            args: &["--k", "41"],
+            expect: &["parameter `k` = 41", "vocabulary size 40"],
+        },
+        BadInput {
+            file: "short.safetensors",
+            contents: Contents::Tensors(vec![logits(&x), targets_of(&ids[..n - 1])]),
+            args: &[],
+            expect: &["`targets` has shape [8], expected [9]"],
+        },
+        BadInput {
+            file: "int_logits.safetensors",
+            contents: Contents::Tensors(vec![("logits", Dtype::I32, vec![n, v], bytes_of(&as_int)), targets_of(&ids)]),
+            args: &[],
+            expect: &["tensor `logits` has dtype I32, expected F32, F16 or BF16"],
+        },
+        BadInput {
+            file: "garbage.safetensors",
+            contents: Contents::Text("this is not a safetensors file".into()),
+            args: &[],
+            expect: &["garbage.safetensors: not a safetensors file"],
+        },
+        BadInput {
+            file: "absent.safetensors",
+            contents: Contents::Absent,
+            args: &[],
+            expect: &["absent.safetensors: cannot open"],
+        },
+    ];
+    expect_failures("stats", "--logits", cases);
 }
 
 #[test]
@@ -360,61 +367,59 @@ fn loss_calculator_matches_the_catalog() {
 
 #[test]
 fn loss_bad_inputs_exit_2_with_clear_errors() {
-    let dir = temp_dir();
-    let out_path = dir.path().join("out.jsonl");
-    std::fs::write(&out_path, b"kept").unwrap();
-    let input = dir.path().join("in.jsonl");
     let good = r#"{"policy_chosen": -1, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#;
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-
-    std::fs::write(&input, format!("{good}\n{good}\n{{\"policy_chosen\": -1,\n")).unwrap();
-    expect_failure(
-        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["in.jsonl:3: malformed JSON"],
-    );
-
-    std::fs::write(&input, format!("{good}\n{{\"policy_chosen\": -1, \"policy_rejected\": -2}}\n")).unwrap();
-    expect_failure(
-        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["in.jsonl:2: field `reference_chosen` is missing"],
-    );
-
-    std::fs::write(&input, format!("{good}\n")).unwrap();
-    expect_failure(
-        &["loss", "--loss", "ipo-mean", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["in.jsonl:1: field `chosen_tokens` is missing"],
-    );
-    expect_failure(
-        &["loss", "--loss", "kto", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["invalid value 'kto' for '--loss <LOSS>'", "possible values: dpo, robust-dpo, ipo, ipo-mean"],
-    );
-    expect_failure(&["loss", "--beta", "0", "--input", &s(&input), "--out", &s(&out_path)], &out_path, &["`beta` = 0"]);
-
-    std::fs::write(
-        &input,
-        r#"{"policy_chosen": "x", "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#,
-    )
-    .unwrap();
-    expect_failure(
-        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["in.jsonl:1: `policy_chosen` is \"x\", expected a number"],
-    );
-
-    std::fs::write(
-        &input,
-        r#"{"policy_chosen": 3, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#,
-    )
-    .unwrap();
-    expect_failure(
-        &["loss", "--input", &s(&input), "--out", &s(&out_path)],
-        &out_path,
-        &["in.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"],
-    );
+    let text = |t: String| Contents::Text(t);
+    let cases = vec![
+        BadInput {
+            file: "truncated.jsonl",
+            contents: text(format!("{good}\n{good}\n{{\"policy_chosen\": -1,\n")),
+            args: &[],
+            expect: &["truncated.jsonl:3: malformed JSON"],
+        },
+        BadInput {
+            file: "missing.jsonl",
+            contents: text(format!("{good}\n{{\"policy_chosen\": -1, \"policy_rejected\": -2}}\n")),
+            args: &[],
+            expect: &["missing.jsonl:2: field `reference_chosen` is missing"],
+        },
+        BadInput {
+            file: "no_counts.jsonl",
+            contents: text(format!("{good}\n")),
+            args: &["--loss", "ipo-mean"],
+            expect: &["no_counts.jsonl:1: field `chosen_tokens` is missing"],
+        },
+        BadInput {
+            file: "good.jsonl",
+            contents: text(format!("{good}\n")),
+            args: &["--loss", "kto"],
+            expect: &["invalid value 'kto' for '--loss <LOSS>'", "possible values: dpo, robust-dpo, ipo, ipo-mean"],
+        },
+        BadInput {
+            file: "good.jsonl",
+            contents: text(format!("{good}\n")),
+            args: &["--beta", "0"],
+            expect: &["`beta` = 0"],
+        },
+        BadInput {
+            file: "text.jsonl",
+            contents: text(
+                r#"{"policy_chosen": "x", "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#
+                    .into(),
+            ),
+            args: &[],
+            expect: &["text.jsonl:1: `policy_chosen` is \"x\", expected a number"],
+        },
+        BadInput {
+            file: "positive.jsonl",
+            contents: text(
+                r#"{"policy_chosen": 3, "policy_rejected": -2, "reference_chosen": -1, "reference_rejected": -1}"#
+                    .into(),
+            ),
+            args: &[],
+            expect: &["positive.jsonl:1: `policy_chosen` = 3: expected a finite log-probability <= 0"],
+        },
+    ];
+    expect_failures("loss", "--input", cases);
 }
 
 #[test]
@@ -481,14 +486,14 @@ fn cuda_without_a_driver_says_what_to_do() {
 #[cfg(feature = "train")]
 fn tiny_model_and_data(dir: &Path) -> (PathBuf, PathBuf) {
     let model = dir.join("model");
-    daa_train::tiny::write_checkpoint(
+    daa_train::tiny_run::write_checkpoint(
         &model,
-        &daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1),
+        &daa_train::tiny_run::llama_config(daa_train::tiny_run::TINY_VOCAB, 32, 1),
         1,
         0.3,
     )
     .unwrap();
-    let mut rows = daa_train::tiny::arithmetic_rows(6, 1);
+    let mut rows = daa_train::tiny_run::arithmetic_rows(6, 1);
     rows[2]["rejected"] = rows[2]["chosen"].clone();
     let data = dir.join("prefs.jsonl");
     std::fs::write(&data, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
@@ -753,10 +758,10 @@ fn judge_scores_completions_and_pairs_with_the_gold_reward_and_a_reward_model() 
 
     // A reward model checkpoint: finite rewards, the same on every run.
     let rm = dir.path().join("rm");
-    let mut config = daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1);
+    let mut config = daa_train::tiny_run::llama_config(daa_train::tiny_run::TINY_VOCAB, 32, 1);
     config["architectures"] = serde_json::json!(["LlamaForSequenceClassification"]);
     config["id2label"] = serde_json::json!({"0": "LABEL_0"});
-    daa_train::tiny::write_checkpoint(&rm, &config, 3, 0.3).unwrap();
+    daa_train::tiny_run::write_checkpoint(&rm, &config, 3, 0.3).unwrap();
     let rm_out = dir.path().join("rm.jsonl");
     let rm_args = [
         "judge",
@@ -787,9 +792,9 @@ fn judge_scores_completions_and_pairs_with_the_gold_reward_and_a_reward_model() 
     std::fs::write(&data, "{\"prompt\": \"hello\", \"completion\": \"x\"}\n").unwrap();
     expect_failure(&args, &out, &["rows.jsonl: rows 1–1", "not a testbed prompt"]);
     let model = dir.path().join("lm");
-    daa_train::tiny::write_checkpoint(
+    daa_train::tiny_run::write_checkpoint(
         &model,
-        &daa_train::tiny::llama_config(daa_train::tiny::TINY_VOCAB, 32, 1),
+        &daa_train::tiny_run::llama_config(daa_train::tiny_run::TINY_VOCAB, 32, 1),
         1,
         0.3,
     )

@@ -8,7 +8,7 @@ use crate::token_stats::TokenStatsParams;
 
 /// A compute backend: a place tensors live (`upload`/`download`) and the ops
 /// daa runs there. Every result can be downloaded, so every backend can be
-/// compared with [`crate::Reference`].
+/// compared with [`crate::Specification`].
 ///
 /// Shapes and element types each op accepts are documented on the op; a
 /// backend that cannot run an op on some input returns a clear

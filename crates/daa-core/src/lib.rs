@@ -5,9 +5,9 @@
 //! signals of likelihood over-optimisation, top-k entropy and top-k
 //! probability mass, over a small [`Backend`] trait.
 //!
-//! Backends: [`Reference`] (plain f64, the specification) and [`Cpu`] (one
+//! Backends: [`Specification`] (plain f64: what every other backend is tested against) and [`Cpu`] (one
 //! pass per row, vectorised, multi-threaded). Every backend's results can be
-//! downloaded and compared with the reference.
+//! downloaded and compared with the specification.
 //!
 //! ```
 //! use daa_core::{Backend, Cpu, HostTensor, TokenStatsParams, TokenStatsRow};
@@ -33,18 +33,19 @@ pub mod diversity;
 pub mod error;
 #[cfg(feature = "io")]
 pub mod io;
+pub mod kl;
 mod logits;
 pub mod logits_backward;
 pub mod monitor;
 pub mod preference;
-pub mod reference;
 pub mod sampling;
 pub mod segment;
+pub mod specification;
 pub mod tensor;
 pub mod token_stats;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
-pub mod win;
+pub mod win_probability;
 
 pub use backend::Backend;
 pub use cpu::{Cpu, SimdLevel, simd_level};
@@ -55,8 +56,8 @@ pub use preference::{
     LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
     pair_loss, validate_pair,
 };
-pub use reference::Reference;
 pub use segment::SegmentReduction;
+pub use specification::Specification;
 pub use tensor::{DType, Elements, HostTensor, SharedBytes, TensorData};
 pub use token_stats::{MAX_TOP_K, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
 #[cfg(feature = "wgpu")]

@@ -91,7 +91,7 @@ impl<T: bytemuck::Pod> Elements<T> {
     pub fn borrowed(bytes: Arc<dyn SharedBytes>, range: std::ops::Range<usize>) -> Option<Self> {
         let size = std::mem::size_of::<T>();
         let slice = (*bytes).as_ref().get(range.clone())?;
-        if slice.len() % size != 0 || (slice.as_ptr() as usize) % std::mem::align_of::<T>() != 0 {
+        if !slice.len().is_multiple_of(size) || !(slice.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             return None;
         }
         let len = slice.len() / size;

@@ -18,14 +18,14 @@ use burn::backend::{Autodiff, Flex};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backward::MemoryOptions;
 use daa_train::batch::{Sequence, SequencePair};
-use daa_train::model::tiny::llama_config;
+use daa_train::model::tiny_configs::llama_config;
 use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::PairScore;
 use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 
 fn status_mib(field: &str) -> f64 {
-    daa_train::train::process::memory_mib(field).unwrap_or(f64::NAN)
+    daa_train::run::process::memory_mib(field).unwrap_or(f64::NAN)
 }
 
 fn main() {

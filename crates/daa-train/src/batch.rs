@@ -42,10 +42,10 @@ pub struct LengthLimits {
 }
 
 impl SequencePair {
-    /// Joins a prompt with two completions, truncated like TRL: when prompt
-    /// + longer completion exceeds `max_length`, keep the last
-    /// `max_prompt_length` prompt tokens, then cut the completions to what is
-    /// left. Returns the pair and whether anything was cut.
+    /// Joins a prompt with two completions, truncated like TRL: when the
+    /// prompt and the longer completion exceed `max_length` together, keep
+    /// the last `max_prompt_length` prompt tokens, then cut the completions
+    /// to what is left. Returns the pair and whether anything was cut.
     pub fn truncated(
         mut prompt: Vec<u32>,
         mut chosen: Vec<u32>,

@@ -186,21 +186,31 @@ impl HeldOutSums {
     }
 }
 
-/// Scores `pairs` against their reference scores, `batch` pairs per forward
-/// pass, and hands the chosen completion logits to `on_chosen` (which
-/// computes the statistics, on whatever backend it likes), one chunk of the
-/// fused head ([`crate::fused_head`]) at a time: `head_chunk_rows` positions
-/// (0 = [`crate::fused_head::chunk_rows`] of the vocabulary).
+/// How a pass over pairs is cut into work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassBatching {
+    /// Pairs per forward pass.
+    pub pairs_per_pass: usize,
+    /// Token id of padding.
+    pub pad_id: u32,
+    /// Positions per chunk of the fused head (0 = [`crate::fused_head::chunk_rows`]
+    /// of the vocabulary).
+    pub head_chunk_rows: usize,
+}
+
+/// Scores `pairs` against their reference scores, cut into forward passes
+/// and head chunks as `batching` says, and hands the chosen completion
+/// logits to `on_chosen` (which computes the statistics, on whatever backend
+/// it likes), one chunk of the fused head ([`crate::fused_head`]) at a time.
 pub fn held_out_pass<B: Backend>(
     model: &CausalLm<B>,
     pairs: &[&SequencePair],
     reference: &[PairScore],
     loss: &PreferenceLossParams,
-    batch: usize,
-    pad_id: u32,
-    head_chunk_rows: usize,
+    batching: PassBatching,
     on_chosen: &mut dyn FnMut(ChosenLogits) -> Result<(), ModelError>,
 ) -> Result<HeldOutSums, ModelError> {
+    let PassBatching { pairs_per_pass: batch, pad_id, head_chunk_rows } = batching;
     if pairs.len() != reference.len() {
         return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
     }
@@ -258,7 +268,8 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalReport, ModelError> {
     let cpu = Cpu::new();
     let mut totals = StatsSums::default();
-    let sums = held_out_pass(model, pairs, reference, loss, batch, pad_id, 0, &mut |chosen| {
+    let batching = PassBatching { pairs_per_pass: batch, pad_id, head_chunk_rows: 0 };
+    let sums = held_out_pass(model, pairs, reference, loss, batching, &mut |chosen| {
         totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, stats)
     })?;
     Ok(sums.report(&totals))

@@ -5,9 +5,11 @@
 //! key/value cache), the objective ([`objective`], [`score`]), the optimizer
 //! ([`optim`]), one training step for every host ([`Trainer`]), held-out
 //! evaluation ([`eval`]) and sampling with the key/value cache
-//! ([`generate`]): no files, no threads, it builds for
-//! `wasm32-unknown-unknown`. Feature `io` adds checkpoints, tokenizers,
-//! datasets, the reference cache and whole runs ([`train`]); `wgpu` and
+//! ([`generate`]), and the parts of a run that `daa train` and the browser
+//! demo share: the timetable of batches, evaluations and checkpoints
+//! ([`schedule`]) and the reaction to the indicators ([`monitor`]). No
+//! files, no threads: it builds for `wasm32-unknown-unknown`. Feature `io` adds checkpoints, tokenizers,
+//! datasets, the reference cache and whole runs ([`run`]); `wgpu` and
 //! `cuda` add burn's GPU backends ([`backend`]).
 
 pub mod backend;
@@ -19,6 +21,7 @@ pub mod fused_head;
 pub mod generate;
 pub mod judge;
 pub mod model;
+pub mod monitor;
 pub mod objective;
 pub mod optim;
 pub mod plan;
@@ -26,6 +29,7 @@ pub mod precision;
 pub mod records;
 pub mod rng;
 pub mod sample_eval;
+pub mod schedule;
 pub mod score;
 pub mod testbed;
 pub mod trainer;
@@ -48,8 +52,8 @@ pub mod reference_cache;
 #[cfg(feature = "io")]
 pub mod reward_model;
 #[cfg(feature = "io")]
+pub mod run;
+#[cfg(feature = "io")]
 pub mod shards;
 #[cfg(feature = "io")]
-pub mod tiny;
-#[cfg(feature = "io")]
-pub mod train;
+pub mod tiny_run;

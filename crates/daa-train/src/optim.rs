@@ -192,6 +192,9 @@ pub struct AdamW<B: Backend> {
     pub masters: HashMap<ParamId, Tensor<B, 1>>,
 }
 
+/// One parameter's AdamW moments `(m, v)` on the host, flattened.
+pub type MomentValues = (Vec<f32>, Vec<f32>);
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -325,7 +328,7 @@ impl<B: Backend> AdamW<B> {
 
     /// The state of one parameter as f32 vectors `(m, v)`, if it has any;
     /// `name` is for the error.
-    pub fn export(&self, id: ParamId, name: &str) -> Result<Option<(Vec<f32>, Vec<f32>)>, ModelError> {
+    pub fn export(&self, id: ParamId, name: &str) -> Result<Option<MomentValues>, ModelError> {
         let Some(Moments { m, v }) = self.moments.get(&id) else {
             return Ok(None);
         };

@@ -8,7 +8,7 @@
 //! training), a judge's rewards `r(x, y)`:
 //!
 //! - `eval/win_prob` `= (1/n) Σ σ(r(x_i, y_i) − r(x_i, c_i))`, `eval/win_rate`
-//!   the fraction strictly better (daa-core's [`daa_core::win`]);
+//!   the fraction strictly better (daa-core's [`daa_core::win_probability`]);
 //! - `eval/gold_reward`: the mean judge reward of the samples (the gold
 //!   reward in the testbed, a reward model's score otherwise);
 //! - `eval/kl` `= (1/n) Σ [log π(y_i|x_i) − log π_ref(y_i|x_i)]`, a
@@ -22,7 +22,8 @@
 
 use burn::tensor::backend::Backend;
 use daa_core::diversity::ead_up_to;
-use daa_core::win::{kl_estimate, win_stats};
+use daa_core::kl::kl_estimate;
+use daa_core::win_probability::win_stats;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{Sequence, TokenBatch};

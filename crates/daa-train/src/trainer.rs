@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use burn::module::{AutodiffModule, ParamId};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use daa_core::TokenStatsParams;
-use daa_core::preference::PreferenceLossParams;
+use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams};
 use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
@@ -55,8 +55,9 @@ pub enum ReferencePolicy<B: Backend> {
     /// Each [`StepPair`] carries its reference scores (computed once and
     /// cached, as `daa train` does by default).
     Given,
-    /// A frozen copy of the initial model scores each micro-batch.
-    Frozen(CausalLm<B>),
+    /// A frozen copy of the initial model scores each micro-batch (boxed:
+    /// the model is large beside `Given`).
+    Frozen(Box<CausalLm<B>>),
 }
 
 /// One pair of a step, with its reference scores when the reference policy
@@ -147,6 +148,44 @@ pub struct StepRecord {
     pub entropy: Option<f64>,
 }
 
+impl StepRecord {
+    /// The record of step `step` from its update (`report`), each pair's
+    /// inputs and loss, the tokens of its forward passes and, when asked
+    /// for, the sums of its batch's top-k statistics: means over the pairs
+    /// (and over the statistics' rows).
+    pub fn of_pairs(
+        step: u64,
+        report: &StepReport,
+        inputs: &[PairLogps],
+        losses: &[PairLoss],
+        tokens: usize,
+        stats: Option<&StatsSums>,
+    ) -> Self {
+        let n = losses.len() as f64;
+        let mean = |f: &dyn Fn(usize) -> f64| (0..losses.len()).map(f).sum::<f64>() / n;
+        let per_row = |sum: &dyn Fn(&StatsSums) -> f64| stats.map(|s| sum(s) / s.rows.max(1) as f64);
+        StepRecord {
+            step,
+            lr: report.lr,
+            loss: mean(&|i| losses[i].loss),
+            grad_norm: report.grad_norm,
+            chosen_reward: mean(&|i| losses[i].chosen_reward),
+            rejected_reward: mean(&|i| losses[i].rejected_reward),
+            margin: mean(&|i| losses[i].margin),
+            accuracy: mean(&|i| losses[i].accuracy),
+            chosen_logps: mean(&|i| inputs[i].policy_chosen),
+            rejected_logps: mean(&|i| inputs[i].policy_rejected),
+            chosen_logps_per_token: mean(&|i| inputs[i].policy_chosen / inputs[i].chosen_tokens),
+            rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
+            pairs: losses.len(),
+            tokens,
+            topk_entropy: per_row(&|s| s.topk_entropy),
+            topk_mass: per_row(&|s| s.topk_mass),
+            entropy: per_row(&|s| s.entropy),
+        }
+    }
+}
+
 /// What one supervised step did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NllStepRecord {
@@ -208,7 +247,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         });
         let model = model.cast(precision.dtype());
         let reference = match reference {
-            ReferencePolicy::Frozen(frozen) => ReferencePolicy::Frozen(frozen.cast(precision.dtype())),
+            ReferencePolicy::Frozen(frozen) => ReferencePolicy::Frozen(Box::new(frozen.cast(precision.dtype()))),
             given => given,
         };
         Ok(Self {
@@ -328,26 +367,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
             let batch = pair_batch(&sequences, o.pad_id, vocab)?;
             tokens += sequences.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
-            let reference: Vec<(f64, f64)> = match &self.reference {
-                ReferencePolicy::Given => micro
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| match p.reference {
-                        Some(r) => Ok((r.chosen, r.rejected)),
-                        None if !o.loss.loss.uses_reference() => Ok((0.0, 0.0)),
-                        None => Err(ModelError::Batch(format!(
-                            "pair {} of the step has no reference log-probabilities and the trainer has no \
-                             reference model",
-                            offset + i
-                        ))),
-                    })
-                    .collect::<Result<_, _>>()?,
-                ReferencePolicy::Frozen(frozen) => score_batch(frozen, &sequences, o.pad_id)
-                    .map_err(|e| e.offset_pairs(offset))?
-                    .iter()
-                    .map(|s| (s.chosen, s.rejected))
-                    .collect(),
-            };
+            let reference = self.micro_batch_reference(micro, &sequences, offset)?;
             let counts: Vec<(f64, f64)> = sequences
                 .iter()
                 .map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64))
@@ -383,27 +403,40 @@ impl<B: AutodiffBackend> Trainer<B> {
             losses.extend(pair_losses);
         }
         let report = self.apply(grads, lr)?;
-        let n = losses.len() as f64;
-        let mean = |f: &dyn Fn(usize) -> f64| (0..losses.len()).map(f).sum::<f64>() / n;
-        Ok(StepRecord {
-            step: self.completed,
-            lr: report.lr,
-            loss: mean(&|i| losses[i].loss),
-            grad_norm: report.grad_norm,
-            chosen_reward: mean(&|i| losses[i].chosen_reward),
-            rejected_reward: mean(&|i| losses[i].rejected_reward),
-            margin: mean(&|i| losses[i].margin),
-            accuracy: mean(&|i| losses[i].accuracy),
-            chosen_logps: mean(&|i| inputs[i].policy_chosen),
-            rejected_logps: mean(&|i| inputs[i].policy_rejected),
-            chosen_logps_per_token: mean(&|i| inputs[i].policy_chosen / inputs[i].chosen_tokens),
-            rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
-            pairs: losses.len(),
-            tokens,
-            topk_entropy: stats.map(|_| totals.topk_entropy / totals.rows.max(1) as f64),
-            topk_mass: stats.map(|_| totals.topk_mass / totals.rows.max(1) as f64),
-            entropy: stats.map(|_| totals.entropy / totals.rows.max(1) as f64),
-        })
+        let stats = stats.map(|_| &totals);
+        Ok(StepRecord::of_pairs(self.completed, &report, &inputs, &losses, tokens, stats))
+    }
+
+    /// `(ρ_w, ρ_l)` of a micro-batch (pairs `offset…` of the step): given
+    /// with each pair, scored by the frozen reference, or zeros for a loss
+    /// that does not use the reference.
+    fn micro_batch_reference(
+        &self,
+        micro: &[StepPair<'_>],
+        sequences: &[&SequencePair],
+        offset: usize,
+    ) -> Result<Vec<(f64, f64)>, ModelError> {
+        let o = &self.options;
+        match &self.reference {
+            ReferencePolicy::Given => micro
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match p.reference {
+                    Some(r) => Ok((r.chosen, r.rejected)),
+                    None if !o.loss.loss.uses_reference() => Ok((0.0, 0.0)),
+                    None => Err(ModelError::Batch(format!(
+                        "pair {} of the step has no reference log-probabilities and the trainer has no reference \
+                         model",
+                        offset + i
+                    ))),
+                })
+                .collect(),
+            ReferencePolicy::Frozen(frozen) => Ok(score_batch(frozen, sequences, o.pad_id)
+                .map_err(|e| e.offset_pairs(offset))?
+                .iter()
+                .map(|s| (s.chosen, s.rejected))
+                .collect()),
+        }
     }
 
     /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end

@@ -3,27 +3,27 @@
 //! pairs, the reference's scores, then preference training with held-out
 //! evaluation (teacher-forced indicators and the policy's own samples judged
 //! by the gold reward), turning points and the adaptive regulariser. Plain
-//! Rust on burn's CPU backend: the wasm bindings ([`crate::bindings`]) and
+//! Rust on burn's CPU backend: the wasm bindings (`bindings.rs`) and
 //! the native tests drive the same code.
 
 use burn::backend::{Autodiff, NdArray};
-use daa_core::TokenStatsParams;
-use daa_core::monitor::{AdaptiveRegulariser, TurningPointDetector};
 use daa_core::sampling::SamplingParams;
+use daa_core::{NllNormalisation, TokenStatsParams};
 use daa_train::batch::SequencePair;
-use daa_train::eval::{ChosenLogits, HeldOutSums, StatsSums, held_out_pass};
+use daa_train::eval::{ChosenLogits, HeldOutSums, PassBatching, StatsSums, held_out_pass};
 use daa_train::generate::{FinishReason, GenerationConfig, GenerationRequest, generate_in_batches, request_seed};
 use daa_train::judge::GoldJudge;
 use daa_train::model::CausalLm;
+use daa_train::monitor::IndicatorMonitor;
 use daa_train::optim::{AdamWConfig, LrSchedule};
-use daa_train::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent, TrainRecord};
-use daa_train::rng::permutation;
+use daa_train::records::{EvalRecord, EventRecord, MetricsRecord, TrainRecord};
 use daa_train::sample_eval::{EvalPrompt, SampleEvalSettings, SampleEvaluator};
+use daa_train::schedule::{BatchSchedule, Cadence};
 use daa_train::score::{PairScore, score_pairs};
-use daa_train::testbed::chat::{self, END};
+use daa_train::testbed::byte_chat::{self, END};
 use daa_train::testbed::stages::{LENGTH_LIMITS, LabelledPair, PairSampler, SftRun, pair_ranges};
 use daa_train::testbed::{Constraints, gold_reward};
-use daa_train::{ModelError, ReferencePolicy, StepPair, Trainer, TrainerOptions};
+use daa_train::{ModelError, ReferencePolicy, Trainer, TrainerOptions};
 use serde::Serialize;
 
 use crate::config::DemoConfig;
@@ -116,9 +116,9 @@ struct Training {
     eval: Vec<SequencePair>,
     eval_scores: Vec<PairScore>,
     evaluator: SampleEvaluator<Infer>,
-    detector: TurningPointDetector,
-    adaptive: Option<AdaptiveRegulariser>,
-    order: (u64, Vec<usize>),
+    schedule: BatchSchedule,
+    cadence: Cadence,
+    monitor: IndicatorMonitor,
     eval_due: bool,
 }
 
@@ -340,8 +340,11 @@ impl Session {
             precision: daa_train::Precision::F32,
         };
         let trainer = Trainer::new(self.sft.model().clone(), options, ReferencePolicy::Given)?;
-        let detector = TurningPointDetector::new(self.config.turning())?;
-        let adaptive = self.config.adaptive().map(AdaptiveRegulariser::new).transpose()?;
+        let schedule = BatchSchedule::new(train.len(), self.config.batch_size, self.config.seed)?;
+        let cadence = Cadence::new(self.config.eval_every, 0, 0, self.config.steps)?;
+        let loss = self.config.loss_params();
+        let monitor =
+            IndicatorMonitor::new(self.config.turning(), self.config.adaptive(), loss, NllNormalisation::Mean, false)?;
         self.training = Some(Training {
             reference,
             trainer,
@@ -350,9 +353,9 @@ impl Session {
             eval,
             eval_scores,
             evaluator,
-            detector,
-            adaptive,
-            order: (u64::MAX, vec![]),
+            schedule,
+            cadence,
+            monitor,
             eval_due: true,
         });
         self.started = Some((self.clock)());
@@ -374,35 +377,15 @@ impl Session {
     }
 
     fn train_step(&mut self) -> Result<Progress, ModelError> {
-        let (batch_size, seed, steps, every) =
-            (self.config.batch_size, self.config.seed, self.config.steps, self.config.eval_every);
-        let started = self.started.unwrap_or(0.0);
-        let now = (self.clock)();
+        let steps = self.config.steps;
+        let elapsed = (self.clock)() - self.started.unwrap_or(0.0);
         let t = self.training.as_mut().ok_or_else(|| batch_error("training has not started".into()))?;
-        let step = t.trainer.completed_steps();
-        let per_epoch = t.train.len().div_ceil(batch_size) as u64;
-        let epoch = step / per_epoch;
-        if t.order.0 != epoch {
-            t.order = (epoch, permutation(t.train.len(), seed, epoch));
-        }
-        let offset = ((step % per_epoch) as usize) * batch_size;
-        let indices = &t.order.1[offset..(offset + batch_size).min(t.train.len())];
-        let pairs: Vec<StepPair<'_>> =
-            indices.iter().map(|&i| StepPair { sequences: &t.train[i], reference: Some(t.train_scores[i]) }).collect();
-        let (nll_weight, beta) = match &t.adaptive {
-            None => (None, None),
-            Some(a) => (a.nll_weight(), a.beta()),
-        };
+        let pairs = t.schedule.step_pairs(t.trainer.completed_steps(), &t.train, Some(&t.train_scores))?;
+        let coefficients = t.monitor.coefficients();
         let record = t.trainer.step(&pairs)?;
-        let done = record.step;
-        let train = TrainRecord {
-            step: record,
-            epoch: done as f64 / per_epoch as f64,
-            elapsed_s: now - started,
-            nll_weight,
-            beta,
-        };
-        t.eval_due = done % every == 0 || done >= steps;
+        let train = t.schedule.train_record(record, elapsed, coefficients);
+        let done = train.step.step;
+        t.eval_due = t.cadence.eval_due(done);
         let eval_due = t.eval_due;
         self.records.push(MetricsRecord::Train(train));
         Ok(Progress {
@@ -428,9 +411,7 @@ impl Session {
             &pairs,
             &t.eval_scores,
             &t.trainer.options().loss,
-            FORWARD_BATCH,
-            END,
-            0,
+            PassBatching { pairs_per_pass: FORWARD_BATCH, pad_id: END, head_chunk_rows: 0 },
             &mut |c| {
                 chosen.push(c);
                 Ok(())
@@ -461,22 +442,15 @@ impl Session {
         let policy = t.trainer.valid_model();
         let samples = t.evaluator.evaluate(&policy, &mut GoldJudge, &decode)?;
         let record = EvalRecord { step, report, samples: Some(samples) };
-        let observation = t.detector.observe(step, report.topk_entropy, report.topk_mass)?;
-        let events: Vec<EventRecord> = observation
-            .turning_points
-            .iter()
-            .map(|tp| EventRecord { step, event: MonitorEvent::turning_point(tp) })
-            .collect();
-        let mut nll_weight = None;
-        if let Some(adaptive) = t.adaptive.as_mut() {
-            let decision = adaptive.observe(step, report.topk_entropy, report.topk_mass)?;
-            t.trainer.set_loss(decision.apply(&self.config.loss_params(), daa_core::NllNormalisation::Mean))?;
-            nll_weight = decision.nll_weight;
+        let decision = t.monitor.observe(step, &report)?;
+        if let Some(loss) = decision.loss {
+            t.trainer.set_loss(loss)?;
         }
+        let events: Vec<EventRecord> = decision.events.into_iter().map(|event| EventRecord { step, event }).collect();
         t.eval_due = false;
         self.records.push(MetricsRecord::Eval(record));
         self.records.extend(events.iter().copied().map(MetricsRecord::Event));
-        Ok(EvalPoint { record, events, nll_weight, at_peak: observation.at_peak })
+        Ok(EvalPoint { record, events, nll_weight: t.monitor.coefficients().nll_weight, at_peak: decision.keep_best })
     }
 
     /// A whole evaluation with the statistics on the CPU.
@@ -495,7 +469,7 @@ impl Session {
             .iter()
             .filter(|p| p.sequences(&LENGTH_LIMITS).is_some())
             .take(n)
-            .map(|p| (p, chat::prompt_ids(&p.prompt.to_text())))
+            .map(|p| (p, byte_chat::prompt_ids(&p.prompt.to_text())))
             .collect();
         let requests: Vec<GenerationRequest> = prompts
             .iter()
@@ -510,7 +484,7 @@ impl Session {
         };
         let (reference, current) = (draw(&t.reference)?, draw(&policy)?);
         let text = |prompt: &Constraints, g: &daa_train::generate::Generated| {
-            let text = chat::decode(&g.tokens);
+            let text = byte_chat::decode(&g.tokens);
             let ended = g.finish == FinishReason::Stop;
             SampleText { reward: gold_reward(prompt, &text, ended), text, ended }
         };
@@ -527,5 +501,5 @@ impl Session {
 }
 
 fn decode(ids: &[u32]) -> Result<String, ModelError> {
-    Ok(chat::decode(ids))
+    Ok(byte_chat::decode(ids))
 }

@@ -13,10 +13,10 @@ use daa_train::checkpoint::{load_model, save_model};
 use daa_train::data::{EncodeOptions, TextEncoder, encode_rows, read_rows};
 use daa_train::records::MetricsRecord;
 use daa_train::rng::permutation;
+use daa_train::run::config::TrainConfig;
 use daa_train::score::score_pairs;
 use daa_train::testbed::ultrafeedback_row;
-use daa_train::tiny::write_tokenizer;
-use daa_train::train::config::TrainConfig;
+use daa_train::tiny_run::write_tokenizer;
 use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 use daa_wasm::{DemoConfig, Phase, Session};
 
@@ -77,7 +77,7 @@ fn a_demo_step_equals_daa_trains_step_on_the_same_pairs() {
     let encoded = encode_rows(&read_rows(&data).unwrap(), &encoder, &options, "train.jsonl").unwrap();
     let native_pairs: Vec<_> = encoded.pairs.iter().map(|p| p.pair.clone()).collect();
     assert_eq!(native_pairs.as_slice(), session.training_sequences(), "token ids differ from daa train's");
-    assert_eq!(encoder.pad_id, daa_train::testbed::chat::END);
+    assert_eq!(encoder.pad_id, daa_train::testbed::byte_chat::END);
     let device = Default::default();
     let reference: daa_train::model::CausalLm<NdArray<f32>> = load_model(&model_dir, &device).unwrap();
     let refs: Vec<_> = native_pairs.iter().collect();

@@ -29,6 +29,12 @@ pub struct EncodedPair {
     pub pair: SequencePair,
 }
 
+impl AsRef<SequencePair> for EncodedPair {
+    fn as_ref(&self) -> &SequencePair {
+        &self.pair
+    }
+}
+
 /// A data file after encoding, with what was skipped and why.
 #[derive(Debug, Clone, Default)]
 pub struct EncodedSet {
@@ -49,8 +55,11 @@ impl EncodedSet {
     }
 }
 
-/// Prompt and completion ids of one side of an example.
-fn sides(encoder: &TextEncoder, example: &Example) -> Result<(Vec<u32>, Vec<u32>, Vec<u32>), String> {
+/// The prompt's, the chosen completion's and the rejected completion's ids.
+type PairIds = (Vec<u32>, Vec<u32>, Vec<u32>);
+
+/// Prompt and completion ids of an example.
+fn sides(encoder: &TextEncoder, example: &Example) -> Result<PairIds, String> {
     let err = |e: anyhow::Error| format!("{e:#}");
     match example {
         Example::Text { prompt, chosen, rejected, .. } => {

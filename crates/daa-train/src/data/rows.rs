@@ -7,7 +7,7 @@
 //!   turns, then the assistant reply, as UltraFeedback stores them) or only
 //!   the reply.
 //!
-//! Other fields are kept in [`Example::extra`].
+//! Other fields are kept in each [`Example`] variant's `extra` map.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

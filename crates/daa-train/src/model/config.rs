@@ -391,7 +391,7 @@ mod tests {
     use serde_json::json;
 
     use super::{ModelConfig, RopeScaling};
-    use crate::model::tiny::llama_config;
+    use crate::model::tiny_configs::llama_config;
 
     fn parse(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelConfig, String> {
         let mut config = llama_config(64, 32, 1);

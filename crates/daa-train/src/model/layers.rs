@@ -68,7 +68,7 @@ pub struct AttentionContext<B: Backend> {
     /// RoPE `sin` `[rows or 1, 1, seq, h]`.
     pub sin: Tensor<B, 4>,
     /// `true` where a query must not see a key, `[rows or 1, 1, seq, keys]`
-    /// (see [`super::positions::hidden_keys`]); `None` when every key is visible.
+    /// (see `model/positions.rs`, `hidden_keys`); `None` when every key is visible.
     pub hidden_keys: Option<Tensor<B, 4, Bool>>,
 }
 

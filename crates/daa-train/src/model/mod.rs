@@ -12,7 +12,7 @@ pub mod config;
 mod layers;
 mod positions;
 pub mod rope;
-pub mod tiny;
+pub mod tiny_configs;
 mod weights;
 
 use burn::module::{Module, Param};

@@ -21,7 +21,7 @@ use super::spec::TestbedSpec;
 use super::stages::{PairSampler, SftRun, pair_ranges};
 use crate::checkpoint::{load_model, save_model};
 use crate::model::CausalLm;
-use crate::tiny::write_tokenizer;
+use crate::tiny_run::write_tokenizer;
 
 /// Where the testbed's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]

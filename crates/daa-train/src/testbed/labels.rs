@@ -12,7 +12,7 @@
 //! vanishes); a large `τ` gives noisy ones. At `τ = 0` exactly, the higher
 //! reward wins and a tie is a fair coin.
 
-use daa_core::win::sigmoid;
+use daa_core::win_probability::sigmoid;
 use serde_json::{Value, json};
 
 /// `P(y_1 ≻ y_2)` (module documentation).

@@ -1,13 +1,13 @@
 //! The over-optimisation testbed: a synthetic task whose gold reward is
 //! known exactly ([`task`]), preference labels drawn from it like
 //! annotators' ([`labels`]), and the stages that make a reference policy and
-//! labelled pairs ([`stages`], [`spec`], [`chat`]); without the `io` feature
+//! labelled pairs ([`stages`], [`spec`], [`byte_chat`]); without the `io` feature
 //! pure Rust, no files, so it runs in the browser too. With it, [`build`]
 //! runs the stages once and caches the reference checkpoint and the pairs.
 
 #[cfg(feature = "io")]
 pub mod build;
-pub mod chat;
+pub mod byte_chat;
 pub mod labels;
 pub mod spec;
 pub mod stages;

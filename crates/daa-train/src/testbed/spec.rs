@@ -92,7 +92,7 @@ impl TestbedSpec {
         if self.min_length == 0 || self.min_length > self.max_length {
             return Err("testbed: need 1 ≤ `min_length` ≤ `max_length`".into());
         }
-        if self.hidden_size == 0 || self.hidden_size % 8 != 0 || self.layers == 0 {
+        if self.hidden_size == 0 || !self.hidden_size.is_multiple_of(8) || self.layers == 0 {
             return Err(format!(
                 "testbed: `hidden_size` must be a positive multiple of 8 (4 heads of even width) and `layers` ≥ 1, found {} and {}",
                 self.hidden_size, self.layers

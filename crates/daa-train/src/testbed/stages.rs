@@ -8,7 +8,7 @@
 //!    Bradley–Terry on the gold reward: training prompts
 //!    `[n_sft, n_sft + n_pairs)`, held-out prompts after them.
 //!
-//! Text goes to ids through the byte-level codec of [`super::chat`].
+//! Text goes to ids through the byte-level codec of [`super::byte_chat`].
 
 use std::ops::Range;
 
@@ -16,7 +16,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_core::sampling::SamplingParams;
 
-use super::chat::{self, END, VOCAB};
+use super::byte_chat::{self, END, VOCAB};
 use super::labels::first_preferred;
 use super::spec::TestbedSpec;
 use super::task::{Constraints, behaviour_completion, gold_reward};
@@ -31,7 +31,7 @@ use crate::trainer::{NllStepRecord, ReferencePolicy, Trainer, TrainerOptions};
 /// The reference model's configuration: the tiny Llama shape (4 query and
 /// 2 key/value heads, MLP `8/3·d`) over the byte vocabulary.
 pub fn model_config(spec: &TestbedSpec) -> Result<ModelConfig, ModelError> {
-    let mut config = crate::model::tiny::llama_config(VOCAB, spec.hidden_size, spec.layers);
+    let mut config = crate::model::tiny_configs::llama_config(VOCAB, spec.hidden_size, spec.layers);
     config["max_position_embeddings"] = serde_json::Value::from(256);
     ModelConfig::from_json(&config.to_string())
 }
@@ -50,9 +50,9 @@ pub fn sft_sequences(spec: &TestbedSpec) -> Vec<Sequence> {
     (0..spec.sft_prompts as u64)
         .map(|i| {
             let prompt = Constraints::draw(spec.seed, i, &task);
-            let mut ids = chat::prompt_ids(&prompt.to_text());
+            let mut ids = byte_chat::prompt_ids(&prompt.to_text());
             let completion_start = ids.len();
-            ids.extend(chat::reply_ids(&behaviour_completion(&prompt, &mut state)));
+            ids.extend(byte_chat::reply_ids(&behaviour_completion(&prompt, &mut state)));
             Sequence { ids, completion_start }
         })
         .collect()
@@ -182,11 +182,11 @@ impl LabelledPair {
         if self.chosen.text.trim().is_empty() || self.rejected.text.trim().is_empty() {
             return None;
         }
-        let (chosen, rejected) = (chat::reply_ids(&self.chosen.text), chat::reply_ids(&self.rejected.text));
+        let (chosen, rejected) = (byte_chat::reply_ids(&self.chosen.text), byte_chat::reply_ids(&self.rejected.text));
         if chosen == rejected {
             return None;
         }
-        Some(SequencePair::truncated(chat::prompt_ids(&self.prompt.to_text()), chosen, rejected, limits).0)
+        Some(SequencePair::truncated(byte_chat::prompt_ids(&self.prompt.to_text()), chosen, rejected, limits).0)
     }
 }
 
@@ -241,7 +241,7 @@ impl PairSampler {
         let prompts: Vec<(u64, Constraints, Vec<u32>)> = chunk
             .map(|i| {
                 let c = Constraints::draw(spec.seed, i, &task);
-                let ids = chat::prompt_ids(&c.to_text());
+                let ids = byte_chat::prompt_ids(&c.to_text());
                 (i, c, ids)
             })
             .collect();
@@ -257,7 +257,7 @@ impl PairSampler {
         let mut pairs = Vec::with_capacity(prompts.len());
         for ((index, prompt, _), two) in prompts.into_iter().zip(samples.chunks(2)) {
             let judged = |k: usize| {
-                let text = chat::decode(&two[k].tokens);
+                let text = byte_chat::decode(&two[k].tokens);
                 let reward = gold_reward(&prompt, &text, two[k].finish == FinishReason::Stop);
                 Judged { text, reward }
             };

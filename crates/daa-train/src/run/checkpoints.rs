@@ -1,0 +1,179 @@
+//! Checkpoints of a run and resuming from them.
+//!
+//! `checkpoint-NNNNNN/` (N = completed optimizer steps) holds a Hugging Face
+//! checkpoint (`model.safetensors` in f32, `config.json`, tokenizer files)
+//! plus `optimizer.safetensors` (AdamW moments `{name}.exp_avg`,
+//! `{name}.exp_avg_sq`, flattened in burn's layout) and
+//! `trainer_state.json`. The data order is a function of the seed and the
+//! step, so these restore the run exactly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::ParamId;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use daa_core::DType;
+use daa_core::io::SafetensorsFile;
+use serde::{Deserialize, Serialize};
+
+use super::config::TrainConfig;
+use crate::checkpoint::{NamedTensor, safetensors_bytes, save_model};
+use crate::model::{CausalLm, ParamKind};
+use crate::optim::AdamW;
+use crate::trainer::Trainer;
+use daa_core::io::write_dir_atomic as write_dir;
+
+/// `trainer_state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Completed optimizer steps.
+    pub step: u64,
+    /// Steps of the whole schedule.
+    pub total_steps: u64,
+    /// The configuration of the run.
+    pub config: TrainConfig,
+    /// daa version that wrote it.
+    pub daa_version: String,
+}
+
+/// Folder of the checkpoint after `step` steps.
+pub fn checkpoint_dir(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("checkpoint-{step:06}"))
+}
+
+/// Saves model, optimizer and state atomically (a temporary folder renamed
+/// into place; an older folder of the same step is replaced only after the
+/// new one is complete).
+pub fn save_checkpoint<B: Backend>(
+    run_dir: &Path,
+    model: &CausalLm<B>,
+    optimizer: &AdamW<B>,
+    state: &TrainerState,
+    source_dir: &Path,
+) -> Result<PathBuf> {
+    let dest = checkpoint_dir(run_dir, state.step);
+    let fill = |dir: &Path| -> Result<()> {
+        save_model(model, dir, source_dir)?;
+        let mut params = Vec::new();
+        model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
+        let mut tensors = Vec::new();
+        for (name, id) in params {
+            match optimizer.export(id, &name)? {
+                Some((m, v)) => {
+                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
+                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
+                }
+                None if optimizer.steps > 0 => bail!("optimizer has no state for `{name}`"),
+                None => {}
+            }
+        }
+        let meta = [("steps", optimizer.steps.to_string())];
+        std::fs::write(dir.join("optimizer.safetensors"), safetensors_bytes(&tensors, &meta)?)
+            .context("writing optimizer.safetensors")?;
+        std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)
+            .context("writing trainer_state.json")?;
+        Ok(())
+    };
+    replace_dir(&dest, fill)?;
+    Ok(dest)
+}
+
+/// Saves `trainer`'s master weights and optimizer state after `step` of
+/// `total_steps` steps of the run `config` describes, as
+/// `checkpoint-NNNNNN/` of `run_dir`; `source_dir` is the initial
+/// checkpoint (its tokenizer files and dtype).
+pub(crate) fn save_trainer<B: AutodiffBackend>(
+    run_dir: &Path,
+    trainer: &Trainer<B>,
+    config: &TrainConfig,
+    (step, total_steps): (u64, u64),
+    source_dir: &Path,
+) -> Result<PathBuf> {
+    let state =
+        TrainerState { step, total_steps, config: config.clone(), daa_version: env!("CARGO_PKG_VERSION").to_string() };
+    save_checkpoint(run_dir, &trainer.master_model(), trainer.optimizer(), &state, source_dir)
+}
+
+/// Writes the folder `dest` through a temporary one and renames it into
+/// place; an existing `dest` is moved aside first and removed after, so a
+/// failure never leaves a half-written folder under the name.
+pub(crate) fn replace_dir(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if !dest.exists() {
+        return write_dir(dest, fill);
+    }
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let old = dest.with_file_name(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(dest, &old).with_context(|| format!("{}: cannot move aside", dest.display()))?;
+    write_dir(dest, fill)?;
+    std::fs::remove_dir_all(&old).with_context(|| format!("{}: cannot remove", old.display()))
+}
+
+/// The checkpoint to resume from: `path` itself when it is one, else the
+/// latest `checkpoint-*` inside it.
+pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join("trainer_state.json").exists() {
+        return Ok(path.to_path_buf());
+    }
+    let entries = std::fs::read_dir(path).with_context(|| format!("--resume {}: cannot list", path.display()))?;
+    let latest = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step: u64 = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join("trainer_state.json").exists().then_some((step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step);
+    match latest {
+        Some((_, dir)) => Ok(dir),
+        None => bail!("--resume {}: no checkpoint-* folder with trainer_state.json", path.display()),
+    }
+}
+
+/// Reads `trainer_state.json`.
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a daa trainer state", path.display()))
+}
+
+/// Restores AdamW moments saved by [`save_checkpoint`] for `model`'s parameters.
+pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &mut AdamW<B>) -> Result<()> {
+    let path = dir.join("optimizer.safetensors");
+    let file = SafetensorsFile::open(&path)?;
+    let steps: u64 = file
+        .metadata("steps")
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{}: no `steps` metadata", path.display()))?;
+    let read = |name: &str, len: usize| -> Result<Vec<f32>> {
+        let view = file.require(name, "an AdamW moment")?;
+        if view.dtype()? != DType::F32 || view.shape() != [len] {
+            bail!(
+                "{}: tensor `{name}` must be F32 [{len}], found {} {:?}",
+                path.display(),
+                view.stored_dtype(),
+                view.shape()
+            );
+        }
+        Ok(view.host()?.as_f32("moment")?.to_vec())
+    };
+    let mut params: Vec<(String, ParamId, usize)> = Vec::new();
+    model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
+        params.push((name.to_string(), p.id(), p.file_shape().iter().product()));
+    });
+    let device = model.embed.weight.device();
+    let mut restored = HashMap::new();
+    if steps > 0 {
+        for (name, id, len) in params {
+            let m = read(&format!("{name}.exp_avg"), len)?;
+            let v = read(&format!("{name}.exp_avg_sq"), len)?;
+            restored.insert(id, (m, v));
+        }
+    }
+    for (id, (m, v)) in restored {
+        optimizer.import(id, m, v, &device)?;
+    }
+    optimizer.steps = steps;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! One evaluation of a run and what follows from it: the teacher-forced
+//! figures on the held-out pairs, the policy's own samples (with
+//! `[monitor.samples]`), the record in `metrics.jsonl`, and the monitor's
+//! reaction — events, the `best-indicator/` checkpoint, the objective from
+//! the next step on, an early stop.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use daa_core::TokenStatsParams;
+use daa_core::io::write_bytes_atomic;
+use daa_core::preference::PreferenceLossParams;
+
+use super::checkpoints::replace_dir;
+use super::config::TrainConfig;
+use super::metrics::{MetricsLog, read_metrics};
+use super::monitoring::RunMonitor;
+use super::observer::RunObserver;
+use super::prepare::Prepared;
+use super::references::References;
+use crate::batch::SequencePair;
+use crate::checkpoint::save_model;
+use crate::eval::EvalReport;
+use crate::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent};
+use crate::schedule::Coefficients;
+use crate::score::PairScore;
+use crate::trainer::Trainer;
+
+/// A run's evaluations (module documentation).
+pub(crate) struct Evaluation<'a, B: AutodiffBackend> {
+    pairs: Vec<&'a SequencePair>,
+    reference: &'a [PairScore],
+    stats: TokenStatsParams,
+    batch: usize,
+    prepared: &'a Prepared,
+    best_indicator_dir: PathBuf,
+    monitor: RunMonitor<B::InnerBackend>,
+    best_indicator_step: Option<u64>,
+    last: Option<EvalReport>,
+}
+
+impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
+    /// The evaluations of a run in `run_dir` on the prepared held-out pairs,
+    /// whose configured objective is `loss`; builds the monitor (and, with
+    /// `[monitor.samples]`, samples the reference policy once).
+    pub fn new(
+        config: &TrainConfig,
+        prepared: &'a Prepared,
+        references: &'a References<B::InnerBackend>,
+        loss: PreferenceLossParams,
+        run_dir: &Path,
+        device: &B::Device,
+        observer: &mut dyn RunObserver,
+    ) -> Result<Self> {
+        let monitor = RunMonitor::new(config, prepared, loss, references.frozen.clone(), device)?;
+        if let Some(reward) = monitor.competitor_reward() {
+            observer.note(&format!("sample evaluation: the reference policy's samples score {reward:.4} on average"));
+        }
+        Ok(Self {
+            pairs: prepared.eval.iter().map(|p| &p.pair).collect(),
+            reference: &references.eval,
+            stats: config.monitor.stats_params(),
+            batch: config.monitor.eval_batch_size,
+            prepared,
+            best_indicator_dir: run_dir.join("best-indicator"),
+            monitor,
+            best_indicator_step: None,
+            last: None,
+        })
+    }
+
+    /// A resumed run's monitor reads the evaluations already in `metrics`,
+    /// and the trainer takes the objective they led to.
+    pub fn catch_up(&mut self, metrics: &MetricsLog, trainer: &mut Trainer<B>) -> Result<()> {
+        for record in read_metrics(metrics.path())?.iter().filter_map(MetricsRecord::eval) {
+            if let Some(loss) = self.monitor.after_eval(record)?.loss {
+                trainer.set_loss(loss)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The coefficients the next steps use.
+    pub fn coefficients(&self) -> Coefficients {
+        self.monitor.coefficients()
+    }
+
+    /// This invocation's latest teacher-forced figures.
+    pub fn last_report(&self) -> Option<&EvalReport> {
+        self.last.as_ref()
+    }
+
+    /// Evaluates after `step` steps, logs, acts; returns whether the run
+    /// must stop.
+    pub fn run(
+        &mut self,
+        trainer: &mut Trainer<B>,
+        step: u64,
+        metrics: &mut MetricsLog,
+        observer: &mut dyn RunObserver,
+    ) -> Result<bool> {
+        let context = || format!("evaluation after step {step}");
+        let report = trainer.evaluate(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
+        let samples = self.monitor.sample_report(&trainer.valid_model(), self.prepared).with_context(context)?;
+        let record = EvalRecord { step, report, samples };
+        metrics.write(&MetricsRecord::Eval(record))?;
+        observer.evaluated(&record);
+        self.last = Some(report);
+        let decision = self.monitor.after_eval(&record)?;
+        for event in decision.events {
+            metrics.write(&MetricsRecord::Event(EventRecord { step, event }))?;
+            if let MonitorEvent::TurningPoint { indicator, peak_step, .. } = event {
+                observer.note(&format!("step {step}: {} turned (smoothed peak at step {peak_step})", indicator.name()));
+            }
+        }
+        if decision.keep_best {
+            self.keep_best(trainer, step)?;
+        }
+        if let Some(loss) = decision.loss {
+            trainer.set_loss(loss)?;
+        }
+        Ok(decision.stop)
+    }
+
+    /// Saves the policy after `step` steps as `best-indicator/`.
+    fn keep_best(&mut self, trainer: &Trainer<B>, step: u64) -> Result<()> {
+        let policy = trainer.master_model();
+        let model_dir = &self.prepared.model_dir;
+        replace_dir(&self.best_indicator_dir, |dir: &Path| -> Result<()> {
+            save_model(&policy, dir, model_dir)?;
+            write_bytes_atomic(&dir.join("step.json"), serde_json::json!({ "step": step }).to_string().as_bytes())?;
+            Ok(())
+        })?;
+        self.best_indicator_step = Some(step);
+        Ok(())
+    }
+
+    /// Logs the early stop after `step` steps.
+    pub fn log_early_stop(&self, step: u64, metrics: &mut MetricsLog, observer: &mut dyn RunObserver) -> Result<()> {
+        let event = MonitorEvent::EarlyStop { best_indicator_step: self.best_indicator_step };
+        metrics.write(&MetricsRecord::Event(EventRecord { step, event }))?;
+        observer.note(&format!(
+            "early stop at step {step}: an indicator turned; best-indicator/ holds step {}",
+            self.best_indicator_step.map_or("none".to_string(), |s| s.to_string())
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! `daa train`: a whole training run (feature `io`). The optimizer step
+//! itself is [`crate::Trainer`]'s; this module orchestrates around it.
+//!
+//! A run, in the order [`train`] calls its parts:
+//! 1. **prepare** ([`prepare`]): the checkpoint and data (generated for
+//!    `builtin:tiny`, made and cached for `builtin:testbed`), tokenised and
+//!    split into training and held-out pairs; `daa plan`'s memory check;
+//! 2. **references** (`run/references.rs`): the reference policy's scores of every
+//!    pair (cached on disk, or a frozen copy of the initial model), before
+//!    the policy is loaded, so one model is in memory at a time;
+//! 3. **the timetable** ([`crate::schedule`]): which pairs each step takes,
+//!    when to evaluate and save, where to stop;
+//! 4. **resume** ([`resume`]): with `--resume`, the checkpoint to continue
+//!    from, refused when the configuration describes another run;
+//! 5. **the trainer**: the policy, AdamW, the objective, positioned at the
+//!    resumed step;
+//! 6. **evaluation** (`run/evaluation.rs`): before the first step, every
+//!    `monitor.eval_every` steps and after the last — the held-out figures,
+//!    the policy's samples, and the monitor's reaction
+//!    ([`crate::monitor`]: events, `best-indicator/`, early stop, the
+//!    adaptive objective);
+//! 7. **the steps** (`run/step_loop.rs`), writing `metrics.jsonl` ([`metrics`]) and
+//!    checkpoints ([`checkpoints`]);
+//! 8. **the summary** (`run/summary.rs`): `summary.json`.
+//!
+//! Assumptions: the data order is a function of the seed and the step, so a
+//! checkpoint (weights, AdamW moments, step) restores a run exactly;
+//! checkpoints are saved after whole optimizer steps only.
+
+pub mod checkpoints;
+pub mod config;
+mod evaluation;
+mod memory_check;
+pub mod metrics;
+mod monitoring;
+mod observer;
+mod prepare;
+pub mod process;
+mod references;
+pub mod resume;
+mod step_loop;
+mod summary;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use daa_core::io::write_bytes_atomic;
+use daa_core::preference::PreferenceLossParams;
+
+pub use config::{LossSection, ReferenceMode, TrainConfig};
+pub use observer::{RunObserver, Silent};
+pub use prepare::{Prepared, prepare, prepare_with};
+pub use summary::{RunOutcome, RunSummary};
+
+use checkpoints::load_optimizer;
+use evaluation::Evaluation;
+use metrics::MetricsLog;
+use references::References;
+use resume::ResumePoint;
+use step_loop::StepLoop;
+
+use crate::backend::{BackendTask, with_compute_backend};
+use crate::checkpoint::{load_model, read_config};
+use crate::model::CausalLm;
+use crate::schedule::BatchSchedule;
+use crate::trainer::Trainer;
+
+/// Runs (or resumes, from a checkpoint folder or a run folder) a training run.
+pub fn train(config: TrainConfig, resume: Option<PathBuf>, observer: &mut dyn RunObserver) -> Result<RunOutcome> {
+    let (backend, device) = (config.model.backend, config.model.device);
+    with_compute_backend(backend, device, TrainTask { config, resume, observer })
+}
+
+struct TrainTask<'a> {
+    config: TrainConfig,
+    resume: Option<PathBuf>,
+    observer: &'a mut dyn RunObserver,
+}
+
+impl BackendTask for TrainTask<'_> {
+    type Output = RunOutcome;
+    type Error = anyhow::Error;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<RunOutcome> {
+        run::<B>(self.config, self.resume, device, self.observer)
+    }
+}
+
+/// The run on backend `B` (module documentation: the parts in order).
+fn run<B: AutodiffBackend>(
+    config: TrainConfig,
+    resume: Option<PathBuf>,
+    device: B::Device,
+    observer: &mut dyn RunObserver,
+) -> Result<RunOutcome> {
+    let run_dir = config.output_dir();
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
+    let loss = config.loss_params()?;
+    config.train.precision.check_supported::<B>(&device)?;
+    let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;
+    observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
+    observer.note(&prepared.data_summary());
+
+    let references = References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
+    let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
+    let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
+    let cadence = config.cadence(total_steps)?;
+    let resume = resume.map(|path| ResumePoint::find(&path, &config)).transpose()?;
+    let mut trainer = build_trainer::<B>(&config, &prepared, loss, total_steps, &references, resume.as_ref(), &device)?;
+    if let Some(point) = &resume {
+        observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
+    }
+    let start_step = resume.as_ref().map_or(0, |point| point.step);
+    let mut metrics = MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step))?;
+    write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+    let model = trainer.model().config();
+    observer.note(&format!(
+        "model {} ({}, {:.2} M parameters) on {}; {} steps ({} per epoch), {} pairs per step, loss {}",
+        prepared.model_dir.display(),
+        model.architecture_name,
+        model.parameter_count() as f64 / 1e6,
+        config.model.backend,
+        total_steps,
+        schedule.steps_per_epoch(),
+        config.train.batch_size,
+        loss.loss.name()
+    ));
+
+    let mut evaluation = Evaluation::new(&config, &prepared, &references, loss, &run_dir, &device, observer)?;
+    evaluation.catch_up(&metrics, &mut trainer)?;
+    let steps = StepLoop {
+        config: &config,
+        prepared: &prepared,
+        reference: references.train.as_deref(),
+        schedule,
+        cadence,
+        total_steps,
+        stats: config.monitor.stats_params(),
+    };
+    let totals = steps.run(start_step, &mut trainer, &mut evaluation, &mut metrics, observer)?;
+    let summary = RunSummary::write(&run_dir, metrics.path(), totals, total_steps, config.model.backend)?;
+    Ok(RunOutcome { run_dir, steps: totals.last_step, summary })
+}
+
+/// The policy (the initial model, or the resumed checkpoint's weights), its
+/// AdamW state and schedule position, and the reference policy.
+fn build_trainer<B: AutodiffBackend>(
+    config: &TrainConfig,
+    prepared: &Prepared,
+    loss: PreferenceLossParams,
+    total_steps: u64,
+    references: &References<B::InnerBackend>,
+    resume: Option<&ResumePoint>,
+    device: &B::Device,
+) -> Result<Trainer<B>> {
+    let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
+    let weights = resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path());
+    let model: CausalLm<B> = load_model(weights, device)?;
+    let mut trainer = Trainer::<B>::new(model, options, references.policy())?;
+    if let Some(point) = resume {
+        load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())
+            .with_context(|| format!("--resume {}", point.dir.display()))?;
+        trainer.resume_at(point.step);
+    }
+    Ok(trainer)
+}
