@@ -1,11 +1,13 @@
-//! `token_stats` throughput: the f64 specification vs the fast CPU backend, in bytes of
-//! logits read per second. `cargo xtask bench` prints the GB/s table.
+//! `token_stats` throughput: the f64 specification, the fast CPU backend and
+//! the GPU backends, in bytes of logits read per second, beside the memory
+//! read bandwidth of the same run (`read-…` rows). `cargo xtask bench`
+//! prints the GB/s table.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use daa_core::{Backend, Cpu, HostTensor, Specification, TokenStatsParams};
-use daa_tests::fixtures::token_stats_inputs;
+use daa_tests::fixtures::{lm_logits, token_stats_inputs};
 
 const ROWS: usize = 2048;
 /// The specification sorts and works in f64: a few rows give its rate.
@@ -119,9 +121,30 @@ fn bench_cuda(c: &mut Criterion) {
     group.finish();
 }
 
+/// The memory read bandwidth of the same run, the ceiling of a kernel that
+/// reads its input once: `Cpu::read_once` over the largest `[ROWS, V]` f32
+/// logits with `threads` threads.
+fn bench_read(c: &mut Criterion, threads: usize) {
+    let vocab = VOCABS[VOCABS.len() - 1];
+    let logits = lm_logits(ROWS, vocab, 2.0, 7);
+    let cpu = Cpu::with_threads(threads).unwrap();
+    let mut group = c.benchmark_group("token_stats");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_millis(500));
+    group.throughput(Throughput::Bytes((logits.len() * 4) as u64));
+    let name = format!("read-{threads}thread{}/f32/rows={ROWS}", if threads == 1 { "" } else { "s" });
+    group.bench_function(BenchmarkId::new(name, format!("V={vocab}")), |b| b.iter(|| cpu.read_once(&logits)));
+    group.finish();
+}
+
 fn token_stats(c: &mut Criterion) {
-    let only = std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "cpu2,cpu1,cpu2-bf16,spec,wgpu,cuda".into());
+    let only =
+        std::env::var("DAA_BENCH_BACKENDS").unwrap_or_else(|_| "read1,read2,cpu2,cpu1,cpu2-bf16,spec,wgpu,cuda".into());
     let wanted = |name: &str| only.split(',').any(|w| w.trim() == name);
+    for (row, threads) in [("read1", 1), ("read2", 2)] {
+        if wanted(row) {
+            bench_read(c, threads);
+        }
+    }
     if wanted("cpu2") {
         bench_backend(c, "cpu-2threads", &Cpu::with_threads(2).unwrap(), ROWS, false);
     }

@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: run criterion, then read its JSON estimates and print
-//! achieved bandwidth next to this machine's.
+//! achieved bandwidth next to the read bandwidth measured in the same run.
+//! `--quick` instead runs `daa bench` with the `daa` binary `cargo xtask
+//! train` builds (no second build).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -7,10 +9,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde_json::Value;
 
-/// This machine's measured memory read bandwidth (shared/toolchain-notes.md).
-const MACHINE_NOTE: &str = "this machine reads memory at about 12 GB/s with one thread and 23 GB/s with two";
+use crate::train::{RunArgs, build_and_run};
+use serde_json::Value;
 
 /// One benchmark's result.
 #[derive(Debug)]
@@ -34,8 +35,9 @@ impl Row {
 /// What `cargo xtask bench` takes.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Fewer rows: the kernels' fast CPU rows (and CUDA where a GPU is);
-    /// with --trainer, the tiny and 5 M shapes with 3 repetitions.
+    /// Kernels: `daa bench` (fast CPU rows, CUDA where a GPU is) with the
+    /// debug `daa` binary instead of criterion's release build; with
+    /// --trainer, the tiny and 5 M shapes with 3 repetitions.
     #[arg(long)]
     pub quick: bool,
     /// The trainer benchmark (a DPO step and a scoring pass) instead of the kernels.
@@ -76,26 +78,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.trainer {
         return trainer(args);
     }
+    let target = target_dir()?;
+    let out_dir = target.join("daa-bench");
+    std::fs::create_dir_all(&out_dir)?;
+    if args.quick {
+        // The fast CPU rows and a real GPU's rows, not the specification nor
+        // wgpu (lavapipe on a machine without a GPU: minutes per row), from
+        // the debug `daa` of `cargo xtask train`, whose kernels (daa-core)
+        // are optimised like the dependencies (Cargo.toml's profile.dev).
+        let out = |name: &str| out_dir.join(name).display().to_string();
+        let daa_args = ["--backends", "cpu,cuda", "--out", &out("token_stats.md"), "--plot", &out("token_stats.svg")];
+        let run = RunArgs { release: false, features: None, daa_args: daa_args.map(String::from).to_vec() };
+        build_and_run("bench", &run)?;
+        println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
+        return Ok(());
+    }
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats"]);
-    if args.quick {
-        // The quick rows share the debug build of `cargo xtask train` (its
-        // dependencies are optimised, and so is daa-core: Cargo.toml's
-        // profile.dev); the full table builds the bench profile.
-        cmd.args(["--profile", "dev"]);
-    }
-    cmd.arg("--").args(&args.filter);
-    if args.quick {
-        // The fast CPU rows and a real GPU's rows; not the specification, nor wgpu
-        // (which on a machine without a GPU is lavapipe: minutes per row).
-        cmd.env("DAA_BENCH_BACKENDS", "cpu2,cpu1,cuda");
-    }
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats", "--"]).args(&args.filter);
     let started = std::time::SystemTime::now();
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {
         bail!("cargo bench failed ({status})");
     }
-    let target = target_dir()?;
     // Only this run's results: criterion keeps every benchmark it ever ran.
     let rows = read_criterion(&target.join("criterion").join("token_stats"), started)?;
     if rows.is_empty() {
@@ -103,8 +107,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let table = markdown_table(&rows);
     println!("\n{table}");
-    let out_dir = target.join("daa-bench");
-    std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("token_stats.md"), &table)?;
     std::fs::write(out_dir.join("token_stats.svg"), bar_chart(&rows))?;
     println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
@@ -224,9 +226,32 @@ fn read_one(new_dir: &Path) -> Result<Option<Row>> {
     }))
 }
 
+impl Row {
+    /// Whether the row is the read bandwidth (`read-1thread`, `read-2threads`), not a kernel.
+    fn is_read(&self) -> bool {
+        self.function.starts_with("read-")
+    }
+
+    /// The backend part of the function id (`cpu-2threads`, `read-1thread`).
+    fn backend(&self) -> &str {
+        self.function.split('/').next().unwrap_or("?")
+    }
+}
+
+/// The read bandwidths measured in this run, as a sentence.
+fn read_note(rows: &[Row]) -> String {
+    let reads: Vec<String> =
+        rows.iter().filter(|r| r.is_read()).map(|r| format!("{} {:.1} GB/s", r.backend(), r.gbps())).collect();
+    if reads.is_empty() {
+        "the read bandwidth was not measured in this run (DAA_BENCH_BACKENDS without read1, read2)".into()
+    } else {
+        format!("memory read bandwidth measured in this run: {}", reads.join(", "))
+    }
+}
+
 fn markdown_table(rows: &[Row]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "token_stats throughput ({MACHINE_NOTE})\n");
+    let _ = writeln!(s, "token_stats throughput ({})\n", read_note(rows));
     let _ = writeln!(s, "| backend | dtype | rows | V | k | ms/iter | GB/s |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
     for r in rows {
@@ -241,7 +266,7 @@ fn markdown_table(rows: &[Row]) -> String {
             f.get(1).unwrap_or(&"?"),
             field(&f, "rows="),
             field(&p, "V="),
-            field(&p, "k="),
+            if r.is_read() { "—".to_string() } else { field(&p, "k=") },
             r.seconds * 1e3,
             r.gbps()
         );
@@ -249,12 +274,13 @@ fn markdown_table(rows: &[Row]) -> String {
     s
 }
 
-/// A horizontal bar chart of GB/s, one bar per benchmark, with the machine's
-/// one- and two-thread read bandwidth as reference lines.
-fn bar_chart(rows: &[Row]) -> String {
+/// A horizontal bar chart of GB/s, one bar per kernel benchmark, with the
+/// read bandwidths measured in the same run as reference lines.
+fn bar_chart(all: &[Row]) -> String {
     let (bar_h, label_w, chart_w) = (18.0, 330.0, 520.0);
-    let max = rows.iter().map(Row::gbps).fold(23.0f64, f64::max) * 1.05;
-    let height = 60.0 + bar_h * rows.len() as f64 + 30.0;
+    let (reads, rows): (Vec<&Row>, Vec<&Row>) = all.iter().partition(|r| r.is_read());
+    let max = all.iter().map(Row::gbps).fold(1.0f64, f64::max) * 1.05;
+    let height = 90.0 + bar_h * rows.len() as f64 + 15.0 * reads.len() as f64;
     let x = |gbps: f64| label_w + chart_w * gbps / max;
     let mut s = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>\n",
@@ -289,7 +315,9 @@ fn bar_chart(rows: &[Row]) -> String {
         let _ = writeln!(s, "<text x='{:.1}' y='{}'>{:.2}</text>", x(r.gbps()) + 4.0, y + 13.0, r.gbps());
     }
     let bottom = 40.0 + bar_h * rows.len() as f64;
-    for (gbps, label) in [(12.0, "1-thread memory read (12 GB/s)"), (23.0, "2-thread memory read (23 GB/s)")] {
+    for (i, read) in reads.iter().enumerate() {
+        let (gbps, label) = (read.gbps(), format!("{} ({:.1} GB/s)", read.backend(), read.gbps()));
+        let bottom = bottom + 15.0 * i as f64;
         let _ = writeln!(
             s,
             "<line x1='{0:.1}' x2='{0:.1}' y1='30' y2='{bottom}' stroke='#c33' stroke-dasharray='4 3'/>",

@@ -5,6 +5,7 @@
 //! temporary name and renamed, so a failed run leaves none behind.
 
 mod backend_choice;
+mod bench_cmd;
 #[cfg(feature = "train")]
 mod experiment_cmd;
 #[cfg(feature = "train")]
@@ -49,6 +50,9 @@ enum Command {
     /// Per-pair losses, gradients and implicit rewards of the loss catalog,
     /// from per-sequence log-probabilities in JSON Lines.
     Loss(loss_cmd::LossArgs),
+    /// How fast `token_stats` runs on this machine's backends, beside the
+    /// memory read bandwidth measured in the same run.
+    Bench(bench_cmd::BenchArgs),
     #[cfg(feature = "train")]
     /// Train a Hugging Face checkpoint with a Direct Alignment Algorithm,
     /// watching top-k entropy and mass on held-out data. Without --config,
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Stats(args) => stats_cmd::run(&args),
         Command::Loss(args) => loss_cmd::run(&args),
+        Command::Bench(args) => bench_cmd::run(&args),
         #[cfg(feature = "train")]
         Command::Train(args) => train_cmd::run(&args),
         #[cfg(feature = "train")]

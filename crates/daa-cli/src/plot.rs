@@ -84,6 +84,67 @@ pub fn stats_histograms(rows: &[TokenStatsRow], k: usize, entropy_base: f64, sou
     Ok(svg)
 }
 
+/// `daa bench`'s throughputs as horizontal bars (GB/s of logits read), with
+/// each CPU thread count's read bandwidth as a dashed red line.
+pub fn throughput_bars(rows: &[crate::bench_cmd::Measurement]) -> Result<String> {
+    let labels: Vec<String> = rows.iter().map(|r| format!("{}  V={} k={}", r.backend, r.vocab, r.k)).collect();
+    let mut reads: Vec<(String, f64)> = rows.iter().filter_map(|r| Some((r.backend.clone(), r.read_gbps?))).collect();
+    reads.dedup_by(|a, b| a.0 == b.0);
+    let top = rows.iter().map(|r| r.gbps).chain(reads.iter().map(|r| r.1)).fold(1.0, f64::max) * 1.1;
+    let n = rows.len() as f64;
+    let mut svg = String::new();
+    {
+        let height = 90 + 22 * rows.len() as u32;
+        let root = SVGBackend::with_string(&mut svg, (960, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(drawing_error)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("daa token_stats: GB/s of logits read (red: read bandwidth, same run)", ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(300)
+            .build_cartesian_2d(0.0..top, 0.0..n)
+            .map_err(drawing_error)?;
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_desc("GB/s")
+            .y_labels(rows.len() * 2 + 1)
+            .y_label_formatter(&|y| {
+                let i = (n - y - 0.5).round();
+                let centred = (n - y - 0.5 - i).abs() < 1e-6;
+                match (centred, labels.get(i as usize)) {
+                    (true, Some(label)) if i >= 0.0 => label.clone(),
+                    _ => String::new(),
+                }
+            })
+            .draw()
+            .map_err(drawing_error)?;
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let y = n - i as f64;
+                Rectangle::new([(0.0, y - 0.85), (r.gbps, y - 0.15)], BLUE.filled())
+            }))
+            .map_err(drawing_error)?;
+        for (backend, gbps) in &reads {
+            chart
+                .draw_series(DashedLineSeries::new([(*gbps, 0.0), (*gbps, n)], 5, 3, RED.stroke_width(1)))
+                .map_err(drawing_error)?
+                .label(format!("read, {backend}: {gbps:.1} GB/s"))
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+        }
+        if !reads.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE)
+                .border_style(BLACK)
+                .draw()
+                .map_err(drawing_error)?;
+        }
+        root.present().map_err(drawing_error)?;
+    }
+    Ok(svg)
+}
+
 /// A series to draw: its title and `(step, value)` points.
 #[cfg(feature = "train")]
 #[derive(Debug, Clone)]

@@ -829,3 +829,43 @@ fn plan_prints_the_table_and_json_and_names_bad_sizes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/nonexistent/config.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_times_every_backend_and_vocabulary_and_writes_the_table_and_chart() {
+    let dir = temp_dir();
+    let (md, svg) = (dir.path().join("bench.md"), dir.path().join("bench.svg"));
+    let args = [
+        "bench",
+        "--backends",
+        "cpu,spec",
+        "--threads",
+        "1,2",
+        "--vocab",
+        "67,300",
+        "--k",
+        "3,100",
+        "--rows",
+        "9",
+        "--repeats",
+        "1",
+        "--out",
+        md.to_str().unwrap(),
+        "--plot",
+        svg.to_str().unwrap(),
+    ];
+    let out = daa(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(std::fs::read_to_string(&md).unwrap().trim(), table.trim());
+    assert!(table.contains("read bandwidth measured in this run: cpu, 1 thread: "), "{table}");
+    // cpu × 2 thread counts × (V 67: k 3; V 300: k 3, 100) + spec × the same 3.
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| cpu") || l.starts_with("| spec")).collect();
+    assert_eq!(rows.len(), 9, "{table}");
+    assert!(rows.iter().any(|r| r.starts_with("| spec (f64) | 9 | 300 | 100 |") && r.ends_with("| — |")), "{table}");
+    assert!(rows.iter().all(|r| !r.contains("| 67 | 100 |")), "k above V is skipped: {table}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("read, cpu, 2 threads"), "{chart}");
+    let marker = dir.path().join("untouched");
+    expect_failure(&["bench", "--rows", "0"], &marker, &["--rows, --repeats, --vocab and --k must be at least 1"]);
+    expect_failure(&["bench", "--backends", "tpu"], &marker, &["invalid value 'tpu' for '--backends"]);
+}

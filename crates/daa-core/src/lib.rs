@@ -41,6 +41,7 @@ pub mod preference;
 pub mod sampling;
 pub mod segment;
 pub mod specification;
+pub mod synthetic;
 pub mod tensor;
 pub mod token_stats;
 #[cfg(feature = "wgpu")]

@@ -95,6 +95,28 @@ impl Cpu {
         self.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
     }
 
+    /// Reads every value of `data` once, split over this backend's threads,
+    /// and returns their sum (`Σ x_i`, f32 partial sums in 16 lanes, then
+    /// f64). No kernel that reads its input once can be faster, so kernel
+    /// throughput is reported as a fraction of this pass's bytes per second
+    /// measured in the same run (`daa bench`, the criterion benchmarks).
+    pub fn read_once(&self, data: &[f32]) -> f64 {
+        const LANES: usize = 16;
+        let per_task = (data.len() / (4 * self.threads()).max(1)).max(1 << 16);
+        let sum_chunk = |chunk: &[f32]| {
+            let mut acc = [0f32; LANES];
+            let body = chunk.chunks_exact(LANES);
+            let tail: f64 = body.remainder().iter().map(|&v| f64::from(v)).sum();
+            for values in body {
+                for (a, v) in acc.iter_mut().zip(values) {
+                    *a += v;
+                }
+            }
+            acc.iter().map(|&a| f64::from(a)).sum::<f64>() + tail
+        };
+        self.install(|| data.par_chunks(per_task).map(sum_chunk).sum())
+    }
+
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         match &self.pool {
             Some(pool) => pool.install(f),
@@ -319,5 +341,24 @@ impl Backend for Cpu {
             TensorData::BF16(v) => backward_in_place_rows::<bf16>(v.make_mut(), shape.vocab, t, &g),
             other => Err(DaaError::DType { tensor: "logits", actual: other.dtype(), expected: "f32, f16 or bf16" }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cpu;
+
+    #[test]
+    fn reading_once_sums_every_value_whatever_the_threads() {
+        // 0..200_003 (not a multiple of the 16 lanes nor of the tasks): the sum
+        // n(n − 1)/2 is exact in the f64 total and in each f32 lane's partial
+        // sums of integers below 2^24.
+        let n = 200_003usize;
+        let data: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+        let want: f64 = data.iter().map(|&v| f64::from(v)).sum();
+        for threads in [1, 2, 3] {
+            assert_eq!(Cpu::with_threads(threads).unwrap().read_once(&data), want, "{threads} threads");
+        }
+        assert_eq!(Cpu::new().read_once(&[]), 0.0);
     }
 }
