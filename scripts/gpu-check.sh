@@ -88,12 +88,12 @@ build)
     rm -rf "$out" && mkdir -p "$out"
     grep -qx "/$out/" .git/info/exclude 2>/dev/null || echo "/$out/" >> .git/info/exclude
     cargo build --release -p daa-benches --example cuda_check
-    # Test binaries: ask cargo where it put them.
+    # daa-core's test binary: ask cargo where it put it.
     cargo test --release -p daa-tests --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in ("backend_agreement", "cuda_kernels", "wgpu_backend"):
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "core_checks":
         print(m["target"]["name"], m["executable"])' \
         | while read -r name path; do cp "$path" "$out/$name"; done
     target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
@@ -119,8 +119,10 @@ run)
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
     status=0
     if [ "${2:-}" != steps ]; then
-        # (The source-file checks of cuda_kernels need the repository layout; CI runs them.)
-        (cd "$out" && ./cuda_kernels compiles_to_ptx a_missing_driver && ./backend_agreement cuda) || status=1
+        # The kernels compiled to PTX, the missing-driver error, and every
+        # agreement case's `cuda` test (the source-file checks of cuda_kernels
+        # need the repository layout; CI runs them).
+        (cd "$out" && ./core_checks compiles_to_ptx a_missing_driver ::cuda) || status=1
         "$out/cuda_check" || status=1
         python3 "$out/torch_topk_baseline.py" || status=1
     fi

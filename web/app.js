@@ -152,7 +152,7 @@ function showLatest() {
       ["top-k entropy", fmt(e["eval/topk_entropy"], 3)],
       ["top-k mass", fmt(e["eval/topk_mass"], 3)],
       ["EAD", fmt(e["eval/ead"], 3)],
-      ["KL", fmt(e["eval/kl"], 2)],
+      ["KL", fmt(e["eval/kl"], 2) + (e["eval/kl_se"] === undefined ? "" : ` ± ${fmt(e["eval/kl_se"], 2)}`)],
     );
   }
   if (t && t["train/nll_weight"] !== undefined) items.push(["λ", fmt(t["train/nll_weight"], 3)]);

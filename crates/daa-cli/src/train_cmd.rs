@@ -71,16 +71,20 @@ fn print_monitoring(records: &[MetricsRecord]) {
     let evals: Vec<(u64, SampleReport)> =
         records.iter().filter_map(MetricsRecord::eval).filter_map(|r| Some((r.step, r.samples?))).collect();
     if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        eprintln!("{:<28} {:>10} {:>10} {:>10}", "samples (held-out prompts)", "first", "last", "best");
+        eprintln!("{:<30} {:>10} {:>10} {:>10}", "samples (held-out prompts)", "first", "last", "peak");
         for figure in SampleReport::FIGURES {
-            let best = evals.iter().map(|(_, r)| (figure.value)(r)).fold(f64::NEG_INFINITY, f64::max);
+            let peak = evals.iter().map(|(_, r)| (figure.value)(r)).fold(f64::NEG_INFINITY, f64::max);
+            let peak = if figure.peak { format!("{peak:.4}") } else { "—".to_string() };
             eprintln!(
-                "{:<28} {:>10.4} {:>10.4} {:>10.4}",
+                "{:<30} {:>10.4} {:>10.4} {:>10}",
                 figure.title,
                 (figure.value)(&first.1),
                 (figure.value)(&last.1),
-                best
+                peak
             );
+        }
+        if let (Some(first_se), Some(last_se)) = (first.1.kl_se, last.1.kl_se) {
+            eprintln!("{:<30} {:>10.4} {:>10.4} {:>10}", "  standard error of KL", first_se, last_se, "—");
         }
         let (step, peak) =
             evals.iter().fold((0, f64::NEG_INFINITY), |b, (s, r)| if r.win_prob > b.1 { (*s, r.win_prob) } else { b });

@@ -55,13 +55,18 @@ pub struct EvalReport {
 }
 
 /// A figure of a report (`R`: [`EvalReport`], the sampled figures'
-/// `SampleReport`) that charts and summaries show: its title and how to read it.
+/// `SampleReport`) that charts and summaries show: its title, how to read
+/// it, and whether its largest value over a run means something.
 #[derive(Debug, Clone, Copy)]
 pub struct Figure<R> {
     /// Title for people.
     pub title: &'static str,
-    /// The value in a report.
+    /// The value in a report (NaN where a record lacks it).
     pub value: fn(&R) -> f64,
+    /// Whether summaries show the run's largest value (`peak`): the best win
+    /// probability or gold reward, the top of an indicator; not for figures
+    /// whose maximum says nothing (KL, length).
+    pub peak: bool,
 }
 
 /// A figure of [`EvalReport`].
@@ -70,14 +75,14 @@ pub type EvalFigure = Figure<EvalReport>;
 impl EvalReport {
     /// The figures people watch, in the order charts and tables show them.
     pub const FIGURES: [EvalFigure; 8] = [
-        EvalFigure { title: "loss", value: |r| r.loss },
-        EvalFigure { title: "reward accuracy", value: |r| r.accuracy },
-        EvalFigure { title: "chosen log-lik / token", value: |r| r.chosen_token_loglik },
-        EvalFigure { title: "rejected log-lik / token", value: |r| r.rejected_token_loglik },
-        EvalFigure { title: "reward margin", value: |r| r.margin },
-        EvalFigure { title: "top-k entropy", value: |r| r.topk_entropy },
-        EvalFigure { title: "top-k mass", value: |r| r.topk_mass },
-        EvalFigure { title: "entropy (nats)", value: |r| r.entropy },
+        EvalFigure { title: "loss", value: |r| r.loss, peak: false },
+        EvalFigure { title: "reward accuracy", value: |r| r.accuracy, peak: false },
+        EvalFigure { title: "chosen log-lik / token", value: |r| r.chosen_token_loglik, peak: false },
+        EvalFigure { title: "rejected log-lik / token", value: |r| r.rejected_token_loglik, peak: false },
+        EvalFigure { title: "reward margin", value: |r| r.margin, peak: false },
+        EvalFigure { title: "top-k entropy", value: |r| r.topk_entropy, peak: true },
+        EvalFigure { title: "top-k mass", value: |r| r.topk_mass, peak: false },
+        EvalFigure { title: "entropy (nats)", value: |r| r.entropy, peak: false },
     ];
 }
 

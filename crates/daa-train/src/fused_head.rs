@@ -92,13 +92,13 @@ impl<B: Backend> FusedHead<B> {
     }
 
     /// `(first position, positions)` of every chunk of `n`.
-    fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + use<B> {
+    pub fn chunks(&self, n: usize) -> impl Iterator<Item = (usize, usize)> + use<B> {
         let c = self.chunk_rows;
         (0..n).step_by(c).map(move |start| (start, c.min(n - start)))
     }
 
-    /// `z = s · h Wᵀ` of one chunk, `[C, V]`, in f32.
-    fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+    /// `z = s · h Wᵀ` of one chunk of hidden states (`[C, d]`), `[C, V]`, in f32.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         let z = hidden.matmul(self.weight.clone().transpose()).cast(FloatDType::F32);
         if self.scale == 1.0 { z } else { z.mul_scalar(self.scale) }
     }

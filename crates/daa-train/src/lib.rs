@@ -25,6 +25,7 @@ pub mod monitor;
 pub mod objective;
 pub mod optim;
 pub mod plan;
+pub mod policy_kl;
 pub mod precision;
 pub mod records;
 pub mod rng;

@@ -11,8 +11,20 @@
 //!   the fraction strictly better (daa-core's [`daa_core::win_probability`]);
 //! - `eval/gold_reward`: the mean judge reward of the samples (the gold
 //!   reward in the testbed, a reward model's score otherwise);
-//! - `eval/kl` `= (1/n) Σ [log π(y_i|x_i) − log π_ref(y_i|x_i)]`, a
-//!   Monte-Carlo estimate per sequence;
+//! - `eval/kl`, `eval/kl_se`: `KL(π‖π_ref)` per sequence and its standard
+//!   error, on a second draw from the policy itself (temperature 1, no
+//!   nucleus; the same prompts, another seed stream): the mean over samples
+//!   of the per-token divergences summed over each sample's completion,
+//!   `Σ_t Σ_v p_t(v) log(p_t(v)/q_t(v))` ([`crate::policy_kl`],
+//!   [`daa_core::kl`]): never negative, low variance. This draw costs one
+//!   more generation and a teacher-forced pass of both models per evaluation;
+//! - `eval/kl_sequence`, `eval/kl_sequence_se`: the sequence estimator
+//!   `(1/n) Σ [log π(y_j|x_j) − log π_ref(y_j|x_j)]` on the same draw
+//!   (unbiased too, noisier, negative sample by sample);
+//! - `eval/tempered_log_ratio`: the same mean log-ratio over the
+//!   evaluation's own samples (its temperature and nucleus): not the
+//!   policy's KL (the samples come from a sharpened, truncated `π`), and it
+//!   can be negative;
 //! - `eval/ead_1 … eval/ead_5` and their mean `eval/ead`: expectation-adjusted
 //!   distinct n-grams of the samples' tokens across prompts, over the model's
 //!   vocabulary (`Vⁿ` for n-grams; [`daa_core::diversity`]);
@@ -22,19 +34,23 @@
 
 use burn::tensor::backend::Backend;
 use daa_core::diversity::ead_up_to;
-use daa_core::kl::kl_estimate;
+use daa_core::kl::{kl_from_token_sums, mean_with_standard_error};
+use daa_core::sampling::SamplingParams;
 use daa_core::win_probability::win_stats;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{Sequence, TokenBatch};
-use crate::error::{ModelError, read_vec};
+use crate::batch::Sequence;
+use crate::error::ModelError;
 use crate::eval::Figure;
 use crate::generate::{
     FinishReason, Generated, GenerationConfig, GenerationRequest, generate_in_batches, request_seed,
 };
 use crate::judge::{Judge, Judged};
 use crate::model::CausalLm;
-use crate::objective::sequence_logps;
+use crate::policy_kl::{SampleKl, sample_kl};
+
+/// XORed into the evaluation's seed for the KL draw: its own random stream.
+const KL_STREAM: u64 = 0x4B4C_0000_5EED_D1CE;
 
 /// The figures of one sample evaluation; the serde names are the metric
 /// names of `metrics.jsonl`.
@@ -49,9 +65,23 @@ pub struct SampleReport {
     /// Mean judge reward of the samples.
     #[serde(rename = "eval/gold_reward")]
     pub gold_reward: f64,
-    /// Monte-Carlo `KL(π‖π_ref)` per sequence (nats).
+    /// `KL(π‖π_ref)` per sequence (nats): per-token divergences on the
+    /// policy's own samples at temperature 1 (module documentation).
     #[serde(rename = "eval/kl")]
     pub kl: f64,
+    /// Standard error of [`Self::kl`] over the samples.
+    #[serde(rename = "eval/kl_se", default, skip_serializing_if = "Option::is_none")]
+    pub kl_se: Option<f64>,
+    /// The sequence estimator of the same KL on the same samples.
+    #[serde(rename = "eval/kl_sequence", default, skip_serializing_if = "Option::is_none")]
+    pub kl_sequence: Option<f64>,
+    /// Standard error of [`Self::kl_sequence`].
+    #[serde(rename = "eval/kl_sequence_se", default, skip_serializing_if = "Option::is_none")]
+    pub kl_sequence_se: Option<f64>,
+    /// Mean `log π(y) − log π_ref(y)` over the evaluation's tempered samples
+    /// (not a KL; module documentation).
+    #[serde(rename = "eval/tempered_log_ratio", default, skip_serializing_if = "Option::is_none")]
+    pub tempered_log_ratio: Option<f64>,
     /// EAD of unigrams.
     #[serde(rename = "eval/ead_1")]
     pub ead_1: f64,
@@ -86,15 +116,20 @@ pub type SampleFigure = Figure<SampleReport>;
 
 impl SampleReport {
     /// The figures people watch, in the order charts and tables show them.
-    pub const FIGURES: [SampleFigure; 8] = [
-        SampleFigure { title: "win probability", value: |r| r.win_prob },
-        SampleFigure { title: "gold reward", value: |r| r.gold_reward },
-        SampleFigure { title: "KL(π‖π_ref) per sample", value: |r| r.kl },
-        SampleFigure { title: "EAD (n = 1…5)", value: |r| r.ead },
-        SampleFigure { title: "sample top-k entropy", value: |r| r.sample_topk_entropy },
-        SampleFigure { title: "sample top-k mass", value: |r| r.sample_topk_mass },
-        SampleFigure { title: "sample length", value: |r| r.length },
-        SampleFigure { title: "win rate", value: |r| r.win_rate },
+    pub const FIGURES: [SampleFigure; 9] = [
+        SampleFigure { title: "win probability", value: |r| r.win_prob, peak: true },
+        SampleFigure { title: "gold reward", value: |r| r.gold_reward, peak: true },
+        SampleFigure { title: "KL(π‖π_ref) per sample", value: |r| r.kl, peak: false },
+        SampleFigure { title: "EAD (n = 1…5)", value: |r| r.ead, peak: true },
+        SampleFigure { title: "sample top-k entropy", value: |r| r.sample_topk_entropy, peak: true },
+        SampleFigure { title: "sample top-k mass", value: |r| r.sample_topk_mass, peak: false },
+        SampleFigure { title: "sample length", value: |r| r.length, peak: false },
+        SampleFigure { title: "win rate", value: |r| r.win_rate, peak: true },
+        SampleFigure {
+            title: "tempered log-ratio (not a KL)",
+            value: |r| r.tempered_log_ratio.unwrap_or(f64::NAN),
+            peak: false,
+        },
     ];
 }
 
@@ -175,21 +210,7 @@ impl<B: Backend> SampleEvaluator<B> {
         judge: &mut dyn Judge,
         decode: &Decode<'_>,
     ) -> Result<JudgedSamples, ModelError> {
-        let device = model.embed.weight.device();
-        let requests: Vec<GenerationRequest> = self
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| GenerationRequest { prompt: &p.ids, seed: request_seed(seed, i, 0) })
-            .collect();
-        let samples = generate_in_batches(
-            model,
-            &requests,
-            self.settings.batch_size,
-            &self.settings.generation,
-            &device,
-            &mut |_| {},
-        )?;
+        let samples = self.draw(model, seed, &self.settings.generation)?;
         let texts = samples.iter().map(|g| decode(&g.tokens)).collect::<Result<Vec<_>, _>>()?;
         let items: Vec<Judged> = self
             .prompts
@@ -202,10 +223,26 @@ impl<B: Backend> SampleEvaluator<B> {
         Ok(JudgedSamples { samples, rewards })
     }
 
-    /// `log π_ref(y|x)` of each sample.
-    fn reference_logps(&self, samples: &[Generated]) -> Result<Vec<f64>, ModelError> {
-        let device = self.reference.embed.weight.device();
-        let vocab = self.reference.config().vocab_size;
+    /// One sample of `model` per prompt with `generation`, from `seed`'s stream.
+    fn draw(
+        &self,
+        model: &CausalLm<B>,
+        seed: u64,
+        generation: &GenerationConfig,
+    ) -> Result<Vec<Generated>, ModelError> {
+        let device = model.embed.weight.device();
+        let requests: Vec<GenerationRequest> = self
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| GenerationRequest { prompt: &p.ids, seed: request_seed(seed, i, 0) })
+            .collect();
+        generate_in_batches(model, &requests, self.settings.batch_size, generation, &device, &mut |_| {})
+    }
+
+    /// The per-sample KL sums of `samples` (one per prompt) under `policy`
+    /// against the reference.
+    fn sample_kl(&self, policy: &CausalLm<B>, samples: &[Generated]) -> Result<Vec<SampleKl>, ModelError> {
         let sequences: Vec<Sequence> = self
             .prompts
             .iter()
@@ -215,15 +252,17 @@ impl<B: Backend> SampleEvaluator<B> {
                 completion_start: p.ids.len(),
             })
             .collect();
-        let mut out = Vec::with_capacity(sequences.len());
-        for chunk in sequences.chunks(self.settings.batch_size) {
-            let refs: Vec<&Sequence> = chunk.iter().collect();
-            let batch = TokenBatch::new(&refs, self.settings.pad_id, vocab)?;
-            let logps: Vec<f64> =
-                read_vec(sequence_logps(&self.reference, &batch, &device)?, "reference log-probabilities")?;
-            out.extend(logps);
+        sample_kl(policy, &self.reference, &sequences, self.settings.batch_size, self.settings.pad_id)
+    }
+
+    /// The KL draw's settings: the evaluation's length and stop tokens, from
+    /// the policy itself (temperature 1, no nucleus), no statistics.
+    fn kl_generation(&self) -> GenerationConfig {
+        GenerationConfig {
+            sampling: SamplingParams { temperature: 1.0, top_p: 1.0 },
+            topk_stats: None,
+            ..self.settings.generation.clone()
         }
-        Ok(out)
     }
 
     /// Samples `policy` on the held-out prompts and computes every figure.
@@ -235,8 +274,14 @@ impl<B: Backend> SampleEvaluator<B> {
     ) -> Result<SampleReport, ModelError> {
         let JudgedSamples { samples, rewards } = self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
         let win = win_stats(&rewards, &self.competitor_rewards)?;
-        let policy_logps: Vec<f64> = samples.iter().map(Generated::logprob).collect();
-        let kl = kl_estimate(&policy_logps, &self.reference_logps(&samples)?)?;
+        let tempered = self.sample_kl(policy, &samples)?;
+        let tempered =
+            mean_with_standard_error(&tempered.iter().map(|s| s.log_ratio).collect::<Vec<_>>(), "log-ratio")?;
+        let own = self.draw(policy, self.settings.seed ^ KL_STREAM, &self.kl_generation())?;
+        let own = self.sample_kl(policy, &own)?;
+        let kl = kl_from_token_sums(&own.iter().map(|s| s.token_kl).collect::<Vec<_>>())?;
+        let kl_sequence =
+            mean_with_standard_error(&own.iter().map(|s| s.log_ratio).collect::<Vec<_>>(), "sequence log-ratio")?;
         let stops = &self.settings.generation.stop_tokens;
         let bodies: Vec<Vec<u32>> =
             samples.iter().map(|g| g.tokens.iter().copied().filter(|t| !stops.contains(t)).collect()).collect();
@@ -254,7 +299,11 @@ impl<B: Backend> SampleEvaluator<B> {
             win_prob: win.win_prob,
             win_rate: win.win_rate,
             gold_reward: rewards.iter().sum::<f64>() / n,
-            kl,
+            kl: kl.mean,
+            kl_se: Some(kl.standard_error),
+            kl_sequence: Some(kl_sequence.mean),
+            kl_sequence_se: Some(kl_sequence.standard_error),
+            tempered_log_ratio: Some(tempered.mean),
             ead_1: per_n[0].ead,
             ead_2: per_n[1].ead,
             ead_3: per_n[2].ead,

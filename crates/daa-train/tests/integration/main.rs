@@ -7,6 +7,7 @@
 
 mod backends;
 mod decode;
+mod kl;
 mod memory;
 mod plan;
 mod precision;

@@ -375,11 +375,15 @@ fn write_parquet(path: &Path, rows: &[Value]) {
     writer.close().unwrap();
 }
 
-const SAMPLE_FIELDS: [&str; 13] = [
+const SAMPLE_FIELDS: [&str; 17] = [
     "eval/win_prob",
     "eval/win_rate",
     "eval/gold_reward",
     "eval/kl",
+    "eval/kl_se",
+    "eval/kl_sequence",
+    "eval/kl_sequence_se",
+    "eval/tempered_log_ratio",
     "eval/ead_1",
     "eval/ead_2",
     "eval/ead_3",
@@ -461,6 +465,10 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
     }
     // Before any step the policy is the reference: KL 0 (up to batching), win probability near ½.
     assert!(evals[0]["eval/kl"].as_f64().unwrap().abs() < 1e-2, "{}", evals[0]);
+    // The per-token KL is never negative, nor is its standard error.
+    for e in &evals {
+        assert!(e["eval/kl"].as_f64().unwrap() >= 0.0 && e["eval/kl_se"].as_f64().unwrap() >= 0.0, "{e}");
+    }
     for t in records.iter().filter(|r| r["type"] == "train") {
         assert!(t["train/nll_weight"].as_f64().is_some_and(|w| (0.0..=1.0).contains(&w)), "{t}");
     }
