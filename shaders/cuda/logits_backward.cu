@@ -1,6 +1,6 @@
 // logits_backward: ∂L/∂x_j = g · ([j = t] − softmax(x)_j), written over the
 // logits in place (f32 or bf16). CPU twin: `backward_in_place`
-// (crates/daa-core/src/cpu/row.rs); specification: `Reference::logits_backward`;
+// (crates/daa-core/src/cpu/row.rs); specification: `Specification::logits_backward`;
 // WGSL twin: shaders/wgsl/logits_backward.wgsl. Needs row_common.cuh prepended.
 //
 // One block of 256 threads per row: an online log-sum-exp pass, a block

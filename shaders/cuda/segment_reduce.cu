@@ -1,6 +1,6 @@
 // segment_reduce: weighted per-segment sums, counts and means over contiguous
 // segments, f64 accumulation. CPU twin: `Cpu::segment_reduce`
-// (crates/daa-core/src/cpu/mod.rs); specification: `Reference::segment_reduce`;
+// (crates/daa-core/src/cpu/mod.rs); specification: `Specification::segment_reduce`;
 // WGSL twin: shaders/wgsl/segment_reduce.wgsl.
 //
 // One thread per (segment, column); column index `columns` computes the count.

@@ -1,7 +1,7 @@
 // logits_backward: ∂L/∂x_j = g · ([j = t] − softmax(x)_j), written over the
 // f32 logits in place (bind a copy for out-of-place). CPU twin:
 // `backward_in_place` (crates/daa-core/src/cpu/row.rs); specification:
-// `Reference::logits_backward`. Needs load_f32.wgsl, row_softmax.wgsl and
+// `Specification::logits_backward`. Needs load_f32.wgsl, row_softmax.wgsl and
 // row_status.wgsl prepended.
 //
 // One workgroup of 256 invocations per row: an online log-sum-exp pass, a

@@ -1,6 +1,6 @@
 // segment_reduce: weighted per-segment sums, counts and means over contiguous
 // segments. CPU twin: `Cpu::segment_reduce` (crates/daa-core/src/cpu/mod.rs);
-// specification: `Reference::segment_reduce`.
+// specification: `Specification::segment_reduce`.
 //
 // One invocation per (segment, column); column index `columns` computes the
 // count. Kahan-compensated f32 sums keep long segments close to the f64 reference.

@@ -2,7 +2,7 @@
 //! which `daa bench` uses too) as host tensors, and the loss catalog.
 
 pub use daa_core::synthetic::{SplitMix64, lm_logits, targets};
-use daa_core::{HostTensor, LossName, PreferenceLoss};
+use daa_core::{HostTensor, LossName, PairLogps, PreferenceLoss};
 
 /// Logits and targets as host tensors.
 pub fn token_stats_inputs(rows: usize, vocab: usize, seed: u64) -> (HostTensor, HostTensor) {
@@ -33,3 +33,14 @@ pub fn names_missing_from_loss_catalog() -> Vec<LossName> {
     let names: Vec<LossName> = loss_catalog().iter().map(PreferenceLoss::name).collect();
     LossName::ALL.into_iter().filter(|n| !names.contains(n)).collect()
 }
+
+/// The losses' worked pair: `π_w = −10`, `π_l = −12`, `ρ_w = ρ_l = −11`,
+/// `n_w = 5`, `n_l = 4`, so `Δ = (−10 + 11) − (−12 + 11) = 2`.
+pub const WORKED_PAIR: PairLogps = PairLogps {
+    policy_chosen: -10.0,
+    policy_rejected: -12.0,
+    reference_chosen: -11.0,
+    reference_rejected: -11.0,
+    chosen_tokens: 5.0,
+    rejected_tokens: 4.0,
+};

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use daa_core::io::{SafetensorsFile, write_atomic};
+use daa_core::io::{SafetensorsFile, StoredTensor, write_atomic};
+use daa_core::token_stats::TokenStatsShape;
 use daa_core::{Backend, DType, HostTensor, TOKEN_STATS_COLUMNS, TokenStat, TokenStatsParams, TokenStatsRow};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::backend_choice::BackendArgs;
+use crate::backend_choice::{BackendArgs, ChosenBackend};
 use crate::with_kernel_backend;
 
 /// Bytes of logits per chunk when `--chunk-rows` is not given: what a GPU
@@ -115,25 +116,68 @@ fn stats_of_chunk<B: Backend>(
     Ok(b.download(&out)?)
 }
 
+/// The tensors of a `daa stats` file, their dtypes and shapes checked.
+struct StatsInputs<'f> {
+    logits: StoredTensor<'f>,
+    targets: StoredTensor<'f>,
+    mask: Option<StoredTensor<'f>>,
+    shape: TokenStatsShape,
+}
+
+impl<'f> StatsInputs<'f> {
+    /// `logits` (f32, f16, bf16), `targets` (i32, i64) and the optional
+    /// `mask` of `file`; errors name the file and the tensor.
+    fn of(file: &'f SafetensorsFile) -> Result<Self> {
+        let at = |what: String| format!("{}: {what}", file.path().display());
+        let logits = file.require("logits", "[rows, vocab] or [batch, time, vocab] logits")?;
+        let targets = file.require("targets", "target token ids shaped like logits without the last dimension")?;
+        let mask = file.get("mask");
+        if !matches!(logits.dtype(), Ok(DType::F32 | DType::F16 | DType::BF16)) {
+            bail!(at(format!("tensor `logits` has dtype {}, expected F32, F16 or BF16", logits.stored_dtype())));
+        }
+        if !matches!(targets.dtype(), Ok(DType::I32 | DType::I64)) {
+            bail!(at(format!("tensor `targets` has dtype {}, expected I32 or I64", targets.stored_dtype())));
+        }
+        let shape = TokenStatsShape::check(logits.shape(), targets.shape(), mask.as_ref().map(|m| m.shape()))
+            .with_context(|| file.path().display().to_string())?;
+        Ok(Self { logits, targets, mask, shape })
+    }
+
+    /// The statistics of every row, `chunk_rows` rows at a time on `backend`
+    /// (borrowed from the memory map: no copy on the CPU backends), with a
+    /// progress bar; `[rows, 6]` flattened.
+    fn stats_in_chunks(
+        &self,
+        backend: &ChosenBackend,
+        params: &TokenStatsParams,
+        chunk_rows: usize,
+    ) -> Result<Vec<f32>> {
+        let TokenStatsShape { rows, vocab, .. } = self.shape;
+        let bar = ProgressBar::new(rows as u64).with_style(
+            ProgressStyle::with_template("{spinner} token_stats {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
+                .expect("valid template"),
+        );
+        let mut stats: Vec<f32> = Vec::with_capacity(rows * TOKEN_STATS_COLUMNS);
+        for start in (0..rows).step_by(chunk_rows) {
+            let end = (start + chunk_rows).min(rows);
+            let n = end - start;
+            let l = self.logits.host_range(start * vocab..end * vocab, &[n, vocab])?;
+            let t = self.targets.host_range(start..end, &[n])?;
+            let m = self.mask.as_ref().map(|m| m.host_range(start..end, &[n])).transpose()?;
+            let out = with_kernel_backend!(backend, |b| stats_of_chunk(b, &l, &t, m.as_ref(), params, start))?;
+            stats.extend_from_slice(out.as_f32("token_stats output")?);
+            bar.inc(n as u64);
+        }
+        bar.finish_and_clear();
+        Ok(stats)
+    }
+}
+
 /// Runs `daa stats`.
 pub fn run(args: &StatsArgs) -> Result<()> {
     let file = SafetensorsFile::open(&args.logits)?;
-    let at = |what: String| format!("{}: {what}", file.path().display());
-    let logits = file.require("logits", "[rows, vocab] or [batch, time, vocab] logits")?;
-    let targets = file.require("targets", "target token ids shaped like logits without the last dimension")?;
-    let mask = file.get("mask");
-    if !matches!(logits.dtype(), Ok(DType::F32 | DType::F16 | DType::BF16)) {
-        bail!(at(format!("tensor `logits` has dtype {}, expected F32, F16 or BF16", logits.stored_dtype())));
-    }
-    if !matches!(targets.dtype(), Ok(DType::I32 | DType::I64)) {
-        bail!(at(format!("tensor `targets` has dtype {}, expected I32 or I64", targets.stored_dtype())));
-    }
-    let shape = daa_core::token_stats::TokenStatsShape::check(
-        logits.shape(),
-        targets.shape(),
-        mask.as_ref().map(|m| m.shape()),
-    )
-    .with_context(|| file.path().display().to_string())?;
+    let inputs = StatsInputs::of(&file)?;
+    let (logits, shape) = (&inputs.logits, inputs.shape);
     let params = TokenStatsParams { k: args.k, entropy_base: args.entropy_base };
     params.validate(shape.vocab).with_context(|| file.path().display().to_string())?;
     let row_bytes = logits.bytes().len() / shape.rows.max(1);
@@ -143,25 +187,9 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         None => (CHUNK_BYTES / row_bytes.max(1)).max(1),
     };
     let backend = args.backend.build()?;
-    let bar = ProgressBar::new(shape.rows as u64).with_style(
-        ProgressStyle::with_template("{spinner} token_stats {bar:40} {pos}/{len} rows {per_sec} eta {eta}")
-            .expect("valid template"),
-    );
-    let mut stats: Vec<f32> = Vec::with_capacity(shape.rows * TOKEN_STATS_COLUMNS);
     let started = std::time::Instant::now();
-    for start in (0..shape.rows).step_by(chunk_rows) {
-        let end = (start + chunk_rows).min(shape.rows);
-        let n = end - start;
-        // Borrowed from the memory map: no copy on the CPU backends.
-        let l = logits.host_range(start * shape.vocab..end * shape.vocab, &[n, shape.vocab])?;
-        let t = targets.host_range(start..end, &[n])?;
-        let m = mask.as_ref().map(|m| m.host_range(start..end, &[n])).transpose()?;
-        let out = with_kernel_backend!(&backend, |b| stats_of_chunk(b, &l, &t, m.as_ref(), &params, start))
-            .with_context(|| file.path().display().to_string())?;
-        stats.extend_from_slice(out.as_f32("token_stats output")?);
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
+    let stats =
+        inputs.stats_in_chunks(&backend, &params, chunk_rows).with_context(|| file.path().display().to_string())?;
     let seconds = started.elapsed().as_secs_f64();
 
     let (summary, sequences) = with_kernel_backend!(&backend, |b| {

@@ -162,6 +162,9 @@ fn a_demo_run_goes_through_every_phase_with_finite_figures() {
             assert!(value.as_f64().is_some_and(f64::is_finite), "{name} = {value}");
         }
         assert!(e.nll_weight.is_some(), "adaptive λ is reported");
+        let samples = e.record.samples.unwrap();
+        assert!(samples.kl >= 0.0 && samples.kl_se.is_some_and(|se| se >= 0.0), "{samples:?}");
+        assert!(samples.kl_sequence.is_some() && samples.tempered_log_ratio.is_some(), "{samples:?}");
     }
     assert!(evals[0].record.samples.unwrap().kl.abs() < 1e-3, "the policy starts at the reference");
     assert!(session.step().unwrap_err().to_string().contains("done"));

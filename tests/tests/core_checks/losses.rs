@@ -9,16 +9,7 @@ use daa_core::{
     LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss, PreferenceLossParams,
     pair_loss, validate_pair,
 };
-use daa_tests::fixtures::{SplitMix64, loss_catalog, names_missing_from_loss_catalog};
-
-const PAIR: PairLogps = PairLogps {
-    policy_chosen: -10.0,
-    policy_rejected: -12.0,
-    reference_chosen: -11.0,
-    reference_rejected: -11.0,
-    chosen_tokens: 5.0,
-    rejected_tokens: 4.0,
-};
+use daa_tests::fixtures::{SplitMix64, WORKED_PAIR as PAIR, loss_catalog, names_missing_from_loss_catalog};
 
 fn run(loss: PreferenceLoss) -> PairLoss {
     pair_loss(&PAIR, &PreferenceLossParams { loss, nll: None })

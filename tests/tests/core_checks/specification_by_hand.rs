@@ -4,6 +4,7 @@
 //! judged against arithmetic written out here.
 
 use daa_core::{Backend, HostTensor, PairLogps, PreferenceLoss, PreferenceLossParams, Specification};
+use daa_tests::fixtures::WORKED_PAIR;
 
 fn close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -35,14 +36,7 @@ fn preference_loss_rows_by_hand() {
     // ∂L/∂π_w = −β·σ(−1) = −0.134470710684998 = −∂L/∂π_l, rewards ±0.5, margin 1,
     // accuracy 1. A second pair with the roles swapped mirrors it: z = −1,
     // L = softplus(1) = 1.313261687518222…, ∂L/∂π_w = −β·σ(1) = −0.365529289315002.
-    let pair = PairLogps {
-        policy_chosen: -10.0,
-        policy_rejected: -12.0,
-        reference_chosen: -11.0,
-        reference_rejected: -11.0,
-        chosen_tokens: 5.0,
-        rejected_tokens: 4.0,
-    };
+    let pair = WORKED_PAIR;
     let swapped = PairLogps { policy_chosen: -12.0, policy_rejected: -10.0, ..pair };
     let flat: Vec<f64> = [pair, swapped].iter().flat_map(|p| p.to_columns()).collect();
     let pairs = HostTensor::from_f64(flat, &[2, 6]).unwrap();

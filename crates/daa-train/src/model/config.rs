@@ -239,6 +239,83 @@ fn rope_scaling(scaling: &Map<String, Value>, field: &str) -> Result<RopeScaling
     }
 }
 
+/// The architecture `config.json` names (`architectures[0]`, else from
+/// `model_type`), and the family daa implements it with.
+fn architecture_of(raw: &Map<String, Value>) -> Result<(String, Architecture), ModelError> {
+    let name = match raw.get("architectures").and_then(Value::as_array).and_then(|a| a.first()) {
+        Some(Value::String(name)) => name.clone(),
+        _ => match raw.get("model_type").and_then(Value::as_str).unwrap_or("") {
+            "llama" => "LlamaForCausalLM",
+            "mistral" => "MistralForCausalLM",
+            "qwen2" => "Qwen2ForCausalLM",
+            "cohere" => "CohereForCausalLM",
+            _ => "",
+        }
+        .to_string(),
+    };
+    let architecture = match name.as_str() {
+        "LlamaForCausalLM"
+        | "MistralForCausalLM"
+        | "Qwen2ForCausalLM"
+        | "LlamaForSequenceClassification"
+        | "MistralForSequenceClassification"
+        | "Qwen2ForSequenceClassification" => Architecture::Llama,
+        "CohereForCausalLM" => Architecture::Cohere,
+        other => {
+            let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("?");
+            let shown = if other.is_empty() { "(none)" } else { other };
+            return Err(ModelError::UnknownArchitecture {
+                found: format!("{shown} (model_type `{model_type}`)"),
+                supported: SUPPORTED_ARCHITECTURES.join(", "),
+            });
+        }
+    };
+    Ok((name, architecture))
+}
+
+/// Widths and head counts of the attention.
+struct AttentionShape {
+    hidden_size: usize,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// The attention's shape, checked: query heads a multiple of key/value
+/// heads, an even head width that divides `hidden_size` unless given.
+fn attention_shape(raw: &Map<String, Value>) -> Result<AttentionShape, ModelError> {
+    let hidden_size = usize_field(raw, "hidden_size")?;
+    let num_heads = usize_field(raw, "num_attention_heads")?;
+    let num_kv_heads = optional_usize(raw, "num_key_value_heads")?.unwrap_or(num_heads);
+    if num_heads % num_kv_heads != 0 {
+        return Err(ModelError::Config(format!(
+            "`num_attention_heads` ({num_heads}) must be a multiple of `num_key_value_heads` ({num_kv_heads})"
+        )));
+    }
+    let head_dim = optional_usize(raw, "head_dim")?.unwrap_or(hidden_size / num_heads);
+    if head_dim % 2 != 0 || (raw.get("head_dim").is_none() && hidden_size % num_heads != 0) {
+        return Err(ModelError::Config(format!(
+            "head width {head_dim} (hidden_size {hidden_size} / num_attention_heads {num_heads}) must be even and divide hidden_size"
+        )));
+    }
+    Ok(AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim })
+}
+
+/// The language-model head, or a reward model's score head with its labels.
+fn output_head(raw: &Map<String, Value>, architecture_name: &str) -> Result<OutputHead, ModelError> {
+    if !architecture_name.ends_with("ForSequenceClassification") {
+        return Ok(OutputHead::LanguageModel);
+    }
+    let num_labels = match raw.get("id2label") {
+        Some(Value::Object(labels)) => labels.len(),
+        _ => optional_usize(raw, "num_labels")?.unwrap_or(2),
+    };
+    if num_labels == 0 {
+        return Err(ModelError::Config("`id2label` is empty: the score head needs at least one label".into()));
+    }
+    Ok(OutputHead::SequenceClassification { num_labels })
+}
+
 impl ModelConfig {
     /// Parses a `config.json` text. Errors name the field at fault.
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
@@ -252,68 +329,14 @@ impl ModelConfig {
 
     /// Builds the description from a parsed `config.json` object.
     pub fn from_map(raw: Map<String, Value>) -> Result<Self, ModelError> {
-        let architecture_name = match raw.get("architectures").and_then(Value::as_array).and_then(|a| a.first()) {
-            Some(Value::String(name)) => name.clone(),
-            _ => {
-                let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("");
-                match model_type {
-                    "llama" => "LlamaForCausalLM",
-                    "mistral" => "MistralForCausalLM",
-                    "qwen2" => "Qwen2ForCausalLM",
-                    "cohere" => "CohereForCausalLM",
-                    _ => "",
-                }
-                .to_string()
-            }
-        };
-        let architecture = match architecture_name.as_str() {
-            "LlamaForCausalLM"
-            | "MistralForCausalLM"
-            | "Qwen2ForCausalLM"
-            | "LlamaForSequenceClassification"
-            | "MistralForSequenceClassification"
-            | "Qwen2ForSequenceClassification" => Architecture::Llama,
-            "CohereForCausalLM" => Architecture::Cohere,
-            other => {
-                let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("?");
-                let shown = if other.is_empty() { "(none)" } else { other };
-                return Err(ModelError::UnknownArchitecture {
-                    found: format!("{shown} (model_type `{model_type}`)"),
-                    supported: SUPPORTED_ARCHITECTURES.join(", "),
-                });
-            }
-        };
+        let (architecture_name, architecture) = architecture_of(&raw)?;
         let act = raw.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
         if act != "silu" {
             return Err(ModelError::Config(format!("field `hidden_act` is `{act}`; daa supports `silu` (SwiGLU)")));
         }
-        let hidden_size = usize_field(&raw, "hidden_size")?;
-        let num_heads = usize_field(&raw, "num_attention_heads")?;
-        let num_kv_heads = optional_usize(&raw, "num_key_value_heads")?.unwrap_or(num_heads);
-        if num_heads % num_kv_heads != 0 {
-            return Err(ModelError::Config(format!(
-                "`num_attention_heads` ({num_heads}) must be a multiple of `num_key_value_heads` ({num_kv_heads})"
-            )));
-        }
-        let head_dim = optional_usize(&raw, "head_dim")?.unwrap_or(hidden_size / num_heads);
-        if head_dim % 2 != 0 || (raw.get("head_dim").is_none() && hidden_size % num_heads != 0) {
-            return Err(ModelError::Config(format!(
-                "head width {head_dim} (hidden_size {hidden_size} / num_attention_heads {num_heads}) must be even and divide hidden_size"
-            )));
-        }
+        let AttentionShape { hidden_size, num_heads, num_kv_heads, head_dim } = attention_shape(&raw)?;
         let is_qwen2 = architecture_name.starts_with("Qwen2For");
-        let head = if architecture_name.ends_with("ForSequenceClassification") {
-            let num_labels = match raw.get("id2label") {
-                Some(Value::Object(labels)) => labels.len(),
-                _ => optional_usize(&raw, "num_labels")?.unwrap_or(2),
-            };
-            if num_labels == 0 {
-                return Err(ModelError::Config("`id2label` is empty: the score head needs at least one label".into()));
-            }
-            OutputHead::SequenceClassification { num_labels }
-        } else {
-            OutputHead::LanguageModel
-        };
+        let head = output_head(&raw, &architecture_name)?;
         let is_cohere = architecture == Architecture::Cohere;
         let (rope_theta, rope_scaling) = rope(&raw)?;
         if is_cohere && bool_field(&raw, "use_qk_norm", false)? {
