@@ -152,8 +152,10 @@ function showLatest() {
       ["top-k entropy", fmt(e["eval/topk_entropy"], 3)],
       ["top-k mass", fmt(e["eval/topk_mass"], 3)],
       ["EAD", fmt(e["eval/ead"], 3)],
-      ["KL", fmt(e["eval/kl"], 2) + (e["eval/kl_se"] === undefined ? "" : ` ± ${fmt(e["eval/kl_se"], 2)}`)],
+      ["KL", fmt(e["eval/kl"], 2)],
     );
+    // Its standard error over the prompts' samples (absent in runs written before it was recorded).
+    if (e["eval/kl_se"] !== undefined) items.push(["KL s.e.", fmt(e["eval/kl_se"], 2)]);
   }
   if (t && t["train/nll_weight"] !== undefined) items.push(["λ", fmt(t["train/nll_weight"], 3)]);
   const turns = state.run.events.filter((ev) => ev.event === "eval/turning_point");

@@ -1,15 +1,8 @@
 //! Deterministic inputs: synthetic logits (daa-core's [`daa_core::synthetic`],
 //! which `daa bench` uses too) as host tensors, and the loss catalog.
 
-pub use daa_core::synthetic::{SplitMix64, lm_logits, targets};
-use daa_core::{HostTensor, LossName, PairLogps, PreferenceLoss};
-
-/// Logits and targets as host tensors.
-pub fn token_stats_inputs(rows: usize, vocab: usize, seed: u64) -> (HostTensor, HostTensor) {
-    let logits = HostTensor::from_f32(lm_logits(rows, vocab, 2.0, seed), &[rows, vocab]).expect("shape");
-    let targets = HostTensor::from_i64(targets(rows, vocab, seed), &[rows]).expect("shape");
-    (logits, targets)
-}
+pub use daa_core::synthetic::{SplitMix64, lm_logits, targets, token_stats_inputs};
+use daa_core::{LossName, PairLogps, PreferenceLoss};
 
 /// Every catalog loss with non-default hyper-parameters (DPO twice: plain and
 /// with label smoothing, i.e. cDPO); the losses' tests and the backends'

@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: run criterion, then read its JSON estimates and print
 //! achieved bandwidth next to the read bandwidth measured in the same run.
 //! `--quick` instead runs `daa bench` with the `daa` binary `cargo xtask
-//! train` builds (no second build).
+//! train` builds (no second build). The trainer benchmark's options need
+//! `--trainer`.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -45,31 +46,31 @@ pub struct BenchArgs {
     pub trainer: bool,
     /// Trainer: also time PyTorch + transformers on the same checkpoints and
     /// batches (installed into a virtual environment outside the clone).
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub torch: bool,
     /// Trainer: burn's CPU backend, `flex` (what `daa train` uses) or `ndarray`.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub backend: Option<String>,
     /// Trainer: burn's ndarray backend on the system's OpenBLAS.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub blas: bool,
     /// Trainer: `f32` or `bf16`.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub precision: Option<String>,
     /// Trainer: activation checkpointing.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub checkpointing: bool,
     /// Trainer: model shapes, e.g. `tiny,5m,25m`.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub shapes: Option<String>,
     /// Trainer: thread counts, e.g. `1,2`.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub threads: Option<String>,
     /// Trainer: timed repetitions per measurement.
-    #[arg(long)]
+    #[arg(long, requires = "trainer")]
     pub repeats: Option<u32>,
-    /// Kernels: criterion filters (benchmark ids to run).
-    #[arg(conflicts_with = "trainer")]
+    /// Kernels: criterion filters (benchmark ids to run; not with --quick).
+    #[arg(conflicts_with_all = ["trainer", "quick"])]
     pub filter: Vec<String>,
 }
 
@@ -78,7 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.trainer {
         return trainer(args);
     }
-    let target = target_dir()?;
+    let target = crate::target_dir()?;
     let out_dir = target.join("daa-bench");
     std::fs::create_dir_all(&out_dir)?;
     if args.quick {
@@ -93,7 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
         return Ok(());
     }
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = crate::cargo();
     cmd.args(["bench", "-p", "daa-benches", "--bench", "token_stats", "--"]).args(&args.filter);
     let started = std::time::SystemTime::now();
     let status = cmd.status().context("running cargo bench")?;
@@ -121,8 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 /// PyTorch + transformers on the same checkpoints and batches, installing
 /// them first into a virtual environment outside the clone.
 fn trainer(args: &BenchArgs) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
+    let mut cmd = crate::cargo();
     cmd.args(["bench", "-p", "daa-benches", "--bench", "trainer_step"]);
     if args.blas {
         cmd.args(["--features", "blas"]);
@@ -146,7 +146,7 @@ fn trainer(args: &BenchArgs) -> Result<()> {
         cmd.arg("--checkpointing");
     }
     if args.torch {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let root = crate::workspace_root()?;
         let script = root.join("scripts/torch_dpo_baseline.py");
         let status = Command::new("python3")
             .arg(&script)
@@ -164,16 +164,6 @@ fn trainer(args: &BenchArgs) -> Result<()> {
         bail!("the trainer benchmark failed ({status})");
     }
     Ok(())
-}
-
-fn target_dir() -> Result<PathBuf> {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("running cargo metadata")?;
-    let meta: Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
-    Ok(PathBuf::from(dir))
 }
 
 /// Reads every `<function>/<parameter>/new/{benchmark,estimates}.json` under

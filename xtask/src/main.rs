@@ -1,7 +1,9 @@
 //! `cargo xtask`: project automation. Orchestration only; no library logic.
 //!
-//! - `cargo xtask bench [--quick] [FILTER]`: runs the criterion benchmarks and
-//!   prints a GB/s table (plus `target/daa-bench/token_stats.{md,svg}`).
+//! - `cargo xtask bench [FILTER]`: runs the criterion benchmarks (release
+//!   build) and prints a GB/s table beside the read bandwidth of the same run
+//!   (plus `target/daa-bench/token_stats.{md,svg}`); `--quick` runs `daa
+//!   bench` with the debug `daa` instead (no second build).
 //! - `cargo xtask bench --trainer [--quick] [--torch]`: times a DPO step and
 //!   a scoring pass of the trainer (plus `target/daa-bench/trainer.{md,svg}`),
 //!   beside PyTorch + transformers with `--torch`.
@@ -16,7 +18,10 @@ mod bench;
 mod train;
 mod web;
 
-use anyhow::Result;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
 use clap::Parser;
 
 /// daa's project automation.
@@ -32,6 +37,29 @@ enum Task {
     Experiment(train::RunArgs),
     /// Builds the browser demo into web/pkg/ and serves web/ on 127.0.0.1 (or tests it).
     Web(web::WebArgs),
+}
+
+/// `cargo` as the one running the xtask found it (`$CARGO`), or from `PATH`.
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The workspace's root folder.
+fn workspace_root() -> Result<PathBuf> {
+    Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf())
+}
+
+/// Where cargo builds, as `cargo metadata` says (`CARGO_TARGET_DIR`, a
+/// configured target folder, or `target/` of the workspace).
+fn target_dir() -> Result<PathBuf> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root()?)
+        .output()
+        .context("running cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let dir = meta["target_directory"].as_str().context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
 }
 
 fn main() -> Result<()> {
@@ -59,6 +87,11 @@ mod tests {
         };
         assert!(args.release);
         assert_eq!(args.daa_args, ["--config", "configs/tiny.toml", "--set", "a.b=1"]);
+        // A `--` after daa's first argument stays among daa's (build_and_run drops it).
+        let Task::Train(args) = Task::parse_from(["xtask", "train", "--config", "a.toml", "--", "--set", "b=1"]) else {
+            panic!("not train")
+        };
+        assert_eq!(args.daa_args, ["--config", "a.toml", "--", "--set", "b=1"]);
         let Task::Train(args) = Task::parse_from(["xtask", "train", "--", "--config", "configs/tiny.toml"]) else {
             panic!("not train")
         };
@@ -69,6 +102,9 @@ mod tests {
         };
         assert!(args.trainer && args.quick);
         assert_eq!(args.shapes.as_deref(), Some("tiny"));
+        // Trainer options without --trainer, and filters with --quick, are refused, not ignored.
+        assert!(Task::try_parse_from(["xtask", "bench", "--shapes", "tiny"]).is_err());
+        assert!(Task::try_parse_from(["xtask", "bench", "--quick", "cpu-2threads"]).is_err());
         assert!(Task::try_parse_from(["xtask", "web", "--port", "eighty"]).is_err());
     }
 }

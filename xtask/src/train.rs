@@ -6,7 +6,6 @@
 //! built-in tiny run is `--config configs/tiny.toml`). `cargo xtask
 //! experiment` builds the same and runs `daa experiment`.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -21,19 +20,18 @@ pub struct RunArgs {
     /// Cargo features of the daa command (train-wgpu, train-cuda).
     #[arg(long)]
     pub features: Option<String>,
-    /// Arguments for the daa subcommand (after the options above, or after `--`).
+    /// Arguments for the daa subcommand (after the options above).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "DAA ARGS")]
     pub daa_args: Vec<String>,
 }
 
 /// Builds `daa` and runs `daa <subcommand> <daa_args>`.
 pub fn build_and_run(subcommand: &str, args: &RunArgs) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
+    let root = crate::workspace_root()?;
     // The package alone: a newcomer's first build compiles only what `daa`
     // needs. (`--features train-wgpu` gives the features `cargo test
     // --workspace` builds with, so after the tests burn is not built again.)
-    let mut build = Command::new(&cargo);
+    let mut build = crate::cargo();
     build.current_dir(&root).args(["build", "--package", "daa-cli", "--bin", "daa"]);
     if args.release {
         build.arg("--release");
@@ -46,11 +44,12 @@ pub fn build_and_run(subcommand: &str, args: &RunArgs) -> Result<()> {
     if !status.success() {
         bail!("building daa failed ({status})");
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let binary = target.join(if args.release { "release" } else { "debug" }).join("daa");
+    let binary = crate::target_dir()?.join(if args.release { "release" } else { "debug" }).join("daa");
+    // A `--` left among daa's arguments (`--config X -- --set …`) separated
+    // xtask's options from daa's before; daa takes them without it.
     let status = Command::new(&binary)
         .arg(subcommand)
-        .args(&args.daa_args)
+        .args(args.daa_args.iter().filter(|a| *a != "--"))
         .status()
         .with_context(|| format!("running {}", binary.display()))?;
     if !status.success() {

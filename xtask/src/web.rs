@@ -11,13 +11,17 @@
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 const PACKAGE: &str = "daa-wasm";
+/// What a path segment of a printed address escapes: all but letters,
+/// digits and `-._~` (RFC 3986's unreserved characters).
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 const TARGET: &str = "wasm32-unknown-unknown";
 
 /// What `cargo xtask web` takes.
@@ -39,7 +43,7 @@ pub struct WebArgs {
 
 /// `cargo xtask web`.
 pub fn run(args: &WebArgs) -> Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
+    let root = crate::workspace_root()?;
     build(&root)?;
     if args.test {
         return browser_test(&root);
@@ -49,17 +53,22 @@ pub fn run(args: &WebArgs) -> Result<()> {
     }
     let port = args.port;
     let files_root = std::env::current_dir().context("current directory")?;
+    // The run's address before the server starts: a file it cannot serve is an error now, not a 404 later.
+    let run_url = args.run.as_deref().map(|file| run_viewer_path(file, &files_root)).transpose()?;
     let server = Server::http(("127.0.0.1", port)).map_err(|e| anyhow!("127.0.0.1:{port}: {e}"))?;
     println!("serving {} at http://127.0.0.1:{port}/", root.join("web").display());
-    if let Some(file) = &args.run {
-        let relative = file.strip_prefix(&files_root).unwrap_or(file);
-        println!("the run viewer with {}: http://127.0.0.1:{port}/?run=/files/{}", file.display(), relative.display());
+    if let (Some(file), Some(url)) = (&args.run, run_url) {
+        println!("the run viewer with {}: http://127.0.0.1:{port}/?run={url}", file.display());
     }
-    let web = root.join("web");
+    let (web, files_root) = (Arc::new(root.join("web")), Arc::new(files_root));
     for request in server.incoming_requests() {
-        if let Err(e) = answer(request, &web, &files_root) {
-            eprintln!("request failed: {e:#}");
-        }
+        let (web, files_root) = (Arc::clone(&web), Arc::clone(&files_root));
+        // One thread per request: a page's files load in parallel.
+        std::thread::spawn(move || {
+            if let Err(e) = answer(request, &web, &files_root) {
+                eprintln!("request failed: {e:#}");
+            }
+        });
     }
     Ok(())
 }
@@ -115,9 +124,8 @@ fn build(root: &Path) -> Result<()> {
         ),
         Err(_) => bail!("the wasm-bindgen CLI is not installed: `{install}` (about 5 minutes)"),
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("building {PACKAGE} for {TARGET} (profile wasm; the first build takes a while)");
-    let status = Command::new(&cargo)
+    let status = crate::cargo()
         .current_dir(root)
         .args(["build", "--package", PACKAGE, "--lib", "--target", TARGET, "--profile", "wasm"])
         .status()
@@ -127,8 +135,7 @@ fn build(root: &Path) -> Result<()> {
             "building {PACKAGE} for {TARGET} failed ({status}); is the target installed? `rustup target add {TARGET}`"
         );
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let wasm = target.join(TARGET).join("wasm").join("daa_wasm.wasm");
+    let wasm = crate::target_dir()?.join(TARGET).join("wasm").join("daa_wasm.wasm");
     let out = root.join("web").join("pkg");
     let status = Command::new("wasm-bindgen")
         .args(["--target", "web", "--out-dir"])
@@ -161,9 +168,28 @@ fn build(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The `/files/…` address of a run's `metrics.jsonl` (percent-encoded): it
+/// must lie under `files_root`, the folder the server was started in.
+fn run_viewer_path(file: &Path, files_root: &Path) -> Result<String> {
+    let absolute = std::path::absolute(file).with_context(|| format!("--run {}", file.display()))?;
+    let relative = absolute.strip_prefix(files_root).map_err(|_| {
+        anyhow!(
+            "--run {}: the server shows files under the folder it was started in ({}); start it there",
+            file.display(),
+            files_root.display()
+        )
+    })?;
+    let encoded: Vec<String> = relative
+        .components()
+        .map(|c| utf8_percent_encode(&c.as_os_str().to_string_lossy(), PATH_SEGMENT).to_string())
+        .collect();
+    Ok(format!("/files/{}", encoded.join("/")))
+}
+
 /// The file a request path names: `/` is `web/index.html`, `/files/…` lies
 /// under `files_root`, anything else under `web`; `None` for a path that
-/// would climb out of its folder (`..`, an absolute or a root component).
+/// would climb out of its folder (`..`, an absolute or a root component)
+/// or names a hidden file or folder (`.git`, `.env`).
 fn requested_file(url: &str, web: &Path, files_root: &Path) -> Option<PathBuf> {
     let path = url.split('?').next().unwrap_or("/");
     let path = percent_decode_str(path).decode_utf8().ok()?;
@@ -173,7 +199,8 @@ fn requested_file(url: &str, web: &Path, files_root: &Path) -> Option<PathBuf> {
         None => (web, path.trim_start_matches('/')),
     };
     let relative = Path::new(relative);
-    relative.components().all(|c| matches!(c, Component::Normal(_))).then(|| base.join(relative))
+    let plain = |c: Component<'_>| matches!(c, Component::Normal(name) if !name.to_string_lossy().starts_with('.'));
+    relative.components().all(plain).then(|| base.join(relative))
 }
 
 fn answer(request: Request, web: &Path, files_root: &Path) -> Result<()> {
@@ -189,12 +216,20 @@ fn answer(request: Request, web: &Path, files_root: &Path) -> Result<()> {
     let Some(path) = requested_file(&url, web, files_root).filter(|p| p.is_file()) else {
         return Ok(request.respond(text(404, format!("{url}: not found\n")))?);
     };
-    let mime = mime_guess::from_path(&path).first_or_octet_stream();
     let file = File::open(&path).with_context(|| format!("{}", path.display()))?;
     let response = Response::from_file(file)
-        .with_header(header("Content-Type", mime.essence_str()))
+        .with_header(header("Content-Type", &content_type(&path)))
         .with_header(header("Cache-Control", "no-store"));
     Ok(request.respond(response)?)
+}
+
+/// The MIME type of a served file: mime_guess's, but TypeScript
+/// declarations (`.d.ts` of `web/pkg/`) as text, not MPEG transport streams.
+fn content_type(path: &Path) -> String {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ts") => "text/plain; charset=utf-8".into(),
+        _ => mime_guess::from_path(path).first_or_octet_stream().essence_str().to_string(),
+    }
 }
 
 fn header(name: &str, value: &str) -> Header {
@@ -212,9 +247,22 @@ mod tests {
         assert_eq!(file("/"), Some(web.join("index.html")));
         assert_eq!(file("/pkg/daa_wasm.js?v=2"), Some(web.join("pkg/daa_wasm.js")));
         assert_eq!(file("/files/runs/a%20b/metrics.jsonl"), Some(files.join("runs/a b/metrics.jsonl")));
-        for escape in ["/../etc/passwd", "/files/../../etc/passwd", "/%2e%2e/secret", "/files//etc/passwd"] {
+        for escape in
+            ["/../etc/passwd", "/files/../../etc/passwd", "/%2e%2e/secret", "/files//etc/passwd", "/files/.git/config"]
+        {
             assert_eq!(file(escape), None, "{escape}");
         }
+    }
+
+    #[test]
+    fn a_runs_address_is_under_the_files_root_and_percent_encoded() {
+        let root = Path::new("/home/me");
+        assert_eq!(
+            run_viewer_path(Path::new("/home/me/runs/a b/metrics.jsonl"), root).unwrap(),
+            "/files/runs/a%20b/metrics.jsonl"
+        );
+        let err = run_viewer_path(Path::new("/elsewhere/metrics.jsonl"), root).unwrap_err().to_string();
+        assert!(err.contains("/elsewhere/metrics.jsonl") && err.contains("start it there"), "{err}");
     }
 
     #[test]
@@ -224,8 +272,9 @@ mod tests {
             ("app.js", "text/javascript"),
             ("daa_wasm_bg.wasm", "application/wasm"),
             ("chart.svg", "image/svg+xml"),
+            ("daa_wasm.d.ts", "text/plain; charset=utf-8"),
         ] {
-            assert_eq!(mime_guess::from_path(name).first_or_octet_stream().essence_str(), mime, "{name}");
+            assert_eq!(content_type(Path::new(name)), mime, "{name}");
         }
     }
 }

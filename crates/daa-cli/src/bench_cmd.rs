@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use daa_core::io::write_bytes_atomic;
-use daa_core::synthetic::{lm_logits, targets};
+use daa_core::synthetic::{lm_logits, token_stats_inputs};
 use daa_core::{Backend, Cpu, HostTensor, Specification, TokenStatsParams};
 
 use crate::backend_choice::BackendName;
@@ -88,56 +88,58 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--threads must be at least 1");
     }
     let largest = *args.vocab.iter().max().context("--vocab needs at least one size")?;
-    let mut inputs = Vec::new();
-    for &vocab in &args.vocab {
-        let logits = HostTensor::from_f32(lm_logits(args.rows, vocab, 2.0, 7), &[args.rows, vocab])?;
-        let ids = HostTensor::from_i64(targets(args.rows, vocab, 7), &[args.rows])?;
-        inputs.push((vocab, logits, ids));
-    }
-    let mut rows = Vec::new();
-    for backend in &args.backends {
-        match backend {
-            BackendName::Cpu => {
-                for &t in &threads {
-                    let cpu = Cpu::with_threads(t)?;
-                    let biggest = inputs.iter().find(|(v, ..)| *v == largest).map(|(_, l, _)| l);
-                    let data = biggest.context("largest vocabulary")?.as_f32("logits")?;
-                    let read = median_seconds(args.repeats, || {
-                        std::hint::black_box(cpu.read_once(data));
-                        Ok(())
-                    })?;
-                    let read_gbps = (data.len() * 4) as f64 / read / 1e9;
-                    let name = format!("cpu, {t} thread{}", if t == 1 { "" } else { "s" });
-                    rows.extend(time_backend(&cpu, &name, &inputs, args, Some(read_gbps))?);
-                }
-            }
-            BackendName::Spec => {
-                let few: Vec<_> = inputs.iter().map(|(v, l, t)| first_rows(*v, l, t, SPEC_ROWS)).collect();
-                rows.extend(time_backend(
-                    &Specification,
-                    "spec (f64)",
-                    &few.into_iter().collect::<Result<Vec<_>>>()?,
-                    args,
-                    None,
-                )?);
-            }
-            #[cfg(feature = "wgpu")]
-            BackendName::Wgpu => match daa_core::Wgpu::new() {
-                Ok(gpu) => {
-                    let name = format!("wgpu ({})", gpu.adapter().name);
-                    rows.extend(time_backend(&gpu, &name, &inputs, args, None)?);
-                }
-                Err(e) => eprintln!("skipped: wgpu: {e}"),
-            },
-            #[cfg(feature = "cuda")]
-            BackendName::Cuda => match daa_core::Cuda::new(0) {
-                Ok(gpu) => rows.extend(time_backend(&gpu, &format!("cuda ({})", gpu.describe()), &inputs, args, None)?),
-                Err(e) => eprintln!("skipped: cuda: {e}"),
-            },
-            #[allow(unreachable_patterns)]
-            other => eprintln!("skipped: {other:?}: not compiled into this build of daa"),
+    // The read bandwidth of each thread count, over the largest logits
+    // (beyond every cache), before the kernels: one input in memory at a time.
+    let mut read_gbps = Vec::new();
+    if args.backends.contains(&BackendName::Cpu) {
+        let data = lm_logits(args.rows, largest, 2.0, 7);
+        for &t in &threads {
+            let cpu = Cpu::with_threads(t)?;
+            let read = median_seconds(args.repeats, || {
+                std::hint::black_box(cpu.read_once(&data));
+                Ok(())
+            })?;
+            read_gbps.push((data.len() * 4) as f64 / read / 1e9);
         }
     }
+    let mut rows = Vec::new();
+    for &vocab in &args.vocab {
+        let (logits, ids) = token_stats_inputs(args.rows, vocab, 7);
+        for backend in &args.backends {
+            match backend {
+                BackendName::Cpu => {
+                    for (&t, &read) in threads.iter().zip(&read_gbps) {
+                        let name = format!("cpu, {t} thread{}", if t == 1 { "" } else { "s" });
+                        rows.extend(time_backend(&Cpu::with_threads(t)?, &name, &logits, &ids, args, Some(read))?);
+                    }
+                }
+                BackendName::Spec => {
+                    let (l, t) = first_rows(&logits, &ids, SPEC_ROWS)?;
+                    rows.extend(time_backend(&Specification, "spec (f64)", &l, &t, args, None)?);
+                }
+                #[cfg(feature = "wgpu")]
+                BackendName::Wgpu => match daa_core::Wgpu::new() {
+                    Ok(gpu) => {
+                        let name = format!("wgpu ({})", gpu.adapter().name);
+                        rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
+                    }
+                    Err(e) => eprintln!("skipped: wgpu: {e}"),
+                },
+                #[cfg(feature = "cuda")]
+                BackendName::Cuda => match daa_core::Cuda::new(0) {
+                    Ok(gpu) => {
+                        let name = format!("cuda ({})", gpu.describe());
+                        rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
+                    }
+                    Err(e) => eprintln!("skipped: cuda: {e}"),
+                },
+                #[allow(unreachable_patterns)]
+                other => eprintln!("skipped: {other:?}: not compiled into this build of daa"),
+            }
+        }
+    }
+    // Grouped by backend (threads), then vocabulary and k, as the table reads.
+    rows.sort_by(|a, b| (&a.backend, a.vocab, a.k).cmp(&(&b.backend, b.vocab, b.k)));
     if rows.is_empty() {
         bail!("no backend could be timed (see the notes above)");
     }
@@ -153,45 +155,40 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 }
 
 /// The first `rows` rows of an input (for the slow specification backend).
-fn first_rows(
-    vocab: usize,
-    logits: &HostTensor,
-    ids: &HostTensor,
-    rows: usize,
-) -> Result<(usize, HostTensor, HostTensor)> {
-    let rows = rows.min(logits.shape()[0]);
+fn first_rows(logits: &HostTensor, ids: &HostTensor, rows: usize) -> Result<(HostTensor, HostTensor)> {
+    let (rows, vocab) = (rows.min(logits.shape()[0]), logits.shape()[1]);
     let l = HostTensor::from_f32(logits.as_f32("logits")?[..rows * vocab].to_vec(), &[rows, vocab])?;
     let t = HostTensor::from_i64(ids.to_i64_vec("targets")?[..rows].to_vec(), &[rows])?;
-    Ok((vocab, l, t))
+    Ok((l, t))
 }
 
-/// Times `token_stats` on `backend` for every input and k.
+/// Times `token_stats` on `backend` for `[rows, V]` `logits` and every k ≤ V.
 fn time_backend<B: Backend>(
     backend: &B,
     name: &str,
-    inputs: &[(usize, HostTensor, HostTensor)],
+    logits: &HostTensor,
+    ids: &HostTensor,
     args: &BenchArgs,
     read_gbps: Option<f64>,
 ) -> Result<Vec<Measurement>> {
+    let (rows, vocab) = (logits.shape()[0], logits.shape()[1]);
+    let (l, t) = (backend.upload(logits)?, backend.upload(ids)?);
     let mut out = Vec::new();
-    for (vocab, logits, ids) in inputs {
-        let (rows, vocab) = (logits.shape()[0], *vocab);
-        let (l, t) = (backend.upload(logits)?, backend.upload(ids)?);
-        for &k in args.k.iter().filter(|&&k| k <= vocab) {
-            let params = TokenStatsParams { k, entropy_base: 2.0 };
-            let seconds = median_seconds(args.repeats, || {
-                backend.download(&backend.token_stats(&l, &t, None, &params)?)?;
-                Ok(())
-            })
-            .with_context(|| format!("{name}: V = {vocab}, k = {k}"))?;
-            let gbps = (rows * vocab * 4) as f64 / seconds / 1e9;
-            out.push(Measurement { backend: name.to_string(), rows, vocab, k, seconds, gbps, read_gbps });
-        }
+    for &k in args.k.iter().filter(|&&k| k <= vocab) {
+        let params = TokenStatsParams { k, entropy_base: 2.0 };
+        let seconds = median_seconds(args.repeats, || {
+            backend.download(&backend.token_stats(&l, &t, None, &params)?)?;
+            Ok(())
+        })
+        .with_context(|| format!("{name}: V = {vocab}, k = {k}"))?;
+        let gbps = (rows * vocab * 4) as f64 / seconds / 1e9;
+        out.push(Measurement { backend: name.to_string(), rows, vocab, k, seconds, gbps, read_gbps });
     }
     Ok(out)
 }
 
-/// One untimed call, then the median of `repeats` timed ones, in seconds.
+/// One untimed call, then the median of `repeats` timed ones, in seconds
+/// (the mean of the middle two for an even count).
 fn median_seconds(repeats: usize, mut call: impl FnMut() -> Result<()>) -> Result<f64> {
     call()?;
     let mut times = Vec::with_capacity(repeats);
@@ -200,14 +197,26 @@ fn median_seconds(repeats: usize, mut call: impl FnMut() -> Result<()>) -> Resul
         call()?;
         times.push(started.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(median(&mut times))
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
+}
+
+/// The read bandwidth of each CPU row group, once per backend name, in order.
+pub fn read_bandwidths(rows: &[Measurement]) -> Vec<(&str, f64)> {
+    let mut reads: Vec<(&str, f64)> = rows.iter().filter_map(|r| Some((r.backend.as_str(), r.read_gbps?))).collect();
+    reads.dedup_by(|a, b| a.0 == b.0);
+    reads
 }
 
 /// The results as a Markdown table, the read bandwidths above it.
 pub fn markdown_table(rows: &[Measurement]) -> String {
-    let mut reads: Vec<(&str, f64)> = rows.iter().filter_map(|r| Some((r.backend.as_str(), r.read_gbps?))).collect();
-    reads.dedup_by(|a, b| a.0 == b.0);
+    let reads = read_bandwidths(rows);
     let mut s = String::from("token_stats throughput (daa bench)\n\n");
     if !reads.is_empty() {
         let listed: Vec<String> = reads.iter().map(|(b, g)| format!("{b}: {g:.1} GB/s")).collect();
@@ -261,5 +270,7 @@ mod tests {
         .unwrap();
         assert_eq!(calls, 4, "one untimed call and three timed ones");
         assert!(median_seconds(3, || bail!("device lost")).is_err());
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

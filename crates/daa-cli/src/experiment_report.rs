@@ -246,7 +246,15 @@ fn section_b(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
 /// (c): gold-reward gain against √KL with Gao et al.'s forms.
 fn section_c(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
     writeln!(md, "## (c) Gold reward against √KL\n")?;
-    writeln!(md, "Gain = gold reward − the run's first evaluation's; d = √max(KL, 0).\n")?;
+    writeln!(md, "Gain = gold reward − the run's first evaluation's; d = √max(KL, 0), KL = `eval/kl`.\n")?;
+    let older = runs.iter().flat_map(|r| &r.points).filter(|p| p.samples.kl_se.is_none()).count();
+    if older > 0 {
+        writeln!(
+            md,
+            "{older} evaluations written before `eval/kl` was the policy's KL (they have no `eval/kl_se`; their \
+             `eval/kl` is the tempered samples' log-ratio) are left out.\n"
+        )?;
+    }
     writeln!(md, "| loss | points | d(α − βd): α, β, RMSE | d(α − β ln d): α, β, RMSE |")?;
     writeln!(md, "|---|---|---|---|")?;
     let mut charts = Vec::new();
@@ -256,7 +264,10 @@ fn section_c(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
             .filter(|r| r.spec.loss == loss)
             .flat_map(|r| {
                 let start = r.points.first().map_or(0.0, |p| p.samples.gold_reward);
-                r.points.iter().map(move |p| (p.samples.kl.max(0.0).sqrt(), p.samples.gold_reward - start))
+                r.points
+                    .iter()
+                    .filter(|p| p.samples.kl_se.is_some())
+                    .map(move |p| (p.samples.kl.max(0.0).sqrt(), p.samples.gold_reward - start))
             })
             .collect();
         let (xs, ys): (Vec<f64>, Vec<f64>) = pts.iter().copied().unzip();

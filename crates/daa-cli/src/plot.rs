@@ -88,8 +88,7 @@ pub fn stats_histograms(rows: &[TokenStatsRow], k: usize, entropy_base: f64, sou
 /// each CPU thread count's read bandwidth as a dashed red line.
 pub fn throughput_bars(rows: &[crate::bench_cmd::Measurement]) -> Result<String> {
     let labels: Vec<String> = rows.iter().map(|r| format!("{}  V={} k={}", r.backend, r.vocab, r.k)).collect();
-    let mut reads: Vec<(String, f64)> = rows.iter().filter_map(|r| Some((r.backend.clone(), r.read_gbps?))).collect();
-    reads.dedup_by(|a, b| a.0 == b.0);
+    let reads = crate::bench_cmd::read_bandwidths(rows);
     let top = rows.iter().map(|r| r.gbps).chain(reads.iter().map(|r| r.1)).fold(1.0, f64::max) * 1.1;
     let n = rows.len() as f64;
     let mut svg = String::new();
@@ -125,9 +124,9 @@ pub fn throughput_bars(rows: &[crate::bench_cmd::Measurement]) -> Result<String>
                 Rectangle::new([(0.0, y - 0.85), (r.gbps, y - 0.15)], BLUE.filled())
             }))
             .map_err(drawing_error)?;
-        for (backend, gbps) in &reads {
+        for &(backend, gbps) in &reads {
             chart
-                .draw_series(DashedLineSeries::new([(*gbps, 0.0), (*gbps, n)], 5, 3, RED.stroke_width(1)))
+                .draw_series(DashedLineSeries::new([(gbps, 0.0), (gbps, n)], 5, 3, RED.stroke_width(1)))
                 .map_err(drawing_error)?
                 .label(format!("read, {backend}: {gbps:.1} GB/s"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 use daa_train::ComputeBackend;
 use daa_train::EvalRecord;
-use daa_train::eval::EvalReport;
+use daa_train::eval::{EvalReport, Figure};
 use daa_train::records::{MetricsRecord, MonitorEvent};
 use daa_train::run::metrics::read_metrics;
 use daa_train::run::{RunSummary, TrainConfig, train};
@@ -57,37 +57,48 @@ pub fn eval_series(records: &[MetricsRecord]) -> Vec<Series> {
     let evals: Vec<&EvalRecord> = records.iter().filter_map(MetricsRecord::eval).collect();
     let teacher_forced = EvalReport::FIGURES.iter().map(|figure| Series {
         title: figure.title.to_string(),
-        points: evals.iter().map(|r| (r.step as f64, (figure.value)(&r.report))).collect(),
+        points: evals.iter().map(|r| (r.step as f64, (figure.value)(&r.report))).filter(|p| p.1.is_finite()).collect(),
     });
     let sampled = SampleReport::FIGURES.iter().map(|figure| Series {
         title: figure.title.to_string(),
-        points: evals.iter().filter_map(|r| Some((r.step as f64, (figure.value)(r.samples.as_ref()?)))).collect(),
+        points: evals
+            .iter()
+            .filter_map(|r| Some((r.step as f64, (figure.value)(r.samples.as_ref()?))))
+            .filter(|p| p.1.is_finite())
+            .collect(),
     });
     teacher_forced.chain(sampled).filter(|s| !s.points.is_empty()).collect()
 }
 
-/// Where the sampled figures peaked and what the monitor decided.
+/// A table of `figures` over a run's `reports` (in step order): the first
+/// and last values (`± standard error` where the figure has one) and, where
+/// the largest value means something, the peak.
+fn print_figures<R>(title: &str, figures: &[Figure<R>], reports: &[&R]) {
+    let (Some(first), Some(last)) = (reports.first(), reports.last()) else { return };
+    eprintln!("{title:<30} {:>17} {:>17} {:>10}", "first", "last", "peak");
+    for figure in figures {
+        let cell = |r: &R| match figure.standard_error.and_then(|se| se(r)) {
+            Some(se) => format!("{:.4} ± {se:.4}", (figure.value)(r)),
+            None => format!("{:.4}", (figure.value)(r)),
+        };
+        let peak = reports.iter().map(|r| (figure.value)(r)).fold(f64::NEG_INFINITY, f64::max);
+        let peak = if figure.peak { format!("{peak:.4}") } else { "—".to_string() };
+        eprintln!("{:<30} {:>17} {:>17} {:>10}", figure.title, cell(first), cell(last), peak);
+    }
+}
+
+/// The evaluations' tables, where win probability peaked and what the monitor decided.
 fn print_monitoring(records: &[MetricsRecord]) {
-    let evals: Vec<(u64, SampleReport)> =
-        records.iter().filter_map(MetricsRecord::eval).filter_map(|r| Some((r.step, r.samples?))).collect();
-    if let (Some(first), Some(last)) = (evals.first(), evals.last()) {
-        eprintln!("{:<30} {:>10} {:>10} {:>10}", "samples (held-out prompts)", "first", "last", "peak");
-        for figure in SampleReport::FIGURES {
-            let peak = evals.iter().map(|(_, r)| (figure.value)(r)).fold(f64::NEG_INFINITY, f64::max);
-            let peak = if figure.peak { format!("{peak:.4}") } else { "—".to_string() };
-            eprintln!(
-                "{:<30} {:>10.4} {:>10.4} {:>10}",
-                figure.title,
-                (figure.value)(&first.1),
-                (figure.value)(&last.1),
-                peak
-            );
-        }
-        if let (Some(first_se), Some(last_se)) = (first.1.kl_se, last.1.kl_se) {
-            eprintln!("{:<30} {:>10.4} {:>10.4} {:>10}", "  standard error of KL", first_se, last_se, "—");
-        }
-        let (step, peak) =
-            evals.iter().fold((0, f64::NEG_INFINITY), |b, (s, r)| if r.win_prob > b.1 { (*s, r.win_prob) } else { b });
+    let evals: Vec<&EvalRecord> = records.iter().filter_map(MetricsRecord::eval).collect();
+    let held_out: Vec<&EvalReport> = evals.iter().map(|r| &r.report).collect();
+    print_figures("held-out", &EvalReport::FIGURES, &held_out);
+    let sampled: Vec<(u64, &SampleReport)> = evals.iter().filter_map(|r| Some((r.step, r.samples.as_ref()?))).collect();
+    let reports: Vec<&SampleReport> = sampled.iter().map(|(_, r)| *r).collect();
+    print_figures("samples (held-out prompts)", &SampleReport::FIGURES, &reports);
+    if !sampled.is_empty() {
+        let (step, peak) = sampled
+            .iter()
+            .fold((0, f64::NEG_INFINITY), |b, (s, r)| if r.win_prob > b.1 { (*s, r.win_prob) } else { b });
         eprintln!("win probability peaked at step {step} ({peak:.4})");
     }
     for event in records.iter().filter_map(MetricsRecord::event) {
@@ -115,13 +126,6 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
         summary.tokens_per_s,
         summary.peak_memory_mib.map_or("?".into(), |m| format!("{m:.0}"))
     );
-    eprintln!("{:<28} {:>10} {:>10}", "held-out", "first", "last");
-    for figure in EvalReport::FIGURES {
-        let value = |r: &Option<daa_train::EvalRecord>| {
-            r.as_ref().map_or("-".to_string(), |r| format!("{:.4}", (figure.value)(&r.report)))
-        };
-        eprintln!("{:<28} {:>10} {:>10}", figure.title, value(&summary.first_eval), value(&summary.last_eval));
-    }
     eprintln!("metrics: {0}/metrics.jsonl, chart: {0}/metrics.svg, checkpoints: {0}/checkpoint-*", run_dir.display());
 }
 

@@ -625,7 +625,10 @@ fn train_draws_the_evaluation_chart_and_prints_the_summary() {
         "done: 2 steps",
         "top-k entropy",
         "top-k mass",
+        "held-out",
         "samples (held-out prompts)",
+        "KL(π‖π_ref) per sample",
+        " ± ",
         "win probability peaked at step",
     ] {
         assert!(err.contains(needle), "expected {needle:?} in {err}");

@@ -16,6 +16,7 @@
 //! sequence form can be negative sample by sample. From a tempered or
 //! truncated `π` neither is the policy's KL: the mean log-ratio of such
 //! samples ([`mean_log_ratio`]) is reported under a name that says so.
+//! With fewer than two samples there is no standard error (`None`).
 
 use crate::error::{DaaError, Result};
 use crate::win_probability::check_paired;
@@ -25,8 +26,8 @@ use crate::win_probability::check_paired;
 pub struct Estimate {
     /// `k̄`.
     pub mean: f64,
-    /// `s_k / √n` (0 for one sample).
-    pub standard_error: f64,
+    /// `s_k / √n`; `None` with one sample.
+    pub standard_error: Option<f64>,
     /// `n`.
     pub samples: usize,
 }
@@ -46,13 +47,15 @@ pub fn mean_with_standard_error(values: &[f64], name: &'static str) -> Result<Es
     }
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
-    let variance =
-        if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    Ok(Estimate { mean, standard_error: (variance / n).sqrt(), samples: values.len() })
+    let standard_error =
+        (values.len() > 1).then(|| (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt());
+    Ok(Estimate { mean, standard_error, samples: values.len() })
 }
 
-/// `KL(π‖π_ref)` from per-sample sums of per-token KLs (each `≥ 0`; a value
-/// below `−1e-9` is an error: it cannot come from a KL).
+/// `KL(π‖π_ref)` from per-sample sums of per-token KLs. Each sum is of
+/// divergences already clamped at 0 (rounding can leave one a hair below),
+/// so a sum below `−1e-9` is an error: it cannot come from a KL; NaN and
+/// infinities are errors too.
 pub fn kl_from_token_sums(per_sample: &[f64]) -> Result<Estimate> {
     if let Some(i) = per_sample.iter().position(|&k| k < -1e-9) {
         return Err(DaaError::Parameter {
@@ -61,7 +64,7 @@ pub fn kl_from_token_sums(per_sample: &[f64]) -> Result<Estimate> {
             expected: format!("a sum of KL divergences (≥ 0) at sample {i}"),
         });
     }
-    let clamped: Vec<f64> = per_sample.iter().map(|&k| k.max(0.0)).collect();
+    let clamped: Vec<f64> = per_sample.iter().map(|&k| if k < 0.0 { 0.0 } else { k }).collect();
     mean_with_standard_error(&clamped, "per-token KL sum")
 }
 
@@ -84,18 +87,20 @@ mod tests {
         let e = mean_with_standard_error(&[1.0, 2.0, 3.0, 6.0], "x").unwrap();
         assert_eq!(e.samples, 4);
         assert!((e.mean - 3.0).abs() < 1e-15);
-        assert!((e.standard_error - (7.0f64 / 6.0).sqrt()).abs() < 1e-15);
-        assert_eq!(mean_with_standard_error(&[2.5], "x").unwrap().standard_error, 0.0);
+        assert!((e.standard_error.unwrap() - (7.0f64 / 6.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_with_standard_error(&[2.5], "x").unwrap().standard_error, None);
     }
 
     #[test]
     fn log_ratios_and_token_sums() {
         let e = mean_log_ratio(&[-1.0, -2.0], &[-1.5, -3.5]).unwrap();
-        assert!((e.mean - 1.0).abs() < 1e-15 && (e.standard_error - 0.5).abs() < 1e-15, "{e:?}");
+        assert!((e.mean - 1.0).abs() < 1e-15 && (e.standard_error.unwrap() - 0.5).abs() < 1e-15, "{e:?}");
         // Rounding below zero is clamped; a real negative is an error naming the sample.
         assert_eq!(kl_from_token_sums(&[-1e-12, 0.5]).unwrap().mean, 0.25);
         let err = kl_from_token_sums(&[0.1, -0.2]).unwrap_err().to_string();
         assert!(err.contains("sample 1"), "{err}");
+        let err = kl_from_token_sums(&[0.1, 0.2, f64::NAN]).unwrap_err().to_string();
+        assert!(err.contains("sample 2"), "a NaN is not clamped to 0: {err}");
     }
 
     #[test]

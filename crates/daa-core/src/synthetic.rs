@@ -3,6 +3,8 @@
 //! benchmarks and `daa bench` need no `rand`, no model and no download, and
 //! give the same numbers everywhere.
 
+use crate::tensor::HostTensor;
+
 /// SplitMix64: small, fast, good enough for test data.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
@@ -72,4 +74,13 @@ pub fn lm_logits(rows: usize, vocab: usize, scale: f64, seed: u64) -> Vec<f32> {
 pub fn targets(rows: usize, vocab: usize, seed: u64) -> Vec<i64> {
     let mut rng = SplitMix64::new(seed ^ 0xA5A5);
     (0..rows).map(|_| rng.below(vocab) as i64).collect()
+}
+
+/// `[rows, vocab]` f32 logits ([`lm_logits`], scale 2) and their `[rows]`
+/// targets as host tensors: the inputs of the kernel benchmarks (`daa
+/// bench`, criterion) and of tests.
+pub fn token_stats_inputs(rows: usize, vocab: usize, seed: u64) -> (HostTensor, HostTensor) {
+    let logits = HostTensor::from_f32(lm_logits(rows, vocab, 2.0, seed), &[rows, vocab]).expect("shape");
+    let targets = HostTensor::from_i64(targets(rows, vocab, seed), &[rows]).expect("shape");
+    (logits, targets)
 }

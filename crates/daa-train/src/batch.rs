@@ -32,6 +32,12 @@ pub struct SequencePair {
     pub rejected: Sequence,
 }
 
+impl AsRef<SequencePair> for SequencePair {
+    fn as_ref(&self) -> &SequencePair {
+        self
+    }
+}
+
 /// How long a pair's sequences may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LengthLimits {

@@ -56,7 +56,8 @@ pub struct EvalReport {
 
 /// A figure of a report (`R`: [`EvalReport`], the sampled figures'
 /// `SampleReport`) that charts and summaries show: its title, how to read
-/// it, and whether its largest value over a run means something.
+/// it, whether its largest value over a run means something, and its
+/// standard error where the report has one.
 #[derive(Debug, Clone, Copy)]
 pub struct Figure<R> {
     /// Title for people.
@@ -65,8 +66,27 @@ pub struct Figure<R> {
     pub value: fn(&R) -> f64,
     /// Whether summaries show the run's largest value (`peak`): the best win
     /// probability or gold reward, the top of an indicator; not for figures
-    /// whose maximum says nothing (KL, length).
+    /// whose maximum says nothing (loss, KL, length).
     pub peak: bool,
+    /// The value's standard error, where the report has one.
+    pub standard_error: Option<fn(&R) -> Option<f64>>,
+}
+
+impl<R> Figure<R> {
+    /// A figure without a meaningful peak or a standard error.
+    pub const fn new(title: &'static str, value: fn(&R) -> f64) -> Self {
+        Self { title, value, peak: false, standard_error: None }
+    }
+
+    /// The same, its largest value shown in summaries.
+    pub const fn with_peak(self) -> Self {
+        Self { peak: true, ..self }
+    }
+
+    /// The same, with its standard error.
+    pub const fn with_standard_error(self, standard_error: fn(&R) -> Option<f64>) -> Self {
+        Self { standard_error: Some(standard_error), ..self }
+    }
 }
 
 /// A figure of [`EvalReport`].
@@ -75,14 +95,14 @@ pub type EvalFigure = Figure<EvalReport>;
 impl EvalReport {
     /// The figures people watch, in the order charts and tables show them.
     pub const FIGURES: [EvalFigure; 8] = [
-        EvalFigure { title: "loss", value: |r| r.loss, peak: false },
-        EvalFigure { title: "reward accuracy", value: |r| r.accuracy, peak: false },
-        EvalFigure { title: "chosen log-lik / token", value: |r| r.chosen_token_loglik, peak: false },
-        EvalFigure { title: "rejected log-lik / token", value: |r| r.rejected_token_loglik, peak: false },
-        EvalFigure { title: "reward margin", value: |r| r.margin, peak: false },
-        EvalFigure { title: "top-k entropy", value: |r| r.topk_entropy, peak: true },
-        EvalFigure { title: "top-k mass", value: |r| r.topk_mass, peak: false },
-        EvalFigure { title: "entropy (nats)", value: |r| r.entropy, peak: false },
+        EvalFigure::new("loss", |r| r.loss),
+        EvalFigure::new("reward accuracy", |r| r.accuracy),
+        EvalFigure::new("chosen log-lik / token", |r| r.chosen_token_loglik),
+        EvalFigure::new("rejected log-lik / token", |r| r.rejected_token_loglik),
+        EvalFigure::new("reward margin", |r| r.margin),
+        EvalFigure::new("top-k entropy", |r| r.topk_entropy).with_peak(),
+        EvalFigure::new("top-k mass", |r| r.topk_mass).with_peak(),
+        EvalFigure::new("entropy (nats)", |r| r.entropy),
     ];
 }
 

@@ -12,7 +12,15 @@ use daa_core::preference::PreferenceLossParams;
 use crate::error::ModelError;
 use crate::eval::EvalReport;
 use crate::records::MonitorEvent;
-use crate::schedule::Coefficients;
+
+/// The adaptive regulariser's coefficients a step used (`None`: not adapted).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Coefficients {
+    /// The NLL weight λ.
+    pub nll_weight: Option<f64>,
+    /// β.
+    pub beta: Option<f64>,
+}
 
 /// What the run does after one evaluation.
 #[derive(Debug, Clone, Default, PartialEq)]

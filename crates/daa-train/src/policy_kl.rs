@@ -20,7 +20,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::batch::{Sequence, TokenBatch};
 use crate::error::{ModelError, read_vec};
-use crate::fused_head::FusedHead;
+use crate::fused_head::{FusedHead, chunk_rows};
 use crate::model::CausalLm;
 use crate::objective::scored_hidden;
 
@@ -58,14 +58,17 @@ pub fn chunk_kl<B: Backend>(
 
 /// The per-sample sums of `sequences` (prompt + sampled completion, scored
 /// from `completion_start`) under `policy` against `reference`, `batch`
-/// sequences per forward pass. Errors name the sample whose divergence is
-/// not finite.
+/// sequences per forward pass and `head_chunk_rows` positions per head
+/// chunk (0: a quarter of [`crate::fused_head::chunk_rows`] of the
+/// vocabulary, since a chunk's divergence keeps about six `[C, V]` tensors
+/// alive). Errors name the sample whose divergence is not finite.
 pub fn sample_kl<B: Backend>(
     policy: &CausalLm<B>,
     reference: &CausalLm<B>,
     sequences: &[Sequence],
     batch: usize,
     pad_id: u32,
+    head_chunk_rows: usize,
 ) -> Result<Vec<SampleKl>, ModelError> {
     let vocab = policy.config().vocab_size;
     if reference.config().vocab_size != vocab {
@@ -75,7 +78,9 @@ pub fn sample_kl<B: Backend>(
         )));
     }
     let device = policy.embed.weight.device();
-    let (policy_head, reference_head) = (FusedHead::of_model(policy), FusedHead::of_model(reference));
+    let rows = if head_chunk_rows == 0 { (chunk_rows(vocab) / 4).max(1) } else { head_chunk_rows };
+    let policy_head = FusedHead::of_model(policy).with_chunk_rows(rows);
+    let reference_head = FusedHead::of_model(reference).with_chunk_rows(rows);
     let mut out = vec![SampleKl::default(); sequences.len()];
     for (first, chunk) in sequences.chunks(batch.max(1)).enumerate().map(|(i, c)| (i * batch.max(1), c)) {
         let refs: Vec<&Sequence> = chunk.iter().collect();
@@ -93,7 +98,8 @@ pub fn sample_kl<B: Backend>(
             let log_ratio: Vec<f32> = read_vec(log_ratio, "per-token log-ratio")?;
             for (i, (k, r)) in kl.iter().zip(&log_ratio).enumerate() {
                 let sample = &mut out[first + positions.row_of[start + i]];
-                sample.token_kl += f64::from(k.max(0.0));
+                // Rounding can leave a divergence a hair below 0; NaN stays NaN.
+                sample.token_kl += f64::from(if *k < 0.0 { 0.0 } else { *k });
                 sample.log_ratio += f64::from(*r);
                 sample.positions += 1;
             }
@@ -101,8 +107,8 @@ pub fn sample_kl<B: Backend>(
     }
     if let Some(i) = out.iter().position(|s| !(s.token_kl.is_finite() && s.log_ratio.is_finite())) {
         return Err(ModelError::Batch(format!(
-            "sample {i}: KL(π‖π_ref) is not finite ({} per token, log-ratio {}): the reference gives a token the \
-             policy samples probability 0",
+            "sample {i}: KL(π‖π_ref) summed over its completion is {}, its log-ratio {}: a logit of the policy or \
+             the reference is not finite, or the reference gives probability 0 to a token the policy can produce",
             out[i].token_kl, out[i].log_ratio
         )));
     }

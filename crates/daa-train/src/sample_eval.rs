@@ -34,19 +34,20 @@
 
 use burn::tensor::backend::Backend;
 use daa_core::diversity::ead_up_to;
-use daa_core::kl::{kl_from_token_sums, mean_with_standard_error};
+use daa_core::kl::{kl_from_token_sums, mean_log_ratio, mean_with_standard_error};
 use daa_core::sampling::SamplingParams;
 use daa_core::win_probability::win_stats;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Sequence;
-use crate::error::ModelError;
+use crate::batch::{Sequence, TokenBatch};
+use crate::error::{ModelError, read_vec};
 use crate::eval::Figure;
 use crate::generate::{
     FinishReason, Generated, GenerationConfig, GenerationRequest, generate_in_batches, request_seed,
 };
 use crate::judge::{Judge, Judged};
 use crate::model::CausalLm;
+use crate::objective::sequence_logps;
 use crate::policy_kl::{SampleKl, sample_kl};
 
 /// XORed into the evaluation's seed for the KL draw: its own random stream.
@@ -117,19 +118,15 @@ pub type SampleFigure = Figure<SampleReport>;
 impl SampleReport {
     /// The figures people watch, in the order charts and tables show them.
     pub const FIGURES: [SampleFigure; 9] = [
-        SampleFigure { title: "win probability", value: |r| r.win_prob, peak: true },
-        SampleFigure { title: "gold reward", value: |r| r.gold_reward, peak: true },
-        SampleFigure { title: "KL(π‖π_ref) per sample", value: |r| r.kl, peak: false },
-        SampleFigure { title: "EAD (n = 1…5)", value: |r| r.ead, peak: true },
-        SampleFigure { title: "sample top-k entropy", value: |r| r.sample_topk_entropy, peak: true },
-        SampleFigure { title: "sample top-k mass", value: |r| r.sample_topk_mass, peak: false },
-        SampleFigure { title: "sample length", value: |r| r.length, peak: false },
-        SampleFigure { title: "win rate", value: |r| r.win_rate, peak: true },
-        SampleFigure {
-            title: "tempered log-ratio (not a KL)",
-            value: |r| r.tempered_log_ratio.unwrap_or(f64::NAN),
-            peak: false,
-        },
+        SampleFigure::new("win probability", |r| r.win_prob).with_peak(),
+        SampleFigure::new("gold reward", |r| r.gold_reward).with_peak(),
+        SampleFigure::new("KL(π‖π_ref) per sample", |r| r.kl).with_standard_error(|r| r.kl_se),
+        SampleFigure::new("EAD (n = 1…5)", |r| r.ead).with_peak(),
+        SampleFigure::new("sample top-k entropy", |r| r.sample_topk_entropy).with_peak(),
+        SampleFigure::new("sample top-k mass", |r| r.sample_topk_mass).with_peak(),
+        SampleFigure::new("sample length", |r| r.length),
+        SampleFigure::new("win rate", |r| r.win_rate).with_peak(),
+        SampleFigure::new("tempered log-ratio (not a KL)", |r| r.tempered_log_ratio.unwrap_or(f64::NAN)),
     ];
 }
 
@@ -240,19 +237,39 @@ impl<B: Backend> SampleEvaluator<B> {
         generate_in_batches(model, &requests, self.settings.batch_size, generation, &device, &mut |_| {})
     }
 
-    /// The per-sample KL sums of `samples` (one per prompt) under `policy`
-    /// against the reference.
-    fn sample_kl(&self, policy: &CausalLm<B>, samples: &[Generated]) -> Result<Vec<SampleKl>, ModelError> {
-        let sequences: Vec<Sequence> = self
-            .prompts
+    /// Each prompt followed by its sample (one per prompt).
+    fn sequences(&self, samples: &[Generated]) -> Vec<Sequence> {
+        self.prompts
             .iter()
             .zip(samples)
             .map(|(p, g)| Sequence {
                 ids: p.ids.iter().chain(&g.tokens).copied().collect(),
                 completion_start: p.ids.len(),
             })
-            .collect();
-        sample_kl(policy, &self.reference, &sequences, self.settings.batch_size, self.settings.pad_id)
+            .collect()
+    }
+
+    /// The per-sample KL sums of `samples` (one per prompt) under `policy`
+    /// against the reference.
+    fn sample_kl(&self, policy: &CausalLm<B>, samples: &[Generated]) -> Result<Vec<SampleKl>, ModelError> {
+        let (batch, pad) = (self.settings.batch_size, self.settings.pad_id);
+        sample_kl(policy, &self.reference, &self.sequences(samples), batch, pad, 0)
+    }
+
+    /// `log π_ref(y|x)` of each sample (one per prompt).
+    fn reference_logps(&self, samples: &[Generated]) -> Result<Vec<f64>, ModelError> {
+        let device = self.reference.embed.weight.device();
+        let vocab = self.reference.config().vocab_size;
+        let sequences = self.sequences(samples);
+        let mut out = Vec::with_capacity(sequences.len());
+        for chunk in sequences.chunks(self.settings.batch_size) {
+            let refs: Vec<&Sequence> = chunk.iter().collect();
+            let batch = TokenBatch::new(&refs, self.settings.pad_id, vocab)?;
+            let logps: Vec<f64> =
+                read_vec(sequence_logps(&self.reference, &batch, &device)?, "reference log-probabilities")?;
+            out.extend(logps);
+        }
+        Ok(out)
     }
 
     /// The KL draw's settings: the evaluation's length and stop tokens, from
@@ -274,9 +291,10 @@ impl<B: Backend> SampleEvaluator<B> {
     ) -> Result<SampleReport, ModelError> {
         let JudgedSamples { samples, rewards } = self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
         let win = win_stats(&rewards, &self.competitor_rewards)?;
-        let tempered = self.sample_kl(policy, &samples)?;
-        let tempered =
-            mean_with_standard_error(&tempered.iter().map(|s| s.log_ratio).collect::<Vec<_>>(), "log-ratio")?;
+        // The evaluation's own samples: their log-ratio, from the generation's
+        // (untempered) log-probabilities and one reference pass.
+        let policy_logps: Vec<f64> = samples.iter().map(Generated::logprob).collect();
+        let tempered = mean_log_ratio(&policy_logps, &self.reference_logps(&samples)?)?;
         let own = self.draw(policy, self.settings.seed ^ KL_STREAM, &self.kl_generation())?;
         let own = self.sample_kl(policy, &own)?;
         let kl = kl_from_token_sums(&own.iter().map(|s| s.token_kl).collect::<Vec<_>>())?;
@@ -300,9 +318,9 @@ impl<B: Backend> SampleEvaluator<B> {
             win_rate: win.win_rate,
             gold_reward: rewards.iter().sum::<f64>() / n,
             kl: kl.mean,
-            kl_se: Some(kl.standard_error),
+            kl_se: kl.standard_error,
             kl_sequence: Some(kl_sequence.mean),
-            kl_sequence_se: Some(kl_sequence.standard_error),
+            kl_sequence_se: kl_sequence.standard_error,
             tempered_log_ratio: Some(tempered.mean),
             ead_1: per_n[0].ead,
             ead_2: per_n[1].ead,

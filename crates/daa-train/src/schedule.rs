@@ -12,6 +12,7 @@
 
 use crate::batch::SequencePair;
 use crate::error::ModelError;
+use crate::monitor::Coefficients;
 use crate::records::TrainRecord;
 use crate::rng::permutation;
 use crate::score::PairScore;
@@ -104,15 +105,6 @@ impl BatchSchedule {
     }
 }
 
-/// The adaptive regulariser's coefficients a step used (`None`: not adapted).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Coefficients {
-    /// The NLL weight λ.
-    pub nll_weight: Option<f64>,
-    /// β.
-    pub beta: Option<f64>,
-}
-
 /// After which steps a run evaluates, saves a checkpoint and records its
 /// step's own statistics, and where it ends.
 ///
@@ -167,12 +159,6 @@ impl Cadence {
     /// batch's top-k statistics.
     pub fn step_stats_due(&self, done: u64) -> bool {
         self.stats_every > 0 && done.is_multiple_of(self.stats_every)
-    }
-}
-
-impl AsRef<SequencePair> for SequencePair {
-    fn as_ref(&self) -> &SequencePair {
-        self
     }
 }
 

@@ -97,9 +97,10 @@ impl Cpu {
 
     /// Reads every value of `data` once, split over this backend's threads,
     /// and returns their sum (`Σ x_i`, f32 partial sums in 16 lanes, then
-    /// f64). No kernel that reads its input once can be faster, so kernel
-    /// throughput is reported as a fraction of this pass's bytes per second
-    /// measured in the same run (`daa bench`, the criterion benchmarks).
+    /// f64): about the fastest pass a kernel that reads its input once can
+    /// make, so kernel throughput is reported as a fraction of this pass's
+    /// bytes per second measured in the same run (`daa bench`, the criterion
+    /// benchmarks).
     pub fn read_once(&self, data: &[f32]) -> f64 {
         const LANES: usize = 16;
         let per_task = (data.len() / (4 * self.threads()).max(1)).max(1 << 16);

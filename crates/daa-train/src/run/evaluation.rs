@@ -15,15 +15,15 @@ use daa_core::preference::PreferenceLossParams;
 use super::checkpoints::replace_dir;
 use super::config::TrainConfig;
 use super::metrics::{MetricsLog, read_metrics};
-use super::monitoring::RunMonitor;
 use super::observer::RunObserver;
 use super::prepare::Prepared;
-use super::references::References;
+use super::samples::{SampleEvaluation, sample_evaluation};
 use crate::batch::SequencePair;
 use crate::checkpoint::save_model;
 use crate::eval::EvalReport;
+use crate::model::CausalLm;
+use crate::monitor::{Coefficients, IndicatorMonitor};
 use crate::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent};
-use crate::schedule::Coefficients;
 use crate::score::PairScore;
 use crate::trainer::Trainer;
 
@@ -35,36 +35,52 @@ pub(crate) struct Evaluation<'a, B: AutodiffBackend> {
     batch: usize,
     prepared: &'a Prepared,
     best_indicator_dir: PathBuf,
-    monitor: RunMonitor<B::InnerBackend>,
+    indicators: IndicatorMonitor,
+    samples: Option<SampleEvaluation<B::InnerBackend>>,
     best_indicator_step: Option<u64>,
     last: Option<EvalReport>,
 }
 
 impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
-    /// The evaluations of a run in `run_dir` on the prepared held-out pairs,
-    /// whose configured objective is `loss`; builds the monitor (and, with
-    /// `[monitor.samples]`, samples the reference policy once).
+    /// The evaluations of the run `config` describes, on the prepared
+    /// held-out pairs (`reference`: their reference scores), whose configured
+    /// objective is `loss`; builds the indicators' monitor and, with
+    /// `[monitor.samples]`, the sample evaluation (the reference policy from
+    /// `frozen_reference` when the run keeps one, else loaded; its samples
+    /// drawn once).
     pub fn new(
         config: &TrainConfig,
         prepared: &'a Prepared,
-        references: &'a References<B::InnerBackend>,
+        reference: &'a [PairScore],
+        frozen_reference: Option<CausalLm<B::InnerBackend>>,
         loss: PreferenceLossParams,
-        run_dir: &Path,
         device: &B::Device,
         observer: &mut dyn RunObserver,
     ) -> Result<Self> {
-        let monitor = RunMonitor::new(config, prepared, loss, references.frozen.clone(), device)?;
-        if let Some(reward) = monitor.competitor_reward() {
+        let indicators = IndicatorMonitor::new(
+            config.monitor.turning.detector(),
+            config.adaptive_config()?,
+            loss,
+            config.loss.nll_normalisation,
+            config.monitor.early_stop,
+        )?;
+        let samples = match &config.monitor.samples {
+            None => None,
+            Some(s) => Some(sample_evaluation(config, s, prepared, frozen_reference, device)?),
+        };
+        if let Some(samples) = &samples {
+            let reward = samples.competitor_reward();
             observer.note(&format!("sample evaluation: the reference policy's samples score {reward:.4} on average"));
         }
         Ok(Self {
             pairs: prepared.eval.iter().map(|p| &p.pair).collect(),
-            reference: &references.eval,
+            reference,
             stats: config.monitor.stats_params(),
             batch: config.monitor.eval_batch_size,
             prepared,
-            best_indicator_dir: run_dir.join("best-indicator"),
-            monitor,
+            best_indicator_dir: config.output_dir().join("best-indicator"),
+            indicators,
+            samples,
             best_indicator_step: None,
             last: None,
         })
@@ -74,7 +90,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     /// and the trainer takes the objective they led to.
     pub fn catch_up(&mut self, metrics: &MetricsLog, trainer: &mut Trainer<B>) -> Result<()> {
         for record in read_metrics(metrics.path())?.iter().filter_map(MetricsRecord::eval) {
-            if let Some(loss) = self.monitor.after_eval(record)?.loss {
+            if let Some(loss) = self.indicators.observe(record.step, &record.report)?.loss {
                 trainer.set_loss(loss)?;
             }
         }
@@ -83,7 +99,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
 
     /// The coefficients the next steps use.
     pub fn coefficients(&self) -> Coefficients {
-        self.monitor.coefficients()
+        self.indicators.coefficients()
     }
 
     /// This invocation's latest teacher-forced figures.
@@ -102,12 +118,15 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     ) -> Result<bool> {
         let context = || format!("evaluation after step {step}");
         let report = trainer.evaluate(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
-        let samples = self.monitor.sample_report(&trainer.valid_model(), self.prepared).with_context(context)?;
+        let samples = match self.samples.as_mut() {
+            Some(s) => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
+            None => None,
+        };
         let record = EvalRecord { step, report, samples };
         metrics.write(&MetricsRecord::Eval(record))?;
         observer.evaluated(&record);
         self.last = Some(report);
-        let decision = self.monitor.after_eval(&record)?;
+        let decision = self.indicators.observe(step, &record.report)?;
         for event in decision.events {
             metrics.write(&MetricsRecord::Event(EventRecord { step, event }))?;
             if let MonitorEvent::TurningPoint { indicator, peak_step, .. } = event {

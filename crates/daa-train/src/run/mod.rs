@@ -32,12 +32,12 @@ pub mod config;
 mod evaluation;
 mod memory_check;
 pub mod metrics;
-mod monitoring;
 mod observer;
 mod prepare;
 pub mod process;
 mod references;
 pub mod resume;
+mod samples;
 mod step_loop;
 mod summary;
 
@@ -64,7 +64,7 @@ use crate::backend::{BackendTask, with_compute_backend};
 use crate::checkpoint::{load_model, read_config};
 use crate::model::CausalLm;
 use crate::schedule::BatchSchedule;
-use crate::trainer::Trainer;
+use crate::trainer::{ReferencePolicy, Trainer};
 
 /// Runs (or resumes, from a checkpoint folder or a run folder) a training run.
 pub fn train(config: TrainConfig, resume: Option<PathBuf>, observer: &mut dyn RunObserver) -> Result<RunOutcome> {
@@ -102,12 +102,21 @@ fn run<B: AutodiffBackend>(
     observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
     observer.note(&prepared.data_summary());
 
-    let references = References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
+    let References { train: train_scores, eval: eval_scores, frozen } =
+        References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
+    // A frozen reference (loss.reference = "model") goes to the trainer; the
+    // sample evaluation shares its tensors when it samples the reference.
+    let sample_reference = frozen.as_ref().filter(|_| config.monitor.samples.is_some()).cloned();
     let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
     let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
     let cadence = config.cadence(total_steps)?;
     let resume = resume.map(|path| ResumePoint::find(&path, &config)).transpose()?;
-    let mut trainer = build_trainer::<B>(&config, &prepared, loss, total_steps, &references, resume.as_ref(), &device)?;
+    let reference_policy = match frozen {
+        Some(model) => ReferencePolicy::Frozen(Box::new(model)),
+        None => ReferencePolicy::Given,
+    };
+    let mut trainer =
+        build_trainer::<B>(&config, &prepared, loss, total_steps, reference_policy, resume.as_ref(), &device)?;
     if let Some(point) = &resume {
         observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
     }
@@ -127,12 +136,12 @@ fn run<B: AutodiffBackend>(
         loss.loss.name()
     ));
 
-    let mut evaluation = Evaluation::new(&config, &prepared, &references, loss, &run_dir, &device, observer)?;
+    let mut evaluation = Evaluation::new(&config, &prepared, &eval_scores, sample_reference, loss, &device, observer)?;
     evaluation.catch_up(&metrics, &mut trainer)?;
     let steps = StepLoop {
         config: &config,
         prepared: &prepared,
-        reference: references.train.as_deref(),
+        reference: train_scores.as_deref(),
         schedule,
         cadence,
         total_steps,
@@ -150,14 +159,14 @@ fn build_trainer<B: AutodiffBackend>(
     prepared: &Prepared,
     loss: PreferenceLossParams,
     total_steps: u64,
-    references: &References<B::InnerBackend>,
+    reference: ReferencePolicy<B::InnerBackend>,
     resume: Option<&ResumePoint>,
     device: &B::Device,
 ) -> Result<Trainer<B>> {
     let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
     let weights = resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path());
     let model: CausalLm<B> = load_model(weights, device)?;
-    let mut trainer = Trainer::<B>::new(model, options, references.policy())?;
+    let mut trainer = Trainer::<B>::new(model, options, reference)?;
     if let Some(point) = resume {
         load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())
             .with_context(|| format!("--resume {}", point.dir.display()))?;

@@ -17,7 +17,6 @@ use crate::data::EncodedPair;
 use crate::model::CausalLm;
 use crate::reference_cache::{ScoresKey, cache_dir, read_scores, score_encoded, write_scores};
 use crate::score::PairScore;
-use crate::trainer::ReferencePolicy;
 
 /// The training pairs' and held-out pairs' reference scores, and the frozen
 /// reference model when scores are not cached.
@@ -67,15 +66,6 @@ impl<B: Backend> References<B> {
                     score_encoded(&frozen, &prepared.eval, batch, pad, &mut |done| observer.scoring(done, total))?;
                 Ok(Self { train: None, eval, frozen: Some(frozen) })
             }
-        }
-    }
-
-    /// The trainer's reference policy: the frozen model, or scores given
-    /// with every step.
-    pub fn policy(&self) -> ReferencePolicy<B> {
-        match &self.frozen {
-            Some(frozen) => ReferencePolicy::Frozen(Box::new(frozen.clone())),
-            None => ReferencePolicy::Given,
         }
     }
 }

@@ -1,14 +1,12 @@
-//! What a run does with its evaluations besides logging them: samples
-//! judged against the reference policy (with `[monitor.samples]`), and the
-//! reaction to the indicators ([`IndicatorMonitor`]: turning points, the
-//! `best-indicator/` checkpoint, early stopping, the adaptive regulariser).
+//! A run's evaluation on the policy's own samples (`[monitor.samples]`):
+//! the judge (the gold reward or a reward model), the held-out prompts it
+//! reads, and the reference policy's samples drawn once to compare against.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
-use daa_core::preference::PreferenceLossParams;
 use daa_core::sampling::SamplingParams;
 
 use super::config::{SampleSection, TrainConfig};
@@ -19,78 +17,39 @@ use crate::error::ModelError;
 use crate::generate::GenerationConfig;
 use crate::judge::{GoldJudge, Judge};
 use crate::model::CausalLm;
-use crate::monitor::{IndicatorMonitor, MonitorDecision};
-use crate::records::EvalRecord;
 use crate::reward_model::RewardModelJudge;
 use crate::sample_eval::{EvalPrompt, SampleEvalSettings, SampleEvaluator, SampleReport};
-use crate::schedule::Coefficients;
 
-/// The run's monitor.
-pub(crate) struct RunMonitor<B: Backend> {
-    indicators: IndicatorMonitor,
-    samples: Option<(SampleEvaluator<B>, Box<dyn Judge>)>,
+/// The sample evaluation of a run with `[monitor.samples]`: the judge and
+/// the reference policy's samples of the first held-out prompts.
+pub(crate) struct SampleEvaluation<B: Backend> {
+    evaluator: SampleEvaluator<B>,
+    judge: Box<dyn Judge>,
 }
 
-impl<B: Backend> RunMonitor<B> {
-    /// Builds the detector, the regulariser and, with `[monitor.samples]`,
-    /// the judge and the reference policy's samples (from `frozen_reference`
-    /// when the run keeps one in memory, else loaded from the checkpoint).
-    pub fn new(
-        config: &TrainConfig,
-        prepared: &Prepared,
-        base_loss: PreferenceLossParams,
-        frozen_reference: Option<CausalLm<B>>,
-        device: &B::Device,
-    ) -> Result<Self> {
-        let indicators = IndicatorMonitor::new(
-            config.monitor.turning.detector(),
-            config.adaptive_config()?,
-            base_loss,
-            config.loss.nll_normalisation,
-            config.monitor.early_stop,
-        )?;
-        let samples = match &config.monitor.samples {
-            None => None,
-            Some(settings) => Some(sample_evaluation(config, settings, prepared, frozen_reference, device)?),
-        };
-        Ok(Self { indicators, samples })
+impl<B: Backend> SampleEvaluation<B> {
+    /// The reference samples' mean judge reward.
+    pub fn competitor_reward(&self) -> f64 {
+        self.evaluator.competitor_mean_reward()
     }
 
-    /// The reference samples' mean judge reward, with sample evaluation on.
-    pub fn competitor_reward(&self) -> Option<f64> {
-        self.samples.as_ref().map(|(e, _)| e.competitor_mean_reward())
-    }
-
-    /// The sample figures of `policy`, with sample evaluation on.
-    pub fn sample_report(&mut self, policy: &CausalLm<B>, prepared: &Prepared) -> Result<Option<SampleReport>> {
-        let Some((evaluator, judge)) = self.samples.as_mut() else {
-            return Ok(None);
-        };
+    /// The sample figures of `policy`.
+    pub fn report(&mut self, policy: &CausalLm<B>, prepared: &Prepared) -> Result<SampleReport> {
         let decode = |ids: &[u32]| decode(prepared, ids);
-        Ok(Some(evaluator.evaluate(policy, judge.as_mut(), &decode)?))
-    }
-
-    /// The NLL weight and β the next steps use, when adapted.
-    pub fn coefficients(&self) -> Coefficients {
-        self.indicators.coefficients()
-    }
-
-    /// Reads an evaluation: turning points, the regulariser's decision.
-    pub fn after_eval(&mut self, record: &EvalRecord) -> Result<MonitorDecision> {
-        Ok(self.indicators.observe(record.step, &record.report)?)
+        Ok(self.evaluator.evaluate(policy, self.judge.as_mut(), &decode)?)
     }
 }
 
-/// The sample evaluation of `[monitor.samples]`: the judge, and the
+/// The sample evaluation of `[monitor.samples]` (`s`): the judge, and the
 /// reference policy's samples of the first held-out prompts (from
 /// `frozen_reference` when the run keeps one, else loaded).
-fn sample_evaluation<B: Backend>(
+pub(crate) fn sample_evaluation<B: Backend>(
     config: &TrainConfig,
     s: &SampleSection,
     prepared: &Prepared,
     frozen_reference: Option<CausalLm<B>>,
     device: &B::Device,
-) -> Result<(SampleEvaluator<B>, Box<dyn Judge>)> {
+) -> Result<SampleEvaluation<B>> {
     let mut judge: Box<dyn Judge> = if s.judge == "gold" {
         Box::new(GoldJudge)
     } else {
@@ -120,7 +79,7 @@ fn sample_evaluation<B: Backend>(
     let decode = |ids: &[u32]| decode(prepared, ids);
     let evaluator = SampleEvaluator::new(reference, prompts, settings, judge.as_mut(), &decode)
         .context("sampling the reference policy for the evaluation")?;
-    Ok((evaluator, judge))
+    Ok(SampleEvaluation { evaluator, judge })
 }
 
 /// The first `count` held-out pairs' prompts: their token ids and the text
