@@ -87,56 +87,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if threads.contains(&0) {
         bail!("--threads must be at least 1");
     }
-    let largest = *args.vocab.iter().max().context("--vocab needs at least one size")?;
-    // The read bandwidth of each thread count, over the largest logits
-    // (beyond every cache), before the kernels: one input in memory at a time.
-    let mut read_gbps = Vec::new();
-    if args.backends.contains(&BackendName::Cpu) {
-        let data = lm_logits(args.rows, largest, 2.0, 7);
-        for &t in &threads {
-            let cpu = Cpu::with_threads(t)?;
-            let read = median_seconds(args.repeats, || {
-                std::hint::black_box(cpu.read_once(&data));
-                Ok(())
-            })?;
-            read_gbps.push((data.len() * 4) as f64 / read / 1e9);
-        }
-    }
+    let cpus: Vec<(usize, f64)> =
+        if args.backends.contains(&BackendName::Cpu) { read_bandwidth(args, &threads)? } else { Vec::new() };
     let mut rows = Vec::new();
     for &vocab in &args.vocab {
-        let (logits, ids) = token_stats_inputs(args.rows, vocab, 7);
-        for backend in &args.backends {
-            match backend {
-                BackendName::Cpu => {
-                    for (&t, &read) in threads.iter().zip(&read_gbps) {
-                        let name = format!("cpu, {t} thread{}", if t == 1 { "" } else { "s" });
-                        rows.extend(time_backend(&Cpu::with_threads(t)?, &name, &logits, &ids, args, Some(read))?);
-                    }
-                }
-                BackendName::Spec => {
-                    let (l, t) = first_rows(&logits, &ids, SPEC_ROWS)?;
-                    rows.extend(time_backend(&Specification, "spec (f64)", &l, &t, args, None)?);
-                }
-                #[cfg(feature = "wgpu")]
-                BackendName::Wgpu => match daa_core::Wgpu::new() {
-                    Ok(gpu) => {
-                        let name = format!("wgpu ({})", gpu.adapter().name);
-                        rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
-                    }
-                    Err(e) => eprintln!("skipped: wgpu: {e}"),
-                },
-                #[cfg(feature = "cuda")]
-                BackendName::Cuda => match daa_core::Cuda::new(0) {
-                    Ok(gpu) => {
-                        let name = format!("cuda ({})", gpu.describe());
-                        rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
-                    }
-                    Err(e) => eprintln!("skipped: cuda: {e}"),
-                },
-                #[allow(unreachable_patterns)]
-                other => eprintln!("skipped: {other:?}: not compiled into this build of daa"),
-            }
-        }
+        rows.extend(time_vocabulary(args, vocab, &cpus)?);
     }
     // Grouped by backend (threads), then vocabulary and k, as the table reads.
     rows.sort_by(|a, b| (&a.backend, a.vocab, a.k).cmp(&(&b.backend, b.vocab, b.k)));
@@ -152,6 +107,65 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         write_bytes_atomic(path, throughput_bars(&rows)?.as_bytes())?;
     }
     Ok(())
+}
+
+/// `(threads, read GB/s)` of each thread count: [`Cpu::read_once`] over the
+/// largest logits (beyond every cache), measured before the kernels, one
+/// input in memory at a time.
+fn read_bandwidth(args: &BenchArgs, threads: &[usize]) -> Result<Vec<(usize, f64)>> {
+    let largest = *args.vocab.iter().max().context("--vocab needs at least one size")?;
+    let data = lm_logits(args.rows, largest, 2.0, 7);
+    let mut out = Vec::new();
+    for &t in threads {
+        let cpu = Cpu::with_threads(t)?;
+        let read = median_seconds(args.repeats, || {
+            std::hint::black_box(cpu.read_once(&data));
+            Ok(())
+        })?;
+        out.push((t, (data.len() * 4) as f64 / read / 1e9));
+    }
+    Ok(out)
+}
+
+/// Every backend's measurements at vocabulary `vocab` (`cpus`: the CPU
+/// thread counts and their read bandwidths). A GPU backend without a device
+/// is skipped with a note.
+fn time_vocabulary(args: &BenchArgs, vocab: usize, cpus: &[(usize, f64)]) -> Result<Vec<Measurement>> {
+    let (logits, ids) = token_stats_inputs(args.rows, vocab, 7);
+    let mut rows = Vec::new();
+    for backend in &args.backends {
+        match backend {
+            BackendName::Cpu => {
+                for &(t, read) in cpus {
+                    let name = format!("cpu, {t} thread{}", if t == 1 { "" } else { "s" });
+                    rows.extend(time_backend(&Cpu::with_threads(t)?, &name, &logits, &ids, args, Some(read))?);
+                }
+            }
+            BackendName::Spec => {
+                let (l, t) = first_rows(&logits, &ids, SPEC_ROWS)?;
+                rows.extend(time_backend(&Specification, "spec (f64)", &l, &t, args, None)?);
+            }
+            #[cfg(feature = "wgpu")]
+            BackendName::Wgpu => match daa_core::Wgpu::new() {
+                Ok(gpu) => {
+                    let name = format!("wgpu ({})", gpu.adapter().name);
+                    rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
+                }
+                Err(e) => eprintln!("skipped: wgpu: {e}"),
+            },
+            #[cfg(feature = "cuda")]
+            BackendName::Cuda => match daa_core::Cuda::new(0) {
+                Ok(gpu) => {
+                    let name = format!("cuda ({})", gpu.describe());
+                    rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
+                }
+                Err(e) => eprintln!("skipped: cuda: {e}"),
+            },
+            #[allow(unreachable_patterns)]
+            other => eprintln!("skipped: {other:?}: not compiled into this build of daa"),
+        }
+    }
+    Ok(rows)
 }
 
 /// The first `rows` rows of an input (for the slow specification backend).
