@@ -44,9 +44,13 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// The workspace's root folder.
+/// The workspace's root folder: the parent of xtask's manifest folder, as
+/// `cargo run` sets it when the task starts (the path compiled in may be
+/// another clone's when clones share a target folder), else as compiled.
 fn workspace_root() -> Result<PathBuf> {
-    Ok(PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf())
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    Ok(manifest.parent().context("workspace root")?.to_path_buf())
 }
 
 /// Where cargo builds, as `cargo metadata` says (`CARGO_TARGET_DIR`, a
