@@ -187,7 +187,7 @@ fn last_json_line<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str)
 
 /// PyTorch's step and scoring pass on the inputs in `dir` (it writes `dir/checkpoint`).
 fn baseline(python: &str, dir: &Path, threads: usize, repeats: usize) -> Result<(Measurement, Measurement)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/torch_dpo_baseline.py");
+    let script = manifest_dir().join("../scripts/torch_dpo_baseline.py");
     let mut cmd = Command::new(python);
     cmd.arg(script).arg("--inputs").arg(dir);
     cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
@@ -214,5 +214,14 @@ fn write_inputs(shape: &Shape, dir: &Path) -> Result<()> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target"))
+        .unwrap_or_else(|| manifest_dir().parent().unwrap_or(Path::new(".")).join("target"))
+}
+
+/// This package's folder: the `CARGO_MANIFEST_DIR` cargo sets when it runs
+/// the test (the path compiled in may be another clone's when clones share a
+/// target folder), else the one compiled in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

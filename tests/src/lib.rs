@@ -60,3 +60,12 @@ macro_rules! backend_cases {
         }
     };
 }
+
+/// This package's folder: the `CARGO_MANIFEST_DIR` cargo sets when it runs
+/// the test (the path compiled in may be another clone's when clones share a
+/// target folder), else the one compiled in.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+}

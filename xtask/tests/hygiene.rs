@@ -3,8 +3,12 @@
 use std::path::Path;
 use std::process::Command;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root")
+/// The workspace root: from the `CARGO_MANIFEST_DIR` cargo sets when it runs
+/// the test (the path compiled in may be another clone's when clones share a
+/// target folder).
+fn root() -> std::path::PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&manifest).parent().expect("workspace root").to_path_buf()
 }
 
 /// Files git tracks, or `None` outside a git checkout (a source tarball).

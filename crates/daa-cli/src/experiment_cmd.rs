@@ -31,6 +31,10 @@ pub enum Preset {
     Small,
     /// Three values per loss × λ ∈ {0, 0.05, 0.1, 0.5, adaptive} × 3 seeds: 135 runs, hours.
     Paper,
+    /// The regularisers side by side: DPO β 0.1 × {λ = 0, λ = 0.1, the baseline
+    /// rule, the direction-aware rule, the entropy floor} × 10 seeds, each seed
+    /// its own testbed (reference, pairs and prompts): 50 runs, under an hour on 2 cores.
+    Regularisers,
 }
 
 /// Arguments of `daa experiment`.
@@ -61,8 +65,13 @@ pub struct ExperimentArgs {
 pub enum Regularisation {
     /// A fixed NLL weight λ (0: none).
     Fixed(f64),
-    /// `[monitor.adaptive]` with its defaults, λ starting at 0.
+    /// `[monitor.adaptive]` with its defaults (the baseline rule
+    /// `raise_nll_on_falling_entropy`), λ starting at 0.
     Adaptive,
+    /// `[monitor.adaptive]` with `rule = "direction_aware"`, λ starting at 0.
+    DirectionAware,
+    /// `[monitor.entropy_floor]` with its defaults, λ = 0.
+    EntropyFloor,
 }
 
 impl Regularisation {
@@ -71,6 +80,8 @@ impl Regularisation {
         match self {
             Self::Fixed(l) => format!("λ={l}"),
             Self::Adaptive => "adaptive λ".into(),
+            Self::DirectionAware => "direction-aware λ".into(),
+            Self::EntropyFloor => "entropy floor".into(),
         }
     }
 }
@@ -88,6 +99,8 @@ pub struct RunSpec {
     pub regularisation: Regularisation,
     /// `train.seed`.
     pub seed: u64,
+    /// `testbed.seed`, when the run has its own testbed.
+    pub testbed_seed: Option<u64>,
 }
 
 impl RunSpec {
@@ -96,8 +109,11 @@ impl RunSpec {
         let reg = match self.regularisation {
             Regularisation::Fixed(l) => format!("lam{l}"),
             Regularisation::Adaptive => "adaptive".into(),
+            Regularisation::DirectionAware => "direction".into(),
+            Regularisation::EntropyFloor => "floor".into(),
         };
-        format!("{}-{}{}-{reg}-s{}", self.loss, self.param, self.value, self.seed)
+        let testbed = self.testbed_seed.map_or(String::new(), |t| format!("-t{t}"));
+        format!("{}-{}{}-{reg}-s{}{testbed}", self.loss, self.param, self.value, self.seed)
     }
 
     /// The configuration (loss, its value and regularisation) without the seed.
@@ -112,11 +128,22 @@ impl RunSpec {
             format!("loss.{}={}", self.param, self.value),
             format!("train.seed={}", self.seed),
         ];
+        if let Some(t) = self.testbed_seed {
+            sets.push(format!("testbed.seed={t}"));
+        }
         match self.regularisation {
             Regularisation::Fixed(l) => sets.push(format!("loss.nll_weight={l}")),
             Regularisation::Adaptive => {
                 sets.push("loss.nll_weight=0".into());
                 sets.push("monitor.adaptive={}".into());
+            }
+            Regularisation::DirectionAware => {
+                sets.push("loss.nll_weight=0".into());
+                sets.push("monitor.adaptive={rule=\"direction_aware\"}".into());
+            }
+            Regularisation::EntropyFloor => {
+                sets.push("loss.nll_weight=0".into());
+                sets.push("monitor.entropy_floor={}".into());
             }
         }
         sets
@@ -128,6 +155,9 @@ type SweptLoss = (&'static str, &'static str, Vec<f64>);
 
 /// The runs of a preset.
 pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
+    // With its own testbed per seed, a seed changes the reference, the pairs
+    // and the prompts too, not only the training order.
+    let own_testbed = preset == Preset::Regularisers;
     let (losses, regs, seeds, common): (Vec<SweptLoss>, Vec<Regularisation>, Vec<u64>, Vec<String>) = match preset {
         Preset::Small => (
             vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
@@ -151,13 +181,26 @@ pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
             vec![0, 1, 2],
             vec![],
         ),
+        Preset::Regularisers => (
+            vec![("dpo", "beta", vec![0.1])],
+            vec![
+                Regularisation::Fixed(0.0),
+                Regularisation::Fixed(0.1),
+                Regularisation::Adaptive,
+                Regularisation::DirectionAware,
+                Regularisation::EntropyFloor,
+            ],
+            (0..10).collect(),
+            vec![],
+        ),
     };
     let mut runs = Vec::new();
     for (loss, param, values) in &losses {
         for &value in values {
             for &regularisation in &regs {
                 for &seed in &seeds {
-                    runs.push(RunSpec { loss, param, value, regularisation, seed });
+                    let testbed_seed = own_testbed.then_some(seed);
+                    runs.push(RunSpec { loss, param, value, regularisation, seed, testbed_seed });
                 }
             }
         }
@@ -206,17 +249,20 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
     let base = args.out.join("base.toml");
     daa_core::io::write_bytes_atomic(&base, base_text.as_bytes())?;
     let overrides: Vec<String> = common.iter().chain(&args.overrides).cloned().collect();
-    // Every run's configuration must be valid before anything runs.
-    let mut first = None;
+    // Every run's configuration must be valid before anything runs; each
+    // distinct testbed is built once, before the runs.
+    let mut testbeds: Vec<TrainConfig> = Vec::new();
     for spec in &runs {
         let sets: Vec<String> = overrides.iter().cloned().chain(spec.overrides()).collect();
         let config = TrainConfig::parse(&base_text, &base.display().to_string(), &sets)
             .with_context(|| format!("run {}", spec.name()))?;
-        first.get_or_insert(config);
+        if !testbeds.iter().any(|t| t.testbed == config.testbed) {
+            testbeds.push(config);
+        }
     }
     let finished = |spec: &RunSpec| args.out.join("runs").join(spec.name()).join("summary.json").exists();
     if !args.report_only {
-        if let Some(config) = &first {
+        for config in &testbeds {
             let cache = cache_dir(config.train.cache_dir.as_deref());
             materialize(&config.testbed, &cache, &mut |line| eprintln!("{line}"))?;
         }
@@ -279,11 +325,13 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use daa_train::run::config::AdaptiveRule;
+
     use super::*;
 
     #[test]
     fn presets_name_every_run_once_and_configure_it() {
-        for preset in [Preset::Small, Preset::Paper] {
+        for preset in [Preset::Small, Preset::Paper, Preset::Regularisers] {
             let (runs, _) = sweep(preset);
             let names: std::collections::HashSet<String> = runs.iter().map(RunSpec::name).collect();
             assert_eq!(names.len(), runs.len(), "{preset:?}");
@@ -304,5 +352,25 @@ mod tests {
             small.iter().map(|s| log_path(&Path::new("runs").join(s.name()))).collect();
         assert_eq!(logs.len(), small.len());
         assert_eq!(log_path(Path::new("runs/dpo-beta0.1-lam0-s0")), Path::new("runs/dpo-beta0.1-lam0-s0.log"));
+        // The regularisers' preset: every arm on every seed, each seed its own
+        // testbed, and every arm's configuration what its name says.
+        let (runs, common) = sweep(Preset::Regularisers);
+        assert_eq!(runs.len(), 50);
+        for spec in &runs {
+            assert_eq!(spec.testbed_seed, Some(spec.seed));
+            let sets: Vec<String> = common.iter().cloned().chain(spec.overrides()).collect();
+            let config = TrainConfig::parse(TESTBED_CONFIG, "testbed", &sets).unwrap();
+            assert_eq!(config.testbed.seed, spec.seed, "{}", spec.name());
+            let rule = config.monitor.adaptive.map(|a| a.rule);
+            let floor = config.monitor.entropy_floor.is_some();
+            let expected = match spec.regularisation {
+                Regularisation::Fixed(l) => (None, false, l),
+                Regularisation::Adaptive => (Some(AdaptiveRule::RaiseNllOnFallingEntropy), false, 0.0),
+                Regularisation::DirectionAware => (Some(AdaptiveRule::DirectionAware), false, 0.0),
+                Regularisation::EntropyFloor => (None, true, 0.0),
+            };
+            assert_eq!((rule, floor, config.loss.nll_weight), expected, "{}", spec.name());
+        }
+        assert!(runs.iter().any(|s| s.name() == "dpo-beta0.1-direction-s3-t3"));
     }
 }

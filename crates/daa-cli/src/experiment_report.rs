@@ -28,24 +28,24 @@ use daa_train::run::metrics::read_metrics;
 use daa_train::sample_eval::SampleReport;
 
 use crate::experiment_cmd::{Regularisation, RunSpec};
-use crate::fit::{Fit, gao_best_of_n, gao_rl, least_squares, linear, quadratic};
+use crate::fit::{Fit, gao_best_of_n, gao_rl, least_squares, leave_one_run_out_rmse, linear, quadratic};
 use crate::report_plot::{Interval, Line, Panel, intervals, panels};
 
 /// One evaluation with samples.
 #[derive(Debug, Clone, Copy)]
-struct Point {
-    step: u64,
-    loglik: f64,
-    entropy: f64,
-    mass: f64,
-    samples: SampleReport,
+pub(crate) struct Point {
+    pub step: u64,
+    pub loglik: f64,
+    pub entropy: f64,
+    pub mass: f64,
+    pub samples: SampleReport,
 }
 
 /// A finished run's evaluations and turning points.
-struct RunData {
-    spec: RunSpec,
-    points: Vec<Point>,
-    turns: Vec<(Indicator, u64, u64)>,
+pub(crate) struct RunData {
+    pub spec: RunSpec,
+    pub points: Vec<Point>,
+    pub turns: Vec<(Indicator, u64, u64)>,
 }
 
 fn load(out: &Path, spec: &RunSpec) -> Result<Option<RunData>> {
@@ -165,6 +165,23 @@ fn section_a(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
             _ => writeln!(md, "| {loss} | {} | – | – | – | too few evaluations |", xs.len())?,
         }
         charts.push(panel);
+    }
+    writeln!(
+        md,
+        "\nOut of sample (leave one run out: each run predicted by the fit to the others; in-sample RMSE always \
+         favours the larger model):\n"
+    )?;
+    writeln!(md, "| loss | runs | CV-RMSE linear | CV-RMSE quadratic |\n|---|---|---|---|")?;
+    for loss in losses(runs) {
+        let per_run: Vec<Vec<(f64, f64)>> = runs
+            .iter()
+            .filter(|r| r.spec.loss == loss)
+            .map(|r| r.points.iter().map(|p| (p.loglik, p.samples.win_prob)).collect())
+            .collect();
+        let cv = |basis: &dyn Fn(f64) -> Vec<f64>| {
+            leave_one_run_out_rmse(&per_run, basis).map_or("–".to_string(), |e| format!("{e:.4}"))
+        };
+        writeln!(md, "| {loss} | {} | {} | {} |", per_run.len(), cv(&linear), cv(&quadratic))?;
     }
     write_svg(out, "winprob_vs_loglik.svg", &panels("(a) win probability against chosen log-likelihood", &charts, 3)?)?;
     writeln!(md, "\n![](winprob_vs_loglik.svg)\n")?;
@@ -441,6 +458,7 @@ pub fn write_report(out: &Path, specs: &[RunSpec]) -> Result<PathBuf> {
         section_c(&runs, out, &mut md)?;
         section_d(&runs, out, &mut md)?;
         section_e(&runs, out, &mut md)?;
+        crate::experiment_arms::section_f(&runs, out, &mut md)?;
     }
     let path = out.join("report.md");
     daa_core::io::write_bytes_atomic(&path, md.as_bytes())?;
@@ -457,13 +475,14 @@ mod tests {
     use super::*;
     use crate::experiment_cmd::{Preset, sweep};
 
-    /// A run whose win probability is exactly quadratic in the chosen log-likelihood.
-    fn planted_run(dir: &Path, seed: u64) {
+    /// A run whose win probability is exactly quadratic in the chosen
+    /// log-likelihood, shifted by `shift`.
+    fn planted_run(dir: &Path, seed: u64, shift: f64) {
         std::fs::create_dir_all(dir).unwrap();
         let mut lines = String::new();
         for i in 0..12u64 {
             let loglik = -2.5 - 0.1 * i as f64;
-            let win = 0.55 - 2.0 * (loglik + 3.0).powi(2) + 0.001 * seed as f64;
+            let win = 0.55 - 2.0 * (loglik + 3.0).powi(2) + 0.001 * seed as f64 + shift;
             let report = EvalReport {
                 loss: 0.6,
                 accuracy: 0.6,
@@ -515,7 +534,7 @@ mod tests {
         let (specs, _) = sweep(Preset::Small);
         // Two finished runs of one loss; the rest never ran.
         for spec in specs.iter().filter(|s| s.loss == "dpo" && s.regularisation == Regularisation::Fixed(0.0)) {
-            planted_run(&out.path().join("runs").join(spec.name()), spec.seed);
+            planted_run(&out.path().join("runs").join(spec.name()), spec.seed, 0.0);
         }
         let report = std::fs::read_to_string(write_report(out.path(), &specs).unwrap()).unwrap();
         assert!(report.contains("2 of 18 runs finished"), "{report}");
@@ -534,5 +553,32 @@ mod tests {
         let stop_row =
             report.lines().find(|l| l.starts_with("| dpo-beta0.1-lam0-s0 |") && l.matches('|').count() == 8).unwrap();
         assert!(!stop_row.contains("none (end)"), "{stop_row}");
+        assert!(report.contains("## (f)") && report.contains("| dpo beta=0.1 | λ=0 | 2 |"), "{report}");
+        // Out of sample the planted parabola still wins: the line misses its curvature.
+        let cv = report.lines().find(|l| l.starts_with("| dpo | 2 |")).unwrap();
+        assert!(cv.ends_with("| 0.0010 |"), "{cv}");
+    }
+
+    #[test]
+    fn the_arms_carry_t_intervals_and_paired_differences() {
+        let out = tempfile::tempdir().unwrap();
+        let (specs, _) = sweep(Preset::Small);
+        // λ = 0.1 wins by 0.010 on seed 0 and 0.012 on seed 1: paired mean
+        // 0.011, SD √2·0.001, SE 0.001, t_{0.975,1} = 12.706 → ±0.0127.
+        for spec in specs.iter().filter(|s| s.loss == "dpo") {
+            let shift = match spec.regularisation {
+                Regularisation::Fixed(0.0) => 0.0,
+                Regularisation::Fixed(_) => 0.01 + 0.002 * spec.seed as f64,
+                _ => continue,
+            };
+            planted_run(&out.path().join("runs").join(spec.name()), spec.seed, shift);
+        }
+        let report = std::fs::read_to_string(write_report(out.path(), &specs).unwrap()).unwrap();
+        let row = report.lines().find(|l| l.starts_with("| dpo beta=0.1 | λ=0.1 | 2 |")).unwrap();
+        assert!(row.ends_with("| 0.011 [-0.002, 0.024] | 0.011 [-0.002, 0.024] |"), "{row}");
+        // Final P_win of λ = 0: −0.17 and −0.169 → mean −0.1695 ± 12.706·0.0005.
+        let base = report.lines().find(|l| l.starts_with("| dpo beta=0.1 | λ=0 | 2 |")).unwrap();
+        assert!(base.contains(" [-0.176, -0.163] |") && base.ends_with("| — | — |"), "{base}");
+        assert!(std::fs::read_to_string(out.path().join("arms.svg")).unwrap().starts_with("<svg"));
     }
 }

@@ -50,6 +50,36 @@ pub fn least_squares(xs: &[f64], ys: &[f64], basis: &dyn Fn(f64) -> Vec<f64>) ->
     Some(Fit { rmse: (sse / xs.len() as f64).sqrt(), ..fit })
 }
 
+/// The leave-one-run-out root-mean-square prediction error of `basis`:
+/// each run's points (`runs[r]`: `(x, y)` pairs) predicted by the fit to
+/// every other run's,
+///
+/// ```text
+/// CV-RMSE = √( Σ_r Σ_{j∈r} (y_j − f_{−r}(x_j))² / Σ_r n_r )
+/// ```
+///
+/// Out of sample, so a richer basis no longer wins by construction (an
+/// in-sample RMSE of nested models always favours the larger), and whole
+/// runs are held out together because evaluations within a run are
+/// autocorrelated. `None` with fewer than two runs, or when a fit without
+/// some run is impossible.
+pub fn leave_one_run_out_rmse(runs: &[Vec<(f64, f64)>], basis: &dyn Fn(f64) -> Vec<f64>) -> Option<f64> {
+    if runs.len() < 2 {
+        return None;
+    }
+    let (mut sse, mut n) = (0.0, 0usize);
+    for held_out in 0..runs.len() {
+        let (xs, ys): (Vec<f64>, Vec<f64>) =
+            runs.iter().enumerate().filter(|(r, _)| *r != held_out).flat_map(|(_, p)| p.iter().copied()).unzip();
+        let fit = least_squares(&xs, &ys, basis)?;
+        for &(x, y) in &runs[held_out] {
+            sse += (y - fit.predict(basis, x)).powi(2);
+            n += 1;
+        }
+    }
+    (n > 0).then(|| (sse / n as f64).sqrt())
+}
+
 /// `[1, x]`.
 pub fn linear(x: f64) -> Vec<f64> {
     vec![1.0, x]
@@ -123,5 +153,43 @@ mod tests {
         assert!(least_squares(&[1.0, 2.0], &[1.0, 2.0], &quadratic).is_none());
         assert!(least_squares(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0], &linear).is_none());
         assert!(least_squares(&[], &[], &linear).is_none());
+    }
+
+    #[test]
+    fn leave_one_run_out_recovers_a_planted_curve_and_prefers_it_only_when_real() {
+        // Four runs on one parabola, each with its own offset (seed noise ±0.01).
+        let offsets = [0.01, -0.01, 0.005, -0.005];
+        let parabola: Vec<Vec<(f64, f64)>> = offsets
+            .iter()
+            .enumerate()
+            .map(|(r, o)| {
+                (0..10)
+                    .map(|i| {
+                        let x = -3.0 + 0.2 * f64::from(i) + 0.05 * r as f64;
+                        (x, 0.5 - 0.3 * (x + 2.0).powi(2) + o)
+                    })
+                    .collect()
+            })
+            .collect();
+        let q = leave_one_run_out_rmse(&parabola, &quadratic).unwrap();
+        let l = leave_one_run_out_rmse(&parabola, &linear).unwrap();
+        // The quadratic's out-of-run error is the offsets' size; the line's is the curvature's.
+        assert!(q < 0.02 && l > 5.0 * q, "quadratic {q}, linear {l}");
+        // Data on a line: the quadratic gains nothing out of sample (it does in sample).
+        let line: Vec<Vec<(f64, f64)>> = offsets
+            .iter()
+            .map(|o| {
+                (0..10)
+                    .map(|i| {
+                        let x = f64::from(i) * 0.3;
+                        (x, 0.2 * x + o)
+                    })
+                    .collect()
+            })
+            .collect();
+        let (lq, ll) =
+            (leave_one_run_out_rmse(&line, &quadratic).unwrap(), leave_one_run_out_rmse(&line, &linear).unwrap());
+        assert!(lq >= ll * 0.999, "quadratic {lq} vs linear {ll}");
+        assert!(leave_one_run_out_rmse(&line[..1], &linear).is_none());
     }
 }

@@ -7,6 +7,7 @@
 mod backend_choice;
 mod bench_cmd;
 #[cfg(feature = "train")]
+mod experiment_arms;
 mod experiment_cmd;
 #[cfg(feature = "train")]
 mod experiment_report;

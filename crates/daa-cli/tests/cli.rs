@@ -812,7 +812,8 @@ fn judge_scores_completions_and_pairs_with_the_gold_reward_and_a_reward_model() 
 #[test]
 #[cfg(feature = "train")]
 fn plan_prints_the_table_and_json_and_names_bad_sizes() {
-    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../daa-train/tests/data/llama-2-7b.config.json");
+    let config_path = manifest_dir().join("../daa-train/tests/data/llama-2-7b.config.json");
+    let config = config_path.to_str().expect("a UTF-8 path");
     let out = daa(&["plan", "--model", config, "--gpu-memory", "141GiB", "--seq", "1024"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
@@ -871,4 +872,13 @@ fn bench_times_every_backend_and_vocabulary_and_writes_the_table_and_chart() {
     let marker = dir.path().join("untouched");
     expect_failure(&["bench", "--rows", "0"], &marker, &["--rows, --repeats, --vocab and --k must be at least 1"]);
     expect_failure(&["bench", "--backends", "tpu"], &marker, &["invalid value 'tpu' for '--backends"]);
+}
+
+/// This package's folder: the `CARGO_MANIFEST_DIR` cargo sets when it runs
+/// the test (the path compiled in may be another clone's when clones share a
+/// target folder), else the one compiled in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

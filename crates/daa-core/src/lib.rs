@@ -26,11 +26,14 @@
 //! ```
 
 pub mod backend;
+pub mod controllers;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod diversity;
+pub mod entropy_floor;
 pub mod error;
+pub mod intervals;
 #[cfg(feature = "io")]
 pub mod io;
 pub mod kl;

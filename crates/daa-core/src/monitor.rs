@@ -288,7 +288,7 @@ pub struct AdaptiveBounds {
 }
 
 impl AdaptiveBounds {
-    fn validate(&self, name: &'static str) -> Result<()> {
+    pub(crate) fn validate(&self, name: &'static str) -> Result<()> {
         let ok = self.initial.is_finite()
             && self.initial >= 0.0
             && self.switch_on > 0.0
@@ -309,7 +309,7 @@ impl AdaptiveBounds {
         })
     }
 
-    fn next(&self, value: f64, warning: bool) -> f64 {
+    pub(crate) fn next(&self, value: f64, warning: bool) -> f64 {
         if warning {
             (value * self.up).max(self.switch_on).min(self.max)
         } else {

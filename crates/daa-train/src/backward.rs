@@ -29,6 +29,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{ScoredPositions, TokenBatch};
+use crate::entropy_floor::FloorTerm;
 use crate::error::{ModelError, read_vec};
 use crate::fused_head::{FusedHead, OnChunk, chunk_rows_or};
 use crate::model::{CausalLm, Positions};
@@ -61,14 +62,18 @@ pub type Weigh<'a> = dyn FnMut(&[f64]) -> Result<Vec<f32>, ModelError> + 'a;
 /// `∇_θ Σ_i w_i π_i` (`w` = what `weigh` returns, one per row) to `grads`.
 /// `on_chunk` sees the scored positions' logits (`[C, V]`, f32, with the
 /// first position of the chunk, in [`TokenBatch::scored_positions`] order).
+/// With `floor`, the top-k entropy floor term `F` over the scored positions
+/// ([`crate::entropy_floor`]) joins the surrogate, `S = Σ_i w_i π_i + F`;
+/// returns `F` (0 without it).
 pub fn weighted_backward<B: AutodiffBackend>(
     model: &CausalLm<B>,
     batch: &TokenBatch,
     memory: &MemoryOptions,
     weigh: &mut Weigh<'_>,
     on_chunk: &mut OnChunk<'_, B::InnerBackend>,
+    floor: Option<&FloorTerm>,
     grads: &mut GradAccumulator<B::InnerBackend>,
-) -> Result<(), ModelError> {
+) -> Result<f64, ModelError> {
     let device = model.embed.weight.device();
     let tokens = batch.input::<B>(&device);
     // The caller's weights, one per row, checked once for both heads.
@@ -88,14 +93,26 @@ pub fn weighted_backward<B: AutodiffBackend>(
     let [rows, len, d] = hidden.dims();
     let positions = batch.scored_positions();
     let picked = hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(&device));
-    let top_grads = if memory.fused_head {
-        fused_head_backward(model, picked, &positions, memory, &mut weigh, on_chunk, grads)?
+    let (top_grads, floor_value) = if memory.fused_head {
+        fused_head_backward(model, picked, &positions, memory, &mut weigh, on_chunk, floor, grads)?
     } else {
         let logits = model.head(picked);
         on_chunk(0, &logits.clone().inner())?;
-        let policy = CompletionLogits { logits, positions }.sequence_logps();
+        let floor_part = floor.map(|term| term.chunk(&logits.clone().inner()));
+        let policy = CompletionLogits { logits: logits.clone(), positions }.sequence_logps();
         let weights = weigh(&read_vec::<f64, _, 1>(policy.clone(), "policy log-probabilities")?)?;
-        (policy * Tensor::from_data(TensorData::new(weights, [rows]), &device)).sum().backward()
+        let mut surrogate = (policy * Tensor::from_data(TensorData::new(weights, [rows]), &device)).sum();
+        let mut floor_value = None;
+        if let Some((grad, value)) = floor_part {
+            // ⟨z, stop_grad(∂F/∂z)⟩ carries F's gradient into the model.
+            surrogate = surrogate + (logits * Tensor::from_inner(grad)).sum();
+            floor_value = Some(value);
+        }
+        (surrogate.backward(), floor_value)
+    };
+    let floor_value = match floor_value {
+        Some(value) => read_vec::<f64, _, 1>(value, "entropy floor term")?.first().copied().unwrap_or(0.0),
+        None => 0.0,
     };
     match checkpoints {
         None => grads.add::<B, _>(model, top_grads),
@@ -113,12 +130,17 @@ pub fn weighted_backward<B: AutodiffBackend>(
             grads.add::<B, _>(model, (embedded * Tensor::from_inner(g)).sum().backward());
         }
     }
-    Ok(())
+    Ok(floor_value)
 }
+
+/// The entropy floor term's value on the device, when the pass has one.
+type FloorValue<B> = Option<Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
 
 /// The fused head's part of [`weighted_backward`]: `ℓ` in chunks, the
 /// weights, `∂S/∂W` into `grads`, and the autodiff gradients of
-/// `⟨h, ∂S/∂h⟩` returned for the rest of the model.
+/// `⟨h, ∂S/∂h⟩` returned for the rest of the model, with the floor term's
+/// value when there is one.
+#[allow(clippy::too_many_arguments)]
 fn fused_head_backward<B: AutodiffBackend>(
     model: &CausalLm<B>,
     picked: Tensor<B, 2>,
@@ -126,8 +148,9 @@ fn fused_head_backward<B: AutodiffBackend>(
     memory: &MemoryOptions,
     weigh: &mut Weigh<'_>,
     on_chunk: &mut OnChunk<'_, B::InnerBackend>,
+    floor: Option<&FloorTerm>,
     grads: &mut GradAccumulator<B::InnerBackend>,
-) -> Result<B::Gradients, ModelError> {
+) -> Result<(B::Gradients, FloorValue<B>), ModelError> {
     let device = picked.device();
     let config = model.config();
     let weight = model.head_weight();
@@ -141,10 +164,10 @@ fn fused_head_backward<B: AutodiffBackend>(
     let per_position: Vec<f32> = positions.row_of.iter().map(|&r| weights[r]).collect();
     let n = per_position.len();
     let coefficients = Tensor::from_data(TensorData::new(per_position, [n]), &device);
-    let (grad_hidden, grad_weight) = head.backward(&hidden, &targets, &coefficients);
+    let (grad_hidden, grad_weight, floor_value) = head.backward(&hidden, &targets, &coefficients, floor);
     let model_grads = (picked * Tensor::from_inner(grad_hidden)).sum().backward();
     grads.add_param(weight.id, grad_weight);
-    Ok(model_grads)
+    Ok((model_grads, floor_value))
 }
 
 fn no_gradient(what: &str) -> ModelError {

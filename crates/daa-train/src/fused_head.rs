@@ -37,6 +37,7 @@ use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor};
 
+use crate::entropy_floor::FloorTerm;
 use crate::error::ModelError;
 use crate::model::CausalLm;
 
@@ -123,27 +124,41 @@ impl<B: Backend> FusedHead<B> {
         Ok(if parts.is_empty() { Tensor::zeros([0], &hidden.device()) } else { Tensor::cat(parts, 0) })
     }
 
-    /// `(∂S/∂h, ∂S/∂W)` of `S = Σ_t c_t ℓ_t` for `hidden` `[N, d]`,
+    /// `(∂S/∂h, ∂S/∂W, F)` of `S = Σ_t c_t ℓ_t (+ F)` for `hidden` `[N, d]`,
     /// `targets` `[N]` and `coefficients` `c` `[N]` (f32): `[N, d]` in
-    /// `hidden`'s dtype and `[V, d]` in f32 (the layout of `W`).
+    /// `hidden`'s dtype and `[V, d]` in f32 (the layout of `W`). With
+    /// `floor`, the top-k entropy floor term `F` ([`crate::entropy_floor`])
+    /// joins `S`: its gradient is added to each chunk's `G`, and its value
+    /// (`[1]`) is returned.
     pub fn backward(
         &self,
         hidden: &Tensor<B, 2>,
         targets: &Tensor<B, 1, Int>,
         coefficients: &Tensor<B, 1>,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        floor: Option<&FloorTerm>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) {
         let [n, d] = hidden.dims();
         let device = hidden.device();
         let dtype = FloatDType::from(self.weight.dtype());
         let mut grad_weight = Tensor::<B, 2>::zeros(self.weight.dims(), &device);
         let mut grad_hidden = Vec::with_capacity(n.div_ceil(self.chunk_rows));
+        let mut floor_value: Option<Tensor<B, 1>> = None;
         for (start, len) in self.chunks(n) {
             let h = hidden.clone().narrow(0, start, len);
             let y = targets.clone().narrow(0, start, len).reshape([len, 1]);
             let c = coefficients.clone().narrow(0, start, len).reshape([len, 1]);
-            let p = softmax(self.logits(h.clone()), 1);
-            // G = c·(e_y − p), times s.
+            let z = self.logits(h.clone());
+            let p = softmax(z.clone(), 1);
+            // G = c·(e_y − p) (+ ∂F/∂z), times s.
             let mut g = (p * c.clone()).neg().scatter(1, y, c, IndexingUpdateOp::Add);
+            if let Some(term) = floor {
+                let (grad, value) = term.chunk(&z);
+                g = g + grad;
+                floor_value = Some(match floor_value {
+                    None => value,
+                    Some(total) => total + value,
+                });
+            }
             if self.scale != 1.0 {
                 g = g.mul_scalar(self.scale);
             }
@@ -156,6 +171,7 @@ impl<B: Backend> FusedHead<B> {
         } else {
             Tensor::cat(grad_hidden, 0)
         };
-        (grad_hidden, grad_weight)
+        let floor_value = floor.map(|_| floor_value.unwrap_or_else(|| Tensor::zeros([1], &device)));
+        (grad_hidden, grad_weight, floor_value)
     }
 }

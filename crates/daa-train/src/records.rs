@@ -65,6 +65,9 @@ pub struct TrainRecord {
     /// β the step used, when the adaptive regulariser adapts it.
     #[serde(rename = "train/beta", default, skip_serializing_if = "Option::is_none")]
     pub beta: Option<f64>,
+    /// The top-k entropy floor's multiplier μ the step used, when the floor is on.
+    #[serde(rename = "train/entropy_floor_mu", default, skip_serializing_if = "Option::is_none")]
+    pub floor_multiplier: Option<f64>,
 }
 
 /// A held-out evaluation after `step` optimizer steps.

@@ -55,7 +55,7 @@ const KL_STREAM: u64 = 0x4B4C_0000_5EED_D1CE;
 
 /// The figures of one sample evaluation; the serde names are the metric
 /// names of `metrics.jsonl`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SampleReport {
     /// `P_win` against the reference policy's samples.
     #[serde(rename = "eval/win_prob")]

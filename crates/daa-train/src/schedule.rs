@@ -101,6 +101,7 @@ impl BatchSchedule {
             elapsed_s,
             nll_weight: coefficients.nll_weight,
             beta: coefficients.beta,
+            floor_multiplier: coefficients.floor_multiplier,
         }
     }
 }

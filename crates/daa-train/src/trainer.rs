@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
+use crate::entropy_floor::EntropyFloor;
 use crate::error::ModelError;
 use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
 use crate::model::{CausalLm, ParamKind};
@@ -146,6 +147,11 @@ pub struct StepRecord {
     /// Mean full-vocabulary entropy at the same positions (nats).
     #[serde(rename = "train/entropy", default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<f64>,
+    /// The top-k entropy floor term of the step's objective,
+    /// `μ · (1/T) Σ_t relu(h − H_{b,t})`, when the floor is on
+    /// ([`Trainer::set_entropy_floor`]); not part of `loss`.
+    #[serde(rename = "loss/entropy_floor", default, skip_serializing_if = "Option::is_none")]
+    pub entropy_floor: Option<f64>,
 }
 
 impl StepRecord {
@@ -182,6 +188,7 @@ impl StepRecord {
             topk_entropy: per_row(&|s| s.topk_entropy),
             topk_mass: per_row(&|s| s.topk_mass),
             entropy: per_row(&|s| s.entropy),
+            entropy_floor: None,
         }
     }
 }
@@ -216,6 +223,8 @@ pub struct Trainer<B: AutodiffBackend> {
     decays: HashMap<ParamId, bool>,
     /// Every parameter in the model's visiting order (gradient reductions follow it).
     param_order: Vec<ParamId>,
+    /// The top-k entropy floor term, when on.
+    entropy_floor: Option<EntropyFloor>,
     completed: u64,
 }
 
@@ -258,6 +267,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             reducer: Box::new(SingleRank),
             decays,
             param_order,
+            entropy_floor: None,
             completed: 0,
         })
     }
@@ -306,6 +316,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         loss.validate()?;
         self.options.loss = loss;
         Ok(())
+    }
+
+    /// Adds the top-k entropy floor term to the objective from the next
+    /// step on (`None` or a multiplier of 0: no term). Errors: a negative or
+    /// non-finite multiplier or floor, `k` of 0, a base not above 1.
+    pub fn set_entropy_floor(&mut self, floor: Option<EntropyFloor>) -> Result<(), ModelError> {
+        if let Some(f) = &floor {
+            let ok = f.multiplier >= 0.0
+                && f.multiplier.is_finite()
+                && f.floor.is_finite()
+                && f.k > 0
+                && f.entropy_base > 1.0
+                && f.entropy_base.is_finite();
+            if !ok {
+                return Err(ModelError::Batch(format!(
+                    "entropy floor {f:?}: needs μ ≥ 0, a finite floor, k ≥ 1 and a base above 1"
+                )));
+            }
+        }
+        self.entropy_floor = floor;
+        Ok(())
+    }
+
+    /// The top-k entropy floor term's setting, when on.
+    pub fn entropy_floor(&self) -> Option<EntropyFloor> {
+        self.entropy_floor
     }
 
     /// Optimizer steps completed.
@@ -362,6 +398,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (mut inputs, mut losses, mut tokens) = (Vec::new(), Vec::new(), 0);
         let cpu = daa_core::Cpu::new();
         let mut totals = StatsSums::default();
+        // The floor term averages over every scored position of the step.
+        let scored_positions: usize =
+            pairs.iter().map(|p| p.sequences.chosen.completion_len() + p.sequences.rejected.completion_len()).sum();
+        let floor = self
+            .entropy_floor
+            .filter(|f| f.multiplier > 0.0)
+            .map(|f| f.term(scored_positions, self.reducer.world_size()));
+        let mut floor_total = 0.0;
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
@@ -377,7 +421,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             // positions come first among the scored ones.
             let positions = batch.scored_positions();
             let chosen_positions = positions.count_in_first_rows(micro.len());
-            weighted_backward(
+            floor_total += weighted_backward(
                 model,
                 &batch,
                 &o.memory,
@@ -395,6 +439,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         None => Ok(()),
                     }
                 },
+                floor.as_ref(),
                 &mut grads,
             )?;
             let PairWeights { inputs: pair_inputs, losses: pair_losses, .. } =
@@ -404,7 +449,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let report = self.apply(grads, lr)?;
         let stats = stats.map(|_| &totals);
-        Ok(StepRecord::of_pairs(self.completed, &report, &inputs, &losses, tokens, stats))
+        let mut record = StepRecord::of_pairs(self.completed, &report, &inputs, &losses, tokens, stats);
+        record.entropy_floor = floor.map(|_| floor_total);
+        Ok(record)
     }
 
     /// `(ρ_w, ρ_l)` of a micro-batch (pairs `offset…` of the step): given
@@ -493,6 +540,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     Ok(vec![(-1.0 / normaliser) as f32; logps.len()])
                 },
                 &mut |_, _| Ok(()),
+                None,
                 &mut grads,
             )?;
         }

@@ -442,7 +442,7 @@ impl Session {
         let policy = t.trainer.valid_model();
         let samples = t.evaluator.evaluate(&policy, &mut GoldJudge, &decode)?;
         let record = EvalRecord { step, report, samples: Some(samples) };
-        let decision = t.monitor.observe(step, &report)?;
+        let decision = t.monitor.observe(step, &report, Some(&samples))?;
         if let Some(loss) = decision.loss {
             t.trainer.set_loss(loss)?;
         }

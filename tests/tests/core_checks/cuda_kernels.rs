@@ -31,9 +31,9 @@ fn every_cuda_kernel_compiles_to_ptx() {
 
 #[test]
 fn every_cuda_source_is_compiled_and_names_its_twin() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders/cuda");
+    let dir = daa_tests::manifest_dir().join("../shaders/cuda");
     let source = daa_core::cuda::kernels::source();
-    let wgsl = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders/wgsl");
+    let wgsl = daa_tests::manifest_dir().join("../shaders/wgsl");
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -20,7 +20,7 @@ fn every_wgsl_module_validates_with_naga() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn every_shader_file_is_used_by_a_kernel() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders/wgsl");
+    let dir = daa_tests::manifest_dir().join("../shaders/wgsl");
     let used: String = daa_core::wgpu::shaders::Kernel::ALL.iter().map(|k| k.source()).collect();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();

@@ -280,10 +280,14 @@ pub struct MonitorSection {
     /// the last healthy evaluation is in `best-indicator/` either way).
     #[serde(default)]
     pub early_stop: bool,
-    /// `[monitor.adaptive]`: raise the NLL weight (and β) when the
-    /// indicators fall, relax it when they recover.
+    /// `[monitor.adaptive]`: adapt the NLL weight (and β) to the
+    /// indicators, by the rule its `rule` names.
     #[serde(default)]
     pub adaptive: Option<AdaptiveSection>,
+    /// `[monitor.entropy_floor]`: the top-k entropy floor term with its
+    /// multiplier by dual ascent (needs `[monitor.samples]`).
+    #[serde(default)]
+    pub entropy_floor: Option<EntropyFloorSection>,
 }
 
 impl Default for MonitorSection {
@@ -298,6 +302,7 @@ impl Default for MonitorSection {
             turning: TurningSection::default(),
             early_stop: false,
             adaptive: None,
+            entropy_floor: None,
         }
     }
 }
@@ -373,10 +378,32 @@ impl TurningSection {
     }
 }
 
-/// `[monitor.adaptive]`: see `daa_core::monitor`; λ starts at `loss.nll_weight`.
+/// Which rule `[monitor.adaptive]` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptiveRule {
+    /// The baseline (`daa_core::monitor::AdaptiveRegulariser`): λ (and β)
+    /// up whenever top-k entropy or mass falls by more than its tolerance.
+    RaiseNllOnFallingEntropy,
+    /// `daa_core::controllers::DirectionAwareNll`: λ up on likelihood
+    /// displacement or tail leakage, down when entropy is short, thresholds
+    /// of `threshold_sds` noise standard deviations.
+    DirectionAware,
+}
+
+/// `[monitor.adaptive]`: see `daa_core::monitor` and `daa_core::controllers`;
+/// λ starts at `loss.nll_weight`.
+///
+/// The noise defaults were measured on the testbed's small sweep (DPO, IPO
+/// and hinge at λ ∈ {0, 0.1}, two seeds each, 17 evaluations, 2026-12-02)
+/// with `daa_core::controllers::evaluation_noise`: chosen log-likelihood per
+/// token 0.015–0.025, top-k entropy 0.003–0.024 (bits), top-k mass
+/// 0.002–0.004, sample top-k entropy 0.003–0.013.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdaptiveSection {
+    /// The rule.
+    pub rule: AdaptiveRule,
     /// EMA weight of the newest evaluation, (0, 1].
     pub smoothing: f64,
     /// A fall of the smoothed top-k entropy larger than this warns.
@@ -397,11 +424,21 @@ pub struct AdaptiveSection {
     pub adapt_beta: bool,
     /// β's ceiling as a multiple of the configured β.
     pub beta_max_factor: f64,
+    /// Direction-aware rule: thresholds in noise standard deviations.
+    pub threshold_sds: f64,
+    /// Direction-aware rule: evaluation-to-evaluation noise of the held-out
+    /// chosen log-likelihood per token (nats).
+    pub noise_chosen_loglik: f64,
+    /// Direction-aware rule: noise of the held-out top-k entropy.
+    pub noise_topk_entropy: f64,
+    /// Direction-aware rule: noise of the held-out top-k mass.
+    pub noise_topk_mass: f64,
 }
 
 impl Default for AdaptiveSection {
     fn default() -> Self {
         Self {
+            rule: AdaptiveRule::RaiseNllOnFallingEntropy,
             smoothing: 0.5,
             entropy_tolerance: 0.0,
             mass_tolerance: 0.0,
@@ -412,6 +449,48 @@ impl Default for AdaptiveSection {
             adapt_nll: true,
             adapt_beta: false,
             beta_max_factor: 4.0,
+            threshold_sds: 2.0,
+            noise_chosen_loglik: 0.02,
+            noise_topk_entropy: 0.02,
+            noise_topk_mass: 0.0035,
+        }
+    }
+}
+
+/// `[monitor.entropy_floor]`: see `daa_core::controllers` and
+/// `daa_core::entropy_floor`. The floor is the reference's top-k entropy on
+/// its own samples (the first evaluation) minus `margin`; `step_size` and
+/// `max` are not tuned (a study picks them on selection prompts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntropyFloorSection {
+    /// `m`: how far below the reference's sample top-k entropy the floor lies.
+    pub margin: f64,
+    /// `η`: μ's change per unit of entropy gap per evaluation.
+    pub step_size: f64,
+    /// `μ_max`.
+    pub max: f64,
+    /// Evaluation-to-evaluation noise of the sample top-k entropy.
+    pub noise: f64,
+    /// The dead band in noise standard deviations.
+    pub threshold_sds: f64,
+}
+
+impl Default for EntropyFloorSection {
+    fn default() -> Self {
+        Self { margin: 0.05, step_size: 5.0, max: 10.0, noise: 0.011, threshold_sds: 2.0 }
+    }
+}
+
+impl EntropyFloorSection {
+    /// The controller's settings.
+    pub fn controller(&self) -> daa_core::controllers::EntropyFloorConfig {
+        daa_core::controllers::EntropyFloorConfig {
+            margin: self.margin,
+            step_size: self.step_size,
+            max: self.max,
+            noise: self.noise,
+            threshold_sds: self.threshold_sds,
         }
     }
 }
@@ -610,6 +689,17 @@ impl TrainConfig {
         daa_core::monitor::TurningPointDetector::new(self.monitor.turning.detector()).context("`monitor.turning`")?;
         if self.monitor.adaptive.is_some() {
             self.adaptive_config()?;
+            self.direction_aware_config()?;
+        }
+        if let Some(floor) = &self.monitor.entropy_floor {
+            if self.monitor.samples.is_none() {
+                bail!(
+                    "`monitor.entropy_floor` reads the top-k entropy of the policy's own samples: it needs \
+                     `[monitor.samples]`"
+                );
+            }
+            daa_core::controllers::EntropyFloorMultiplier::new(floor.controller())
+                .context("`monitor.entropy_floor`")?;
         }
         self.loss_params()?;
         Ok(())
@@ -631,9 +721,10 @@ impl TrainConfig {
     /// present: λ from `loss.nll_weight`, β from the loss (an error when
     /// `adapt_beta` is set for a loss without β).
     pub fn adaptive_config(&self) -> Result<Option<daa_core::monitor::AdaptiveConfig>> {
-        let Some(a) = &self.monitor.adaptive else {
+        let Some(a) = self.monitor.adaptive.filter(|a| a.rule == AdaptiveRule::RaiseNllOnFallingEntropy) else {
             return Ok(None);
         };
+        let a = &a;
         let beta = if a.adapt_beta {
             let Some(beta) = self.loss.loss.beta() else {
                 bail!("`monitor.adaptive.adapt_beta`: loss `{}` has no β", self.loss.loss.name());
@@ -662,6 +753,36 @@ impl TrainConfig {
             beta,
         };
         daa_core::monitor::AdaptiveRegulariser::new(config).context("`monitor.adaptive`")?;
+        Ok(Some(config))
+    }
+
+    /// The direction-aware rule's settings, when `[monitor.adaptive]` names
+    /// it: λ from `loss.nll_weight` (β is not adapted by this rule: an
+    /// error when `adapt_beta` is set).
+    pub fn direction_aware_config(&self) -> Result<Option<daa_core::controllers::DirectionAwareConfig>> {
+        let Some(a) = self.monitor.adaptive.filter(|a| a.rule == AdaptiveRule::DirectionAware) else {
+            return Ok(None);
+        };
+        if a.adapt_beta || !a.adapt_nll {
+            bail!("`monitor.adaptive`: the direction_aware rule adapts λ only (adapt_nll = true, adapt_beta = false)");
+        }
+        let config = daa_core::controllers::DirectionAwareConfig {
+            smoothing: a.smoothing,
+            bounds: daa_core::monitor::AdaptiveBounds {
+                initial: self.loss.nll_weight,
+                switch_on: a.nll_switch_on,
+                max: a.nll_max,
+                up: a.up,
+                down: a.down,
+            },
+            noise: daa_core::controllers::IndicatorNoise {
+                chosen_loglik: a.noise_chosen_loglik,
+                topk_entropy: a.noise_topk_entropy,
+                topk_mass: a.noise_topk_mass,
+            },
+            threshold_sds: a.threshold_sds,
+        };
+        daa_core::controllers::DirectionAwareNll::new(config).context("`monitor.adaptive`")?;
         Ok(Some(config))
     }
 

@@ -22,7 +22,7 @@ use crate::batch::SequencePair;
 use crate::checkpoint::save_model;
 use crate::eval::EvalReport;
 use crate::model::CausalLm;
-use crate::monitor::{Coefficients, IndicatorMonitor};
+use crate::monitor::{Coefficients, IndicatorMonitor, MonitorDecision};
 use crate::records::{EvalRecord, EventRecord, MetricsRecord, MonitorEvent};
 use crate::score::PairScore;
 use crate::trainer::Trainer;
@@ -57,13 +57,20 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         device: &B::Device,
         observer: &mut dyn RunObserver,
     ) -> Result<Self> {
-        let indicators = IndicatorMonitor::new(
+        let mut indicators = IndicatorMonitor::new(
             config.monitor.turning.detector(),
             config.adaptive_config()?,
             loss,
             config.loss.nll_normalisation,
             config.monitor.early_stop,
         )?;
+        if let Some(rule) = config.direction_aware_config()? {
+            indicators = indicators.with_direction_aware(rule)?;
+        }
+        if let Some(floor) = &config.monitor.entropy_floor {
+            indicators =
+                indicators.with_entropy_floor(floor.controller(), config.monitor.top_k, config.monitor.entropy_base)?;
+        }
         let samples = match &config.monitor.samples {
             None => None,
             Some(s) => Some(sample_evaluation(config, s, prepared, frozen_reference, device)?),
@@ -90,9 +97,8 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     /// and the trainer takes the objective they led to.
     pub fn catch_up(&mut self, metrics: &MetricsLog, trainer: &mut Trainer<B>) -> Result<()> {
         for record in read_metrics(metrics.path())?.iter().filter_map(MetricsRecord::eval) {
-            if let Some(loss) = self.indicators.observe(record.step, &record.report)?.loss {
-                trainer.set_loss(loss)?;
-            }
+            let decision = self.indicators.observe(record.step, &record.report, record.samples.as_ref())?;
+            Self::act(&decision, trainer)?;
         }
         Ok(())
     }
@@ -126,8 +132,8 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         metrics.write(&MetricsRecord::Eval(record))?;
         observer.evaluated(&record);
         self.last = Some(report);
-        let decision = self.indicators.observe(step, &record.report)?;
-        for event in decision.events {
+        let decision = self.indicators.observe(step, &record.report, record.samples.as_ref())?;
+        for &event in &decision.events {
             metrics.write(&MetricsRecord::Event(EventRecord { step, event }))?;
             if let MonitorEvent::TurningPoint { indicator, peak_step, .. } = event {
                 observer.note(&format!("step {step}: {} turned (smoothed peak at step {peak_step})", indicator.name()));
@@ -136,10 +142,20 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         if decision.keep_best {
             self.keep_best(trainer, step)?;
         }
+        Self::act(&decision, trainer)?;
+        Ok(decision.stop)
+    }
+
+    /// The objective and the entropy floor from the next step on, as the
+    /// regularisers decided.
+    fn act(decision: &MonitorDecision, trainer: &mut Trainer<B>) -> Result<()> {
         if let Some(loss) = decision.loss {
             trainer.set_loss(loss)?;
         }
-        Ok(decision.stop)
+        if let Some(floor) = decision.entropy_floor {
+            trainer.set_entropy_floor(Some(floor))?;
+        }
+        Ok(())
     }
 
     /// Saves the policy after `step` steps as `best-indicator/`.

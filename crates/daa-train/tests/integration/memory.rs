@@ -17,6 +17,7 @@ use daa_tests::fixtures::SplitMix64;
 use daa_tests::tolerance::{Tolerance, assert_close};
 use daa_train::backward::{MemoryOptions, weighted_backward};
 use daa_train::batch::{Sequence, SequencePair, TokenBatch};
+use daa_train::entropy_floor::FloorTerm;
 use daa_train::eval::{PassBatching, StatsSums, held_out_pass};
 use daa_train::fused_head::FusedHead;
 use daa_train::model::tiny_configs::{cohere_config, llama_config};
@@ -112,7 +113,7 @@ fn fused_head_equals_autodiff_through_full_logits() {
                     Ok(())
                 })
                 .unwrap();
-            let (gh, gw) = head.backward(&hidden, &y, &c);
+            let (gh, gw, _) = head.backward(&hidden, &y, &c, None);
             let what = format!("{n} positions × V {vocab}, scale {scale}, std {std}, chunks of {chunk}");
             assert_eq!(starts, (0..n).step_by(chunk).collect::<Vec<_>>(), "{what}: chunk starts");
             assert_close(&f64s(ell), &want_ell, FUSED_HEAD, &format!("{what}: ℓ"));
@@ -222,16 +223,31 @@ fn random_model<B: burn::tensor::backend::Backend>(config: &serde_json::Value, s
     CausalLm::from_weights(&config, &mut RandomWeights { seed, std }, &Default::default()).unwrap()
 }
 
+/// Each parameter's name and gradient, in the model's visiting order.
+type NamedGradients = Vec<(String, Vec<f64>)>;
+
 /// `∇ Σ_i w_i π_i` by parameter name, and the `π` the pass saw.
 fn gradients(
     model: &CausalLm<AD>,
     batch: &TokenBatch,
     memory: MemoryOptions,
     weights: &[f32],
-) -> (Vec<f64>, Vec<(String, Vec<f64>)>) {
+) -> (Vec<f64>, NamedGradients) {
+    let (policy, named, _) = gradients_with_floor(model, batch, memory, weights, None);
+    (policy, named)
+}
+
+/// [`gradients`] of `Σ_i w_i π_i + F` with the entropy floor term `F`, and `F`.
+fn gradients_with_floor(
+    model: &CausalLm<AD>,
+    batch: &TokenBatch,
+    memory: MemoryOptions,
+    weights: &[f32],
+    floor: Option<&FloorTerm>,
+) -> (Vec<f64>, NamedGradients, f64) {
     let mut acc = GradAccumulator::<Inner>::default();
     let mut seen = Vec::new();
-    weighted_backward(
+    let floor_value = weighted_backward(
         model,
         batch,
         &memory,
@@ -240,6 +256,7 @@ fn gradients(
             Ok(weights.to_vec())
         },
         &mut |_, _| Ok(()),
+        floor,
         &mut acc,
     )
     .unwrap();
@@ -251,7 +268,7 @@ fn gradients(
         named.push((name.to_string(), g));
     });
     assert!(by_id.is_empty(), "gradients of parameters the model does not visit");
-    (seen, named)
+    (seen, named, floor_value)
 }
 
 #[test]
@@ -268,12 +285,20 @@ fn every_memory_option_gives_the_gradient_of_one_graph() {
         MemoryOptions { fused_head: false, head_chunk_rows: 0, activation_checkpointing: true },
         MemoryOptions { fused_head: true, head_chunk_rows: 7, activation_checkpointing: true },
     ];
+    // The top-k entropy floor term joins the surrogate in every variant; its
+    // floor lies above some positions' top-10 entropy and below others'.
+    let floor = FloorTerm { coefficient: 0.05, floor: 3.3, k: 10, entropy_base: 2.0 };
     for (family, config) in [("llama", llama_config(VOCAB, 32, 3)), ("cohere", cohere_config(VOCAB, 32, 2))] {
         let model = model(&config);
-        let (want_policy, want) = gradients(&model, &batch, plain, &weights);
+        let (_, without_floor) = gradients(&model, &batch, plain, &weights);
+        let (want_policy, want, want_floor) = gradients_with_floor(&model, &batch, plain, &weights, Some(&floor));
+        assert!(want_floor > 0.0, "{family}: the floor is active somewhere ({want_floor})");
+        let moved = want.iter().zip(&without_floor).any(|((_, a), (_, b))| a.iter().zip(b).any(|(x, y)| x != y));
+        assert!(moved, "{family}: the floor term changes the gradient");
         for memory in variants {
-            let (policy, got) = gradients(&model, &batch, memory, &weights);
+            let (policy, got, floor_value) = gradients_with_floor(&model, &batch, memory, &weights, Some(&floor));
             let what = format!("{family}, {memory:?}");
+            assert!((floor_value - want_floor).abs() <= 1e-5 * want_floor, "{what}: F {floor_value} vs {want_floor}");
             assert_close(&policy, &want_policy, tolerance_of(&memory), &format!("{what}: π"));
             let mut worst = 0f64;
             for ((name, g), (_, w)) in got.iter().zip(&want) {

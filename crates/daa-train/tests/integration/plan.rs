@@ -7,7 +7,7 @@ use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
 const GIB: u64 = 1 << 30;
 
 fn config(name: &str) -> ModelConfig {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = manifest_dir().join("tests/data").join(name);
     ModelConfig::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -112,4 +112,13 @@ fn f32_has_no_master_copy_and_sizes_parse() {
     assert!(parse_bytes("80 gigs").unwrap_err().contains("unknown unit"));
     assert!(MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { gpus: 0, ..setup(1) }).is_err());
     assert!(MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { micro_batches: 0, ..setup(1) }).is_err());
+}
+
+/// This package's folder: the `CARGO_MANIFEST_DIR` cargo sets when it runs
+/// the test (the path compiled in may be another clone's when clones share a
+/// target folder), else the one compiled in.
+fn manifest_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }
