@@ -8,6 +8,7 @@ mod backend_choice;
 mod bench_cmd;
 #[cfg(feature = "train")]
 mod experiment_arms;
+#[cfg(feature = "train")]
 mod experiment_cmd;
 #[cfg(feature = "train")]
 mod experiment_report;
