@@ -80,15 +80,17 @@ pub fn evaluation_noise(series: &[Vec<f64>]) -> Result<f64> {
     Ok((squares / ((evaluations - 1) as f64 * (replicates - 1.0))).sqrt())
 }
 
-fn check_noise(name: &'static str, value: f64) -> Result<()> {
+/// `value` must be finite and above 0; `what` says what it is in the error.
+fn check_positive(name: &'static str, value: f64, what: &str) -> Result<()> {
     if value.is_finite() && value > 0.0 {
         return Ok(());
     }
-    Err(DaaError::Parameter {
-        name,
-        value: value.to_string(),
-        expected: "a noise level > 0 (estimated from replicates)".into(),
-    })
+    Err(DaaError::Parameter { name, value: value.to_string(), expected: format!("{what} > 0") })
+}
+
+/// A noise level: finite and above 0 (a noise of 0 would make every change a signal).
+fn check_noise(name: &'static str, value: f64) -> Result<()> {
+    check_positive(name, value, "a noise level (estimated from replicates)")
 }
 
 /// The evaluation-to-evaluation noise of the indicators a controller reads.
@@ -147,7 +149,7 @@ impl DirectionAwareNll {
         check_noise("noise.chosen_loglik", config.noise.chosen_loglik)?;
         check_noise("noise.topk_entropy", config.noise.topk_entropy)?;
         check_noise("noise.topk_mass", config.noise.topk_mass)?;
-        check_noise("threshold_sds", config.threshold_sds)?;
+        check_positive("threshold_sds", config.threshold_sds, "a threshold in noise standard deviations")?;
         Ok(Self {
             loglik: SmoothedSignal::new(config.smoothing)?,
             entropy: SmoothedSignal::new(config.smoothing)?,
@@ -235,10 +237,14 @@ pub struct EntropyFloorMultiplier {
 impl EntropyFloorMultiplier {
     /// A controller with `config`, checked; μ starts at 0.
     pub fn new(config: EntropyFloorConfig) -> Result<Self> {
-        check_noise("entropy_floor.step_size", config.step_size)?;
-        check_noise("entropy_floor.max", config.max)?;
+        check_positive("entropy_floor.step_size", config.step_size, "a dual step size")?;
+        check_positive("entropy_floor.max", config.max, "a ceiling of μ")?;
         check_noise("entropy_floor.noise", config.noise)?;
-        check_noise("entropy_floor.threshold_sds", config.threshold_sds)?;
+        check_positive(
+            "entropy_floor.threshold_sds",
+            config.threshold_sds,
+            "a dead band in noise standard deviations",
+        )?;
         if !(config.margin.is_finite() && config.margin >= 0.0) {
             return Err(DaaError::Parameter {
                 name: "entropy_floor.margin",
