@@ -131,6 +131,18 @@ pub enum NllReason {
     Hold,
 }
 
+impl NllReason {
+    /// What happened, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::EntropyShort => "lowered: top-k entropy below the reference's",
+            Self::Displacement => "raised: chosen likelihood below the reference's",
+            Self::TailLeakage => "raised: top-k mass fell while entropy rose",
+            Self::Hold => "held",
+        }
+    }
+}
+
 /// The direction-aware NLL weight (module documentation).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectionAwareNll {

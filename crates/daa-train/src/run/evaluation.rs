@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::TokenStatsParams;
+use daa_core::controllers::NllReason;
 use daa_core::io::write_bytes_atomic;
 use daa_core::preference::PreferenceLossParams;
 
@@ -141,6 +142,10 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         }
         if decision.keep_best {
             self.keep_best(trainer, step)?;
+        }
+        if let Some(reason) = decision.nll_reason.filter(|r| *r != NllReason::Hold) {
+            let weight = decision.loss.and_then(|l| l.nll).map_or(0.0, |n| n.weight);
+            observer.note(&format!("step {step}: NLL weight {weight:.3} ({})", reason.describe()));
         }
         Self::act(&decision, trainer)?;
         Ok(decision.stop)
