@@ -24,6 +24,7 @@
 //! for a given seed of the resampling.
 
 use crate::error::{DaaError, Result};
+use crate::kl::{Estimate, mean_with_standard_error};
 use crate::synthetic::SplitMix64;
 
 /// An estimate and its confidence interval.
@@ -191,10 +192,9 @@ pub fn student_t_quantile(q: f64, df: f64) -> Result<f64> {
 pub fn t_interval(values: &[f64], level: f64) -> Result<Interval> {
     check_level(level)?;
     check_finite(values, "t interval values", 2)?;
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-    let half = student_t_quantile(0.5 + level / 2.0, n - 1.0)? * sd / n.sqrt();
+    let Estimate { mean, standard_error, samples } = mean_with_standard_error(values, "t interval values")?;
+    let se = standard_error.expect("two or more values have a standard error");
+    let half = student_t_quantile(0.5 + level / 2.0, (samples - 1) as f64)? * se;
     Ok(Interval { estimate: mean, lower: mean - half, upper: mean + half })
 }
 

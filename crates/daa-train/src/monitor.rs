@@ -16,8 +16,10 @@ use daa_core::NllNormalisation;
 use daa_core::controllers::{
     DirectionAwareConfig, DirectionAwareNll, EntropyFloorConfig, EntropyFloorMultiplier, NllReason,
 };
-use daa_core::monitor::{AdaptiveConfig, AdaptiveRegulariser, TurningPointConfig, TurningPointDetector};
-use daa_core::preference::{NllTerm, PreferenceLossParams};
+use daa_core::monitor::{
+    AdaptiveConfig, AdaptiveRegulariser, RegularisationDecision, TurningPointConfig, TurningPointDetector,
+};
+use daa_core::preference::PreferenceLossParams;
 
 use crate::entropy_floor::EntropyFloor;
 use crate::error::ModelError;
@@ -126,11 +128,6 @@ impl IndicatorMonitor {
         Ok(self)
     }
 
-    /// Whether the entropy floor is on (it reads the sample evaluation).
-    pub fn has_entropy_floor(&self) -> bool {
-        self.floor.is_some()
-    }
-
     /// The coefficients the next steps use (`None` where not adapted).
     pub fn coefficients(&self) -> Coefficients {
         let floor_multiplier = self.floor.as_ref().map(|f| f.multiplier.multiplier());
@@ -166,8 +163,8 @@ impl IndicatorMonitor {
             }
             Some(NllRule::DirectionAware(rule)) => {
                 let (weight, reason) = rule.observe(step, report.chosen_token_loglik, entropy, mass)?;
-                let nll = (weight > 0.0).then_some(NllTerm { weight, normalisation: self.nll_normalisation });
-                decision.loss = Some(PreferenceLossParams { loss: self.base_loss.loss, nll });
+                let adapted = RegularisationDecision { step, warning: false, nll_weight: Some(weight), beta: None };
+                decision.loss = Some(adapted.apply(&self.base_loss, self.nll_normalisation));
                 decision.nll_reason = Some(reason);
             }
         }
@@ -192,7 +189,7 @@ impl IndicatorMonitor {
 mod tests {
     use super::*;
     use daa_core::monitor::AdaptiveBounds;
-    use daa_core::preference::PreferenceLoss;
+    use daa_core::preference::{NllTerm, PreferenceLoss};
 
     fn report(topk_entropy: f64, topk_mass: f64) -> EvalReport {
         EvalReport {
@@ -297,7 +294,6 @@ mod tests {
                 .unwrap()
                 .with_entropy_floor(config, 10, 2.0)
                 .unwrap();
-        assert!(monitor.has_entropy_floor());
         assert!(monitor.observe(0, &report(3.2, 0.7), None).is_err(), "no samples: an error, not a silent 0");
         let mut monitor =
             IndicatorMonitor::new(TurningPointConfig::default(), None, dpo(), NllNormalisation::Mean, false)

@@ -339,11 +339,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    /// The top-k entropy floor term's setting, when on.
-    pub fn entropy_floor(&self) -> Option<EntropyFloor> {
-        self.entropy_floor
-    }
-
     /// Optimizer steps completed.
     pub fn completed_steps(&self) -> u64 {
         self.completed
