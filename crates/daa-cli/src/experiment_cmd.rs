@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -21,6 +22,7 @@ use daa_train::run::config::TESTBED_CONFIG;
 use daa_train::testbed::build::materialize;
 
 use crate::experiment_report::write_report;
+use crate::experiment_splits::{SplitJudge, outcomes_path};
 use crate::progress::bar;
 
 /// Sweep sizes.
@@ -35,6 +37,19 @@ pub enum Preset {
     /// rule, the direction-aware rule, the entropy floor} × 10 seeds, each seed
     /// its own testbed (reference, pairs and prompts): 50 runs, under an hour on 2 cores.
     Regularisers,
+    /// The study: the regularisers' arms and a stronger entropy floor × 10 seeds
+    /// (each its own testbed), a checkpoint every evaluation, then every
+    /// checkpoint judged on test and generalisation prompts no run reads; the
+    /// report adds early-stopping baselines with their regret, intervals over
+    /// seeds and prompts, and turning-point leads against a null: 60 runs, hours.
+    Study,
+}
+
+impl Preset {
+    /// Whether the runs are judged on the test and generalisation splits after training.
+    pub fn judges_splits(self) -> bool {
+        self == Self::Study
+    }
 }
 
 /// Arguments of `daa experiment`.
@@ -72,6 +87,9 @@ pub enum Regularisation {
     DirectionAware,
     /// `[monitor.entropy_floor]` with its defaults, λ = 0.
     EntropyFloor,
+    /// `[monitor.entropy_floor]` with the floor at the reference's entropy
+    /// (margin 0) and a four times larger dual step (η = 20), λ = 0.
+    StrongEntropyFloor,
 }
 
 impl Regularisation {
@@ -82,6 +100,7 @@ impl Regularisation {
             Self::Adaptive => "adaptive λ".into(),
             Self::DirectionAware => "direction-aware λ".into(),
             Self::EntropyFloor => "entropy floor".into(),
+            Self::StrongEntropyFloor => "entropy floor (margin 0, η 20)".into(),
         }
     }
 }
@@ -111,6 +130,7 @@ impl RunSpec {
             Regularisation::Adaptive => "adaptive".into(),
             Regularisation::DirectionAware => "direction".into(),
             Regularisation::EntropyFloor => "floor".into(),
+            Regularisation::StrongEntropyFloor => "floor-strong".into(),
         };
         let testbed = self.testbed_seed.map_or(String::new(), |t| format!("-t{t}"));
         format!("{}-{}{}-{reg}-s{}{testbed}", self.loss, self.param, self.value, self.seed)
@@ -145,6 +165,10 @@ impl RunSpec {
                 sets.push("loss.nll_weight=0".into());
                 sets.push("monitor.entropy_floor={}".into());
             }
+            Regularisation::StrongEntropyFloor => {
+                sets.push("loss.nll_weight=0".into());
+                sets.push("monitor.entropy_floor={margin=0.0, step_size=20.0}".into());
+            }
         }
         sets
     }
@@ -157,7 +181,7 @@ type SweptLoss = (&'static str, &'static str, Vec<f64>);
 pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
     // With its own testbed per seed, a seed changes the reference, the pairs
     // and the prompts too, not only the training order.
-    let own_testbed = preset == Preset::Regularisers;
+    let own_testbed = matches!(preset, Preset::Regularisers | Preset::Study);
     let (losses, regs, seeds, common): (Vec<SweptLoss>, Vec<Regularisation>, Vec<u64>, Vec<String>) = match preset {
         Preset::Small => (
             vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
@@ -192,6 +216,20 @@ pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
             ],
             (0..10).collect(),
             vec![],
+        ),
+        Preset::Study => (
+            vec![("dpo", "beta", vec![0.1])],
+            vec![
+                Regularisation::Fixed(0.0),
+                Regularisation::Fixed(0.1),
+                Regularisation::Adaptive,
+                Regularisation::DirectionAware,
+                Regularisation::EntropyFloor,
+                Regularisation::StrongEntropyFloor,
+            ],
+            (0..10).collect(),
+            // A checkpoint at every evaluation, for the test and generalisation splits.
+            vec!["train.checkpoint_every=16".into()],
         ),
     };
     let mut runs = Vec::new();
@@ -252,21 +290,29 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
     // Every run's configuration must be valid before anything runs; each
     // distinct testbed is built once, before the runs.
     let mut testbeds: Vec<TrainConfig> = Vec::new();
+    let mut configs: Vec<TrainConfig> = Vec::with_capacity(runs.len());
     for spec in &runs {
         let sets: Vec<String> = overrides.iter().cloned().chain(spec.overrides()).collect();
         let config = TrainConfig::parse(&base_text, &base.display().to_string(), &sets)
             .with_context(|| format!("run {}", spec.name()))?;
         if !testbeds.iter().any(|t| t.testbed == config.testbed) {
-            testbeds.push(config);
+            testbeds.push(config.clone());
         }
+        configs.push(config);
     }
-    let finished = |spec: &RunSpec| args.out.join("runs").join(spec.name()).join("summary.json").exists();
+    let run_dir = |spec: &RunSpec| args.out.join("runs").join(spec.name());
+    let trained = |spec: &RunSpec| run_dir(spec).join("summary.json").exists();
+    let judge_splits = args.preset.judges_splits();
+    let finished = |spec: &RunSpec| trained(spec) && (!judge_splits || outcomes_path(&run_dir(spec)).exists());
     if !args.report_only {
         for config in &testbeds {
             let cache = cache_dir(config.train.cache_dir.as_deref());
             materialize(&config.testbed, &cache, &mut |line| eprintln!("{line}"))?;
         }
-        let todo: VecDeque<RunSpec> = runs.iter().filter(|s| !finished(s)).cloned().collect();
+        // The study judges each run on prompts no run reads, right after training it.
+        let judge = if judge_splits { Some(Arc::new(SplitJudge::prepare(&args.out, &testbeds)?)) } else { None };
+        let todo: VecDeque<(RunSpec, TrainConfig)> =
+            runs.iter().zip(&configs).filter(|(s, _)| !finished(s)).map(|(s, c)| (s.clone(), c.clone())).collect();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let jobs = args.jobs.unwrap_or(cores).clamp(1, todo.len().max(1));
         let threads = (cores / jobs).max(1);
@@ -282,15 +328,31 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         let (sender, receiver) = mpsc::channel::<(String, Result<()>)>();
         let workers: Vec<_> = (0..jobs)
             .map(|_| {
-                let (queue, sender, base, out, overrides) =
-                    (queue.clone(), sender.clone(), base.clone(), args.out.clone(), overrides.clone());
+                let (queue, sender, base, out, overrides, judge) =
+                    (queue.clone(), sender.clone(), base.clone(), args.out.clone(), overrides.clone(), judge.clone());
                 std::thread::spawn(move || {
                     loop {
                         let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
-                        let Some(spec) = next else { break };
+                        let Some((spec, config)) = next else { break };
                         let sets: Vec<String> = overrides.iter().cloned().chain(spec.overrides()).collect();
-                        let result = run_child(&base, &out.join("runs").join(spec.name()), &sets, threads);
-                        if sender.send((spec.name(), result)).is_err() {
+                        let dir = out.join("runs").join(spec.name());
+                        let started = Instant::now();
+                        let mut result = Ok(());
+                        if !dir.join("summary.json").exists() {
+                            result = run_child(&base, &dir, &sets, threads);
+                        }
+                        let trained = started.elapsed().as_secs_f64();
+                        if let (Ok(()), Some(judge)) = (&result, &judge) {
+                            result = judge.judge(&dir, &config);
+                        }
+                        let timing = match &judge {
+                            Some(_) => format!(
+                                "trained in {trained:.0} s, judged in {:.0} s",
+                                started.elapsed().as_secs_f64() - trained
+                            ),
+                            None => format!("{trained:.0} s"),
+                        };
+                        if sender.send((format!("{} ({timing})", spec.name()), result)).is_err() {
                             break;
                         }
                     }
@@ -302,7 +364,7 @@ pub fn run(args: &ExperimentArgs) -> Result<()> {
         for (name, result) in receiver {
             progress.inc(1);
             match result {
-                Ok(()) => progress.set_message(format!("finished {name}")),
+                Ok(()) => progress.println(format!("finished {name}")),
                 Err(e) => {
                     progress.println(format!("run {name} failed: {e:#}"));
                     failed.push(name);
@@ -331,7 +393,7 @@ mod tests {
 
     #[test]
     fn presets_name_every_run_once_and_configure_it() {
-        for preset in [Preset::Small, Preset::Paper, Preset::Regularisers] {
+        for preset in [Preset::Small, Preset::Paper, Preset::Regularisers, Preset::Study] {
             let (runs, _) = sweep(preset);
             let names: std::collections::HashSet<String> = runs.iter().map(RunSpec::name).collect();
             assert_eq!(names.len(), runs.len(), "{preset:?}");
@@ -367,10 +429,22 @@ mod tests {
                 Regularisation::Fixed(l) => (None, false, l),
                 Regularisation::Adaptive => (Some(AdaptiveRule::RaiseNllOnFallingEntropy), false, 0.0),
                 Regularisation::DirectionAware => (Some(AdaptiveRule::DirectionAware), false, 0.0),
-                Regularisation::EntropyFloor => (None, true, 0.0),
+                Regularisation::EntropyFloor | Regularisation::StrongEntropyFloor => (None, true, 0.0),
             };
             assert_eq!((rule, floor, config.loss.nll_weight), expected, "{}", spec.name());
         }
         assert!(runs.iter().any(|s| s.name() == "dpo-beta0.1-direction-s3-t3"));
+        // The study: the same arms plus the stronger floor, a checkpoint at
+        // every evaluation, judged on the splits afterwards.
+        let (study, common) = sweep(Preset::Study);
+        assert_eq!(study.len(), 60);
+        assert!(Preset::Study.judges_splits() && !Preset::Regularisers.judges_splits());
+        let strong = study.iter().find(|s| s.regularisation == Regularisation::StrongEntropyFloor).unwrap();
+        let sets: Vec<String> = common.iter().cloned().chain(strong.overrides()).collect();
+        let config = TrainConfig::parse(TESTBED_CONFIG, "testbed", &sets).unwrap();
+        let floor = config.monitor.entropy_floor.unwrap();
+        assert_eq!((floor.margin, floor.step_size, floor.max), (0.0, 20.0, 10.0));
+        assert_eq!(config.train.checkpoint_every, config.monitor.eval_every);
+        assert_eq!(strong.name(), "dpo-beta0.1-floor-strong-s0-t0");
     }
 }

@@ -15,7 +15,10 @@
 //! (e) `early_stopping.svg`: early stopping, replayed with daa-core's
 //!     detector on each run's evaluations: win probability at the stop, at
 //!     the kept `best-indicator` evaluation, at the best evaluation and at
-//!     the end.
+//!     the end;
+//! (f) the arms side by side with intervals ([`crate::experiment_arms`]);
+//! (g)–(i) with the study's test and generalisation prompts
+//!     ([`crate::experiment_study`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,6 +31,7 @@ use daa_train::run::metrics::read_metrics;
 use daa_train::sample_eval::SampleReport;
 
 use crate::experiment_cmd::{Regularisation, RunSpec};
+use crate::experiment_splits::{RunOutcomes, read_outcomes};
 use crate::fit::{Fit, gao_best_of_n, gao_rl, least_squares, leave_one_run_out_rmse, linear, quadratic};
 use crate::report_plot::{Interval, Line, Panel, intervals, panels};
 
@@ -46,6 +50,8 @@ pub(crate) struct RunData {
     pub spec: RunSpec,
     pub points: Vec<Point>,
     pub turns: Vec<(Indicator, u64, u64)>,
+    /// The checkpoints judged on the test and generalisation prompts (the study).
+    pub splits: Option<RunOutcomes>,
 }
 
 fn load(out: &Path, spec: &RunSpec) -> Result<Option<RunData>> {
@@ -75,7 +81,7 @@ fn load(out: &Path, spec: &RunSpec) -> Result<Option<RunData>> {
             MonitorEvent::EarlyStop { .. } => None,
         })
         .collect();
-    Ok(Some(RunData { spec: spec.clone(), points, turns }))
+    Ok(Some(RunData { spec: spec.clone(), points, turns, splits: read_outcomes(&dir)? }))
 }
 
 fn curve(fit: &Fit, basis: &dyn Fn(f64) -> Vec<f64>, lo: f64, hi: f64) -> Vec<(f64, f64)> {
@@ -344,7 +350,7 @@ fn section_d(runs: &[RunData], out: &Path, md: &mut String) -> Result<()> {
         let adaptive = groups.get(&(loss.to_string(), Regularisation::Adaptive.label()));
         let best_fixed = groups
             .iter()
-            .filter(|((l, reg), _)| l == loss && *reg != Regularisation::Adaptive.label())
+            .filter(|((l, reg), _)| l == loss && reg.starts_with("λ="))
             .map(|(_, v)| mean(v))
             .fold(f64::NEG_INFINITY, f64::max);
         if let Some(a) = adaptive {
@@ -459,6 +465,7 @@ pub fn write_report(out: &Path, specs: &[RunSpec]) -> Result<PathBuf> {
         section_d(&runs, out, &mut md)?;
         section_e(&runs, out, &mut md)?;
         crate::experiment_arms::section_f(&runs, out, &mut md)?;
+        crate::experiment_study::sections(&runs, out, &mut md)?;
     }
     let path = out.join("report.md");
     daa_core::io::write_bytes_atomic(&path, md.as_bytes())?;

@@ -64,20 +64,27 @@ pub fn least_squares(xs: &[f64], ys: &[f64], basis: &dyn Fn(f64) -> Vec<f64>) ->
 /// autocorrelated. `None` with fewer than two runs, or when a fit without
 /// some run is impossible.
 pub fn leave_one_run_out_rmse(runs: &[Vec<(f64, f64)>], basis: &dyn Fn(f64) -> Vec<f64>) -> Option<f64> {
-    if runs.len() < 2 {
+    let held_out = held_out_errors(runs, basis)?;
+    let (sse, n) = held_out.iter().fold((0.0, 0usize), |(s, n), e| (s + e.0, n + e.1));
+    (n > 0).then(|| (sse / n as f64).sqrt())
+}
+
+/// Per group (a run, or all runs of a seed): the sum of squared prediction
+/// errors of its points under the fit to every other group, and how many
+/// points it has; `None` with fewer than two groups or when a fit is impossible.
+pub fn held_out_errors(groups: &[Vec<(f64, f64)>], basis: &dyn Fn(f64) -> Vec<f64>) -> Option<Vec<(f64, usize)>> {
+    if groups.len() < 2 {
         return None;
     }
-    let (mut sse, mut n) = (0.0, 0usize);
-    for held_out in 0..runs.len() {
-        let (xs, ys): (Vec<f64>, Vec<f64>) =
-            runs.iter().enumerate().filter(|(r, _)| *r != held_out).flat_map(|(_, p)| p.iter().copied()).unzip();
-        let fit = least_squares(&xs, &ys, basis)?;
-        for &(x, y) in &runs[held_out] {
-            sse += (y - fit.predict(basis, x)).powi(2);
-            n += 1;
-        }
-    }
-    (n > 0).then(|| (sse / n as f64).sqrt())
+    (0..groups.len())
+        .map(|held_out| {
+            let (xs, ys): (Vec<f64>, Vec<f64>) =
+                groups.iter().enumerate().filter(|(g, _)| *g != held_out).flat_map(|(_, p)| p.iter().copied()).unzip();
+            let fit = least_squares(&xs, &ys, basis)?;
+            let sse = groups[held_out].iter().map(|&(x, y)| (y - fit.predict(basis, x)).powi(2)).sum();
+            Some((sse, groups[held_out].len()))
+        })
+        .collect()
 }
 
 /// `[1, x]`.

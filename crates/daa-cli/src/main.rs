@@ -13,6 +13,10 @@ mod experiment_cmd;
 #[cfg(feature = "train")]
 mod experiment_report;
 #[cfg(feature = "train")]
+mod experiment_splits;
+#[cfg(feature = "train")]
+mod experiment_study;
+#[cfg(feature = "train")]
 mod fit;
 #[cfg(feature = "train")]
 mod generate_cmd;
