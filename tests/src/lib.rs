@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod gpu;
+pub mod metrics;
 pub mod tolerance;
 
 /// Runs one test body on every compiled fast backend, or on every backend.

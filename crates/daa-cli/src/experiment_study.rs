@@ -41,7 +41,7 @@ use crate::experiment_cmd::Regularisation;
 use crate::experiment_report::{Point, RunData};
 use crate::experiment_splits::RunOutcomes;
 use crate::fit::{held_out_errors, least_squares, linear, quadratic};
-use crate::report_plot::{self, intervals};
+use crate::report_plot::{self, Line, Panel, intervals};
 
 /// Confidence level of every interval.
 const LEVEL: f64 = 0.95;
@@ -414,7 +414,36 @@ fn section_g(arms: &Arms<'_>, best: &str, best_selection: f64, out: &Path, md: &
     let svg = intervals(&title, "Δ P_win", &bars)?;
     daa_core::io::write_bytes_atomic(&out.join("splits.svg"), svg.as_bytes())?;
     writeln!(md, "![](splits.svg)\n")?;
+    let panels: Vec<Panel> =
+        [Split::Test, Split::Generalisation].into_iter().map(|split| curves(arms, split)).collect();
+    let svg = report_plot::panels("(g) P_win of every checkpoint, mean over seeds", &panels, 2)?;
+    daa_core::io::write_bytes_atomic(&out.join("split_curves.svg"), svg.as_bytes())?;
+    writeln!(md, "![](split_curves.svg)\n")?;
     Ok(())
+}
+
+/// Per arm, the mean over seeds of `P_win` on `split` at each checkpoint step.
+fn curves(arms: &Arms<'_>, split: Split) -> Panel {
+    let lines = arms
+        .iter()
+        .map(|(label, arm)| {
+            let mut by_step: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+            for j in arm.values() {
+                for c in &j.splits.checkpoints {
+                    by_step.entry(c.step).or_default().extend(j.win(split, c.step));
+                }
+            }
+            let points = by_step.into_iter().map(|(step, v)| (step as f64, mean(&v))).collect();
+            Line { label: label.clone(), points, thin: false }
+        })
+        .collect();
+    Panel {
+        title: format!("{} prompts", split.name()),
+        x_desc: "step".into(),
+        y_desc: "P_win".into(),
+        points: vec![],
+        lines,
+    }
 }
 
 fn section_h(arms: &Arms<'_>, out: &Path, md: &mut String) -> Result<()> {
@@ -659,7 +688,7 @@ mod tests {
         let row = section_j.lines().find(|l| l.starts_with("| 3 | 66 |")).unwrap();
         assert!(row.contains("| 0.0050 |"), "{row}");
         assert!(section_j.contains("peak at ℓ = -2.900"), "{section_j}");
-        for chart in ["splits", "regret"] {
+        for chart in ["splits", "split_curves", "regret"] {
             assert!(std::fs::read_to_string(out.path().join(format!("{chart}.svg"))).unwrap().starts_with("<svg"));
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Every failure prints one line, `error: …`, naming the file, tensor, row or
 //! line at fault, and exits with status 2; output files are written to a
-//! temporary name and renamed, so a failed run leaves none behind.
+//! temporary name and renamed, so a failed run leaves none behind. `daa
+//! train` stopped by SIGTERM or SIGINT writes a complete checkpoint first and
+//! exits with 128 + the signal (143, 130).
 
 mod backend_choice;
 mod bench_cmd;
@@ -125,6 +127,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        #[cfg(feature = "train")]
+        Err(e) if e.downcast_ref::<daa_train::run::interrupt::Interrupted>().is_some() => {
+            // Stopped by a signal after a complete checkpoint: 128 + the signal.
+            let signal = e.downcast_ref::<daa_train::run::interrupt::Interrupted>().map_or(0, |i| i.signal);
+            fail(&e.to_string());
+            ExitCode::from(daa_train::run::interrupt::exit_status(signal))
+        }
         Err(e) => fail(&e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")),
     }
 }

@@ -144,6 +144,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let config = TrainConfig::load(args.config.as_deref(), &overrides)?;
     let k = config.monitor.top_k;
     let mut progress = TrainProgress::new(k);
+    // SIGTERM / SIGINT: finish the step, checkpoint, exit 128 + signal.
+    daa_train::run::interrupt::install()?;
     let outcome = train(config, args.resume.clone(), &mut progress)?;
     progress.finish();
     let records = read_metrics(&outcome.run_dir.join("metrics.jsonl"))?;

@@ -882,3 +882,147 @@ fn manifest_dir() -> std::path::PathBuf {
         std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
     )
 }
+
+/// `daa train` arguments of a small built-in run (the tiny model and task,
+/// `steps` steps of 8 pairs, evaluated every 4) into `run`, with `config`
+/// the built-in `tiny.toml` written to a file.
+#[cfg(all(feature = "train", unix))]
+fn tiny_train_args(config: &Path, cache: &Path, run: &Path, steps: u64) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()].map(String::from).to_vec();
+    args.extend(["--max-steps".into(), steps.to_string()]);
+    for set in [
+        format!("train.cache_dir={:?}", cache.display().to_string()),
+        "train.epochs=3".into(),
+        "train.batch_size=8".into(),
+        "train.micro_batch_size=4".into(),
+        "train.checkpoint_every=100".into(),
+        "monitor.eval_every=4".into(),
+        "data.eval_size=16".into(),
+    ] {
+        args.extend(["--set".into(), set]);
+    }
+    args
+}
+
+/// Starts `daa` with `args` and sends it `signals` (e.g. `["-TERM"]`) once
+/// its `metrics.jsonl` holds three training records; its output.
+#[cfg(all(feature = "train", unix))]
+fn signalled_after_three_steps(args: &[String], run: &Path, signals: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daa"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let steps = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().filter(|l| l.contains("\"type\":\"train\"")).count())
+            .unwrap_or(0);
+        if steps >= 3 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() || started.elapsed().as_secs() > 600 {
+            let out = child.wait_with_output().unwrap();
+            panic!("the run ended or stalled before its third step: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for signal in signals {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args([*signal, pid.as_str()]).status().unwrap().success());
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+#[cfg(all(feature = "train", unix))]
+fn train_stops_on_sigterm_with_a_complete_checkpoint_and_resumes_like_an_uninterrupted_run() {
+    let dir = temp_dir();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let cache = dir.path().join("cache");
+    let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
+    let out = daa(&tiny_train_args(&config, &cache, &whole, 40).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // SIGTERM during the run: the step finishes, a complete checkpoint is
+    // written, the message says how to continue, the status is 128 + 15.
+    let args = tiny_train_args(&config, &cache, &split, 40);
+    let out = signalled_after_three_steps(&args, &split, &["-TERM"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    let tail = err.split("error: stopped by SIGTERM after step ").nth(1).unwrap_or_else(|| panic!("{err}"));
+    let step: u64 = tail.split(':').next().unwrap().parse().unwrap();
+    assert!((3..40).contains(&step), "{err}");
+    let checkpoint = split.join(format!("checkpoint-{step:06}"));
+    assert!(
+        tail.contains(&format!(
+            "complete checkpoint {}; continue with the same command and --resume",
+            checkpoint.display()
+        )),
+        "{err}"
+    );
+    for file in ["model.safetensors", "optimizer.safetensors", "trainer_state.json"] {
+        assert!(checkpoint.join(file).exists(), "{file}");
+    }
+    assert!(!split.join("summary.json").exists() && !split.join("run.lock").exists());
+
+    // Resumed with the same command: the uninterrupted run's records.
+    let mut resume = args.clone();
+    resume.extend(["--resume".into(), split.to_str().unwrap().into()]);
+    let out = daa(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = |run: &Path| read_jsonl(&run.join("metrics.jsonl"));
+    daa_tests::metrics::assert_same_metrics(&records(&whole), &records(&split));
+}
+
+#[test]
+#[cfg(all(feature = "train", unix))]
+fn a_second_signal_exits_at_once_and_the_next_run_takes_over_the_lock() {
+    let dir = temp_dir();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let (cache, run) = (dir.path().join("cache"), dir.path().join("run"));
+    let args = tiny_train_args(&config, &cache, &run, 40);
+    let out = signalled_after_three_steps(&args, &run, &["-INT", "-INT"]);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    // Whatever was being written, no checkpoint folder is incomplete.
+    for entry in std::fs::read_dir(&run).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("checkpoint-") {
+            assert!(path.join("trainer_state.json").exists(), "{} is incomplete", path.display());
+        }
+    }
+    // The lock of the process that is gone is taken over by the next run into the folder.
+    if run.join("run.lock").exists() {
+        let again = tiny_train_args(&config, &cache, &run, 1);
+        let out = daa(&again.iter().map(String::as_str).collect::<Vec<_>>());
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        assert!(err.contains("run.lock: taking over the lock of pid") && err.contains("no longer running"), "{err}");
+    }
+}
+
+#[test]
+#[cfg(all(feature = "train", unix))]
+fn a_second_run_into_a_held_folder_is_refused_naming_the_holder() {
+    let dir = temp_dir();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let mut holder = Command::new("sleep").arg("60").spawn().unwrap();
+    std::fs::write(run.join("run.lock"), format!("{}\n", holder.id())).unwrap();
+    let out = daa(&["train", "--out", run.to_str().unwrap(), "--max-steps", "1"]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let expected = format!(
+        "error: {}: another daa train (pid {}) is writing this run folder; wait for it to end or choose another --out",
+        run.display(),
+        holder.id()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing else written");
+}

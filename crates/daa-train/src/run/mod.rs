@@ -2,6 +2,7 @@
 //! itself is [`crate::Trainer`]'s; this module orchestrates around it.
 //!
 //! A run, in the order [`train`] calls its parts:
+//! 0. **the lock** ([`lock`]): one run per output folder;
 //! 1. **prepare** ([`prepare`]): the checkpoint and data (generated for
 //!    `builtin:tiny`, made and cached for `builtin:testbed`), tokenised and
 //!    split into training and held-out pairs; `daa plan`'s memory check;
@@ -30,6 +31,8 @@
 pub mod checkpoints;
 pub mod config;
 mod evaluation;
+pub mod interrupt;
+pub mod lock;
 mod memory_check;
 pub mod metrics;
 mod observer;
@@ -96,6 +99,8 @@ fn run<B: AutodiffBackend>(
     let run_dir = config.output_dir();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
+    // Held until the run returns: a second run into this folder is refused.
+    let _lock = lock::RunLock::acquire(&run_dir, &mut |line| observer.note(line))?;
     let loss = config.loss_params()?;
     config.train.precision.check_supported::<B>(&device)?;
     let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;

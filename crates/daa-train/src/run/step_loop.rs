@@ -1,7 +1,8 @@
 //! The optimizer steps of one invocation of a run: each step's pairs from
 //! the [`BatchSchedule`], the step, its record, and after it whatever the
 //! [`Cadence`] says is due — an evaluation (which may stop the run early)
-//! and a checkpoint.
+//! and a checkpoint — and, when SIGTERM or SIGINT arrived during it, a
+//! complete checkpoint and [`Interrupted`] ([`super::interrupt`]).
 
 use std::time::Instant;
 
@@ -9,9 +10,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::TokenStatsParams;
 
-use super::checkpoints::save_trainer;
+use super::checkpoints::{checkpoint_dir, save_trainer};
 use super::config::TrainConfig;
 use super::evaluation::Evaluation;
+use super::interrupt::{self, Interrupted};
 use super::metrics::MetricsLog;
 use super::observer::RunObserver;
 use super::prepare::Prepared;
@@ -78,6 +80,15 @@ impl StepLoop<'_> {
             }
             if stop {
                 break;
+            }
+            if let Some(signal) = interrupt::requested() {
+                let checkpoint = if self.cadence.checkpoint_due(done) {
+                    checkpoint_dir(&run_dir, done)
+                } else {
+                    let position = (done, self.total_steps);
+                    save_trainer(&run_dir, trainer, self.config, position, &self.prepared.model_dir)?
+                };
+                return Err(Interrupted { signal, step: done, run_dir, checkpoint }.into());
             }
         }
         Ok(LoopTotals {
