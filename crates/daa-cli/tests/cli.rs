@@ -1026,3 +1026,73 @@ fn a_second_run_into_a_held_folder_is_refused_naming_the_holder() {
     assert!(err.contains(&expected), "{err}");
     assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1, "nothing else written");
 }
+
+#[test]
+#[cfg(feature = "train")]
+fn a_non_finite_step_is_not_applied_and_stops_the_run_naming_it() {
+    // lr 1e38: the first update throws the weights so far that the second
+    // step's gradient is not finite.
+    let dir = temp_dir();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let run_with = |run: &Path, skip: u64| {
+        let mut args: Vec<String> =
+            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", "8"]
+                .map(String::from)
+                .to_vec();
+        for set in [
+            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
+            "train.lr=1e38".into(),
+            "train.warmup_steps=0".into(),
+            "train.checkpoint_every=1".into(),
+            "train.batch_size=8".into(),
+            "train.micro_batch_size=4".into(),
+            "monitor.eval_every=100".into(),
+            "data.eval_size=16".into(),
+            format!("train.skip_nonfinite={skip}"),
+        ] {
+            args.extend(["--set".into(), set]);
+        }
+        daa(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Stops at the first: names the step, the quantity, the pairs' rows and
+    // where to continue from; exit 2; nothing saved after it.
+    let run = dir.path().join("stop");
+    let out = run_with(&run, 0);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let data = run.join("builtin").join("data.jsonl");
+    let checkpoint = run.join("checkpoint-000001");
+    for needle in [
+        "error: step 2: ".to_string(),
+        "is not finite".into(),
+        "the step was not applied; pairs at rows ".into(),
+        format!(
+            "of {}; the last complete checkpoint is {} (--resume {})",
+            data.display(),
+            checkpoint.display(),
+            run.display()
+        ),
+    ] {
+        assert!(err.contains(&needle), "expected {needle:?} in {err}");
+    }
+    assert!(!run.join("checkpoint-000002").exists() && !run.join("summary.json").exists());
+    // With train.skip_nonfinite = 2: steps 2 and 3 are skipped (not applied:
+    // their checkpoints hold step 1's weights), the third such step stops the run.
+    let run = dir.path().join("skip");
+    let out = run_with(&run, 2);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("skipped (1 of train.skip_nonfinite = 2)") && err.contains("skipped (2 of"), "{err}");
+    assert!(err.contains("error: step 4: ") && err.contains("checkpoint-000003 (--resume"), "{err}");
+    let weights =
+        |step: u64| std::fs::read(run.join(format!("checkpoint-{step:06}")).join("model.safetensors")).unwrap();
+    assert_eq!(weights(2), weights(1), "a skipped step changes no weight");
+    assert_eq!(weights(3), weights(1));
+    let steps: Vec<u64> = read_jsonl(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r["type"] == "train")
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1], "skipped steps have no training record");
+}

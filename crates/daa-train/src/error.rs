@@ -57,6 +57,12 @@ pub enum ModelError {
         /// `π_l`.
         rejected: f64,
     },
+    /// An optimizer step met a non-finite quantity; it was not applied.
+    #[error("{quantity} is not finite: the step was not applied")]
+    NonFiniteStep {
+        /// What was not finite, e.g. `the gradient norm (NaN)`.
+        quantity: String,
+    },
     /// Optimizer state does not match the model.
     #[error("optimizer state: {0}")]
     OptimizerState(String),

@@ -349,6 +349,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.completed = steps;
     }
 
+    /// Counts a step that was not applied (a non-finite loss or gradient,
+    /// `train.skip_nonfinite`): the weights and AdamW state stay as they
+    /// were, the schedule and the learning rate move on as after a step.
+    pub fn skip_step(&mut self) {
+        self.completed += 1;
+    }
+
     /// Reference scores of `pairs` under the frozen reference model, or
     /// `None` when the reference is [`ReferencePolicy::Given`].
     pub fn frozen_reference_scores(
@@ -489,10 +496,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.reducer.reduce(&mut grads)?;
         let grad_norm = grads.global_norm()?;
         if !grad_norm.is_finite() {
-            return Err(ModelError::Batch(format!(
-                "step {}: gradient norm is {grad_norm}: the step would corrupt the weights",
-                self.completed + 1
-            )));
+            return Err(ModelError::NonFiniteStep { quantity: format!("the gradient norm ({grad_norm})") });
         }
         let model = self.model.take().expect("the model is put back after every step");
         let (model, report) = self.optimizer.update::<B, _>(model, grads, lr, grad_norm, &self.decays);

@@ -209,6 +209,11 @@ pub struct TrainSection {
     /// Save a checkpoint every this many steps (0 = only at the end).
     #[serde(default)]
     pub checkpoint_every: u64,
+    /// Steps with a non-finite log-probability or gradient that may be
+    /// skipped (not applied, each reported) before the run stops; 0: the
+    /// first one stops the run.
+    #[serde(default)]
+    pub skip_nonfinite: u64,
     /// Folder of the reference log-probability cache (default `$DAA_CACHE_DIR`
     /// or `~/.cache/daa`).
     #[serde(default)]

@@ -39,12 +39,13 @@ impl ResumePoint {
 }
 
 /// The `[train]` fields a resumed run may change: where it stops, how often
-/// it saves, its folders, and the memory settings (which change how a step
+/// it saves, how many non-finite steps it skips, its folders, and the memory settings (which change how a step
 /// is computed, not what: a run that ran out of memory resumes with
 /// checkpointing on).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 10] = [
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 11] = [
     "max_steps",
     "checkpoint_every",
+    "skip_nonfinite",
     "output_dir",
     "cache_dir",
     "fused_head",

@@ -2,15 +2,19 @@
 //! the [`BatchSchedule`], the step, its record, and after it whatever the
 //! [`Cadence`] says is due — an evaluation (which may stop the run early)
 //! and a checkpoint — and, when SIGTERM or SIGINT arrived during it, a
-//! complete checkpoint and [`Interrupted`] ([`super::interrupt`]).
+//! complete checkpoint and [`Interrupted`] ([`super::interrupt`]). A step
+//! whose log-probability or gradient is not finite is not applied: the run
+//! stops naming the step, the quantity and the pairs' data rows (or, with
+//! `train.skip_nonfinite = N`, skips up to N such steps, each reported).
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::TokenStatsParams;
 
-use super::checkpoints::{checkpoint_dir, save_trainer};
+use super::checkpoints::{checkpoint_dir, find_checkpoint, save_trainer};
 use super::config::TrainConfig;
 use super::evaluation::Evaluation;
 use super::interrupt::{self, Interrupted};
@@ -18,6 +22,7 @@ use super::metrics::MetricsLog;
 use super::observer::RunObserver;
 use super::prepare::Prepared;
 use super::summary::LoopTotals;
+use crate::error::ModelError;
 use crate::records::MetricsRecord;
 use crate::schedule::{BatchSchedule, Cadence};
 use crate::score::PairScore;
@@ -41,7 +46,31 @@ pub(crate) struct StepLoop<'a> {
     pub stats: TokenStatsParams,
 }
 
+/// Where the run can continue from: the latest complete checkpoint, if any.
+fn last_checkpoint(run_dir: &Path) -> String {
+    match find_checkpoint(run_dir) {
+        Ok(dir) => format!("the last complete checkpoint is {} (--resume {})", dir.display(), run_dir.display()),
+        Err(_) => "no checkpoint was saved before it".into(),
+    }
+}
+
 impl StepLoop<'_> {
+    /// Names a non-finite step: its number, what was not finite, and the
+    /// data rows of the pairs concerned (the pair whose log-probability was
+    /// not finite, or every pair of the step for the gradient).
+    fn non_finite(&mut self, step: u64, error: &ModelError) -> String {
+        let indices = self.schedule.indices(step).to_vec();
+        let row = |i: usize| self.prepared.train[i].row.to_string();
+        let (what, rows): (String, Vec<String>) = match error {
+            ModelError::NonFiniteScore { pair, chosen, rejected } => (
+                format!("the policy's log-probability is not finite (chosen {chosen}, rejected {rejected})"),
+                indices.get(*pair).map(|&i| row(i)).into_iter().collect(),
+            ),
+            other => (other.to_string(), indices.iter().map(|&i| row(i)).collect()),
+        };
+        format!("step {}: {what}; pairs at rows {} of {}", step + 1, rows.join(", "), self.prepared.data_path.display())
+    }
+
     /// Runs the steps after `start_step` to the cadence's last step (or an
     /// early stop), evaluating first when the run starts from step 0.
     pub fn run<B: AutodiffBackend>(
@@ -59,17 +88,40 @@ impl StepLoop<'_> {
         let started = Instant::now();
         let mut tokens = 0usize;
         let run_dir = self.config.output_dir();
+        let mut skipped = 0u64;
         for step in start_step..self.cadence.last_step() {
             let pairs = self.schedule.step_pairs(step, &self.prepared.train, self.reference)?;
             let coefficients = evaluation.coefficients();
             let batch_stats = self.cadence.step_stats_due(step + 1).then_some(&self.stats);
-            let record = trainer.step_with_stats(&pairs, batch_stats).with_context(|| format!("step {}", step + 1))?;
-            tokens += record.tokens;
-            let done = record.step;
-            let train_record = self.schedule.train_record(record, started.elapsed().as_secs_f64(), coefficients);
-            metrics.write(&MetricsRecord::Train(train_record))?;
+            let record = match trainer.step_with_stats(&pairs, batch_stats) {
+                Ok(record) => Some(record),
+                Err(e @ (ModelError::NonFiniteScore { .. } | ModelError::NonFiniteStep { .. })) => {
+                    let what = self.non_finite(step, &e);
+                    if skipped >= self.config.train.skip_nonfinite {
+                        bail!("{what}; {}", last_checkpoint(&run_dir));
+                    }
+                    skipped += 1;
+                    trainer.skip_step();
+                    observer.note(&format!(
+                        "{what}: skipped ({skipped} of train.skip_nonfinite = {})",
+                        self.config.train.skip_nonfinite
+                    ));
+                    None
+                }
+                Err(e) => return Err(e).with_context(|| format!("step {}", step + 1)),
+            };
+            let done = step + 1;
+            let train_record = record.map(|record| {
+                tokens += record.tokens;
+                self.schedule.train_record(record, started.elapsed().as_secs_f64(), coefficients)
+            });
+            if let Some(r) = &train_record {
+                metrics.write(&MetricsRecord::Train(*r))?;
+            }
             let stop = self.cadence.eval_due(done) && evaluation.run(trainer, done, metrics, observer)?;
-            observer.stepped(&train_record, evaluation.last_report());
+            if let Some(r) = &train_record {
+                observer.stepped(r, evaluation.last_report());
+            }
             if stop {
                 evaluation.log_early_stop(done, metrics, observer)?;
                 self.cadence.stop_after(done);
@@ -90,6 +142,9 @@ impl StepLoop<'_> {
                 };
                 return Err(Interrupted { signal, step: done, run_dir, checkpoint }.into());
             }
+        }
+        if skipped > 0 {
+            observer.note(&format!("{skipped} step(s) with a non-finite value were skipped (not applied)"));
         }
         Ok(LoopTotals {
             start_step,
