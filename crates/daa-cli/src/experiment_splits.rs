@@ -11,6 +11,7 @@
 //! is judged by the worker that trained it, right after its training.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -102,7 +103,7 @@ impl TestbedSplits {
             sampling: SamplingParams { temperature: samples.temperature, top_p: samples.top_p },
             max_new_tokens: samples.max_new_tokens,
             batch_size: BATCH,
-            seed: samples.seed ^ 0x5_1D1_7E57,
+            seed: samples.seed ^ 0x51D1_7E57,
         };
         let files = materialize(spec, &cache_dir(config.train.cache_dir.as_deref()), &mut |_| {})?;
         let test = test_prompts(spec, TEST_PROMPTS);
@@ -164,9 +165,9 @@ impl SplitJudge {
         let mut testbeds = BTreeMap::new();
         for config in configs {
             let key = config.testbed.key();
-            if !testbeds.contains_key(&key) {
-                eprintln!("testbed {key}: the reference's samples of the test and generalisation prompts");
-                testbeds.insert(key, TestbedSplits::prepare(config, out)?);
+            if let Entry::Vacant(slot) = testbeds.entry(key) {
+                eprintln!("testbed {}: the reference's samples of the test and generalisation prompts", slot.key());
+                slot.insert(TestbedSplits::prepare(config, out)?);
             }
         }
         Ok(Self { testbeds })
