@@ -182,6 +182,13 @@ pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
     // With its own testbed per seed, a seed changes the reference, the pairs
     // and the prompts too, not only the training order.
     let own_testbed = matches!(preset, Preset::Regularisers | Preset::Study);
+    let regularisers = vec![
+        Regularisation::Fixed(0.0),
+        Regularisation::Fixed(0.1),
+        Regularisation::Adaptive,
+        Regularisation::DirectionAware,
+        Regularisation::EntropyFloor,
+    ];
     let (losses, regs, seeds, common): (Vec<SweptLoss>, Vec<Regularisation>, Vec<u64>, Vec<String>) = match preset {
         Preset::Small => (
             vec![("dpo", "beta", vec![0.1]), ("ipo", "tau", vec![0.1]), ("hinge", "alpha", vec![0.1])],
@@ -205,28 +212,10 @@ pub fn sweep(preset: Preset) -> (Vec<RunSpec>, Vec<String>) {
             vec![0, 1, 2],
             vec![],
         ),
-        Preset::Regularisers => (
-            vec![("dpo", "beta", vec![0.1])],
-            vec![
-                Regularisation::Fixed(0.0),
-                Regularisation::Fixed(0.1),
-                Regularisation::Adaptive,
-                Regularisation::DirectionAware,
-                Regularisation::EntropyFloor,
-            ],
-            (0..10).collect(),
-            vec![],
-        ),
+        Preset::Regularisers => (vec![("dpo", "beta", vec![0.1])], regularisers, (0..10).collect(), vec![]),
         Preset::Study => (
             vec![("dpo", "beta", vec![0.1])],
-            vec![
-                Regularisation::Fixed(0.0),
-                Regularisation::Fixed(0.1),
-                Regularisation::Adaptive,
-                Regularisation::DirectionAware,
-                Regularisation::EntropyFloor,
-                Regularisation::StrongEntropyFloor,
-            ],
+            regularisers.into_iter().chain([Regularisation::StrongEntropyFloor]).collect(),
             (0..10).collect(),
             // A checkpoint at every evaluation, for the test and generalisation splits.
             vec!["train.checkpoint_every=16".into()],

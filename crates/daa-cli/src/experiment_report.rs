@@ -473,7 +473,7 @@ pub fn write_report(out: &Path, specs: &[RunSpec]) -> Result<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use daa_train::EvalRecord;
     use daa_train::eval::EvalReport;
     use daa_train::records::{EventRecord, MetricsRecord, MonitorEvent};
@@ -481,6 +481,30 @@ mod tests {
 
     use super::*;
     use crate::experiment_cmd::{Preset, sweep};
+
+    /// Sample figures with the given win probability, gold reward and KL
+    /// (the rest fixed): what planted runs write.
+    pub(crate) fn planted_samples(win_prob: f64, gold_reward: f64, kl: f64) -> SampleReport {
+        SampleReport {
+            win_prob,
+            win_rate: win_prob,
+            gold_reward,
+            kl,
+            kl_se: Some(0.01),
+            kl_sequence: Some(kl),
+            kl_sequence_se: Some(0.1),
+            tempered_log_ratio: Some(kl),
+            ead_1: 0.5,
+            ead_2: 0.5,
+            ead_3: 0.5,
+            ead_4: 0.5,
+            ead_5: 0.5,
+            ead: 0.5,
+            sample_topk_entropy: 3.0,
+            sample_topk_mass: 0.7,
+            length: 7.0,
+        }
+    }
 
     /// A run whose win probability is exactly quadratic in the chosen
     /// log-likelihood, shifted by `shift`.
@@ -501,25 +525,7 @@ mod tests {
                 entropy: 2.7,
             };
             let kl = 0.5 * i as f64;
-            let samples = SampleReport {
-                win_prob: win,
-                win_rate: win,
-                gold_reward: 0.1 * kl.sqrt() - 0.01 * kl,
-                kl,
-                kl_se: Some(0.01),
-                kl_sequence: Some(kl),
-                kl_sequence_se: Some(0.1),
-                tempered_log_ratio: Some(kl),
-                ead_1: 0.5,
-                ead_2: 0.5,
-                ead_3: 0.5,
-                ead_4: 0.5,
-                ead_5: 0.5,
-                ead: 0.5,
-                sample_topk_entropy: 3.0,
-                sample_topk_mass: 0.7,
-                length: 7.0,
-            };
+            let samples = planted_samples(win, 0.1 * kl.sqrt() - 0.01 * kl, kl);
             let record = MetricsRecord::Eval(EvalRecord { step: 16 * i, report, samples: Some(samples) });
             lines.push_str(&format!("{}\n", serde_json::to_string(&record).unwrap()));
         }

@@ -563,11 +563,11 @@ mod tests {
     use daa_train::EvalRecord;
     use daa_train::eval::EvalReport;
     use daa_train::records::MetricsRecord;
-    use daa_train::sample_eval::SampleReport;
     use daa_train::testbed::split_eval::SplitOutcomes;
 
     use super::*;
     use crate::experiment_cmd::{Preset, sweep};
+    use crate::experiment_report::tests::planted_samples;
     use crate::experiment_report::write_report;
     use crate::experiment_splits::{CheckpointOutcomes, outcomes_path};
 
@@ -599,25 +599,7 @@ mod tests {
             };
             let kl = 0.5 * i as f64;
             let win = 0.55 - 0.001 * (step as f64 - 48.0).powi(2) / 16.0 + selection_shift;
-            let samples = SampleReport {
-                win_prob: win,
-                win_rate: win,
-                gold_reward: 0.1,
-                kl,
-                kl_se: Some(0.01),
-                kl_sequence: Some(kl),
-                kl_sequence_se: Some(0.1),
-                tempered_log_ratio: Some(kl),
-                ead_1: 0.5,
-                ead_2: 0.5,
-                ead_3: 0.5,
-                ead_4: 0.5,
-                ead_5: 0.5,
-                ead: 0.5,
-                sample_topk_entropy: 3.0,
-                sample_topk_mass: 0.7,
-                length: 7.0,
-            };
+            let samples = planted_samples(win, 0.1, kl);
             let record = MetricsRecord::Eval(EvalRecord { step, report, samples: Some(samples) });
             lines.push_str(&format!("{}\n", serde_json::to_string(&record).unwrap()));
             let split = |offset: f64| SplitOutcomes {
