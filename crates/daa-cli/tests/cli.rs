@@ -1096,3 +1096,65 @@ fn a_non_finite_step_is_not_applied_and_stops_the_run_naming_it() {
         .collect();
     assert_eq!(steps, [1], "skipped steps have no training record");
 }
+
+#[test]
+#[cfg(feature = "train")]
+fn a_damaged_checkpoint_is_named_and_the_earlier_complete_one_offered() {
+    let dir = temp_dir();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let run = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut args: Vec<String> =
+            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", "6"]
+                .map(String::from)
+                .to_vec();
+        for set in [
+            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
+            "train.checkpoint_every=2".into(),
+            "train.batch_size=8".into(),
+            "train.micro_batch_size=4".into(),
+            "monitor.eval_every=2".into(),
+            "data.eval_size=16".into(),
+        ] {
+            args.extend(["--set".into(), set]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        daa(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = train(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = read_jsonl(&run.join("metrics.jsonl"));
+    let (latest, earlier) = (run.join("checkpoint-000006"), run.join("checkpoint-000004"));
+    let offer = format!(
+        "error: --resume {}: the checkpoint is damaged; an earlier checkpoint is complete: {} (continue from it with \
+         --resume {}): ",
+        latest.display(),
+        earlier.display(),
+        earlier.display()
+    );
+
+    // A truncated weights file: named, the earlier checkpoint offered, exit 2.
+    let weights = latest.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let out = train(&["--resume", run.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{offer}{}: not a safetensors file", weights.display())), "{err}");
+    // The offered checkpoint continues the run exactly.
+    let out = train(&["--resume", earlier.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    daa_tests::metrics::assert_same_metrics(&whole, &read_jsonl(&run.join("metrics.jsonl")));
+
+    // A trainer state that does not match its folder.
+    let state_path = latest.join("trainer_state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["step"] = Value::from(5);
+    std::fs::write(&state_path, serde_json::to_string(&state).unwrap()).unwrap();
+    let out = train(&["--resume", run.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let expected = format!("{offer}{}: says step 5, but the folder is the checkpoint of step 6", state_path.display());
+    assert!(err.contains(&expected), "{err}");
+}

@@ -18,7 +18,7 @@ use daa_core::io::SafetensorsFile;
 use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
-use crate::checkpoint::{NamedTensor, safetensors_bytes, save_model};
+use crate::checkpoint::{NamedTensor, SafetensorsWeights, safetensors_bytes, save_model};
 use crate::model::{CausalLm, ParamKind};
 use crate::optim::AdamW;
 use crate::trainer::Trainer;
@@ -128,6 +128,64 @@ pub fn find_checkpoint(path: &Path) -> Result<PathBuf> {
     match latest {
         Some((_, dir)) => Ok(dir),
         None => bail!("--resume {}: no checkpoint-* folder with trainer_state.json", path.display()),
+    }
+}
+
+/// The step a `checkpoint-NNNNNN` folder's name says.
+fn folder_step(dir: &Path) -> Option<u64> {
+    dir.file_name()?.to_str()?.strip_prefix("checkpoint-")?.parse().ok()
+}
+
+/// Checks that a checkpoint folder is whole before anything loads from it:
+/// `trainer_state.json` reads and names the folder's step, and the weights
+/// (every shard of an index) and `optimizer.safetensors` are complete
+/// safetensors files (headers parse, every tensor's data lies inside the
+/// file: a truncated file fails here). The error names the file.
+pub fn check_complete(dir: &Path) -> Result<TrainerState> {
+    let state = read_state(dir)?;
+    if let Some(step) = folder_step(dir).filter(|s| *s != state.step) {
+        bail!(
+            "{}: says step {}, but the folder is the checkpoint of step {step}",
+            dir.join("trainer_state.json").display(),
+            state.step
+        );
+    }
+    SafetensorsWeights::open(dir)?;
+    SafetensorsFile::open(&dir.join("optimizer.safetensors"))?;
+    Ok(state)
+}
+
+/// The latest checkpoint of `run_dir` saved before `step` that
+/// [`check_complete`] accepts.
+pub fn earlier_complete(run_dir: &Path, step: u64) -> Option<PathBuf> {
+    let mut earlier: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| Some((folder_step(&p)?, p)))
+        .filter(|(s, _)| *s < step)
+        .collect();
+    earlier.sort();
+    earlier.into_iter().rev().map(|(_, p)| p).find(|p| check_complete(p).is_ok())
+}
+
+/// `error` about the checkpoint `dir`, followed by where the run can
+/// continue from instead: the latest earlier complete checkpoint, if any.
+pub fn offer_earlier(error: anyhow::Error, dir: &Path) -> anyhow::Error {
+    let run_dir = dir.parent().unwrap_or(dir);
+    let step = folder_step(dir).unwrap_or(u64::MAX);
+    match earlier_complete(run_dir, step) {
+        Some(earlier) => error.context(format!(
+            "--resume {}: the checkpoint is damaged; an earlier checkpoint is complete: {} (continue from it \
+             with --resume {})",
+            dir.display(),
+            earlier.display(),
+            earlier.display()
+        )),
+        None => error.context(format!(
+            "--resume {}: the checkpoint is damaged, and no earlier complete checkpoint is in {}",
+            dir.display(),
+            run_dir.display()
+        )),
     }
 }
 

@@ -121,7 +121,14 @@ fn run<B: AutodiffBackend>(
         None => ReferencePolicy::Given,
     };
     let mut trainer =
-        build_trainer::<B>(&config, &prepared, loss, total_steps, reference_policy, resume.as_ref(), &device)?;
+        build_trainer::<B>(&config, &prepared, loss, total_steps, reference_policy, resume.as_ref(), &device).map_err(
+            |e| match &resume {
+                // A checkpoint whose files are whole but whose contents do not
+                // load (a tensor missing from the index, a wrong shape).
+                Some(point) => checkpoints::offer_earlier(e, &point.dir),
+                None => e,
+            },
+        )?;
     if let Some(point) = &resume {
         observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
     }

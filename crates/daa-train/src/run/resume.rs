@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde_json::Value;
 
-use super::checkpoints::{find_checkpoint, read_state};
+use super::checkpoints::{check_complete, find_checkpoint, offer_earlier};
 use super::config::TrainConfig;
 
 /// A checkpoint to continue from.
@@ -21,11 +21,13 @@ pub struct ResumePoint {
 
 impl ResumePoint {
     /// The checkpoint at `path` (a checkpoint folder, or a run folder: its
-    /// latest checkpoint), after checking that `config` describes the same
-    /// run as the one saved there ([`resume_mismatch`]).
+    /// latest checkpoint), after checking that it is whole
+    /// ([`super::checkpoints::check_complete`]; a damaged one's error offers
+    /// the latest earlier complete checkpoint) and that `config` describes
+    /// the same run as the one saved there ([`resume_mismatch`]).
     pub fn find(path: &Path, config: &TrainConfig) -> Result<Self> {
         let dir = find_checkpoint(path)?;
-        let state = read_state(&dir)?;
+        let state = check_complete(&dir).map_err(|e| offer_earlier(e, &dir))?;
         let differing = resume_mismatch(&state.config, config);
         if !differing.is_empty() {
             bail!(
