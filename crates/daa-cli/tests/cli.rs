@@ -1158,3 +1158,74 @@ fn a_damaged_checkpoint_is_named_and_the_earlier_complete_one_offered() {
     let expected = format!("{offer}{}: says step 5, but the folder is the checkpoint of step 6", state_path.display());
     assert!(err.contains(&expected), "{err}");
 }
+
+#[test]
+#[cfg(all(feature = "train", target_os = "linux"))]
+fn a_checkpoint_that_cannot_be_written_leaves_the_earlier_ones_and_the_run_resumes() {
+    // A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands in for a full
+    // disk: the optimizer's file (about 1 MB for the tiny model) cannot be
+    // written, the weights (about 0.5 MB) can.
+    let dir = temp_dir();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let run = dir.path().join("run");
+    let args = |steps: &str, extra: &[&str]| {
+        let mut args: Vec<String> =
+            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", steps]
+                .map(String::from)
+                .to_vec();
+        for set in [
+            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
+            "train.checkpoint_every=2".into(),
+            "train.batch_size=8".into(),
+            "train.micro_batch_size=4".into(),
+            "monitor.eval_every=2".into(),
+            "data.eval_size=16".into(),
+        ] {
+            args.extend(["--set".into(), set]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let whole_dir = temp_dir();
+    let mut whole_args = args("8", &[]);
+    whole_args[4] = whole_dir.path().join("run").to_str().unwrap().into();
+    let out = daa(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = read_jsonl(&whole_dir.path().join("run").join("metrics.jsonl"));
+
+    let out = daa(&args("4", &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kept = run.join("checkpoint-000004");
+    let before: Vec<Vec<u8>> = ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
+        .iter()
+        .map(|f| std::fs::read(kept.join(f)).unwrap())
+        .collect();
+    // Resumed under the limit: step 6's checkpoint fails, named; exit 2.
+    let limited = Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 600; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_daa"))
+        .args(args("8", &["--resume", run.to_str().unwrap()]))
+        .output()
+        .unwrap();
+    let err = stderr(&limited);
+    assert_eq!(limited.status.code(), Some(2), "{err}");
+    let expected = format!(
+        "error: saving the checkpoint {} (not saved: nothing was written under its name; earlier checkpoints are \
+         untouched): writing optimizer.safetensors: File too large",
+        run.join("checkpoint-000006").display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    // Nothing half-written, the earlier checkpoint byte for byte as it was.
+    let names: Vec<String> =
+        std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.contains("checkpoint-000006") || n.contains(".tmp")), "{names:?}");
+    for (f, bytes) in ["model.safetensors", "optimizer.safetensors", "trainer_state.json"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(kept.join(f)).unwrap(), bytes, "{f}");
+    }
+    // With room again, --resume continues from it: the uninterrupted run's records.
+    let out = daa(&args("8", &["--resume", run.to_str().unwrap()]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    daa_tests::metrics::assert_same_metrics(&whole, &read_jsonl(&run.join("metrics.jsonl")));
+}

@@ -92,7 +92,13 @@ pub(crate) fn save_trainer<B: AutodiffBackend>(
 ) -> Result<PathBuf> {
     let state =
         TrainerState { step, total_steps, config: config.clone(), daa_version: env!("CARGO_PKG_VERSION").to_string() };
-    save_checkpoint(run_dir, &trainer.master_model(), trainer.optimizer(), &state, source_dir)
+    save_checkpoint(run_dir, &trainer.master_model(), trainer.optimizer(), &state, source_dir).with_context(|| {
+        format!(
+            "saving the checkpoint {} (not saved: nothing was written under its name; earlier checkpoints are \
+             untouched)",
+            checkpoint_dir(run_dir, step).display()
+        )
+    })
 }
 
 /// Writes the folder `dest` through a temporary one and renames it into
