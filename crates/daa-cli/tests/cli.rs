@@ -884,25 +884,37 @@ fn manifest_dir() -> std::path::PathBuf {
 }
 
 /// `daa train` arguments of a small built-in run (the tiny model and task,
-/// `steps` steps of 8 pairs, evaluated every 4) into `run`, with `config`
-/// the built-in `tiny.toml` written to a file.
-#[cfg(all(feature = "train", unix))]
-fn tiny_train_args(config: &Path, cache: &Path, run: &Path, steps: u64) -> Vec<String> {
+/// `steps` steps of 8 pairs, 16 held-out pairs) into `run`, with `config`
+/// the built-in `tiny.toml` written to a file, the cache in `cache`, and
+/// the further `sets` (`section.field=value`).
+#[cfg(feature = "train")]
+fn tiny_args(config: &Path, cache: &Path, run: &Path, steps: u64, sets: &[&str]) -> Vec<String> {
     let mut args: Vec<String> =
         ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()].map(String::from).to_vec();
     args.extend(["--max-steps".into(), steps.to_string()]);
-    for set in [
+    let base = [
         format!("train.cache_dir={:?}", cache.display().to_string()),
-        "train.epochs=3".into(),
         "train.batch_size=8".into(),
         "train.micro_batch_size=4".into(),
-        "train.checkpoint_every=100".into(),
-        "monitor.eval_every=4".into(),
         "data.eval_size=16".into(),
-    ] {
+    ];
+    for set in base.into_iter().chain(sets.iter().map(|s| s.to_string())) {
         args.extend(["--set".into(), set]);
     }
     args
+}
+
+/// [`tiny_args`] of the signal tests: 3 epochs, evaluated every 4 steps,
+/// no checkpoint before the end.
+#[cfg(all(feature = "train", unix))]
+fn tiny_train_args(config: &Path, cache: &Path, run: &Path, steps: u64) -> Vec<String> {
+    tiny_args(config, cache, run, steps, &["train.epochs=3", "train.checkpoint_every=100", "monitor.eval_every=4"])
+}
+
+/// [`daa`] with owned arguments.
+#[cfg(feature = "train")]
+fn run_daa(args: &[String]) -> Output {
+    daa(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// Starts `daa` with `args` and sends it `signals` (e.g. `["-TERM"]`) once
@@ -1036,24 +1048,10 @@ fn a_non_finite_step_is_not_applied_and_stops_the_run_naming_it() {
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
     let run_with = |run: &Path, skip: u64| {
-        let mut args: Vec<String> =
-            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", "8"]
-                .map(String::from)
-                .to_vec();
-        for set in [
-            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
-            "train.lr=1e38".into(),
-            "train.warmup_steps=0".into(),
-            "train.checkpoint_every=1".into(),
-            "train.batch_size=8".into(),
-            "train.micro_batch_size=4".into(),
-            "monitor.eval_every=100".into(),
-            "data.eval_size=16".into(),
-            format!("train.skip_nonfinite={skip}"),
-        ] {
-            args.extend(["--set".into(), set]);
-        }
-        daa(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        let skip = format!("train.skip_nonfinite={skip}");
+        let sets =
+            ["train.lr=1e38", "train.warmup_steps=0", "train.checkpoint_every=1", "monitor.eval_every=100", &skip];
+        run_daa(&tiny_args(&config, &dir.path().join("cache"), run, 8, &sets))
     };
     // Stops at the first: names the step, the quantity, the pairs' rows and
     // where to continue from; exit 2; nothing saved after it.
@@ -1105,22 +1103,15 @@ fn a_damaged_checkpoint_is_named_and_the_earlier_complete_one_offered() {
     std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
     let run = dir.path().join("run");
     let train = |extra: &[&str]| {
-        let mut args: Vec<String> =
-            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", "6"]
-                .map(String::from)
-                .to_vec();
-        for set in [
-            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
-            "train.checkpoint_every=2".into(),
-            "train.batch_size=8".into(),
-            "train.micro_batch_size=4".into(),
-            "monitor.eval_every=2".into(),
-            "data.eval_size=16".into(),
-        ] {
-            args.extend(["--set".into(), set]);
-        }
+        let mut args = tiny_args(
+            &config,
+            &dir.path().join("cache"),
+            &run,
+            6,
+            &["train.checkpoint_every=2", "monitor.eval_every=2"],
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
-        daa(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        run_daa(&args)
     };
     let out = train(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1169,32 +1160,20 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_earlier_ones_and_the_run_resum
     let config = dir.path().join("tiny.toml");
     std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
     let run = dir.path().join("run");
-    let args = |steps: &str, extra: &[&str]| {
-        let mut args: Vec<String> =
-            ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap(), "--max-steps", steps]
-                .map(String::from)
-                .to_vec();
-        for set in [
-            format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string()),
-            "train.checkpoint_every=2".into(),
-            "train.batch_size=8".into(),
-            "train.micro_batch_size=4".into(),
-            "monitor.eval_every=2".into(),
-            "data.eval_size=16".into(),
-        ] {
-            args.extend(["--set".into(), set]);
-        }
+    let args = |steps: u64, extra: &[&str]| {
+        let sets = ["train.checkpoint_every=2", "monitor.eval_every=2"];
+        let mut args = tiny_args(&config, &dir.path().join("cache"), &run, steps, &sets);
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     };
     let whole_dir = temp_dir();
-    let mut whole_args = args("8", &[]);
+    let mut whole_args = args(8, &[]);
     whole_args[4] = whole_dir.path().join("run").to_str().unwrap().into();
-    let out = daa(&whole_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run_daa(&whole_args);
     assert!(out.status.success(), "{}", stderr(&out));
     let whole = read_jsonl(&whole_dir.path().join("run").join("metrics.jsonl"));
 
-    let out = daa(&args("4", &[]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run_daa(&args(4, &[]));
     assert!(out.status.success(), "{}", stderr(&out));
     let kept = run.join("checkpoint-000004");
     let before: Vec<Vec<u8>> = ["model.safetensors", "optimizer.safetensors", "trainer_state.json"]
@@ -1206,7 +1185,7 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_earlier_ones_and_the_run_resum
         .arg("-c")
         .arg("trap '' XFSZ; ulimit -f 600; exec \"$0\" \"$@\"")
         .arg(env!("CARGO_BIN_EXE_daa"))
-        .args(args("8", &["--resume", run.to_str().unwrap()]))
+        .args(args(8, &["--resume", run.to_str().unwrap()]))
         .output()
         .unwrap();
     let err = stderr(&limited);
@@ -1225,7 +1204,7 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_earlier_ones_and_the_run_resum
         assert_eq!(&std::fs::read(kept.join(f)).unwrap(), bytes, "{f}");
     }
     // With room again, --resume continues from it: the uninterrupted run's records.
-    let out = daa(&args("8", &["--resume", run.to_str().unwrap()]).iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run_daa(&args(8, &["--resume", run.to_str().unwrap()]));
     assert!(out.status.success(), "{}", stderr(&out));
     daa_tests::metrics::assert_same_metrics(&whole, &read_jsonl(&run.join("metrics.jsonl")));
 }
