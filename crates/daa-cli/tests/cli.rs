@@ -883,6 +883,14 @@ fn manifest_dir() -> std::path::PathBuf {
     )
 }
 
+/// The built-in `tiny.toml` written into `dir`; its path.
+#[cfg(feature = "train")]
+fn tiny_config_file(dir: &Path) -> PathBuf {
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    config
+}
+
 /// `daa train` arguments of a small built-in run (the tiny model and task,
 /// `steps` steps of 8 pairs, 16 held-out pairs) into `run`, with `config`
 /// the built-in `tiny.toml` written to a file, the cache in `cache`, and
@@ -952,8 +960,7 @@ fn signalled_after_three_steps(args: &[String], run: &Path, signals: &[&str]) ->
 #[cfg(all(feature = "train", unix))]
 fn train_stops_on_sigterm_with_a_complete_checkpoint_and_resumes_like_an_uninterrupted_run() {
     let dir = temp_dir();
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let config = tiny_config_file(dir.path());
     let cache = dir.path().join("cache");
     let (whole, split) = (dir.path().join("whole"), dir.path().join("split"));
     let out = daa(&tiny_train_args(&config, &cache, &whole, 40).iter().map(String::as_str).collect::<Vec<_>>());
@@ -994,8 +1001,7 @@ fn train_stops_on_sigterm_with_a_complete_checkpoint_and_resumes_like_an_uninter
 #[cfg(all(feature = "train", unix))]
 fn a_second_signal_exits_at_once_and_the_next_run_takes_over_the_lock() {
     let dir = temp_dir();
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let config = tiny_config_file(dir.path());
     let (cache, run) = (dir.path().join("cache"), dir.path().join("run"));
     let args = tiny_train_args(&config, &cache, &run, 40);
     let out = signalled_after_three_steps(&args, &run, &["-INT", "-INT"]);
@@ -1045,8 +1051,7 @@ fn a_non_finite_step_is_not_applied_and_stops_the_run_naming_it() {
     // lr 1e38: the first update throws the weights so far that the second
     // step's gradient is not finite.
     let dir = temp_dir();
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let config = tiny_config_file(dir.path());
     let run_with = |run: &Path, skip: u64| {
         let skip = format!("train.skip_nonfinite={skip}");
         let sets =
@@ -1099,8 +1104,7 @@ fn a_non_finite_step_is_not_applied_and_stops_the_run_naming_it() {
 #[cfg(feature = "train")]
 fn a_damaged_checkpoint_is_named_and_the_earlier_complete_one_offered() {
     let dir = temp_dir();
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let config = tiny_config_file(dir.path());
     let run = dir.path().join("run");
     let train = |extra: &[&str]| {
         let mut args = tiny_args(
@@ -1157,8 +1161,7 @@ fn a_checkpoint_that_cannot_be_written_leaves_the_earlier_ones_and_the_run_resum
     // disk: the optimizer's file (about 1 MB for the tiny model) cannot be
     // written, the weights (about 0.5 MB) can.
     let dir = temp_dir();
-    let config = dir.path().join("tiny.toml");
-    std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
+    let config = tiny_config_file(dir.path());
     let run = dir.path().join("run");
     let args = |steps: u64, extra: &[&str]| {
         let sets = ["train.checkpoint_every=2", "monitor.eval_every=2"];
