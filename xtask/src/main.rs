@@ -13,8 +13,11 @@
 //!   runs `daa experiment` (a sweep on the testbed and its report).
 //! - `cargo xtask web [--no-serve | --test] [--port N] [--run FILE]`: builds
 //!   the browser demo into `web/pkg/` and serves `web/` on 127.0.0.1.
+//! - `cargo xtask fuzz [TARGET] [--time S] [--engine auto|libfuzzer|random]`:
+//!   fuzzes the parsers of user files (crates/daa-fuzz).
 
 mod bench;
+mod fuzz;
 mod train;
 mod web;
 
@@ -37,6 +40,8 @@ enum Task {
     Experiment(train::RunArgs),
     /// Builds the browser demo into web/pkg/ and serves web/ on 127.0.0.1 (or tests it).
     Web(web::WebArgs),
+    /// Fuzzes the parsers of user files (libFuzzer, or the stable randomised engine).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// `cargo` as the one running the xtask found it (`$CARGO`), or from `PATH`.
@@ -72,6 +77,7 @@ fn main() -> Result<()> {
         Task::Train(args) => train::build_and_run("train", &args),
         Task::Experiment(args) => train::build_and_run("experiment", &args),
         Task::Web(args) => web::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
 

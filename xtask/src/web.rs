@@ -73,11 +73,10 @@ pub fn run(args: &WebArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs `web/tests/demo.spec.mjs` with node (its packages installed from
-/// the lockfile when missing).
-fn browser_test(root: &Path) -> Result<()> {
+/// Installs web/tests' node packages from the lockfile when one is missing.
+pub fn node_packages(root: &Path) -> Result<PathBuf> {
     let tests = root.join("web").join("tests");
-    if !tests.join("node_modules").join("playwright-core").exists() {
+    if ["playwright-core", "fast-check"].iter().any(|p| !tests.join("node_modules").join(p).exists()) {
         let status = Command::new("npm")
             .current_dir(&tests)
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
@@ -87,6 +86,13 @@ fn browser_test(root: &Path) -> Result<()> {
             bail!("npm ci in {} failed ({status})", tests.display());
         }
     }
+    Ok(tests)
+}
+
+/// Runs `web/tests/demo.spec.mjs` with node, then the viewer's metrics
+/// reader under fast-check for 5 s (`web/tests/metrics.fuzz.mjs`).
+fn browser_test(root: &Path) -> Result<()> {
+    let tests = node_packages(root)?;
     let status = Command::new("node")
         .current_dir(&tests)
         .arg("demo.spec.mjs")
@@ -94,6 +100,14 @@ fn browser_test(root: &Path) -> Result<()> {
         .context("running node (scripts/setup.sh --web installs it)")?;
     if !status.success() {
         bail!("the browser test failed ({status})");
+    }
+    let status = Command::new("node")
+        .current_dir(&tests)
+        .arg("metrics.fuzz.mjs")
+        .status()
+        .context("running node (scripts/setup.sh --web installs it)")?;
+    if !status.success() {
+        bail!("the run viewer's metrics reader failed under fast-check ({status})");
     }
     Ok(())
 }

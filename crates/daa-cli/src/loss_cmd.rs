@@ -1,16 +1,17 @@
 //! `daa loss`: the loss catalog as a calculator over JSON Lines.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use daa_cli::loss_lines::parse_lines;
 use daa_core::io::write_atomic;
 use daa_core::{
-    Backend, HostTensor, LossHyperParams, LossName, NllNormalisation, NllTerm, PairLogps, PairLoss, PreferenceLoss,
+    Backend, HostTensor, LossHyperParams, LossName, NllNormalisation, NllTerm, PairLoss, PreferenceLoss,
     PreferenceLossParams,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::backend_choice::BackendArgs;
 use crate::with_kernel_backend;
@@ -74,56 +75,6 @@ impl LossArgs {
         params.validate()?;
         Ok(params)
     }
-}
-
-/// One parsed input line.
-struct PairLine {
-    line: usize,
-    id: Option<Value>,
-    logps: PairLogps,
-}
-
-/// Reads a number field; `needed` says whether its absence is an error, else `default`.
-fn number(obj: &Map<String, Value>, field: &str, needed: bool, default: f64, at: &str) -> Result<f64> {
-    match obj.get(field) {
-        Some(Value::Number(n)) => n.as_f64().ok_or_else(|| anyhow!("{at}: `{field}` is not a finite number")),
-        Some(other) => bail!("{at}: `{field}` is {other}, expected a number"),
-        None if needed => bail!("{at}: field `{field}` is missing"),
-        None => Ok(default),
-    }
-}
-
-fn parse_lines(reader: impl BufRead, source: &str, params: &PreferenceLossParams) -> Result<Vec<PairLine>> {
-    let uses_reference = params.loss.uses_reference();
-    let uses_counts = params.uses_token_counts();
-    let mut pairs = Vec::new();
-    for (index, line) in reader.lines().enumerate() {
-        let line_no = index + 1;
-        let at = format!("{source}:{line_no}");
-        let text = line.with_context(|| format!("{at}: cannot read"))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{at}: malformed JSON: {e}"))?;
-        let Value::Object(obj) = value else { bail!("{at}: expected a JSON object") };
-        let logps = PairLogps {
-            policy_chosen: number(&obj, "policy_chosen", true, 0.0, &at)?,
-            policy_rejected: number(&obj, "policy_rejected", true, 0.0, &at)?,
-            reference_chosen: number(&obj, "reference_chosen", uses_reference, 0.0, &at)?,
-            reference_rejected: number(&obj, "reference_rejected", uses_reference, 0.0, &at)?,
-            chosen_tokens: number(&obj, "chosen_tokens", uses_counts, 1.0, &at)?,
-            rejected_tokens: number(&obj, "rejected_tokens", uses_counts, 1.0, &at)?,
-        };
-        daa_core::validate_pair(0, &logps, params)
-            .map_err(|e| anyhow!("{at}: {}", strip_pair_prefix(&e.to_string())))?;
-        pairs.push(PairLine { line: line_no, id: obj.get("id").cloned(), logps });
-    }
-    Ok(pairs)
-}
-
-/// `validate_pair` says "pair 0: …"; on the command line the line number says where.
-fn strip_pair_prefix(message: &str) -> &str {
-    message.strip_prefix("pair 0: ").unwrap_or(message)
 }
 
 /// Runs `daa loss`.

@@ -30,6 +30,13 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig> {
     ModelConfig::from_json(&text).with_context(|| format!("{}", path.display()))
 }
 
+/// Whether `name` names a file directly in its folder (an index from the Hub
+/// must not point outside the checkpoint).
+fn is_plain_file_name(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty() && path.file_name().is_some_and(|f| f == path.as_os_str()) && name != ".." && name != "."
+}
+
 /// The safetensors files of a checkpoint, memory-mapped (headers parsed
 /// once), and which file holds which tensor.
 #[derive(Debug)]
@@ -57,8 +64,11 @@ impl SafetensorsWeights {
             };
             let mut shard_of: BTreeMap<String, usize> = BTreeMap::new();
             for (tensor, shard) in map {
-                let Some(shard) = shard.as_str() else {
-                    bail!("{}: `weight_map.{tensor}` must be a file name", index_path.display());
+                let Some(shard) = shard.as_str().filter(|s| is_plain_file_name(s)) else {
+                    bail!(
+                        "{}: `weight_map.{tensor}` must be the name of a file in the checkpoint folder, found {shard}",
+                        index_path.display()
+                    );
                 };
                 let next = shard_of.len();
                 let i = *shard_of.entry(shard.to_string()).or_insert(next);
@@ -72,6 +82,17 @@ impl SafetensorsWeights {
                     bail!("{}: shard `{shard}` is missing from {}", index_path.display(), dir.display());
                 }
                 files.push(SafetensorsFile::open(&path)?);
+            }
+            // Every stored tensor is listed (an entry lost from the index
+            // would otherwise surface later as a "missing tensor").
+            for (i, file) in files.iter().enumerate() {
+                if let Some(unlisted) = file.names().into_iter().find(|n| location.get(n) != Some(&i)) {
+                    bail!(
+                        "{}: no entry for tensor `{unlisted}`, which {} holds (the index is damaged or stale)",
+                        index_path.display(),
+                        file.path().display()
+                    );
+                }
             }
         } else if single.exists() {
             let file = SafetensorsFile::open(&single)?;

@@ -121,6 +121,76 @@ pub fn arithmetic_rows(rows: usize, seed: u64) -> Vec<Value> {
         .collect()
 }
 
+/// Preference rows (as [`arithmetic_rows`] makes them) as a Parquet file's
+/// bytes, with `chosen`/`rejected` as lists of message structs the way the
+/// Hub stores binarized UltraFeedback (written column by column: each message
+/// list is one repetition level, every field required).
+pub fn preference_parquet(rows: &[Value]) -> Result<Vec<u8>> {
+    use std::sync::Arc;
+
+    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+
+    const SCHEMA: &str = "message preference {
+        REQUIRED BYTE_ARRAY prompt (UTF8);
+        REQUIRED BYTE_ARRAY prompt_id (UTF8);
+        REQUIRED group chosen (LIST) { REPEATED group list { REQUIRED group element {
+            REQUIRED BYTE_ARRAY content (UTF8); REQUIRED BYTE_ARRAY role (UTF8); } } }
+        REQUIRED group rejected (LIST) { REPEATED group list { REQUIRED group element {
+            REQUIRED BYTE_ARRAY content (UTF8); REQUIRED BYTE_ARRAY role (UTF8); } } }
+        REQUIRED DOUBLE score_chosen;
+        REQUIRED DOUBLE score_rejected;
+    }";
+    let text = |r: &Value, field: &str| -> Result<ByteArray> {
+        r.as_str().map(ByteArray::from).ok_or_else(|| anyhow!("`{field}` must be a string, found {r}"))
+    };
+    // One leaf column at a time, in schema order: (values, repetition levels).
+    let strings = |field: &str| -> Result<(Vec<ByteArray>, Option<Vec<i16>>)> {
+        Ok((rows.iter().map(|r| text(&r[field], field)).collect::<Result<_>>()?, None))
+    };
+    let messages = |field: &str, key: &str| -> Result<(Vec<ByteArray>, Option<Vec<i16>>)> {
+        let (mut values, mut repetition) = (Vec::new(), Vec::new());
+        for r in rows {
+            let list = r[field].as_array().ok_or_else(|| anyhow!("`{field}` must be a list of messages"))?;
+            for (i, m) in list.iter().enumerate() {
+                values.push(text(&m[key], key)?);
+                repetition.push(i16::from(i > 0));
+            }
+        }
+        Ok((values, Some(repetition)))
+    };
+    let leaves = [
+        strings("prompt")?,
+        strings("prompt_id")?,
+        messages("chosen", "content")?,
+        messages("chosen", "role")?,
+        messages("rejected", "content")?,
+        messages("rejected", "role")?,
+    ];
+    let schema = Arc::new(parquet::schema::parser::parse_message_type(SCHEMA)?);
+    let properties = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, properties)?;
+    let mut group = writer.next_row_group()?;
+    for (values, repetition) in leaves {
+        let mut column = group.next_column()?.ok_or_else(|| anyhow!("the Parquet schema has fewer columns"))?;
+        let definition = repetition.as_ref().map(|r| vec![1i16; r.len()]);
+        column.typed::<ByteArrayType>().write_batch(&values, definition.as_deref(), repetition.as_deref())?;
+        column.close()?;
+    }
+    for field in ["score_chosen", "score_rejected"] {
+        let mut column = group.next_column()?.ok_or_else(|| anyhow!("the Parquet schema has fewer columns"))?;
+        let values: Vec<f64> = rows
+            .iter()
+            .map(|r| r[field].as_f64().ok_or_else(|| anyhow!("`{field}` must be a number")))
+            .collect::<Result<_>>()?;
+        column.typed::<DoubleType>().write_batch(&values, None, None)?;
+        column.close()?;
+    }
+    group.close()?;
+    Ok(writer.into_inner()?)
+}
+
 /// Generates the built-in model and data under `dir` (once; later calls
 /// reuse them). Returns the checkpoint folder and the data file.
 pub fn materialize(dir: &Path, seed: u64) -> Result<(PathBuf, PathBuf)> {

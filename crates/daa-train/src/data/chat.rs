@@ -13,6 +13,15 @@ use super::rows::Message;
 /// dataset tokenises the same way every day and its cache key stays valid.
 pub const TEMPLATE_DATE: &str = "26 Jul 2024";
 
+/// Instructions one rendering may execute: a template from the Hub is a
+/// program, and one that loops or recurses without end stops here with an
+/// error instead of hanging the run. Llama 3's template spends about 60 per
+/// message, so this allows conversations of thousands of turns.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+
+/// Bytes one rendering may produce (a conversation to tokenise, not a book).
+pub const TEMPLATE_MAX_OUTPUT: usize = 16 << 20;
+
 /// A Jinja chat template from `tokenizer_config.json`, rendered with
 /// minijinja (with Python string methods, as Hugging Face templates use).
 #[derive(Debug)]
@@ -41,6 +50,7 @@ impl ChatTemplate {
             Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
         });
         env.add_function("strftime_now", |_format: String| TEMPLATE_DATE.to_string());
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_template_owned("chat", source.to_string()).context("the chat template does not compile")?;
         Ok(Self { env, bos_token: bos_token.into(), eos_token: eos_token.into(), source: source.into() })
     }
@@ -49,15 +59,51 @@ impl ChatTemplate {
     /// assistant's reply begins.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let template = self.env.get_template("chat").context("the chat template is missing")?;
-        template
-            .render(context! {
+        let mut out = LimitedOutput { text: Vec::new(), overflow: false };
+        let rendered = template.render_captured_to(
+            context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
                 date_string => TEMPLATE_DATE,
-            })
-            .context("rendering the chat template")
+            },
+            &mut out,
+        );
+        if out.overflow {
+            bail!(
+                "rendering the chat template: its output passed {TEMPLATE_MAX_OUTPUT} bytes (the limit for one conversation)"
+            );
+        }
+        match rendered {
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => bail!(
+                "rendering the chat template: it ran more than {TEMPLATE_FUEL} instructions for one conversation \
+                 (a loop or recursion without end?)"
+            ),
+            Err(e) => Err(e).context("rendering the chat template"),
+            Ok(_) => String::from_utf8(out.text).context("rendering the chat template: the output is not UTF-8"),
+        }
+    }
+}
+
+/// What a rendering writes, refused past [`TEMPLATE_MAX_OUTPUT`] bytes.
+struct LimitedOutput {
+    text: Vec<u8>,
+    overflow: bool,
+}
+
+impl std::io::Write for LimitedOutput {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + bytes.len() > TEMPLATE_MAX_OUTPUT {
+            self.overflow = true;
+            return Err(std::io::Error::other("chat template output limit"));
+        }
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! they happen.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -21,14 +21,20 @@ pub struct MetricsLog {
 /// Reads every record of a metrics file; a line that is not a record is an
 /// error naming the file and the line.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let text = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    parse_metrics(&text, path)
+}
+
+/// The records of a metrics file's bytes (`path` names it in errors).
+fn parse_metrics(text: &[u8], path: &Path) -> Result<Vec<MetricsRecord>> {
     let mut records = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line =
+            std::str::from_utf8(line).with_context(|| format!("{}: line {}: not UTF-8", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(&line)
+        let record = serde_json::from_str(line)
             .with_context(|| format!("{}: line {}: not a daa metrics record", path.display(), i + 1))?;
         records.push(record);
     }
@@ -38,11 +44,31 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
 impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl`. A fresh run starts it empty; a resumed
     /// run keeps the records up to `resume_step` and drops later ones (an
-    /// interrupted run may have written past its last checkpoint).
-    pub fn open(run_dir: &Path, resume_step: Option<u64>) -> Result<Self> {
+    /// interrupted run may have written past its last checkpoint), and drops
+    /// a last line cut short (no newline: the disk filled or the process was
+    /// killed while writing it), saying so through `note`.
+    pub fn open(run_dir: &Path, resume_step: Option<u64>, note: &mut dyn FnMut(&str)) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let kept: Vec<MetricsRecord> = match resume_step {
-            Some(step) if path.exists() => read_metrics(&path)?.into_iter().filter(|r| r.step() <= step).collect(),
+            Some(step) if path.exists() => {
+                let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+                let whole = match text.iter().rposition(|&b| b == b'\n') {
+                    Some(end) if end + 1 < text.len() => {
+                        note(&format!(
+                            "{}: the last line was cut short ({} bytes without a newline); dropped",
+                            path.display(),
+                            text.len() - end - 1
+                        ));
+                        &text[..=end]
+                    }
+                    None if !text.is_empty() => {
+                        note(&format!("{}: the only line was cut short; dropped", path.display()));
+                        &text[..0]
+                    }
+                    _ => &text[..],
+                };
+                parse_metrics(whole, &path)?.into_iter().filter(|r| r.step() <= step).collect()
+            }
             _ => Vec::new(),
         };
         let mut text = String::new();
@@ -56,10 +82,12 @@ impl MetricsLog {
         Ok(Self { path, file })
     }
 
-    /// Appends one record.
+    /// Appends one record (one write of the whole line).
     pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
-        let line = serde_json::to_string(record)?;
-        writeln!(self.file, "{line}")
+        let mut line = serde_json::to_string(record)?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
             .with_context(|| format!("{}: write failed", self.path.display()))
     }

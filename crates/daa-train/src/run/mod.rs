@@ -133,7 +133,8 @@ fn run<B: AutodiffBackend>(
         observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
     }
     let start_step = resume.as_ref().map_or(0, |point| point.step);
-    let mut metrics = MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step))?;
+    let mut metrics =
+        MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step), &mut |line| observer.note(line))?;
     write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
     let model = trainer.model().config();
     observer.note(&format!(

@@ -105,7 +105,8 @@ pub fn materialize(spec: &TestbedSpec, cache_root: &Path, note: &mut dyn FnMut(&
             std::fs::remove_dir_all(&files.reference)
                 .with_context(|| format!("{}: cannot clear", files.reference.display()))?;
         }
-        write_dir_atomic(&files.reference, |dir| fine_tune(spec, dir, note))?;
+        write_dir_atomic(&files.reference, |dir| fine_tune(spec, dir, note))
+            .with_context(|| format!("testbed: writing the reference policy {}", files.reference.display()))?;
     } else {
         note(&format!("testbed: cached reference policy {}", files.reference.display()));
     }

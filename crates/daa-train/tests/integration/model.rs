@@ -119,6 +119,21 @@ fn sharded_checkpoints_load_and_bad_checkpoints_are_named() {
     assert!(e.contains("shard `model-00002-of-00002.safetensors` is missing"), "{e}");
     std::fs::rename(dir.path().join("elsewhere"), dir.path().join(shards[1])).unwrap();
 
+    // An entry lost from the index: named, with the shard that holds the tensor.
+    let index_path = dir.path().join("model.safetensors.index.json");
+    let mut damaged = index.clone();
+    damaged["weight_map"].as_object_mut().unwrap().remove(&names[0]);
+    std::fs::write(&index_path, damaged.to_string()).unwrap();
+    let e = load_error(dir.path());
+    let expected = format!("model.safetensors.index.json: no entry for tensor `{}`, which ", names[0]);
+    assert!(e.contains(&expected) && e.contains("model-00001-of-00002.safetensors holds"), "{e}");
+    // An entry pointing outside the checkpoint folder is refused.
+    damaged["weight_map"][&names[0]] = json!("../model-00001-of-00002.safetensors");
+    std::fs::write(&index_path, damaged.to_string()).unwrap();
+    let e = load_error(dir.path());
+    assert!(e.contains("must be the name of a file in the checkpoint folder, found \"../model-00001"), "{e}");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+
     // Shape mismatch: config.json says a wider MLP than the weights hold.
     let mut config = llama_config(TINY_VOCAB, 32, 2);
     config["intermediate_size"] = json!(96);

@@ -268,7 +268,7 @@ fn bad_rows_are_counted_or_stop_the_run_under_strict_and_parquet_reads_like_json
     let good: Vec<Value> =
         rows.iter().enumerate().filter(|(i, _)| ![5, 9, 12].contains(i)).map(|(_, r)| r.clone()).collect();
     let parquet = dir.path().join("prefs.parquet");
-    write_parquet(&parquet, &good);
+    std::fs::write(&parquet, daa_train::tiny_run::preference_parquet(&good).unwrap()).unwrap();
     let parquet_arg = format!("data.path={:?}", parquet.display().to_string());
     let from_parquet =
         prepare(&tiny_config(dir.path(), &[&model_arg, &parquet_arg, "data.eval_size=4"]), &dir.path().join("run"))
@@ -281,67 +281,6 @@ fn bad_rows_are_counted_or_stop_the_run_under_strict_and_parquet_reads_like_json
         v
     };
     assert_eq!(ids(&from_parquet), ids(&prepared));
-}
-
-/// Preference rows as Parquet, with `chosen`/`rejected` as lists of message
-/// structs the way the Hub stores binarized UltraFeedback (written column by
-/// column: each message list is one repetition level, every field required).
-fn write_parquet(path: &Path, rows: &[Value]) {
-    use std::sync::Arc;
-
-    use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
-    use parquet::file::properties::WriterProperties;
-    use parquet::file::writer::SerializedFileWriter;
-
-    const SCHEMA: &str = "message preference {
-        REQUIRED BYTE_ARRAY prompt (UTF8);
-        REQUIRED BYTE_ARRAY prompt_id (UTF8);
-        REQUIRED group chosen (LIST) { REPEATED group list { REQUIRED group element {
-            REQUIRED BYTE_ARRAY content (UTF8); REQUIRED BYTE_ARRAY role (UTF8); } } }
-        REQUIRED group rejected (LIST) { REPEATED group list { REQUIRED group element {
-            REQUIRED BYTE_ARRAY content (UTF8); REQUIRED BYTE_ARRAY role (UTF8); } } }
-        REQUIRED DOUBLE score_chosen;
-        REQUIRED DOUBLE score_rejected;
-    }";
-    let schema = Arc::new(parquet::schema::parser::parse_message_type(SCHEMA).unwrap());
-    let properties = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build());
-    let mut writer = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, properties).unwrap();
-    let mut group = writer.next_row_group().unwrap();
-    let text = |v: &Value| ByteArray::from(v.as_str().unwrap());
-    // One leaf column at a time, in schema order: (values, repetition levels).
-    let strings = |field: &str| (rows.iter().map(|r| text(&r[field])).collect::<Vec<_>>(), None);
-    let messages = |field: &str, key: &str| {
-        let (mut values, mut repetition) = (Vec::new(), Vec::new());
-        for r in rows {
-            for (i, m) in r[field].as_array().unwrap().iter().enumerate() {
-                values.push(text(&m[key]));
-                repetition.push(i16::from(i > 0));
-            }
-        }
-        (values, Some(repetition))
-    };
-    let leaves = [
-        strings("prompt"),
-        strings("prompt_id"),
-        messages("chosen", "content"),
-        messages("chosen", "role"),
-        messages("rejected", "content"),
-        messages("rejected", "role"),
-    ];
-    for (values, repetition) in leaves {
-        let mut column = group.next_column().unwrap().unwrap();
-        let definition = repetition.as_ref().map(|r: &Vec<i16>| vec![1i16; r.len()]);
-        column.typed::<ByteArrayType>().write_batch(&values, definition.as_deref(), repetition.as_deref()).unwrap();
-        column.close().unwrap();
-    }
-    for field in ["score_chosen", "score_rejected"] {
-        let mut column = group.next_column().unwrap().unwrap();
-        let values: Vec<f64> = rows.iter().map(|r| r[field].as_f64().unwrap()).collect();
-        column.typed::<DoubleType>().write_batch(&values, None, None).unwrap();
-        column.close().unwrap();
-    }
-    group.close().unwrap();
-    writer.close().unwrap();
 }
 
 const SAMPLE_FIELDS: [&str; 17] = [

@@ -1,0 +1,111 @@
+//! The committed seed corpus and every regression input, replayed through
+//! their targets (what `cargo test` runs; CI also runs each target's
+//! randomised engine briefly with `cargo xtask fuzz --engine random`).
+
+use std::path::{Path, PathBuf};
+
+use daa_fuzz::engine::execute;
+use daa_fuzz::targets::Verdict;
+use daa_fuzz::{TARGETS, target};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+}
+
+fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_none_or(|e| e != "txt" && e != "md"))
+        .collect();
+    files.sort();
+    files.into_iter().map(|p| (p.clone(), std::fs::read(&p).unwrap())).collect()
+}
+
+#[test]
+fn every_target_has_a_libfuzzer_entry_an_xtask_name_and_seeds() {
+    let xtask = std::fs::read_to_string(fuzz_dir().join("../xtask/src/fuzz.rs")).unwrap();
+    for t in TARGETS {
+        assert!(
+            fuzz_dir().join("fuzz_targets").join(format!("{}.rs", t.name)).is_file(),
+            "{}: no fuzz_targets entry",
+            t.name
+        );
+        assert!(xtask.contains(&format!("\"{}\",", t.name)), "{}: not in xtask's list", t.name);
+        assert!(!inputs(&fuzz_dir().join("corpus").join(t.name)).is_empty(), "{}: no seeds", t.name);
+    }
+}
+
+#[test]
+fn the_committed_seeds_are_what_the_generator_writes() {
+    let generated = daa_fuzz::seeds::seeds().unwrap();
+    for (target, name, bytes) in &generated {
+        let path = fuzz_dir().join("corpus").join(target).join(name);
+        let committed = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `daa-fuzz seeds fuzz/corpus`)", path.display()));
+        assert!(committed == *bytes, "{}: differs from what daa-fuzz seeds writes", path.display());
+    }
+}
+
+#[test]
+fn seeds_and_regressions_replay_without_a_failure() {
+    let mut replayed = 0;
+    for t in TARGETS {
+        for folder in ["corpus", "regressions"] {
+            for (path, bytes) in inputs(&fuzz_dir().join(folder).join(t.name)) {
+                if let Err(message) = execute(t, &bytes) {
+                    panic!("{}: {message}", path.display());
+                }
+                replayed += 1;
+            }
+        }
+    }
+    assert!(replayed >= 30, "only {replayed} inputs");
+}
+
+/// The targets reach past the first error: the well-formed seeds are read
+/// to the end, the hostile ones refused.
+#[test]
+fn well_formed_seeds_are_accepted_and_hostile_ones_refused() {
+    let expect = [
+        ("safetensors", "llama-f32", Verdict::Accepted),
+        ("safetensors", "mixed-dtypes", Verdict::Accepted),
+        ("checkpoint", "llama-single", Verdict::Accepted),
+        ("checkpoint", "llama-sharded", Verdict::Accepted),
+        ("checkpoint", "cohere-single", Verdict::Accepted),
+        ("tokenizer", "tiny-all-files", Verdict::Accepted),
+        ("tokenizer", "template-list", Verdict::Accepted),
+        ("rows_jsonl", "ultrafeedback-layout", Verdict::Accepted),
+        ("rows_jsonl", "other-layouts", Verdict::Rejected),
+        ("rows_parquet", "ultrafeedback-layout", Verdict::Accepted),
+        ("train_config", "tiny", Verdict::Accepted),
+        ("train_config", "llama-dpo", Verdict::Accepted),
+        ("chat_template", "llama3-style", Verdict::Accepted),
+        ("chat_template", "recursive", Verdict::Rejected),
+        ("chat_template", "long-loop", Verdict::Rejected),
+        ("loss_lines", "ipo", Verdict::Accepted),
+        ("metrics", "sample-run", Verdict::Accepted),
+        ("metrics", "sample-run-one-bad-line", Verdict::Rejected),
+    ];
+    for (name, seed, verdict) in expect {
+        let bytes = std::fs::read(fuzz_dir().join("corpus").join(name).join(seed)).unwrap();
+        assert_eq!(execute(target(name).unwrap(), &bytes), Ok(verdict), "{name}/{seed}");
+    }
+}
+
+/// The limits a chat template meets, with the messages users see.
+#[test]
+fn a_template_that_never_ends_is_stopped_with_a_clear_error() {
+    use daa_train::data::{ChatTemplate, Message};
+    let conversation = [Message { role: "user".into(), content: "hi".into() }];
+    let error = |source: &str| {
+        let template = ChatTemplate::new(source, "<s>", "</s>").unwrap();
+        format!("{:#}", template.render(&conversation, true).unwrap_err())
+    };
+    let looping = error("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+    assert!(looping.contains("ran more than 2000000 instructions for one conversation"), "{looping}");
+    let recursive = error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+    assert!(recursive.starts_with("rendering the chat template"), "{recursive}");
+    let huge = error("{% for i in range(5000) %}{{ 'x' * 10000 }}{% endfor %}");
+    assert!(huge.contains("its output passed 16777216 bytes"), "{huge}");
+}

@@ -1,0 +1,6 @@
+//! libFuzzer entry for `daa_fuzz::targets::checkpoint`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = daa_fuzz::targets::checkpoint(data);
+});

@@ -1,0 +1,6 @@
+//! libFuzzer entry for `daa_fuzz::targets::rows_parquet`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = daa_fuzz::targets::rows_parquet(data);
+});
