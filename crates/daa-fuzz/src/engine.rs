@@ -7,7 +7,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::Target;
@@ -169,8 +169,53 @@ pub fn execute(target: Target, input: &[u8]) -> Result<Verdict, String> {
     result.map_err(|_| LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default())
 }
 
+/// An execution that takes longer than this is a failure (a hang).
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A process that holds more memory than this is a failure (a blow-up).
+pub const MEMORY_LIMIT_BYTES: u64 = 4 << 30;
+
+/// The input being executed and since when, watched by another thread that
+/// saves it and ends the process when it hangs or takes too much memory
+/// (a hang cannot be caught like a panic).
+#[derive(Debug, Default)]
+struct Current {
+    input: Vec<u8>,
+    since: Option<Instant>,
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn watch(target: Target, current: Arc<Mutex<Current>>, artifacts: PathBuf) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let Ok(now) = current.lock() else { return };
+            let Some(since) = now.since else { continue };
+            let problem = if since.elapsed() > TIMEOUT {
+                Some(format!("timeout: one execution took more than {} s", TIMEOUT.as_secs()))
+            } else {
+                resident_bytes().filter(|&b| b > MEMORY_LIMIT_BYTES).map(|b| {
+                    format!("out of memory: {} MiB resident (limit {} MiB)", b >> 20, MEMORY_LIMIT_BYTES >> 20)
+                })
+            };
+            if let Some(problem) = problem {
+                let path = save_failure(target, &artifacts, &now.input, &problem);
+                eprintln!("{}: {problem}", path.display());
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
 /// Mutates `corpus` for `time` (or until `max_failures` inputs failed),
-/// saving each failing input under `artifacts` with its message beside it.
+/// saving each failing input under `artifacts` with its message beside it;
+/// a hang ([`TIMEOUT`]) or a memory blow-up ([`MEMORY_LIMIT_BYTES`]) is
+/// saved the same way and ends the process with status 1.
 pub fn run(
     target: Target,
     corpus: &[Vec<u8>],
@@ -182,6 +227,8 @@ pub fn run(
     let max_len = corpus.iter().map(Vec::len).max().unwrap_or(0).max(4096) * 2;
     let mut rng = Rng::new(seed);
     let mut report = RunReport::default();
+    let current = Arc::new(Mutex::new(Current::default()));
+    watch(target, current.clone(), artifacts.to_path_buf());
     let started = Instant::now();
     let seeds: Vec<&Vec<u8>> = corpus.iter().collect();
     let mut next_seed = 0;
@@ -198,7 +245,14 @@ pub fn run(
             input
         };
         let begun = Instant::now();
+        if let Ok(mut now) = current.lock() {
+            now.input.clone_from(&input);
+            now.since = Some(begun);
+        }
         let failed = execute(target, &input);
+        if let Ok(mut now) = current.lock() {
+            now.since = None;
+        }
         report.slowest = report.slowest.max(begun.elapsed());
         report.executions += 1;
         if let Err(message) = failed {
@@ -211,7 +265,12 @@ pub fn run(
 fn save_failure(target: Target, artifacts: &Path, input: &[u8], message: &str) -> PathBuf {
     let hash = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let dir = artifacts.join(target.name);
-    let path = dir.join(format!("crash-{hash:016x}"));
+    let kind = match message.split(':').next() {
+        Some("timeout") => "timeout",
+        Some("out of memory") => "oom",
+        _ => "crash",
+    };
+    let path = dir.join(format!("{kind}-{hash:016x}"));
     let saved = std::fs::create_dir_all(&dir)
         .and_then(|()| std::fs::write(&path, input))
         .and_then(|()| std::fs::write(path.with_extension("txt"), message));

@@ -109,3 +109,33 @@ fn a_template_that_never_ends_is_stopped_with_a_clear_error() {
     let huge = error("{% for i in range(5000) %}{{ 'x' * 10000 }}{% endfor %}");
     assert!(huge.contains("its output passed 16777216 bytes"), "{huge}");
 }
+
+/// Found by fuzzing: tokenizers 0.22.2 panics on a `decoder` whose JSON is
+/// cut short; daa reports it as an error naming the file.
+#[test]
+fn a_tokenizer_file_the_library_panics_on_is_an_error_naming_it() {
+    let input = std::fs::read(fuzz_dir().join("regressions/tokenizer/decoder-json-cut-short")).unwrap();
+    let [tokenizer, ..] = daa_fuzz::split::parts(&input, 4)[..] else { unreachable!() };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer).unwrap();
+    let error = format!("{:#}", daa_train::data::TextEncoder::open(dir.path()).unwrap_err());
+    let expected = format!("{}: cannot load the tokenizer: the tokenizers library failed on it (Helper: Error(", dir.path().join("tokenizer.json").display());
+    assert!(error.starts_with(&expected), "{error}");
+}
+
+/// Found by fuzzing: a Parquet file whose first row cannot be decoded, after
+/// which parquet 60.1's row iterator returns the same error forever (daa
+/// read rows until the iterator ended: a hang). Now the first undecodable
+/// row is an error naming the file and the row.
+#[test]
+fn a_parquet_file_that_makes_the_reader_loop_is_refused_naming_it() {
+    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/page-header-loop")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.parquet");
+    std::fs::write(&path, input).unwrap();
+    let started = std::time::Instant::now();
+    let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
+    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    assert!(error.contains(": row 1: cannot decode the Parquet row (External: snappy: corrupt input"), "{error}");
+    assert!(started.elapsed().as_secs() < 10, "took {:?}", started.elapsed());
+}

@@ -146,12 +146,39 @@ fn generation_stop_ids(dir: &Path) -> Result<Vec<u32>> {
     }
 }
 
+/// `load()`, with a panic inside it turned into an error carrying its
+/// message. The tokenizers library (0.22.2) panics on some malformed
+/// `tokenizer.json` files instead of returning an error (found by fuzzing:
+/// a `decoder` whose JSON is cut short panics with "Helper: Error(...)").
+fn catching_panics<T>(load: impl FnOnce() -> T) -> Result<T, String> {
+    let message = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let hook = std::panic::take_hook();
+    let seen = message.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = match (info.payload().downcast_ref::<&str>(), info.payload().downcast_ref::<String>()) {
+            (Some(s), _) => (*s).to_string(),
+            (_, Some(s)) => s.clone(),
+            _ => "a panic".to_string(),
+        };
+        if let Ok(mut m) = seen.lock() {
+            *m = text;
+        }
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load));
+    std::panic::set_hook(hook);
+    result.map_err(|_| {
+        let text = message.lock().map(|m| m.clone()).unwrap_or_default();
+        format!("the tokenizers library failed on it ({text})")
+    })
+}
+
 impl TextEncoder {
     /// Reads `tokenizer.json` and `tokenizer_config.json` of `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let tokenizer =
-            Tokenizer::from_file(&path).map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
+        let tokenizer = catching_panics(|| Tokenizer::from_file(&path))
+            .and_then(|loaded| loaded.map_err(|e| e.to_string()))
+            .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
         let config_path = dir.join("tokenizer_config.json");
         let config: Value = if config_path.exists() {
             let text = std::fs::read_to_string(&config_path)

@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod encode;
+mod parquet_rows;
 pub mod rows;
 
 pub use chat::{ChatTemplate, TextEncoder};

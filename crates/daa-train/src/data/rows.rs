@@ -68,7 +68,7 @@ pub fn read_rows(path: &Path) -> Result<Vec<RawRow>> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "jsonl" | "json" | "ndjson" => read_jsonl(path),
-        "parquet" => read_parquet(path),
+        "parquet" => super::parquet_rows::read_parquet(path),
         _ => bail!("{}: unknown data format (expected .jsonl or .parquet)", path.display()),
     }
 }
@@ -85,23 +85,6 @@ fn read_jsonl(path: &Path) -> Result<Vec<RawRow>> {
         rows.push(RawRow { row: i + 1, value });
     }
     Ok(rows)
-}
-
-/// Parquet rows as JSON objects (parquet's record API): strings, numbers,
-/// lists and structs as JSON has them, so a list of `{role, content}`
-/// messages reads like JSON Lines.
-fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
-    let rows = reader.get_row_iter(None).with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(rows
-        .enumerate()
-        .map(|(i, row)| RawRow {
-            row: i + 1,
-            value: row.map(|r| r.to_json_value()).map_err(|e| format!("cannot decode the Parquet row ({e})")),
-        })
-        .collect())
 }
 
 fn messages(field: &str, value: &Value) -> Result<Vec<Message>, String> {
