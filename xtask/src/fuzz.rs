@@ -9,7 +9,9 @@
 //!   `fuzz/artifacts/<target>/`.
 //! - `random`: the randomised mutation engine of daa-fuzz on the stable
 //!   toolchain (no coverage feedback; what CI runs), over the seeds and
-//!   regressions.
+//!   regressions, with the `daa-fuzz` binary built with the workspace's
+//!   features (`cargo build --workspace --bin daa-fuzz`: after `cargo test
+//!   --workspace`, nothing to build).
 //! - `auto` (default): libFuzzer when `cargo fuzz` and a nightly toolchain
 //!   are installed, else random.
 //!
@@ -145,10 +147,23 @@ fn run_viewer(root: &Path, args: &FuzzArgs) -> Result<Outcome> {
     Ok(Outcome { executions, coverage: None, failed: !output.status.success() })
 }
 
-fn run_random(root: &Path, target: &str, args: &FuzzArgs) -> Result<Outcome> {
-    let output = Command::new("cargo")
+/// Builds the daa-fuzz binary with the workspace's features (what `cargo
+/// test --workspace` built, so CI builds nothing again); its path.
+fn build_random_engine(root: &Path, target_dir: &Path) -> Result<PathBuf> {
+    let status = Command::new("cargo")
         .current_dir(root)
-        .args(["run", "--quiet", "--package", "daa-fuzz", "--", "run", target, "--time"])
+        .args(["build", "--quiet", "--workspace", "--bin", "daa-fuzz"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("building daa-fuzz failed ({status})");
+    }
+    Ok(target_dir.join("debug").join("daa-fuzz"))
+}
+
+fn run_random(root: &Path, engine: &Path, target: &str, args: &FuzzArgs) -> Result<Outcome> {
+    let output = Command::new(engine)
+        .args(["run", target, "--time"])
         .arg(args.time.to_string())
         .arg("--artifacts")
         .arg(root.join("fuzz/artifacts"))
@@ -156,7 +171,7 @@ fn run_random(root: &Path, target: &str, args: &FuzzArgs) -> Result<Outcome> {
         .arg(root.join("fuzz/regressions").join(target))
         .stderr(Stdio::inherit())
         .output()
-        .context("running daa-fuzz")?;
+        .with_context(|| format!("running {}", engine.display()))?;
     let text = String::from_utf8_lossy(&output.stdout);
     print!("{text}");
     let executions = text.split_whitespace().nth(1).and_then(|n| n.parse().ok());
@@ -184,6 +199,10 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         Some(t) => vec![t.as_str()],
         None => TARGETS.iter().copied().chain([VIEWER_TARGET]).collect(),
     };
+    let random_engine = match engine {
+        Engine::Random if targets.iter().any(|t| *t != VIEWER_TARGET) => Some(build_random_engine(&root, &target_dir)?),
+        _ => None,
+    };
     let mut failed = Vec::new();
     let mut log = String::new();
     for target in targets {
@@ -192,7 +211,10 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         let (outcome, used) = match engine {
             _ if target == VIEWER_TARGET => (run_viewer(&root, args)?, "fast-check"),
             Engine::Libfuzzer => (run_libfuzzer(&root, target, args, &target_dir)?, "libfuzzer"),
-            _ => (run_random(&root, target, args)?, "random"),
+            _ => {
+                let engine = random_engine.as_deref().context("the random engine was not built")?;
+                (run_random(&root, engine, target, args)?, "random")
+            }
         };
         let seconds = started.elapsed().as_secs_f64();
         if outcome.failed {

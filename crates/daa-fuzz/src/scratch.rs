@@ -21,9 +21,11 @@ fn root() -> &'static Path {
     .path()
 }
 
-/// The folder `name` under the scratch root, emptied.
+/// The folder `name` under the scratch root, emptied (one per thread: tests
+/// run targets on several threads at once).
 pub fn fresh_dir(name: &str) -> PathBuf {
-    let dir = root().join(name);
+    let thread = format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_ascii_alphanumeric(), "");
+    let dir = root().join(thread).join(name);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).expect("emptying a scratch folder");
     }

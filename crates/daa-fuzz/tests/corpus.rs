@@ -119,7 +119,10 @@ fn a_tokenizer_file_the_library_panics_on_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), tokenizer).unwrap();
     let error = format!("{:#}", daa_train::data::TextEncoder::open(dir.path()).unwrap_err());
-    let expected = format!("{}: cannot load the tokenizer: the tokenizers library failed on it (Helper: Error(", dir.path().join("tokenizer.json").display());
+    let expected = format!(
+        "{}: cannot load the tokenizer: the tokenizers library failed on it (Helper: Error(",
+        dir.path().join("tokenizer.json").display()
+    );
     assert!(error.starts_with(&expected), "{error}");
 }
 
@@ -138,4 +141,19 @@ fn a_parquet_file_that_makes_the_reader_loop_is_refused_naming_it() {
     assert!(error.starts_with(&path.display().to_string()), "{error}");
     assert!(error.contains(": row 1: cannot decode the Parquet row (External: snappy: corrupt input"), "{error}");
     assert!(started.elapsed().as_secs() < 10, "took {:?}", started.elapsed());
+}
+
+/// Found by fuzzing (libFuzzer): parquet 60.1 panics on a column chunk whose
+/// metadata gives a negative offset; daa checks every chunk's byte range.
+#[test]
+fn a_parquet_column_outside_the_file_is_refused_naming_it() {
+    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/negative-column-offset")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.parquet");
+    std::fs::write(&path, input).unwrap();
+    let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
+    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    let expected = "row group 0, column `score_chosen`: the metadata places its 45 bytes at offset -564, outside the \
+                    file's 1717 bytes (the file is damaged)";
+    assert!(error.contains(expected), "{error}");
 }

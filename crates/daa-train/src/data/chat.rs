@@ -7,6 +7,7 @@ use minijinja::{Environment, ErrorKind, context};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
+use super::library_panics::catching_panics;
 use super::rows::Message;
 
 /// The date templates see (`date_string`, `strftime_now`): fixed, so that a
@@ -146,37 +147,13 @@ fn generation_stop_ids(dir: &Path) -> Result<Vec<u32>> {
     }
 }
 
-/// `load()`, with a panic inside it turned into an error carrying its
-/// message. The tokenizers library (0.22.2) panics on some malformed
-/// `tokenizer.json` files instead of returning an error (found by fuzzing:
-/// a `decoder` whose JSON is cut short panics with "Helper: Error(...)").
-fn catching_panics<T>(load: impl FnOnce() -> T) -> Result<T, String> {
-    let message = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let hook = std::panic::take_hook();
-    let seen = message.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        let text = match (info.payload().downcast_ref::<&str>(), info.payload().downcast_ref::<String>()) {
-            (Some(s), _) => (*s).to_string(),
-            (_, Some(s)) => s.clone(),
-            _ => "a panic".to_string(),
-        };
-        if let Ok(mut m) = seen.lock() {
-            *m = text;
-        }
-    }));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load));
-    std::panic::set_hook(hook);
-    result.map_err(|_| {
-        let text = message.lock().map(|m| m.clone()).unwrap_or_default();
-        format!("the tokenizers library failed on it ({text})")
-    })
-}
-
 impl TextEncoder {
     /// Reads `tokenizer.json` and `tokenizer_config.json` of `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let tokenizer = catching_panics(|| Tokenizer::from_file(&path))
+        // tokenizers 0.22.2 panics on some malformed files (a `decoder` whose
+        // JSON is cut short: "Helper: Error(...)"), found by fuzzing.
+        let tokenizer = catching_panics("tokenizers", || Tokenizer::from_file(&path))
             .and_then(|loaded| loaded.map_err(|e| e.to_string()))
             .map_err(|e| anyhow!("{}: cannot load the tokenizer: {e}", path.display()))?;
         let config_path = dir.join("tokenizer_config.json");

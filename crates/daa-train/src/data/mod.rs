@@ -4,6 +4,7 @@
 
 pub mod chat;
 pub mod encode;
+mod library_panics;
 mod parquet_rows;
 pub mod rows;
 

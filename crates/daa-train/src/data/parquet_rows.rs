@@ -17,9 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{ChunkReader, FileReader, Length, SerializedFileReader};
+
+use super::library_panics::catching_panics;
 
 use super::rows::RawRow;
 
@@ -77,7 +80,34 @@ impl Read for BudgetedRead {
 /// Every row of the Parquet file `path`. A row that cannot be decoded is an
 /// error naming it: the file is damaged from there on.
 pub fn read_parquet(path: &Path) -> Result<Vec<RawRow>> {
-    read_with_budget(path, |len| len.saturating_mul(READ_BUDGET_FACTOR).saturating_add(1 << 20))
+    let budget = |len: u64| len.saturating_mul(READ_BUDGET_FACTOR).saturating_add(1 << 20);
+    catching_panics("parquet", || read_with_budget(path, budget))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))
+        .and_then(|rows| rows)
+}
+
+/// Every column chunk's byte range lies in the file (parquet panics on a
+/// negative one when it reads the chunk).
+fn check_column_ranges(metadata: &ParquetMetaData, len: u64, path: &Path) -> Result<()> {
+    for (g, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column.dictionary_page_offset().unwrap_or(column.data_page_offset());
+            let size = column.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(size).ok())
+                .is_some_and(|(start, size)| start.checked_add(size).is_some_and(|end| end <= len));
+            if !inside {
+                bail!(
+                    "{}: row group {g}, column `{}`: the metadata places its {size} bytes at offset {start}, \
+                     outside the file's {len} bytes (the file is damaged)",
+                    path.display(),
+                    column.column_path().string()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn read_with_budget(path: &Path, budget: impl FnOnce(u64) -> u64) -> Result<Vec<RawRow>> {
@@ -86,6 +116,7 @@ fn read_with_budget(path: &Path, budget: impl FnOnce(u64) -> u64) -> Result<Vec<
     let budget = budget(len);
     let file = BudgetedFile { file, len, left: Arc::new(AtomicU64::new(budget)) };
     let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
+    check_column_ranges(reader.metadata(), len, path)?;
     let rows = reader.get_row_iter(None).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut out = Vec::new();
     for (i, row) in rows.enumerate() {
