@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use super::{daa, read_jsonl, stderr, temp_dir};
+use super::{SMALL_TESTBED, daa, read_jsonl, stderr, temp_dir};
 
 /// The built-in `tiny.toml` written into `dir`; its path.
 fn tiny_config_file(dir: &Path) -> PathBuf {
@@ -469,19 +469,8 @@ fn a_testbed_cache_that_cannot_be_written_is_named_and_the_rerun_equals_an_unint
         let mut args: Vec<String> =
             ["train", "--max-steps", "2", "--out", run.to_str().unwrap()].map(String::from).to_vec();
         let cache = format!("train.cache_dir={:?}", cache.display().to_string());
-        for set in [
-            cache.as_str(),
-            "testbed.sft_prompts=64",
-            "testbed.sft_steps=4",
-            "testbed.sft_batch=8",
-            "testbed.pairs=40",
-            "testbed.eval_pairs=8",
-            "testbed.hidden_size=32",
-            "train.batch_size=8",
-            "train.micro_batch_size=8",
-            "monitor.eval_every=2",
-        ] {
-            args.extend(["--set".into(), set.into()]);
+        for set in [cache.as_str(), "monitor.eval_every=2"].iter().chain(&SMALL_TESTBED) {
+            args.extend(["--set".to_string(), (*set).to_string()]);
         }
         args
     };

@@ -593,6 +593,19 @@ fn train_on_cuda_without_a_driver_says_what_to_do() {
     }
 }
 
+/// The default run (the testbed) shrunk to seconds: `--set` values.
+#[cfg(feature = "train")]
+const SMALL_TESTBED: [&str; 8] = [
+    "testbed.sft_prompts=64",
+    "testbed.sft_steps=4",
+    "testbed.sft_batch=8",
+    "testbed.pairs=40",
+    "testbed.eval_pairs=8",
+    "testbed.hidden_size=32",
+    "train.batch_size=8",
+    "train.micro_batch_size=8",
+];
+
 #[test]
 #[cfg(feature = "train")]
 fn train_draws_the_evaluation_chart_and_prints_the_summary() {
@@ -601,18 +614,8 @@ fn train_draws_the_evaluation_chart_and_prints_the_summary() {
     let out = dir.path().join("run");
     let cache = format!("train.cache_dir={:?}", dir.path().join("cache").display().to_string());
     let mut args = vec!["train", "--max-steps", "2", "--out", out.to_str().unwrap(), "--set", &cache];
-    for set in [
-        "testbed.sft_prompts=64",
-        "testbed.sft_steps=4",
-        "testbed.sft_batch=8",
-        "testbed.pairs=40",
-        "testbed.eval_pairs=8",
-        "testbed.hidden_size=32",
-        "train.batch_size=8",
-        "train.micro_batch_size=8",
-        "monitor.eval_every=1",
-    ] {
-        args.extend(["--set", set]);
+    for set in SMALL_TESTBED.iter().chain(&["monitor.eval_every=1"]) {
+        args.extend(["--set", *set]);
     }
     let run = daa(&args);
     let err = stderr(&run);
