@@ -157,3 +157,19 @@ fn a_parquet_column_outside_the_file_is_refused_naming_it() {
                     file's 1717 bytes (the file is damaged)";
     assert!(error.contains(expected), "{error}");
 }
+
+/// Found by fuzzing (libFuzzer): a 3 KB Parquet file whose page header makes
+/// parquet 60.1 retry a read at the end of the file without end (52 s before
+/// the fix); every read now costs at least one byte of the reader's budget.
+#[test]
+fn a_parquet_page_header_that_retries_reads_at_the_end_is_stopped() {
+    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/thrift-skip-at-end-of-file")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rows.parquet");
+    std::fs::write(&path, input).unwrap();
+    let started = std::time::Instant::now();
+    let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
+    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    assert!(error.contains("the Parquet reader read far more than the file holds (the file is damaged)"), "{error}");
+    assert!(started.elapsed().as_secs() < 10, "took {:?}", started.elapsed());
+}
