@@ -126,33 +126,35 @@ fn a_tokenizer_file_the_library_panics_on_is_an_error_naming_it() {
     assert!(error.starts_with(&expected), "{error}");
 }
 
-/// Found by fuzzing: a Parquet file whose first row cannot be decoded, after
-/// which parquet 60.1's row iterator returns the same error forever (daa
-/// read rows until the iterator ended: a hang). Now the first undecodable
-/// row is an error naming the file and the row.
-#[test]
-fn a_parquet_file_that_makes_the_reader_loop_is_refused_naming_it() {
-    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/page-header-loop")).unwrap();
+/// The error of reading the Parquet regression input `name` as rows; it
+/// names the file and comes within 10 s.
+fn parquet_regression_error(name: &str) -> String {
+    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet").join(name)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rows.parquet");
     std::fs::write(&path, input).unwrap();
     let started = std::time::Instant::now();
     let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
     assert!(error.starts_with(&path.display().to_string()), "{error}");
+    assert!(started.elapsed().as_secs() < 10, "{name}: took {:?}", started.elapsed());
+    error
+}
+
+/// Found by fuzzing: a Parquet file whose first row cannot be decoded, after
+/// which parquet 60.1's row iterator returns the same error forever (daa
+/// read rows until the iterator ended: a hang). Now the first undecodable
+/// row is an error naming the file and the row.
+#[test]
+fn a_parquet_file_that_makes_the_reader_loop_is_refused_naming_it() {
+    let error = parquet_regression_error("page-header-loop");
     assert!(error.contains(": row 1: cannot decode the Parquet row (External: snappy: corrupt input"), "{error}");
-    assert!(started.elapsed().as_secs() < 10, "took {:?}", started.elapsed());
 }
 
 /// Found by fuzzing (libFuzzer): parquet 60.1 panics on a column chunk whose
 /// metadata gives a negative offset; daa checks every chunk's byte range.
 #[test]
 fn a_parquet_column_outside_the_file_is_refused_naming_it() {
-    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/negative-column-offset")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rows.parquet");
-    std::fs::write(&path, input).unwrap();
-    let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
-    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    let error = parquet_regression_error("negative-column-offset");
     let expected = "row group 0, column `score_chosen`: the metadata places its 45 bytes at offset -564, outside the \
                     file's 1717 bytes (the file is damaged)";
     assert!(error.contains(expected), "{error}");
@@ -163,13 +165,6 @@ fn a_parquet_column_outside_the_file_is_refused_naming_it() {
 /// the fix); every read now costs at least one byte of the reader's budget.
 #[test]
 fn a_parquet_page_header_that_retries_reads_at_the_end_is_stopped() {
-    let input = std::fs::read(fuzz_dir().join("regressions/rows_parquet/thrift-skip-at-end-of-file")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rows.parquet");
-    std::fs::write(&path, input).unwrap();
-    let started = std::time::Instant::now();
-    let error = format!("{:#}", daa_train::data::read_rows(&path).unwrap_err());
-    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    let error = parquet_regression_error("thrift-skip-at-end-of-file");
     assert!(error.contains("the Parquet reader read far more than the file holds (the file is damaged)"), "{error}");
-    assert!(started.elapsed().as_secs() < 10, "took {:?}", started.elapsed());
 }
