@@ -9,9 +9,9 @@
 //!   `fuzz/artifacts/<target>/`.
 //! - `random`: the randomised mutation engine of daa-fuzz on the stable
 //!   toolchain (no coverage feedback; what CI runs), over the seeds and
-//!   regressions, with the `daa-fuzz` binary built with the workspace's
-//!   features (`cargo build --workspace --bin daa-fuzz`: after `cargo test
-//!   --workspace`, nothing to build).
+//!   regressions, with the `daa-fuzz` binary of the test build's features
+//!   (`cargo build --workspace --all-targets`: after `cargo test
+//!   --workspace`, only the benches to build).
 //! - `auto` (default): libFuzzer when `cargo fuzz` and a nightly toolchain
 //!   are installed, else random.
 //!
@@ -147,12 +147,15 @@ fn run_viewer(root: &Path, args: &FuzzArgs) -> Result<Outcome> {
     Ok(Outcome { executions, coverage: None, failed: !output.status.success() })
 }
 
-/// Builds the daa-fuzz binary with the workspace's features (what `cargo
-/// test --workspace` built, so CI builds nothing again); its path.
+/// Builds the daa-fuzz binary with the features of the test build: every
+/// target of the workspace, so dev-dependencies take part in feature
+/// unification as in `cargo test --workspace` (a binary alone would build
+/// burn's stack again with other features). After CI's test and bench
+/// builds, nothing is built. Its path.
 fn build_random_engine(root: &Path, target_dir: &Path) -> Result<PathBuf> {
     let status = Command::new("cargo")
         .current_dir(root)
-        .args(["build", "--quiet", "--workspace", "--bin", "daa-fuzz"])
+        .args(["build", "--quiet", "--workspace", "--all-targets"])
         .status()
         .context("running cargo build")?;
     if !status.success() {

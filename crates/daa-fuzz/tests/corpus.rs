@@ -168,3 +168,13 @@ fn a_parquet_page_header_that_retries_reads_at_the_end_is_stopped() {
     let error = parquet_regression_error("thrift-skip-at-end-of-file");
     assert!(error.contains("the Parquet reader read far more than the file holds (the file is damaged)"), "{error}");
 }
+
+/// Found by fuzzing (libFuzzer, out of memory): a 3 KB Parquet footer whose
+/// schema declares hundreds of millions of children, for which parquet
+/// 60.1 reserved 7.2 GiB before reading one; daa now checks the schema's
+/// child counts first.
+#[test]
+fn a_parquet_schema_declaring_impossible_children_is_refused_naming_it() {
+    let error = parquet_regression_error("schema-reserves-7-gib");
+    assert!(error.contains(": the Parquet schema is damaged: element "), "{error}");
+}

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod encode;
 mod library_panics;
+mod parquet_footer;
 mod parquet_rows;
 pub mod rows;
 

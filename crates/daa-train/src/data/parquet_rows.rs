@@ -9,7 +9,8 @@
 //! parquet readers have looped or reserved gigabytes (apache/arrow-rs
 //! tracks this class of bug): a sound reader reads each byte of the file
 //! about once, so reading [`READ_BUDGET_FACTOR`] times the file's size means
-//! the file is damaged.
+//! the file is damaged. Before parquet reads the footer, its schema is
+//! checked (see [`super::parquet_footer`]).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -116,6 +117,9 @@ fn check_column_ranges(metadata: &ParquetMetaData, len: u64, path: &Path) -> Res
 fn read_with_budget(path: &Path, budget: impl FnOnce(u64) -> u64) -> Result<Vec<RawRow>> {
     let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let len = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.len();
+    if let Some(defect) = super::parquet_footer::schema_defect(&file, len) {
+        bail!("{}: {defect}", path.display());
+    }
     let budget = budget(len);
     let file = BudgetedFile { file, len, left: Arc::new(AtomicU64::new(budget)) };
     let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
