@@ -40,6 +40,13 @@ if [ ! -e "$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]; then
     python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DAA_NVRTC_DIR" "nvidia-cuda-nvrtc-cu12==12.9.86"
 fi
 
+# TensorBoard's own reader for the event-file test (the Python package,
+# unpacked outside the clone; the test finds it through $DAA_PY_DIR).
+DAA_PY_DIR="${DAA_PY_DIR:-/var/tmp/daa-py}"
+if [ ! -e "$DAA_PY_DIR/tensorboard/__init__.py" ]; then
+    python3 -m pip install -q --disable-pip-version-check --target "$DAA_PY_DIR" "tensorboard==2.20.0"
+fi
+
 if $web; then
     # The CLI must match the wasm-bindgen crate in Cargo.lock exactly.
     root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -21,7 +21,7 @@ pub fn assert_same_metrics(a: &[Value], b: &[Value]) {
             }
             match (u.as_f64(), v.as_f64()) {
                 (Some(p), Some(q)) if u.is_f64() || v.is_f64() => {
-                    let noise_margin = ["rewards/margin", "eval/rewards_margin"]
+                    let noise_margin = ["rewards/margins", "eval_rewards/margins"]
                         .iter()
                         .any(|m| x.get(*m).and_then(Value::as_f64).is_some_and(|m| m.abs() < 1e-4));
                     if k.ends_with("accuracy") && noise_margin {

@@ -28,14 +28,15 @@ use crate::score::{PairScore, pair_batch};
 /// `metrics.jsonl` (and the only place they are spelled).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
-    /// Mean loss over held-out pairs.
-    #[serde(rename = "eval/loss")]
+    /// Mean loss over held-out pairs (TRL's name; `eval/loss` before).
+    #[serde(rename = "eval_loss", alias = "eval/loss")]
     pub loss: f64,
-    /// Fraction of pairs whose chosen reward exceeds the rejected one.
-    #[serde(rename = "eval/rewards_accuracy")]
+    /// Fraction of pairs whose chosen reward exceeds the rejected one
+    /// (TRL's name; `eval/rewards_accuracy` before).
+    #[serde(rename = "eval_rewards/accuracies", alias = "eval/rewards_accuracy")]
     pub accuracy: f64,
-    /// Mean reward margin.
-    #[serde(rename = "eval/rewards_margin")]
+    /// Mean reward margin (TRL's name; `eval/rewards_margin` before).
+    #[serde(rename = "eval_rewards/margins", alias = "eval/rewards_margin")]
     pub margin: f64,
     /// Mean log-probability per chosen completion token (nats).
     #[serde(rename = "eval/chosen_token_loglik")]

@@ -102,7 +102,8 @@ impl<B: Backend> GradientReducer<B> for SingleRank {
 pub struct StepRecord {
     /// Optimizer steps completed, this one included.
     pub step: u64,
-    /// Learning rate used.
+    /// Learning rate used (TRL's name; `lr` before).
+    #[serde(rename = "learning_rate", alias = "lr")]
     pub lr: f64,
     /// Mean loss.
     pub loss: f64,
@@ -114,11 +115,12 @@ pub struct StepRecord {
     /// Mean implicit reward of the rejected completions.
     #[serde(rename = "rewards/rejected")]
     pub rejected_reward: f64,
-    /// Mean reward margin.
-    #[serde(rename = "rewards/margin")]
+    /// Mean reward margin (TRL's name; `rewards/margin` before).
+    #[serde(rename = "rewards/margins", alias = "rewards/margin")]
     pub margin: f64,
-    /// Fraction of pairs whose chosen reward exceeds the rejected one.
-    #[serde(rename = "rewards/accuracy")]
+    /// Fraction of pairs whose chosen reward exceeds the rejected one
+    /// (TRL's name; `rewards/accuracy` before).
+    #[serde(rename = "rewards/accuracies", alias = "rewards/accuracy")]
     pub accuracy: f64,
     /// Mean `π_w` (nats).
     #[serde(rename = "logps/chosen")]

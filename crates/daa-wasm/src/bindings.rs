@@ -31,8 +31,8 @@ const TYPES: &'static str = r#"
 export type Phase = "sft" | "pairs" | "train" | "done";
 /** One optimizer step's record (the fields of a `metrics.jsonl` train line). */
 export interface TrainRecord {
-  type?: "train"; step: number; lr: number; loss: number; grad_norm: number;
-  "rewards/chosen": number; "rewards/rejected": number; "rewards/margin": number; "rewards/accuracy": number;
+  type?: "train"; step: number; learning_rate: number; loss: number; grad_norm: number;
+  "rewards/chosen": number; "rewards/rejected": number; "rewards/margins": number; "rewards/accuracies": number;
   "logps/chosen": number; "logps/rejected": number;
   "logps/chosen_per_token": number; "logps/rejected_per_token": number;
   pairs: number; tokens: number; epoch: number; elapsed_s: number;
@@ -47,7 +47,7 @@ export interface Progress {
 /** One evaluation (the fields of a `metrics.jsonl` eval line). */
 export interface EvalRecord {
   step: number;
-  "eval/loss": number; "eval/rewards_accuracy": number; "eval/rewards_margin": number;
+  "eval_loss": number; "eval_rewards/accuracies": number; "eval_rewards/margins": number;
   "eval/chosen_token_loglik": number; "eval/rejected_token_loglik": number;
   "eval/topk_entropy": number; "eval/topk_mass": number; "eval/entropy": number;
   "eval/win_prob": number; "eval/win_rate": number; "eval/gold_reward": number; "eval/kl": number;

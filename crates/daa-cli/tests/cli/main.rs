@@ -888,3 +888,4 @@ fn manifest_dir() -> std::path::PathBuf {
 
 #[cfg(feature = "train")]
 mod faults;
+mod tensorboard;

@@ -239,6 +239,10 @@ pub struct TrainSection {
     /// Run `daa plan`'s estimate first and refuse a step that will not fit.
     #[serde(default = "default_true")]
     pub memory_check: bool,
+    /// Write TensorBoard event files beside `metrics.jsonl`
+    /// (`<run>/tensorboard/`; default true).
+    #[serde(default = "default_true")]
+    pub tensorboard: bool,
 }
 
 impl TrainSection {

@@ -1,6 +1,7 @@
 //! `metrics.jsonl`: one [`MetricsRecord`] per line, `"type": "train"` every
 //! step and `"type": "eval"` at every evaluation, appended and flushed as
-//! they happen.
+//! they happen; each record also goes to the run's TensorBoard event file
+//! when it has one ([`super::tensorboard`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use daa_core::io::write_bytes_atomic;
 
+use super::tensorboard::TensorBoardLog;
 use crate::records::MetricsRecord;
 
 /// The metrics file of a run.
@@ -16,6 +18,7 @@ use crate::records::MetricsRecord;
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    tensorboard: Option<TensorBoardLog>,
 }
 
 /// Reads every record of a metrics file; a line that is not a record is an
@@ -46,8 +49,14 @@ impl MetricsLog {
     /// run keeps the records up to `resume_step` and drops later ones (an
     /// interrupted run may have written past its last checkpoint), and drops
     /// a last line cut short (no newline: the disk filled or the process was
-    /// killed while writing it), saying so through `note`.
-    pub fn open(run_dir: &Path, resume_step: Option<u64>, note: &mut dyn FnMut(&str)) -> Result<Self> {
+    /// killed while writing it), saying so through `note`. With
+    /// `tensorboard`, a new event file is started too.
+    pub fn open(
+        run_dir: &Path,
+        resume_step: Option<u64>,
+        tensorboard: bool,
+        note: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
         let kept: Vec<MetricsRecord> = match resume_step {
             Some(step) if path.exists() => {
@@ -79,17 +88,22 @@ impl MetricsLog {
         write_bytes_atomic(&path, text.as_bytes())?;
         let file =
             OpenOptions::new().append(true).open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
-        Ok(Self { path, file })
+        let tensorboard = tensorboard.then(|| TensorBoardLog::create(run_dir, resume_step)).transpose()?;
+        Ok(Self { path, file, tensorboard })
     }
 
-    /// Appends one record (one write of the whole line).
+    /// Appends one record (one write of the whole line), then its event.
     pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .with_context(|| format!("{}: write failed", self.path.display()))
+            .with_context(|| format!("{}: write failed", self.path.display()))?;
+        match &mut self.tensorboard {
+            Some(events) => events.write(record),
+            None => Ok(()),
+        }
     }
 
     /// The file's path.

@@ -20,8 +20,8 @@
 //!    the policy's samples, and the monitor's reaction
 //!    ([`crate::monitor`]: events, `best-indicator/`, early stop, the
 //!    adaptive objective);
-//! 7. **the steps** (`run/step_loop.rs`), writing `metrics.jsonl` ([`metrics`]) and
-//!    checkpoints ([`checkpoints`]);
+//! 7. **the steps** (`run/step_loop.rs`), writing `metrics.jsonl` ([`metrics`]),
+//!    TensorBoard's event file ([`tensorboard`]) and checkpoints ([`checkpoints`]);
 //! 8. **the summary** (`run/summary.rs`): `summary.json`.
 //!
 //! Assumptions: the data order is a function of the seed and the step, so a
@@ -43,6 +43,7 @@ pub mod resume;
 mod samples;
 mod step_loop;
 mod summary;
+pub mod tensorboard;
 
 use std::path::PathBuf;
 
@@ -134,7 +135,9 @@ fn run<B: AutodiffBackend>(
     }
     let start_step = resume.as_ref().map_or(0, |point| point.step);
     let mut metrics =
-        MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step), &mut |line| observer.note(line))?;
+        MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step), config.train.tensorboard, &mut |line| {
+            observer.note(line)
+        })?;
     write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
     let model = trainer.model().config();
     observer.note(&format!(

@@ -41,10 +41,10 @@ impl ResumePoint {
 }
 
 /// The `[train]` fields a resumed run may change: where it stops, how often
-/// it saves, how many non-finite steps it skips, its folders, and the memory settings (which change how a step
+/// it saves, how many non-finite steps it skips, its folders, whether it writes TensorBoard files, and the memory settings (which change how a step
 /// is computed, not what: a run that ran out of memory resumes with
 /// checkpointing on).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 11] = [
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 12] = [
     "max_steps",
     "checkpoint_every",
     "skip_nonfinite",
@@ -56,6 +56,7 @@ pub const RESUMABLE_TRAIN_FIELDS: [&str; 11] = [
     "precision",
     "device_memory",
     "memory_check",
+    "tensorboard",
 ];
 
 /// The fields (`section.field`) whose change makes `--resume` refuse:

@@ -39,13 +39,13 @@ fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
 const TRAIN_FIELDS: [&str; 16] = [
     "step",
     "epoch",
-    "lr",
+    "learning_rate",
     "loss",
     "grad_norm",
     "rewards/chosen",
     "rewards/rejected",
-    "rewards/margin",
-    "rewards/accuracy",
+    "rewards/margins",
+    "rewards/accuracies",
     "logps/chosen",
     "logps/rejected",
     "logps/chosen_per_token",
@@ -55,9 +55,9 @@ const TRAIN_FIELDS: [&str; 16] = [
     "elapsed_s",
 ];
 const EVAL_FIELDS: [&str; 8] = [
-    "eval/loss",
-    "eval/rewards_accuracy",
-    "eval/rewards_margin",
+    "eval_loss",
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
     "eval/chosen_token_loglik",
     "eval/rejected_token_loglik",
     "eval/topk_entropy",
@@ -103,7 +103,7 @@ fn the_built_in_run_writes_every_metric_and_resume_continues_exactly() {
     }
     // The reference is the initial model: at step 0 DPO's held-out loss is ln 2
     // (up to f32 rounding: evaluation pads batches differently from the reference pass).
-    let first = eval_records[0]["eval/loss"].as_f64().unwrap();
+    let first = eval_records[0]["eval_loss"].as_f64().unwrap();
     assert!((first - 2f64.ln()).abs() < 1e-5, "{first}");
     // DPO at the first step: policy = reference, so the loss is ln 2 too.
     let first = train_records[0]["loss"].as_f64().unwrap();
@@ -160,7 +160,7 @@ fn a_bf16_run_trains_near_the_f32_run_saves_its_masters_and_resumes_exactly() {
     // first steps' losses and every held-out figure stay near the f32 run's.
     for (a, b) in f32_records.iter().zip(&records) {
         assert_eq!(a["type"], b["type"]);
-        for key in ["loss", "eval/loss", "eval/chosen_token_loglik", "eval/topk_entropy", "eval/topk_mass"] {
+        for key in ["loss", "eval_loss", "eval/chosen_token_loglik", "eval/topk_entropy", "eval/topk_mass"] {
             if let (Some(x), Some(y)) = (a[key].as_f64(), b[key].as_f64()) {
                 assert!(
                     y.is_finite() && (x - y).abs() <= 0.05 * (1.0 + x.abs()),
