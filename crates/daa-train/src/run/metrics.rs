@@ -111,3 +111,29 @@ impl MetricsLog {
         &self.path
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file written before the TRL names (the browser test's sample run)
+    /// reads as before, and is written back under the new names.
+    #[test]
+    fn records_under_the_names_before_trls_read_and_write_back_renamed() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/tests/sample-metrics.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        let old: Vec<serde_json::Value> = first_two.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let records = parse_metrics(first_two.as_bytes(), &path).unwrap();
+        let eval = records[0].eval().unwrap();
+        assert_eq!(eval.report.loss, old[0]["eval/loss"].as_f64().unwrap());
+        assert_eq!(eval.report.accuracy, old[0]["eval/rewards_accuracy"].as_f64().unwrap());
+        let MetricsRecord::Train(train) = records[1] else { panic!("{:?}", records[1]) };
+        assert_eq!(train.step.lr, old[1]["lr"].as_f64().unwrap());
+        assert_eq!(train.step.margin, old[1]["rewards/margin"].as_f64().unwrap());
+        let renamed = serde_json::to_value(records[1]).unwrap();
+        assert_eq!(renamed["rewards/accuracies"], old[1]["rewards/accuracy"]);
+        assert_eq!(renamed["learning_rate"], old[1]["lr"]);
+        assert!(renamed.get("lr").is_none() && renamed.get("rewards/margin").is_none());
+    }
+}
