@@ -191,6 +191,12 @@ impl Cursor<'_> {
         Some(counts)
     }
 
+    /// Skips one element of a list, set or map, where a boolean takes a
+    /// byte (in a struct its value is the field header's type).
+    fn skip_element(&mut self, kind: u8, depth: u32) -> Option<()> {
+        if matches!(kind, kind::TRUE | kind::FALSE) { self.advance(1) } else { self.skip(kind, depth) }
+    }
+
     /// Skips one value of type `kind`.
     fn skip(&mut self, kind: u8, depth: u32) -> Option<()> {
         if depth > MAX_DEPTH {
@@ -209,12 +215,7 @@ impl Cursor<'_> {
             kind::LIST | kind::SET => {
                 let (count, element) = self.list_header()?;
                 for _ in 0..count {
-                    // Booleans in a list take a byte each.
-                    if matches!(element, kind::TRUE | kind::FALSE) {
-                        self.advance(1)?
-                    } else {
-                        self.skip(element, depth + 1)?
-                    }
+                    self.skip_element(element, depth + 1)?;
                 }
                 Some(())
             }
@@ -225,13 +226,8 @@ impl Cursor<'_> {
                 }
                 let types = self.byte()?;
                 for _ in 0..count {
-                    for kind in [types >> 4, types & 0x0f] {
-                        if matches!(kind, kind::TRUE | kind::FALSE) {
-                            self.advance(1)?
-                        } else {
-                            self.skip(kind, depth + 1)?
-                        }
-                    }
+                    self.skip_element(types >> 4, depth + 1)?;
+                    self.skip_element(types & 0x0f, depth + 1)?;
                 }
                 Some(())
             }
