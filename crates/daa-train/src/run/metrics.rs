@@ -44,6 +44,12 @@ fn parse_metrics(text: &[u8], path: &Path) -> Result<Vec<MetricsRecord>> {
     Ok(records)
 }
 
+/// Appends `bytes` to `file` (at `path`, named in the error) in one write
+/// and flushes.
+pub(super) fn append(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
+    file.write_all(bytes).and_then(|()| file.flush()).with_context(|| format!("{}: write failed", path.display()))
+}
+
 impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl`. A fresh run starts it empty; a resumed
     /// run keeps the records up to `resume_step` and drops later ones (an
@@ -96,10 +102,7 @@ impl MetricsLog {
     pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.flush())
-            .with_context(|| format!("{}: write failed", self.path.display()))?;
+        append(&mut self.file, &self.path, line.as_bytes())?;
         match &mut self.tensorboard {
             Some(events) => events.write(record),
             None => Ok(()),

@@ -22,7 +22,6 @@ mod proto;
 mod tfrecord;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -97,10 +96,7 @@ impl TensorBoardLog {
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .and_then(|()| self.file.flush())
-            .with_context(|| format!("{}: write failed", self.path.display()))
+        super::metrics::append(&mut self.file, &self.path, bytes)
     }
 
     /// The file's path.
