@@ -27,8 +27,9 @@ use crate::progress::bar;
 /// Arguments of `daa generate`.
 #[derive(Debug, Args, Clone)]
 pub struct GenerateArgs {
-    /// Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer files).
-    #[arg(long)]
+    /// Hugging Face checkpoint folder (config.json, model.safetensors,
+    /// tokenizer files), or a Hub model id in the local Hugging Face cache.
+    #[arg(long, value_parser = crate::model_arg::model_path)]
     model: PathBuf,
     /// Rows with a `prompt` (.jsonl or .parquet).
     #[arg(long)]

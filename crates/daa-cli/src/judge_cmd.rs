@@ -26,7 +26,8 @@ use crate::progress::bar;
 #[derive(Debug, Args, Clone)]
 pub struct JudgeArgs {
     /// `gold` (the testbed's gold reward) or a reward model checkpoint folder
-    /// (`LlamaForSequenceClassification`, one label).
+    /// (`LlamaForSequenceClassification`, one label) or its Hub id in the
+    /// local Hugging Face cache.
     #[arg(long)]
     judge: String,
     /// Rows to score (.jsonl or .parquet).
@@ -167,8 +168,12 @@ pub fn run(args: &JudgeArgs) -> Result<()> {
     if args.judge == "gold" {
         return args.judge_with(&mut GoldJudge);
     }
-    if !PathBuf::from(&args.judge).is_dir() {
-        bail!("--judge {}: neither `gold` nor a reward model folder", args.judge);
-    }
+    let mut args = args.clone();
+    args.judge = crate::model_arg::model_path(&args.judge)
+        .map_err(|e| {
+            anyhow!("--judge {}: neither `gold` nor a reward model folder or cached Hub id ({e})", args.judge)
+        })?
+        .display()
+        .to_string();
     with_compute_backend(args.backend, 0, args.clone()).with_context(|| format!("judge {}", args.judge))
 }

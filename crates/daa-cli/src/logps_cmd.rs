@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use daa_train::backend::{BackendTask, ComputeBackend, with_compute_backend};
 use daa_train::checkpoint::load_model;
-use daa_train::data::{EncodeOptions, TextEncoder, encode_rows, read_rows};
+use daa_train::data::{DataSource, EncodeOptions, TextEncoder, encode_rows, read_rows};
 use daa_train::model::CausalLm;
 use daa_train::reference_cache::{ScoresKey, score_encoded, write_scores};
 
@@ -16,8 +16,8 @@ use crate::progress::bar;
 /// Arguments of `daa logps`.
 #[derive(Debug, Args, Clone)]
 pub struct LogpsArgs {
-    /// Hugging Face checkpoint folder.
-    #[arg(long)]
+    /// Hugging Face checkpoint folder, or a Hub model id in the local Hugging Face cache.
+    #[arg(long, value_parser = crate::model_arg::model_path)]
     model: PathBuf,
     /// Preference data (.jsonl or .parquet).
     #[arg(long)]
@@ -56,7 +56,7 @@ impl BackendTask for LogpsArgs {
         if set.skipped_total() > 0 {
             eprintln!("skipped {} of {} rows: {:?}", set.skipped_total(), set.rows, set.skipped);
         }
-        let key = ScoresKey::new(&self.model, &self.data, options)?;
+        let key = ScoresKey::new(&self.model, &DataSource::file(&self.data), options)?;
         let model: CausalLm<B::InnerBackend> = load_model(&self.model, &device)?;
         let bar = bar(set.pairs.len() as u64, "scoring");
         let scores =

@@ -28,6 +28,8 @@ mod judge_cmd;
 mod logps_cmd;
 mod loss_cmd;
 #[cfg(feature = "train")]
+mod model_arg;
+#[cfg(feature = "train")]
 mod plan_cmd;
 mod plot;
 #[cfg(feature = "train")]

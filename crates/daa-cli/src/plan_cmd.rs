@@ -21,8 +21,9 @@ enum ReferenceArg {
 /// Arguments of `daa plan`.
 #[derive(Debug, Args, Clone)]
 pub struct PlanArgs {
-    /// A checkpoint folder (its config.json) or a config.json file.
-    #[arg(long)]
+    /// A checkpoint folder (its config.json), a config.json file, or a Hub
+    /// model id in the local Hugging Face cache.
+    #[arg(long, value_parser = crate::model_arg::model_path)]
     model: PathBuf,
     /// GPUs the weights, gradients and optimizer state are sharded over.
     #[arg(long, default_value_t = 1)]

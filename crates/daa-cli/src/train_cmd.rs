@@ -27,10 +27,13 @@ pub struct TrainArgs {
     /// Checkpoint folder, or run folder (its latest checkpoint), to continue from.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Shorthand for --set model.path=DIR.
+    /// Shorthand for --set model.path=DIR (a checkpoint folder, or a Hub
+    /// model id in the local Hugging Face cache).
     #[arg(long)]
     model: Option<String>,
-    /// Shorthand for --set data.path=FILE.
+    /// Shorthand for --set data.path=FILE (a .jsonl / .parquet file, a folder
+    /// of shards, or a Hub dataset id in the local cache; the split:
+    /// --set data.split=NAME).
     #[arg(long)]
     data: Option<String>,
     /// Shorthand for --set train.output_dir=DIR.

@@ -50,6 +50,8 @@ pub mod checkpoint;
 #[cfg(feature = "io")]
 pub mod data;
 #[cfg(feature = "io")]
+pub mod hub;
+#[cfg(feature = "io")]
 pub mod reference_cache;
 #[cfg(feature = "io")]
 pub mod reward_model;

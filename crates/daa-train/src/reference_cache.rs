@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::batch::SequencePair;
 use crate::checkpoint::{NamedTensor, TOKENIZER_FILES, safetensors_bytes};
-use crate::data::{EncodeOptions, EncodedPair};
+use crate::data::{DataSource, EncodeOptions, EncodedPair};
 use crate::error::ModelError;
 use crate::model::CausalLm;
 use crate::score::{PairScore, score_pairs};
@@ -138,6 +138,21 @@ pub fn file_fingerprint(path: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
+/// SHA-256 (hex) of a data source: [`file_fingerprint`] of its one file,
+/// or, over several files (shards), of each file's name and fingerprint in
+/// reading order.
+pub fn source_fingerprint(source: &DataSource) -> Result<String> {
+    if let [one] = source.files.as_slice() {
+        return file_fingerprint(one);
+    }
+    let mut hasher = Sha256::new();
+    for file in &source.files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        hasher.update(format!("{name}\0{}\n", file_fingerprint(file)?));
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Where reference scores are cached: `configured` (`train.cache_dir`), else
 /// `$DAA_CACHE_DIR`, else `$XDG_CACHE_HOME/daa`, else `~/.cache/daa`, else
 /// `.daa-cache`.
@@ -162,7 +177,7 @@ pub fn cache_dir(configured: Option<&str>) -> PathBuf {
 pub struct ScoresKey {
     /// [`model_fingerprint`].
     pub model: String,
-    /// [`file_fingerprint`] of the data.
+    /// [`source_fingerprint`] of the data.
     pub data: String,
     /// Length limits.
     pub options: EncodeOptions,
@@ -170,8 +185,8 @@ pub struct ScoresKey {
 
 impl ScoresKey {
     /// Computes the fingerprints.
-    pub fn new(model_dir: &Path, data: &Path, options: EncodeOptions) -> Result<Self> {
-        Ok(Self { model: model_fingerprint(model_dir)?, data: file_fingerprint(data)?, options })
+    pub fn new(model_dir: &Path, data: &DataSource, options: EncodeOptions) -> Result<Self> {
+        Ok(Self { model: model_fingerprint(model_dir)?, data: source_fingerprint(data)?, options })
     }
 
     /// The cache file for this key under the cache folder `root`.

@@ -567,8 +567,9 @@ fn train_rejects_bad_configurations_naming_the_field() {
             out.to_str().unwrap(),
         ],
         &marker,
-        &["missing.jsonl: cannot open"],
+        &["`data.path` = `", "missing.jsonl`: no such file or folder"],
     );
+    assert!(!out.exists(), "a configuration error is found before anything is made");
 }
 
 #[test]
@@ -888,4 +889,6 @@ fn manifest_dir() -> std::path::PathBuf {
 
 #[cfg(feature = "train")]
 mod faults;
+#[cfg(all(feature = "train", unix))]
+mod own_data;
 mod tensorboard;

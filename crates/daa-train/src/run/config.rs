@@ -72,11 +72,21 @@ pub struct ModelSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Training data (`.jsonl` or `.parquet`), `builtin:tiny` or `builtin:testbed`.
+    /// Training data: a `.jsonl` or `.parquet` file, a folder of them
+    /// (shards; a dataset snapshot's `data/` layout), a Hub dataset id in
+    /// the local Hugging Face cache, `builtin:tiny` or `builtin:testbed`.
     pub path: String,
-    /// Held-out data; when absent, `eval_size` pairs are taken from `path`.
+    /// The split read from a folder of shards holding several
+    /// (`train_prefs` for `data/train_prefs-00000-of-00001.parquet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// Held-out data (as `path`); when absent and `eval_split` is absent
+    /// too, `eval_size` pairs are taken from `path`.
     #[serde(default)]
     pub eval_path: Option<String>,
+    /// The held-out split: of `eval_path`, or of `path` when `eval_path` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<String>,
     /// Held-out pairs split off the training data.
     #[serde(default = "default_eval_size")]
     pub eval_size: usize,
@@ -572,9 +582,10 @@ fn default_entropy_base() -> f64 {
     2.0
 }
 
-/// Sets `section.field = value` in a parsed TOML table. `value` is read as a
-/// TOML value (`1e-6`, `true`, `"text"`), or as a string when it is not one.
-/// Returns the `(section, field)` it set.
+/// Sets `section.field = value` (or `section.sub.field = value`, e.g.
+/// `monitor.samples.judge`) in a parsed TOML table. `value` is read as a
+/// TOML value (`1e-6`, `true`, `"text"`), or as a string when it is not
+/// one. Returns the `(section, field)` it set (`field` with its dots).
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(String, String)> {
     let Some((key, raw)) = assignment.split_once('=') else {
         bail!("--set {assignment}: expected section.field=value");
@@ -587,11 +598,20 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(String, 
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let Some(section_table) = entry.as_table_mut() else {
-        bail!("--set {assignment}: `{section}` is not a section");
-    };
-    section_table.insert(field.to_string(), value);
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        bail!("--set {assignment}: `{key}` has an empty part");
+    }
+    let (last, tables) = parts.split_last().expect("at least two parts");
+    let mut current = table;
+    for (depth, name) in tables.iter().enumerate() {
+        let entry = current.entry(name.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(next) = entry.as_table_mut() else {
+            bail!("--set {assignment}: `{}` is not a section", parts[..=depth].join("."));
+        };
+        current = next;
+    }
+    current.insert(last.to_string(), value);
     Ok((section.to_string(), field.to_string()))
 }
 
@@ -701,10 +721,11 @@ impl TrainConfig {
             self.direction_aware_config()?;
         }
         if let Some(floor) = &self.monitor.entropy_floor {
-            if self.monitor.samples.is_none() {
+            if self.samples().is_none() {
                 bail!(
                     "`monitor.entropy_floor` reads the top-k entropy of the policy's own samples: it needs \
-                     `[monitor.samples]`"
+                     `[monitor.samples]` with a judge that scores this data (the gold judge scores only the \
+                     testbed's prompts: name a reward model in `monitor.samples.judge`)"
                 );
             }
             daa_core::controllers::EntropyFloorMultiplier::new(floor.controller())
@@ -712,6 +733,33 @@ impl TrainConfig {
         }
         self.loss_params()?;
         Ok(())
+    }
+
+    /// Whether the held-out prompts are the testbed's (the only ones the
+    /// gold judge can score).
+    fn held_out_is_testbed(&self) -> bool {
+        self.data.eval_path.as_deref().unwrap_or(&self.data.path) == BUILTIN_TESTBED
+    }
+
+    /// The sample evaluation the run does: `[monitor.samples]`, except that
+    /// the gold judge applies only to the testbed's data (the built-in
+    /// configuration names it; on other data the evaluation is off, and
+    /// [`Self::notices`] says so).
+    pub fn samples(&self) -> Option<&SampleSection> {
+        self.monitor.samples.as_ref().filter(|s| s.judge != "gold" || self.held_out_is_testbed())
+    }
+
+    /// One-line notices on settings that do not apply to this run's data.
+    pub fn notices(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.monitor.samples.is_some() && self.samples().is_none() {
+            notes.push(format!(
+                "sample evaluation off: the gold judge scores only the testbed's prompts, and the held-out data is \
+                 {}; name a reward model (`--set monitor.samples.judge=DIR`) to sample and judge the policy",
+                self.data.eval_path.as_deref().unwrap_or(&self.data.path)
+            ));
+        }
+        notes
     }
 
     /// The catalog loss and NLL term.
@@ -872,6 +920,28 @@ mod tests {
         let c = built_in(&["loss.nll_weight=0.5", "loss.name=hinge"]).unwrap();
         assert_eq!(c.loss.nll_weight, 0.5);
         assert_eq!(c.loss.loss, PreferenceLoss::Hinge { gamma: 1.0, alpha: 0.0 });
+    }
+
+    #[test]
+    fn nested_sections_take_overrides_and_the_gold_judge_applies_to_testbed_data_only() {
+        let c = built_in(&["monitor.samples.judge=\"rm\"", "monitor.turning.patience=5"]).unwrap();
+        assert_eq!(c.monitor.samples.as_ref().unwrap().judge, "rm");
+        assert_eq!(c.monitor.turning.patience, 5);
+        let e = format!("{:#}", built_in(&["monitor.eval_every.x=1"]).unwrap_err());
+        assert!(e.contains("`monitor.eval_every` is not a section"), "{e}");
+        // The built-in configuration on one's own data: no sampling, one notice.
+        let own = built_in(&["data.path=\"prefs.jsonl\"", "model.path=\"model\""]).unwrap();
+        assert!(own.monitor.samples.is_some() && own.samples().is_none());
+        let notices = own.notices();
+        assert!(notices.len() == 1 && notices[0].contains("the gold judge scores only the testbed's prompts"));
+        assert!(built_in(&[]).unwrap().samples().is_some() && built_in(&[]).unwrap().notices().is_empty());
+        // A reward model judges any data.
+        let judged = built_in(&["data.path=\"prefs.jsonl\"", "monitor.samples.judge=\"rm\""]).unwrap();
+        assert!(judged.samples().is_some() && judged.notices().is_empty());
+        // The entropy floor needs samples a judge can score: refused before anything loads.
+        let e =
+            format!("{:#}", built_in(&["data.path=\"prefs.jsonl\"", "monitor.entropy_floor.margin=0.05"]).unwrap_err());
+        assert!(e.contains("`monitor.entropy_floor`") && e.contains("name a reward model"), "{e}");
     }
 
     #[test]

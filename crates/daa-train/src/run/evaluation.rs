@@ -46,7 +46,8 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     /// The evaluations of the run `config` describes, on the prepared
     /// held-out pairs (`reference`: their reference scores), whose configured
     /// objective is `loss`; builds the indicators' monitor and, with
-    /// `[monitor.samples]`, the sample evaluation (the reference policy from
+    /// `[monitor.samples]`, the sample evaluation (judged by the gold reward or
+    /// the prepared reward model; the reference policy from
     /// `frozen_reference` when the run keeps one, else loaded; its samples
     /// drawn once).
     pub fn new(
@@ -72,7 +73,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
             indicators =
                 indicators.with_entropy_floor(floor.controller(), config.monitor.top_k, config.monitor.entropy_base)?;
         }
-        let samples = match &config.monitor.samples {
+        let samples = match config.samples() {
             None => None,
             Some(s) => Some(sample_evaluation(config, s, prepared, frozen_reference, device)?),
         };

@@ -2,7 +2,11 @@
 //! itself is [`crate::Trainer`]'s; this module orchestrates around it.
 //!
 //! A run, in the order [`train`] calls its parts:
-//! 0. **the lock** ([`lock`]): one run per output folder;
+//! 0. **the inputs** ([`inputs`]): the model, data and judge resolved (local
+//!    paths, Hub ids in the local cache, shards and splits) and the
+//!    checkpoint to resume from checked, so that every configuration error
+//!    comes before anything loads; then **the lock** ([`lock`]): one run per
+//!    output folder;
 //! 1. **prepare** ([`prepare`]): the checkpoint and data (generated for
 //!    `builtin:tiny`, made and cached for `builtin:testbed`), tokenised and
 //!    split into training and held-out pairs; `daa plan`'s memory check;
@@ -31,6 +35,7 @@
 pub mod checkpoints;
 pub mod config;
 mod evaluation;
+pub mod inputs;
 pub mod interrupt;
 pub mod lock;
 mod memory_check;
@@ -53,6 +58,7 @@ use daa_core::io::write_bytes_atomic;
 use daa_core::preference::PreferenceLossParams;
 
 pub use config::{LossSection, ReferenceMode, TrainConfig};
+pub use inputs::{Input, RunInputs};
 pub use observer::{RunObserver, Silent};
 pub use prepare::{Prepared, prepare, prepare_with};
 pub use summary::{RunOutcome, RunSummary};
@@ -97,14 +103,21 @@ fn run<B: AutodiffBackend>(
     device: B::Device,
     observer: &mut dyn RunObserver,
 ) -> Result<RunOutcome> {
+    // Every configuration error before anything loads: the paths, the
+    // splits, the judge, the checkpoint to resume from.
+    let inputs = RunInputs::resolve(&config)?;
+    let resume = resume.map(|path| ResumePoint::find(&path, &config)).transpose()?;
+    let loss = config.loss_params()?;
+    for notice in config.notices() {
+        observer.note(&notice);
+    }
     let run_dir = config.output_dir();
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
     // Held until the run returns: a second run into this folder is refused.
     let _lock = lock::RunLock::acquire(&run_dir, &mut |line| observer.note(line))?;
-    let loss = config.loss_params()?;
     config.train.precision.check_supported::<B>(&device)?;
-    let prepared = prepare_with(&config, &run_dir, &mut |line| observer.note(line))?;
+    let prepared = prepare_with(&config, &inputs, &run_dir, &mut |line| observer.note(line))?;
     observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
     observer.note(&prepared.data_summary());
 
@@ -112,11 +125,10 @@ fn run<B: AutodiffBackend>(
         References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
     // A frozen reference (loss.reference = "model") goes to the trainer; the
     // sample evaluation shares its tensors when it samples the reference.
-    let sample_reference = frozen.as_ref().filter(|_| config.monitor.samples.is_some()).cloned();
+    let sample_reference = frozen.as_ref().filter(|_| config.samples().is_some()).cloned();
     let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
     let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
     let cadence = config.cadence(total_steps)?;
-    let resume = resume.map(|path| ResumePoint::find(&path, &config)).transpose()?;
     let reference_policy = match frozen {
         Some(model) => ReferencePolicy::Frozen(Box::new(model)),
         None => ReferencePolicy::Given,

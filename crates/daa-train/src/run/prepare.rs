@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::config::{BUILTIN, BUILTIN_TESTBED, TrainConfig};
-use crate::data::{EncodeOptions, EncodedPair, EncodedSet, TextEncoder, encode_rows, read_rows};
+use super::config::TrainConfig;
+use super::inputs::{Input, RunInputs};
+use crate::data::{DataSource, EncodeOptions, EncodedPair, EncodedSet, RowIndex, TextEncoder};
 use crate::reference_cache::cache_dir;
 use crate::rng::permutation;
-use crate::testbed::build::materialize as materialize_testbed;
+use crate::testbed::build::{TestbedFiles, materialize as materialize_testbed};
 use crate::tiny_run;
 
 /// A run's inputs, ready to train on.
@@ -18,10 +19,12 @@ use crate::tiny_run;
 pub struct Prepared {
     /// The checkpoint folder of the initial (and reference) model.
     pub model_dir: PathBuf,
-    /// The training data file.
-    pub data_path: PathBuf,
-    /// The held-out data file, when separate.
-    pub eval_path: Option<PathBuf>,
+    /// The training data: its file or shards.
+    pub data: DataSource,
+    /// Where each training file's rows start.
+    pub data_rows: RowIndex,
+    /// The held-out data, when separate.
+    pub eval_data: Option<DataSource>,
     /// Tokenizer and template.
     pub encoder: TextEncoder,
     /// Length limits.
@@ -30,8 +33,10 @@ pub struct Prepared {
     pub train: Vec<EncodedPair>,
     /// Held-out pairs.
     pub eval: Vec<EncodedPair>,
-    /// Encoding report of the training file.
+    /// Encoding report of the training data.
     pub train_report: EncodedSet,
+    /// The sample evaluation's reward model folder (`monitor.samples.judge`), when not the gold reward.
+    pub reward_model: Option<PathBuf>,
 }
 
 impl Prepared {
@@ -41,7 +46,7 @@ impl Prepared {
         let report = &self.train_report;
         format!(
             "data {}: {} rows, {} pairs ({} train, {} held out), {} skipped{}, {} truncated",
-            self.data_path.display(),
+            self.data.describe(),
             report.rows,
             report.pairs.len(),
             self.train.len(),
@@ -51,53 +56,69 @@ impl Prepared {
             report.truncated
         )
     }
+
+    /// The source the held-out pairs were read from.
+    pub fn held_out_source(&self) -> &DataSource {
+        self.eval_data.as_ref().unwrap_or(&self.data)
+    }
 }
 
-fn encode_file(path: &Path, encoder: &TextEncoder, options: &EncodeOptions) -> Result<EncodedSet> {
-    let rows = read_rows(path)?;
-    encode_rows(&rows, encoder, options, &path.display().to_string())
-}
-
-/// Resolves `builtin:tiny` and `builtin:testbed`, reads and encodes the
-/// data, splits off the held-out set.
+/// Resolves the inputs ([`RunInputs`]; `builtin:tiny` generated,
+/// `builtin:testbed` made and cached), reads and encodes the data, splits
+/// off the held-out set.
 pub fn prepare(config: &TrainConfig, run_dir: &Path) -> Result<Prepared> {
-    prepare_with(config, run_dir, &mut |_| {})
+    prepare_with(config, &RunInputs::resolve(config)?, run_dir, &mut |_| {})
 }
 
-/// [`prepare`], telling `note` what it makes (the testbed's first build).
-pub fn prepare_with(config: &TrainConfig, run_dir: &Path, note: &mut dyn FnMut(&str)) -> Result<Prepared> {
-    let builtin = (config.model.path == BUILTIN || config.data.path == BUILTIN)
+/// [`prepare`] of resolved `inputs`, telling `note` what it makes (the testbed's first build).
+pub fn prepare_with(
+    config: &TrainConfig,
+    inputs: &RunInputs,
+    run_dir: &Path,
+    note: &mut dyn FnMut(&str),
+) -> Result<Prepared> {
+    let kinds: Vec<Input<()>> =
+        [Some(inputs.model.kind()), Some(inputs.data.kind()), inputs.eval.as_ref().map(Input::kind)]
+            .into_iter()
+            .flatten()
+            .collect();
+    let builtin = kinds
+        .contains(&Input::Tiny)
         .then(|| tiny_run::materialize(&run_dir.join("builtin"), config.train.seed))
         .transpose()?;
-    let testbed = (config.model.path == BUILTIN_TESTBED || config.data.path == BUILTIN_TESTBED)
+    let testbed = kinds
+        .contains(&Input::Testbed)
         .then(|| materialize_testbed(&config.testbed, &cache_dir(config.train.cache_dir.as_deref()), note))
         .transpose()?;
-    let pick = |value: &str, builtin_path: Option<PathBuf>, testbed_path: Option<PathBuf>| -> PathBuf {
-        match (builtin_path, testbed_path) {
-            (Some(p), _) if value == BUILTIN => p,
-            (_, Some(p)) if value == BUILTIN_TESTBED => p,
-            _ => PathBuf::from(value),
+    let model_dir = match &inputs.model {
+        Input::Tiny => builtin.as_ref().map(|b| b.0.clone()),
+        Input::Testbed => testbed.as_ref().map(|t| t.reference.clone()),
+        Input::Given(dir) => Some(dir.clone()),
+    }
+    .context("the built-in model was not made")?;
+    let source = |input: &Input<DataSource>, testbed_file: fn(&TestbedFiles) -> PathBuf| {
+        match input {
+            Input::Tiny => builtin.as_ref().map(|b| DataSource::file(&b.1)),
+            Input::Testbed => testbed.as_ref().map(|t| DataSource::file(&testbed_file(t))),
+            Input::Given(source) => Some(source.clone()),
         }
+        .context("the built-in data was not made")
     };
-    let model_dir =
-        pick(&config.model.path, builtin.as_ref().map(|b| b.0.clone()), testbed.as_ref().map(|t| t.reference.clone()));
-    let data_path =
-        pick(&config.data.path, builtin.as_ref().map(|b| b.1.clone()), testbed.as_ref().map(|t| t.train.clone()));
+    let data = source(&inputs.data, |t| t.train.clone())?;
+    let eval_data = match &inputs.eval {
+        Some(input) => Some(source(input, |t| t.eval.clone())?),
+        None if inputs.data == Input::Testbed => Some(source(&Input::Testbed, |t| t.eval.clone())?),
+        None => None,
+    };
     let encoder = TextEncoder::open(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
     let options = EncodeOptions {
         max_length: config.data.max_length,
         max_prompt_length: config.data.max_prompt_length,
         strict: config.data.strict,
     };
-    let report = encode_file(&data_path, &encoder, &options)?;
-    let eval_path = match (&config.data.eval_path, &testbed) {
-        (Some(path), Some(t)) if path == BUILTIN_TESTBED => Some(t.eval.clone()),
-        (Some(path), _) => Some(PathBuf::from(path)),
-        (None, Some(t)) if config.data.path == BUILTIN_TESTBED => Some(t.eval.clone()),
-        (None, _) => None,
-    };
-    let (train, eval) = match &eval_path {
-        Some(path) => (report.pairs.clone(), encode_file(path, &encoder, &options)?.pairs),
+    let (report, data_rows) = data.encode(&encoder, &options)?;
+    let (train, eval) = match &eval_data {
+        Some(source) => (report.pairs.clone(), source.encode(&encoder, &options)?.0.pairs),
         None => {
             let n = report.pairs.len();
             let held = config.data.eval_size.min(n / 2);
@@ -116,7 +137,7 @@ pub fn prepare_with(config: &TrainConfig, run_dir: &Path, note: &mut dyn FnMut(&
     if train.is_empty() {
         bail!(
             "{}: no usable training pairs ({} rows read, {} skipped: {:?})",
-            data_path.display(),
+            data.describe(),
             report.rows,
             report.skipped_total(),
             report.skipped
@@ -125,5 +146,16 @@ pub fn prepare_with(config: &TrainConfig, run_dir: &Path, note: &mut dyn FnMut(&
     if eval.is_empty() {
         bail!("no held-out pairs: set data.eval_path or a positive data.eval_size");
     }
-    Ok(Prepared { model_dir, data_path, eval_path, encoder, options, train, eval, train_report: report })
+    Ok(Prepared {
+        model_dir,
+        data,
+        data_rows,
+        eval_data,
+        encoder,
+        options,
+        train,
+        eval,
+        train_report: report,
+        reward_model: inputs.reward_model.clone(),
+    })
 }

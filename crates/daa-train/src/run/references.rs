@@ -13,7 +13,7 @@ use super::config::{ReferenceMode, TrainConfig};
 use super::observer::RunObserver;
 use super::prepare::Prepared;
 use crate::checkpoint::load_model;
-use crate::data::EncodedPair;
+use crate::data::{DataSource, EncodedPair};
 use crate::model::CausalLm;
 use crate::reference_cache::{ScoresKey, cache_dir, read_scores, score_encoded, write_scores};
 use crate::score::PairScore;
@@ -41,16 +41,14 @@ impl<B: Backend> References<B> {
         match config.loss.reference {
             ReferenceMode::Cache => {
                 let root = cache_dir(config.train.cache_dir.as_deref());
-                let mut cached = |file: &Path, pairs: &[EncodedPair]| {
-                    cached_reference::<B>(prepared, &root, file, pairs, batch, device, observer)
+                let mut cached = |source: &DataSource, pairs: &[EncodedPair]| {
+                    cached_reference::<B>(prepared, &root, source, pairs, batch, device, observer)
                 };
-                let (train, eval) = match &prepared.eval_path {
-                    Some(eval_path) => {
-                        (cached(&prepared.data_path, &prepared.train)?, cached(eval_path, &prepared.eval)?)
-                    }
+                let (train, eval) = match &prepared.eval_data {
+                    Some(eval_data) => (cached(&prepared.data, &prepared.train)?, cached(eval_data, &prepared.eval)?),
                     None => {
                         let all = &prepared.train_report.pairs;
-                        let scores = cached(&prepared.data_path, all)?;
+                        let scores = cached(&prepared.data, all)?;
                         let by_row: HashMap<usize, PairScore> = all.iter().map(|p| p.row).zip(scores).collect();
                         let pick = |set: &[EncodedPair]| set.iter().map(|p| by_row[&p.row]).collect::<Vec<_>>();
                         (pick(&prepared.train), pick(&prepared.eval))
@@ -70,18 +68,18 @@ impl<B: Backend> References<B> {
     }
 }
 
-/// Reference scores of `pairs` from the cache file of `data_file`, computing
+/// Reference scores of `pairs` from the cache file of `data`, computing
 /// (with the initial model) and storing it when absent or incomplete.
 fn cached_reference<B: Backend>(
     prepared: &Prepared,
     cache_root: &Path,
-    data_file: &Path,
+    data: &DataSource,
     pairs: &[EncodedPair],
     batch: usize,
     device: &B::Device,
     observer: &mut dyn RunObserver,
 ) -> Result<Vec<PairScore>> {
-    let key = ScoresKey::new(&prepared.model_dir, data_file, prepared.options)?;
+    let key = ScoresKey::new(&prepared.model_dir, data, prepared.options)?;
     let path = key.cache_path(cache_root);
     if path.exists() {
         let cached = read_scores(&path)?;

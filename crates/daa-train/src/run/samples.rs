@@ -3,7 +3,6 @@
 //! reads, and the reference policy's samples drawn once to compare against.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::Backend;
@@ -12,7 +11,7 @@ use daa_core::sampling::SamplingParams;
 use super::config::{SampleSection, TrainConfig};
 use super::prepare::Prepared;
 use crate::checkpoint::load_model;
-use crate::data::{Prompt, read_rows};
+use crate::data::Prompt;
 use crate::error::ModelError;
 use crate::generate::GenerationConfig;
 use crate::judge::{GoldJudge, Judge};
@@ -40,7 +39,8 @@ impl<B: Backend> SampleEvaluation<B> {
     }
 }
 
-/// The sample evaluation of `[monitor.samples]` (`s`): the judge, and the
+/// The sample evaluation of `[monitor.samples]` (`s`): the judge (the gold
+/// reward, or the prepared reward model), and the
 /// reference policy's samples of the first held-out prompts (from
 /// `frozen_reference` when the run keeps one, else loaded).
 pub(crate) fn sample_evaluation<B: Backend>(
@@ -50,14 +50,12 @@ pub(crate) fn sample_evaluation<B: Backend>(
     frozen_reference: Option<CausalLm<B>>,
     device: &B::Device,
 ) -> Result<SampleEvaluation<B>> {
-    let mut judge: Box<dyn Judge> = if s.judge == "gold" {
-        Box::new(GoldJudge)
-    } else {
-        let dir = Path::new(&s.judge);
-        Box::new(
+    let mut judge: Box<dyn Judge> = match &prepared.reward_model {
+        None => Box::new(GoldJudge),
+        Some(dir) => Box::new(
             RewardModelJudge::<B>::open(dir, s.batch_size, device)
                 .with_context(|| format!("`monitor.samples.judge` {}", dir.display()))?,
-        )
+        ),
     };
     let prompts = judge_prompts(prepared, s.prompts)?;
     let settings = SampleEvalSettings {
@@ -85,8 +83,9 @@ pub(crate) fn sample_evaluation<B: Backend>(
 /// The first `count` held-out pairs' prompts: their token ids and the text
 /// a judge reads (from the data file's rows).
 fn judge_prompts(prepared: &Prepared, count: usize) -> Result<Vec<EvalPrompt>> {
-    let source = prepared.eval_path.as_deref().unwrap_or(&prepared.data_path);
-    let texts: HashMap<usize, String> = read_rows(source)?
+    let source = prepared.held_out_source();
+    let texts: HashMap<usize, String> = source
+        .read_rows()?
         .into_iter()
         .filter_map(|r| {
             let prompt = Prompt::parse(r.value.as_ref().ok()?).ok()?;
@@ -104,7 +103,7 @@ fn judge_prompts(prepared: &Prepared, count: usize) -> Result<Vec<EvalPrompt>> {
                 text: texts
                     .get(&p.row)
                     .cloned()
-                    .with_context(|| format!("{}: row {}: no prompt text for the judge", source.display(), p.row))?,
+                    .with_context(|| format!("{}: row {}: no prompt text for the judge", source.describe(), p.row))?,
             })
         })
         .collect::<Result<_>>()?;

@@ -60,15 +60,15 @@ impl StepLoop<'_> {
     /// not finite, or every pair of the step for the gradient).
     fn non_finite(&mut self, step: u64, error: &ModelError) -> String {
         let indices = self.schedule.indices(step).to_vec();
-        let row = |i: usize| self.prepared.train[i].row.to_string();
-        let (what, rows): (String, Vec<String>) = match error {
+        let row = |i: usize| self.prepared.train[i].row;
+        let (what, rows): (String, Vec<usize>) = match error {
             ModelError::NonFiniteScore { pair, chosen, rejected } => (
                 format!("the policy's log-probability is not finite (chosen {chosen}, rejected {rejected})"),
                 indices.get(*pair).map(|&i| row(i)).into_iter().collect(),
             ),
             other => (other.to_string(), indices.iter().map(|&i| row(i)).collect()),
         };
-        format!("step {}: {what}; pairs at rows {} of {}", step + 1, rows.join(", "), self.prepared.data_path.display())
+        format!("step {}: {what}; pairs at {}", step + 1, self.prepared.data_rows.describe_rows(&rows))
     }
 
     /// Runs the steps after `start_step` to the cadence's last step (or an

@@ -22,6 +22,8 @@ mod model;
 #[cfg(feature = "io")]
 mod naive;
 #[cfg(feature = "io")]
+mod sources;
+#[cfg(feature = "io")]
 mod train;
 
 #[cfg(feature = "io")]

@@ -195,7 +195,7 @@ fn reference_log_probabilities_are_cached_and_match_the_model() {
     let config = tiny_config(dir.path(), &["train.max_steps=1"]);
     let run = dir.path().join("run");
     let prepared = prepare(&config, &run).unwrap();
-    let key = ScoresKey::new(&prepared.model_dir, &prepared.data_path, prepared.options).unwrap();
+    let key = ScoresKey::new(&prepared.model_dir, &prepared.data, prepared.options).unwrap();
     assert!(!key.cache_path(&dir.path().join("cache")).exists());
     train(config.clone(), None).unwrap();
     let cached = read_scores(&key.cache_path(&dir.path().join("cache"))).unwrap();
@@ -338,8 +338,10 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
     config.monitor.turning.mass_margin = 0.0;
     config.monitor.adaptive = Some(Default::default());
     let mut notes = Vec::new();
+    let inputs = daa_train::run::RunInputs::resolve(&config).unwrap();
     let prepared =
-        daa_train::run::prepare_with(&config, &dir.path().join("run"), &mut |l| notes.push(l.to_string())).unwrap();
+        daa_train::run::prepare_with(&config, &inputs, &dir.path().join("run"), &mut |l| notes.push(l.to_string()))
+            .unwrap();
     assert!(notes.iter().any(|n| n.contains("fine-tuning the reference policy")), "{notes:?}");
     assert!(
         prepared.train.len() > 40 && prepared.eval.len() == 12,
@@ -348,7 +350,7 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
         prepared.eval.len()
     );
     // The gold-labelled pairs are in UltraFeedback's schema, chosen scored at least as well as rejected mostly.
-    let rows: Vec<Value> = std::fs::read_to_string(&prepared.data_path)
+    let rows: Vec<Value> = std::fs::read_to_string(&prepared.data.files[0])
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -358,7 +360,8 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
     assert_eq!(rows[0]["chosen"][1]["role"], "assistant");
     // A second preparation reuses the cached reference and pairs.
     let mut again = Vec::new();
-    daa_train::run::prepare_with(&config, &dir.path().join("run"), &mut |l| again.push(l.to_string())).unwrap();
+    daa_train::run::prepare_with(&config, &inputs, &dir.path().join("run"), &mut |l| again.push(l.to_string()))
+        .unwrap();
     assert!(again.iter().any(|n| n.contains("cached reference policy")), "{again:?}");
 
     let outcome = train(config.clone(), None).unwrap();
