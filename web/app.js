@@ -1,8 +1,10 @@
 // The page: controls and URL, the training worker, live charts redrawn with
-// requestAnimationFrame, the side-by-side samples, and the run viewer.
+// requestAnimationFrame, the side-by-side samples, and the run viewer's
+// controls (its loading and Samples table: viewer.js, samples-table.js).
 
-import { CHARTS, addRecord, emptyRun, parseMetrics } from "./metrics.js";
+import { CHARTS, addRecord, emptyRun } from "./metrics.js";
 import { drawChart } from "./plot.js";
+import { createViewer } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("controls");
@@ -316,41 +318,36 @@ $("error-reset").addEventListener("click", reset);
 $("download").addEventListener("click", () => state.worker?.postMessage({ type: "snapshot" }));
 
 // ---------- modes and the run viewer ----------
+const viewer = createViewer({
+  showRun(run) {
+    state.run = run;
+    state.dirty = true;
+  },
+});
+
 function setMode(mode) {
   $("train-mode").hidden = mode !== "train";
   $("view-mode").hidden = mode !== "view";
   $("samples-section").hidden = mode !== "train";
   $("mode-train").classList.toggle("active", mode === "train");
   $("mode-view").classList.toggle("active", mode === "view");
+  viewer.show(mode === "view");
   if (mode === "view" && state.worker) reset();
-}
-
-function showRun(text, source) {
-  const run = parseMetrics(text, source);
-  state.run = run;
-  state.dirty = true;
-  $("view-source").textContent =
-    `${source}: ${run.train.length} training steps, ${run.eval.length} evaluations, ${run.events.length} events`;
-  $("view-problems").replaceChildren(
-    ...run.problems.map((p) => {
-      const li = document.createElement("li");
-      li.textContent = p;
-      return li;
-    }),
-  );
-}
-
-function readFile(file) {
-  file.text().then((text) => showRun(text, file.name), (e) => showRun("", `${file.name}: ${e.message}`));
 }
 
 $("mode-train").addEventListener("click", () => {
   setMode("train");
+  viewer.clear();
   state.run = emptyRun();
   state.dirty = true;
 });
 $("mode-view").addEventListener("click", () => setMode("view"));
-$("file").addEventListener("change", (e) => e.target.files[0] && readFile(e.target.files[0]));
+for (const id of ["file", "folder"]) {
+  $(id).addEventListener("change", (e) => {
+    viewer.openFiles(e.target.files);
+    e.target.value = ""; // choosing the same files again reloads them
+  });
+}
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => {
   e.preventDefault();
@@ -360,15 +357,13 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault();
   drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) readFile(e.dataTransfer.files[0]);
+  viewer.openDrop(e.dataTransfer);
 });
 
 const runPath = url.searchParams.get("run");
 if (runPath) {
   setMode("view");
-  fetch(runPath)
-    .then((r) => (r.ok ? r.text() : Promise.reject(new Error(`HTTP ${r.status}`))))
-    .then((text) => showRun(text, runPath), (e) => showRun("", `${runPath}: cannot load (${e.message})`));
+  viewer.openUrl(runPath);
 } else {
   setMode(url.searchParams.get("mode") === "view" ? "view" : "train");
   if (url.searchParams.get("autoplay") === "1") $("play").click();

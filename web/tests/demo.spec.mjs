@@ -13,7 +13,11 @@
 //   agreeing with the CPU kernel);
 // then checks bad settings give a message naming the field and a working
 // reset, and loads sample-metrics.jsonl (one malformed line) into the run
-// viewer.
+// viewer, then with sample-samples.jsonl (2 evaluations × 3 prompts, one
+// malformed line): both files picked, samples alone, both dropped, a run
+// folder dropped (stand-in entries) and picked, and ?run= (samples.jsonl
+// beside it, or absent): the Samples table's rows, steps, summary line and
+// wins, and its texts shown as text.
 // Screenshots and a summary (timings) go to $DAA_WEB_ARTIFACTS
 // (default: target/web-test/).
 
@@ -199,29 +203,170 @@ async function workerFailure() {
   rmSync(profile, { recursive: true, force: true });
 }
 
+/** What the run viewer shows: its summary line, the problems, the Samples section. */
+function viewerState(page) {
+  return page.evaluate(() => {
+    const table = document.getElementById("run-samples-table");
+    const select = document.getElementById("run-samples-step");
+    return {
+      source: document.getElementById("view-source").textContent,
+      problems: [...document.querySelectorAll("#view-problems li")].map((li) => li.textContent),
+      chartsHidden: document.getElementById("charts").hidden,
+      samplesHidden: document.getElementById("run-samples").hidden,
+      steps: [...select.options].map((o) => o.textContent),
+      step: select.selectedOptions[0]?.textContent ?? null,
+      summary: document.getElementById("run-samples-summary").textContent,
+      rows: [...table.tBodies[0].rows].map((tr) => ({
+        win: tr.classList.contains("win"),
+        cells: [...tr.cells].map((td) => td.textContent),
+      })),
+      elements: table.tBodies[0].querySelectorAll("img, b, script").length,
+      injected: window.injected ?? null,
+    };
+  });
+}
+
+/** Runs `load` (which makes the viewer read something), then waits until the viewer shows a summary that matches `until`. */
+async function viewerLoad(page, load, until) {
+  await page.evaluate(() => (document.getElementById("view-source").textContent = ""));
+  await load();
+  await page.waitForFunction((re) => new RegExp(re).test(document.getElementById("view-source").textContent), until.source, { timeout: 10_000 });
+  return viewerState(page);
+}
+
+// The Samples table of sample-samples.jsonl: at step 64 (the default, the
+// last) rewards 0.75, 0.5, 0.1 against the reference's 0.25, 0.1, 0.3 (mean
+// 1.35 / 3 = 0.450 against 0.65 / 3 = 0.217; the first two win), KL 1.5, 2.5
+// and null (mean 2.00 over the 2 known); at step 0 rewards 0.25, −0.5, 0.4
+// (mean 0.050; only the third wins: 0.25 ties), KL 0 each.
+const SAMPLES_AT_64 = "step 64: 3 samples · mean reward 0.450 vs reference 0.217 · policy wins 2 of 3 (67%) · mean KL 2.00 (2 of 3 known)";
+const SAMPLES_AT_0 = "step 0: 3 samples · mean reward 0.050 vs reference 0.217 · policy wins 1 of 3 (33%) · mean KL 0.00";
+const SAMPLES_BAD_LINE = /^sample-samples\.jsonl: line 7: not JSON/;
+
+/** Checks the Samples section shows sample-samples.jsonl's last evaluation. */
+function checkSamplesAt64(label, shown) {
+  check(!shown.samplesHidden, `${label}: the Samples section is shown`);
+  check(shown.steps.join(",") === "step 0,step 64" && shown.step === "step 64", `${label}: steps ${shown.steps.join(", ")}, ${shown.step} chosen`);
+  check(shown.rows.length === 3, `${label}: ${shown.rows.length} rows at the last step (3)`);
+  check(shown.summary === SAMPLES_AT_64, `${label}: summary "${shown.summary}"`);
+  const wins = shown.rows.map((r) => (r.win && r.cells[6] === "✓" ? "win" : r.cells[6] === "" ? "-" : "?")).join(" ");
+  check(wins === "win win -", `${label}: policy wins marked on rows 0 and 1 (${wins})`);
+}
+
 async function viewer(summary) {
   console.log("\n== the run viewer");
   const { context, profile } = await launch(false);
   const page = context.pages()[0] || (await context.newPage());
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
   await page.goto(`${base}?mode=view`);
-  await page.setInputFiles("#file", join(here, "sample-metrics.jsonl"));
+  const metricsFile = join(here, "sample-metrics.jsonl");
+  const samplesFile = join(here, "sample-samples.jsonl");
+  await page.setInputFiles("#file", metricsFile);
   await page.waitForFunction(() => document.getElementById("view-source").textContent.includes("evaluations"));
-  const shown = await page.evaluate(() => ({
-    source: document.getElementById("view-source").textContent,
-    problems: [...document.querySelectorAll("#view-problems li")].map((li) => li.textContent),
-  }));
+  const shown = await viewerState(page);
   check(shown.problems.length === 1 && /line 11: not JSON/.test(shown.problems[0]), `viewer: names the malformed line (${shown.problems.join(" | ")})`);
   check(/9 evaluations/.test(shown.source) && /1 events/.test(shown.source), `viewer: ${shown.source}`);
+  check(shown.samplesHidden && !shown.chartsHidden, "viewer, metrics only: charts, no Samples section");
   await page.waitForTimeout(300);
   const ink = await chartInk(page);
   for (const c of ink) check(c.ink > 400, `viewer: chart ${c.id} is drawn (${c.ink} non-white pixels)`);
-  // ?run=PATH served by cargo xtask web.
+
+  // Both files at once (recognised by their content: neither has its run name).
+  const both = await viewerLoad(page, () => page.setInputFiles("#file", [metricsFile, samplesFile]), { source: "samples at" });
+  check(/9 evaluations/.test(both.source) && /6 samples at 2 evaluations/.test(both.source), `viewer, both files: ${both.source}`);
+  check(
+    both.problems.length === 2 && /line 11: not JSON/.test(both.problems[0]) && SAMPLES_BAD_LINE.test(both.problems[1]),
+    `viewer, both files: names each malformed line (${both.problems.join(" | ")})`,
+  );
+  checkSamplesAt64("viewer, both files", both);
+  const html = both.rows[2]?.cells[2];
+  check(html === '<img src=x onerror="window.injected=1">' && both.elements === 0 && both.injected === null, `viewer: a completion's markup is shown as text (${html})`);
+  await page.waitForTimeout(300);
+  for (const c of await chartInk(page)) check(c.ink > 400, `viewer, both files: chart ${c.id} is drawn (${c.ink} non-white pixels)`);
+  await page.screenshot({ path: join(artifacts, "viewer-samples.png"), fullPage: true });
+  await page.selectOption("#run-samples-step", { label: "step 0" });
+  const at0 = await viewerState(page);
+  const completions = at0.rows.map((r) => r.cells[2]);
+  check(at0.rows.length === 3 && completions[0] === "fickle" && completions[2] === "oak", `viewer: step 0 shows its own rows (${completions.map((c) => c.slice(0, 12)).join(", ")})`);
+  check(at0.summary === SAMPLES_AT_0, `viewer: step 0 summary "${at0.summary}"`);
+  check(at0.rows.filter((r) => r.win).length === 1 && at0.rows[2].win, "viewer: step 0 marks one win (row 2; row 0 ties)");
+
+  // samples.jsonl alone: the table, no charts.
+  const alone = await viewerLoad(page, () => page.setInputFiles("#file", samplesFile), { source: "no metrics" });
+  check(alone.chartsHidden && alone.rows.length === 3 && !alone.samplesHidden, `viewer, samples only: table, charts hidden (${alone.source})`);
+  check(alone.problems.length === 1 && SAMPLES_BAD_LINE.test(alone.problems[0]), `viewer, samples only: ${alone.problems.join(" | ")}`);
+
+  // Two files dropped (a DataTransfer made in the page).
+  const texts = [readFileSync(metricsFile, "utf8"), readFileSync(samplesFile, "utf8")];
+  const dropped = await viewerLoad(
+    page,
+    () =>
+      page.evaluate(([metrics, samples]) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([metrics], "metrics.jsonl"));
+        dt.items.add(new File([samples], "samples.jsonl"));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }, texts),
+    { source: "samples at" },
+  );
+  check(/^metrics\.jsonl: .*9 evaluations/.test(dropped.source) && !dropped.chartsHidden, `viewer, dropped files: ${dropped.source}`);
+  checkSamplesAt64("viewer, dropped files", dropped);
+  // A dropped folder, through a stand-in for Chromium's file-system entries
+  // (webkitGetAsEntry: a directory entry's getFile, a file entry's file), as
+  // a page cannot make real ones.
+  const droppedFolder = await viewerLoad(
+    page,
+    () =>
+      page.evaluate(([metrics, samples]) => {
+        const fileEntry = (name, text) => ({ isFile: true, isDirectory: false, name, file: (ok) => ok(new File([text], name)) });
+        const inside = { "metrics.jsonl": fileEntry("metrics.jsonl", metrics), "samples.jsonl": fileEntry("samples.jsonl", samples) };
+        const folder = {
+          isFile: false,
+          isDirectory: true,
+          name: "run-7",
+          getFile: (name, _options, ok, fail) => (inside[name] ? ok(inside[name]) : fail(new DOMException(name, "NotFoundError"))),
+        };
+        const transfer = { items: [{ kind: "file", webkitGetAsEntry: () => folder, getAsFile: () => null }], files: [] };
+        const drop = new Event("drop", { cancelable: true });
+        Object.defineProperty(drop, "dataTransfer", { value: transfer });
+        document.getElementById("drop").dispatchEvent(drop);
+      }, texts),
+    { source: "samples at" },
+  );
+  check(/^run-7\/metrics\.jsonl: .*9 evaluations.* · run-7\/samples\.jsonl: 6 samples/.test(droppedFolder.source), `viewer, dropped folder: ${droppedFolder.source}`);
+  checkSamplesAt64("viewer, dropped folder", droppedFolder);
+
+  // A run folder (the folder picker, and ?run= beside the server's files),
+  // holding other files the viewer leaves alone.
+  mkdirSync(join(root, "target"), { recursive: true });
+  const runDir = mkdtempSync(join(root, "target", "web-test-run-"));
+  try {
+    writeFileSync(join(runDir, "metrics.jsonl"), texts[0]);
+    writeFileSync(join(runDir, "samples.jsonl"), texts[1]);
+    writeFileSync(join(runDir, "config.json"), "{}");
+    const folder = await viewerLoad(page, () => page.setInputFiles("#folder", runDir), { source: "samples at" });
+    check(/metrics\.jsonl: .*9 evaluations/.test(folder.source) && !/config/.test(folder.source + folder.problems.join()), `viewer, run folder: ${folder.source}`);
+    checkSamplesAt64("viewer, run folder", folder);
+    const served = `/files/target/${runDir.split(/[\\/]/).pop()}/metrics.jsonl`;
+    await page.goto(`${base}?run=${served}`);
+    await page.waitForFunction(() => /samples at/.test(document.getElementById("view-source").textContent));
+    const fromFolderUrl = await viewerState(page);
+    check(/9 evaluations/.test(fromFolderUrl.source), `viewer ?run= with samples.jsonl beside it: ${fromFolderUrl.source}`);
+    checkSamplesAt64("viewer ?run= with samples.jsonl", fromFolderUrl);
+  } finally {
+    rmSync(runDir, { recursive: true, force: true });
+  }
+
+  // ?run=PATH served by cargo xtask web; no samples.jsonl beside it (a 404: no table, no message).
   await page.goto(`${base}?run=/files/web/tests/sample-metrics.jsonl`);
   await page.waitForFunction(() => document.getElementById("view-source").textContent.includes("evaluations"));
-  const fromUrl = await page.evaluate(() => document.getElementById("view-source").textContent);
-  check(/9 evaluations/.test(fromUrl), `viewer ?run=: ${fromUrl}`);
+  const fromUrl = await viewerState(page);
+  check(/9 evaluations/.test(fromUrl.source), `viewer ?run=: ${fromUrl.source}`);
+  check(fromUrl.samplesHidden && fromUrl.problems.length === 1, `viewer ?run= without samples.jsonl: no table, no message (${fromUrl.problems.join(" | ")})`);
   await page.screenshot({ path: join(artifacts, "viewer.png"), fullPage: true });
-  summary.viewer = { source: shown.source, problems: shown.problems };
+  check(errors.length === 0, `viewer: no page errors ${errors.join("; ")}`);
+  summary.viewer = { source: shown.source, problems: shown.problems, samples: both.source, samplesProblems: both.problems };
   await context.close();
   rmSync(profile, { recursive: true, force: true });
 }

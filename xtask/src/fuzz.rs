@@ -15,9 +15,10 @@
 //! - `auto` (default): libFuzzer when `cargo fuzz` and a nightly toolchain
 //!   are installed, else random.
 //!
-//! The browser's run viewer reads `metrics.jsonl` in JavaScript: target
-//! `metrics_viewer` runs `web/tests/metrics.fuzz.mjs` (fast-check, a
-//! property run, whatever the engine).
+//! The browser's run viewer reads `metrics.jsonl` and `samples.jsonl` in
+//! JavaScript: targets `metrics_viewer` and `samples_viewer` run
+//! `web/tests/metrics.fuzz.mjs` and `web/tests/samples.fuzz.mjs`
+//! (fast-check, property runs, whatever the engine).
 //!
 //! Every run appends a line to `<target dir>/fuzz-log.jsonl` (target,
 //! engine, seconds, executions, coverage, failures).
@@ -43,8 +44,15 @@ pub const TARGETS: [&str; 9] = [
     "metrics",
 ];
 
-/// The JavaScript target (not in daa-fuzz): the run viewer's reader.
-pub const VIEWER_TARGET: &str = "metrics_viewer";
+/// The JavaScript targets (not in daa-fuzz): the run viewer's readers of
+/// `metrics.jsonl` and `samples.jsonl`, and their fast-check scripts in web/tests.
+pub const VIEWER_TARGETS: [(&str, &str); 2] =
+    [("metrics_viewer", "metrics.fuzz.mjs"), ("samples_viewer", "samples.fuzz.mjs")];
+
+/// The fast-check script of a viewer target.
+fn viewer_script(target: &str) -> Option<&'static str> {
+    VIEWER_TARGETS.iter().find(|(name, _)| *name == target).map(|(_, script)| *script)
+}
 
 /// Which fuzzing engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,7 +69,7 @@ pub enum Engine {
 #[derive(Debug, Args)]
 pub struct FuzzArgs {
     /// One target (all of them, one after another, without).
-    #[arg(value_parser = clap::builder::PossibleValuesParser::new(TARGETS.iter().chain([&VIEWER_TARGET])))]
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(TARGETS.iter().chain(VIEWER_TARGETS.iter().map(|(t, _)| t))))]
     pub target: Option<String>,
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
@@ -132,11 +140,11 @@ fn run_libfuzzer(root: &Path, target: &str, args: &FuzzArgs, target_dir: &Path) 
     })
 }
 
-fn run_viewer(root: &Path, args: &FuzzArgs) -> Result<Outcome> {
+fn run_viewer(root: &Path, script: &str, args: &FuzzArgs) -> Result<Outcome> {
     let tests = crate::web::node_packages(root)?;
     let output = Command::new("node")
         .current_dir(&tests)
-        .args(["metrics.fuzz.mjs", "--time"])
+        .args([script, "--time"])
         .arg(args.time.to_string())
         .stderr(Stdio::inherit())
         .output()
@@ -200,10 +208,12 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     };
     let targets: Vec<&str> = match &args.target {
         Some(t) => vec![t.as_str()],
-        None => TARGETS.iter().copied().chain([VIEWER_TARGET]).collect(),
+        None => TARGETS.iter().copied().chain(VIEWER_TARGETS.iter().map(|(t, _)| *t)).collect(),
     };
     let random_engine = match engine {
-        Engine::Random if targets.iter().any(|t| *t != VIEWER_TARGET) => Some(build_random_engine(&root, &target_dir)?),
+        Engine::Random if targets.iter().any(|t| viewer_script(t).is_none()) => {
+            Some(build_random_engine(&root, &target_dir)?)
+        }
         _ => None,
     };
     let mut failed = Vec::new();
@@ -212,7 +222,7 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
         eprintln!("fuzzing {target} for {} s", args.time);
         let started = Instant::now();
         let (outcome, used) = match engine {
-            _ if target == VIEWER_TARGET => (run_viewer(&root, args)?, "fast-check"),
+            _ if let Some(script) = viewer_script(target) => (run_viewer(&root, script, args)?, "fast-check"),
             Engine::Libfuzzer => (run_libfuzzer(&root, target, args, &target_dir)?, "libfuzzer"),
             _ => {
                 let engine = random_engine.as_deref().context("the random engine was not built")?;

@@ -89,8 +89,8 @@ pub fn node_packages(root: &Path) -> Result<PathBuf> {
     Ok(tests)
 }
 
-/// Runs `web/tests/demo.spec.mjs` with node, then the viewer's metrics
-/// reader under fast-check for 5 s (`web/tests/metrics.fuzz.mjs`).
+/// Runs `web/tests/demo.spec.mjs` with node, then the viewer's metrics and
+/// samples readers under fast-check for 5 s each (`web/tests/*.fuzz.mjs`).
 fn browser_test(root: &Path) -> Result<()> {
     let tests = node_packages(root)?;
     let status = Command::new("node")
@@ -101,13 +101,15 @@ fn browser_test(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("the browser test failed ({status})");
     }
-    let status = Command::new("node")
-        .current_dir(&tests)
-        .arg("metrics.fuzz.mjs")
-        .status()
-        .context("running node (scripts/setup.sh --web installs it)")?;
-    if !status.success() {
-        bail!("the run viewer's metrics reader failed under fast-check ({status})");
+    for (script, reader) in [("metrics.fuzz.mjs", "metrics"), ("samples.fuzz.mjs", "samples")] {
+        let status = Command::new("node")
+            .current_dir(&tests)
+            .arg(script)
+            .status()
+            .context("running node (scripts/setup.sh --web installs it)")?;
+        if !status.success() {
+            bail!("the run viewer's {reader} reader failed under fast-check ({status})");
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use daa_train::EvalRecord;
 use daa_train::eval::{EvalReport, Figure};
 use daa_train::records::{MetricsRecord, MonitorEvent};
 use daa_train::run::metrics::read_metrics;
+use daa_train::run::samples_log::{SampleLine, read_samples};
 use daa_train::run::{RunSummary, TrainConfig, train};
 use daa_train::sample_eval::SampleReport;
 
@@ -120,6 +121,63 @@ fn print_monitoring(records: &[MetricsRecord]) {
     }
 }
 
+/// `text` on one line, at most `width` characters (`…` where cut).
+fn clip(text: &str, width: usize) -> String {
+    let flat: String = text.chars().map(|c| if c.is_control() { '⏎' } else { c }).collect();
+    if flat.chars().count() <= width {
+        return flat;
+    }
+    flat.chars().take(width - 1).chain(['…']).collect()
+}
+
+/// How many prompts the summary shows per evaluation.
+const SAMPLES_SHOWN: usize = 4;
+
+/// The first and the last evaluation's samples as tables (the first
+/// [`SAMPLES_SHOWN`] prompts, texts clipped; every sample is in `path`).
+fn print_samples(path: &std::path::Path) {
+    if !path.exists() {
+        return;
+    }
+    let lines = match read_samples(path) {
+        Ok(lines) => lines,
+        Err(e) => return eprintln!("samples: {e:#}"),
+    };
+    let mut steps: Vec<u64> = lines.iter().map(|l| l.step).collect();
+    steps.dedup();
+    let shown: Vec<u64> = match steps.as_slice() {
+        [] => return,
+        [only] => vec![*only],
+        [first, .., last] => vec![*first, *last],
+    };
+    for step in shown {
+        let at: Vec<&SampleLine> = lines.iter().filter(|l| l.step == step).collect();
+        eprintln!(
+            "samples at step {step} ({} of {}; all in {}):",
+            at.len().min(SAMPLES_SHOWN),
+            at.len(),
+            path.display()
+        );
+        eprintln!(
+            "  {:<24} {:<24} {:>8}  {:<24} {:>8} {:>9} {:>7}",
+            "prompt", "policy", "reward", "reference", "reward", "log-ratio", "KL"
+        );
+        for line in at.iter().take(SAMPLES_SHOWN) {
+            let s = &line.sample;
+            eprintln!(
+                "  {:<24} {:<24} {:>8.4}  {:<24} {:>8.4} {:>9.3} {:>7.3}",
+                clip(&s.prompt, 24),
+                clip(&s.completion, 24),
+                s.reward,
+                clip(&s.reference_completion, 24),
+                s.reference_reward,
+                s.log_ratio,
+                s.kl
+            );
+        }
+    }
+}
+
 fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
     eprintln!(
         "done: {} steps in {:.1} s ({:.2} steps/s, {:.0} tokens/s, peak memory {} MiB)",
@@ -160,5 +218,6 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     daa_core::io::write_bytes_atomic(&outcome.run_dir.join("metrics.svg"), svg.as_bytes())?;
     print_summary(&outcome.summary, &outcome.run_dir);
     print_monitoring(&records);
+    print_samples(&outcome.run_dir.join("samples.jsonl"));
     Ok(())
 }

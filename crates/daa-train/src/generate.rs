@@ -46,8 +46,9 @@ pub struct GenerationRequest<'a> {
     pub seed: u64,
 }
 
-/// Why a row stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a row stopped (`"stop"`, `"length"` in files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     /// It sampled a stop token.
     Stop,

@@ -142,10 +142,61 @@ pub struct EvalPrompt {
 /// Turns generated ids into text (the tokenizer's decode, special tokens left out).
 pub type Decode<'a> = dyn Fn(&[u32]) -> Result<String, ModelError> + 'a;
 
-/// Samples and their judge rewards.
+/// Samples, their texts and their judge rewards.
+#[derive(Debug)]
 struct JudgedSamples {
     samples: Vec<Generated>,
+    texts: Vec<String>,
     rewards: Vec<f64>,
+}
+
+/// One held-out prompt's samples at one evaluation: a line of a run's
+/// `samples.jsonl` (with the step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvaluatedSample {
+    /// The prompt's position among the evaluation's held-out prompts.
+    pub index: usize,
+    /// The prompt's text as the judge reads it.
+    pub prompt: String,
+    /// The policy's sample (the evaluation's temperature and nucleus).
+    pub completion: String,
+    /// The reference policy's sample for the same prompt (drawn once,
+    /// before training: the same at every evaluation).
+    pub reference_completion: String,
+    /// The judge's reward of `completion` (the gold reward in the testbed).
+    pub reward: f64,
+    /// The judge's reward of `reference_completion`.
+    pub reference_reward: f64,
+    /// `log π(y|x) − log π_ref(y|x)` of `completion` (nats): this sample's
+    /// term of `eval/tempered_log_ratio`.
+    #[serde(deserialize_with = "null_as_nan")]
+    pub log_ratio: f64,
+    /// `Σ_t KL(π_t ‖ π_ref,t)` over this prompt's temperature-1 draw (nats):
+    /// its term of `eval/kl` (module documentation).
+    #[serde(deserialize_with = "null_as_nan")]
+    pub kl: f64,
+    /// Generated tokens of `completion`, the stop token left out.
+    pub length: usize,
+    /// Generated tokens of `reference_completion`, the stop token left out.
+    pub reference_length: usize,
+    /// Why `completion` ended.
+    pub finish: FinishReason,
+    /// Why `reference_completion` ended.
+    pub reference_finish: FinishReason,
+}
+
+/// JSON writes a non-finite number as `null`; it reads back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
+/// What one sample evaluation found: the figures and every prompt's samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleResults {
+    /// The figures (`metrics.jsonl`).
+    pub report: SampleReport,
+    /// One entry per held-out prompt, in prompt order.
+    pub samples: Vec<EvaluatedSample>,
 }
 
 /// How the evaluation samples.
@@ -167,7 +218,7 @@ pub struct SampleEvaluator<B: Backend> {
     reference: CausalLm<B>,
     prompts: Vec<EvalPrompt>,
     settings: SampleEvalSettings,
-    competitor_rewards: Vec<f64>,
+    competitor: JudgedSamples,
 }
 
 impl<B: Backend> SampleEvaluator<B> {
@@ -187,17 +238,17 @@ impl<B: Backend> SampleEvaluator<B> {
         }
         settings.batch_size = settings.batch_size.max(1);
         let seed = settings.seed;
-        let mut evaluator = Self { reference, prompts, settings, competitor_rewards: vec![] };
+        let none = JudgedSamples { samples: vec![], texts: vec![], rewards: vec![] };
+        let mut evaluator = Self { reference, prompts, settings, competitor: none };
         // The competitor's draws use another stream than the policy's.
-        let competitor =
+        evaluator.competitor =
             evaluator.sample_and_judge(&evaluator.reference, seed ^ 0xC0FF_EE00_D15E_A5E5, judge, decode)?;
-        evaluator.competitor_rewards = competitor.rewards;
         Ok(evaluator)
     }
 
     /// The reference samples' mean reward (what `eval/gold_reward` starts near).
     pub fn competitor_mean_reward(&self) -> f64 {
-        self.competitor_rewards.iter().sum::<f64>() / self.competitor_rewards.len() as f64
+        self.competitor.rewards.iter().sum::<f64>() / self.competitor.rewards.len() as f64
     }
 
     fn sample_and_judge(
@@ -217,7 +268,7 @@ impl<B: Backend> SampleEvaluator<B> {
             .map(|((p, g), text)| Judged { prompt: &p.text, completion: text, ended: g.finish == FinishReason::Stop })
             .collect();
         let rewards = judge.rewards(&items)?;
-        Ok(JudgedSamples { samples, rewards })
+        Ok(JudgedSamples { samples, texts, rewards })
     }
 
     /// One sample of `model` per prompt with `generation`, from `seed`'s stream.
@@ -282,27 +333,34 @@ impl<B: Backend> SampleEvaluator<B> {
         }
     }
 
-    /// Samples `policy` on the held-out prompts and computes every figure.
+    /// The generated tokens of `sample` without stop tokens.
+    fn body(&self, sample: &Generated) -> Vec<u32> {
+        let stops = &self.settings.generation.stop_tokens;
+        sample.tokens.iter().copied().filter(|t| !stops.contains(t)).collect()
+    }
+
+    /// Samples `policy` on the held-out prompts and computes every figure,
+    /// keeping each prompt's samples.
     pub fn evaluate(
         &self,
         policy: &CausalLm<B>,
         judge: &mut dyn Judge,
         decode: &Decode<'_>,
-    ) -> Result<SampleReport, ModelError> {
-        let JudgedSamples { samples, rewards } = self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
-        let win = win_stats(&rewards, &self.competitor_rewards)?;
+    ) -> Result<SampleResults, ModelError> {
+        let JudgedSamples { samples, texts, rewards } =
+            self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
+        let win = win_stats(&rewards, &self.competitor.rewards)?;
         // The evaluation's own samples: their log-ratio, from the generation's
         // (untempered) log-probabilities and one reference pass.
         let policy_logps: Vec<f64> = samples.iter().map(Generated::logprob).collect();
-        let tempered = mean_log_ratio(&policy_logps, &self.reference_logps(&samples)?)?;
+        let reference_logps = self.reference_logps(&samples)?;
+        let tempered = mean_log_ratio(&policy_logps, &reference_logps)?;
         let own = self.draw(policy, self.settings.seed ^ KL_STREAM, &self.kl_generation())?;
         let own = self.sample_kl(policy, &own)?;
         let kl = kl_from_token_sums(&own.iter().map(|s| s.token_kl).collect::<Vec<_>>())?;
         let kl_sequence =
             mean_with_standard_error(&own.iter().map(|s| s.log_ratio).collect::<Vec<_>>(), "sequence log-ratio")?;
-        let stops = &self.settings.generation.stop_tokens;
-        let bodies: Vec<Vec<u32>> =
-            samples.iter().map(|g| g.tokens.iter().copied().filter(|t| !stops.contains(t)).collect()).collect();
+        let bodies: Vec<Vec<u32>> = samples.iter().map(|g| self.body(g)).collect();
         let vocab = policy.config().vocab_size;
         let (per_n, ead) = ead_up_to(&bodies, 5, vocab)?;
         let (mut entropy, mut mass, mut positions) = (0.0, 0.0, 0usize);
@@ -313,7 +371,24 @@ impl<B: Backend> SampleEvaluator<B> {
         }
         let n = samples.len() as f64;
         let per_position = |sum: f64| if positions == 0 { 0.0 } else { sum / positions as f64 };
-        Ok(SampleReport {
+        let competitor = &self.competitor;
+        let kept = (0..samples.len())
+            .map(|i| EvaluatedSample {
+                index: i,
+                prompt: self.prompts[i].text.clone(),
+                completion: texts[i].clone(),
+                reference_completion: competitor.texts[i].clone(),
+                reward: rewards[i],
+                reference_reward: competitor.rewards[i],
+                log_ratio: policy_logps[i] - reference_logps[i],
+                kl: own[i].token_kl,
+                length: bodies[i].len(),
+                reference_length: self.body(&competitor.samples[i]).len(),
+                finish: samples[i].finish,
+                reference_finish: competitor.samples[i].finish,
+            })
+            .collect();
+        let report = SampleReport {
             win_prob: win.win_prob,
             win_rate: win.win_rate,
             gold_reward: rewards.iter().sum::<f64>() / n,
@@ -331,6 +406,7 @@ impl<B: Backend> SampleEvaluator<B> {
             sample_topk_entropy: per_position(entropy),
             sample_topk_mass: per_position(mass),
             length: bodies.iter().map(Vec::len).sum::<usize>() as f64 / n,
-        })
+        };
+        Ok(SampleResults { report, samples: kept })
     }
 }

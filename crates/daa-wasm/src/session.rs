@@ -440,7 +440,7 @@ impl Session {
         let step = t.trainer.completed_steps();
         let report = pending.sums.report(stats);
         let policy = t.trainer.valid_model();
-        let samples = t.evaluator.evaluate(&policy, &mut GoldJudge, &decode)?;
+        let samples = t.evaluator.evaluate(&policy, &mut GoldJudge, &decode)?.report;
         let record = EvalRecord { step, report, samples: Some(samples) };
         let decision = t.monitor.observe(step, &report, Some(&samples))?;
         if let Some(loss) = decision.loss {

@@ -634,6 +634,9 @@ fn train_draws_the_evaluation_chart_and_prints_the_summary() {
         "KL(π‖π_ref) per sample",
         " ± ",
         "win probability peaked at step",
+        "samples at step 0 (4 of 8; all in",
+        "samples at step 2 (4 of 8;",
+        "log-ratio",
     ] {
         assert!(err.contains(needle), "expected {needle:?} in {err}");
     }

@@ -126,12 +126,15 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     ) -> Result<bool> {
         let context = || format!("evaluation after step {step}");
         let report = trainer.evaluate(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
-        let samples = match self.samples.as_mut() {
+        let sampled = match self.samples.as_mut() {
             Some(s) => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
             None => None,
         };
-        let record = EvalRecord { step, report, samples };
+        let record = EvalRecord { step, report, samples: sampled.as_ref().map(|s| s.report) };
         metrics.write(&MetricsRecord::Eval(record))?;
+        if let Some(sampled) = &sampled {
+            metrics.write_samples(step, &sampled.samples, &mut |line| observer.note(line))?;
+        }
         observer.evaluated(&record);
         self.last = Some(report);
         let decision = self.indicators.observe(step, &record.report, record.samples.as_ref())?;

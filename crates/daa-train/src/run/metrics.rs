@@ -1,7 +1,8 @@
 //! `metrics.jsonl`: one [`MetricsRecord`] per line, `"type": "train"` every
 //! step and `"type": "eval"` at every evaluation, appended and flushed as
 //! they happen; each record also goes to the run's TensorBoard event file
-//! when it has one ([`super::tensorboard`]).
+//! when it has one ([`super::tensorboard`]); an evaluation's samples go to
+//! `samples.jsonl` ([`super::samples_log`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,9 +10,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use daa_core::io::write_bytes_atomic;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+use super::samples_log::SamplesLog;
 use super::tensorboard::TensorBoardLog;
 use crate::records::MetricsRecord;
+use crate::sample_eval::EvaluatedSample;
 
 /// The metrics file of a run.
 #[derive(Debug)]
@@ -19,17 +24,19 @@ pub struct MetricsLog {
     path: PathBuf,
     file: File,
     tensorboard: Option<TensorBoardLog>,
+    samples: SamplesLog,
 }
 
 /// Reads every record of a metrics file; a line that is not a record is an
 /// error naming the file and the line.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>> {
     let text = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    parse_metrics(&text, path)
+    parse_lines(&text, path, "a daa metrics record")
 }
 
-/// The records of a metrics file's bytes (`path` names it in errors).
-fn parse_metrics(text: &[u8], path: &Path) -> Result<Vec<MetricsRecord>> {
+/// The records of a JSON Lines file's bytes (`path` names it in errors;
+/// `what` names a record).
+pub(super) fn parse_lines<T: DeserializeOwned>(text: &[u8], path: &Path, what: &str) -> Result<Vec<T>> {
     let mut records = Vec::new();
     for (i, line) in text.split(|&b| b == b'\n').enumerate() {
         let line =
@@ -37,11 +44,55 @@ fn parse_metrics(text: &[u8], path: &Path) -> Result<Vec<MetricsRecord>> {
         if line.trim().is_empty() {
             continue;
         }
-        let record = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}: not a daa metrics record", path.display(), i + 1))?;
+        let record =
+            serde_json::from_str(line).with_context(|| format!("{}: line {}: not {what}", path.display(), i + 1))?;
         records.push(record);
     }
     Ok(records)
+}
+
+/// Rewrites the JSON Lines log at `path` for a run resumed at
+/// `resume_step` (records up to that step kept, later ones dropped: an
+/// interrupted run may have written past its last checkpoint; a last line
+/// cut short — no newline: the disk filled or the process was killed while
+/// writing it — dropped, saying so through `note`), or empty for a fresh
+/// run; then opens it for appending.
+pub(super) fn reopen_log<T: Serialize + DeserializeOwned>(
+    path: &Path,
+    resume_step: Option<u64>,
+    what: &str,
+    step_of: impl Fn(&T) -> u64,
+    note: &mut dyn FnMut(&str),
+) -> Result<File> {
+    let kept: Vec<T> = match resume_step {
+        Some(step) if path.exists() => {
+            let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let whole = match text.iter().rposition(|&b| b == b'\n') {
+                Some(end) if end + 1 < text.len() => {
+                    note(&format!(
+                        "{}: the last line was cut short ({} bytes without a newline); dropped",
+                        path.display(),
+                        text.len() - end - 1
+                    ));
+                    &text[..=end]
+                }
+                None if !text.is_empty() => {
+                    note(&format!("{}: the only line was cut short; dropped", path.display()));
+                    &text[..0]
+                }
+                _ => &text[..],
+            };
+            parse_lines::<T>(whole, path, what)?.into_iter().filter(|r| step_of(r) <= step).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut text = String::new();
+    for record in &kept {
+        text.push_str(&serde_json::to_string(record)?);
+        text.push('\n');
+    }
+    write_bytes_atomic(path, text.as_bytes())?;
+    OpenOptions::new().append(true).open(path).with_context(|| format!("{}: cannot open", path.display()))
 }
 
 /// Appends `bytes` to `file` (at `path`, named in the error) in one write
@@ -52,10 +103,7 @@ pub(super) fn append(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
 
 impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl`. A fresh run starts it empty; a resumed
-    /// run keeps the records up to `resume_step` and drops later ones (an
-    /// interrupted run may have written past its last checkpoint), and drops
-    /// a last line cut short (no newline: the disk filled or the process was
-    /// killed while writing it), saying so through `note`. With
+    /// run keeps the records up to `resume_step` ([`reopen_log`]). With
     /// `tensorboard`, a new event file is started too.
     pub fn open(
         run_dir: &Path,
@@ -64,38 +112,10 @@ impl MetricsLog {
         note: &mut dyn FnMut(&str),
     ) -> Result<Self> {
         let path = run_dir.join("metrics.jsonl");
-        let kept: Vec<MetricsRecord> = match resume_step {
-            Some(step) if path.exists() => {
-                let text = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-                let whole = match text.iter().rposition(|&b| b == b'\n') {
-                    Some(end) if end + 1 < text.len() => {
-                        note(&format!(
-                            "{}: the last line was cut short ({} bytes without a newline); dropped",
-                            path.display(),
-                            text.len() - end - 1
-                        ));
-                        &text[..=end]
-                    }
-                    None if !text.is_empty() => {
-                        note(&format!("{}: the only line was cut short; dropped", path.display()));
-                        &text[..0]
-                    }
-                    _ => &text[..],
-                };
-                parse_metrics(whole, &path)?.into_iter().filter(|r| r.step() <= step).collect()
-            }
-            _ => Vec::new(),
-        };
-        let mut text = String::new();
-        for record in &kept {
-            text.push_str(&serde_json::to_string(record)?);
-            text.push('\n');
-        }
-        write_bytes_atomic(&path, text.as_bytes())?;
-        let file =
-            OpenOptions::new().append(true).open(&path).with_context(|| format!("{}: cannot open", path.display()))?;
+        let file = reopen_log(&path, resume_step, "a daa metrics record", MetricsRecord::step, note)?;
         let tensorboard = tensorboard.then(|| TensorBoardLog::create(run_dir, resume_step)).transpose()?;
-        Ok(Self { path, file, tensorboard })
+        let samples = SamplesLog::open(run_dir, resume_step, note)?;
+        Ok(Self { path, file, tensorboard, samples })
     }
 
     /// Appends one record (one write of the whole line), then its event.
@@ -107,6 +127,11 @@ impl MetricsLog {
             Some(events) => events.write(record),
             None => Ok(()),
         }
+    }
+
+    /// Appends an evaluation's samples to `samples.jsonl` ([`SamplesLog`]).
+    pub fn write_samples(&mut self, step: u64, samples: &[EvaluatedSample], note: &mut dyn FnMut(&str)) -> Result<()> {
+        self.samples.write(step, samples, note)
     }
 
     /// The file's path.
@@ -127,7 +152,7 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
         let old: Vec<serde_json::Value> = first_two.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let records = parse_metrics(first_two.as_bytes(), &path).unwrap();
+        let records: Vec<MetricsRecord> = parse_lines(first_two.as_bytes(), &path, "a record").unwrap();
         let eval = records[0].eval().unwrap();
         assert_eq!(eval.report.loss, old[0]["eval/loss"].as_f64().unwrap());
         assert_eq!(eval.report.accuracy, old[0]["eval/rewards_accuracy"].as_f64().unwrap());

@@ -46,6 +46,7 @@ pub mod process;
 mod references;
 pub mod resume;
 mod samples;
+pub mod samples_log;
 mod step_loop;
 mod summary;
 pub mod tensorboard;

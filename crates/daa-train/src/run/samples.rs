@@ -17,7 +17,7 @@ use crate::generate::GenerationConfig;
 use crate::judge::{GoldJudge, Judge};
 use crate::model::CausalLm;
 use crate::reward_model::RewardModelJudge;
-use crate::sample_eval::{EvalPrompt, SampleEvalSettings, SampleEvaluator, SampleReport};
+use crate::sample_eval::{EvalPrompt, SampleEvalSettings, SampleEvaluator, SampleResults};
 
 /// The sample evaluation of a run with `[monitor.samples]`: the judge and
 /// the reference policy's samples of the first held-out prompts.
@@ -32,8 +32,8 @@ impl<B: Backend> SampleEvaluation<B> {
         self.evaluator.competitor_mean_reward()
     }
 
-    /// The sample figures of `policy`.
-    pub fn report(&mut self, policy: &CausalLm<B>, prepared: &Prepared) -> Result<SampleReport> {
+    /// The sample figures of `policy`, and its samples.
+    pub fn report(&mut self, policy: &CausalLm<B>, prepared: &Prepared) -> Result<SampleResults> {
         let decode = |ids: &[u32]| decode(prepared, ids);
         Ok(self.evaluator.evaluate(policy, self.judge.as_mut(), &decode)?)
     }

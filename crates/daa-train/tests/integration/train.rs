@@ -393,6 +393,33 @@ fn the_testbed_run_logs_samples_turning_points_and_adaptive_weights() {
     let summary_steps = outcome.summary.steps;
     assert_eq!(summary_steps, 12);
 
+    // samples.jsonl: one line per held-out prompt per evaluation, in order,
+    // finite figures that add up to the evaluation's means.
+    let lines = daa_train::run::samples_log::read_samples(&outcome.run_dir.join("samples.jsonl")).unwrap();
+    let prompts = config.monitor.samples.as_ref().unwrap().prompts; // 8 of the 12 held-out pairs
+    assert_eq!(lines.len(), evals.len() * prompts);
+    for (e, group) in evals.iter().zip(lines.chunks(prompts)) {
+        assert!(group.iter().enumerate().all(|(i, l)| l.step == e["step"].as_u64().unwrap() && l.sample.index == i));
+        for l in group {
+            let s = &l.sample;
+            let numbers = [s.reward, s.reference_reward, s.log_ratio, s.kl];
+            assert!(numbers.iter().all(|x| x.is_finite()) && s.kl >= 0.0, "{l:?}");
+            assert!(!s.prompt.is_empty() && s.length <= 16 && s.reference_length <= 16, "{l:?}");
+        }
+        let mean = |f: fn(&daa_train::sample_eval::EvaluatedSample) -> f64| {
+            group.iter().map(|l| f(&l.sample)).sum::<f64>() / group.len() as f64
+        };
+        let close = |a: f64, field: &str| (a - e[field].as_f64().unwrap()).abs() < 1e-9;
+        assert!(close(mean(|s| s.reward), "eval/gold_reward"), "{e}");
+        assert!(close(mean(|s| s.kl), "eval/kl"), "{e}");
+        assert!(close(mean(|s| s.log_ratio), "eval/tempered_log_ratio"), "{e}");
+        assert!(close(mean(|s| s.length as f64), "eval/length"), "{e}");
+    }
+    // The reference's samples are drawn once: the same at every evaluation.
+    let first = &lines[..prompts];
+    let last = &lines[lines.len() - prompts..];
+    assert!(first.iter().zip(last).all(|(a, b)| a.sample.reference_completion == b.sample.reference_completion));
+
     // A frozen reference in memory serves the sample evaluation too: KL 0 before the first step.
     let mut frozen = config.clone();
     frozen.loss.reference = daa_train::run::ReferenceMode::Model;
