@@ -12,15 +12,10 @@
 
 import { readFileSync } from "node:fs";
 import fc from "fast-check";
+import { mutatedLines, runFor, secondsFromArgs } from "./fuzz-common.mjs";
 import { CHARTS, parseMetrics, seriesPoints, turningPoints } from "../metrics.js";
 
-const args = process.argv.slice(2);
-const timeAt = args.indexOf("--time");
-const seconds = timeAt >= 0 ? Number(args[timeAt + 1]) : 5;
-if (!(seconds > 0)) {
-  console.error("--time takes a number of seconds");
-  process.exit(2);
-}
+const seconds = secondsFromArgs();
 
 const sampleLines = readFileSync(new URL("./sample-metrics.jsonl", import.meta.url), "utf8").split("\n").filter((l) => l);
 
@@ -67,37 +62,7 @@ const recordish = fc
     { maxLength: 20 },
   )
   .map((rs) => rs.map((r) => JSON.stringify(r)).join("\n"));
-// The sample run, mutated: lines dropped, cut, duplicated, joined with CRLF or garbage.
-const mutatedSample = fc
-  .tuple(
-    fc.subarray(sampleLines),
-    fc.array(fc.tuple(fc.nat(), fc.nat(), fc.string({ maxLength: 8 })), { maxLength: 6 }),
-    fc.constantFrom("\n", "\r\n", "\n\n"),
-  )
-  .map(([lines, edits, newline]) => {
-    const out = [...lines];
-    for (const [at, cut, insert] of edits) {
-      if (out.length === 0) break;
-      const i = at % out.length;
-      const line = out[i];
-      const c = cut % (line.length + 1);
-      out[i] = line.slice(0, c) + insert + line.slice(c);
-    }
-    return out.join(newline);
-  });
+// The sample run's lines, mutated.
+const mutatedSample = mutatedLines(sampleLines);
 
-const started = Date.now();
-let runs = 0;
-const result = fc.check(
-  fc.property(fc.oneof(anyText, jsonLines, recordish, mutatedSample), (text) => {
-    runs += 1;
-    check(text);
-  }),
-  { numRuns: Number.MAX_SAFE_INTEGER, interruptAfterTimeLimit: seconds * 1000, markInterruptAsFailure: false, seed: Date.now() | 0 },
-);
-const elapsed = (Date.now() - started) / 1000;
-if (result.failed) {
-  console.error(fc.defaultReportMessage(result));
-  process.exit(1);
-}
-console.log(`metrics_viewer: ${runs} inputs in ${elapsed.toFixed(0)} s, no failure (fast-check seed ${result.seed})`);
+runFor("metrics_viewer", seconds, [anyText, jsonLines, recordish, mutatedSample], check);
