@@ -103,8 +103,10 @@ pub(super) fn append(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
 
 impl MetricsLog {
     /// Opens `run_dir/metrics.jsonl`. A fresh run starts it empty; a resumed
-    /// run keeps the records up to `resume_step` ([`reopen_log`]). With
-    /// `tensorboard`, a new event file is started too.
+    /// run keeps the records up to `resume_step` (an interrupted run may have
+    /// written past its last checkpoint; a last line cut short is dropped,
+    /// with a note). With `tensorboard`, a new event file is started too; an
+    /// evaluation's samples go to `samples.jsonl`.
     pub fn open(
         run_dir: &Path,
         resume_step: Option<u64>,
