@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 
 use burn::module::{AutodiffModule, ParamId};
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use daa_core::TokenStatsParams;
 use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
 use crate::entropy_floor::EntropyFloor;
-use crate::error::ModelError;
+use crate::error::{ModelError, read_vec};
 use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
@@ -134,6 +135,15 @@ pub struct StepRecord {
     /// Mean `π_l / n_l`.
     #[serde(rename = "logps/rejected_per_token")]
     pub rejected_logps_per_token: f64,
+    /// TRL's `logits/chosen`: the policy's logits `z_t,v` averaged over the
+    /// vocabulary and the chosen completions' positions,
+    /// `Σ_t Σ_v z_t,v / (V · Σ n_w)`, before the update; `None` in records
+    /// written before daa logged it.
+    #[serde(rename = "logits/chosen", default, skip_serializing_if = "Option::is_none")]
+    pub chosen_logits: Option<f64>,
+    /// TRL's `logits/rejected`: the same over the rejected completions' positions.
+    #[serde(rename = "logits/rejected", default, skip_serializing_if = "Option::is_none")]
+    pub rejected_logits: Option<f64>,
     /// Pairs in the step.
     pub pairs: usize,
     /// Tokens of the policy's forward passes (prompt, completion, both sides).
@@ -185,12 +195,36 @@ impl StepRecord {
             rejected_logps: mean(&|i| inputs[i].policy_rejected),
             chosen_logps_per_token: mean(&|i| inputs[i].policy_chosen / inputs[i].chosen_tokens),
             rejected_logps_per_token: mean(&|i| inputs[i].policy_rejected / inputs[i].rejected_tokens),
+            chosen_logits: None,
+            rejected_logits: None,
             pairs: losses.len(),
             tokens,
             topk_entropy: per_row(&|s| s.topk_entropy),
             topk_mass: per_row(&|s| s.topk_mass),
             entropy: per_row(&|s| s.entropy),
             entropy_floor: None,
+        }
+    }
+}
+
+/// Adds one chunk of scored positions' logits (`[C, V]` from position
+/// `start`; the first `chosen_positions` scored positions are the chosen
+/// completions') to the running sums `[chosen, rejected]` (on the device).
+fn add_logit_sums<B: Backend>(
+    sums: &mut [Option<Tensor<B, 1>>; 2],
+    logits: &Tensor<B, 2>,
+    start: usize,
+    chosen_positions: usize,
+) {
+    let [rows, _] = logits.dims();
+    let split = chosen_positions.saturating_sub(start).min(rows);
+    for (side, (from, len)) in [(0, split), (split, rows - split)].into_iter().enumerate() {
+        if len > 0 {
+            let part = logits.clone().narrow(0, from, len).sum();
+            sums[side] = Some(match sums[side].take() {
+                Some(sum) => sum.add(part),
+                None => part,
+            });
         }
     }
 }
@@ -402,6 +436,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let (mut inputs, mut losses, mut tokens) = (Vec::new(), Vec::new(), 0);
         let cpu = daa_core::Cpu::new();
         let mut totals = StatsSums::default();
+        // Σ z over the chosen and the rejected completions' positions (TRL's logits/…), read once after the step.
+        let mut logit_sums: [Option<Tensor<B::InnerBackend, 1>>; 2] = [None, None];
         // The floor term averages over every scored position of the step.
         let scored_positions: usize =
             pairs.iter().map(|p| p.sequences.chosen.completion_len() + p.sequences.rejected.completion_len()).sum();
@@ -437,6 +473,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     Ok(weights)
                 },
                 &mut |start, logits| {
+                    add_logit_sums(&mut logit_sums, logits, start, chosen_positions);
                     let Some(params) = stats else { return Ok(()) };
                     match ChosenLogits::of_chunk(logits, start, chosen_positions, &positions.targets)? {
                         Some(chosen) => totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, params),
@@ -455,6 +492,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let stats = stats.map(|_| &totals);
         let mut record = StepRecord::of_pairs(self.completed, &report, &inputs, &losses, tokens, stats);
         record.entropy_floor = floor.map(|_| floor_total);
+        let [chosen, rejected] = logit_sums;
+        let per_logit = |sum: Option<Tensor<B::InnerBackend, 1>>, side: &str, tokens: f64| -> Result<_, ModelError> {
+            let Some(sum) = sum else { return Ok(None) };
+            Ok(Some(read_vec::<f64, _, 1>(sum, side)?[0] / (tokens * vocab as f64)))
+        };
+        let tokens_of = |f: fn(&PairLogps) -> f64| inputs.iter().map(f).sum::<f64>();
+        record.chosen_logits = per_logit(chosen, "chosen logits", tokens_of(|i| i.chosen_tokens))?;
+        record.rejected_logits = per_logit(rejected, "rejected logits", tokens_of(|i| i.rejected_tokens))?;
         Ok(record)
     }
 

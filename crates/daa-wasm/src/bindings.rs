@@ -35,6 +35,7 @@ export interface TrainRecord {
   "rewards/chosen": number; "rewards/rejected": number; "rewards/margins": number; "rewards/accuracies": number;
   "logps/chosen": number; "logps/rejected": number;
   "logps/chosen_per_token": number; "logps/rejected_per_token": number;
+  "logits/chosen"?: number; "logits/rejected"?: number;
   pairs: number; tokens: number; epoch: number; elapsed_s: number;
   "train/nll_weight"?: number; "train/beta"?: number;
   "train/topk_entropy"?: number; "train/topk_mass"?: number; "train/entropy"?: number;

@@ -390,6 +390,25 @@ fn a_steps_own_statistics_equal_the_evaluation_of_its_batch_and_leave_the_step_u
     // The held-out evaluation of the same pairs by the same (initial) model.
     let held_out = daa_train::eval::evaluate(&initial, &refs, &reference, &loss, &params, 3, 0).unwrap();
     let step = step_pairs(&pairs, &reference);
+    // TRL's logits/chosen and logits/rejected by hand: each sequence's full
+    // logits, summed over the positions predicting its completion and over
+    // the vocabulary, divided by V times the completion tokens.
+    let mean_logit = |side: fn(&SequencePair) -> &Sequence| {
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for pair in &pairs {
+            let s = side(pair);
+            let ids: Vec<i64> = s.ids.iter().map(|&t| t as i64).collect();
+            let tokens =
+                Tensor::<Inner, 2, Int>::from_data(TensorData::new(ids, [1, s.ids.len()]), &Default::default());
+            let logits: Vec<f32> = initial.forward(tokens).unwrap().into_data().into_vec().unwrap();
+            for t in s.completion_start - 1..s.ids.len() - 1 {
+                sum += logits[t * VOCAB..(t + 1) * VOCAB].iter().map(|&z| z as f64).sum::<f64>();
+                count += 1;
+            }
+        }
+        sum / (count * VOCAB) as f64
+    };
+    let by_hand = [mean_logit(|p| &p.chosen), mean_logit(|p| &p.rejected)];
     for memory in [
         MemoryOptions { fused_head: false, head_chunk_rows: 0, activation_checkpointing: false },
         MemoryOptions { fused_head: true, head_chunk_rows: 0, activation_checkpointing: false },
@@ -399,6 +418,12 @@ fn a_steps_own_statistics_equal_the_evaluation_of_its_batch_and_leave_the_step_u
         let plain = trainer(&config, loss, memory).step(&step).unwrap();
         let with_stats = trainer(&config, loss, memory).step_with_stats(&step, Some(&params)).unwrap();
         assert_eq!(plain.topk_entropy, None);
+        assert_close(
+            &[plain.chosen_logits.unwrap(), plain.rejected_logits.unwrap()],
+            &by_hand,
+            tolerance_of(&memory),
+            &format!("{memory:?}: logits/chosen and logits/rejected vs the full logits"),
+        );
         let got = [with_stats.topk_entropy.unwrap(), with_stats.topk_mass.unwrap(), with_stats.entropy.unwrap()];
         assert_close(
             &got,

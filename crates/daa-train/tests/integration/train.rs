@@ -36,7 +36,7 @@ fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
     TrainConfig::parse(TINY_CONFIG, "configs/tiny.toml", &overrides).unwrap()
 }
 
-const TRAIN_FIELDS: [&str; 16] = [
+const TRAIN_FIELDS: [&str; 18] = [
     "step",
     "epoch",
     "learning_rate",
@@ -50,6 +50,8 @@ const TRAIN_FIELDS: [&str; 16] = [
     "logps/rejected",
     "logps/chosen_per_token",
     "logps/rejected_per_token",
+    "logits/chosen",
+    "logits/rejected",
     "pairs",
     "tokens",
     "elapsed_s",
