@@ -168,12 +168,12 @@ pub fn run(args: &JudgeArgs) -> Result<()> {
     if args.judge == "gold" {
         return args.judge_with(&mut GoldJudge);
     }
-    let mut args = args.clone();
-    args.judge = crate::model_arg::model_path(&args.judge)
+    let judge = crate::model_arg::model_path(&args.judge)
         .map_err(|e| {
             anyhow!("--judge {}: neither `gold` nor a reward model folder or cached Hub id ({e})", args.judge)
         })?
         .display()
         .to_string();
-    with_compute_backend(args.backend, 0, args.clone()).with_context(|| format!("judge {}", args.judge))
+    let resolved = JudgeArgs { judge: judge.clone(), ..args.clone() };
+    with_compute_backend(args.backend, 0, resolved).with_context(|| format!("judge {judge}"))
 }

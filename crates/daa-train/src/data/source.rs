@@ -93,13 +93,10 @@ impl DataSource {
     /// Every row of every file, numbered across the files.
     pub fn read_rows(&self) -> Result<Vec<RawRow>> {
         let mut all = Vec::new();
-        let mut offset = 0;
-        for file in &self.files {
-            let rows = read_rows(file)?;
-            let last = rows.iter().map(|r| r.row).max().unwrap_or(0);
+        self.for_each_file(|_, offset, rows| {
             all.extend(rows.into_iter().map(|r| RawRow { row: r.row + offset, ..r }));
-            offset += last;
-        }
+            Ok(())
+        })?;
         Ok(all)
     }
 
@@ -109,11 +106,9 @@ impl DataSource {
     pub fn encode(&self, encoder: &TextEncoder, options: &EncodeOptions) -> Result<(EncodedSet, RowIndex)> {
         let mut set = EncodedSet::default();
         let mut index = RowIndex { starts: Vec::new() };
-        let mut offset = 0;
-        for file in &self.files {
-            let rows = read_rows(file)?;
+        self.for_each_file(|file, offset, rows| {
             let part = encode_rows(&rows, encoder, options, &file.display().to_string())?;
-            index.starts.push((file.clone(), offset));
+            index.starts.push((file.to_path_buf(), offset));
             set.pairs.extend(part.pairs.into_iter().map(|mut p| {
                 p.row += offset;
                 p
@@ -123,9 +118,23 @@ impl DataSource {
             for (reason, n) in part.skipped {
                 *set.skipped.entry(reason).or_default() += n;
             }
-            offset += rows.iter().map(|r| r.row).max().unwrap_or(0);
-        }
+            Ok(())
+        })?;
         Ok((set, index))
+    }
+
+    /// Reads each file in order and hands `visit` the file, the row number
+    /// its first row follows (the last row number of the files before it,
+    /// summed) and its rows in their own numbering.
+    fn for_each_file(&self, mut visit: impl FnMut(&Path, usize, Vec<RawRow>) -> Result<()>) -> Result<()> {
+        let mut offset = 0;
+        for file in &self.files {
+            let rows = read_rows(file)?;
+            let last = rows.iter().map(|r| r.row).max().unwrap_or(0);
+            visit(file, offset, rows)?;
+            offset += last;
+        }
+        Ok(())
     }
 
     /// How a message names the source: the file, or the folder and split.
@@ -145,23 +154,27 @@ pub struct RowIndex {
 }
 
 impl RowIndex {
+    /// The file holding row `row` of the whole source and its own row number.
+    fn find(&self, row: usize) -> Option<(&Path, usize)> {
+        self.starts.iter().rev().find(|(_, start)| *start < row).map(|(file, start)| (file.as_path(), row - start))
+    }
+
     /// `file: row n` for a row number of the whole source.
     pub fn locate(&self, row: usize) -> String {
-        match self.starts.iter().rev().find(|(_, start)| *start < row) {
-            Some((file, start)) => format!("{}: row {}", file.display(), row - start),
+        match self.find(row) {
+            Some((file, own)) => format!("{}: row {own}", file.display()),
             None => format!("row {row}"),
         }
     }
 
-    /// The rows `rows` named by file: `FILE: rows 3, 9` or, over several
-    /// files, one group per file.
+    /// The rows `rows` named by file: `rows 3, 9 of FILE`, one group per
+    /// file (`; ` between groups).
     pub fn describe_rows(&self, rows: &[usize]) -> String {
         let mut groups: Vec<(&Path, Vec<String>)> = Vec::new();
-        for &row in rows {
-            let Some((file, start)) = self.starts.iter().rev().find(|(_, start)| *start < row) else { continue };
-            match groups.iter_mut().find(|(f, _)| *f == file.as_path()) {
-                Some((_, list)) => list.push((row - start).to_string()),
-                None => groups.push((file, vec![(row - start).to_string()])),
+        for (file, own) in rows.iter().filter_map(|&row| self.find(row)) {
+            match groups.iter_mut().find(|(f, _)| *f == file) {
+                Some((_, list)) => list.push(own.to_string()),
+                None => groups.push((file, vec![own.to_string()])),
             }
         }
         groups
@@ -208,8 +221,9 @@ fn shard_split(relative: &Path) -> Option<String> {
         return Some(split.to_string());
     }
     let mut components = relative.components();
-    if relative.components().count() > 1 {
-        return components.next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+    let first = components.next()?;
+    if components.next().is_some() {
+        return Some(first.as_os_str().to_string_lossy().into_owned());
     }
     SPLIT_STEMS.contains(&stem).then(|| stem.to_string())
 }

@@ -735,10 +735,10 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// Whether the held-out prompts are the testbed's (the only ones the
-    /// gold judge can score).
-    fn held_out_is_testbed(&self) -> bool {
-        self.data.eval_path.as_deref().unwrap_or(&self.data.path) == BUILTIN_TESTBED
+    /// Where the held-out pairs (and the sample evaluation's prompts) come
+    /// from: `data.eval_path`, else `data.path`.
+    fn held_out_spec(&self) -> &str {
+        self.data.eval_path.as_deref().unwrap_or(&self.data.path)
     }
 
     /// The sample evaluation the run does: `[monitor.samples]`, except that
@@ -746,7 +746,7 @@ impl TrainConfig {
     /// configuration names it; on other data the evaluation is off, and
     /// [`Self::notices`] says so).
     pub fn samples(&self) -> Option<&SampleSection> {
-        self.monitor.samples.as_ref().filter(|s| s.judge != "gold" || self.held_out_is_testbed())
+        self.monitor.samples.as_ref().filter(|s| s.judge != "gold" || self.held_out_spec() == BUILTIN_TESTBED)
     }
 
     /// One-line notices on settings that do not apply to this run's data.
@@ -756,7 +756,7 @@ impl TrainConfig {
             notes.push(format!(
                 "sample evaluation off: the gold judge scores only the testbed's prompts, and the held-out data is \
                  {}; name a reward model (`--set monitor.samples.judge=DIR`) to sample and judge the policy",
-                self.data.eval_path.as_deref().unwrap_or(&self.data.path)
+                self.held_out_spec()
             ));
         }
         notes

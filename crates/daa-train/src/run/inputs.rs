@@ -61,32 +61,11 @@ impl RunInputs {
     /// Resolves `config`'s paths (module documentation).
     pub fn resolve(config: &TrainConfig) -> Result<Self> {
         let model = Input::resolve(&config.model.path, |spec| resolve_model(spec, "model.path"))?;
-        let data_source = |spec: &str, split: Option<&str>, field: &str| -> Result<DataSource> {
-            DataSource::open(&resolve_dataset(spec, field)?, split, &format!("`{field}` = `{spec}`"))
-        };
         let d = &config.data;
-        let split_of_builtin = |field: &str, split: &Option<String>, spec: &str| -> Result<()> {
-            if let Some(split) = split {
-                bail!("`{field}` = `{split}`: `{spec}` has no splits (a split picks shards in a folder of data files)");
-            }
-            Ok(())
-        };
-        let data = Input::resolve(&d.path, |spec| data_source(spec, d.split.as_deref(), "data.path"))?;
-        if !matches!(data, Input::Given(_)) {
-            split_of_builtin("data.split", &d.split, &d.path)?;
-        }
+        let data = data_input(&d.path, d.split.as_deref(), "data.path", "data.split")?;
         let eval = match (&d.eval_path, &d.eval_split) {
-            (Some(path), split) => {
-                let eval = Input::resolve(path, |spec| data_source(spec, split.as_deref(), "data.eval_path"))?;
-                if !matches!(eval, Input::Given(_)) {
-                    split_of_builtin("data.eval_split", split, path)?;
-                }
-                Some(eval)
-            }
-            (None, Some(split)) => match &data {
-                Input::Given(_) => Some(Input::Given(data_source(&d.path, Some(split), "data.path")?)),
-                _ => bail!("`data.eval_split` = `{split}`: `{}` has no splits", d.path),
-            },
+            (Some(path), split) => Some(data_input(path, split.as_deref(), "data.eval_path", "data.eval_split")?),
+            (None, Some(split)) => Some(data_input(&d.path, Some(split), "data.path", "data.eval_split")?),
             (None, None) => None,
         };
         let reward_model = match config.samples() {
@@ -94,5 +73,25 @@ impl RunInputs {
             _ => None,
         };
         Ok(Self { model, data, eval, reward_model })
+    }
+
+    /// Whether the model, the data or the held-out data is of `kind`.
+    pub fn uses(&self, kind: Input<()>) -> bool {
+        [Some(self.model.kind()), Some(self.data.kind()), self.eval.as_ref().map(Input::kind)].contains(&Some(kind))
+    }
+}
+
+/// The data setting `field` = `spec`, with `split` (the setting
+/// `split_field`): a file, a folder's shards of that split, or a cached Hub
+/// dataset; a built-in, which has no splits.
+fn data_input(spec: &str, split: Option<&str>, field: &str, split_field: &str) -> Result<Input<DataSource>> {
+    let input = Input::resolve(spec, |spec| {
+        DataSource::open(&resolve_dataset(spec, field)?, split, &format!("`{field}` = `{spec}`"))
+    })?;
+    match (&input, split) {
+        (Input::Tiny | Input::Testbed, Some(split)) => bail!(
+            "`{split_field}` = `{split}`: `{spec}` has no splits (a split picks shards in a folder of data files)"
+        ),
+        _ => Ok(input),
     }
 }

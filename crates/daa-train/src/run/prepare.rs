@@ -77,17 +77,12 @@ pub fn prepare_with(
     run_dir: &Path,
     note: &mut dyn FnMut(&str),
 ) -> Result<Prepared> {
-    let kinds: Vec<Input<()>> =
-        [Some(inputs.model.kind()), Some(inputs.data.kind()), inputs.eval.as_ref().map(Input::kind)]
-            .into_iter()
-            .flatten()
-            .collect();
-    let builtin = kinds
-        .contains(&Input::Tiny)
+    let builtin = inputs
+        .uses(Input::Tiny)
         .then(|| tiny_run::materialize(&run_dir.join("builtin"), config.train.seed))
         .transpose()?;
-    let testbed = kinds
-        .contains(&Input::Testbed)
+    let testbed = inputs
+        .uses(Input::Testbed)
         .then(|| materialize_testbed(&config.testbed, &cache_dir(config.train.cache_dir.as_deref()), note))
         .transpose()?;
     let model_dir = match &inputs.model {
