@@ -11,9 +11,9 @@
 //! any thread pool starts.
 //!
 //! ```text
-//! trainer_step [--backend flex|ndarray|cuda] [--precision f32|bf16] [--checkpointing]
+//! trainer_step [--backend flex|ndarray|cuda] [--precision f32|bf16] [--checkpointing] [--lora RANK]
 //!              [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
-//! trainer_step --child --backend B --precision P [--checkpointing] --shape S --mode step|score
+//! trainer_step --child --backend B --precision P [--checkpointing] [--lora RANK] --shape S --mode step|score
 //!              --threads N --repeats R [--checkpoint DIR --batch FILE]
 //! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
 //! ```
@@ -130,7 +130,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// `--backend`, `--precision` and `--checkpointing` of the command line.
+/// `--backend`, `--precision`, `--checkpointing` and `--lora` of the command line.
 fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup<'a>> {
     let backend = value(args, "--backend").unwrap_or(CPU_BACKENDS[0]);
     if !CPU_BACKENDS.contains(&backend) && backend != "cuda" {
@@ -142,7 +142,14 @@ fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup
         other => bail!("--precision {other}: expected f32 or bf16"),
     };
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
-    Ok(Setup { backend, precision, checkpointing, threads, repeats })
+    let lora = match value(args, "--lora") {
+        None => None,
+        Some(rank) => match rank.parse::<usize>() {
+            Ok(r) if r > 0 => Some(r),
+            _ => bail!("--lora {rank}: expected a rank of at least 1"),
+        },
+    };
+    Ok(Setup { backend, precision, checkpointing, lora, threads, repeats })
 }
 
 /// Runs one measurement in a fresh process with `threads` threads.
@@ -153,6 +160,9 @@ fn child(setup: &Setup<'_>, shape: &Shape, mode: &str, inputs: Option<&Path>) ->
     cmd.args(["--shape", shape.name, "--mode", mode]);
     if setup.checkpointing {
         cmd.arg("--checkpointing");
+    }
+    if let Some(rank) = setup.lora {
+        cmd.args(["--lora", &rank.to_string()]);
     }
     cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
     if let Some(dir) = inputs {

@@ -14,7 +14,7 @@ use burn::backend::{Autodiff, Flex, NdArray};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backward::MemoryOptions;
 use daa_train::batch::{Sequence, SequencePair};
-use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
+use daa_train::model::{CausalLm, LoraConfig, LoraTarget, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::{PairScore, score_pairs};
 use daa_train::{Precision, ReferencePolicy, StepPair, Trainer, TrainerOptions};
@@ -33,6 +33,9 @@ pub struct Setup<'a> {
     pub precision: Precision,
     /// Per-block activation checkpointing.
     pub checkpointing: bool,
+    /// LoRA of this rank on every linear layer of the blocks (α = 2r) instead
+    /// of full training (steps only).
+    pub lora: Option<usize>,
     /// Threads the process was given.
     pub threads: usize,
     /// Timed repetitions after one warm-up.
@@ -286,6 +289,9 @@ pub struct Measurement {
     /// Training precision.
     #[serde(default = "f32_name")]
     pub precision: String,
+    /// LoRA rank of the step (0: full training).
+    #[serde(default)]
+    pub lora_rank: usize,
     /// Model FLOPs of the step or pass ([`Shape::model_flops`]).
     #[serde(default)]
     pub model_flops: f64,
@@ -365,10 +371,16 @@ pub fn measure(
     Ok(Measurement {
         backend: setup.backend.into(),
         precision: setup.precision.as_str().into(),
+        lora_rank: setup.lora.unwrap_or(0),
         model_flops: shape.model_flops(mode),
         plan_mib,
         ..m
     })
+}
+
+/// LoRA of `rank` on every linear layer of the blocks, `α = 2r` (a common TRL setting).
+fn lora_all_linear(rank: usize) -> LoraConfig {
+    LoraConfig { rank, alpha: 2.0 * rank as f64, target_modules: vec!["all-linear".into()], ..LoraConfig::default() }
 }
 
 /// `daa plan`'s total for the step of `shape` on one GPU (cached reference, fused head).
@@ -386,6 +398,7 @@ fn plan_bytes(setup: &Setup<'_>, shape: &Shape) -> Result<u64> {
             reference_live: false,
             activation_checkpointing: setup.checkpointing,
             fused_head: true,
+            lora: setup.lora.map(|rank| daa_train::plan::PlanLora::new(rank as u64, &LoraTarget::ALL)),
         },
     )
     .map_err(anyhow::Error::msg)?;
@@ -448,7 +461,10 @@ fn measure_on<B: burn::tensor::backend::Backend>(
                 memory: MemoryOptions { activation_checkpointing: setup.checkpointing, ..MemoryOptions::default() },
                 precision: setup.precision,
             };
-            let policy = model::<Autodiff<B>>(shape, source, device)?;
+            let policy = match setup.lora {
+                None => model::<Autodiff<B>>(shape, source, device)?,
+                Some(rank) => model::<Autodiff<B>>(shape, source, device)?.with_lora(&lora_all_linear(rank), 0)?,
+            };
             let mut trainer = Trainer::new(policy, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =
                 pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
@@ -477,6 +493,7 @@ fn measure_on<B: burn::tensor::backend::Backend>(
         loss,
         backend: String::new(),
         precision: f32_name(),
+        lora_rank: 0,
         model_flops: 0.0,
         plan_mib: 0.0,
     })

@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Trainer: activation checkpointing.
     #[arg(long, requires = "trainer")]
     pub checkpointing: bool,
+    /// Trainer: LoRA of this rank on every linear layer (α = 2r) instead of full training.
+    #[arg(long, requires = "trainer", value_name = "RANK")]
+    pub lora: Option<u32>,
     /// Trainer: model shapes, e.g. `tiny,5m,25m`.
     #[arg(long, requires = "trainer")]
     pub shapes: Option<String>,
@@ -114,7 +117,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--precision f32|bf16] [--checkpointing] [--shapes LIST] [--threads LIST] [--repeats N]`:
+/// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--precision f32|bf16] [--checkpointing] [--lora RANK] [--shapes LIST] [--threads LIST] [--repeats N]`:
 /// the trainer benchmark (`benches/benches/trainer_step.rs`); `--quick` is
 /// the tiny and 5 M shapes with 3 repetitions; `--backend` picks burn's CPU
 /// backend (Flex, what `daa train` uses, by default; ndarray, the browser
@@ -136,6 +139,7 @@ fn trainer(args: &BenchArgs) -> Result<()> {
         ("--shapes", args.shapes.clone().or_else(|| quick("tiny,5m"))),
         ("--threads", args.threads.clone()),
         ("--repeats", args.repeats.map(|n| n.to_string()).or_else(|| quick("3"))),
+        ("--lora", args.lora.map(|r| r.to_string())),
     ];
     for (flag, value) in options {
         if let Some(value) = value {

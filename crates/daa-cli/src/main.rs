@@ -28,6 +28,8 @@ mod judge_cmd;
 mod logps_cmd;
 mod loss_cmd;
 #[cfg(feature = "train")]
+mod merge_cmd;
+#[cfg(feature = "train")]
 mod model_arg;
 #[cfg(feature = "train")]
 mod plan_cmd;
@@ -90,6 +92,10 @@ enum Command {
     /// without checkpointing, logits with and without the fused head) and
     /// whether it fits, from a model's config.json.
     Plan(plan_cmd::PlanArgs),
+    #[cfg(feature = "train")]
+    /// Fold a PEFT LoRA adapter (a LoRA run's checkpoint) into its base
+    /// model: a full Hugging Face checkpoint.
+    Merge(merge_cmd::MergeArgs),
 }
 
 /// Prints `message` as the one `error: …` line (multi-line messages from
@@ -126,6 +132,8 @@ fn main() -> ExitCode {
         Command::Experiment(args) => experiment_cmd::run(&args),
         #[cfg(feature = "train")]
         Command::Plan(args) => plan_cmd::run(args),
+        #[cfg(feature = "train")]
+        Command::Merge(args) => merge_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

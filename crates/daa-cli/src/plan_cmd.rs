@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use daa_train::checkpoint::read_config;
-use daa_train::model::ModelConfig;
-use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
+use daa_train::model::{LoraTarget, ModelConfig};
+use daa_train::plan::{MemoryPlan, PlanLora, PlanSetup, Precision, parse_bytes};
 
 /// Where the reference log-probabilities come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +52,12 @@ pub struct PlanArgs {
     /// Plan with the unfused LM head (full `[tokens × V]` logits).
     #[arg(long)]
     unfused_head: bool,
+    /// Plan LoRA of this rank instead of full training (frozen base weights).
+    #[arg(long, value_name = "RANK")]
+    lora: Option<u64>,
+    /// The layers LoRA adapts (PEFT names, comma-separated, or all-linear).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,v_proj", requires = "lora")]
+    lora_targets: Vec<String>,
     /// The same numbers as JSON (bytes).
     #[arg(long)]
     json: bool,
@@ -72,6 +78,17 @@ pub fn run(args: PlanArgs) -> Result<()> {
     if args.gpus == 0 || args.batch == 0 || args.seq == 0 {
         bail!("--gpus, --batch and --seq must be at least 1");
     }
+    let lora = match args.lora {
+        Some(0) => bail!("--lora: the rank must be at least 1"),
+        Some(rank) => {
+            let mut targets = Vec::new();
+            for name in &args.lora_targets {
+                targets.extend(LoraTarget::parse(name.trim()).context("--lora-targets")?);
+            }
+            Some(PlanLora::new(rank, &targets))
+        }
+        None => None,
+    };
     let setup = PlanSetup {
         gpus: args.gpus,
         gpu_memory,
@@ -82,6 +99,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
         reference_live: args.reference == ReferenceArg::Model,
         activation_checkpointing: !args.no_checkpointing,
         fused_head: !args.unfused_head,
+        lora,
     };
     let plan = MemoryPlan::new(&config, setup).map_err(anyhow::Error::msg)?;
     if args.json {

@@ -126,8 +126,11 @@ pub fn weighted_backward<B: AutodiffBackend>(
                 g = x.grad(&block_grads).ok_or_else(|| no_gradient(&format!("block {i}'s input")))?;
                 grads.add::<B, _>(model, block_grads);
             }
-            let embedded = model.embed.forward(tokens);
-            grads.add::<B, _>(model, (embedded * Tensor::from_inner(g)).sum().backward());
+            // A frozen embedding (LoRA) has no gradient to collect.
+            if model.embed.weight.val().is_require_grad() {
+                let embedded = model.embed.forward(tokens);
+                grads.add::<B, _>(model, (embedded * Tensor::from_inner(g)).sum().backward());
+            }
         }
     }
     Ok(floor_value)
@@ -164,9 +167,13 @@ fn fused_head_backward<B: AutodiffBackend>(
     let per_position: Vec<f32> = positions.row_of.iter().map(|&r| weights[r]).collect();
     let n = per_position.len();
     let coefficients = Tensor::from_data(TensorData::new(per_position, [n]), &device);
-    let (grad_hidden, grad_weight, floor_value) = head.backward(&hidden, &targets, &coefficients, floor);
+    // A frozen head (LoRA) gets no `∂S/∂W`.
+    let trains_head = weight.val().is_require_grad();
+    let (grad_hidden, grad_weight, floor_value) = head.backward(&hidden, &targets, &coefficients, floor, trains_head);
     let model_grads = (picked * Tensor::from_inner(grad_hidden)).sum().backward();
-    grads.add_param(weight.id, grad_weight);
+    if let Some(grad_weight) = grad_weight {
+        grads.add_param(weight.id, grad_weight);
+    }
     Ok((model_grads, floor_value))
 }
 

@@ -104,6 +104,13 @@ impl SafetensorsWeights {
         Ok(Self { files, location })
     }
 
+    /// One safetensors file (a PEFT adapter's weights).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let file = SafetensorsFile::open(path)?;
+        let location = file.names().into_iter().map(|n| (n, 0)).collect();
+        Ok(Self { files: vec![file], location })
+    }
+
     /// Names of every stored tensor.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.location.keys().map(String::as_str)
@@ -140,8 +147,12 @@ impl WeightSource for SafetensorsWeights {
 /// is refused: it has no next-token head), from its f32 master weights when
 /// it has them ([`MASTER_WEIGHTS_DIR`]). Tensor by tensor: each shard's pages
 /// are let go once its tensor is built, so host memory holds the tensor
-/// being converted, not the files.
+/// being converted, not the files. A PEFT adapter folder
+/// ([`crate::peft`]) loads as its base model with the adapters attached.
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm<B>> {
+    if crate::peft::is_adapter_dir(dir) && !dir.join("config.json").exists() {
+        return crate::peft::load_adapted(dir, None, device);
+    }
     let config = read_config(dir)?;
     if let OutputHead::SequenceClassification { .. } = config.head {
         bail!(
@@ -255,13 +266,17 @@ pub fn save_model<B: Backend>(model: &CausalLm<B>, dir: &Path, source_dir: &Path
 /// says ([`crate::shards`]: dtype, shards of at most 5 GB with an index),
 /// `config.json` naming that dtype and, from `source_dir`, the tokenizer
 /// files present there. Weights saved below f32 also get their f32 values
-/// under [`MASTER_WEIGHTS_DIR`].
+/// under [`MASTER_WEIGHTS_DIR`]. A model with LoRA adapters is saved as a
+/// PEFT adapter folder on the base `source_dir` ([`crate::peft::save_adapter`]).
 pub fn save_model_as<B: Backend>(
     model: &CausalLm<B>,
     dir: &Path,
     source_dir: &Path,
     options: &SaveOptions,
 ) -> Result<()> {
+    if model.lora().is_some() {
+        return crate::peft::save_adapter(model, dir, source_dir);
+    }
     write_weights(model, dir, options)?;
     if options.dtype != SaveDtype::F32 {
         let master = dir.join(MASTER_WEIGHTS_DIR);

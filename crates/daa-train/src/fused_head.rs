@@ -129,18 +129,20 @@ impl<B: Backend> FusedHead<B> {
     /// `hidden`'s dtype and `[V, d]` in f32 (the layout of `W`). With
     /// `floor`, the top-k entropy floor term `F` ([`crate::entropy_floor`])
     /// joins `S`: its gradient is added to each chunk's `G`, and its value
-    /// (`[1]`) is returned.
+    /// (`[1]`) is returned. Without `weight_grad` (a frozen head), `∂S/∂W`
+    /// is neither computed nor returned.
     pub fn backward(
         &self,
         hidden: &Tensor<B, 2>,
         targets: &Tensor<B, 1, Int>,
         coefficients: &Tensor<B, 1>,
         floor: Option<&FloorTerm>,
-    ) -> (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) {
+        weight_grad: bool,
+    ) -> (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 1>>) {
         let [n, d] = hidden.dims();
         let device = hidden.device();
         let dtype = FloatDType::from(self.weight.dtype());
-        let mut grad_weight = Tensor::<B, 2>::zeros(self.weight.dims(), &device);
+        let mut grad_weight = weight_grad.then(|| Tensor::<B, 2>::zeros(self.weight.dims(), &device));
         let mut grad_hidden = Vec::with_capacity(n.div_ceil(self.chunk_rows));
         let mut floor_value: Option<Tensor<B, 1>> = None;
         for (start, len) in self.chunks(n) {
@@ -164,7 +166,7 @@ impl<B: Backend> FusedHead<B> {
             }
             let g = g.cast(dtype);
             grad_hidden.push(g.clone().matmul(self.weight.clone()));
-            grad_weight = grad_weight + g.transpose().matmul(h).cast(FloatDType::F32);
+            grad_weight = grad_weight.map(|sum| sum + g.transpose().matmul(h).cast(FloatDType::F32));
         }
         let grad_hidden = if grad_hidden.is_empty() {
             Tensor::<B, 2>::zeros([0, d], &device).cast(dtype)

@@ -52,6 +52,8 @@ pub mod data;
 #[cfg(feature = "io")]
 pub mod hub;
 #[cfg(feature = "io")]
+pub mod peft;
+#[cfg(feature = "io")]
 pub mod reference_cache;
 #[cfg(feature = "io")]
 pub mod reward_model;

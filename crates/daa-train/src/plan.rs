@@ -26,13 +26,20 @@
 //!                                        rows (logits, probabilities, their gradient)
 //! ```
 //!
+//! With LoRA of rank `r` on some linear layers (`P_a = L · Σ r·(in + out)`
+//! adapter parameters, f32), the base weights are frozen: gradients, their
+//! sums and AdamW's state are the adapters' (`P_a·4`, `P_a·4`, `P_a·8`, not
+//! sharded), no master weights, the reference is the base model itself (no
+//! second copy), and each adapted layer adds `(in·4·[w < 4] + r·4)` bytes per
+//! token and block to the activations (its f32 input and `x A`).
+//!
 //! Bounds, not measurements: every position is counted as a completion
 //! position (the objective computes the head only on completion tokens),
 //! allocator fragmentation and the CUDA context (~0.5–1 GiB) are not.
 
 use serde::Serialize;
 
-use crate::model::ModelConfig;
+use crate::model::{LoraTarget, ModelConfig};
 
 pub use crate::precision::Precision;
 
@@ -57,6 +64,37 @@ pub struct PlanSetup {
     pub activation_checkpointing: bool,
     /// The fused LM head + loss (no `[tokens × V]` logits kept).
     pub fused_head: bool,
+    /// LoRA adapters instead of full training.
+    pub lora: Option<PlanLora>,
+}
+
+/// LoRA in a plan: the rank and which layers of each block are adapted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PlanLora {
+    /// `r`.
+    pub rank: u64,
+    /// Adapted layers, in [`LoraTarget::ALL`]'s order.
+    pub targets: [bool; 7],
+}
+
+impl PlanLora {
+    /// Rank `rank` on `targets`.
+    pub fn new(rank: u64, targets: &[LoraTarget]) -> Self {
+        Self { rank, targets: LoraTarget::ALL.map(|t| targets.contains(&t)) }
+    }
+
+    /// `(in, out)` of each adapted layer of one block.
+    fn layers(&self, config: &ModelConfig) -> Vec<(u64, u64)> {
+        let (d, i) = (config.hidden_size as u64, config.intermediate_size as u64);
+        let (q, kv) = ((config.num_heads * config.head_dim) as u64, (config.num_kv_heads * config.head_dim) as u64);
+        let shapes = [(d, q), (d, kv), (d, kv), (q, d), (d, i), (d, i), (i, d)];
+        shapes.into_iter().zip(self.targets).filter(|(_, on)| *on).map(|(shape, _)| shape).collect()
+    }
+
+    /// `P_a`: adapter parameters of the whole model.
+    pub fn parameters(&self, config: &ModelConfig) -> u64 {
+        config.num_layers as u64 * self.layers(config).iter().map(|(i, o)| self.rank * (i + o)).sum::<u64>()
+    }
 }
 
 /// One line of the plan.
@@ -77,6 +115,8 @@ pub struct MemoryPlan {
     pub setup: PlanSetup,
     /// `P`.
     pub parameters: u64,
+    /// `P_a` (0 without LoRA).
+    pub adapter_parameters: u64,
     /// Every component, the alternatives included.
     pub lines: Vec<PlanLine>,
     /// Sum of the counted lines.
@@ -103,40 +143,66 @@ impl MemoryPlan {
         let d_kv = (config.num_kv_heads * config.head_dim) as u64;
         let (i, a, t) = (config.intermediate_size as u64, config.num_heads as u64, setup.seq_len);
         let tokens = 2 * setup.pairs * t;
-        let per_token_block = (9 * d + 3 * d_kv + 4 * i) * w + 2 * a * t * w;
+        let adapter_inputs = |lora: &PlanLora| -> u64 {
+            let widened = if w < 4 { 4 } else { 0 };
+            lora.layers(config).iter().map(|(input, _)| input * widened + lora.rank * 4).sum()
+        };
+        let per_token_block =
+            (9 * d + 3 * d_kv + 4 * i) * w + 2 * a * t * w + setup.lora.as_ref().map_or(0, adapter_inputs);
         let ends = 2 * tokens * d * w;
         let full = l * tokens * per_token_block + ends;
         let checkpointed = l * tokens * d * w + tokens * per_token_block + ends;
         let unfused = tokens * v * 4 * 3;
         let fused = tokens.min(crate::fused_head::chunk_rows(v as usize) as u64) * v * 4 * 3;
         let ckpt = setup.activation_checkpointing;
-        let mut lines = vec![
-            PlanLine { component: "weights", bytes: shard(w), counted: true },
-            PlanLine {
-                component: "master weights (f32)",
-                bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
-                counted: true,
-            },
-            PlanLine { component: "gradients", bytes: shard(w), counted: true },
-            PlanLine {
-                component: "gradient sums (f32, accumulation)",
-                bytes: if setup.micro_batches > 1 { shard(4) } else { 0 },
-                counted: true,
-            },
-            PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },
-            PlanLine {
-                component: "reference model",
-                bytes: if setup.reference_live { shard(w) } else { 0 },
-                counted: true,
-            },
+        let trained = match &setup.lora {
+            // Adapters: f32, every GPU holds them whole.
+            Some(lora) => {
+                let adapters = lora.parameters(config);
+                vec![
+                    PlanLine { component: "weights (frozen)", bytes: shard(w), counted: true },
+                    PlanLine { component: "LoRA adapters (f32)", bytes: adapters * 4, counted: true },
+                    PlanLine { component: "gradients (adapters)", bytes: adapters * 4, counted: true },
+                    PlanLine {
+                        component: "gradient sums (f32, accumulation)",
+                        bytes: if setup.micro_batches > 1 { adapters * 4 } else { 0 },
+                        counted: true,
+                    },
+                    PlanLine { component: "optimizer state (AdamW, f32)", bytes: adapters * 8, counted: true },
+                ]
+            }
+            None => vec![
+                PlanLine { component: "weights", bytes: shard(w), counted: true },
+                PlanLine {
+                    component: "master weights (f32)",
+                    bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
+                    counted: true,
+                },
+                PlanLine { component: "gradients", bytes: shard(w), counted: true },
+                PlanLine {
+                    component: "gradient sums (f32, accumulation)",
+                    bytes: if setup.micro_batches > 1 { shard(4) } else { 0 },
+                    counted: true,
+                },
+                PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },
+                PlanLine {
+                    component: "reference model",
+                    bytes: if setup.reference_live { shard(w) } else { 0 },
+                    counted: true,
+                },
+            ],
+        };
+        let mut lines = trained;
+        lines.extend([
             PlanLine { component: "activations, checkpoint per block", bytes: checkpointed, counted: ckpt },
             PlanLine { component: "activations, no checkpointing", bytes: full, counted: !ckpt },
             PlanLine { component: "logits, fused head", bytes: fused, counted: setup.fused_head },
             PlanLine { component: "logits, unfused", bytes: unfused, counted: !setup.fused_head },
-        ];
+        ]);
         lines.retain(|line| line.bytes > 0);
         let total = lines.iter().filter(|line| line.counted).map(|line| line.bytes).sum();
-        Ok(Self { setup, parameters: p, lines, total, fits: total <= setup.gpu_memory })
+        let adapter_parameters = setup.lora.as_ref().map_or(0, |lora| lora.parameters(config));
+        Ok(Self { setup, parameters: p, adapter_parameters, lines, total, fits: total <= setup.gpu_memory })
     }
 
     /// The plan as a table for people (GiB).
@@ -144,8 +210,23 @@ impl MemoryPlan {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let s = &self.setup;
         let mut out = format!(
-            "{:.2} B parameters; {} GPU(s) of {:.1} GiB; {} pair(s) × {} tokens per GPU; {}{}{}{}\n",
+            "{:.2} B parameters{}; {} GPU(s) of {:.1} GiB; {} pair(s) × {} tokens per GPU; {}{}{}{}\n",
             self.parameters as f64 / 1e9,
+            match &s.lora {
+                Some(lora) => format!(
+                    ", LoRA rank {} on {} ({:.1} M trained)",
+                    lora.rank,
+                    LoraTarget::ALL
+                        .iter()
+                        .zip(lora.targets)
+                        .filter(|(_, on)| *on)
+                        .map(|(t, _)| t.peft_name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    self.adapter_parameters as f64 / 1e6
+                ),
+                None => String::new(),
+            },
             s.gpus,
             gib(s.gpu_memory),
             s.pairs,
@@ -154,7 +235,11 @@ impl MemoryPlan {
                 Precision::Bf16 => "bf16 weights, f32 state",
                 Precision::F32 => "f32",
             },
-            if s.reference_live { ", reference model in memory" } else { ", cached reference" },
+            match (s.lora.is_some(), s.reference_live) {
+                (true, true) => ", reference = adapters off",
+                (false, true) => ", reference model in memory",
+                (_, false) => ", cached reference",
+            },
             if s.activation_checkpointing { ", activation checkpointing" } else { "" },
             if s.fused_head { ", fused head" } else { ", unfused head" },
         );

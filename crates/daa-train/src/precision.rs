@@ -25,7 +25,9 @@
 //! anything loads. IEEE f16 is not offered: its 5-bit exponent makes small
 //! gradients underflow without loss scaling, which is not built.
 
-use burn::module::{Module, ModuleMapper, Param};
+use std::collections::HashSet;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -96,26 +98,35 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Casts every float parameter to one dtype, keeping its id and whether it
-/// requires a gradient (a new leaf, not a node of the old graph).
-struct CastParams(FloatDType);
+/// Casts every float parameter but those in `keep` (LoRA adapters, f32
+/// always) to one dtype, keeping its id and whether it requires a gradient
+/// (a new leaf, not a node of the old graph).
+struct CastParams {
+    dtype: FloatDType,
+    keep: HashSet<ParamId>,
+}
 
 impl<B: Backend> ModuleMapper<B> for CastParams {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
+        if self.keep.contains(&id) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
         let trains = tensor.is_require_grad();
-        let cast = tensor.cast(self.0).detach().set_require_grad(trains);
+        let cast = tensor.cast(self.dtype).detach().set_require_grad(trains);
         Param::from_mapped_value(id, cast, mapper)
     }
 }
 
 impl<B: Backend> CausalLm<B> {
-    /// The model with every weight in `dtype` (parameter ids kept).
+    /// The model with every weight in `dtype` (parameter ids kept), LoRA
+    /// adapters excepted: they stay in f32.
     pub fn cast(self, dtype: FloatDType) -> Self {
         if self.dtype() == dtype {
             return self;
         }
-        self.map(&mut CastParams(dtype))
+        let keep = self.adapter_ids();
+        self.map(&mut CastParams { dtype, keep })
     }
 
     /// The dtype of the weights and activations (the embedding's).

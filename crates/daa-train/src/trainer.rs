@@ -60,6 +60,10 @@ pub enum ReferencePolicy<B: Backend> {
     /// A frozen copy of the initial model scores each micro-batch (boxed:
     /// the model is large beside `Given`).
     Frozen(Box<CausalLm<B>>),
+    /// The policy with its LoRA adapters switched off scores each
+    /// micro-batch: the frozen base model itself, no copy
+    /// ([`CausalLm::without_adapters`]). Only for a model with adapters.
+    AdapterOff,
 }
 
 /// One pair of a step, with its reference scores when the reference policy
@@ -283,16 +287,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut optimizer = AdamW::new(options.optimizer);
         let mut decays = HashMap::new();
         let mut param_order = Vec::new();
-        model.visit_weights(&mut |_: &str, p: ParamKind<'_, B>| {
+        // A LoRA model trains its adapters only, and they stay in f32: no masters.
+        let keeps_masters = precision.keeps_masters() && model.lora().is_none();
+        model.visit_trainable(&mut |_: &str, p: ParamKind<'_, B>| {
             decays.insert(p.id(), p.decays());
             param_order.push(p.id());
-            if precision.keeps_masters() {
+            if keeps_masters {
                 optimizer.keep_master(p.id(), p.flat().inner());
             }
         });
         let model = model.cast(precision.dtype());
         let reference = match reference {
             ReferencePolicy::Frozen(frozen) => ReferencePolicy::Frozen(Box::new(frozen.cast(precision.dtype()))),
+            ReferencePolicy::AdapterOff if model.lora().is_none() => {
+                return Err(ModelError::Config(
+                    "the adapter-off reference needs a model with LoRA adapters; this one has none".into(),
+                ));
+            }
+            ReferencePolicy::AdapterOff => ReferencePolicy::Frozen(Box::new(model.valid().without_adapters())),
             given => given,
         };
         Ok(Self {
@@ -400,7 +412,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         batch: usize,
     ) -> Result<Option<Vec<PairScore>>, ModelError> {
         match &self.reference {
-            ReferencePolicy::Given => Ok(None),
+            ReferencePolicy::Given | ReferencePolicy::AdapterOff => Ok(None),
             ReferencePolicy::Frozen(model) => {
                 Ok(Some(score_pairs(model, pairs, batch, self.options.pad_id, &mut |_| {})?))
             }
@@ -514,7 +526,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<Vec<(f64, f64)>, ModelError> {
         let o = &self.options;
         match &self.reference {
-            ReferencePolicy::Given => micro
+            // `Trainer::new` turns `AdapterOff` into `Frozen`.
+            ReferencePolicy::Given | ReferencePolicy::AdapterOff => micro
                 .iter()
                 .enumerate()
                 .map(|(i, p)| match p.reference {

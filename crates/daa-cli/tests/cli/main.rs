@@ -892,6 +892,8 @@ fn manifest_dir() -> std::path::PathBuf {
 
 #[cfg(feature = "train")]
 mod faults;
+#[cfg(feature = "train")]
+mod lora;
 #[cfg(all(feature = "train", unix))]
 mod own_data;
 mod tensorboard;

@@ -1,13 +1,13 @@
 //! Norms, attention, MLP and the decoder block.
 
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, FloatDType, Tensor};
 
 use super::cache::LayerCache;
 use super::config::{ModelConfig, NormKind};
+use super::lora::{LoraLinear, LoraTarget};
 use super::rope::Rope;
 use super::weights::{Loader, ParamKind};
 use crate::error::ModelError;
@@ -52,7 +52,8 @@ impl<B: Backend> Norm<B> {
     }
 }
 
-fn visit_linear<B: Backend>(name: &str, l: &Linear<B>, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+fn visit_linear<B: Backend>(name: &str, l: &LoraLinear<B>, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
+    let l = &l.base;
     visit(&format!("{name}.weight"), ParamKind::Linear(&l.weight));
     if let Some(bias) = &l.bias {
         visit(&format!("{name}.bias"), ParamKind::Vector(bias));
@@ -78,13 +79,13 @@ pub struct AttentionContext<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `q_proj`.
-    pub q: Linear<B>,
+    pub q: LoraLinear<B>,
     /// `k_proj`.
-    pub k: Linear<B>,
+    pub k: LoraLinear<B>,
     /// `v_proj`.
-    pub v: Linear<B>,
+    pub v: LoraLinear<B>,
     /// `o_proj`.
-    pub o: Linear<B>,
+    pub o: LoraLinear<B>,
     #[module(skip)]
     heads: usize,
     #[module(skip)]
@@ -99,10 +100,10 @@ impl<B: Backend> Attention<B> {
     fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
         let (d, h, kv) = (c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         Ok(Self {
-            q: load.linear(&format!("{prefix}.q_proj"), d, h, c.qkv_bias)?,
-            k: load.linear(&format!("{prefix}.k_proj"), d, kv, c.qkv_bias)?,
-            v: load.linear(&format!("{prefix}.v_proj"), d, kv, c.qkv_bias)?,
-            o: load.linear(&format!("{prefix}.o_proj"), h, d, c.o_bias)?,
+            q: LoraLinear::plain(load.linear(&format!("{prefix}.q_proj"), d, h, c.qkv_bias)?),
+            k: LoraLinear::plain(load.linear(&format!("{prefix}.k_proj"), d, kv, c.qkv_bias)?),
+            v: LoraLinear::plain(load.linear(&format!("{prefix}.v_proj"), d, kv, c.qkv_bias)?),
+            o: LoraLinear::plain(load.linear(&format!("{prefix}.o_proj"), h, d, c.o_bias)?),
             heads: c.num_heads,
             kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
@@ -165,20 +166,20 @@ impl<B: Backend> Attention<B> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `gate_proj`.
-    pub gate: Linear<B>,
+    pub gate: LoraLinear<B>,
     /// `up_proj`.
-    pub up: Linear<B>,
+    pub up: LoraLinear<B>,
     /// `down_proj`.
-    pub down: Linear<B>,
+    pub down: LoraLinear<B>,
 }
 
 impl<B: Backend> Mlp<B> {
     fn load(c: &ModelConfig, prefix: &str, load: &mut Loader<'_, B>) -> Result<Self, ModelError> {
         let (d, m) = (c.hidden_size, c.intermediate_size);
         Ok(Self {
-            gate: load.linear(&format!("{prefix}.gate_proj"), d, m, c.mlp_bias)?,
-            up: load.linear(&format!("{prefix}.up_proj"), d, m, c.mlp_bias)?,
-            down: load.linear(&format!("{prefix}.down_proj"), m, d, c.mlp_bias)?,
+            gate: LoraLinear::plain(load.linear(&format!("{prefix}.gate_proj"), d, m, c.mlp_bias)?),
+            up: LoraLinear::plain(load.linear(&format!("{prefix}.up_proj"), d, m, c.mlp_bias)?),
+            down: LoraLinear::plain(load.linear(&format!("{prefix}.down_proj"), m, d, c.mlp_bias)?),
         })
     }
 
@@ -240,6 +241,32 @@ impl<B: Backend> DecoderLayer<B> {
                 let h = x + self.attention.forward(normed, at, cache);
                 h.clone() + self.mlp.forward(post_norm.forward(h))
             }
+        }
+    }
+
+    /// The linear layer LoRA names `target`.
+    pub fn linear(&self, target: LoraTarget) -> &LoraLinear<B> {
+        match target {
+            LoraTarget::Q => &self.attention.q,
+            LoraTarget::K => &self.attention.k,
+            LoraTarget::V => &self.attention.v,
+            LoraTarget::O => &self.attention.o,
+            LoraTarget::Gate => &self.mlp.gate,
+            LoraTarget::Up => &self.mlp.up,
+            LoraTarget::Down => &self.mlp.down,
+        }
+    }
+
+    /// [`Self::linear`], mutably.
+    pub fn linear_mut(&mut self, target: LoraTarget) -> &mut LoraLinear<B> {
+        match target {
+            LoraTarget::Q => &mut self.attention.q,
+            LoraTarget::K => &mut self.attention.k,
+            LoraTarget::V => &mut self.attention.v,
+            LoraTarget::O => &mut self.attention.o,
+            LoraTarget::Gate => &mut self.mlp.gate,
+            LoraTarget::Up => &mut self.mlp.up,
+            LoraTarget::Down => &mut self.mlp.down,
         }
     }
 

@@ -7,9 +7,11 @@
 //! `[in, out]`; Hugging Face files hold `[out, in]`, transposed on the host at
 //! load and save.
 
+mod adapters;
 mod cache;
 pub mod config;
 mod layers;
+pub mod lora;
 mod positions;
 pub mod rope;
 pub mod tiny_configs;
@@ -21,9 +23,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, Int, Tensor};
 
+pub use adapters::peft_prefix;
 pub use cache::{KvCache, LayerCache};
 pub use config::{Architecture, ModelConfig, NormKind, OutputHead, RopeScaling};
 pub use layers::{Attention, AttentionContext, DecoderLayer, Mlp, Norm};
+pub use lora::{Adapter, LoraConfig, LoraLinear, LoraTarget};
 pub use positions::Positions;
 pub use weights::{ParamKind, RandomWeights, WeightSource};
 
@@ -49,6 +53,9 @@ pub struct CausalLm<B: Backend> {
     pub rope: RopeTables<B>,
     #[module(skip)]
     config: ModelConfig,
+    /// The LoRA configuration when adapters are attached ([`lora`]).
+    #[module(skip)]
+    lora: Option<LoraConfig>,
 }
 
 impl<B: Backend> CausalLm<B> {
@@ -74,7 +81,7 @@ impl<B: Backend> CausalLm<B> {
             }
         };
         let rope = RopeTables::new(c, c.max_position_embeddings.min(ROPE_TABLE_POSITIONS), device);
-        Ok(Self { embed, layers, norm, lm_head, score, rope, config: c.clone() })
+        Ok(Self { embed, layers, norm, lm_head, score, rope, config: c.clone(), lora: None })
     }
 
     /// The configuration the model was built from.

@@ -1,8 +1,8 @@
 //! Checkpoints of a run and resuming from them.
 //!
 //! `checkpoint-NNNNNN/` (N = completed optimizer steps) holds a Hugging Face
-//! checkpoint (`model.safetensors` in f32, `config.json`, tokenizer files)
-//! plus `optimizer.safetensors` (AdamW moments `{name}.exp_avg`,
+//! checkpoint (`model.safetensors` in f32, `config.json`, tokenizer files;
+//! with `[lora]`, a PEFT adapter folder instead, [`crate::peft`]) plus `optimizer.safetensors` (AdamW moments `{name}.exp_avg`,
 //! `{name}.exp_avg_sq`, flattened in burn's layout) and
 //! `trainer_state.json`. The data order is a function of the seed and the
 //! step, so these restore the run exactly.
@@ -21,6 +21,7 @@ use super::config::TrainConfig;
 use crate::checkpoint::{NamedTensor, SafetensorsWeights, safetensors_bytes, save_model};
 use crate::model::{CausalLm, ParamKind};
 use crate::optim::AdamW;
+use crate::peft::{ADAPTER_WEIGHTS, is_adapter_dir, read_adapter_config};
 use crate::trainer::Trainer;
 use daa_core::io::write_dir_atomic as write_dir;
 
@@ -56,7 +57,7 @@ pub fn save_checkpoint<B: Backend>(
     let fill = |dir: &Path| -> Result<()> {
         save_model(model, dir, source_dir)?;
         let mut params = Vec::new();
-        model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
+        model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
         let mut tensors = Vec::new();
         for (name, id) in params {
             match optimizer.export(id, &name)? {
@@ -156,7 +157,12 @@ pub fn check_complete(dir: &Path) -> Result<TrainerState> {
             state.step
         );
     }
-    SafetensorsWeights::open(dir)?;
+    if is_adapter_dir(dir) {
+        read_adapter_config(dir)?;
+        SafetensorsFile::open(&dir.join(ADAPTER_WEIGHTS))?;
+    } else {
+        SafetensorsWeights::open(dir)?;
+    }
     SafetensorsFile::open(&dir.join("optimizer.safetensors"))?;
     Ok(state)
 }
@@ -223,7 +229,7 @@ pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &m
         Ok(view.host()?.as_f32("moment")?.to_vec())
     };
     let mut params: Vec<(String, ParamId, usize)> = Vec::new();
-    model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
+    model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
         params.push((name.to_string(), p.id(), p.file_shape().iter().product()));
     });
     let device = model.embed.weight.device();

@@ -52,6 +52,9 @@ pub struct TrainConfig {
     /// `model.path = data.path = "builtin:testbed"`.
     #[serde(default)]
     pub testbed: crate::testbed::TestbedSpec,
+    /// `[lora]`: train LoRA adapters on a frozen model instead of every weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::LoraConfig>,
 }
 
 /// `[model]`.
@@ -730,6 +733,16 @@ impl TrainConfig {
             }
             daa_core::controllers::EntropyFloorMultiplier::new(floor.controller())
                 .context("`monitor.entropy_floor`")?;
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+            if lora.dropout > 0.0 && t.activation_checkpointing {
+                bail!(
+                    "`lora.dropout` ({}) with `train.activation_checkpointing`: the recomputed blocks would draw \
+                     other dropout masks than the forward pass; set lora.dropout = 0 or turn checkpointing off",
+                    lora.dropout
+                );
+            }
         }
         self.loss_params()?;
         Ok(())

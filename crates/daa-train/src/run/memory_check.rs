@@ -11,7 +11,7 @@ use anyhow::{Result, bail};
 use super::config::{ReferenceMode, TrainConfig};
 use crate::backend::ComputeBackend;
 use crate::model::ModelConfig;
-use crate::plan::{MemoryPlan, PlanSetup, parse_bytes};
+use crate::plan::{MemoryPlan, PlanLora, PlanSetup, parse_bytes};
 
 /// Checks the plan of `config`'s step for `model`; returns what to tell the user.
 pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<String> {
@@ -42,6 +42,10 @@ pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<
         reference_live: config.loss.reference == ReferenceMode::Model,
         activation_checkpointing: config.train.activation_checkpointing,
         fused_head: config.train.fused_head,
+        lora: match &config.lora {
+            Some(lora) => Some(PlanLora::new(lora.rank as u64, &lora.targets()?)),
+            None => None,
+        },
     };
     let plan = MemoryPlan::new(model, setup).map_err(anyhow::Error::msg)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;

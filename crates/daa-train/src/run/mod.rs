@@ -74,6 +74,7 @@ use step_loop::StepLoop;
 use crate::backend::{BackendTask, with_compute_backend};
 use crate::checkpoint::{load_model, read_config};
 use crate::model::CausalLm;
+use crate::peft::attach_adapter;
 use crate::schedule::BatchSchedule;
 use crate::trainer::{ReferencePolicy, Trainer};
 
@@ -126,11 +127,13 @@ fn run<B: AutodiffBackend>(
         References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
     // A frozen reference (loss.reference = "model") goes to the trainer; the
     // sample evaluation shares its tensors when it samples the reference.
-    let sample_reference = frozen.as_ref().filter(|_| config.samples().is_some()).cloned();
     let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
     let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
     let cadence = config.cadence(total_steps)?;
+    let lora_reference = config.lora.is_some() && config.loss.reference == ReferenceMode::Model;
+    let frozen_copy = frozen.clone();
     let reference_policy = match frozen {
+        _ if lora_reference => ReferencePolicy::AdapterOff,
         Some(model) => ReferencePolicy::Frozen(Box::new(model)),
         None => ReferencePolicy::Given,
     };
@@ -153,8 +156,24 @@ fn run<B: AutodiffBackend>(
         })?;
     write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
     let model = trainer.model().config();
+    let lora = match trainer.model().lora() {
+        Some(lora) => {
+            let mut trained = 0;
+            trainer.model().visit_adapters(&mut |_: &str, p: crate::model::ParamKind<'_, B>| {
+                trained += p.file_shape().iter().product::<usize>();
+            });
+            format!(
+                ", LoRA rank {} α {} on {}: {:.3} M trained",
+                lora.rank,
+                lora.alpha,
+                lora.target_modules.join(", "),
+                trained as f64 / 1e6
+            )
+        }
+        None => String::new(),
+    };
     observer.note(&format!(
-        "model {} ({}, {:.2} M parameters) on {}; {} steps ({} per epoch), {} pairs per step, loss {}",
+        "model {} ({}, {:.2} M parameters{lora}) on {}; {} steps ({} per epoch), {} pairs per step, loss {}",
         prepared.model_dir.display(),
         model.architecture_name,
         model.parameter_count() as f64 / 1e6,
@@ -165,6 +184,13 @@ fn run<B: AutodiffBackend>(
         loss.loss.name()
     ));
 
+    // The sample evaluation's reference: the run's frozen model, or a LoRA
+    // policy's base (shared, not copied); else loaded when needed.
+    let sample_reference = match &config.lora {
+        _ if config.samples().is_none() => None,
+        Some(_) => Some(trainer.valid_model().without_adapters()),
+        None => frozen_copy,
+    };
     let mut evaluation = Evaluation::new(&config, &prepared, &eval_scores, sample_reference, loss, &device, observer)?;
     evaluation.catch_up(&metrics, &mut trainer)?;
     let steps = StepLoop {
@@ -193,8 +219,11 @@ fn build_trainer<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Trainer<B>> {
     let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
-    let weights = resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path());
-    let model: CausalLm<B> = load_model(weights, device)?;
+    let model: CausalLm<B> = match (&config.lora, resume) {
+        (None, _) => load_model(resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path()), device)?,
+        (Some(lora), None) => load_model(&prepared.model_dir, device)?.with_lora(lora, config.train.seed)?,
+        (Some(_), Some(point)) => attach_adapter(load_model(&prepared.model_dir, device)?, &point.dir)?,
+    };
     let mut trainer = Trainer::<B>::new(model, options, reference)?;
     if let Some(point) = resume {
         load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())

@@ -62,7 +62,8 @@ impl<B: Backend> References<B> {
                 let pad = prepared.encoder.pad_id;
                 let eval =
                     score_encoded(&frozen, &prepared.eval, batch, pad, &mut |done| observer.scoring(done, total))?;
-                Ok(Self { train: None, eval, frozen: Some(frozen) })
+                // A LoRA run's reference is its own base model: no copy kept.
+                Ok(Self { train: None, eval, frozen: config.lora.is_none().then_some(frozen) })
             }
         }
     }

@@ -76,6 +76,9 @@ pub fn resume_mismatch(saved: &TrainConfig, now: &TrainConfig) -> Vec<String> {
     };
     let (a, b) = (strip(saved), strip(now));
     let mut differing = Vec::new();
+    if a.get("lora") != b.get("lora") {
+        differing.push("lora".to_string());
+    }
     for section in ["model", "data", "loss", "train", "testbed"] {
         if let (Some(x), Some(y)) =
             (a.get(section).and_then(Value::as_object), b.get(section).and_then(Value::as_object))

@@ -8,6 +8,7 @@
 mod backends;
 mod decode;
 mod kl;
+mod lora;
 mod memory;
 mod plan;
 mod precision;
@@ -21,6 +22,8 @@ mod judge;
 mod model;
 #[cfg(feature = "io")]
 mod naive;
+#[cfg(feature = "io")]
+mod peft;
 #[cfg(feature = "io")]
 mod sources;
 #[cfg(feature = "io")]

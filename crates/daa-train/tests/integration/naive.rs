@@ -23,6 +23,47 @@ impl Weights {
         Self(map)
     }
 
+    /// The weights with the PEFT LoRA adapter of `dir` merged as PEFT
+    /// defines it: for every `base_model.model.{m}.lora_A.weight` `A` `[r, in]`
+    /// and its `lora_B.weight` `B` `[out, r]`, `{m}.weight += s · B A`, with
+    /// `s = lora_alpha / r` (`/ √r` with `use_rslora`), read from
+    /// `adapter_config.json` and `adapter_model.safetensors` directly.
+    pub fn with_peft_adapter(mut self, dir: &Path) -> Self {
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+        let r = config["r"].as_f64().unwrap();
+        let alpha = config["lora_alpha"].as_f64().unwrap();
+        let s = if config["use_rslora"].as_bool().unwrap_or(false) { alpha / r.sqrt() } else { alpha / r };
+        let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let read = |name: &str| -> (Vec<usize>, Vec<f64>) {
+            let view = file.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(view.dtype(), safetensors::Dtype::F32);
+            let values =
+                view.data().chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))).collect();
+            (view.shape().to_vec(), values)
+        };
+        let mut adapted = 0;
+        for name in file.names() {
+            let Some(module) = name.strip_suffix(".lora_A.weight") else { continue };
+            let (a_shape, a) = read(name);
+            let (b_shape, b) = read(&format!("{module}.lora_B.weight"));
+            let (rank, d_in, d_out) = (a_shape[0], a_shape[1], b_shape[0]);
+            assert_eq!(b_shape[1], rank, "{module}: lora_B's columns");
+            let target = format!("{}.weight", module.strip_prefix("base_model.model.").expect("PEFT's prefix"));
+            let (shape, w) = self.0.get_mut(&target).unwrap_or_else(|| panic!("the base has no {target}"));
+            assert_eq!(shape, &[d_out, d_in], "{target}");
+            for o in 0..d_out {
+                for i in 0..d_in {
+                    w[o * d_in + i] += s * (0..rank).map(|k| b[o * rank + k] * a[k * d_in + i]).sum::<f64>();
+                }
+            }
+            adapted += 1;
+        }
+        assert!(adapted > 0, "{}: no lora_A tensors", dir.display());
+        self
+    }
+
     fn get(&self, name: &str) -> &[f64] {
         &self.0.get(name).unwrap_or_else(|| panic!("no {name}")).1
     }

@@ -1,8 +1,8 @@
 //! `daa plan`'s numbers against hand computation, on the published
 //! `config.json` of Llama-2-7B and Command R (c4ai-command-r-v01, 35B).
 
-use daa_train::model::ModelConfig;
-use daa_train::plan::{MemoryPlan, PlanSetup, Precision, parse_bytes};
+use daa_train::model::{LoraTarget, ModelConfig};
+use daa_train::plan::{MemoryPlan, PlanLora, PlanSetup, Precision, parse_bytes};
 
 const GIB: u64 = 1 << 30;
 
@@ -22,6 +22,7 @@ fn setup(gpus: u64) -> PlanSetup {
         reference_live: false,
         activation_checkpointing: true,
         fused_head: true,
+        lora: None,
     }
 }
 
@@ -121,4 +122,46 @@ fn manifest_dir() -> std::path::PathBuf {
     std::path::PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
     )
+}
+
+#[test]
+fn lora_on_llama_2_7b_counts_the_adapters_only_and_fits_one_80_gib_gpu() {
+    let llama = config("llama-2-7b.config.json");
+    // r = 16 on every linear layer: 32 × 16 × (4·(4096 + 4096) + 3·(4096 + 11008)) = 39 976 960,
+    // PEFT's "trainable params" for this model and setting.
+    let all = PlanLora::new(16, &LoraTarget::ALL);
+    assert_eq!(all.parameters(&llama), 39_976_960);
+    // PEFT's default targets (q_proj, v_proj): 32 × 16 × 2 × 8192.
+    let qv = PlanLora::new(16, &[LoraTarget::Q, LoraTarget::V]);
+    assert_eq!(qv.parameters(&llama), 8_388_608);
+    let plan = MemoryPlan::new(&llama, PlanSetup { lora: Some(all), reference_live: true, ..setup(1) }).unwrap();
+    let a = 39_976_960u64;
+    assert_eq!(plan.adapter_parameters, a);
+    assert_eq!(line(&plan, "weights (frozen)"), 13_476_831_232);
+    assert_eq!(line(&plan, "LoRA adapters (f32)"), 4 * a);
+    assert_eq!(line(&plan, "gradients (adapters)"), 4 * a);
+    assert_eq!(line(&plan, "optimizer state (AdamW, f32)"), 8 * a);
+    for absent in ["master weights (f32)", "reference model", "gradients", "weights"] {
+        assert!(plan.lines.iter().all(|l| l.component != absent), "LoRA plan has a `{absent}` line");
+    }
+    // Per token and block, the full step's 317 440 bytes plus each adapted layer's f32 input and
+    // `x A`: 4·(6·4096 + 11008 + 7·16) = 142 784 (the inputs of q, k, v, o, gate, up are 4096
+    // wide, down's 11008).
+    let per_token_block = 317_440 + 142_784;
+    assert_eq!(
+        line(&plan, "activations, checkpoint per block"),
+        32 * 2048 * 4096 * 2 + 2048 * per_token_block + 2 * 2048 * 4096 * 2
+    );
+    assert_eq!(
+        plan.total,
+        13_476_831_232 + 16 * a + line(&plan, "activations, checkpoint per block") + 524 * 32_000 * 12
+    );
+    assert!(plan.fits, "{}", plan.table());
+    assert!(
+        plan.table()
+            .contains("LoRA rank 16 on q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (40.0 M trained)"),
+        "{}",
+        plan.table()
+    );
+    assert!(plan.table().contains("reference = adapters off"), "{}", plan.table());
 }
