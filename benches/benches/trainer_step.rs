@@ -86,6 +86,11 @@ fn run() -> Result<()> {
     let repeats = number(&args, "--repeats", 5)?;
     let base = setup(&args, 1, repeats)?;
     let torch = value(&args, "--torch");
+    if torch.is_some() && base.lora.is_some() {
+        bail!(
+            "--torch with --lora: the PyTorch baseline trains every weight; compare LoRA steps with daa's full steps"
+        );
+    }
     let out_dir = target_dir().join("daa-bench");
     std::fs::create_dir_all(&out_dir)?;
 

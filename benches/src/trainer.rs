@@ -194,10 +194,25 @@ impl Shape {
     /// embedding (the head counted), `T` the sequence length; for every
     /// token, although daa applies the head at completion positions only.
     pub fn model_flops(&self, mode: &str) -> f64 {
+        self.flops(mode, 0)
+    }
+
+    /// [`Self::model_flops`] of a LoRA step with `adapters` parameters: the
+    /// frozen weights get no gradient (`4N` per token: forward and the
+    /// activations' gradients), the adapters all three products (`6·P_a`).
+    pub fn lora_step_flops(&self, adapters: usize) -> f64 {
+        self.flops("lora", adapters)
+    }
+
+    fn flops(&self, mode: &str, adapters: usize) -> f64 {
         let n = (self.parameters() - self.vocab * self.hidden + if self.tied { self.vocab * self.hidden } else { 0 })
             as f64;
         let attention = (self.layers * self.hidden * self.seq_len) as f64;
-        let per_token = if mode == "step" { 6.0 * n + 12.0 * attention } else { 2.0 * n + 4.0 * attention };
+        let per_token = match mode {
+            "step" => 6.0 * n + 12.0 * attention,
+            "lora" => 4.0 * n + 12.0 * attention + 6.0 * adapters as f64,
+            _ => 2.0 * n + 4.0 * attention,
+        };
         per_token * self.tokens() as f64
     }
 
@@ -372,10 +387,19 @@ pub fn measure(
         backend: setup.backend.into(),
         precision: setup.precision.as_str().into(),
         lora_rank: setup.lora.unwrap_or(0),
-        model_flops: shape.model_flops(mode),
+        model_flops: match setup.lora {
+            Some(rank) if mode == "step" => shape.lora_step_flops(lora_parameters(shape, rank)?),
+            _ => shape.model_flops(mode),
+        },
         plan_mib,
         ..m
     })
+}
+
+/// Adapter parameters of [`lora_all_linear`]`(rank)` on `shape`.
+fn lora_parameters(shape: &Shape, rank: usize) -> Result<usize> {
+    let config = ModelConfig::from_json(&shape.config_json().to_string())?;
+    Ok(daa_train::plan::PlanLora::new(rank as u64, &LoraTarget::ALL).parameters(&config) as usize)
 }
 
 /// LoRA of `rank` on every linear layer of the blocks, `α = 2r` (a common TRL setting).

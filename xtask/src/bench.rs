@@ -149,6 +149,11 @@ fn trainer(args: &BenchArgs) -> Result<()> {
     if args.checkpointing {
         cmd.arg("--checkpointing");
     }
+    if args.torch && args.lora.is_some() {
+        bail!(
+            "--torch with --lora: the PyTorch baseline trains every weight; compare LoRA steps with daa's full steps"
+        );
+    }
     if args.torch {
         let root = crate::workspace_root()?;
         let script = root.join("scripts/torch_dpo_baseline.py");

@@ -145,7 +145,11 @@ fn checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     for entry in std::fs::read_dir(run_dir).with_context(|| format!("{}: cannot list", run_dir.display()))? {
         let path = entry?.path();
         let step = path.file_name().and_then(|n| n.to_str()?.strip_prefix("checkpoint-")?.parse::<u64>().ok());
-        if let Some(step) = step.filter(|_| path.join("model.safetensors").exists()) {
+        // A full checkpoint, or a LoRA run's adapter folder (load_model reads both).
+        let saved = path.join("model.safetensors").exists()
+            || path.join("model.safetensors.index.json").exists()
+            || daa_train::peft::is_adapter_dir(&path);
+        if let Some(step) = step.filter(|_| saved) {
             found.push((step, path));
         }
     }

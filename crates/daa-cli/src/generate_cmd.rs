@@ -77,7 +77,9 @@ impl BackendTask for GenerateArgs {
             bail!("--batch-size and --samples-per-prompt must be at least 1");
         }
         let source = self.prompts.display().to_string();
-        let encoder = TextEncoder::open(&self.model).with_context(|| format!("model {}", self.model.display()))?;
+        // An adapter folder's tokenizer may be its base's (peft saves none).
+        let tokenizer = daa_train::peft::tokenizer_dir(&self.model)?;
+        let encoder = TextEncoder::open(&tokenizer).with_context(|| format!("model {}", self.model.display()))?;
         let rows = read_rows(&self.prompts)?;
         let mut values = Vec::with_capacity(rows.len());
         let mut jobs = Vec::new();

@@ -46,7 +46,9 @@ impl BackendTask for LogpsArgs {
     type Output = ();
     type Error = anyhow::Error;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
-        let encoder = TextEncoder::open(&self.model).with_context(|| format!("model {}", self.model.display()))?;
+        // An adapter folder's tokenizer may be its base's (peft saves none).
+        let tokenizer = daa_train::peft::tokenizer_dir(&self.model)?;
+        let encoder = TextEncoder::open(&tokenizer).with_context(|| format!("model {}", self.model.display()))?;
         let options = EncodeOptions {
             max_length: self.max_length,
             max_prompt_length: self.max_prompt_length,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use burn::backend::Flex;
+use burn::tensor::FloatDType;
 use clap::Args;
 use daa_core::io::write_dir_atomic;
 use daa_train::checkpoint::save_model_as;
@@ -41,7 +42,7 @@ pub fn run(args: &MergeArgs) -> Result<()> {
         );
     }
     let base = base_model_dir(&args.adapter, args.base.as_deref())?;
-    let model: CausalLm<Flex> = load_adapted(&args.adapter, Some(&base), &Default::default())?;
+    let model: CausalLm<Flex> = load_adapted(&args.adapter, Some(&base), &Default::default(), FloatDType::F32)?;
     let lora = model.lora().cloned();
     let merged = model.merge_adapters();
     let options = SaveOptions::like_source(merged.config());

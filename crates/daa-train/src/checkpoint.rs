@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::FloatDType;
 use burn::tensor::backend::Backend;
 use daa_core::HostTensor;
 use daa_core::io::SafetensorsFile;
@@ -150,8 +151,14 @@ impl WeightSource for SafetensorsWeights {
 /// being converted, not the files. A PEFT adapter folder
 /// ([`crate::peft`]) loads as its base model with the adapters attached.
 pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm<B>> {
+    load_model_in(dir, device, FloatDType::F32)
+}
+
+/// [`load_model`] with the weights in `dtype`, each converted as it is built
+/// (LoRA adapters stay f32).
+pub fn load_model_in<B: Backend>(dir: &Path, device: &B::Device, dtype: FloatDType) -> Result<CausalLm<B>> {
     if crate::peft::is_adapter_dir(dir) && !dir.join("config.json").exists() {
-        return crate::peft::load_adapted(dir, None, device);
+        return crate::peft::load_adapted(dir, None, device, dtype);
     }
     let config = read_config(dir)?;
     if let OutputHead::SequenceClassification { .. } = config.head {
@@ -166,7 +173,8 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm
     let master = dir.join(MASTER_WEIGHTS_DIR);
     let weights_dir = if master.is_dir() { master } else { dir.to_path_buf() };
     let mut weights = SafetensorsWeights::open(&weights_dir)?;
-    CausalLm::from_weights(&config, &mut weights, device).with_context(|| format!("loading {}", weights_dir.display()))
+    CausalLm::from_weights_in(&config, &mut weights, device, dtype)
+        .with_context(|| format!("loading {}", weights_dir.display()))
 }
 
 /// Loads a reward model: a `…ForSequenceClassification` checkpoint with one

@@ -9,6 +9,9 @@ pub enum ModelError {
     /// `config.json` is missing a field or has a value daa cannot use.
     #[error("config.json: {0}")]
     Config(String),
+    /// LoRA settings or adapters daa cannot use (the message names the field).
+    #[error("{0}")]
+    Lora(String),
     /// `config.json` names a model family daa does not implement.
     #[error("config.json: unknown architecture {found}; daa supports {supported}")]
     UnknownArchitecture {

@@ -137,6 +137,20 @@ impl HubId {
     }
 }
 
+/// The Hub model and commit of a snapshot folder of the cache
+/// (`…/models--org--name/snapshots/<commit>`), when `dir` is one: how a
+/// model read by Hub id is named again (a LoRA adapter's base).
+pub fn model_of_snapshot(dir: &Path) -> Option<HubId> {
+    let commit = dir.file_name()?.to_str()?;
+    let snapshots = dir.parent()?;
+    if snapshots.file_name()? != "snapshots" {
+        return None;
+    }
+    let folder = snapshots.parent()?.file_name()?.to_str()?;
+    let repo = folder.strip_prefix(RepoKind::Model.folder_prefix())?.strip_prefix("--")?.replace("--", "/");
+    HubId::parse(&format!("{repo}@{commit}"))
+}
+
 /// A local path, or else a Hub id of `kind` resolved in the cache.
 /// `field` names the setting for messages (`model.path`, `--model`).
 /// `Ok(None)` when `spec` is neither an existing path nor a Hub id.
@@ -168,6 +182,13 @@ pub fn resolve_model(spec: &str, field: &str) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("`{field}` = `{spec}` is a file; expected a Hugging Face checkpoint folder (config.json, *.safetensors)");
     }
+    if !dir.join("config.json").is_file() && dir.join("adapter_config.json").is_file() {
+        bail!(
+            "`{field}` = `{spec}` is a PEFT adapter folder, not a model: name its base model here (and resume a \
+             LoRA run with --resume), or fold it into a checkpoint first (daa merge --adapter {} --out DIR)",
+            dir.display()
+        );
+    }
     if !dir.join("config.json").is_file() {
         bail!("`{field}` = `{spec}`: {} has no config.json (not a Hugging Face checkpoint folder?)", dir.display());
     }
@@ -188,7 +209,19 @@ pub fn resolve_dataset(spec: &str, field: &str) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::{HubId, RepoKind};
+    use std::path::Path;
+
+    use super::{HubId, RepoKind, model_of_snapshot};
+
+    #[test]
+    fn a_snapshot_folder_names_its_model_and_commit() {
+        let id = model_of_snapshot(Path::new("/c/hub/models--meta-llama--Llama-3.2-1B/snapshots/abc123")).unwrap();
+        assert_eq!((id.repo.as_str(), id.revision.as_str()), ("meta-llama/Llama-3.2-1B", "abc123"));
+        assert_eq!(model_of_snapshot(Path::new("/c/hub/models--gpt2/snapshots/f00")).unwrap().repo, "gpt2");
+        for not in ["/c/hub/datasets--a--b/snapshots/x", "/c/models--a--b/refs/main", "/models/Llama-3.2-1B", "/"] {
+            assert!(model_of_snapshot(Path::new(not)).is_none(), "{not}");
+        }
+    }
 
     #[test]
     fn hub_ids_follow_the_hub_s_rules() {

@@ -13,10 +13,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::FloatDType;
 use burn::tensor::backend::Backend;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{NamedTensor, SafetensorsWeights, TOKENIZER_FILES, load_model, safetensors_bytes};
+use crate::checkpoint::{NamedTensor, SafetensorsWeights, TOKENIZER_FILES, load_model_in, safetensors_bytes};
 use crate::model::{CausalLm, LoraConfig, ParamKind};
 
 /// The adapter's configuration file.
@@ -30,9 +31,9 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
 }
 
 /// `adapter_config.json` as PEFT writes it for `config` on the base model
-/// `base` (keys of peft 0.13's `LoraConfig`; `target_modules` sorted, as
-/// PEFT writes its set).
-pub fn adapter_config_json(config: &LoraConfig, base: &str) -> Result<String> {
+/// `base` at `revision` (keys of peft 0.13's `LoraConfig`; `target_modules`
+/// sorted, as PEFT writes its set).
+pub fn adapter_config_json(config: &LoraConfig, base: &str, revision: Option<&str>) -> Result<String> {
     let mut targets: Vec<&str> = config.targets()?.iter().map(|t| t.peft_name()).collect();
     targets.sort_unstable();
     let value = json!({
@@ -50,7 +51,7 @@ pub fn adapter_config_json(config: &LoraConfig, base: &str) -> Result<String> {
         "peft_type": "LORA",
         "r": config.rank,
         "rank_pattern": {},
-        "revision": null,
+        "revision": revision,
         "target_modules": targets,
         "task_type": "CAUSAL_LM",
         "use_dora": false,
@@ -91,8 +92,26 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraConfig, String)> {
             return Err(bad(key, "none (one rank and α for every adapted layer of every block, nothing else trained)"));
         }
     }
-    if v.get("bias").and_then(Value::as_str).is_some_and(|b| b != "none") {
+    if v.get("bias").is_some_and(|b| !b.is_null() && b.as_str() != Some("none")) {
         return Err(bad("bias", "\"none\""));
+    }
+    // Newer peft's options that change what the folder means when not at their defaults.
+    for key in ["lora_bias", "use_qalora"] {
+        if !is_false(key) {
+            return Err(bad(key, "false"));
+        }
+    }
+    for key in ["trainable_token_indices", "exclude_modules", "target_parameters"] {
+        if !is_empty(key) {
+            return Err(bad(key, "none"));
+        }
+    }
+    // PiSSA, OLoRA, LoftQ, EVA and CorDA initialisations change the base model itself.
+    if v.get("init_lora_weights").is_some_and(|i| !(i.is_boolean() || i == "gaussian" || i.is_null())) {
+        return Err(bad("init_lora_weights", "true, false or \"gaussian\" (the base model unchanged)"));
+    }
+    if v.get("use_rslora").is_some_and(|x| !x.is_boolean() && !x.is_null()) {
+        return Err(bad("use_rslora", "true or false"));
     }
     let rank = v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("r", "a positive integer"))? as usize;
     let alpha = v.get("lora_alpha").and_then(Value::as_f64).ok_or_else(|| bad("lora_alpha", "a positive number"))?;
@@ -112,7 +131,14 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraConfig, String)> {
     let use_rslora = v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false);
     let config = LoraConfig { rank, alpha, dropout, target_modules, use_rslora };
     config.validate().with_context(|| format!("{}", path.display()))?;
-    let base = v.get("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut base = v.get("base_model_name_or_path").and_then(Value::as_str).unwrap_or_default().to_string();
+    // A Hub id pinned to a revision: `org/name@revision`, as daa's Hub ids are written.
+    if let Some(revision) = v.get("revision").and_then(Value::as_str)
+        && !Path::new(&base).exists()
+        && crate::hub::HubId::parse(&base).is_some()
+    {
+        base = format!("{base}@{revision}");
+    }
     Ok((config, base))
 }
 
@@ -137,9 +163,15 @@ pub fn save_adapter<B: Backend>(model: &CausalLm<B>, dir: &Path, base_dir: &Path
     let weights = dir.join(ADAPTER_WEIGHTS);
     std::fs::write(&weights, safetensors_bytes(&tensors, &[])?)
         .with_context(|| format!("{}: write failed", weights.display()))?;
+    // A base read from the Hugging Face cache is named by its Hub id and
+    // commit (what peft resolves anywhere), else by its absolute path.
     let base = base_dir.canonicalize().unwrap_or_else(|_| base_dir.to_path_buf());
+    let (name, revision) = match crate::hub::model_of_snapshot(&base) {
+        Some(id) => (id.repo, Some(id.revision)),
+        None => (base.display().to_string(), None),
+    };
     let config_path = dir.join(ADAPTER_CONFIG);
-    std::fs::write(&config_path, adapter_config_json(config, &base.display().to_string())?)
+    std::fs::write(&config_path, adapter_config_json(config, &name, revision.as_deref())?)
         .with_context(|| format!("{}: write failed", config_path.display()))?;
     for name in TOKENIZER_FILES {
         let from = base_dir.join(name);
@@ -157,12 +189,23 @@ pub fn base_model_dir(dir: &Path, base: Option<&Path>) -> Result<PathBuf> {
         return Ok(base.to_path_buf());
     }
     let (_, named) = read_adapter_config(dir)?;
+    let config = dir.join(ADAPTER_CONFIG);
+    let fix =
+        "set `base_model_name_or_path` there to the base model's folder or Hub id (daa merge also takes --base DIR)";
     if named.is_empty() {
-        bail!("{}: no `base_model_name_or_path`; name the base model (--base DIR)", dir.join(ADAPTER_CONFIG).display());
+        bail!("{}: no `base_model_name_or_path`; {fix}", config.display());
     }
-    crate::hub::resolve_model(&named, "base_model_name_or_path").with_context(|| {
-        format!("{}: the base model is not here; name it (--base DIR)", dir.join(ADAPTER_CONFIG).display())
-    })
+    crate::hub::resolve_model(&named, "base_model_name_or_path")
+        .with_context(|| format!("{}: the base model is not here; {fix}", config.display()))
+}
+
+/// Where the tokenizer of the model in `dir` is: `dir` itself, or for an
+/// adapter folder without tokenizer files (peft saves none), its base's.
+pub fn tokenizer_dir(dir: &Path) -> Result<PathBuf> {
+    if is_adapter_dir(dir) && !dir.join("tokenizer.json").exists() {
+        return base_model_dir(dir, None);
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// `model` (the base, without adapters) with the adapters of the PEFT folder `dir`.
@@ -174,12 +217,17 @@ pub fn attach_adapter<B: Backend>(model: CausalLm<B>, dir: &Path) -> Result<Caus
         .with_context(|| format!("loading {}", dir.join(ADAPTER_WEIGHTS).display()))
 }
 
-/// The base model (`base`, or the one the adapter names) with the adapters
-/// of the PEFT folder `dir`, onto `device`.
-pub fn load_adapted<B: Backend>(dir: &Path, base: Option<&Path>, device: &B::Device) -> Result<CausalLm<B>> {
+/// The base model (`base`, or the one the adapter names; its weights in
+/// `dtype`) with the adapters of the PEFT folder `dir`, onto `device`.
+pub fn load_adapted<B: Backend>(
+    dir: &Path,
+    base: Option<&Path>,
+    device: &B::Device,
+    dtype: FloatDType,
+) -> Result<CausalLm<B>> {
     let base = base_model_dir(dir, base)?;
-    if is_adapter_dir(&base) {
+    if is_adapter_dir(&base) && !base.join("config.json").exists() {
         bail!("{}: the base model {} is itself an adapter folder", dir.display(), base.display());
     }
-    attach_adapter(load_model(&base, device)?, dir)
+    attach_adapter(load_model_in(&base, device, dtype)?, dir)
 }

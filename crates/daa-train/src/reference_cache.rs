@@ -110,7 +110,9 @@ fn hash_file(hasher: &mut Sha256, path: &Path) -> Result<()> {
     }
 }
 
-/// SHA-256 (hex) of a checkpoint folder's config, weights and tokenizer files.
+/// SHA-256 (hex) of a checkpoint folder's config, weights and tokenizer
+/// files (a PEFT adapter folder's `adapter_config.json` and its base
+/// model's fingerprint, too).
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
@@ -118,6 +120,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
         .filter(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             name == "config.json"
+                || name == crate::peft::ADAPTER_CONFIG
                 || name.ends_with(".safetensors")
                 || name.ends_with(".safetensors.index.json")
                 || TOKENIZER_FILES.contains(&name.as_str())
@@ -127,6 +130,10 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     for f in &files {
         hash_file(&mut hasher, f)?;
+    }
+    // An adapter's scores depend on its base's weights too.
+    if crate::peft::is_adapter_dir(dir) && !dir.join("config.json").exists() {
+        hasher.update(model_fingerprint(&crate::peft::base_model_dir(dir, None)?)?.as_bytes());
     }
     Ok(format!("{:x}", hasher.finalize()))
 }

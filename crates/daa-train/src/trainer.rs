@@ -265,6 +265,8 @@ pub struct Trainer<B: AutodiffBackend> {
     param_order: Vec<ParamId>,
     /// The top-k entropy floor term, when on.
     entropy_floor: Option<EntropyFloor>,
+    /// Seed of LoRA dropout's masks (mixed with the step number).
+    dropout_seed: u64,
     completed: u64,
 }
 
@@ -300,7 +302,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let reference = match reference {
             ReferencePolicy::Frozen(frozen) => ReferencePolicy::Frozen(Box::new(frozen.cast(precision.dtype()))),
             ReferencePolicy::AdapterOff if model.lora().is_none() => {
-                return Err(ModelError::Config(
+                return Err(ModelError::Lora(
                     "the adapter-off reference needs a model with LoRA adapters; this one has none".into(),
                 ));
             }
@@ -316,8 +318,27 @@ impl<B: AutodiffBackend> Trainer<B> {
             decays,
             param_order,
             entropy_floor: None,
+            dropout_seed: 0,
             completed: 0,
         })
+    }
+
+    /// Seeds LoRA dropout: before each step the backend's generator is
+    /// seeded from `seed` and the step number, so a step's masks are the same
+    /// in every run and after a resume (default seed 0).
+    pub fn with_dropout_seed(mut self, seed: u64) -> Self {
+        self.dropout_seed = seed;
+        self
+    }
+
+    /// Seeds the backend's generator for this step's LoRA dropout masks
+    /// (nothing without dropout).
+    fn seed_dropout(&self) {
+        let model = self.model();
+        if model.lora().is_some_and(|l| l.dropout > 0.0) {
+            let mut state = self.dropout_seed ^ self.completed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            B::seed(&model.embed.weight.val().device(), crate::rng::splitmix64(&mut state));
+        }
     }
 
     /// Uses `reducer` to combine gradients across data-parallel ranks.
@@ -441,6 +462,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let o = self.options;
         let lr = o.schedule.at(self.completed);
+        self.seed_dropout();
         let normaliser = (pairs.len() * self.reducer.world_size()) as f64;
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
@@ -577,6 +599,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let o = self.options;
         let lr = o.schedule.at(self.completed);
+        self.seed_dropout();
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
         let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();

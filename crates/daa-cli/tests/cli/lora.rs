@@ -58,6 +58,28 @@ fn a_lora_run_saves_adapters_that_generate_and_merge() {
     assert!(sampled.status.success(), "{}", stderr(&sampled));
     assert_eq!(read_jsonl(&dir.path().join("adapter.jsonl")).len(), 2);
 
+    // An adapter folder as peft saves it (no tokenizer files): the tokenizer is its base's.
+    let bare = dir.path().join("bare-adapter");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(checkpoint.join(f), bare.join(f)).unwrap();
+    }
+    let sampled = generate(&bare, &dir.path().join("bare.jsonl"));
+    assert!(sampled.status.success(), "{}", stderr(&sampled));
+    // An adapter folder is not a model to train from; the message says what to do.
+    let from_adapter = dir.path().join("run-from-adapter");
+    let out = daa(&[
+        "train",
+        "--model",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        from_adapter.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is a PEFT adapter folder, not a model"), "{}", stderr(&out));
+
     let merged = dir.path().join("merged");
     let out = daa(&["merge", "--adapter", checkpoint.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -155,6 +155,38 @@ fn models_and_datasets_resolve_through_the_hugging_face_cache() {
     let out = daa_with_cache(&hub, &["plan", "--model", "acme/tiny-llama"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // A LoRA run on a cached model names its base as peft would: the Hub id and the commit,
+    // and daa finds the base again through the cache.
+    std::fs::remove_dir_all(&run).unwrap();
+    let out = train(
+        "acme/tiny-llama",
+        "acme/prefs",
+        &["--set", "data.split=train", "--set", "data.eval_split=test", "--set", "lora.rank=2"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let adapter = run.join("checkpoint-000001");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], "acme/tiny-llama");
+    assert_eq!(config["revision"], COMMIT);
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"1+1=\"}\n").unwrap();
+    let out = daa_with_cache(
+        &hub,
+        &[
+            "generate",
+            "--model",
+            adapter.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out",
+            dir.path().join("samples.jsonl").to_str().unwrap(),
+            "--max-new-tokens",
+            "4",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // Not cached, a missing revision, a missing split: one line, status 2, nothing made.
     let run_dir_untouched = |out: &Output, needles: &[&str]| {
         let err = stderr(out);

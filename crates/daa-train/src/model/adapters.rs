@@ -44,10 +44,10 @@ impl<B: Backend> CausalLm<B> {
     pub fn with_saved_lora(self, config: &LoraConfig, source: &mut dyn WeightSource) -> Result<Self, ModelError> {
         let r = config.rank;
         self.attach(config, &mut |prefix, d_in, d_out, device| {
-            let mut load = Loader { source: &mut *source, device };
+            let mut load = Loader { source: &mut *source, device, dtype: burn::tensor::FloatDType::F32 };
             // The shapes come from the rank and the base model's widths.
             let shaped = |e: ModelError| match e {
-                ModelError::Shape { name, expected, found } => ModelError::Config(format!(
+                ModelError::Shape { name, expected, found } => ModelError::Lora(format!(
                     "tensor `{name}`: expected shape {expected:?} (rank r = {r} and the base model's config.json), \
                      found {found:?}"
                 )),
@@ -64,7 +64,7 @@ impl<B: Backend> CausalLm<B> {
     fn attach(self, config: &LoraConfig, make: &mut MakeAdapter<'_, B>) -> Result<Self, ModelError> {
         config.validate()?;
         if self.lora.is_some() {
-            return Err(ModelError::Config("the model already has LoRA adapters".into()));
+            return Err(ModelError::Lora("the model already has LoRA adapters".into()));
         }
         let targets = config.targets()?;
         let device = self.embed.weight.device();

@@ -84,12 +84,26 @@ impl LoraTarget {
         }
         Self::ALL.into_iter().find(|t| t.peft_name() == name).map(|t| vec![t]).ok_or_else(|| {
             let known: Vec<&str> = Self::ALL.iter().map(|t| t.peft_name()).collect();
-            ModelError::Config(format!(
-                "LoRA target `{name}` is not a linear layer of the decoder blocks; daa adapts {} or `all-linear`",
+            ModelError::Lora(format!(
+                "`{name}` is not a linear layer of the decoder blocks; daa adapts {} or `all-linear`",
                 known.join(", ")
             ))
         })
     }
+}
+
+/// A list of names, or one name.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(name) => vec![name],
+        OneOrMany::Many(names) => names,
+    })
 }
 
 fn default_rank() -> usize {
@@ -117,8 +131,9 @@ pub struct LoraConfig {
     /// Dropout probability on the adapters' input while training (`lora_dropout`).
     #[serde(default)]
     pub dropout: f64,
-    /// PEFT names of the adapted layers, or `["all-linear"]`.
-    #[serde(default = "default_targets")]
+    /// PEFT names of the adapted layers, or `["all-linear"]` (`"all-linear"`
+    /// alone, as PEFT also takes it).
+    #[serde(default = "default_targets", deserialize_with = "one_or_many")]
     pub target_modules: Vec<String>,
     /// rsLoRA's scale `α / √r` instead of `α / r` (`use_rslora`).
     #[serde(default)]
@@ -141,18 +156,18 @@ impl LoraConfig {
     /// Checks the values; each message names its field.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.rank == 0 {
-            return Err(ModelError::Config("`lora.rank` must be at least 1".into()));
+            return Err(ModelError::Lora("`lora.rank` must be at least 1".into()));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(ModelError::Config(format!("`lora.alpha` must be a positive number, found {}", self.alpha)));
+            return Err(ModelError::Lora(format!("`lora.alpha` must be a positive number, found {}", self.alpha)));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::Config(format!("`lora.dropout` must lie in [0, 1), found {}", self.dropout)));
+            return Err(ModelError::Lora(format!("`lora.dropout` must lie in [0, 1), found {}", self.dropout)));
         }
         if self.target_modules.is_empty() {
-            return Err(ModelError::Config("`lora.target_modules` names no layer".into()));
+            return Err(ModelError::Lora("`lora.target_modules` names no layer".into()));
         }
-        self.targets().map(|_| ())
+        self.targets().map(|_| ()).map_err(|e| ModelError::Lora(format!("`lora.target_modules`: {e}")))
     }
 
     /// The adapted layers, each once, in block order.
@@ -211,16 +226,21 @@ impl<B: Backend> Adapter<B> {
         Self::new(a, b, config)
     }
 
-    /// `s · dropout(x) A B` of `x` `[…, in]`, in `x`'s dtype (`x` widened to
-    /// the adapter's for the products, as PEFT does). Dropout acts only on an
-    /// autodiff backend (training), as burn's `Dropout` does.
+    /// `s · dropout(x) A B` of `x` `[…, in]`, in the adapter's dtype (f32:
+    /// `x` widened for the products, as PEFT does). Dropout acts only on an
+    /// autodiff backend (training), as burn's `Dropout` does, drawing from
+    /// the backend's generator (which [`crate::Trainer`] seeds per step).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = FloatDType::from(x.dtype());
         let mut x = x.cast(FloatDType::from(self.a.val().dtype()));
         if self.dropout > 0.0 {
             x = DropoutConfig::new(self.dropout).init().forward(x);
         }
-        linear(linear(x, self.a.val(), None), self.b.val(), None).mul_scalar(self.scale).cast(dtype)
+        linear(linear(x, self.a.val(), None), self.b.val(), None).mul_scalar(self.scale)
+    }
+
+    /// The dropout probability.
+    pub fn dropout(&self) -> f64 {
+        self.dropout
     }
 
     /// `s · A B`, `[in, out]`, f32: the update merging adds to `W`.
@@ -244,15 +264,18 @@ impl<B: Backend> LoraLinear<B> {
         Self { base, adapter: None }
     }
 
-    /// `x W (+ b)`, plus the adapter's update when there is one.
+    /// `x W (+ b)`, plus the adapter's update when there is one, summed in
+    /// the adapter's dtype and rounded once to `x`'s (as PEFT does).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.adapter {
             None => self.base.forward(x),
             // The adapter first: `x` is then the base product's alone, which
             // (on burn's CPU backends) rounds as it does without an adapter.
             Some(adapter) => {
+                let dtype = FloatDType::from(x.dtype());
                 let update = adapter.forward(x.clone());
-                self.base.forward(x) + update
+                let base = self.base.forward(x);
+                (base.cast(FloatDType::from(update.dtype())) + update).cast(dtype)
             }
         }
     }

@@ -66,8 +66,19 @@ impl<B: Backend> CausalLm<B> {
         source: &mut dyn WeightSource,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
+        Self::from_weights_in(config, source, device, FloatDType::F32)
+    }
+
+    /// [`Self::from_weights`] with every weight in `dtype`, converted as it
+    /// is built (a frozen LoRA base in bf16 never exists in f32 whole).
+    pub fn from_weights_in(
+        config: &ModelConfig,
+        source: &mut dyn WeightSource,
+        device: &B::Device,
+        dtype: FloatDType,
+    ) -> Result<Self, ModelError> {
         let c = config;
-        let mut load = weights::Loader { source, device };
+        let mut load = weights::Loader { source, device, dtype };
         let embed = Embedding { weight: load.matrix("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])? };
         let layers = (0..c.num_layers)
             .map(|i| DecoderLayer::load(c, &format!("model.layers.{i}"), &mut load))

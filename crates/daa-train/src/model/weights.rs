@@ -4,7 +4,7 @@
 use burn::module::{Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 use daa_core::{HostTensor, TensorData as HostData};
 
 use crate::error::{ModelError, read_vec};
@@ -95,10 +95,12 @@ impl<B: Backend> ParamKind<'_, B> {
     }
 }
 
-/// Builds burn parameters from a [`WeightSource`].
+/// Builds burn parameters from a [`WeightSource`], in `dtype` (each
+/// tensor converted as it is built: the host holds one f32 tensor at a time).
 pub(crate) struct Loader<'a, B: Backend> {
     pub source: &'a mut dyn WeightSource,
     pub device: &'a B::Device,
+    pub dtype: FloatDType,
 }
 
 impl<B: Backend> Loader<'_, B> {
@@ -130,16 +132,25 @@ impl<B: Backend> Loader<'_, B> {
         }
     }
 
+    /// A parameter of `values` (f32) in the loader's dtype.
+    fn param<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Param<Tensor<B, D>> {
+        let data = TensorData::new(values, shape);
+        if self.dtype == FloatDType::F32 {
+            return Param::from_data(data, self.device);
+        }
+        Param::from_tensor(Tensor::<B, D>::from_data(data, self.device).cast(self.dtype))
+    }
+
     /// A matrix kept in the file layout.
     pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>, ModelError> {
         let values = self.read(name, &shape, |i| i)?;
-        Ok(Param::from_data(TensorData::new(values, shape), self.device))
+        Ok(self.param(values, shape))
     }
 
     /// A vector.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
         let values = self.read(name, &[len], |i| i)?;
-        Ok(Param::from_data(TensorData::new(values, [len]), self.device))
+        Ok(self.param(values, [len]))
     }
 
     /// `{prefix}.weight` (`[d_out, d_in]` in the file) and, when `bias`,
@@ -148,7 +159,7 @@ impl<B: Backend> Loader<'_, B> {
     pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
         let stored = self.read(&name, &[d_out, d_in], |i| (i % d_in) * d_out + i / d_in)?;
-        let weight = Param::from_data(TensorData::new(stored, [d_in, d_out]), self.device);
+        let weight = self.param(stored, [d_in, d_out]);
         let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out)?) } else { None };
         Ok(Linear { weight, bias })
     }

@@ -72,7 +72,7 @@ use resume::ResumePoint;
 use step_loop::StepLoop;
 
 use crate::backend::{BackendTask, with_compute_backend};
-use crate::checkpoint::{load_model, read_config};
+use crate::checkpoint::{load_model, load_model_in, read_config};
 use crate::model::CausalLm;
 use crate::peft::attach_adapter;
 use crate::schedule::BatchSchedule;
@@ -123,7 +123,7 @@ fn run<B: AutodiffBackend>(
     observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
     observer.note(&prepared.data_summary());
 
-    let References { train: train_scores, eval: eval_scores, frozen } =
+    let References { train: train_scores, eval: mut eval_scores, frozen } =
         References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
     // A frozen reference (loss.reference = "model") goes to the trainer; the
     // sample evaluation shares its tensors when it samples the reference.
@@ -131,7 +131,8 @@ fn run<B: AutodiffBackend>(
     let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
     let cadence = config.cadence(total_steps)?;
     let lora_reference = config.lora.is_some() && config.loss.reference == ReferenceMode::Model;
-    let frozen_copy = frozen.clone();
+    // The sample evaluation's reference (below), when it is the frozen model.
+    let frozen_copy = frozen.as_ref().filter(|_| config.samples().is_some() && config.lora.is_none()).cloned();
     let reference_policy = match frozen {
         _ if lora_reference => ReferencePolicy::AdapterOff,
         Some(model) => ReferencePolicy::Frozen(Box::new(model)),
@@ -148,6 +149,10 @@ fn run<B: AutodiffBackend>(
         )?;
     if let Some(point) = &resume {
         observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
+    }
+    if lora_reference {
+        eval_scores =
+            references::score_adapter_off(&trainer.valid_model(), &prepared, config.train.micro_batch_size, observer)?;
     }
     let start_step = resume.as_ref().map_or(0, |point| point.step);
     let mut metrics =
@@ -187,9 +192,8 @@ fn run<B: AutodiffBackend>(
     // The sample evaluation's reference: the run's frozen model, or a LoRA
     // policy's base (shared, not copied); else loaded when needed.
     let sample_reference = match &config.lora {
-        _ if config.samples().is_none() => None,
-        Some(_) => Some(trainer.valid_model().without_adapters()),
-        None => frozen_copy,
+        Some(_) if config.samples().is_some() => Some(trainer.valid_model().without_adapters()),
+        _ => frozen_copy,
     };
     let mut evaluation = Evaluation::new(&config, &prepared, &eval_scores, sample_reference, loss, &device, observer)?;
     evaluation.catch_up(&metrics, &mut trainer)?;
@@ -219,12 +223,14 @@ fn build_trainer<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Trainer<B>> {
     let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
+    let dtype = config.train.precision.dtype();
     let model: CausalLm<B> = match (&config.lora, resume) {
         (None, _) => load_model(resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path()), device)?,
-        (Some(lora), None) => load_model(&prepared.model_dir, device)?.with_lora(lora, config.train.seed)?,
-        (Some(_), Some(point)) => attach_adapter(load_model(&prepared.model_dir, device)?, &point.dir)?,
+        // The frozen base is loaded straight into the training dtype.
+        (Some(lora), None) => load_model_in(&prepared.model_dir, device, dtype)?.with_lora(lora, config.train.seed)?,
+        (Some(_), Some(point)) => attach_adapter(load_model_in(&prepared.model_dir, device, dtype)?, &point.dir)?,
     };
-    let mut trainer = Trainer::<B>::new(model, options, reference)?;
+    let mut trainer = Trainer::<B>::new(model, options, reference)?.with_dropout_seed(config.train.seed);
     if let Some(point) = resume {
         load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())
             .with_context(|| format!("--resume {}", point.dir.display()))?;

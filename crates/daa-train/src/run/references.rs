@@ -56,14 +56,14 @@ impl<B: Backend> References<B> {
                 };
                 Ok(Self { train: Some(train), eval, frozen: None })
             }
+            // A LoRA run's reference is its own base model: nothing loaded
+            // here, the held-out pairs scored by `score_adapter_off` once
+            // the trainer exists.
+            ReferenceMode::Model if config.lora.is_some() => Ok(Self { train: None, eval: Vec::new(), frozen: None }),
             ReferenceMode::Model => {
                 let frozen: CausalLm<B> = load_model(&prepared.model_dir, device)?;
-                let total = prepared.eval.len();
-                let pad = prepared.encoder.pad_id;
-                let eval =
-                    score_encoded(&frozen, &prepared.eval, batch, pad, &mut |done| observer.scoring(done, total))?;
-                // A LoRA run's reference is its own base model: no copy kept.
-                Ok(Self { train: None, eval, frozen: config.lora.is_none().then_some(frozen) })
+                let eval = score_held_out(&frozen, prepared, batch, observer)?;
+                Ok(Self { train: None, eval, frozen: Some(frozen) })
             }
         }
     }
@@ -98,4 +98,26 @@ fn cached_reference<B: Backend>(
     write_scores(&path, pairs, &scores, &key.metadata())?;
     observer.note(&format!("reference log-probabilities: computed {} pairs into {}", pairs.len(), path.display()));
     Ok(scores)
+}
+
+/// The held-out pairs' reference scores under `reference`.
+fn score_held_out<B: Backend>(
+    reference: &CausalLm<B>,
+    prepared: &Prepared,
+    batch: usize,
+    observer: &mut dyn RunObserver,
+) -> Result<Vec<PairScore>> {
+    let total = prepared.eval.len();
+    score_encoded(reference, &prepared.eval, batch, prepared.encoder.pad_id, &mut |done| observer.scoring(done, total))
+}
+
+/// The held-out reference scores of a LoRA run with `loss.reference =
+/// "model"`: the policy with its adapters off (the base, shared).
+pub(crate) fn score_adapter_off<B: Backend>(
+    policy: &CausalLm<B>,
+    prepared: &Prepared,
+    batch: usize,
+    observer: &mut dyn RunObserver,
+) -> Result<Vec<PairScore>> {
+    score_held_out(&policy.without_adapters(), prepared, batch, observer)
 }

@@ -220,6 +220,15 @@ fn the_adapter_off_reference_trains_like_the_cached_reference_without_a_cache() 
     train(tiny_config(live.path(), &["train.max_steps=3", "loss.reference=\"model\""]), None).unwrap();
     assert!(!live.path().join("cache").exists(), "the adapter-off reference needs no cache");
     assert_same_metrics(&metrics(&cached.path().join("run")), &metrics(&live.path().join("run")));
+    // In bf16 the frozen base is loaded straight into bf16; the adapters stay f32 and are saved so.
+    let bf16 = tempfile::tempdir().unwrap();
+    let extra = ["train.max_steps=3", "loss.reference=\"model\"", "train.precision=\"bf16\""];
+    train(tiny_config(bf16.path(), &extra), None).unwrap();
+    let records = metrics(&bf16.path().join("run"));
+    let first_eval = records.iter().find(|r| r["type"] == "eval").unwrap();
+    assert!((first_eval["eval_loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-3, "{first_eval}");
+    assert!(records.iter().filter(|r| r["type"] == "train").all(|r| r["loss"].as_f64().unwrap().is_finite()));
+    assert_eq!(adapter_tensors(&bf16.path().join("run/checkpoint-000003")).len(), 2 * 3 * 2);
 }
 
 #[test]
@@ -229,7 +238,10 @@ fn lora_settings_and_adapter_folders_that_daa_cannot_honour_are_refused_naming_t
     let e = TrainConfig::parse(TINY_CONFIG, "tiny", &overrides).unwrap_err();
     assert!(format!("{e:#}").contains("lora.dropout"), "{e:#}");
     let e = TrainConfig::parse(TINY_CONFIG, "tiny", &["lora.target_modules=[\"qkv\"]".to_string()]).unwrap_err();
-    assert!(format!("{e:#}").contains("`qkv`"), "{e:#}");
+    assert!(format!("{e:#}").contains("`lora.target_modules`: `qkv`"), "{e:#}");
+    // One name alone, as PEFT also takes it.
+    let one = TrainConfig::parse(TINY_CONFIG, "tiny", &["lora.target_modules=\"all-linear\"".to_string()]).unwrap();
+    assert_eq!(one.lora.unwrap().target_modules, ["all-linear"]);
 
     // A real adapter folder, then damaged copies of it.
     train(tiny_config(dir.path(), &["train.max_steps=3"]), None).unwrap();
@@ -256,10 +268,14 @@ fn lora_settings_and_adapter_folders_that_daa_cannot_honour_are_refused_naming_t
     assert!(e.contains("rank_pattern"), "{e}");
     let e = damaged("regex", &set("target_modules", Value::String(".*proj".into())));
     assert!(e.contains("target_modules"), "{e}");
+    let e = damaged("bias", &set("lora_bias", Value::Bool(true)));
+    assert!(e.contains("`lora_bias` is true"), "{e}");
+    let e = damaged("pissa", &set("init_lora_weights", Value::String("pissa".into())));
+    assert!(e.contains("init_lora_weights"), "{e}");
     let e = damaged("rank", &set("r", Value::from(5)));
     assert!(e.contains("q_proj.lora_A.weight") && e.contains("expected shape [5, 64] (rank r = 5"), "{e}");
     let e = damaged("gone", &set("base_model_name_or_path", Value::String("/nowhere/model".into())));
-    assert!(e.contains("/nowhere/model") && e.contains("--base"), "{e}");
+    assert!(e.contains("/nowhere/model") && e.contains("set `base_model_name_or_path` there"), "{e}");
     let e = damaged("truncated", &|copy: &Path| {
         let path = copy.join("adapter_model.safetensors");
         let bytes = std::fs::read(&path).unwrap();
