@@ -243,9 +243,17 @@ pub fn safetensors_bytes(tensors: &[NamedTensor], extra: &[(&str, String)]) -> R
 
 /// Every weight of `model`, file layout, in visiting order.
 pub fn model_tensors<B: Backend>(model: &CausalLm<B>) -> Result<Vec<NamedTensor>, ModelError> {
+    visited_tensors(|f| model.visit_weights(f))
+}
+
+/// The parameters a visit of a model shows (its weights, its adapters), as
+/// f32 tensors in the file layout, in visiting order.
+pub fn visited_tensors<B: Backend>(
+    visit: impl FnOnce(&mut dyn FnMut(&str, ParamKind<'_, B>)),
+) -> Result<Vec<NamedTensor>, ModelError> {
     let mut out = Vec::new();
     let mut failed = None;
-    model.visit_weights(&mut |name: &str, p: ParamKind<'_, B>| {
+    visit(&mut |name: &str, p: ParamKind<'_, B>| {
         if failed.is_none() {
             match p.to_file_f32(name) {
                 Ok(values) => out.push(NamedTensor::f32(name, p.file_shape(), &values)),

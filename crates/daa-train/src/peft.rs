@@ -17,8 +17,8 @@ use burn::tensor::FloatDType;
 use burn::tensor::backend::Backend;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{NamedTensor, SafetensorsWeights, TOKENIZER_FILES, load_model_in, safetensors_bytes};
-use crate::model::{CausalLm, LoraConfig, ParamKind};
+use crate::checkpoint::{SafetensorsWeights, TOKENIZER_FILES, load_model_in, safetensors_bytes, visited_tensors};
+use crate::model::{CausalLm, LoraConfig};
 
 /// The adapter's configuration file.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -147,19 +147,7 @@ pub fn read_adapter_config(dir: &Path) -> Result<(LoraConfig, String)> {
 /// and copying its tokenizer files.
 pub fn save_adapter<B: Backend>(model: &CausalLm<B>, dir: &Path, base_dir: &Path) -> Result<()> {
     let Some(config) = model.lora() else { bail!("the model has no LoRA adapters to save") };
-    let mut tensors = Vec::new();
-    let mut failed = None;
-    model.visit_adapters(&mut |name: &str, p: ParamKind<'_, B>| {
-        if failed.is_none() {
-            match p.to_file_f32(name) {
-                Ok(values) => tensors.push(NamedTensor::f32(name, p.file_shape(), &values)),
-                Err(e) => failed = Some(e),
-            }
-        }
-    });
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
+    let tensors = visited_tensors(|f| model.visit_adapters(f))?;
     let weights = dir.join(ADAPTER_WEIGHTS);
     std::fs::write(&weights, safetensors_bytes(&tensors, &[])?)
         .with_context(|| format!("{}: write failed", weights.display()))?;

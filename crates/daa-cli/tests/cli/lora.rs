@@ -41,18 +41,9 @@ fn a_lora_run_saves_adapters_that_generate_and_merge() {
     // Sampling from the adapter folder (its base named inside) and from the merged checkpoint.
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"What is 2+3?\"}\n{\"prompt\": \"And 40+2?\"}\n").unwrap();
+    // Greedy: the adapter folder and the merged checkpoint pick the same tokens.
     let generate = |model: &Path, out: &Path| {
-        daa(&[
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompts",
-            prompts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "8",
-        ])
+        super::generate(model, &prompts, out, &["--max-new-tokens", "8", "--temperature", "0"])
     };
     let sampled = generate(&checkpoint, &dir.path().join("adapter.jsonl"));
     assert!(sampled.status.success(), "{}", stderr(&sampled));
@@ -89,6 +80,11 @@ fn a_lora_run_saves_adapters_that_generate_and_merge() {
     assert!(!merged.join("adapter_config.json").exists());
     let sampled = generate(&merged, &dir.path().join("merged.jsonl"));
     assert!(sampled.status.success(), "{}", stderr(&sampled));
+    let completions = |file: &str| -> Vec<serde_json::Value> {
+        read_jsonl(&dir.path().join(file)).iter().map(|r| r["completion_ids"].clone()).collect()
+    };
+    assert_eq!(completions("merged.jsonl"), completions("adapter.jsonl"));
+    assert_eq!(completions("bare.jsonl"), completions("adapter.jsonl"));
     // A second merge into the same folder is refused; so is a folder that is no adapter.
     let out = daa(&["merge", "--adapter", checkpoint.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));

@@ -649,6 +649,14 @@ fn train_draws_the_evaluation_chart_and_prints_the_summary() {
     assert!(summary["last_eval"]["eval/topk_mass"].as_f64().is_some_and(|m| (0.0..=1.0).contains(&m)), "{summary}");
 }
 
+/// `daa generate --model MODEL --prompts PROMPTS --out OUT` and `extra`.
+fn generate(model: &Path, prompts: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["generate", "--model", model.to_str().unwrap()];
+    args.extend(["--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    daa(&args)
+}
+
 fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -666,19 +674,7 @@ fn generate_continues_chat_and_text_prompts_reproducibly() {
     ];
     std::fs::write(&prompts, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
     let run = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompts",
-            prompts.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--max-new-tokens",
-            "6",
-        ];
-        args.extend_from_slice(extra);
-        let result = daa(&args);
+        let result = generate(&model, &prompts, out, &[&["--max-new-tokens", "6"], extra].concat());
         assert!(result.status.success(), "{}", stderr(&result));
         read_jsonl(out)
     };

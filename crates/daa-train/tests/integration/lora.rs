@@ -14,12 +14,14 @@ use daa_core::HostTensor;
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_tests::tolerance::{Tolerance, assert_close};
 use daa_train::backward::{MemoryOptions, weighted_backward};
-use daa_train::batch::{Sequence, SequencePair, TokenBatch};
+use daa_train::batch::{Sequence, TokenBatch};
 use daa_train::model::tiny_configs::{cohere_config, llama_config};
 use daa_train::model::{CausalLm, LoraConfig, LoraTarget, ModelConfig, ParamKind, RandomWeights, WeightSource};
 use daa_train::optim::{AdamWConfig, GradAccumulator, LrSchedule};
 use daa_train::{ModelError, Precision, ReferencePolicy, StepPair, Trainer, TrainerOptions};
 use serde_json::{Value, json};
+
+use super::memory::pairs;
 
 /// Flex: deterministic (ndarray's forward differs between two calls by ~1e-4 on these
 /// models) and runs bf16.
@@ -75,20 +77,6 @@ fn weights_of<B: Backend>(model: &CausalLm<B>) -> Named {
         named.insert(name.to_string(), HostTensor::from_f32(values, &p.file_shape()).unwrap());
     });
     Named(named)
-}
-
-fn sequence(p: &[u32], c: &[u32]) -> Sequence {
-    Sequence { ids: p.iter().chain(c).copied().collect(), completion_start: p.len() }
-}
-
-/// Pairs of different lengths (padding in every batch), tokens below 61.
-fn pairs() -> Vec<SequencePair> {
-    (0..4u32)
-        .map(|i| SequencePair {
-            chosen: sequence(&[1, 2 + i, 3, 4 + i % 2], &[10 + i, 20, 30 + i % 3, 5 + i]),
-            rejected: sequence(&[1, 2 + i, 3, 4 + i % 2], &[40 - i, 50 + i % 5]),
-        })
-        .collect()
 }
 
 fn batch() -> TokenBatch {

@@ -178,12 +178,12 @@ fn fused_head_chunks_give_the_statistics_of_the_whole_logits() {
     );
 }
 
-fn sequence(p: &[u32], c: &[u32]) -> Sequence {
+pub(crate) fn sequence(p: &[u32], c: &[u32]) -> Sequence {
     Sequence { ids: p.iter().chain(c).copied().collect(), completion_start: p.len() }
 }
 
 /// Pairs of different lengths (padding in every batch), tokens below 61.
-fn pairs() -> Vec<SequencePair> {
+pub(crate) fn pairs() -> Vec<SequencePair> {
     (0..5u32)
         .map(|i| SequencePair {
             chosen: sequence(&[1, 2 + i, 3, 4 + i % 2], &[10 + i, 20, 30 + i % 3, 5 + i]),

@@ -19,23 +19,11 @@ use serde_json::Value;
 
 use super::naive::{Weights, token_logprobs};
 
+/// The tiny run with LoRA of rank 4 on three kinds of layer.
 fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
-    let mut overrides = vec![
-        format!("train.cache_dir={:?}", dir.join("cache").display().to_string()),
-        format!("train.output_dir={:?}", dir.join("run").display().to_string()),
-        "train.epochs=1".into(),
-        "train.batch_size=8".into(),
-        "train.micro_batch_size=4".into(),
-        "train.checkpoint_every=3".into(),
-        "monitor.eval_every=2".into(),
-        "data.eval_size=16".into(),
-        "lora.rank=4".into(),
-        "lora.alpha=8".into(),
-        "lora.target_modules=[\"q_proj\", \"v_proj\", \"down_proj\"]".into(),
-        "train.lr=3e-2".into(),
-    ];
-    overrides.extend(extra.iter().map(|s| s.to_string()));
-    TrainConfig::parse(TINY_CONFIG, "configs/tiny.toml", &overrides).unwrap()
+    let lora =
+        ["lora.rank=4", "lora.alpha=8", "lora.target_modules=[\"q_proj\", \"v_proj\", \"down_proj\"]", "train.lr=3e-2"];
+    super::train::tiny_config(dir, &[&lora[..], extra].concat())
 }
 
 fn train(config: TrainConfig, resume: Option<&Path>) -> anyhow::Result<daa_train::run::RunOutcome> {

@@ -21,7 +21,7 @@ fn read_metrics(path: &Path) -> anyhow::Result<Vec<Value>> {
 use super::write_jsonl;
 
 /// The built-in configuration, shrunk for tests, in `dir`.
-fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
+pub(crate) fn tiny_config(dir: &Path, extra: &[&str]) -> TrainConfig {
     let mut overrides = vec![
         format!("train.cache_dir={:?}", dir.join("cache").display().to_string()),
         format!("train.output_dir={:?}", dir.join("run").display().to_string()),
