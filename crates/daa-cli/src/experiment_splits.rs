@@ -202,3 +202,27 @@ impl SplitJudge {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::checkpoints;
+
+    #[test]
+    fn full_and_lora_checkpoints_are_judged_and_incomplete_folders_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, file: &str| {
+            let folder = dir.path().join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            if !file.is_empty() {
+                std::fs::write(folder.join(file), b"{}").unwrap();
+            }
+        };
+        make("checkpoint-000002", "model.safetensors");
+        make("checkpoint-000001", "adapter_config.json");
+        make("checkpoint-000003", "model.safetensors.index.json");
+        make("checkpoint-000004", "");
+        make("best-indicator", "model.safetensors");
+        let found: Vec<u64> = checkpoints(dir.path()).unwrap().into_iter().map(|(step, _)| step).collect();
+        assert_eq!(found, [1, 2, 3]);
+    }
+}
