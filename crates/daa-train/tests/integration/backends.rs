@@ -1,7 +1,8 @@
 //! burn's GPU backends (wgpu; CUDA where a GPU exists) against the CPU
 //! backend, through the library alone (no `io` feature): the forward
 //! log-probabilities of a Command R model, then one `Trainer::step` (its
-//! record and the weights it leaves). A backend this build does not compile
+//! record and the weights it leaves), in full training and with LoRA
+//! adapters on every linear layer (the adapters it leaves). A backend this build does not compile
 //! is reported and skipped; without a device a compiled backend is skipped
 //! unless `DAA_REQUIRE_GPU` names it. The workspace's test build has the
 //! wgpu backend (daa-cli's dev-dependency turns it on); CI requires it, on
@@ -12,7 +13,7 @@ use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backend::{BackendTask, ComputeBackend, with_compute_backend};
 use daa_train::batch::{Sequence, SequencePair};
 use daa_train::model::tiny_configs::cohere_config;
-use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
+use daa_train::model::{CausalLm, LoraConfig, ModelConfig, RandomWeights};
 use daa_train::objective::CompletionLogits;
 use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::{PairScore, pair_batch};
@@ -35,14 +36,24 @@ fn sequence(text: &str, completion_start: usize) -> Sequence {
     Sequence { ids: text.bytes().map(|b| u32::from(b) % VOCAB as u32).collect(), completion_start }
 }
 
-struct Probe;
+/// The forward pass and one step, of the full model or (`lora`) of
+/// adapters on every linear layer, `A` and `B` drawn `N(0, 0.1²)`.
+struct Probe {
+    lora: bool,
+}
 
 impl BackendTask for Probe {
     type Output = Observed;
     type Error = Error;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Observed, Error> {
         let config = ModelConfig::from_json(&cohere_config(VOCAB, 32, 2).to_string())?;
-        let model: CausalLm<B> = CausalLm::from_weights(&config, &mut RandomWeights { seed: 7, std: 0.3 }, &device)?;
+        let mut model: CausalLm<B> =
+            CausalLm::from_weights(&config, &mut RandomWeights { seed: 7, std: 0.3 }, &device)?;
+        if self.lora {
+            let lora =
+                LoraConfig { rank: 4, alpha: 8.0, target_modules: vec!["all-linear".into()], ..LoraConfig::default() };
+            model = model.with_saved_lora(&lora, &mut RandomWeights { seed: 9, std: 0.1 })?;
+        }
         let pairs = [
             SequencePair { chosen: sequence("Q: 7+8? A: 15", 10), rejected: sequence("Q: 7+8? A: 16!", 10) },
             SequencePair { chosen: sequence("Q: 2+2? A: 4", 10), rejected: sequence("Q: 2+2? A: 22", 10) },
@@ -75,7 +86,8 @@ impl BackendTask for Probe {
         let record = trainer.step(&step)?;
         let mut weights_after_step = Vec::new();
         let mut failed = None;
-        trainer.model().visit_weights(&mut |name, p| match p.to_file_f32(name) {
+        // Every weight, or with LoRA the adapters (the rest is frozen).
+        trainer.model().visit_trainable(&mut |name, p| match p.to_file_f32(name) {
             Ok(values) => weights_after_step.extend(values),
             Err(e) => failed = Some(e),
         });
@@ -95,7 +107,16 @@ fn assert_close(backend: ComputeBackend, what: &str, cpu: &[f32], other: &[f32])
 
 #[test]
 fn gpu_backends_agree_with_the_cpu_backend_on_a_forward_pass_and_a_trainer_step() {
-    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe).unwrap();
+    probe_every_backend(false);
+}
+
+#[test]
+fn gpu_backends_agree_with_the_cpu_backend_on_a_lora_step() {
+    probe_every_backend(true);
+}
+
+fn probe_every_backend(lora: bool) {
+    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora }).unwrap();
     assert!(cpu.loss.is_finite() && cpu.grad_norm > 0.0, "loss {} grad norm {}", cpu.loss, cpu.grad_norm);
     for backend in [ComputeBackend::Wgpu, ComputeBackend::Cuda] {
         if !backend.is_compiled() {
@@ -103,7 +124,7 @@ fn gpu_backends_agree_with_the_cpu_backend_on_a_forward_pass_and_a_trainer_step(
             println!("skipped: {backend}: this build has no `{backend}` feature");
             continue;
         }
-        match with_compute_backend(backend, 0, Probe) {
+        match with_compute_backend(backend, 0, Probe { lora }) {
             Err(e) => {
                 let message = e.to_string();
                 #[cfg(feature = "cuda")]
@@ -122,7 +143,8 @@ fn gpu_backends_agree_with_the_cpu_backend_on_a_forward_pass_and_a_trainer_step(
                 assert_close(backend, "gradient norm", &[cpu.grad_norm as f32], &[other.grad_norm as f32]);
                 assert_close(backend, "weight after the step", &cpu.weights_after_step, &other.weights_after_step);
                 println!(
-                    "{backend}: agrees with cpu on {} log-probs, the loss, the gradient norm and {} weights after one step",
+                    "{backend}{}: agrees with cpu on {} log-probs, the loss, the gradient norm and {} weights after one step",
+                    if lora { " (LoRA)" } else { "" },
                     other.token_logps.len(),
                     other.weights_after_step.len()
                 );
