@@ -24,10 +24,10 @@ pub struct EntropyFloor {
 }
 
 impl EntropyFloor {
-    /// The term of a step with `positions` scored positions on each of
-    /// `world_size` ranks: the per-position coefficient `μ / (T · ranks)`.
-    pub fn term(&self, positions: usize, world_size: usize) -> FloorTerm {
-        let t = (positions * world_size.max(1)).max(1) as f64;
+    /// The term of a step with `positions` scored positions over all ranks
+    /// together: the per-position coefficient `μ / T`.
+    pub fn term(&self, positions: usize) -> FloorTerm {
+        let t = positions.max(1) as f64;
         FloorTerm { coefficient: self.multiplier / t, floor: self.floor, k: self.k, entropy_base: self.entropy_base }
     }
 }

@@ -81,14 +81,31 @@ pub struct StepPair<'a> {
 /// clipping: the place for an all-reduce (or a reduce-scatter, with sharded
 /// optimizer state).
 pub trait GradientReducer<B: Backend>: std::fmt::Debug {
-    /// Ranks whose gradients [`Self::reduce`] sums (each rank steps on its own
-    /// `P` pairs; the loss is normalised by `P · world_size`).
+    /// Ranks whose gradients [`Self::reduce`] sums (each rank steps on its
+    /// own pairs; the loss is normalised by the pairs, or tokens, of all
+    /// ranks together: [`Self::sum_counts`]).
     fn world_size(&self) -> usize {
         1
     }
 
     /// Replaces every gradient by its sum over the ranks.
     fn reduce(&mut self, gradients: &mut GradAccumulator<B>) -> Result<(), ModelError>;
+
+    /// Replaces each of `counts` (this rank's pairs, tokens or scored
+    /// positions of the step) by its sum over the ranks: called before the
+    /// step's loss is normalised, so ranks holding different numbers of
+    /// pairs or tokens still step on the mean over all of them. The default
+    /// serves one rank; a reducer of several ranks must sum.
+    fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
+        let _ = counts;
+        if self.world_size() == 1 {
+            return Ok(());
+        }
+        Err(ModelError::Batch(format!(
+            "{self:?} reduces gradients over {} ranks but cannot sum the step's counts",
+            self.world_size()
+        )))
+    }
 }
 
 /// One process, one device: nothing to reduce.
@@ -463,7 +480,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let o = self.options;
         let lr = o.schedule.at(self.completed);
         self.seed_dropout();
-        let normaliser = (pairs.len() * self.reducer.world_size()) as f64;
+
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
         let mut grads = GradAccumulator::<B::InnerBackend>::default();
@@ -472,13 +489,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut totals = StatsSums::default();
         // Σ z over the chosen and the rejected completions' positions (TRL's logits/…), read once after the step.
         let mut logit_sums: [Option<Tensor<B::InnerBackend, 1>>; 2] = [None, None];
-        // The floor term averages over every scored position of the step.
+        // The loss is the mean over every rank's pairs; the floor term
+        // averages over every rank's scored positions.
         let scored_positions: usize =
             pairs.iter().map(|p| p.sequences.chosen.completion_len() + p.sequences.rejected.completion_len()).sum();
-        let floor = self
-            .entropy_floor
-            .filter(|f| f.multiplier > 0.0)
-            .map(|f| f.term(scored_positions, self.reducer.world_size()));
+        let mut counts = [pairs.len() as f64, scored_positions as f64];
+        self.reducer.sum_counts(&mut counts)?;
+        let [normaliser, all_positions] = counts;
+        let floor = self.entropy_floor.filter(|f| f.multiplier > 0.0).map(|f| f.term(all_positions as usize));
         let mut floor_total = 0.0;
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
@@ -603,7 +621,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
         let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();
-        let normaliser = (scored * self.reducer.world_size()) as f64;
+        // The mean over every rank's completion tokens.
+        let mut all_scored = [scored as f64];
+        self.reducer.sum_counts(&mut all_scored)?;
+        let normaliser = all_scored[0];
         let mut grads = GradAccumulator::<B::InnerBackend>::default();
         let (mut total, mut tokens) = (0.0, 0);
         for micro in sequences.chunks(2 * o.micro_batch_size) {

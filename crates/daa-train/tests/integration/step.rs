@@ -1,6 +1,8 @@
 //! `Trainer::step` with the library alone (no `io` feature: what the browser
 //! builds): the loss falls on a fixed batch, micro-batches accumulate to the
-//! same step as one pass, and the data-parallel reduction point is used.
+//! same step as one pass, and the data-parallel reduction point is used —
+//! by two ranks (threads with an in-process all-reduce) holding different
+//! numbers of pairs and tokens, which step as one rank holding them all.
 
 use burn::backend::{Autodiff, NdArray};
 use daa_core::TokenStatsParams;
@@ -113,6 +115,10 @@ impl GradientReducer<NdArray<f32>> for TwoIdenticalRanks {
     fn world_size(&self) -> usize {
         2
     }
+    fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
+        counts.iter_mut().for_each(|c| *c *= 2.0);
+        Ok(())
+    }
     fn reduce(&mut self, gradients: &mut GradAccumulator<NdArray<f32>>) -> Result<(), ModelError> {
         self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         for (_, g) in gradients.gradients_mut() {
@@ -201,4 +207,133 @@ fn supervised_steps_report_the_mean_token_nll_and_lower_it() {
     let (a, b) = (whole.nll_step(&sequences).unwrap(), split.nll_step(&sequences).unwrap());
     assert!((a.loss - b.loss).abs() < 1e-5 * a.loss && (a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm);
     assert!(trainer.nll_step(&[]).is_err());
+}
+
+/// What the ranks of [`ThreadRank`] exchange: each rank's values, then the
+/// sum every rank reads.
+#[derive(Debug)]
+struct Exchange {
+    posted: std::sync::Mutex<Vec<Option<Vec<f64>>>>,
+    barrier: std::sync::Barrier,
+}
+
+/// One of `world` ranks running as threads of this process: an all-reduce
+/// through shared memory (every rank sums the posted values in rank order,
+/// so all ranks get the same sums bit for bit).
+#[derive(Debug)]
+struct ThreadRank {
+    rank: usize,
+    world: usize,
+    exchange: std::sync::Arc<Exchange>,
+}
+
+impl ThreadRank {
+    fn all(world: usize) -> Vec<ThreadRank> {
+        let exchange = std::sync::Arc::new(Exchange {
+            posted: std::sync::Mutex::new(vec![None; world]),
+            barrier: std::sync::Barrier::new(world),
+        });
+        (0..world).map(|rank| ThreadRank { rank, world, exchange: exchange.clone() }).collect()
+    }
+
+    fn all_reduce(&self, values: Vec<f64>) -> Vec<f64> {
+        self.exchange.posted.lock().unwrap()[self.rank] = Some(values);
+        self.exchange.barrier.wait();
+        let sum = {
+            let posted = self.exchange.posted.lock().unwrap();
+            let mut sum = vec![0.0; posted[0].as_ref().unwrap().len()];
+            for values in posted.iter() {
+                let values = values.as_ref().unwrap();
+                assert_eq!(values.len(), sum.len(), "ranks reduce different numbers of values");
+                sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
+            }
+            sum
+        };
+        // Nobody posts the next round before every rank has read this one.
+        self.exchange.barrier.wait();
+        sum
+    }
+}
+
+impl GradientReducer<NdArray<f32>> for ThreadRank {
+    fn world_size(&self) -> usize {
+        self.world
+    }
+    fn reduce(&mut self, gradients: &mut GradAccumulator<NdArray<f32>>) -> Result<(), ModelError> {
+        let local: Vec<Vec<f64>> = gradients
+            .gradients_mut()
+            .map(|(_, g)| g.clone().into_data().convert::<f64>().into_vec::<f64>().unwrap())
+            .collect();
+        let lengths: Vec<usize> = local.iter().map(Vec::len).collect();
+        let mut summed = self.all_reduce(local.concat()).into_iter();
+        for ((_, g), n) in gradients.gradients_mut().zip(lengths) {
+            let values: Vec<f32> = summed.by_ref().take(n).map(|v| v as f32).collect();
+            *g = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, [n]), &g.device());
+        }
+        Ok(())
+    }
+    fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
+        counts.copy_from_slice(&self.all_reduce(counts.to_vec()));
+        Ok(())
+    }
+}
+
+#[test]
+fn ranks_with_different_pairs_and_tokens_step_as_one_rank_holding_them_all() {
+    let pairs: Vec<SequencePair> = pairs()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut p)| {
+            // Completions of different lengths: the ranks' token counts differ too.
+            p.chosen.ids.extend((0..i as u32).map(|t| 5 + t));
+            p
+        })
+        .collect();
+    let reference = reference(&pairs);
+    let smooth = AdamWConfig { eps: 1e-3, ..AdamWConfig::default() };
+    // Rank 0 holds 2 pairs, rank 1 the other 4.
+    let slices = [0..2, 2..6];
+    let one = |step: &dyn Fn(&mut Trainer<AD>) -> f64| {
+        let mut trainer = Trainer::new(model(), options_with(2, smooth), ReferencePolicy::Given).unwrap();
+        let norm = step(&mut trainer);
+        (norm, weights(trainer.model()))
+    };
+    let ranks = |step: &(dyn Fn(&mut Trainer<AD>, usize) -> f64 + Sync)| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadRank::all(2)
+                .into_iter()
+                .map(|reducer| {
+                    scope.spawn(move || {
+                        let rank = reducer.rank;
+                        let mut trainer = Trainer::new(model(), options_with(2, smooth), ReferencePolicy::Given)
+                            .unwrap()
+                            .with_reducer(Box::new(reducer));
+                        let norm = step(&mut trainer, rank);
+                        (norm, weights(trainer.model()))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        })
+    };
+    let check = |what: &str, (norm, w): (f64, Vec<f32>), ranked: Vec<(f64, Vec<f32>)>| {
+        assert_eq!(ranked[0].1, ranked[1].1, "{what}: the ranks hold the same weights after the step");
+        for (rank, (rank_norm, rank_w)) in ranked.iter().enumerate() {
+            // The gradient norm is read after the all-reduce: the global one.
+            assert!((rank_norm - norm).abs() < 1e-4 * norm, "{what}: rank {rank} gradient norm {rank_norm} vs {norm}");
+            assert!(max_difference(&w, rank_w) < 2e-5, "{what}: rank {rank} {}", max_difference(&w, rank_w));
+        }
+    };
+    // The preference step: the mean loss over all 6 pairs.
+    let all = one(&|t| t.step(&step_pairs(&pairs, &reference)).unwrap().grad_norm);
+    let split = ranks(&|t, rank| {
+        let slice = slices[rank].clone();
+        t.step(&step_pairs(&pairs[slice.clone()], &reference[slice])).unwrap().grad_norm
+    });
+    check("DPO + NLL", all, split);
+    // The NLL step: the mean over all ranks' completion tokens (rank 1 holds more).
+    let sequences: Vec<&Sequence> = pairs.iter().map(|p| &p.chosen).collect();
+    let all = one(&|t| t.nll_step(&sequences).unwrap().grad_norm);
+    let split = ranks(&|t, rank| t.nll_step(&sequences[slices[rank].clone()]).unwrap().grad_norm);
+    check("NLL", all, split);
 }
