@@ -28,6 +28,10 @@ pub struct MergeArgs {
     /// The merged checkpoint's folder (must not exist yet).
     #[arg(long)]
     out: PathBuf,
+    /// Below f32 (a bf16 base), also write the merged weights in f32 under
+    /// master/ (what daa continues training from without rounding).
+    #[arg(long)]
+    f32_copy: bool,
 }
 
 /// Runs `daa merge`.
@@ -45,7 +49,7 @@ pub fn run(args: &MergeArgs) -> Result<()> {
     let model: CausalLm<Flex> = load_adapted(&args.adapter, Some(&base), &Default::default(), FloatDType::F32)?;
     let lora = model.lora().cloned();
     let merged = model.merge_adapters();
-    let options = SaveOptions::like_source(merged.config());
+    let options = SaveOptions { f32_copy: args.f32_copy, ..SaveOptions::like_source(merged.config()) };
     write_dir_atomic(&args.out, |dir| save_model_as(&merged, dir, &base, &options))?;
     if let Some(lora) = lora {
         println!(

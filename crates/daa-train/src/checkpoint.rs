@@ -282,7 +282,7 @@ pub fn save_model<B: Backend>(model: &CausalLm<B>, dir: &Path, source_dir: &Path
 /// says ([`crate::shards`]: dtype, shards of at most 5 GB with an index),
 /// `config.json` naming that dtype and, from `source_dir`, the tokenizer
 /// files present there. Weights saved below f32 also get their f32 values
-/// under [`MASTER_WEIGHTS_DIR`]. A model with LoRA adapters is saved as a
+/// under [`MASTER_WEIGHTS_DIR`] (with `options.f32_copy`). A model with LoRA adapters is saved as a
 /// PEFT adapter folder on the base `source_dir` ([`crate::peft::save_adapter`]).
 pub fn save_model_as<B: Backend>(
     model: &CausalLm<B>,
@@ -294,7 +294,7 @@ pub fn save_model_as<B: Backend>(
         return crate::peft::save_adapter(model, dir, source_dir);
     }
     write_weights(model, dir, options)?;
-    if options.dtype != SaveDtype::F32 {
+    if options.dtype != SaveDtype::F32 && options.f32_copy {
         let master = dir.join(MASTER_WEIGHTS_DIR);
         std::fs::create_dir_all(&master).with_context(|| format!("{}: cannot create", master.display()))?;
         write_weights(model, &master, &SaveOptions { dtype: SaveDtype::F32, ..*options })?;

@@ -92,14 +92,18 @@ pub struct SaveOptions {
     pub dtype: SaveDtype,
     /// Largest shard; a single tensor larger than this gets a shard of its own.
     pub max_shard_bytes: u64,
+    /// Below f32, also the f32 values under `master/` (what a run continues
+    /// from; `daa merge` leaves them out unless asked).
+    pub f32_copy: bool,
 }
 
 impl SaveOptions {
     /// The dtype the model was loaded in (`torch_dtype` of its `config.json`;
-    /// f32 when absent or a type daa does not write), shards of 5 GB.
+    /// f32 when absent or a type daa does not write), shards of 5 GB, the f32
+    /// copy below f32.
     pub fn like_source(config: &ModelConfig) -> Self {
         let dtype = config.raw.get("torch_dtype").and_then(Value::as_str).and_then(SaveDtype::from_torch_dtype);
-        Self { dtype: dtype.unwrap_or(SaveDtype::F32), max_shard_bytes: DEFAULT_MAX_SHARD_BYTES }
+        Self { dtype: dtype.unwrap_or(SaveDtype::F32), max_shard_bytes: DEFAULT_MAX_SHARD_BYTES, f32_copy: true }
     }
 }
 

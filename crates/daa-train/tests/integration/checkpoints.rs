@@ -106,13 +106,21 @@ fn a_bf16_checkpoint_saves_back_bit_exactly_with_f32_master_weights() {
     let back: CausalLm<Cpu> = load_model(&resaved, &Default::default()).unwrap();
     let first = |m: &CausalLm<Cpu>| model_tensors(m).unwrap().remove(0).bytes;
     assert!(first(&back) == first(&nudged_model), "load_model must read the f32 master weights");
+
+    // Without the f32 copy (`daa merge`'s default): the bf16 checkpoint alone.
+    let plain = temp.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let options = SaveOptions { f32_copy: false, ..SaveOptions::like_source(loaded.config()) };
+    daa_train::checkpoint::save_model_as(&loaded, &plain, &source, &options).unwrap();
+    assert!(!plain.join(MASTER_WEIGHTS_DIR).exists());
+    assert!(stored(&plain).iter().zip(&want).all(|(g, w)| g.3 == w.3), "the same bf16 bytes");
 }
 
 #[test]
 fn a_sharded_save_loads_back_identically_in_hugging_faces_layout() {
     let temp = tempfile::tempdir().unwrap();
     let model = random_model(&llama_config(97, 32, 3), 5);
-    let options = SaveOptions { dtype: SaveDtype::F32, max_shard_bytes: 20_000 };
+    let options = SaveOptions { dtype: SaveDtype::F32, max_shard_bytes: 20_000, f32_copy: true };
     let files = write_weights(&model, temp.path(), &options).unwrap();
     std::fs::write(temp.path().join("config.json"), model.config().to_json("float32")).unwrap();
     let shards = files.len() - 1;
@@ -176,7 +184,7 @@ fn loading_a_multi_shard_checkpoint_holds_the_model_not_the_files() {
     config["torch_dtype"] = "bfloat16".into();
     let model = random_model(&config, 1);
     let largest = model_tensors(&model).unwrap().iter().map(|t| t.bytes.len() as u64).max().unwrap();
-    let options = SaveOptions { dtype: SaveDtype::Bf16, max_shard_bytes: 64 << 20 };
+    let options = SaveOptions { dtype: SaveDtype::Bf16, max_shard_bytes: 64 << 20, f32_copy: true };
     let files = write_weights(&model, temp.path(), &options).unwrap();
     std::fs::write(temp.path().join("config.json"), model.config().to_json("bfloat16")).unwrap();
     drop(model);
