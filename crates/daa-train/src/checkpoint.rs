@@ -157,7 +157,7 @@ pub fn load_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<CausalLm
 /// [`load_model`] with the weights in `dtype`, each converted as it is built
 /// (LoRA adapters stay f32).
 pub fn load_model_in<B: Backend>(dir: &Path, device: &B::Device, dtype: FloatDType) -> Result<CausalLm<B>> {
-    if crate::peft::is_adapter_dir(dir) && !dir.join("config.json").exists() {
+    if crate::peft::is_adapter_only(dir) {
         return crate::peft::load_adapted(dir, None, device, dtype);
     }
     let config = read_config(dir)?;
@@ -301,6 +301,12 @@ pub fn save_model_as<B: Backend>(
     }
     std::fs::write(dir.join("config.json"), model.config().to_json(options.dtype.torch_dtype()))
         .with_context(|| format!("{}: write failed", dir.join("config.json").display()))?;
+    copy_tokenizer_files(source_dir, dir)
+}
+
+/// Copies the [`TOKENIZER_FILES`] present in `source_dir` into `dir`
+/// (nothing when they are the same folder).
+pub fn copy_tokenizer_files(source_dir: &Path, dir: &Path) -> Result<()> {
     let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y);
     if same(source_dir, dir) {
         return Ok(());

@@ -182,7 +182,7 @@ pub fn resolve_model(spec: &str, field: &str) -> Result<PathBuf> {
     if !dir.is_dir() {
         bail!("`{field}` = `{spec}` is a file; expected a Hugging Face checkpoint folder (config.json, *.safetensors)");
     }
-    if !dir.join("config.json").is_file() && dir.join("adapter_config.json").is_file() {
+    if crate::peft::is_adapter_only(&dir) {
         bail!(
             "`{field}` = `{spec}` is a PEFT adapter folder, not a model: name its base model here (and resume a \
              LoRA run with --resume), or fold it into a checkpoint first (daa merge --adapter {} --out DIR)",

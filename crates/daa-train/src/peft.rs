@@ -17,7 +17,7 @@ use burn::tensor::FloatDType;
 use burn::tensor::backend::Backend;
 use serde_json::{Value, json};
 
-use crate::checkpoint::{SafetensorsWeights, TOKENIZER_FILES, load_model_in, safetensors_bytes, visited_tensors};
+use crate::checkpoint::{SafetensorsWeights, copy_tokenizer_files, load_model_in, safetensors_bytes, visited_tensors};
 use crate::model::{CausalLm, LoraConfig};
 
 /// The adapter's configuration file.
@@ -28,6 +28,12 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 /// Whether `dir` is a PEFT adapter folder (it has [`ADAPTER_CONFIG`]).
 pub fn is_adapter_dir(dir: &Path) -> bool {
     dir.join(ADAPTER_CONFIG).is_file()
+}
+
+/// Whether `dir` is an adapter folder holding no model of its own (no
+/// `config.json`): what loads as its base with the adapters attached.
+pub fn is_adapter_only(dir: &Path) -> bool {
+    is_adapter_dir(dir) && !dir.join("config.json").exists()
 }
 
 /// `adapter_config.json` as PEFT writes it for `config` on the base model
@@ -161,13 +167,7 @@ pub fn save_adapter<B: Backend>(model: &CausalLm<B>, dir: &Path, base_dir: &Path
     let config_path = dir.join(ADAPTER_CONFIG);
     std::fs::write(&config_path, adapter_config_json(config, &name, revision.as_deref())?)
         .with_context(|| format!("{}: write failed", config_path.display()))?;
-    for name in TOKENIZER_FILES {
-        let from = base_dir.join(name);
-        if from.exists() {
-            std::fs::copy(&from, dir.join(name)).with_context(|| format!("copying {}", from.display()))?;
-        }
-    }
-    Ok(())
+    copy_tokenizer_files(base_dir, dir)
 }
 
 /// The base model folder of the adapter in `dir`: `base` when given, else
@@ -214,7 +214,7 @@ pub fn load_adapted<B: Backend>(
     dtype: FloatDType,
 ) -> Result<CausalLm<B>> {
     let base = base_model_dir(dir, base)?;
-    if is_adapter_dir(&base) && !base.join("config.json").exists() {
+    if is_adapter_only(&base) {
         bail!("{}: the base model {} is itself an adapter folder", dir.display(), base.display());
     }
     attach_adapter(load_model_in(&base, device, dtype)?, dir)

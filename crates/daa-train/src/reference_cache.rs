@@ -132,7 +132,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
         hash_file(&mut hasher, f)?;
     }
     // An adapter's scores depend on its base's weights too.
-    if crate::peft::is_adapter_dir(dir) && !dir.join("config.json").exists() {
+    if crate::peft::is_adapter_only(dir) {
         hasher.update(model_fingerprint(&crate::peft::base_model_dir(dir, None)?)?.as_bytes());
     }
     Ok(format!("{:x}", hasher.finalize()))
