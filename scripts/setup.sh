@@ -39,6 +39,14 @@ DAA_NVRTC_DIR="${DAA_NVRTC_DIR:-/var/tmp/daa-nvrtc}"
 if [ ! -e "$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" ]; then
     python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DAA_NVRTC_DIR" "nvidia-cuda-nvrtc-cu12==12.9.86"
 fi
+# And CUDA 13's (13.0: what driver 580 runs; its wheel ships only
+# libnvrtc.so.13, a name cudarc never opens: the test links it, as `daa`
+# does on a CUDA 13 machine). The compile test takes both from
+#   export DAA_NVRTC_LIBS="$DAA_NVRTC_DIR/nvidia/cuda_nvrtc/lib:$DAA_NVRTC13_DIR/nvidia/cu13/lib"
+DAA_NVRTC13_DIR="${DAA_NVRTC13_DIR:-/var/tmp/daa-nvrtc13}"
+if [ ! -e "$DAA_NVRTC13_DIR/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+    python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DAA_NVRTC13_DIR" "nvidia-cuda-nvrtc==13.0.88"
+fi
 
 # TensorBoard's own reader for the event-file test (the Python package,
 # unpacked outside the clone; the test finds it through $DAA_PY_DIR).

@@ -35,6 +35,7 @@ use daa_train::Precision;
 const BATCH_SEED: u64 = 42;
 
 fn main() {
+    daa_core::cuda::libraries::relaunch_with_linked_libraries();
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
         std::process::exit(2);

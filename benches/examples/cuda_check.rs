@@ -14,6 +14,11 @@ const CHECK_ROWS: usize = 64;
 const ITERATIONS: usize = 10;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    daa_core::cuda::libraries::relaunch_with_linked_libraries();
+    if std::env::args().any(|a| a == "--environment") {
+        println!("{}", daa_core::cuda::libraries::report());
+        return Ok(());
+    }
     let cuda = Cuda::new(0)?;
     let copy = cuda.copy_bandwidth_gbps(4 << 30, 10)?;
     println!("device: {}", cuda.describe());

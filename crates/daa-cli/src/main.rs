@@ -107,6 +107,10 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // On a CUDA 13 machine whose NVRTC/NCCL carry only versioned names,
+    // restart once with them linked where cudarc looks (see the module).
+    #[cfg(feature = "cuda")]
+    daa_core::cuda::libraries::relaunch_with_linked_libraries();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version

@@ -14,7 +14,10 @@ use daa_tests::tolerance::{
 };
 
 /// Logits with the hard cases planted: a row of ±1e4, rows with −inf
-/// entries, a row whose only finite logit is the target, ties.
+/// entries, a row whose only finite logit is the target, ties, a row in
+/// ascending order (every logit beats the running top-k threshold: the GPU
+/// kernels select once per span) and a row whose k-th largest value is tied
+/// across a plateau wider than k.
 fn edge_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
     let mut x = lm_logits(rows, vocab, 3.0, seed);
     let mut rng = SplitMix64::new(seed + 1);
@@ -29,6 +32,10 @@ fn edge_logits(rows: usize, vocab: usize, seed: u64) -> Vec<f32> {
                 row[0] = 0.5;
             }
             3 => row.iter_mut().for_each(|v| *v = 1.25),
+            5 if r % 2 == 1 => row.iter_mut().enumerate().for_each(|(j, v)| *v = j as f32 * 1e-3),
+            5 => {
+                row.iter_mut().enumerate().for_each(|(j, v)| *v = if j % 5 == 0 { 9.0 } else { (j % 17) as f32 * 0.5 })
+            }
             4 => {
                 row.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
                 row[vocab / 2] = 2.0;
@@ -110,19 +117,24 @@ fn token_stats_edge_sizes<B: Backend>(backend: &B) {
 }
 
 fn token_stats_half_precision<B: Backend>(backend: &B) {
-    let (rows, vocab) = (9, 5001);
-    let x = edge_logits(rows, vocab, 11);
-    let targets = HostTensor::from_i64(edge_targets(rows, vocab, 5), &[rows, 1]).unwrap();
-    let params = TokenStatsParams::default();
-    let as_bf16 =
-        HostTensor::from_bf16(x.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
-    // f16 overflows at 65504: keep the ±1e4 rows, which fit.
-    let as_f16 = HostTensor::from_f16(x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
-    for logits in [as_bf16.unwrap(), as_f16.unwrap()] {
-        let want = stats_on(&Specification, &logits, &targets, None, &params);
-        let got = stats_on(backend, &logits, &targets, None, &params);
-        let tol = tolerance_for(backend, TOKEN_STATS_CPU, TOKEN_STATS_GPU);
-        assert_close(&got, &want, tol, &format!("{} token_stats {}", backend.name(), logits.dtype()));
+    // 5001 takes the scalar loads; 32 000 and 4 096 (multiples of 8) the
+    // CUDA kernel's 16-byte vector loads, over several spans.
+    for (rows, vocab, k) in [(9, 5001, 20), (14, 32_000, 256), (3, 4096, 7)] {
+        let x = edge_logits(rows, vocab, 11);
+        let targets = HostTensor::from_i64(edge_targets(rows, vocab, 5), &[rows, 1]).unwrap();
+        let params = TokenStatsParams { k, entropy_base: 2.0 };
+        let as_bf16 =
+            HostTensor::from_bf16(x.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
+        // f16 overflows at 65504: keep the ±1e4 rows, which fit.
+        let as_f16 =
+            HostTensor::from_f16(x.iter().map(|&v| half::f16::from_f32(v)).collect::<Vec<_>>(), &[rows, 1, vocab]);
+        for logits in [as_bf16.unwrap(), as_f16.unwrap()] {
+            let want = stats_on(&Specification, &logits, &targets, None, &params);
+            let got = stats_on(backend, &logits, &targets, None, &params);
+            let tol = tolerance_for(backend, TOKEN_STATS_CPU, TOKEN_STATS_GPU);
+            let what = format!("{} token_stats {} V={vocab} k={k}", backend.name(), logits.dtype());
+            assert_close(&got, &want, tol, &what);
+        }
     }
 }
 
@@ -201,6 +213,35 @@ fn logits_backward_matches<B: Backend>(backend: &B) {
     }
 }
 
+/// bf16 logits: the gradient in f32 and in place in bf16, against the
+/// specification on the same bf16 values (the in-place result is the f32
+/// gradient rounded to bf16 once). The WGSL kernel takes f32 logits only and says so.
+fn logits_backward_bf16_matches<B: Backend>(backend: &B) {
+    for (rows, vocab) in [(3, 4096), (65, 4099), (7, 32_000)] {
+        let x: Vec<half::bf16> = edge_logits(rows, vocab, 6).iter().map(|&v| half::bf16::from_f32(v)).collect();
+        let logits = HostTensor::from_bf16(x, &[rows, vocab]).unwrap();
+        let targets = HostTensor::from_i64(edge_targets(rows, vocab, 2), &[rows]).unwrap();
+        let mut rng = SplitMix64::new(12);
+        let g = HostTensor::from_f32((0..rows).map(|_| rng.normal() as f32).collect::<Vec<_>>(), &[rows]).unwrap();
+        let want = Specification.logits_backward(&logits, &targets, None, &g).unwrap().to_f64_vec("want").unwrap();
+        let (t, gd) = (backend.upload(&targets).unwrap(), backend.upload(&g).unwrap());
+        let mut dev_logits = backend.upload(&logits).unwrap();
+        let what = format!("{} logits_backward bf16 rows={rows} V={vocab}", backend.name());
+        let out = match backend.logits_backward(&dev_logits, &t, None, &gd) {
+            Err(daa_core::DaaError::DType { tensor: "logits", .. }) if backend.name() == "wgpu" => return,
+            other => other.unwrap_or_else(|e| panic!("{what}: {e}")),
+        };
+        let tol = tolerance_for(backend, LOGITS_BACKWARD_CPU, LOGITS_BACKWARD_GPU);
+        assert_close(&backend.download(&out).unwrap().to_f64_vec("got").unwrap(), &want, tol, &what);
+        backend.logits_backward_in_place(&mut dev_logits, &t, None, &gd).unwrap();
+        let in_place = backend.download(&dev_logits).unwrap();
+        assert_eq!(in_place.dtype(), daa_core::DType::BF16, "{what}: in place keeps the dtype");
+        // The f32 gradient rounded to bf16 once: within 2^-9 relative, plus the f32 tolerance.
+        let bf16_tol = Tolerance { name: "logits_backward in place in bf16", abs: 1e-5, rel: 2f64.powi(-8) };
+        assert_close(&in_place.to_f64_vec("in place").unwrap(), &want, bf16_tol, &format!("{what} in place"));
+    }
+}
+
 fn bad_inputs_are_errors<B: Backend>(backend: &B) {
     let up = |t: HostTensor| backend.upload(&t).unwrap();
     let logits = up(HostTensor::from_f32(vec![0.0, 1.0, f32::NAN, 0.0, 2.0, 3.0], &[2, 3]).unwrap());
@@ -251,5 +292,6 @@ backend_cases!(
     segment_reduce_matches,
     preference_loss_matches,
     logits_backward_matches,
+    logits_backward_bf16_matches,
 );
 backend_cases!(with_spec: bad_inputs_are_errors);

@@ -167,14 +167,18 @@ fn backward_body<E: LogitElement, F: MulAdd, const L: usize>(
 ) {
     let ln_z = sums.sum_exp.ln() as f32;
     let RowScratch { block, out, .. } = scratch;
-    for dst in row.chunks_mut(BLOCK) {
+    for (b, dst) in row.chunks_mut(BLOCK).enumerate() {
         let n = dst.len();
         let x = E::as_f32(dst, block);
         block_neg_scaled_softmax::<F>(x, sums.max, ln_z, g, &mut out[..n]);
+        // g at the target before the one rounding to the logits' type (adding
+        // it after would round −g·p and g − g·p twice: 2⁻⁹·g off in bf16
+        // where p ≈ 1).
+        if let Some(t) = target.checked_sub(b * BLOCK).filter(|&t| t < n) {
+            out[t] += g;
+        }
         E::store(&out[..n], dst);
     }
-    let t = row[target].widen() + g;
-    E::store(&[t], std::slice::from_mut(&mut row[target]));
 }
 
 #[inline(always)]

@@ -32,8 +32,9 @@ pub(crate) fn cuda_error(message: impl Into<String>) -> DaaError {
     DaaError::Device { backend: "cuda", message: message.into() }
 }
 
-/// Whether NVRTC can be loaded (the CUDA toolkit, or the PyPI wheel
-/// `nvidia-cuda-nvrtc-cu12` with its `lib/` on `LD_LIBRARY_PATH`).
+/// Whether NVRTC can be loaded under one of cudarc's names (the CUDA
+/// toolkit, or a PyPI wheel's `lib/` on `LD_LIBRARY_PATH`; a CUDA 13 wheel
+/// needs the link of [`super::libraries::link_directory`]).
 pub fn nvrtc_available() -> bool {
     // SAFETY: only tries to dlopen the library by its known names.
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
@@ -44,10 +45,7 @@ pub fn nvrtc_available() -> bool {
 /// syntax errors on machines without CUDA devices.
 pub fn compile_ptx(arch: &str) -> Result<cudarc::nvrtc::Ptx> {
     if !nvrtc_available() {
-        return Err(cuda_error(
-            "NVRTC not found: install the CUDA toolkit, or the PyPI wheel nvidia-cuda-nvrtc-cu12 and put its \
-             nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH",
-        ));
+        return Err(cuda_error(super::libraries::nvrtc_missing_message()));
     }
     let options = cudarc::nvrtc::CompileOptions {
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],

@@ -9,6 +9,7 @@
 //! download of the tensor that kernel produced or overwrote.
 
 pub mod kernels;
+pub mod libraries;
 mod tensor;
 
 use std::collections::HashMap;
@@ -101,10 +102,7 @@ impl Cuda {
             ));
         }
         if !kernels::nvrtc_available() {
-            return Err(cuda_error(
-                "NVRTC not found: daa compiles its kernels at run time; install the CUDA toolkit (or the PyPI \
-                 wheel nvidia-cuda-nvrtc-cu12) and put its lib directory on LD_LIBRARY_PATH",
-            ));
+            return Err(cuda_error(libraries::nvrtc_missing_message()));
         }
         let ctx = driver(&format!("cannot open CUDA device {ordinal}"), CudaContext::new(ordinal))?;
         let (major, minor) = driver("compute capability", ctx.compute_capability())?;
