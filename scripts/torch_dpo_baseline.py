@@ -23,8 +23,10 @@ On a GPU (``--device cuda --dtype bfloat16``, what ``scripts/gpu-check.sh``
 runs) the weights stay f32 and the forward runs under
 ``torch.autocast(dtype=torch.bfloat16)`` (automatic mixed precision: f32
 master weights, gradients and AdamW state, bf16 products), the reference
-scores come from the model itself, ``--no-save`` skips the checkpoint, and
-the peak is ``torch.cuda.max_memory_allocated``.
+scores come from the model itself, ``--no-save`` skips the checkpoint;
+``peak_rss_mib`` stays the host's peak (as daa reports it) and
+``gpu_allocator_peak_mib`` is ``torch.cuda.max_memory_allocated``, which has
+no daa counterpart: GPU memory is compared by nvidia-smi's peak only.
 
 Run it through ``cargo xtask bench --trainer --torch`` (which prints the ratio
 to daa in the same run). On its own, the benchmark binary writes the inputs:
@@ -153,10 +155,10 @@ def main():
         with torch.inference_mode(), autocast:
             return sequence_logps(model(ids).logits)[0].item()
 
-    def peak_mib():
+    def gpu_allocator_peak_mib():
         if device.type == "cuda":
             return torch.cuda.max_memory_allocated(device) / 2**20
-        return peak_rss_mib()
+        return 0.0
 
     # Model FLOPs as daa's benchmark counts them (PaLM's MFU): per token
     # 6N + 12·L·d·T to train, 2N + 4·L·d·T forward only, N without the input embedding.
@@ -186,7 +188,8 @@ def main():
             "seconds": seconds,
             "best_seconds": min(times),
             "tokens_per_s": tokens / seconds,
-            "peak_rss_mib": peak_mib(),
+            "peak_rss_mib": peak_rss_mib(),
+            "gpu_allocator_peak_mib": gpu_allocator_peak_mib(),
             "loss": first,
             "backend": args.device,
             "model_flops": flops[mode],

@@ -16,7 +16,7 @@ use daa_train::backward::MemoryOptions;
 use daa_train::batch::{Sequence, SequencePair};
 use daa_train::model::{CausalLm, LoraConfig, LoraTarget, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
-use daa_train::score::{PairScore, score_pairs};
+use daa_train::score::score_pairs;
 use daa_train::{Precision, ReferencePolicy, StepPair, Trainer, TrainerOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -296,8 +296,17 @@ pub struct Measurement {
     pub best_seconds: f64,
     /// Tokens per second at the median.
     pub tokens_per_s: f64,
-    /// Peak resident memory of the process (VmHWM), MiB.
+    /// Peak resident memory of the process on the host (VmHWM), MiB: on a
+    /// GPU, not the GPU's memory (the GPU check compares nvidia-smi's peaks).
     pub peak_rss_mib: f64,
+    /// Seconds to make the model (random weights or a checkpoint read) and
+    /// put it on the device.
+    #[serde(default)]
+    pub init_seconds: f64,
+    /// Seconds of the warm-up repetition (on a GPU: kernel compilation and
+    /// autotuning of every new shape, unless cached).
+    #[serde(default)]
+    pub warmup_seconds: f64,
     /// burn backend (`flex`, `ndarray`, `cuda`; PyTorch's device).
     #[serde(default)]
     pub backend: String,
@@ -374,6 +383,15 @@ pub fn measure(
             if !daa_core::cuda::driver_present() {
                 bail!("--backend cuda: CUDA driver not found (libcuda.so could not be loaded; no NVIDIA driver here)");
             }
+            if !daa_core::cuda::kernels::nvrtc_available() {
+                bail!("--backend cuda: {}", daa_core::cuda::libraries::nvrtc_missing_message());
+            }
+            if daa_core::cuda::libraries::toolkit_headers().is_none() {
+                bail!(
+                    "--backend cuda: CUDA headers not found (set CUDA_PATH to a toolkit with include/cuda_runtime.h)"
+                );
+            }
+            daa_train::backend::configure_gpu_caches();
             measure_on::<burn::backend::Cuda>(setup, shape, source, pairs, mode, &Default::default())?
         }
         other => bail!(
@@ -429,19 +447,6 @@ fn plan_bytes(setup: &Setup<'_>, shape: &Shape) -> Result<u64> {
     Ok(plan.total)
 }
 
-/// Reference scores of a step without a second model on the device (GPU
-/// shapes): `−ln V` per completion token, the loss's reference side only.
-fn uniform_reference(pair: &SequencePair, vocab: usize) -> PairScore {
-    let tokens = |s: &Sequence| s.ids.len() - s.completion_start;
-    let per_token = -(vocab as f64).ln();
-    PairScore {
-        chosen: per_token * tokens(&pair.chosen) as f64,
-        rejected: per_token * tokens(&pair.rejected) as f64,
-        chosen_tokens: tokens(&pair.chosen),
-        rejected_tokens: tokens(&pair.rejected),
-    }
-}
-
 fn measure_on<B: burn::tensor::backend::Backend>(
     setup: &Setup<'_>,
     shape: &Shape,
@@ -458,9 +463,12 @@ fn measure_on<B: burn::tensor::backend::Backend>(
     let tokens: usize = pairs.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum();
     let mut times = Vec::with_capacity(repeats);
     let mut loss = f64::NAN;
+    let init_seconds;
     match mode {
         "score" => {
+            let started = Instant::now();
             let scorer = model::<B>(shape, source, device)?.cast(setup.precision.dtype());
+            init_seconds = started.elapsed().as_secs_f64();
             for _ in 0..=repeats {
                 let started = Instant::now();
                 let scores = score_pairs(&scorer, &refs, pairs.len(), 0, &mut |_| {})?;
@@ -469,13 +477,17 @@ fn measure_on<B: burn::tensor::backend::Backend>(
             }
         }
         "step" => {
-            // The cached reference: the initial model's scores (on a GPU,
-            // where a second copy of a 7B model would not fit, −ln V per token).
-            let reference = if GPU_SHAPES.iter().any(|g| g.name == shape.name) {
-                pairs.iter().map(|p| uniform_reference(p, shape.vocab)).collect()
-            } else {
-                score_pairs(&model::<B>(shape, source, device)?, &refs, pairs.len(), 0, &mut |_| {})?
+            let started = Instant::now();
+            let policy = match setup.lora {
+                None => model::<Autodiff<B>>(shape, source, device)?,
+                Some(rank) => model::<Autodiff<B>>(shape, source, device)?.with_lora(&lora_all_linear(rank), 0)?,
             };
+            init_seconds = started.elapsed().as_secs_f64();
+            // The cached reference: the initial model's own scores, from the
+            // policy's weights without autodiff (no second copy of the model),
+            // so the first loss is ln 2 as in PyTorch's baseline.
+            let reference =
+                score_pairs(&burn::module::AutodiffModule::valid(&policy), &refs, pairs.len(), 0, &mut |_| {})?;
             let options = TrainerOptions {
                 loss: PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.1, label_smoothing: 0.0 }, nll: None },
                 optimizer: AdamWConfig::default(),
@@ -484,10 +496,6 @@ fn measure_on<B: burn::tensor::backend::Backend>(
                 pad_id: 0,
                 memory: MemoryOptions { activation_checkpointing: setup.checkpointing, ..MemoryOptions::default() },
                 precision: setup.precision,
-            };
-            let policy = match setup.lora {
-                None => model::<Autodiff<B>>(shape, source, device)?,
-                Some(rank) => model::<Autodiff<B>>(shape, source, device)?.with_lora(&lora_all_linear(rank), 0)?,
             };
             let mut trainer = Trainer::new(policy, options, ReferencePolicy::Given)?;
             let step: Vec<StepPair<'_>> =
@@ -503,7 +511,7 @@ fn measure_on<B: burn::tensor::backend::Backend>(
         }
         other => bail!("unknown mode `{other}`; expected step or score"),
     }
-    times.remove(0); // the warm-up
+    let warmup_seconds = times.remove(0);
     let seconds = median(times.clone());
     Ok(Measurement {
         engine: daa(),
@@ -514,6 +522,8 @@ fn measure_on<B: burn::tensor::backend::Backend>(
         best_seconds: times.iter().copied().fold(f64::INFINITY, f64::min),
         tokens_per_s: tokens as f64 / seconds,
         peak_rss_mib: daa_train::run::process::memory_mib("VmHWM").unwrap_or(0.0),
+        init_seconds,
+        warmup_seconds,
         loss,
         backend: String::new(),
         precision: f32_name(),

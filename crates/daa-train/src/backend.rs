@@ -99,6 +99,7 @@ pub fn with_compute_backend<T: BackendTask>(
             } else {
                 burn::backend::wgpu::WgpuDevice::DiscreteGpu(ordinal)
             };
+            configure_gpu_caches();
             task.run::<Autodiff<burn::backend::Wgpu>>(device)
         }
         #[cfg(feature = "cuda")]
@@ -110,6 +111,19 @@ pub fn with_compute_backend<T: BackendTask>(
                         .into(),
                 ));
             }
+            // burn's CUDA backend compiles with NVRTC against the toolkit's
+            // headers; cudarc and cubecl panic without them.
+            if !daa_core::cuda::kernels::nvrtc_available() {
+                return Err(unavailable(daa_core::cuda::libraries::nvrtc_missing_message()));
+            }
+            if daa_core::cuda::libraries::toolkit_headers().is_none() {
+                return Err(unavailable(
+                    "CUDA headers not found: burn's CUDA backend compiles its kernels against the toolkit's \
+                     include/cuda_runtime.h; set CUDA_PATH to a CUDA toolkit (or install one in /usr/local/cuda)"
+                        .into(),
+                ));
+            }
+            configure_gpu_caches();
             task.run::<Autodiff<burn::backend::Cuda>>(burn::backend::cuda::CudaDevice::new(ordinal))
         }
         #[allow(unreachable_patterns)]
@@ -125,4 +139,59 @@ pub fn with_compute_backend<T: BackendTask>(
                 .join(", ")
         ))),
     }
+}
+
+/// Where burn's GPU backends keep compiled kernels and autotune results
+/// across processes: `$DAA_GPU_CACHE`, else `$XDG_CACHE_HOME/daa/gpu`, else
+/// `~/.cache/daa/gpu`.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn gpu_cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("DAA_GPU_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("daa/gpu")
+}
+
+/// Configures CubeCL (the kernels of burn's GPU backends) once, before the
+/// first device is opened: compiled kernels cached on disk (CubeCL's
+/// compilation cache is off by default, so every process compiled every
+/// kernel with NVRTC again: PTX is kept, the driver's own JIT cache keeps
+/// the machine code), autotune results cached in the same folder
+/// ([`gpu_cache_dir`]), and the autotune level from `DAA_AUTOTUNE_LEVEL`
+/// (`minimal`, `balanced` (default), `extensive`, `full`: how many matrix
+/// product candidates burn compiles and times per new shape). A
+/// `cubecl.toml` or `burn.toml` above the working folder wins: then nothing
+/// is set.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn configure_gpu_caches() {
+    use cubecl_runtime::config::autotune::AutotuneLevel;
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let user_file = std::env::current_dir().ok().is_some_and(|cwd| {
+            cwd.ancestors().any(|dir| {
+                ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].iter().any(|f| dir.join(f).is_file())
+            })
+        });
+        if user_file || CubeClRuntimeConfig::storage().lock().is_some() {
+            return; // the user's file, or a device already opened with its configuration
+        }
+        let root = gpu_cache_dir();
+        let mut config = CubeClRuntimeConfig::default();
+        config.compilation.cache = Some(CacheConfig::File(root.clone()));
+        config.autotune.cache = CacheConfig::File(root);
+        config.autotune.level = match std::env::var("DAA_AUTOTUNE_LEVEL").as_deref() {
+            Ok("minimal" | "0") => AutotuneLevel::Minimal,
+            Ok("extensive" | "2") => AutotuneLevel::Extensive,
+            Ok("full" | "3") => AutotuneLevel::Full,
+            _ => AutotuneLevel::Balanced,
+        };
+        CubeClRuntimeConfig::set(config);
+    });
 }

@@ -157,7 +157,7 @@ fn fused_head_backward<B: AutodiffBackend>(
     let device = picked.device();
     let config = model.config();
     let weight = model.head_weight();
-    let rows = chunk_rows_or(memory.head_chunk_rows, config.vocab_size);
+    let rows = chunk_rows_or::<B::InnerBackend>(memory.head_chunk_rows, config.vocab_size, &device);
     let head = FusedHead::new(weight.val().inner(), config.logit_scale, rows);
     let hidden = picked.clone().inner();
     let targets = positions.target_index::<B::InnerBackend>(&device);

@@ -241,7 +241,11 @@ pub fn held_out_pass<B: Backend>(
         return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
     }
     let device = model.embed.weight.device();
-    let head = FusedHead::of_model(model).with_chunk_rows(chunk_rows_or(head_chunk_rows, model.config().vocab_size));
+    let head = FusedHead::of_model(model).with_chunk_rows(chunk_rows_or::<B>(
+        head_chunk_rows,
+        model.config().vocab_size,
+        &device,
+    ));
     let mut sums = HeldOutSums { pairs: pairs.len(), ..HeldOutSums::default() };
     for (chunk, refs) in pairs.chunks(batch.max(1)).zip(reference.chunks(batch.max(1))) {
         let tokens = pair_batch(chunk, pad_id, model.config().vocab_size)?;

@@ -41,22 +41,54 @@ use crate::entropy_floor::FloorTerm;
 use crate::error::ModelError;
 use crate::model::CausalLm;
 
-/// Bytes of f32 logits one chunk may hold (64 MiB: 130 positions at
-/// `V = 128256`, every position of a small model).
+/// Bytes of f32 logits one chunk may hold on the CPU (64 MiB: 130
+/// positions at `V = 128256`, every position of a small model).
 pub const HEAD_CHUNK_BYTES: usize = 64 << 20;
 
-/// Positions per chunk for vocabulary `vocab`: `⌊HEAD_CHUNK_BYTES / 4V⌋`, at least 1.
+/// Bytes of f32 logits one chunk may hold on a GPU (512 MiB: 1 024
+/// positions at `V = 128256`, 512 at `V = 256000`).
+pub const GPU_HEAD_CHUNK_BYTES: usize = 512 << 20;
+
+/// Positions per GPU chunk are a multiple of this (the matrix products'
+/// tiles are 64 or 128 rows) and at most [`GPU_HEAD_CHUNK_MAX_ROWS`].
+pub const GPU_HEAD_CHUNK_TILE: usize = 128;
+
+/// The most positions per GPU chunk: more buys no speed, only memory.
+pub const GPU_HEAD_CHUNK_MAX_ROWS: usize = 1024;
+
+/// Positions per CPU chunk for vocabulary `vocab`: `⌊HEAD_CHUNK_BYTES / 4V⌋`, at least 1.
 pub fn chunk_rows(vocab: usize) -> usize {
     (HEAD_CHUNK_BYTES / (4 * vocab.max(1))).max(1)
+}
+
+/// Positions per GPU chunk: `⌊GPU_HEAD_CHUNK_BYTES / 4V⌋` rounded down to a
+/// multiple of 128, between 128 and 1 024. (The CPU's 64 MiB gives 130 rows
+/// at `V = 128256`: on a GPU, one full tile of 128 and a nearly empty one.)
+pub fn gpu_chunk_rows(vocab: usize) -> usize {
+    let rows = GPU_HEAD_CHUNK_BYTES / (4 * vocab.max(1));
+    (rows / GPU_HEAD_CHUNK_TILE * GPU_HEAD_CHUNK_TILE).clamp(GPU_HEAD_CHUNK_TILE, GPU_HEAD_CHUNK_MAX_ROWS)
+}
+
+/// Whether `B` computes on a GPU: burn's CubeCL backends (CUDA, wgpu),
+/// also under autodiff and fusion.
+pub fn on_gpu<B: Backend>(device: &B::Device) -> bool {
+    let name = B::name(device);
+    name.contains("cubecl<") && !name.contains("cubecl<cpu")
+}
+
+/// Positions per chunk for `vocab` on `device`: [`gpu_chunk_rows`] on a GPU,
+/// [`chunk_rows`] elsewhere.
+pub fn default_chunk_rows<B: Backend>(vocab: usize, device: &B::Device) -> usize {
+    if on_gpu::<B>(device) { gpu_chunk_rows(vocab) } else { chunk_rows(vocab) }
 }
 
 /// Receives each chunk's first position and logits `[C, V]`.
 pub type OnChunk<'a, B> = dyn FnMut(usize, &Tensor<B, 2>) -> Result<(), ModelError> + 'a;
 
-/// `configured` positions per chunk, or [`chunk_rows`] of `vocab` when it is 0
+/// `configured` positions per chunk, or [`default_chunk_rows`] when it is 0
 /// (how `train.head_chunk_tokens` and the evaluation's setting read).
-pub fn chunk_rows_or(configured: usize, vocab: usize) -> usize {
-    if configured == 0 { chunk_rows(vocab) } else { configured }
+pub fn chunk_rows_or<B: Backend>(configured: usize, vocab: usize, device: &B::Device) -> usize {
+    if configured == 0 { default_chunk_rows::<B>(vocab, device) } else { configured }
 }
 
 /// The output head as the fused path applies it.
@@ -76,10 +108,12 @@ impl<B: Backend> FusedHead<B> {
         Self { weight, scale, chunk_rows: chunk_rows.max(1) }
     }
 
-    /// `model`'s head, chunked by [`chunk_rows`].
+    /// `model`'s head, chunked by [`default_chunk_rows`] for its device.
     pub fn of_model(model: &CausalLm<B>) -> Self {
         let config = model.config();
-        Self::new(model.head_weight().val(), config.logit_scale, chunk_rows(config.vocab_size))
+        let weight = model.head_weight().val();
+        let rows = default_chunk_rows::<B>(config.vocab_size, &weight.device());
+        Self::new(weight, config.logit_scale, rows)
     }
 
     /// The same head with `rows` positions per chunk.
@@ -175,5 +209,21 @@ impl<B: Backend> FusedHead<B> {
         };
         let floor_value = floor.map(|_| floor_value.unwrap_or_else(|| Tensor::zeros([1], &device)));
         (grad_hidden, grad_weight, floor_value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_chunks_are_whole_tiles() {
+        assert_eq!(gpu_chunk_rows(32_000), 1024);
+        assert_eq!(gpu_chunk_rows(128_256), 1024);
+        assert_eq!(gpu_chunk_rows(256_000), 512);
+        assert_eq!(gpu_chunk_rows(152_064), 768); // Qwen2: 882 rounded down
+        assert_eq!(gpu_chunk_rows(2_000_000), 128);
+        assert_eq!(chunk_rows(128_256), 130);
+        assert!(!on_gpu::<burn::backend::Flex>(&Default::default()));
     }
 }

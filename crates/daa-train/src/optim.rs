@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, FloatDType, Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use crate::error::{ModelError, read_vec};
 
@@ -140,17 +140,22 @@ impl<B: Backend> GradAccumulator<B> {
         self.order.sort_by_key(rank);
     }
 
-    /// `‖g‖₂` over every parameter, summed in the model's visiting order.
+    /// `‖g‖₂` over every parameter: each parameter's `Σ g²` in f32 on the
+    /// device, all of them read back together (one synchronisation per step,
+    /// not one per parameter: 291 for a 7B Llama), summed in f64 in the
+    /// model's visiting order.
     pub fn global_norm(&self) -> Result<f64, ModelError> {
-        let mut sum = 0.0;
-        for g in self.order.iter().filter_map(|id| self.grads.get(id)) {
-            let squares = g.clone().cast(FloatDType::F32).powi_scalar(2).sum();
-            let value = squares
-                .try_into_scalar()
-                .map_err(|e| ModelError::Readback { what: "a gradient norm".into(), message: format!("{e:?}") })?;
-            sum += value.elem::<f64>();
+        let squares: Vec<Tensor<B, 1>> = self
+            .order
+            .iter()
+            .filter_map(|id| self.grads.get(id))
+            .map(|g| g.clone().cast(FloatDType::F32).powi_scalar(2).sum())
+            .collect();
+        if squares.is_empty() {
+            return Ok(0.0);
         }
-        Ok(sum.sqrt())
+        let values: Vec<f32> = read_vec(Tensor::cat(squares, 0), "the gradient norms")?;
+        Ok(values.iter().map(|&v| f64::from(v)).sum::<f64>().sqrt())
     }
 
     /// Whether no gradient has been added.

@@ -153,7 +153,8 @@ impl MemoryPlan {
         let full = l * tokens * per_token_block + ends;
         let checkpointed = l * tokens * d * w + tokens * per_token_block + ends;
         let unfused = tokens * v * 4 * 3;
-        let fused = tokens.min(crate::fused_head::chunk_rows(v as usize) as u64) * v * 4 * 3;
+        // A GPU's chunk (crate::fused_head::gpu_chunk_rows).
+        let fused = tokens.min(crate::fused_head::gpu_chunk_rows(v as usize) as u64) * v * 4 * 3;
         let ckpt = setup.activation_checkpointing;
         let trained = match &setup.lora {
             // Adapters: f32, every GPU holds them whole.

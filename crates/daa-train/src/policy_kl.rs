@@ -20,7 +20,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::batch::{Sequence, TokenBatch};
 use crate::error::{ModelError, read_vec};
-use crate::fused_head::{FusedHead, chunk_rows};
+use crate::fused_head::{FusedHead, default_chunk_rows};
 use crate::model::CausalLm;
 use crate::objective::scored_hidden;
 
@@ -59,7 +59,7 @@ pub fn chunk_kl<B: Backend>(
 /// The per-sample sums of `sequences` (prompt + sampled completion, scored
 /// from `completion_start`) under `policy` against `reference`, `batch`
 /// sequences per forward pass and `head_chunk_rows` positions per head
-/// chunk (0: a quarter of [`crate::fused_head::chunk_rows`] of the
+/// chunk (0: a quarter of [`crate::fused_head::default_chunk_rows`] of the
 /// vocabulary, since a chunk's divergence keeps about six `[C, V]` tensors
 /// alive). Errors name the sample whose divergence is not finite.
 pub fn sample_kl<B: Backend>(
@@ -78,7 +78,8 @@ pub fn sample_kl<B: Backend>(
         )));
     }
     let device = policy.embed.weight.device();
-    let rows = if head_chunk_rows == 0 { (chunk_rows(vocab) / 4).max(1) } else { head_chunk_rows };
+    let rows =
+        if head_chunk_rows == 0 { (default_chunk_rows::<B>(vocab, &device) / 4).max(1) } else { head_chunk_rows };
     let policy_head = FusedHead::of_model(policy).with_chunk_rows(rows);
     let reference_head = FusedHead::of_model(reference).with_chunk_rows(rows);
     let mut out = vec![SampleKl::default(); sequences.len()];

@@ -11,6 +11,12 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The state after `n` calls of [`splitmix64`] on `state`, without making
+/// them (each call adds the same constant).
+pub fn splitmix64_skip(state: u64, n: u64) -> u64 {
+    state.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(n))
+}
+
 /// A uniform draw in the open interval `(0, 1)`.
 pub fn uniform_open(state: &mut u64) -> f64 {
     ((splitmix64(state) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
@@ -25,4 +31,16 @@ pub fn permutation(n: usize, seed: u64, stream: u64) -> Vec<usize> {
         order.swap(i, j);
     }
     order
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn skipping_n_draws_is_making_them() {
+        let mut state = 0x1234_5678;
+        for n in 0..1000 {
+            assert_eq!(super::splitmix64_skip(0x1234_5678, n), state);
+            super::splitmix64(&mut state);
+        }
+    }
 }

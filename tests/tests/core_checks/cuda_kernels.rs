@@ -111,3 +111,24 @@ fn a_missing_driver_is_a_clear_error() {
         }
     }
 }
+
+/// `scripts/gpu-check.sh run` on a machine without an NVIDIA GPU stops at
+/// once with a message that says so (before unpacking or running anything).
+#[test]
+fn the_gpu_check_fails_fast_without_a_gpu() {
+    let has_gpu = std::process::Command::new("nvidia-smi").arg("-L").output().is_ok_and(|o| o.status.success());
+    if has_gpu {
+        println!("skipped: this machine has an NVIDIA GPU");
+        return;
+    }
+    let script = daa_tests::manifest_dir().join("../scripts/gpu-check.sh");
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new("bash").arg(&script).arg("run").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("no NVIDIA GPU here"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    let usage = std::process::Command::new("bash").arg(&script).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("usage: scripts/gpu-check.sh build|run"));
+}

@@ -58,6 +58,15 @@ struct Compiled {
     functions: HashMap<&'static str, CudaFunction>,
 }
 
+/// Row targets on their way to `token_stats`: a page-locked host buffer
+/// and a device buffer, kept across calls and grown to the next power of
+/// two, so a call makes no allocation and its copy is asynchronous.
+#[derive(Debug)]
+struct TargetStaging {
+    host: cudarc::driver::PinnedHostSlice<i32>,
+    device: CudaSlice<i32>,
+}
+
 /// The CUDA backend on one device.
 #[derive(Debug, Clone)]
 pub struct Cuda {
@@ -66,6 +75,7 @@ pub struct Cuda {
     arch: String,
     name: String,
     compiled: Arc<OnceLock<std::result::Result<Compiled, String>>>,
+    targets: Arc<std::sync::Mutex<Option<TargetStaging>>>,
 }
 
 fn driver<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
@@ -108,7 +118,14 @@ impl Cuda {
         let (major, minor) = driver("compute capability", ctx.compute_capability())?;
         let name = driver("device name", ctx.name())?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, arch: format!("compute_{major}{minor}"), name, compiled: Arc::new(OnceLock::new()) })
+        Ok(Self {
+            ctx,
+            stream,
+            arch: format!("compute_{major}{minor}"),
+            name,
+            compiled: Arc::new(OnceLock::new()),
+            targets: Arc::default(),
+        })
     }
 
     /// Device name and the architecture the kernels are compiled for.
@@ -165,6 +182,24 @@ impl Cuda {
         driver("copy to the GPU", self.stream.clone_htod(v))
     }
 
+    /// Copies `ids` into the reused target buffers (waiting only for the
+    /// previous call's copy out of the host buffer) and returns them locked
+    /// for the launch that reads them.
+    fn stage_targets(&self, ids: &[i32]) -> Result<std::sync::MutexGuard<'_, Option<TargetStaging>>> {
+        let mut staging = self.targets.lock().map_err(|_| cuda_error("the target buffers' lock is poisoned"))?;
+        if staging.as_ref().is_none_or(|s| s.device.len() < ids.len()) {
+            let capacity = ids.len().next_power_of_two().max(1024);
+            // SAFETY: the host buffer is written below before any copy reads it.
+            let host = driver("page-locked allocation", unsafe { self.ctx.alloc_pinned::<i32>(capacity) })?;
+            let device = driver("allocation", self.stream.alloc_zeros::<i32>(capacity))?;
+            *staging = Some(TargetStaging { host, device });
+        }
+        let TargetStaging { host, device } = staging.as_mut().expect("allocated above");
+        driver("target buffer", host.as_mut_slice())?[..ids.len()].copy_from_slice(ids);
+        driver("copy of the targets", self.stream.memcpy_htod(host, device))?;
+        Ok(staging)
+    }
+
     fn tensor(&self, shape: Vec<usize>, data: CudaData, status: Option<CudaSlice<u32>>) -> CudaTensor {
         let dtype = match &data {
             CudaData::F32(_) => DType::F32,
@@ -217,7 +252,8 @@ impl Backend for Cuda {
         let mut out = self.zeros::<f32>(shape.rows * TOKEN_STATS_COLUMNS)?;
         let mut status = self.zeros::<u32>(shape.rows * 2)?;
         if shape.rows > 0 {
-            let t = self.to_device(&rows.kernel_ids())?;
+            let staged = self.stage_targets(&rows.kernel_ids())?;
+            let t = &staged.as_ref().expect("staged").device;
             let vocab = u32::try_from(shape.vocab).map_err(|_| cuda_error("vocabulary over 2^32"))?;
             let (k, inv_ln_base, n) = (params.k as u32, (1.0 / params.entropy_base.ln()) as f32, shape.rows as u64);
             let name = match (logits.dtype, shape.vocab % 8 == 0, shape.vocab % 4 == 0) {
@@ -238,9 +274,9 @@ impl Backend for Cuda {
                 CudaData::Half(x) => launch.arg(x),
                 _ => return Err(cuda_error("logits storage does not match its dtype")),
             };
-            launch.arg(&t).arg(&mut out).arg(&mut status).arg(&vocab).arg(&k).arg(&inv_ln_base).arg(&n);
+            launch.arg(t).arg(&mut out).arg(&mut status).arg(&vocab).arg(&k).arg(&inv_ln_base).arg(&n);
             // SAFETY: the argument list matches TOKEN_STATS_ENTRY in shaders/cuda/token_stats.cu;
-            // buffers hold rows·V logits, rows targets, rows·6 outputs and rows·2 status words.
+            // buffers hold rows·V logits, ≥ rows targets, rows·6 outputs and rows·2 status words.
             driver("token_stats launch", unsafe { launch.launch(row_grid(shape.rows)) })?;
         }
         Ok(self.tensor(vec![shape.rows, TOKEN_STATS_COLUMNS], CudaData::F32(out), Some(status)))

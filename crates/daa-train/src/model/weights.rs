@@ -8,7 +8,7 @@ use burn::tensor::{FloatDType, Tensor, TensorData};
 use daa_core::{HostTensor, TensorData as HostData};
 
 use crate::error::{ModelError, read_vec};
-use crate::rng::uniform_open;
+use crate::rng::{splitmix64_skip, uniform_open};
 
 /// A provider of weights by Hugging Face name, in the file layout.
 pub trait WeightSource {
@@ -23,12 +23,18 @@ pub trait WeightSource {
     fn release(&mut self, _name: &str) {}
 }
 
-/// Widens `values` (f32, f16 or bf16) to f32, visiting each element once.
-fn for_each_f32(name: &str, values: &HostTensor, mut f: impl FnMut(usize, f32)) -> Result<(), ModelError> {
+/// Widens `values` (f32, f16 or bf16) into `out` (the same length), in parallel.
+fn widen_into(name: &str, values: &HostTensor, out: &mut [f32]) -> Result<(), ModelError> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
     match values.data() {
-        HostData::F32(v) => v.iter().enumerate().for_each(|(i, &x)| f(i, x)),
-        HostData::F16(v) => v.iter().enumerate().for_each(|(i, x)| f(i, x.to_f32())),
-        HostData::BF16(v) => v.iter().enumerate().for_each(|(i, x)| f(i, x.to_f32())),
+        HostData::F32(v) => out.par_chunks_mut(CHUNK).zip(v.par_chunks(CHUNK)).for_each(|(o, i)| o.copy_from_slice(i)),
+        HostData::F16(v) => out.par_chunks_mut(CHUNK).zip(v.par_chunks(CHUNK)).for_each(|(o, i)| {
+            o.iter_mut().zip(i).for_each(|(o, x)| *o = x.to_f32());
+        }),
+        HostData::BF16(v) => out.par_chunks_mut(CHUNK).zip(v.par_chunks(CHUNK)).for_each(|(o, i)| {
+            o.iter_mut().zip(i).for_each(|(o, x)| *o = x.to_f32());
+        }),
         other => {
             return Err(ModelError::Config(format!(
                 "tensor `{name}` has dtype {}; daa reads f32, f16 and bf16 weights",
@@ -37,6 +43,25 @@ fn for_each_f32(name: &str, values: &HostTensor, mut f: impl FnMut(usize, f32)) 
         }
     }
     Ok(())
+}
+
+/// The `[rows, cols]` row-major `values` as `[cols, rows]`: blocks of 64
+/// output rows in parallel, each reading its 64 input columns row by row.
+fn transposed(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const BLOCK: usize = 64;
+    let mut out = vec![0f32; values.len()];
+    out.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(b, block)| {
+        let first = b * BLOCK;
+        let width = block.len() / rows;
+        for r in 0..rows {
+            let src = &values[r * cols + first..r * cols + first + width];
+            for (c, &x) in src.iter().enumerate() {
+                block[c * rows + r] = x;
+            }
+        }
+    });
+    out
 }
 
 /// A parameter as [`super::CausalLm::visit_weights`] shows it.
@@ -104,9 +129,12 @@ pub(crate) struct Loader<'a, B: Backend> {
 }
 
 impl<B: Backend> Loader<'_, B> {
-    /// `name`'s values in f32, with the element at flat index `i` of the file
-    /// layout stored at `place(i)`; checks the shape and that every value is finite.
-    fn read(&mut self, name: &str, shape: &[usize], place: impl Fn(usize) -> usize) -> Result<Vec<f32>, ModelError> {
+    /// `name`'s values in f32 in the file layout, or (with `transpose_cols`
+    /// = `Some(c)`) the `[r, c]` file matrix transposed to `[c, r]`; checks
+    /// the shape and that every value is finite. Widening, the finiteness
+    /// check and the transpose run in parallel (a 7B model is 6.7 G values).
+    fn read(&mut self, name: &str, shape: &[usize], transpose_cols: Option<usize>) -> Result<Vec<f32>, ModelError> {
+        use rayon::prelude::*;
         let stored = self.source.read(name, shape)?;
         let len: usize = shape.iter().product();
         if stored.len() != len {
@@ -117,19 +145,16 @@ impl<B: Backend> Loader<'_, B> {
             });
         }
         let mut values = vec![0f32; len];
-        let mut non_finite = None;
-        for_each_f32(name, &stored, |i, x| {
-            if !x.is_finite() && non_finite.is_none() {
-                non_finite = Some(i);
-            }
-            values[place(i)] = x;
-        })?;
+        widen_into(name, &stored, &mut values)?;
         drop(stored);
         self.source.release(name);
-        match non_finite {
-            Some(index) => Err(ModelError::NonFinite { name: name.to_string(), index }),
-            None => Ok(values),
+        if let Some(index) = values.par_iter().position_first(|x| !x.is_finite()) {
+            return Err(ModelError::NonFinite { name: name.to_string(), index });
         }
+        Ok(match transpose_cols {
+            Some(cols) if cols > 0 && len > 0 => transposed(&values, len / cols, cols),
+            _ => values,
+        })
     }
 
     /// A parameter of `values` (f32) in the loader's dtype.
@@ -143,13 +168,13 @@ impl<B: Backend> Loader<'_, B> {
 
     /// A matrix kept in the file layout.
     pub fn matrix(&mut self, name: &str, shape: [usize; 2]) -> Result<Param<Tensor<B, 2>>, ModelError> {
-        let values = self.read(name, &shape, |i| i)?;
+        let values = self.read(name, &shape, None)?;
         Ok(self.param(values, shape))
     }
 
     /// A vector.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Param<Tensor<B, 1>>, ModelError> {
-        let values = self.read(name, &[len], |i| i)?;
+        let values = self.read(name, &[len], None)?;
         Ok(self.param(values, [len]))
     }
 
@@ -158,7 +183,7 @@ impl<B: Backend> Loader<'_, B> {
     /// while it is read).
     pub fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear<B>, ModelError> {
         let name = format!("{prefix}.weight");
-        let stored = self.read(&name, &[d_out, d_in], |i| (i % d_in) * d_out + i / d_in)?;
+        let stored = self.read(&name, &[d_out, d_in], Some(d_in))?;
         let weight = self.param(stored, [d_in, d_out]);
         let bias = if bias { Some(self.vector(&format!("{prefix}.bias"), d_out)?) } else { None };
         Ok(Linear { weight, bias })
@@ -185,18 +210,24 @@ impl WeightSource for RandomWeights {
 }
 
 impl RandomWeights {
-    /// `len` draws of `N(0, std²)` from a stream seeded by the seed and `name`.
+    /// `len` draws of `N(0, std²)` from a stream seeded by the seed and
+    /// `name`: value `i` from the stream's draws `2i + 1` and `2i + 2`
+    /// (Box–Muller), computed in parallel by jumping to them (the same
+    /// values as drawing them in order, on any number of threads).
     fn normal(&self, name: &str, len: usize) -> Vec<f32> {
-        let mut state = name
+        use rayon::prelude::*;
+        let state = name
             .bytes()
             .fold(self.seed ^ 0xD1B5_4A32_D192_ED03, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3));
-        (0..len)
-            .map(|_| {
-                // Box–Muller: one normal from two uniforms.
-                let (u1, u2) = (uniform_open(&mut state), uniform_open(&mut state));
+        let mut values = vec![0f32; len];
+        values.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+            let mut at = splitmix64_skip(state, 2 * (c << 16) as u64); // past the draws of earlier chunks
+            for v in chunk.iter_mut() {
+                let (u1, u2) = (uniform_open(&mut at), uniform_open(&mut at));
                 let n = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-                (n as f32) * self.std
-            })
-            .collect()
+                *v = (n as f32) * self.std;
+            }
+        });
+        values
     }
 }

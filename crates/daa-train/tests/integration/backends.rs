@@ -37,16 +37,23 @@ fn sequence(text: &str, completion_start: usize) -> Sequence {
 }
 
 /// The forward pass and one step, of the full model or (`lora`) of
-/// adapters on every linear layer, `A` and `B` drawn `N(0, 0.1²)`.
+/// adapters on every linear layer, `A` and `B` drawn `N(0, 0.1²)`, in
+/// `precision` (bf16: weights and products in bf16, f32 masters).
 struct Probe {
     lora: bool,
+    precision: daa_train::Precision,
 }
+
+/// bf16 against bf16 (or f32) in another summation order: a few roundings
+/// of 2⁻⁸ on values of order 1 (checked here on the CPU against f32 too).
+const BF16_TOLERANCE: f32 = 5e-2;
 
 impl BackendTask for Probe {
     type Output = Observed;
     type Error = Error;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Observed, Error> {
         let config = ModelConfig::from_json(&cohere_config(VOCAB, 32, 2).to_string())?;
+        self.precision.check_supported::<B>(&device)?;
         let mut model: CausalLm<B> =
             CausalLm::from_weights(&config, &mut RandomWeights { seed: 7, std: 0.3 }, &device)?;
         if self.lora {
@@ -59,8 +66,11 @@ impl BackendTask for Probe {
             SequencePair { chosen: sequence("Q: 2+2? A: 4", 10), rejected: sequence("Q: 2+2? A: 22", 10) },
         ];
         let batch = pair_batch(&pairs.iter().collect::<Vec<_>>(), 0, VOCAB)?;
-        let token_logps =
-            CompletionLogits::of(&model, &batch, &device)?.token_logps().into_data().convert::<f32>().into_vec()?;
+        let token_logps = CompletionLogits::of(&model.clone().cast(self.precision.dtype()), &batch, &device)?
+            .token_logps()
+            .into_data()
+            .convert::<f32>()
+            .into_vec()?;
 
         let options = TrainerOptions {
             loss: PreferenceLossParams { loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 }, nll: None },
@@ -71,7 +81,7 @@ impl BackendTask for Probe {
             micro_batch_size: 2,
             pad_id: 0,
             memory: daa_train::backward::MemoryOptions::default(),
-            precision: daa_train::Precision::F32,
+            precision: self.precision,
         };
         let score = |chosen, rejected, pair: &SequencePair| PairScore {
             chosen,
@@ -98,25 +108,48 @@ impl BackendTask for Probe {
     }
 }
 
-fn assert_close(backend: ComputeBackend, what: &str, cpu: &[f32], other: &[f32]) {
+fn assert_close(backend: ComputeBackend, what: &str, cpu: &[f32], other: &[f32], tolerance: f32) {
     assert_eq!(cpu.len(), other.len(), "{backend} {what}: lengths");
     for (i, (a, b)) in cpu.iter().zip(other).enumerate() {
-        assert!((a - b).abs() <= TOLERANCE * (1.0 + a.abs()), "{backend} {what} {i}: cpu {a} vs {b}");
+        assert!((a - b).abs() <= tolerance * (1.0 + a.abs()), "{backend} {what} {i}: cpu {a} vs {b}");
     }
+}
+
+fn assert_agree(backend: ComputeBackend, cpu: &Observed, other: &Observed, tolerance: f32) {
+    assert_close(backend, "log-prob", &cpu.token_logps, &other.token_logps, tolerance);
+    assert_close(backend, "loss", &[cpu.loss as f32], &[other.loss as f32], tolerance);
+    assert_close(backend, "gradient norm", &[cpu.grad_norm as f32], &[other.grad_norm as f32], tolerance);
+    assert_close(backend, "weight after the step", &cpu.weights_after_step, &other.weights_after_step, tolerance);
 }
 
 #[test]
 fn gpu_backends_agree_with_the_cpu_backend_on_a_forward_pass_and_a_trainer_step() {
-    probe_every_backend(false);
+    probe_every_backend(false, daa_train::Precision::F32);
 }
 
 #[test]
 fn gpu_backends_agree_with_the_cpu_backend_on_a_lora_step() {
-    probe_every_backend(true);
+    probe_every_backend(true, daa_train::Precision::F32);
 }
 
-fn probe_every_backend(lora: bool) {
-    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora }).unwrap();
+/// bf16 on the GPU against bf16 on the CPU (wgpu adapters without bf16,
+/// lavapipe among them, are reported and skipped; CUDA has it).
+#[test]
+fn gpu_backends_agree_with_the_cpu_backend_on_a_bf16_step() {
+    let f32_cpu =
+        with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora: false, precision: daa_train::Precision::F32 });
+    let bf16_cpu =
+        with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora: false, precision: daa_train::Precision::Bf16 });
+    // The tolerance means something: bf16 is within it of f32, and not equal.
+    let (f32_cpu, bf16_cpu) = (f32_cpu.unwrap(), bf16_cpu.unwrap());
+    assert_agree(ComputeBackend::Cpu, &f32_cpu, &bf16_cpu, BF16_TOLERANCE);
+    assert_ne!(f32_cpu.token_logps, bf16_cpu.token_logps, "the bf16 probe computed in f32");
+    probe_every_backend(false, daa_train::Precision::Bf16);
+}
+
+fn probe_every_backend(lora: bool, precision: daa_train::Precision) {
+    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora, precision }).unwrap();
+    let tolerance = if precision == daa_train::Precision::F32 { TOLERANCE } else { BF16_TOLERANCE };
     assert!(cpu.loss.is_finite() && cpu.grad_norm > 0.0, "loss {} grad norm {}", cpu.loss, cpu.grad_norm);
     for backend in [ComputeBackend::Wgpu, ComputeBackend::Cuda] {
         if !backend.is_compiled() {
@@ -124,7 +157,7 @@ fn probe_every_backend(lora: bool) {
             println!("skipped: {backend}: this build has no `{backend}` feature");
             continue;
         }
-        match with_compute_backend(backend, 0, Probe { lora }) {
+        match with_compute_backend(backend, 0, Probe { lora, precision }) {
             Err(e) => {
                 let message = e.to_string();
                 #[cfg(feature = "cuda")]
@@ -135,15 +168,17 @@ fn probe_every_backend(lora: bool) {
                         "{message}"
                     );
                 }
+                if message.contains("cannot compute in") {
+                    println!("skipped: {backend} {precision}: {message}"); // the adapter lacks the dtype
+                    continue;
+                }
                 daa_tests::gpu::skip(backend.as_str(), &message);
             }
             Ok(other) => {
-                assert_close(backend, "log-prob", &cpu.token_logps, &other.token_logps);
-                assert_close(backend, "loss", &[cpu.loss as f32], &[other.loss as f32]);
-                assert_close(backend, "gradient norm", &[cpu.grad_norm as f32], &[other.grad_norm as f32]);
-                assert_close(backend, "weight after the step", &cpu.weights_after_step, &other.weights_after_step);
+                assert_agree(backend, &cpu, &other, tolerance);
                 println!(
-                    "{backend}{}: agrees with cpu on {} log-probs, the loss, the gradient norm and {} weights after one step",
+                    "{backend}{} {precision}: agrees with cpu within {tolerance} on {} log-probs, the loss, the gradient \
+                     norm and {} weights after one step",
                     if lora { " (LoRA)" } else { "" },
                     other.token_logps.len(),
                     other.weights_after_step.len()

@@ -47,11 +47,11 @@ fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
         32 * 2048 * 4096 * 2 + 2048 * 317_440 + 2 * 2048 * 4096 * 2
     );
     assert_eq!(line(&plan, "logits, unfused"), 2048 * 32_000 * 12);
-    // Chunks of ⌊64 MiB / (4 · 32 000)⌋ = 524 positions.
-    assert_eq!(line(&plan, "logits, fused head"), 524 * 32_000 * 12);
+    // A GPU's chunks: ⌊512 MiB / (4 · 32 000)⌋ = 4 194 positions, at most 1 024.
+    assert_eq!(line(&plan, "logits, fused head"), 1024 * 32_000 * 12);
     // 16 bytes per parameter before activations (2 + 4 + 2 + 8): 100.4 GiB, more than 80.
     let states = 16 * 6_738_415_616u64;
-    assert_eq!(plan.total, states + 1_220_542_464 + 201_216_000);
+    assert_eq!(plan.total, states + 1_220_542_464 + 393_216_000);
     assert!(!plan.fits);
     assert!(plan.table().contains("does not fit"), "{}", plan.table());
     // On an H200 (139 GiB as the device reports it) it fits: 102.6 GiB.
@@ -62,7 +62,7 @@ fn llama_2_7b_on_one_80_gib_gpu_matches_the_hand_computation() {
     let accumulating =
         MemoryPlan::new(&config("llama-2-7b.config.json"), PlanSetup { micro_batches: 4, ..setup(1) }).unwrap();
     assert_eq!(line(&accumulating, "gradient sums (f32, accumulation)"), 26_953_662_464);
-    assert_eq!(accumulating.total, 20 * 6_738_415_616u64 + 1_220_542_464 + 201_216_000);
+    assert_eq!(accumulating.total, 20 * 6_738_415_616u64 + 1_220_542_464 + 393_216_000);
 }
 
 #[test]
@@ -76,9 +76,9 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     // Per token and block (9·8192 + 3·8192 + 4·22528)·2 + 2·64·1024·2 = 638 976.
     let checkpointed = 40 * 2048 * 8192 * 2 + 2048 * 638_976 + 2 * 2048 * 8192 * 2;
     assert_eq!(line(&plan, "activations, checkpoint per block"), checkpointed);
-    // Chunks of ⌊64 MiB / (4 · 256 000)⌋ = 65 positions.
-    assert_eq!(line(&plan, "logits, fused head"), 65 * 256_000 * 12);
-    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 199_680_000);
+    // A GPU's chunks: ⌊512 MiB / (4 · 256 000)⌋ = 524, rounded down to a multiple of 128.
+    assert_eq!(line(&plan, "logits, fused head"), 512 * 256_000 * 12);
+    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 1_572_864_000);
     assert!(plan.fits, "{}", plan.table());
     // Without checkpointing and with the unfused head it does not; nor with
     // f32 gradient sums for accumulation (20 bytes per parameter: 81.4 GiB
@@ -91,7 +91,7 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     assert!(!plain.fits, "{}", plain.table());
     let accumulating =
         MemoryPlan::new(&config("command-r-v01.config.json"), PlanSetup { micro_batches: 2, ..setup(8) }).unwrap();
-    assert_eq!(accumulating.total, 20 * 34_980_831_232 / 8 + checkpointed + 199_680_000);
+    assert_eq!(accumulating.total, 20 * 34_980_831_232 / 8 + checkpointed + 1_572_864_000);
     assert!(!accumulating.fits, "{}", accumulating.table());
     // A live reference adds its bf16 shard.
     let live =
@@ -106,7 +106,7 @@ fn f32_has_no_master_copy_and_sizes_parse() {
     assert!(plan.lines.iter().all(|l| l.component != "master weights (f32)"));
     assert_eq!(line(&plan, "weights"), 4 * 6_738_415_616);
     assert_eq!(line(&plan, "gradients"), 4 * 6_738_415_616);
-    assert_eq!(plan.total, 16 * 6_738_415_616 + line(&plan, "activations, checkpoint per block") + 201_216_000);
+    assert_eq!(plan.total, 16 * 6_738_415_616 + line(&plan, "activations, checkpoint per block") + 393_216_000);
     assert_eq!(parse_bytes("80GiB").unwrap(), 80 * GIB);
     assert_eq!(parse_bytes("80 GB").unwrap(), 80_000_000_000);
     assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 * GIB / 2);
@@ -154,7 +154,7 @@ fn lora_on_llama_2_7b_counts_the_adapters_only_and_fits_one_80_gib_gpu() {
     );
     assert_eq!(
         plan.total,
-        13_476_831_232 + 16 * a + line(&plan, "activations, checkpoint per block") + 524 * 32_000 * 12
+        13_476_831_232 + 16 * a + line(&plan, "activations, checkpoint per block") + 1024 * 32_000 * 12
     );
     assert!(plan.fits, "{}", plan.table());
     assert!(
