@@ -118,6 +118,19 @@ fn bench_cuda(c: &mut Criterion) {
             }
         }
     }
+    // The GPU's yardstick in the same run: a device-to-device copy as large
+    // as the largest f32 logits, counted read + write (a `read-` row, so
+    // `cargo xtask bench` lists and draws it beside the CPU's read rows).
+    let vocab = VOCABS[VOCABS.len() - 1];
+    let bytes = ROWS * vocab * 4;
+    group.throughput(Throughput::Bytes(2 * bytes as u64));
+    let id = BenchmarkId::new(format!("read-cuda-copy/f32/rows={ROWS}"), format!("V={vocab}"));
+    group.bench_function(id, |b| {
+        b.iter_custom(|iterations| {
+            let gbps = gpu.copy_bandwidth_gbps(bytes, iterations as usize).expect("copy on the GPU");
+            Duration::from_secs_f64((2 * bytes) as f64 * iterations as f64 / gbps / 1e9)
+        })
+    });
     group.finish();
 }
 

@@ -244,7 +244,10 @@ fn read_note(rows: &[Row]) -> String {
     if reads.is_empty() {
         "the read bandwidth was not measured in this run (DAA_BENCH_BACKENDS without read1, read2)".into()
     } else {
-        format!("memory read bandwidth measured in this run: {}", reads.join(", "))
+        format!(
+            "memory bandwidth measured in this run (CPU: read; CUDA: device copy, read + write): {}",
+            reads.join(", ")
+        )
     }
 }
 

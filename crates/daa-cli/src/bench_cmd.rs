@@ -71,7 +71,9 @@ pub struct Measurement {
     pub seconds: f64,
     /// Bytes of logits read per second.
     pub gbps: f64,
-    /// The read bandwidth of the same threads, when measured (CPU rows).
+    /// The memory bandwidth this row is a fraction of, measured in the same
+    /// run: the read bandwidth of the same threads (CPU rows), the device's
+    /// copy bandwidth, read + write bytes (CUDA rows).
     pub read_gbps: Option<f64>,
 }
 
@@ -157,7 +159,9 @@ fn time_vocabulary(args: &BenchArgs, vocab: usize, cpus: &[(usize, f64)]) -> Res
             BackendName::Cuda => match daa_core::Cuda::new(0) {
                 Ok(gpu) => {
                     let name = format!("cuda ({})", gpu.describe());
-                    rows.extend(time_backend(&gpu, &name, &logits, &ids, args, None)?);
+                    // The yardstick: a device-to-device copy of 1 GiB, before the kernel's timings.
+                    let copy = gpu.copy_bandwidth_gbps(1 << 30, args.repeats.max(3))?;
+                    rows.extend(time_backend(&gpu, &name, &logits, &ids, args, Some(copy))?);
                 }
                 Err(e) => eprintln!("skipped: cuda: {e}"),
             },
@@ -221,7 +225,8 @@ fn median(values: &mut [f64]) -> f64 {
     if values.len() % 2 == 1 { values[middle] } else { (values[middle - 1] + values[middle]) / 2.0 }
 }
 
-/// The read bandwidth of each CPU row group, once per backend name, in order.
+/// The bandwidth each row group is compared with (CPU: read; CUDA: copy),
+/// once per backend name, in order.
 pub fn read_bandwidths(rows: &[Measurement]) -> Vec<(&str, f64)> {
     let mut reads: Vec<(&str, f64)> = rows.iter().filter_map(|r| Some((r.backend.as_str(), r.read_gbps?))).collect();
     reads.dedup_by(|a, b| a.0 == b.0);
@@ -234,9 +239,12 @@ pub fn markdown_table(rows: &[Measurement]) -> String {
     let mut s = String::from("token_stats throughput (daa bench)\n\n");
     if !reads.is_empty() {
         let listed: Vec<String> = reads.iter().map(|(b, g)| format!("{b}: {g:.1} GB/s")).collect();
-        s += &format!("read bandwidth measured in this run: {}\n\n", listed.join("; "));
+        s += &format!(
+            "memory bandwidth measured in this run (CPU: read; GPU: device copy, read + write): {}\n\n",
+            listed.join("; ")
+        );
     }
-    s += "| backend | rows | V | k | ms per call | GB/s | of read bandwidth |\n|---|---|---|---|---|---|---|\n";
+    s += "| backend | rows | V | k | ms per call | GB/s | of measured bandwidth |\n|---|---|---|---|---|---|---|\n";
     for r in rows {
         let fraction = r.read_gbps.map_or("—".to_string(), |read| format!("{:.0} %", 100.0 * r.gbps / read));
         s += &format!(
@@ -268,10 +276,18 @@ mod tests {
             gbps,
             read_gbps: read,
         };
-        let table = markdown_table(&[row("cpu, 1 thread", 6.0, Some(12.0)), row("cuda (H200)", 900.0, None)]);
-        assert!(table.contains("read bandwidth measured in this run: cpu, 1 thread: 12.0 GB/s"), "{table}");
+        let table = markdown_table(&[
+            row("cpu, 1 thread", 6.0, Some(12.0)),
+            row("cuda (H200)", 900.0, Some(3600.0)),
+            row("wgpu (llvmpipe)", 3.0, None),
+        ]);
+        assert!(
+            table.contains("in this run (CPU: read; GPU: device copy, read + write): cpu, 1 thread: 12.0 GB/s; cuda (H200): 3600.0 GB/s"),
+            "{table}"
+        );
         assert!(table.contains("| cpu, 1 thread | 2048 | 32000 | 10 | 43.7 | 6.00 | 50 % |"), "{table}");
-        assert!(table.contains("| cuda (H200) | 2048 | 32000 | 10 | 0.3 | 900.00 | — |"), "{table}");
+        assert!(table.contains("| cuda (H200) | 2048 | 32000 | 10 | 0.3 | 900.00 | 25 % |"), "{table}");
+        assert!(table.contains("| wgpu (llvmpipe) | 2048 | 32000 | 10 | 87.4 | 3.00 | — |"), "{table}");
     }
 
     #[test]

@@ -85,7 +85,8 @@ pub fn stats_histograms(rows: &[TokenStatsRow], k: usize, entropy_base: f64, sou
 }
 
 /// `daa bench`'s throughputs as horizontal bars (GB/s of logits read), with
-/// each CPU thread count's read bandwidth as a dashed red line.
+/// each CPU thread count's read bandwidth (and a GPU's copy bandwidth) as a
+/// dashed red line.
 pub fn throughput_bars(rows: &[crate::bench_cmd::Measurement]) -> Result<String> {
     let labels: Vec<String> = rows.iter().map(|r| format!("{}  V={} k={}", r.backend, r.vocab, r.k)).collect();
     let reads = crate::bench_cmd::read_bandwidths(rows);
@@ -97,7 +98,7 @@ pub fn throughput_bars(rows: &[crate::bench_cmd::Measurement]) -> Result<String>
         let root = SVGBackend::with_string(&mut svg, (960, height)).into_drawing_area();
         root.fill(&WHITE).map_err(drawing_error)?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("daa token_stats: GB/s of logits read (red: read bandwidth, same run)", ("sans-serif", 15))
+            .caption("daa token_stats: GB/s of logits read (red: memory bandwidth, same run)", ("sans-serif", 15))
             .margin(10)
             .x_label_area_size(30)
             .y_label_area_size(300)

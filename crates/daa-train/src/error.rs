@@ -50,6 +50,9 @@ pub enum ModelError {
     /// The loss catalog rejected the parameters or a pair.
     #[error(transparent)]
     Core(#[from] daa_core::error::DaaError),
+    /// A collective between data-parallel ranks failed.
+    #[error("distributed training: {0}")]
+    Collective(#[from] crate::distributed::CollectiveError),
     /// A model gave a pair a log-probability that is not finite.
     #[error("pair {pair}: the model's log-probability is not finite (chosen {chosen}, rejected {rejected})")]
     NonFiniteScore {

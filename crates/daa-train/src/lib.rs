@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod backward;
 pub mod batch;
+pub mod distributed;
 pub mod entropy_floor;
 pub mod error;
 pub mod eval;

@@ -864,7 +864,7 @@ fn bench_times_every_backend_and_vocabulary_and_writes_the_table_and_chart() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     assert_eq!(std::fs::read_to_string(&md).unwrap().trim(), table.trim());
-    assert!(table.contains("read bandwidth measured in this run: cpu, 1 thread: "), "{table}");
+    assert!(table.contains("device copy, read + write): cpu, 1 thread: "), "{table}");
     // cpu × 2 thread counts × (V 67: k 3; V 300: k 3, 100) + spec × the same 3.
     let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| cpu") || l.starts_with("| spec")).collect();
     assert_eq!(rows.len(), 9, "{table}");

@@ -46,7 +46,13 @@ impl CudaLibrary {
 
     /// The file names cudarc tries, in its order (Linux names only).
     pub fn cudarc_candidates(self) -> Vec<String> {
-        cudarc::get_lib_name_candidates(self.stem()).into_iter().filter(|n| n.starts_with("lib")).collect()
+        let bare = format!("lib{}.so", self.stem());
+        let mut names: Vec<String> = cudarc::get_lib_name_candidates(self.stem())
+            .into_iter()
+            .filter(|n| *n == bare || n.strip_prefix(&format!("{bare}.")).is_some_and(|v| v.parse::<u32>().is_ok()))
+            .collect();
+        names.dedup();
+        names
     }
 
     /// The first of cudarc's names the dynamic loader opens, if any.

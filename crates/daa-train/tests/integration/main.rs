@@ -7,6 +7,7 @@
 
 mod backends;
 mod decode;
+mod distributed;
 mod kl;
 mod lora;
 mod memory;

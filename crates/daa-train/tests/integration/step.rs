@@ -8,6 +8,7 @@ use burn::backend::{Autodiff, NdArray};
 use daa_core::TokenStatsParams;
 use daa_core::preference::{NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
 use daa_train::batch::{Sequence, SequencePair};
+use daa_train::distributed::{Collective, DataParallel, ThreadRank};
 use daa_train::model::tiny_configs::llama_config;
 use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, GradAccumulator, LrSchedule};
@@ -209,75 +210,6 @@ fn supervised_steps_report_the_mean_token_nll_and_lower_it() {
     assert!(trainer.nll_step(&[]).is_err());
 }
 
-/// What the ranks of [`ThreadRank`] exchange: each rank's values, then the
-/// sum every rank reads.
-#[derive(Debug)]
-struct Exchange {
-    posted: std::sync::Mutex<Vec<Option<Vec<f64>>>>,
-    barrier: std::sync::Barrier,
-}
-
-/// One of `world` ranks running as threads of this process: an all-reduce
-/// through shared memory (every rank sums the posted values in rank order,
-/// so all ranks get the same sums bit for bit).
-#[derive(Debug)]
-struct ThreadRank {
-    rank: usize,
-    world: usize,
-    exchange: std::sync::Arc<Exchange>,
-}
-
-impl ThreadRank {
-    fn all(world: usize) -> Vec<ThreadRank> {
-        let exchange = std::sync::Arc::new(Exchange {
-            posted: std::sync::Mutex::new(vec![None; world]),
-            barrier: std::sync::Barrier::new(world),
-        });
-        (0..world).map(|rank| ThreadRank { rank, world, exchange: exchange.clone() }).collect()
-    }
-
-    fn all_reduce(&self, values: Vec<f64>) -> Vec<f64> {
-        self.exchange.posted.lock().unwrap()[self.rank] = Some(values);
-        self.exchange.barrier.wait();
-        let sum = {
-            let posted = self.exchange.posted.lock().unwrap();
-            let mut sum = vec![0.0; posted[0].as_ref().unwrap().len()];
-            for values in posted.iter() {
-                let values = values.as_ref().unwrap();
-                assert_eq!(values.len(), sum.len(), "ranks reduce different numbers of values");
-                sum.iter_mut().zip(values).for_each(|(s, v)| *s += v);
-            }
-            sum
-        };
-        // Nobody posts the next round before every rank has read this one.
-        self.exchange.barrier.wait();
-        sum
-    }
-}
-
-impl GradientReducer<NdArray<f32>> for ThreadRank {
-    fn world_size(&self) -> usize {
-        self.world
-    }
-    fn reduce(&mut self, gradients: &mut GradAccumulator<NdArray<f32>>) -> Result<(), ModelError> {
-        let local: Vec<Vec<f64>> = gradients
-            .gradients_mut()
-            .map(|(_, g)| g.clone().into_data().convert::<f64>().into_vec::<f64>().unwrap())
-            .collect();
-        let lengths: Vec<usize> = local.iter().map(Vec::len).collect();
-        let mut summed = self.all_reduce(local.concat()).into_iter();
-        for ((_, g), n) in gradients.gradients_mut().zip(lengths) {
-            let values: Vec<f32> = summed.by_ref().take(n).map(|v| v as f32).collect();
-            *g = burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(values, [n]), &g.device());
-        }
-        Ok(())
-    }
-    fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
-        counts.copy_from_slice(&self.all_reduce(counts.to_vec()));
-        Ok(())
-    }
-}
-
 #[test]
 fn ranks_with_different_pairs_and_tokens_step_as_one_rank_holding_them_all() {
     let pairs: Vec<SequencePair> = pairs()
@@ -300,14 +232,14 @@ fn ranks_with_different_pairs_and_tokens_step_as_one_rank_holding_them_all() {
     };
     let ranks = |step: &(dyn Fn(&mut Trainer<AD>, usize) -> f64 + Sync)| {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = ThreadRank::all(2)
+            let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(60))
                 .into_iter()
-                .map(|reducer| {
+                .map(|collective| {
                     scope.spawn(move || {
-                        let rank = reducer.rank;
+                        let rank = collective.rank();
                         let mut trainer = Trainer::new(model(), options_with(2, smooth), ReferencePolicy::Given)
                             .unwrap()
-                            .with_reducer(Box::new(reducer));
+                            .with_reducer(Box::new(DataParallel::new(collective)));
                         let norm = step(&mut trainer, rank);
                         (norm, weights(trainer.model()))
                     })

@@ -1,0 +1,99 @@
+//! Data parallelism (DDP): every rank holds the whole model and optimizer,
+//! steps on its own slice of the global batch, and the gradients are summed
+//! over the ranks before clipping and the update, so every rank applies the
+//! same update.
+
+use std::ops::Range;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor, TensorData};
+
+use super::collective::Collective;
+use crate::error::{ModelError, read_vec};
+use crate::optim::GradAccumulator;
+use crate::trainer::GradientReducer;
+
+/// The pairs of a global batch of `global` that `rank` of `world` steps on:
+/// contiguous slices, the first `global mod world` ranks one pair longer.
+/// Rank `r`'s slice holds what one rank would see as its `r`-th micro-batch
+/// when `global` divides evenly, so `N` ranks with micro-batch `B/N`
+/// compute what one rank accumulating `N` micro-batches of `B/N` computes.
+pub fn rank_slice(global: usize, rank: usize, world: usize) -> Range<usize> {
+    let world = world.max(1);
+    let (base, extra) = (global / world, global % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// The trainer's [`GradientReducer`] over a [`Collective`]: every gradient
+/// summed over the ranks (one f32 all-reduce of all of them, in the model's
+/// parameter order), and the step's counts summed before the loss is
+/// normalised.
+#[derive(Debug)]
+pub struct DataParallel<C: Collective> {
+    collective: C,
+}
+
+impl<C: Collective> DataParallel<C> {
+    /// Data parallelism over `collective`'s ranks.
+    pub fn new(collective: C) -> Self {
+        Self { collective }
+    }
+
+    /// The collective, for the run's other exchanges (metrics, checks).
+    pub fn collective(&mut self) -> &mut C {
+        &mut self.collective
+    }
+}
+
+impl<C: Collective, B: Backend> GradientReducer<B> for DataParallel<C> {
+    fn world_size(&self) -> usize {
+        self.collective.world_size()
+    }
+
+    fn reduce(&mut self, gradients: &mut GradAccumulator<B>) -> Result<(), ModelError> {
+        let mut grads: Vec<&mut Tensor<B, 1>> = gradients.gradients_mut().map(|(_, g)| g).collect();
+        if grads.is_empty() {
+            return Ok(());
+        }
+        let device = grads[0].device();
+        let shapes: Vec<(usize, FloatDType)> = grads.iter().map(|g| (g.dims()[0], g.dtype().into())).collect();
+        // One readback for all of them, f32 whatever the parameters' dtype.
+        let flat = Tensor::cat(grads.iter().map(|g| (*g).clone().cast(FloatDType::F32)).collect(), 0);
+        let mut host: Vec<f32> = read_vec(flat, "the gradients")?;
+        self.collective.all_reduce_sum_f32(&mut host)?;
+        let mut offset = 0;
+        for (g, (len, dtype)) in grads.iter_mut().zip(shapes) {
+            let values = host[offset..offset + len].to_vec();
+            **g = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), &device).cast(dtype);
+            offset += len;
+        }
+        Ok(())
+    }
+
+    fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
+        Ok(self.collective.all_reduce_sum_f64(counts)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_slice;
+
+    #[test]
+    fn rank_slices_cover_the_batch_in_order() {
+        for global in 0..20 {
+            for world in 1..6 {
+                let slices: Vec<_> = (0..world).map(|r| rank_slice(global, r, world)).collect();
+                assert_eq!(slices[0].start, 0);
+                assert_eq!(slices[world - 1].end, global);
+                for w in slices.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert!(w[0].len() >= w[1].len() && w[0].len() - w[1].len() <= 1);
+                }
+            }
+        }
+        assert_eq!(rank_slice(8, 1, 2), 4..8);
+        assert_eq!(rank_slice(7, 2, 3), 5..7);
+    }
+}

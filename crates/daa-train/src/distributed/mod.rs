@@ -1,0 +1,21 @@
+//! Training over several processes or devices (ranks): the collective
+//! operations ranks exchange values through ([`Collective`]), an in-process
+//! implementation over threads for tests ([`ThreadRank`]), data parallelism
+//! through the trainer's reduction point ([`DataParallel`]), where a rank's
+//! pairs come from in the global batch ([`rank_slice`]), and the rank a
+//! launcher (torchrun, SLURM's srun, mpirun) gave this process
+//! ([`LaunchEnv`]).
+//!
+//! Every collective sums in rank order, so every rank holds bit-identical
+//! results, and two ranks summing their micro-batch gradients give exactly
+//! what one rank accumulating the same two micro-batches gives.
+
+mod collective;
+mod data_parallel;
+mod launch_env;
+mod threads;
+
+pub use collective::{Collective, CollectiveError};
+pub use data_parallel::{DataParallel, rank_slice};
+pub use launch_env::{LaunchEnv, Launcher};
+pub use threads::ThreadRank;

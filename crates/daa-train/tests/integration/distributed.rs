@@ -1,0 +1,127 @@
+//! Data parallelism in one process: ranks as threads exchanging through
+//! `ThreadRank::group`, the trainer's reduction point filled by `DataParallel`.
+//! Two ranks with micro-batch B/2 each must compute exactly what one rank
+//! accumulating two micro-batches of B/2 computes (burn's Flex backend:
+//! deterministic), step after step.
+
+use burn::backend::{Autodiff, Flex};
+use daa_core::preference::{NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
+use daa_train::batch::{Sequence, SequencePair};
+use daa_train::distributed::{Collective, DataParallel, ThreadRank, rank_slice};
+use daa_train::model::tiny_configs::llama_config;
+use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
+use daa_train::optim::{AdamWConfig, LrSchedule};
+use daa_train::score::{PairScore, score_pairs};
+use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
+
+type AD = Autodiff<Flex>;
+const VOCAB: usize = 61;
+const STEPS: usize = 3;
+
+fn model() -> CausalLm<AD> {
+    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
+    CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.1 }, &Default::default()).unwrap()
+}
+
+fn pairs() -> Vec<SequencePair> {
+    let sequence =
+        |p: &[u32], c: &[u32]| Sequence { ids: p.iter().chain(c).copied().collect(), completion_start: p.len() };
+    // Completions of different lengths: the micro-batches pad differently.
+    (0..8u32)
+        .map(|i| SequencePair {
+            chosen: sequence(&[1, 2 + i, 3], &(0..1 + i % 4).map(|t| 10 + i + t).collect::<Vec<_>>()),
+            rejected: sequence(&[1, 2 + i, 3], &[40 - i, 50 + i % 5]),
+        })
+        .collect()
+}
+
+fn options(micro_batch_size: usize) -> TrainerOptions {
+    TrainerOptions {
+        loss: PreferenceLossParams {
+            loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 },
+            nll: Some(NllTerm { weight: 0.1, normalisation: NllNormalisation::Mean }),
+        },
+        optimizer: AdamWConfig::default(),
+        schedule: LrSchedule { peak: 1e-2, warmup: 1, total: 20, final_fraction: 0.1 },
+        micro_batch_size,
+        pad_id: 0,
+        memory: daa_train::backward::MemoryOptions::default(),
+        precision: daa_train::Precision::F32,
+    }
+}
+
+fn weights(model: &CausalLm<AD>) -> Vec<f32> {
+    let mut out = Vec::new();
+    model.visit_trainable(&mut |name, p| out.extend(p.to_file_f32(name).unwrap()));
+    out
+}
+
+/// The gradient norm of each step and the weights after the last.
+fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> (Vec<f64>, Vec<f32>) {
+    let step: Vec<StepPair> =
+        pairs.iter().zip(reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
+    let norms = (0..STEPS).map(|_| trainer.step(&step).unwrap().grad_norm).collect();
+    (norms, weights(trainer.model()))
+}
+
+#[test]
+fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit() {
+    let pairs = pairs();
+    let initial = model();
+    let reference = score_pairs(
+        &burn::module::AutodiffModule::valid(&initial),
+        &pairs.iter().collect::<Vec<_>>(),
+        8,
+        0,
+        &mut |_| {},
+    )
+    .unwrap();
+    // One rank: the global batch of 8 in two micro-batches of 4.
+    let mut one = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
+    let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
+    // Two ranks: 4 pairs each, one micro-batch of 4.
+    let ranked: Vec<(Vec<f64>, Vec<f32>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
+            .into_iter()
+            .map(|collective| {
+                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
+                scope.spawn(move || {
+                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
+                    let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
+                        .unwrap()
+                        .with_reducer(Box::new(DataParallel::new(collective)));
+                    train(&mut trainer, &pairs[slice.clone()], &reference[slice])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (norms, weights)) in ranked.iter().enumerate() {
+        assert_eq!(norms, &one_norms, "rank {rank}: gradient norms per step");
+        assert!(weights == &one_weights, "rank {rank}: the weights after {STEPS} steps differ from one rank's");
+    }
+}
+
+#[test]
+fn a_rank_that_fails_ends_the_others_step_with_a_named_error() {
+    let pairs = pairs();
+    let initial = model();
+    let reference = score_pairs(
+        &burn::module::AutodiffModule::valid(&initial),
+        &pairs.iter().collect::<Vec<_>>(),
+        8,
+        0,
+        &mut |_| {},
+    )
+    .unwrap();
+    let mut ranks = ThreadRank::group(2, std::time::Duration::from_secs(120));
+    drop(ranks.pop()); // rank 1 is gone before the first step
+    let collective = ranks.pop().unwrap();
+    let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
+        .unwrap()
+        .with_reducer(Box::new(DataParallel::new(collective)));
+    let step: Vec<StepPair> =
+        pairs[..4].iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
+    let err = trainer.step(&step).unwrap_err().to_string();
+    assert!(err.contains("distributed training") && err.contains("rank 1 left the group"), "{err}");
+}
