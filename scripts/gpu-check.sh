@@ -33,7 +33,9 @@
 #
 # With the device tool: build here, then run with carry [".gpu-check"].
 set -euo pipefail
-cd "$(dirname "$0")/.."
+# This script's absolute path: phases run it again after the `cd`.
+self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$(dirname "$self")/.."
 dir=.gpu-check
 bin=$dir/bin
 out=${OUT:-$dir/out}
@@ -84,7 +86,7 @@ phase() {
     t0=$(date +%s)
     # The phase's function runs in a fresh copy of this script, so that
     # `timeout` can stop it and everything it started.
-    timeout --kill-after=10 "$limit" "$0" _function "$@" 2>&1 | tee "$out/$name.log" || rc=${PIPESTATUS[0]}
+    timeout --kill-after=10 "$limit" "$BASH" "$self" _function "$@" 2>&1 | tee "$out/$name.log" || rc=${PIPESTATUS[0]}
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
         echo "== phase $name: stopped at its limit of $limit s"
         failed+=("$name (time limit)")
@@ -150,7 +152,9 @@ step_7b() {
 case "${1:-}" in
 build)
     rm -rf "$dir/bin" "$dir/bin.tar.xz" && mkdir -p "$dir/bin"
-    grep -qx "/$dir/" .git/info/exclude 2>/dev/null || echo "/$dir/" >> .git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude 2>/dev/null || echo .git/info/exclude)
+    mkdir -p "$(dirname "$exclude")"
+    grep -qx "/$dir/" "$exclude" 2>/dev/null || echo "/$dir/" >> "$exclude"
     # Test binaries: ask cargo where it put them.
     pick() { # target name -> copies the executable cargo reports
         python3 -c 'import json,sys
@@ -192,20 +196,25 @@ run)
     mkdir -p "$out"
     # CUDA 13 machines: the NVRTC/NCCL of the wheels or toolkit, linked under
     # the names cudarc opens (daa's binaries also do this themselves).
+    prepend() { export LD_LIBRARY_PATH="$1${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; }
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-        [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
+        if [ -d "$d" ]; then prepend "$d"; fi
     done
+    # NVRTC no newer than the driver (NVRTC 13's PTX does not load on a CUDA 12 driver).
+    driver_major=$(nvidia-smi | grep -o 'CUDA Version: [0-9]*' | grep -o '[0-9]*$' || echo 99)
     links=$(mktemp -d)
-    for lib in $(python3 -c 'import glob,site,sys
+    while IFS= read -r lib; do
+        base=$(basename "$lib")
+        case "$base" in libnvrtc.so.*) [ "${base#libnvrtc.so.}" -le "$driver_major" ] || continue ;; esac
+        [ -e "$links/${base%%.so*}.so" ] || ln -s "$lib" "$links/${base%%.so*}.so"
+        prepend "$(dirname "$lib")"
+    done < <(python3 -c 'import glob,site
 dirs = site.getsitepackages() + [site.getusersitepackages()]
 for d in dirs:
     for pattern in ("nvidia/*/lib/libnvrtc.so.1[0-9]", "nvidia/*/lib/libnccl.so.2"):
-        for f in sorted(glob.glob(d + "/" + pattern)):
-            print(f)' 2>/dev/null); do
-        base=$(basename "$lib")
-        [ -e "$links/${base%%.so*}.so" ] || ln -s "$lib" "$links/${base%%.so*}.so"
-        export LD_LIBRARY_PATH="$links:$(dirname "$lib"):${LD_LIBRARY_PATH:-}"
-    done
+        for f in sorted(glob.glob(d + "/" + pattern), reverse=True):
+            print(f)' 2>/dev/null)
+    prepend "$links"
     [ -n "${CUDA_PATH:-}" ] || { [ -d /usr/local/cuda/include ] && export CUDA_PATH=/usr/local/cuda; } || true
     export DAA_REQUIRE_GPU=cuda DAA_REQUIRE_NVRTC=1
     export DAA_GPU_CACHE="$PWD/$dir/gpu-cache" CUDA_CACHE_PATH="$PWD/$dir/gpu-cache/nv" CUDA_CACHE_MAXSIZE=1073741824

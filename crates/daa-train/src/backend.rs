@@ -164,7 +164,8 @@ pub fn gpu_cache_dir() -> std::path::PathBuf {
 /// the machine code), autotune results cached in the same folder
 /// ([`gpu_cache_dir`]), and the autotune level from `DAA_AUTOTUNE_LEVEL`
 /// (`minimal`, `balanced` (default), `extensive`, `full`: how many matrix
-/// product candidates burn compiles and times per new shape). A
+/// product candidates burn compiles and times per new shape; CubeCL's own
+/// `CUBECL_AUTOTUNE_LEVEL` and `CUBECL_DEBUG_LOG` apply too). A
 /// `cubecl.toml` or `burn.toml` above the working folder wins: then nothing
 /// is set.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
@@ -179,19 +180,26 @@ pub fn configure_gpu_caches() {
                 ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"].iter().any(|f| dir.join(f).is_file())
             })
         });
-        if user_file || CubeClRuntimeConfig::storage().lock().is_some() {
-            return; // the user's file, or a device already opened with its configuration
+        if user_file {
+            return; // the user's file configures CubeCL
         }
         let root = gpu_cache_dir();
-        let mut config = CubeClRuntimeConfig::default();
+        // CubeCL's own variables (CUBECL_DEBUG_LOG, CUBECL_AUTOTUNE_LEVEL) still apply.
+        let mut config = CubeClRuntimeConfig::default().override_from_env();
         config.compilation.cache = Some(CacheConfig::File(root.clone()));
         config.autotune.cache = CacheConfig::File(root);
-        config.autotune.level = match std::env::var("DAA_AUTOTUNE_LEVEL").as_deref() {
-            Ok("minimal" | "0") => AutotuneLevel::Minimal,
-            Ok("extensive" | "2") => AutotuneLevel::Extensive,
-            Ok("full" | "3") => AutotuneLevel::Full,
-            _ => AutotuneLevel::Balanced,
-        };
-        CubeClRuntimeConfig::set(config);
+        match std::env::var("DAA_AUTOTUNE_LEVEL").as_deref() {
+            Ok("minimal" | "0") => config.autotune.level = AutotuneLevel::Minimal,
+            Ok("balanced" | "1") => config.autotune.level = AutotuneLevel::Balanced,
+            Ok("extensive" | "2") => config.autotune.level = AutotuneLevel::Extensive,
+            Ok("full" | "3") => config.autotune.level = AutotuneLevel::Full,
+            _ => {}
+        }
+        // Under one lock: a device opened meanwhile keeps its configuration
+        // (`set` would panic on a second configuration).
+        let mut slot = CubeClRuntimeConfig::storage().lock();
+        if slot.is_none() {
+            *slot = Some(std::sync::Arc::new(config));
+        }
     });
 }

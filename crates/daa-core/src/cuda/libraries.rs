@@ -64,6 +64,12 @@ impl CudaLibrary {
     /// Versioned files of this library in `dirs`, newest major version first
     /// (`libnvrtc.so.13` before `libnvrtc.so.12`; `libnccl.so.2`).
     pub fn versioned_files(self, dirs: &[PathBuf]) -> Vec<PathBuf> {
+        self.versioned_files_up_to(dirs, u32::MAX)
+    }
+
+    /// [`Self::versioned_files`] of major version `max_major` or older (an
+    /// NVRTC newer than the driver writes PTX the driver cannot load).
+    pub fn versioned_files_up_to(self, dirs: &[PathBuf], max_major: u32) -> Vec<PathBuf> {
         let prefix = format!("lib{}.so.", self.stem());
         let mut found: Vec<(u32, PathBuf)> = Vec::new();
         for dir in dirs {
@@ -72,6 +78,9 @@ impl CudaLibrary {
                 let name = entry.file_name().to_string_lossy().to_string();
                 let Some(version) = name.strip_prefix(&prefix) else { continue };
                 let Ok(major) = version.split('.').next().unwrap_or("").parse::<u32>() else { continue };
+                if self == CudaLibrary::Nvrtc && major > max_major {
+                    continue;
+                }
                 let path = entry.path();
                 if !found.iter().any(|(_, p)| p == &path) {
                     found.push((major, path));
@@ -145,13 +154,15 @@ pub fn nvrtc_version() -> Option<(i32, i32)> {
 /// `search` (newest major version). Returns the folders to put first on
 /// `LD_LIBRARY_PATH`: `dir` and each linked library's own folder; empty
 /// when nothing needed linking.
-pub fn link_directory(dir: &Path, search: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+/// NVRTC is taken of the driver's CUDA major version or older
+/// (`max_nvrtc_major`; [`driver_cuda_major`]).
+pub fn link_directory(dir: &Path, search: &[PathBuf], max_nvrtc_major: u32) -> std::io::Result<Vec<PathBuf>> {
     let mut folders = Vec::new();
     for library in [CudaLibrary::Nvrtc, CudaLibrary::Nccl] {
         if library.loadable_as().is_some() {
             continue;
         }
-        let Some(file) = library.versioned_files(search).into_iter().next() else { continue };
+        let Some(file) = library.versioned_files_up_to(search, max_nvrtc_major).into_iter().next() else { continue };
         link_under_bare_name(dir, library, &file)?;
         if folders.is_empty() {
             folders.push(dir.to_path_buf());
@@ -165,15 +176,32 @@ pub fn link_directory(dir: &Path, search: &[PathBuf]) -> std::io::Result<Vec<Pat
 
 /// Links `file` (a versioned library) as `dir/lib{stem}.so`, the first name
 /// cudarc tries; returns the link.
+/// Ranks started together may link at once: a link already pointing at
+/// `file` is kept, and a new one is made under a name of this process's own
+/// and renamed over the final name (atomic), never removed first.
 pub fn link_under_bare_name(dir: &Path, library: CudaLibrary, file: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let link = dir.join(format!("lib{}.so", library.stem()));
-    match std::fs::remove_file(&link) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    if std::fs::read_link(&link).is_ok_and(|target| target == file) {
+        return Ok(link);
     }
-    std::os::unix::fs::symlink(file, &link)?;
+    let staged = dir.join(format!(".lib{}.so.{}", library.stem(), std::process::id()));
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(file, &staged)?;
+    std::fs::rename(&staged, &link)?;
     Ok(link)
+}
+
+/// The CUDA major version the driver supports (`cuDriverGetVersion`:
+/// 13 for driver 580), or `None` without a driver.
+pub fn driver_cuda_major() -> Option<u32> {
+    if !crate::cuda::driver_present() {
+        return None;
+    }
+    let mut version = 0;
+    // SAFETY: the driver library loads (checked above); the call writes one int.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+    (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS && version > 0).then_some(version as u32 / 1000)
 }
 
 /// The environment variable that marks a relaunched process.
@@ -194,8 +222,17 @@ pub fn relaunch_with_linked_libraries() {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
-    let dir = cache.join("daa/cuda-libraries");
-    let Ok(folders) = link_directory(&dir, &search_directories()) else { return };
+    // Per host: a home folder shared over NFS by nodes with different installs.
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let dir = cache.join("daa/cuda-libraries").join(if host.is_empty() { "local" } else { &host });
+    let max_major = driver_cuda_major().unwrap_or(u32::MAX);
+    let folders = match link_directory(&dir, &search_directories(), max_major) {
+        Ok(folders) => folders,
+        Err(e) => {
+            eprintln!("daa: could not link the CUDA libraries in {}: {e}", dir.display());
+            return;
+        }
+    };
     if folders.is_empty() {
         return;
     }
@@ -221,13 +258,15 @@ pub fn relaunch_with_linked_libraries() {
 /// The error for a missing NVRTC: what cudarc tried, and any versioned
 /// NVRTC found (then: link it, or let `daa` relaunch itself).
 pub fn nvrtc_missing_message() -> String {
-    let tried = CudaLibrary::Nvrtc.cudarc_candidates()[..3].join(", ");
+    let tried = CudaLibrary::Nvrtc.cudarc_candidates().into_iter().take(3).collect::<Vec<_>>().join(", ");
     let hint = match CudaLibrary::Nvrtc.versioned_files(&search_directories()).first() {
         Some(file) => format!(
-            "found {} (a CUDA 13 or wheel install without the unversioned name): link it as libnvrtc.so in a folder              on LD_LIBRARY_PATH (the `daa` command does this itself)",
+            "found {} (a CUDA 13 or wheel install without the unversioned name): link it as libnvrtc.so in a folder \
+             on LD_LIBRARY_PATH (the `daa` command does this itself)",
             file.display()
         ),
-        None => "install the CUDA toolkit, or the PyPI wheel nvidia-cuda-nvrtc-cu12 (or nvidia-cuda-nvrtc for CUDA                  13), and put its lib folder on LD_LIBRARY_PATH"
+        None => "install the CUDA toolkit, or the PyPI wheel nvidia-cuda-nvrtc-cu12 (or nvidia-cuda-nvrtc for CUDA \
+                 13), and put its lib folder on LD_LIBRARY_PATH"
             .to_string(),
     };
     format!("NVRTC not found (daa compiles its kernels at run time; tried {tried}): {hint}")
@@ -241,7 +280,10 @@ pub fn report() -> String {
     let mut lines = Vec::new();
     for library in CudaLibrary::ALL {
         let loads = library.loadable_as().map_or_else(
-            || format!("not loadable under cudarc's names ({})", library.cudarc_candidates()[..3].join(", ")),
+            || {
+                let names: Vec<String> = library.cudarc_candidates().into_iter().take(3).collect();
+                format!("not loadable under cudarc's names ({})", names.join(", "))
+            },
             |name| format!("loads as {name}"),
         );
         let files: Vec<String> = library.versioned_files(&search).iter().map(|p| p.display().to_string()).collect();
@@ -283,6 +325,9 @@ mod tests {
         let found = CudaLibrary::Nvrtc.versioned_files(std::slice::from_ref(&dir));
         let names: Vec<String> = found.iter().map(|p| p.file_name().unwrap().to_string_lossy().to_string()).collect();
         assert_eq!(names, ["libnvrtc.so.13", "libnvrtc.so.13.0.88", "libnvrtc.so.12"]);
+        // A CUDA 12 driver cannot load NVRTC 13's PTX.
+        let up_to_12 = CudaLibrary::Nvrtc.versioned_files_up_to(std::slice::from_ref(&dir), 12);
+        assert_eq!(up_to_12, [dir.join("libnvrtc.so.12")]);
         assert!(CudaLibrary::Nccl.versioned_files(std::slice::from_ref(&dir)).is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -304,7 +349,9 @@ mod tests {
         let libs = tempfile_dir("libs");
         std::fs::write(libs.join("libnccl.so.2"), b"").unwrap();
         let links = tempfile_dir("links").join("cuda-libraries");
-        let folders = link_directory(&links, std::slice::from_ref(&libs)).unwrap();
+        let folders = link_directory(&links, std::slice::from_ref(&libs), u32::MAX).unwrap();
+        // Linking again (another rank) keeps the link.
+        assert_eq!(link_directory(&links, std::slice::from_ref(&libs), u32::MAX).unwrap(), folders);
         assert_eq!(folders, [links.clone(), libs.clone()]);
         assert_eq!(std::fs::read_link(links.join("libnccl.so")).unwrap(), libs.join("libnccl.so.2"));
         std::fs::remove_dir_all(libs).unwrap();

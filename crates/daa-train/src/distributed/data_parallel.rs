@@ -53,15 +53,19 @@ impl<C: Collective, B: Backend> GradientReducer<B> for DataParallel<C> {
 
     fn reduce(&mut self, gradients: &mut GradAccumulator<B>) -> Result<(), ModelError> {
         let mut grads: Vec<&mut Tensor<B, 1>> = gradients.gradients_mut().map(|(_, g)| g).collect();
-        if grads.is_empty() {
-            return Ok(());
-        }
-        let device = grads[0].device();
-        let shapes: Vec<(usize, FloatDType)> = grads.iter().map(|g| (g.dims()[0], g.dtype().into())).collect();
         // One readback for all of them, f32 whatever the parameters' dtype.
-        let flat = Tensor::cat(grads.iter().map(|g| (*g).clone().cast(FloatDType::F32)).collect(), 0);
-        let mut host: Vec<f32> = read_vec(flat, "the gradients")?;
+        // A rank without gradients still takes part (its empty post is a
+        // length mismatch the others report, not a wait until the deadline).
+        let mut host: Vec<f32> = match grads.first() {
+            Some(_) => read_vec(
+                Tensor::cat(grads.iter().map(|g| (*g).clone().cast(FloatDType::F32)).collect(), 0),
+                "the gradients",
+            )?,
+            None => Vec::new(),
+        };
         self.collective.all_reduce_sum_f32(&mut host)?;
+        let Some(device) = grads.first().map(|g| g.device()) else { return Ok(()) };
+        let shapes: Vec<(usize, FloatDType)> = grads.iter().map(|g| (g.dims()[0], g.dtype().into())).collect();
         let mut offset = 0;
         for (g, (len, dtype)) in grads.iter_mut().zip(shapes) {
             let values = host[offset..offset + len].to_vec();

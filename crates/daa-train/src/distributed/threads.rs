@@ -17,6 +17,15 @@ enum Posted {
 }
 
 impl Posted {
+    fn kind(&self) -> &'static str {
+        match self {
+            Posted::F32(_) => "f32",
+            Posted::F64(_) => "f64",
+            Posted::Bytes(_) => "bytes",
+            Posted::Nothing => "nothing",
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Posted::F32(v) => v.len(),
@@ -31,11 +40,16 @@ impl Posted {
 /// every rank during `reading`, cleared by the last reader.
 #[derive(Debug)]
 struct Board {
-    slots: Vec<Option<Posted>>,
+    /// Each rank's operation and values for this round.
+    slots: Vec<Option<(&'static str, Posted)>>,
     round: u64,
     reading: bool,
     readers_left: usize,
     left: Vec<bool>,
+    /// Set when a rank gave up on a round (its deadline): every rank's
+    /// collectives fail from then on, so no rank steps on while another
+    /// has stopped.
+    broken: Option<String>,
 }
 
 #[derive(Debug)]
@@ -56,6 +70,7 @@ impl ThreadRank {
                 reading: false,
                 readers_left: 0,
                 left: vec![false; world],
+                broken: None,
             }),
             changed: Condvar::new(),
             timeout,
@@ -76,9 +91,10 @@ pub struct ThreadRank {
 
 impl Drop for ThreadRank {
     fn drop(&mut self) {
-        if let Ok(mut board) = self.shared.board.lock() {
-            board.left[self.rank] = true;
-        }
+        // Also after a panic elsewhere poisoned the lock: the others must not wait it out.
+        let mut board = self.shared.board.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        board.left[self.rank] = true;
+        drop(board);
         self.shared.changed.notify_all();
     }
 }
@@ -101,6 +117,9 @@ impl ThreadRank {
         ready: impl Fn(&Board) -> bool,
     ) -> Result<MutexGuard<'a, Board>, CollectiveError> {
         loop {
+            if let Some(why) = &board.broken {
+                return Err(CollectiveError::Transport { operation, message: why.clone() });
+            }
             if ready(&board) {
                 return Ok(board);
             }
@@ -110,13 +129,10 @@ impl ThreadRank {
             let waited = started.elapsed();
             if waited >= self.shared.timeout {
                 let missing = (0..self.world).filter(|&r| board.slots[r].is_none()).collect();
-                return Err(CollectiveError::Timeout {
-                    operation,
-                    rank: self.rank,
-                    world: self.world,
-                    waited,
-                    missing,
-                });
+                let error = CollectiveError::Timeout { operation, rank: self.rank, world: self.world, waited, missing };
+                board.broken = Some(format!("the group stopped: {error}"));
+                self.shared.changed.notify_all();
+                return Err(error);
             }
             let (next, _) = self
                 .shared
@@ -139,14 +155,15 @@ impl ThreadRank {
         let round = self.round;
         let board = self.lock(operation)?;
         let mut board = self.wait(board, operation, started, |b| b.round == round && !b.reading)?;
-        board.slots[self.rank] = Some(mine);
+        board.slots[self.rank] = Some((operation, mine));
         if board.slots.iter().all(Option::is_some) {
             board.reading = true;
             board.readers_left = self.world;
             self.shared.changed.notify_all();
         }
         let mut board = self.wait(board, operation, started, |b| b.round == round && b.reading)?;
-        let posts: Vec<Posted> = board.slots.iter().map(|s| s.clone().expect("every rank posted")).collect();
+        let posted: Vec<(&'static str, Posted)> =
+            board.slots.iter().map(|s| s.clone().expect("every rank posted")).collect();
         board.readers_left -= 1;
         if board.readers_left == 0 {
             board.slots.iter_mut().for_each(|s| *s = None);
@@ -156,6 +173,21 @@ impl ThreadRank {
         }
         drop(board);
         self.round += 1;
+        // Every rank must have called the same operation with the same type.
+        let (first_op, first) = &posted[0];
+        if let Some((rank, (op, post))) =
+            posted.iter().enumerate().find(|(_, (op, post))| op != first_op || post.kind() != first.kind())
+        {
+            return Err(CollectiveError::Transport {
+                operation,
+                message: format!(
+                    "rank {rank} called {op} ({}) while rank 0 called {first_op} ({}): the ranks are out of step",
+                    post.kind(),
+                    first.kind()
+                ),
+            });
+        }
+        let posts: Vec<Posted> = posted.into_iter().map(|(_, p)| p).collect();
         read(&posts)
     }
 
@@ -265,7 +297,7 @@ impl Collective for ThreadRank {
     }
 
     fn broadcast_bytes(&mut self, root: usize, bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
-        let mine = if self.rank == root { Posted::Bytes(bytes.clone()) } else { Posted::Nothing };
+        let mine = Posted::Bytes(if self.rank == root { bytes.clone() } else { Vec::new() });
         *bytes = self.exchange("broadcast", mine, |posts| match &posts[root] {
             Posted::Bytes(b) => Ok(b.clone()),
             _ => {
@@ -336,6 +368,31 @@ mod tests {
         let err = ranks[0].barrier().unwrap_err();
         assert!(matches!(err, CollectiveError::RankLeft { rank: 1, .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn ranks_out_of_step_are_refused() {
+        let results = on_threads(2, |mut rank| {
+            if rank.rank() == 0 { rank.barrier() } else { rank.all_reduce_sum_f32(&mut [1.0]) }
+                .map_err(|e| e.to_string())
+        });
+        for result in results {
+            assert!(result.unwrap_err().contains("rank 1 called all_reduce (f32) while rank 0 called barrier"));
+        }
+    }
+
+    #[test]
+    fn a_rank_that_timed_out_stops_the_group() {
+        let mut ranks = ThreadRank::group(3, Duration::from_millis(200));
+        let mut late = ranks.pop().unwrap();
+        // Ranks 0 and 1 time out waiting for rank 2; rank 2 arriving later fails too.
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = ranks.iter_mut().map(|r| s.spawn(|| r.barrier().unwrap_err().to_string())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        });
+        assert!(results.iter().any(|e| e.contains("did not arrive")), "{results:?}");
+        let err = late.barrier().unwrap_err().to_string();
+        assert!(err.contains("the group stopped"), "{err}");
     }
 
     #[test]
