@@ -56,6 +56,14 @@ fn weights(model: &CausalLm<AD>) -> Vec<f32> {
     out
 }
 
+/// The pairs, the initial model and its scores of them (the cached reference).
+fn setup() -> (Vec<SequencePair>, CausalLm<AD>, Vec<PairScore>) {
+    let (pairs, initial) = (pairs(), model());
+    let valid = burn::module::AutodiffModule::valid(&initial);
+    let reference = score_pairs(&valid, &pairs.iter().collect::<Vec<_>>(), 8, 0, &mut |_| {}).unwrap();
+    (pairs, initial, reference)
+}
+
 /// The gradient norm of each step and the weights after the last.
 fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> (Vec<f64>, Vec<f32>) {
     let step: Vec<StepPair> =
@@ -66,16 +74,7 @@ fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairSco
 
 #[test]
 fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit() {
-    let pairs = pairs();
-    let initial = model();
-    let reference = score_pairs(
-        &burn::module::AutodiffModule::valid(&initial),
-        &pairs.iter().collect::<Vec<_>>(),
-        8,
-        0,
-        &mut |_| {},
-    )
-    .unwrap();
+    let (pairs, initial, reference) = setup();
     // One rank: the global batch of 8 in two micro-batches of 4.
     let mut one = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
     let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
@@ -104,16 +103,7 @@ fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit
 
 #[test]
 fn a_rank_that_fails_ends_the_others_step_with_a_named_error() {
-    let pairs = pairs();
-    let initial = model();
-    let reference = score_pairs(
-        &burn::module::AutodiffModule::valid(&initial),
-        &pairs.iter().collect::<Vec<_>>(),
-        8,
-        0,
-        &mut |_| {},
-    )
-    .unwrap();
+    let (pairs, initial, reference) = setup();
     let mut ranks = ThreadRank::group(2, std::time::Duration::from_secs(120));
     drop(ranks.pop()); // rank 1 is gone before the first step
     let collective = ranks.pop().unwrap();
