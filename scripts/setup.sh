@@ -11,6 +11,9 @@ web=false
 # wgpu's tests run on lavapipe (Mesa's software Vulkan) when no GPU is present.
 need_apt=()
 packages=(mesa-vulkan-drivers libvulkan1)
+# Data parallelism across processes is tested under mpirun (Open MPI), and
+# the `mpi` crate's bindings are generated with libclang.
+packages+=(openmpi-bin libopenmpi-dev libclang-dev)
 # The browser test drives Debian's chromium (never a downloaded browser) from
 # node; node and npm count when present from any source (NodeSource's nodejs
 # ships npm and conflicts with Debian's npm package).

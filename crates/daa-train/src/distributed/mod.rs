@@ -1,7 +1,8 @@
 //! Training over several processes or devices (ranks): the collective
 //! operations ranks exchange values through ([`Collective`]), an in-process
 //! implementation over threads for tests ([`ThreadRank`]), data parallelism
-//! through the trainer's reduction point ([`DataParallel`]), where a rank's
+//! through the trainer's reduction point ([`DataParallel`]), processes
+//! started by `mpirun` (`MpiRank`, feature `mpi`), where a rank's
 //! pairs come from in the global batch ([`rank_slice`]), and the rank a
 //! launcher (torchrun, SLURM's srun, mpirun) gave this process
 //! ([`LaunchEnv`]).
@@ -13,9 +14,13 @@
 mod collective;
 mod data_parallel;
 mod launch_env;
+#[cfg(feature = "mpi")]
+mod mpi_rank;
 mod threads;
 
 pub use collective::{Collective, CollectiveError};
 pub use data_parallel::{DataParallel, rank_slice};
 pub use launch_env::{LaunchEnv, Launcher};
+#[cfg(feature = "mpi")]
+pub use mpi_rank::MpiRank;
 pub use threads::ThreadRank;

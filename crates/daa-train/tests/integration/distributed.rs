@@ -14,9 +14,10 @@ use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::{PairScore, score_pairs};
 use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
 
-type AD = Autodiff<Flex>;
+pub type AD = Autodiff<Flex>;
 const VOCAB: usize = 61;
-const STEPS: usize = 3;
+/// Steps each comparison trains.
+pub const STEPS: usize = 3;
 
 fn model() -> CausalLm<AD> {
     let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
@@ -35,7 +36,7 @@ fn pairs() -> Vec<SequencePair> {
         .collect()
 }
 
-fn options(micro_batch_size: usize) -> TrainerOptions {
+pub fn options(micro_batch_size: usize) -> TrainerOptions {
     TrainerOptions {
         loss: PreferenceLossParams {
             loss: PreferenceLoss::Dpo { beta: 0.5, label_smoothing: 0.0 },
@@ -50,25 +51,30 @@ fn options(micro_batch_size: usize) -> TrainerOptions {
     }
 }
 
-fn weights(model: &CausalLm<AD>) -> Vec<f32> {
+pub fn weights(model: &CausalLm<AD>) -> Vec<f32> {
     let mut out = Vec::new();
     model.visit_trainable(&mut |name, p| out.extend(p.to_file_f32(name).unwrap()));
     out
 }
 
 /// The pairs, the initial model and its scores of them (the cached reference).
-fn setup() -> (Vec<SequencePair>, CausalLm<AD>, Vec<PairScore>) {
+pub fn setup() -> (Vec<SequencePair>, CausalLm<AD>, Vec<PairScore>) {
     let (pairs, initial) = (pairs(), model());
     let valid = burn::module::AutodiffModule::valid(&initial);
     let reference = score_pairs(&valid, &pairs.iter().collect::<Vec<_>>(), 8, 0, &mut |_| {}).unwrap();
     (pairs, initial, reference)
 }
 
-/// The gradient norm of each step and the weights after the last.
-fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> (Vec<f64>, Vec<f32>) {
+/// One step on `pairs`: its gradient norm.
+pub fn step_once(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> f64 {
     let step: Vec<StepPair> =
         pairs.iter().zip(reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
-    let norms = (0..STEPS).map(|_| trainer.step(&step).unwrap().grad_norm).collect();
+    trainer.step(&step).unwrap().grad_norm
+}
+
+/// The gradient norm of each of [`STEPS`] steps and the weights after the last.
+pub fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> (Vec<f64>, Vec<f32>) {
+    let norms = (0..STEPS).map(|_| step_once(trainer, pairs, reference)).collect();
     (norms, weights(trainer.model()))
 }
 

@@ -8,6 +8,8 @@
 mod backends;
 mod decode;
 mod distributed;
+#[cfg(feature = "mpi")]
+mod distributed_mpi;
 mod kl;
 mod lora;
 mod memory;

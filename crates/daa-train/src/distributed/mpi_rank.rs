@@ -1,0 +1,158 @@
+//! Ranks as processes started by `mpirun` (Open MPI; feature `mpi`): the
+//! CPU's multi-process collective, what the distributed tests run through
+//! with real processes.
+//!
+//! Every blocking call has a deadline: a watchdog thread ends the process,
+//! naming the operation and how long it waited, when a collective has not
+//! returned in time (MPI cannot cancel one); `mpirun` then ends the other
+//! ranks and names the one that exited. Sums are MPI's `MPI_SUM`: its order
+//! is the library's (exact for two ranks; with more, within f32 rounding of
+//! the rank-ordered sum), and every rank gets the same bits.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, CommunicatorCollectives, Root};
+
+use super::collective::{Collective, CollectiveError};
+
+/// The operation in flight and when it started, for the watchdog.
+type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
+
+/// This process's rank in `MPI_COMM_WORLD`.
+pub struct MpiRank {
+    _universe: Universe,
+    world: SimpleCommunicator,
+    rank: usize,
+    size: usize,
+    in_flight: InFlight,
+}
+
+impl std::fmt::Debug for MpiRank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MpiRank {{ rank: {}, world: {} }}", self.rank, self.size)
+    }
+}
+
+// SAFETY: MPI is initialised with `Threading::Serialized` (checked in
+// `init`): any one thread at a time may call it, and `&mut self` on every
+// collective serialises the calls; the watchdog thread never calls MPI.
+unsafe impl Send for MpiRank {}
+
+impl MpiRank {
+    /// Initialises MPI (once per process) and starts the watchdog with
+    /// deadline `timeout` per collective.
+    pub fn init(timeout: Duration) -> Result<Self, CollectiveError> {
+        let transport = |message: String| CollectiveError::Transport { operation: "MPI_Init", message };
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Serialized)
+            .ok_or_else(|| transport("MPI was initialised already in this process".into()))?;
+        if !matches!(threading, mpi::Threading::Serialized | mpi::Threading::Multiple) {
+            return Err(transport(format!("this MPI offers {threading:?} threading; daa needs Serialized")));
+        }
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let in_flight: InFlight = Arc::default();
+        let watched = in_flight.clone();
+        std::thread::Builder::new()
+            .name("daa-collective-watchdog".into())
+            .spawn(move || watchdog(&watched, rank, size, timeout))
+            .map_err(|e| transport(format!("cannot start the watchdog thread: {e}")))?;
+        Ok(Self { _universe: universe, world, rank, size, in_flight })
+    }
+
+    /// Runs `f` with the watchdog watching `operation`.
+    fn watched<T>(&mut self, operation: &'static str, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
+        *self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((operation, Instant::now()));
+        let out = f(&self.world);
+        *self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        out
+    }
+
+    fn check_len(&self, operation: &'static str, len: usize, expected: usize) -> Result<(), CollectiveError> {
+        if len == expected {
+            return Ok(());
+        }
+        Err(CollectiveError::LengthMismatch {
+            operation,
+            rank: self.rank,
+            len,
+            other_rank: self.rank,
+            other_len: expected,
+        })
+    }
+}
+
+/// Ends the process when a collective outlives `timeout`.
+fn watchdog(in_flight: &InFlight, rank: usize, world: usize, timeout: Duration) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100).min(timeout));
+        let late = in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .filter(|(_, started)| started.elapsed() >= timeout);
+        if let Some((operation, started)) = late {
+            eprintln!(
+                "error: distributed training: {operation}: rank {rank} of {world} waited {:?} for the other ranks \
+                 (train.collective_timeout); stopping this rank",
+                started.elapsed()
+            );
+            std::process::exit(75);
+        }
+    }
+}
+
+impl Collective for MpiRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.size
+    }
+
+    fn all_reduce_sum_f32(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        let mut sums = vec![0f32; values.len()];
+        self.watched("all_reduce", |w| w.all_reduce_into(&values[..], &mut sums[..], SystemOperation::sum()));
+        values.copy_from_slice(&sums);
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError> {
+        let mut sums = vec![0f64; values.len()];
+        self.watched("all_reduce", |w| w.all_reduce_into(&values[..], &mut sums[..], SystemOperation::sum()));
+        values.copy_from_slice(&sums);
+        Ok(())
+    }
+
+    fn reduce_scatter_sum_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
+        self.check_len("reduce_scatter", input.len(), output.len() * self.size)?;
+        self.watched("reduce_scatter", |w| w.reduce_scatter_block_into(input, output, SystemOperation::sum()));
+        Ok(())
+    }
+
+    fn all_gather_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
+        self.check_len("all_gather", output.len(), input.len() * self.size)?;
+        self.watched("all_gather", |w| w.all_gather_into(input, output));
+        Ok(())
+    }
+
+    fn broadcast_bytes(&mut self, root: usize, bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
+        let root = i32::try_from(root).map_err(|_| CollectiveError::Transport {
+            operation: "broadcast",
+            message: format!("root {root} is not a rank"),
+        })?;
+        let mut len = bytes.len() as u64;
+        self.watched("broadcast", |w| w.process_at_rank(root).broadcast_into(&mut len));
+        bytes.resize(len as usize, 0);
+        self.watched("broadcast", |w| w.process_at_rank(root).broadcast_into(&mut bytes[..]));
+        Ok(())
+    }
+
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        self.watched("barrier", |w| w.barrier());
+        Ok(())
+    }
+}
