@@ -22,7 +22,8 @@
 //!                                                     and the attention scores and
 //!                                                     probabilities (no flash attention)
 //! logits             S·T·V·4·3           unfused: f32 logits, log-softmax, their gradient
-//!                    C·V·4·3             fused head: chunks of C = min(S·T, ⌊64 MiB / 4V⌋)
+//!                    C·V·4·3             fused head: chunks of C = min(S·T, a GPU's chunk:
+//!                                        ⌊512 MiB / 4V⌋ in whole 128-row tiles, 128..=1024)
 //!                                        rows (logits, probabilities, their gradient)
 //! ```
 //!
