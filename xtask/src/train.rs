@@ -29,8 +29,8 @@ pub struct RunArgs {
 pub fn build_and_run(subcommand: &str, args: &RunArgs) -> Result<()> {
     let root = crate::workspace_root()?;
     // The package alone: a newcomer's first build compiles only what `daa`
-    // needs. (`--features train-wgpu` gives the features `cargo test
-    // --workspace` builds with, so after the tests burn is not built again.)
+    // needs. (`--features train-wgpu,mpi` gives the features `cargo test
+    // --workspace` builds with, so after the tests nothing is built again.)
     let mut build = crate::cargo();
     build.current_dir(&root).args(["build", "--package", "daa-cli", "--bin", "daa"]);
     if args.release {
