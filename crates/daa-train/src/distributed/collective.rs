@@ -54,6 +54,17 @@ pub enum CollectiveError {
     },
 }
 
+impl CollectiveError {
+    /// `Ok` when this rank's buffer holds `expected` values, else the
+    /// length mismatch naming `operation` and the rank.
+    pub(super) fn expect_len(operation: &'static str, rank: usize, len: usize, expected: usize) -> Result<(), Self> {
+        if len == expected {
+            return Ok(());
+        }
+        Err(CollectiveError::LengthMismatch { operation, rank, len, other_rank: rank, other_len: expected })
+    }
+}
+
 /// What ranks exchange. Every implementation sums in rank order
 /// (`((x₀ + x₁) + x₂) + …`), so every rank holds the same bits, and the sum
 /// of two ranks' gradients equals one rank's accumulation of the same two

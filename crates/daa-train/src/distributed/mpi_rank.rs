@@ -70,19 +70,6 @@ impl MpiRank {
         *self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         out
     }
-
-    fn check_len(&self, operation: &'static str, len: usize, expected: usize) -> Result<(), CollectiveError> {
-        if len == expected {
-            return Ok(());
-        }
-        Err(CollectiveError::LengthMismatch {
-            operation,
-            rank: self.rank,
-            len,
-            other_rank: self.rank,
-            other_len: expected,
-        })
-    }
 }
 
 /// Ends the process when a collective outlives `timeout`.
@@ -128,13 +115,13 @@ impl Collective for MpiRank {
     }
 
     fn reduce_scatter_sum_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
-        self.check_len("reduce_scatter", input.len(), output.len() * self.size)?;
+        CollectiveError::expect_len("reduce_scatter", self.rank, input.len(), output.len() * self.size)?;
         self.watched("reduce_scatter", |w| w.reduce_scatter_block_into(input, output, SystemOperation::sum()));
         Ok(())
     }
 
     fn all_gather_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
-        self.check_len("all_gather", output.len(), input.len() * self.size)?;
+        CollectiveError::expect_len("all_gather", self.rank, output.len(), input.len() * self.size)?;
         self.watched("all_gather", |w| w.all_gather_into(input, output));
         Ok(())
     }

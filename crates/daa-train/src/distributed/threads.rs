@@ -255,15 +255,7 @@ impl Collective for ThreadRank {
     fn reduce_scatter_sum_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
         const OP: &str = "reduce_scatter";
         let (n, rank, world) = (output.len(), self.rank, self.world);
-        if input.len() != n * world {
-            return Err(CollectiveError::LengthMismatch {
-                operation: OP,
-                rank,
-                len: input.len(),
-                other_rank: rank,
-                other_len: n * world,
-            });
-        }
+        CollectiveError::expect_len(OP, rank, input.len(), n * world)?;
         let part = self.exchange(OP, Posted::F32(input.to_vec()), |posts| {
             Self::same_lengths(OP, posts)?;
             let mut part = vec![0f32; n];
@@ -279,15 +271,7 @@ impl Collective for ThreadRank {
     fn all_gather_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
         const OP: &str = "all_gather";
         let n = input.len();
-        if output.len() != n * self.world {
-            return Err(CollectiveError::LengthMismatch {
-                operation: OP,
-                rank: self.rank,
-                len: output.len(),
-                other_rank: self.rank,
-                other_len: n * self.world,
-            });
-        }
+        CollectiveError::expect_len(OP, self.rank, output.len(), n * self.world)?;
         let gathered = self.exchange(OP, Posted::F32(input.to_vec()), |posts| {
             Self::same_lengths(OP, posts)?;
             Ok(posts.iter().flat_map(|p| f32s(p).iter().copied()).collect::<Vec<f32>>())
