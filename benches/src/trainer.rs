@@ -432,6 +432,8 @@ fn plan_bytes(setup: &Setup<'_>, shape: &Shape) -> Result<u64> {
         &config,
         daa_train::plan::PlanSetup {
             gpus: 1,
+            shard_group: 1,
+            sharding: daa_train::plan::Sharding::None,
             gpu_memory: u64::MAX,
             pairs: shape.pairs as u64,
             seq_len: shape.seq_len as u64,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use daa_train::checkpoint::read_config;
 use daa_train::model::{LoraTarget, ModelConfig};
-use daa_train::plan::{MemoryPlan, PlanLora, PlanSetup, Precision, parse_bytes};
+use daa_train::plan::{Cluster, MemoryPlan, PlanLora, PlanSetup, Precision, Sharding, parse_bytes};
 
 /// Where the reference log-probabilities come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -25,9 +25,34 @@ pub struct PlanArgs {
     /// model id in the local Hugging Face cache.
     #[arg(long, value_parser = crate::model_arg::model_path)]
     model: PathBuf,
-    /// GPUs the weights, gradients and optimizer state are sharded over.
+    /// GPUs of the run (default: --gpus-per-node × --nodes, else 1).
+    #[arg(long)]
+    gpus: Option<u64>,
+    /// GPUs per node.
+    #[arg(long)]
+    gpus_per_node: Option<u64>,
+    /// Nodes.
     #[arg(long, default_value_t = 1)]
-    gpus: u64,
+    nodes: u64,
+    /// What is divided over the GPUs: none (DDP), optimizer (ZeRO-1),
+    /// gradients (ZeRO-2) or parameters (ZeRO-3 / FSDP).
+    #[arg(long, default_value = "parameters", value_parser = parse_sharding)]
+    sharding: Sharding,
+    /// Shard inside each node and replicate across nodes (HSDP).
+    #[arg(long)]
+    shard_within_node: bool,
+    /// GB/s one GPU sends to the others of its node (NVLink 4: 450).
+    #[arg(long, default_value_t = 450.0)]
+    nvlink_gb_s: f64,
+    /// GB/s one GPU sends to other nodes (one 400 Gb/s NIC per GPU: 50).
+    #[arg(long, default_value_t = 50.0)]
+    network_gb_s: f64,
+    /// Dense bf16 peak of one GPU, TFLOP/s (H100/H200 SXM: 989.4).
+    #[arg(long, default_value_t = 989.4)]
+    peak_tflops: f64,
+    /// Model FLOPs utilisation assumed for the compute time.
+    #[arg(long, default_value_t = 0.4)]
+    mfu: f64,
     /// Memory of one GPU (80GiB, 141GiB, 24GB, …).
     #[arg(long, default_value = "80GiB")]
     gpu_memory: String,
@@ -63,6 +88,10 @@ pub struct PlanArgs {
     json: bool,
 }
 
+fn parse_sharding(name: &str) -> std::result::Result<Sharding, String> {
+    name.parse()
+}
+
 fn model_config(path: &PathBuf) -> Result<ModelConfig> {
     if path.is_dir() {
         return read_config(path);
@@ -75,8 +104,21 @@ fn model_config(path: &PathBuf) -> Result<ModelConfig> {
 pub fn run(args: PlanArgs) -> Result<()> {
     let config = model_config(&args.model)?;
     let gpu_memory = parse_bytes(&args.gpu_memory).map_err(anyhow::Error::msg).context("--gpu-memory")?;
-    if args.gpus == 0 || args.batch == 0 || args.seq == 0 {
-        bail!("--gpus, --batch and --seq must be at least 1");
+    let gpus = args.gpus.unwrap_or(args.gpus_per_node.unwrap_or(1) * args.nodes);
+    let gpus_per_node = args.gpus_per_node.unwrap_or(gpus.div_ceil(args.nodes.max(1)));
+    if gpus == 0 || gpus_per_node == 0 || args.nodes == 0 || args.batch == 0 || args.seq == 0 {
+        bail!("--gpus, --gpus-per-node, --nodes, --batch and --seq must be at least 1");
+    }
+    if gpus != gpus_per_node * args.nodes {
+        bail!("--gpus {gpus} is not --gpus-per-node {gpus_per_node} × --nodes {}", args.nodes);
+    }
+    if !(args.mfu > 0.0
+        && args.mfu <= 1.0
+        && args.peak_tflops > 0.0
+        && args.nvlink_gb_s > 0.0
+        && args.network_gb_s > 0.0)
+    {
+        bail!("--mfu must lie in (0, 1]; --peak-tflops, --nvlink-gb-s and --network-gb-s must be positive");
     }
     let lora = match args.lora {
         Some(0) => bail!("--lora: the rank must be at least 1"),
@@ -90,7 +132,9 @@ pub fn run(args: PlanArgs) -> Result<()> {
         None => None,
     };
     let setup = PlanSetup {
-        gpus: args.gpus,
+        gpus,
+        shard_group: if args.shard_within_node { gpus_per_node } else { gpus },
+        sharding: args.sharding,
         gpu_memory,
         pairs: args.batch,
         seq_len: args.seq,
@@ -102,11 +146,23 @@ pub fn run(args: PlanArgs) -> Result<()> {
         lora,
     };
     let plan = MemoryPlan::new(&config, setup).map_err(anyhow::Error::msg)?;
+    let cluster = Cluster {
+        gpus_per_node,
+        nvlink_gb_s: args.nvlink_gb_s,
+        network_gb_s: args.network_gb_s,
+        peak_tflops: args.peak_tflops,
+        mfu: args.mfu,
+    };
+    let communication = plan.communication(&config, &cluster);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        let both = serde_json::json!({ "memory": plan, "communication": communication, "cluster": cluster });
+        println!("{}", serde_json::to_string_pretty(&both)?);
     } else {
         println!("{}: {}", args.model.display(), config.architecture_name);
         println!("{}", plan.table());
+        if gpus > 1 {
+            println!("\n{}", communication.table());
+        }
     }
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! Memory plan of one preference-training step on each GPU, by component
 //! (`daa plan`). An estimate from `config.json` alone, in bytes:
 //!
-//! With `P` parameters, `N` GPUs over which weights, gradients and optimizer
-//! state are sharded (as FSDP / ZeRO-3 do), weight bytes `w` (2 for bf16, 4
-//! for f32), `B` pairs per micro-batch on one GPU (`S = 2B` sequences of `T`
-//! tokens), width `d`, key/value width `d_kv`, MLP width `I`, `a` query
-//! heads, `L` blocks and vocabulary `V`:
+//! With `P` parameters, a sharding group of `N` GPUs (every GPU of the run,
+//! or of one node with `shard_within_node`: HSDP), weight bytes `w` (2 for
+//! bf16, 4 for f32), `B` pairs per micro-batch on one GPU (`S = 2B` sequences
+//! of `T` tokens), width `d`, key/value width `d_kv`, MLP width `I`, `a`
+//! query heads, `L` blocks and vocabulary `V`; `/N` applies from the
+//! [`Sharding`] stage that divides that state on (optimizer: masters and
+//! AdamW; gradients: also gradients and their sums; parameters: also the
+//! weights and a live reference), and is `/1` before it:
 //!
 //! ```text
 //! weights            P·w / N
@@ -14,6 +17,11 @@
 //! gradient sums      P·4 / N             (only with several micro-batches per step: f32 sums)
 //! optimizer state    P·8 / N             (AdamW m and v in f32)
 //! reference model    P·w / N             (only with loss.reference = "model")
+//! gathered units     max(3·U_b, 2·U_e)·w  parameters stage, N > 1: a block's weights gathered,
+//!                                        the next one's prefetched, the block's whole gradient
+//!                                        before its reduce-scatter (U_b: a block's parameters);
+//!                                        the embedding/head gathered with its gradient (U_e = V·d)
+//!                    U_b·w               gradients stage, N > 1: a block's whole gradient
 //! activations        L·S·T·A + 2·S·T·d·w              without checkpointing
 //!                    L·S·T·d·w + S·T·A + 2·S·T·d·w    with one checkpoint per block
 //!   A = (9d + 3d_kv + 4I)·w + 2·a·T·w                 per token and block: norms, q/k/v
@@ -44,11 +52,56 @@ use crate::model::{LoraTarget, ModelConfig};
 
 pub use crate::precision::Precision;
 
+/// Which training state is divided over the GPUs of a sharding group
+/// (`train.sharding`): each stage divides what the one before it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sharding {
+    /// Nothing (DDP): every GPU holds everything; gradients all-reduced.
+    None,
+    /// ZeRO-1: f32 master weights and AdamW state.
+    Optimizer,
+    /// ZeRO-2: also the gradients (reduce-scattered block by block).
+    Gradients,
+    /// ZeRO-3 / FSDP: also the weights (all-gathered block by block).
+    Parameters,
+}
+
+impl Sharding {
+    /// Every stage, in order.
+    pub const ALL: [Sharding; 4] = [Sharding::None, Sharding::Optimizer, Sharding::Gradients, Sharding::Parameters];
+
+    /// The configuration's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharding::None => "none",
+            Sharding::Optimizer => "optimizer",
+            Sharding::Gradients => "gradients",
+            Sharding::Parameters => "parameters",
+        }
+    }
+}
+
+impl std::str::FromStr for Sharding {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        Sharding::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| format!("sharding {name:?}: expected none, optimizer, gradients or parameters"))
+    }
+}
+
 /// What is trained, where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PlanSetup {
-    /// GPUs the states are sharded over (`N`).
+    /// GPUs of the run.
     pub gpus: u64,
+    /// GPUs each state is divided over (`N`): `gpus`, or the GPUs of one
+    /// node (HSDP: shard inside a node, replicate across nodes).
+    pub shard_group: u64,
+    /// What is divided.
+    pub sharding: Sharding,
     /// Memory of one GPU, bytes.
     pub gpu_memory: u64,
     /// Preference pairs per micro-batch on one GPU (`B`).
@@ -129,6 +182,12 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// The plan of `setup` for the model of `config` (module documentation).
     pub fn new(config: &ModelConfig, setup: PlanSetup) -> Result<Self, String> {
+        if setup.shard_group == 0 || setup.gpus % setup.shard_group != 0 {
+            return Err(format!(
+                "plan: the sharding group ({} GPUs) must divide the run's {} GPUs",
+                setup.shard_group, setup.gpus
+            ));
+        }
         if setup.gpus == 0
             || setup.pairs == 0
             || setup.seq_len == 0
@@ -139,7 +198,10 @@ impl MemoryPlan {
         }
         let p = config.parameter_count() as u64;
         let w = setup.precision.bytes();
-        let shard = |bytes_per_param: u64| (p * bytes_per_param).div_ceil(setup.gpus);
+        let by_stage = |from: Sharding, bytes_per_param: u64| {
+            let n = if setup.sharding as u8 >= from as u8 { setup.shard_group } else { 1 };
+            (p * bytes_per_param).div_ceil(n)
+        };
         let (d, l, v) = (config.hidden_size as u64, config.num_layers as u64, config.vocab_size as u64);
         let d_kv = (config.num_kv_heads * config.head_dim) as u64;
         let (i, a, t) = (config.intermediate_size as u64, config.num_heads as u64, setup.seq_len);
@@ -157,12 +219,20 @@ impl MemoryPlan {
         // A GPU's chunk (crate::fused_head::gpu_chunk_rows).
         let fused = tokens.min(crate::fused_head::gpu_chunk_rows(v as usize) as u64) * v * 4 * 3;
         let ckpt = setup.activation_checkpointing;
+        // Sharded weights or gradients exist whole for one unit at a time.
+        let (block, embedding) = (config.block_parameter_count() as u64, v * d);
+        let gathered = match setup.sharding {
+            _ if setup.shard_group == 1 => 0,
+            Sharding::Parameters => (3 * block).max(2 * embedding) * w,
+            Sharding::Gradients => block * w,
+            _ => 0,
+        };
         let trained = match &setup.lora {
             // Adapters: f32, every GPU holds them whole.
             Some(lora) => {
                 let adapters = lora.parameters(config);
                 vec![
-                    PlanLine { component: "weights (frozen)", bytes: shard(w), counted: true },
+                    PlanLine { component: "weights (frozen)", bytes: by_stage(Sharding::Parameters, w), counted: true },
                     PlanLine { component: "LoRA adapters (f32)", bytes: adapters * 4, counted: true },
                     PlanLine { component: "gradients (adapters)", bytes: adapters * 4, counted: true },
                     PlanLine {
@@ -174,24 +244,29 @@ impl MemoryPlan {
                 ]
             }
             None => vec![
-                PlanLine { component: "weights", bytes: shard(w), counted: true },
+                PlanLine { component: "weights", bytes: by_stage(Sharding::Parameters, w), counted: true },
                 PlanLine {
                     component: "master weights (f32)",
-                    bytes: if setup.precision == Precision::Bf16 { shard(4) } else { 0 },
+                    bytes: if setup.precision == Precision::Bf16 { by_stage(Sharding::Optimizer, 4) } else { 0 },
                     counted: true,
                 },
-                PlanLine { component: "gradients", bytes: shard(w), counted: true },
+                PlanLine { component: "gradients", bytes: by_stage(Sharding::Gradients, w), counted: true },
                 PlanLine {
                     component: "gradient sums (f32, accumulation)",
-                    bytes: if setup.micro_batches > 1 { shard(4) } else { 0 },
+                    bytes: if setup.micro_batches > 1 { by_stage(Sharding::Gradients, 4) } else { 0 },
                     counted: true,
                 },
-                PlanLine { component: "optimizer state (AdamW, f32)", bytes: shard(8), counted: true },
+                PlanLine {
+                    component: "optimizer state (AdamW, f32)",
+                    bytes: by_stage(Sharding::Optimizer, 8),
+                    counted: true,
+                },
                 PlanLine {
                     component: "reference model",
-                    bytes: if setup.reference_live { shard(w) } else { 0 },
+                    bytes: if setup.reference_live { by_stage(Sharding::Parameters, w) } else { 0 },
                     counted: true,
                 },
+                PlanLine { component: "gathered units (transient)", bytes: gathered, counted: true },
             ],
         };
         let mut lines = trained;
@@ -212,7 +287,7 @@ impl MemoryPlan {
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
         let s = &self.setup;
         let mut out = format!(
-            "{:.2} B parameters{}; {} GPU(s) of {:.1} GiB; {} pair(s) × {} tokens per GPU; {}{}{}{}\n",
+            "{:.2} B parameters{}; {} GPU(s) of {:.1} GiB, {}; {} pair(s) × {} tokens per GPU; {}{}{}{}\n",
             self.parameters as f64 / 1e9,
             match &s.lora {
                 Some(lora) => format!(
@@ -231,6 +306,12 @@ impl MemoryPlan {
             },
             s.gpus,
             gib(s.gpu_memory),
+            match (s.sharding, s.shard_group == s.gpus) {
+                (_, _) if s.gpus == 1 => "one GPU".to_string(),
+                (Sharding::None, _) => "data parallel (nothing sharded)".to_string(),
+                (stage, true) => format!("{} sharded over all {}", stage.as_str(), s.gpus),
+                (stage, false) => format!("{} sharded within nodes of {} (HSDP)", stage.as_str(), s.shard_group),
+            },
             s.pairs,
             s.seq_len,
             match s.precision {
@@ -261,6 +342,132 @@ impl MemoryPlan {
                 gib(s.gpu_memory)
             )
         };
+        out
+    }
+}
+
+/// The links and compute a step is timed against in [`MemoryPlan::communication`]
+/// (`daa plan`'s flags; the defaults describe an H100/H200 SXM node: NVLink 4
+/// at 450 GB/s per direction, one 400 Gb/s NIC per GPU, 989.4 TFLOP/s dense
+/// bf16, 40 % MFU). Nominal speeds: NCCL's measured bus bandwidth is lower.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Cluster {
+    /// GPUs per node.
+    pub gpus_per_node: u64,
+    /// GB/s one GPU sends to the others of its node.
+    pub nvlink_gb_s: f64,
+    /// GB/s one GPU sends to other nodes.
+    pub network_gb_s: f64,
+    /// Dense bf16 peak, TFLOP/s.
+    pub peak_tflops: f64,
+    /// Model FLOPs utilisation assumed for the compute time.
+    pub mfu: f64,
+}
+
+/// One collective of a step: bytes one GPU sends, over which link, how long.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommunicationLine {
+    /// What moves.
+    pub what: &'static str,
+    /// Bytes each GPU sends per optimizer step.
+    pub bytes: u64,
+    /// `NVLink` or `network`.
+    pub link: &'static str,
+    /// `bytes / bandwidth`, seconds.
+    pub seconds: f64,
+}
+
+/// A step's communication per GPU beside its compute.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CommunicationPlan {
+    /// Each collective.
+    pub lines: Vec<CommunicationLine>,
+    /// Their sum, seconds (nothing overlapped).
+    pub seconds: f64,
+    /// Model FLOPs of one GPU's step at the assumed MFU, seconds.
+    pub compute_seconds: f64,
+}
+
+impl MemoryPlan {
+    /// One optimizer step's communication per GPU, ring collectives (a
+    /// reduce-scatter or all-gather of `X` bytes over `n` GPUs sends
+    /// `(n−1)/n·X` per GPU, an all-reduce twice that), gradients in f32
+    /// (daa sums them in f32), weights in the training precision, `m`
+    /// micro-batches per step:
+    ///
+    /// ```text
+    /// none         all-reduce of the gradients once per step          2·(n−1)/n·P·4
+    /// optimizer    reduce-scatter of the gradients once per step       (n−1)/n·P·4
+    ///              all-gather of the updated weights                   (n−1)/n·P·w
+    /// gradients    reduce-scatter per micro-batch                    m·(n−1)/n·P·4
+    ///              all-gather of the updated weights                   (n−1)/n·P·w
+    /// parameters   all-gather for the forward and again for the
+    ///              recompute and backward, per micro-batch           2m·(n−1)/n·P·w
+    ///              reduce-scatter per micro-batch                    m·(n−1)/n·P·4
+    /// HSDP         all-reduce of each GPU's gradient shard across
+    ///              the R nodes' replicas                         2·(R−1)/R·P·4/n
+    /// ```
+    ///
+    /// Traffic inside a sharding group that fits one node goes over NVLink,
+    /// otherwise over the network (a ring across nodes runs at the network's
+    /// speed). Compute: `(6P + 12·L·d·T)` FLOPs per token (`4P + 6P_a` with
+    /// LoRA, whose communication is the adapters' alone), `2·B·T·m` tokens.
+    pub fn communication(&self, config: &ModelConfig, cluster: &Cluster) -> CommunicationPlan {
+        let s = &self.setup;
+        let (n, replicas) = (s.shard_group, s.gpus / s.shard_group);
+        let trained = if s.lora.is_some() { self.adapter_parameters } else { self.parameters };
+        let (w, m) = (if s.lora.is_some() { 4 } else { s.precision.bytes() }, s.micro_batches);
+        let ring = |group: u64, bytes: u64| if group <= 1 { 0 } else { bytes * (group - 1) / group };
+        let group_link = if n <= cluster.gpus_per_node { "NVLink" } else { "network" };
+        let mut lines = Vec::new();
+        let mut line = |what: &'static str, bytes: u64, link: &'static str| {
+            if bytes > 0 {
+                let gb_s = if link == "NVLink" { cluster.nvlink_gb_s } else { cluster.network_gb_s };
+                lines.push(CommunicationLine { what, bytes, link, seconds: bytes as f64 / (gb_s * 1e9) });
+            }
+        };
+        let (grads, weights) = (trained * 4, trained * w);
+        match s.sharding {
+            Sharding::None => line("all-reduce of the gradients", 2 * ring(n, grads), group_link),
+            Sharding::Optimizer => {
+                line("reduce-scatter of the gradients", ring(n, grads), group_link);
+                line("all-gather of the updated weights", ring(n, weights), group_link);
+            }
+            Sharding::Gradients => {
+                line("reduce-scatter of the gradients, per micro-batch", m * ring(n, grads), group_link);
+                line("all-gather of the updated weights", ring(n, weights), group_link);
+            }
+            Sharding::Parameters => {
+                line("all-gather of the weights, forward and backward", 2 * m * ring(n, weights), group_link);
+                line("reduce-scatter of the gradients, per micro-batch", m * ring(n, grads), group_link);
+            }
+        }
+        if s.sharding != Sharding::None {
+            line("all-reduce of the gradient shards across nodes", 2 * ring(replicas, grads / n), "network");
+        }
+        let seconds = lines.iter().map(|l| l.seconds).sum();
+        let (d, l) = (config.hidden_size as f64, config.num_layers as f64);
+        let per_token = match s.lora {
+            Some(_) => 4.0 * self.parameters as f64 + 6.0 * self.adapter_parameters as f64,
+            None => 6.0 * self.parameters as f64,
+        } + 12.0 * l * d * s.seq_len as f64;
+        let tokens = (2 * s.pairs * s.seq_len * m) as f64;
+        let compute_seconds = per_token * tokens / (cluster.peak_tflops * 1e12 * cluster.mfu);
+        CommunicationPlan { lines, seconds, compute_seconds }
+    }
+}
+
+impl CommunicationPlan {
+    /// The plan as lines for people.
+    pub fn table(&self) -> String {
+        let mut out = format!("{:<52} {:>10} {:>8} {:>9}\n", "communication per GPU per step", "GB", "link", "seconds");
+        for l in &self.lines {
+            out += &format!("{:<52} {:>10.2} {:>8} {:>9.3}\n", l.what, l.bytes as f64 / 1e9, l.link, l.seconds);
+        }
+        out += &format!(
+            "communication {:.3} s (not overlapped) beside compute {:.3} s at the assumed MFU",
+            self.seconds, self.compute_seconds
+        );
         out
     }
 }

@@ -394,18 +394,25 @@ impl ModelConfig {
 
     /// Number of trainable parameters.
     pub fn parameter_count(&self) -> usize {
+        let d = self.hidden_size;
+        let head = match self.head {
+            OutputHead::LanguageModel if !self.tie_word_embeddings => self.vocab_size * d,
+            OutputHead::LanguageModel => 0,
+            OutputHead::SequenceClassification { num_labels } => num_labels * d,
+        };
+        self.num_layers * self.block_parameter_count() + self.vocab_size * d + head + d
+    }
+
+    /// Parameters of one decoder block: attention (with biases where the
+    /// architecture has them), MLP, norms.
+    pub fn block_parameter_count(&self) -> usize {
         let (d, hd) = (self.hidden_size, self.head_dim);
         let q = d * self.num_heads * hd + usize::from(self.qkv_bias) * self.num_heads * hd;
         let kv = 2 * (d * self.num_kv_heads * hd + usize::from(self.qkv_bias) * self.num_kv_heads * hd);
         let o = self.num_heads * hd * d + usize::from(self.o_bias) * d;
         let mlp = 3 * d * self.intermediate_size + usize::from(self.mlp_bias) * (2 * self.intermediate_size + d);
         let norms = if self.parallel_block { d } else { 2 * d };
-        let head = match self.head {
-            OutputHead::LanguageModel if !self.tie_word_embeddings => self.vocab_size * d,
-            OutputHead::LanguageModel => 0,
-            OutputHead::SequenceClassification { num_labels } => num_labels * d,
-        };
-        self.num_layers * (q + kv + o + mlp + norms) + self.vocab_size * d + head + d
+        q + kv + o + mlp + norms
     }
 }
 

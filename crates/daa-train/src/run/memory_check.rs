@@ -34,6 +34,8 @@ pub(crate) fn check_memory(config: &TrainConfig, model: &ModelConfig) -> Result<
     };
     let setup = PlanSetup {
         gpus: 1,
+        shard_group: 1,
+        sharding: crate::plan::Sharding::None,
         gpu_memory: capacity,
         pairs: config.train.micro_batch_size as u64,
         seq_len: config.data.max_length as u64,

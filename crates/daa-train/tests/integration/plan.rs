@@ -2,7 +2,7 @@
 //! `config.json` of Llama-2-7B and Command R (c4ai-command-r-v01, 35B).
 
 use daa_train::model::{LoraTarget, ModelConfig};
-use daa_train::plan::{MemoryPlan, PlanLora, PlanSetup, Precision, parse_bytes};
+use daa_train::plan::{Cluster, MemoryPlan, PlanLora, PlanSetup, Precision, Sharding, parse_bytes};
 
 const GIB: u64 = 1 << 30;
 
@@ -13,6 +13,8 @@ fn config(name: &str) -> ModelConfig {
 
 fn setup(gpus: u64) -> PlanSetup {
     PlanSetup {
+        shard_group: gpus,
+        sharding: Sharding::Parameters,
         gpus,
         gpu_memory: 80 * GIB,
         pairs: 1,
@@ -78,7 +80,11 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     assert_eq!(line(&plan, "activations, checkpoint per block"), checkpointed);
     // A GPU's chunks: ⌊512 MiB / (4 · 256 000)⌋ = 524, rounded down to a multiple of 128.
     assert_eq!(line(&plan, "logits, fused head"), 512 * 256_000 * 12);
-    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 1_572_864_000);
+    // Sharded weights gathered one unit at a time: the tied embedding/head
+    // with its gradient, 2 · 256 000 · 8192 > 3 blocks of 822 091 776, bf16.
+    let gathered = 2 * 256_000 * 8192 * 2;
+    assert_eq!(line(&plan, "gathered units (transient)"), gathered);
+    assert_eq!(plan.total, 2 * 34_980_831_232 + checkpointed + 1_572_864_000 + gathered);
     assert!(plan.fits, "{}", plan.table());
     // Without checkpointing and with the unfused head it does not; nor with
     // f32 gradient sums for accumulation (20 bytes per parameter: 81.4 GiB
@@ -91,7 +97,7 @@ fn command_r_35b_on_eight_80_gib_gpus_matches_the_hand_computation() {
     assert!(!plain.fits, "{}", plain.table());
     let accumulating =
         MemoryPlan::new(&config("command-r-v01.config.json"), PlanSetup { micro_batches: 2, ..setup(8) }).unwrap();
-    assert_eq!(accumulating.total, 20 * 34_980_831_232 / 8 + checkpointed + 1_572_864_000);
+    assert_eq!(accumulating.total, 20 * 34_980_831_232 / 8 + checkpointed + 1_572_864_000 + gathered);
     assert!(!accumulating.fits, "{}", accumulating.table());
     // A live reference adds its bf16 shard.
     let live =
@@ -164,4 +170,61 @@ fn lora_on_llama_2_7b_counts_the_adapters_only_and_fits_one_80_gib_gpu() {
         plan.table()
     );
     assert!(plan.table().contains("reference = adapters off"), "{}", plan.table());
+}
+
+const H100_NODE: Cluster =
+    Cluster { gpus_per_node: 8, nvlink_gb_s: 450.0, network_gb_s: 50.0, peak_tflops: 989.4, mfu: 0.4 };
+
+#[test]
+fn each_sharding_stage_divides_what_it_names_on_eight_gpus() {
+    let llama = config("llama-2-7b.config.json");
+    let p: u64 = 6_738_415_616;
+    // One block: 4·4096² + 3·4096·11008 + 2·4096; the embedding 32 000 · 4096.
+    assert_eq!(llama.block_parameter_count() as u64, 202_383_360);
+    let stage = |sharding| MemoryPlan::new(&llama, PlanSetup { sharding, ..setup(8) }).unwrap();
+    let states = |plan: &MemoryPlan| {
+        ["weights", "master weights (f32)", "gradients", "optimizer state (AdamW, f32)", "gathered units (transient)"]
+            .map(|c| plan.lines.iter().find(|l| l.component == c).map_or(0, |l| l.bytes))
+    };
+    assert_eq!(states(&stage(Sharding::None)), [2 * p, 4 * p, 2 * p, 8 * p, 0]);
+    assert_eq!(states(&stage(Sharding::Optimizer)), [2 * p, 4 * p / 8, 2 * p, 8 * p / 8, 0]);
+    assert_eq!(states(&stage(Sharding::Gradients)), [2 * p, 4 * p / 8, 2 * p / 8, 8 * p / 8, 202_383_360 * 2]);
+    // Two gathered blocks and one block's whole gradient (3 · 202 383 360 > 2 · 131 072 000), bf16.
+    assert_eq!(states(&stage(Sharding::Parameters)), [2 * p / 8, 4 * p / 8, 2 * p / 8, 8 * p / 8, 3 * 202_383_360 * 2]);
+    // One GPU gathers nothing.
+    assert_eq!(states(&MemoryPlan::new(&llama, setup(1)).unwrap())[4], 0);
+}
+
+#[test]
+fn communication_per_stage_and_hsdp_against_hand_computation() {
+    let llama = config("llama-2-7b.config.json");
+    let (p, ring8) = (6_738_415_616u64, |bytes: u64| bytes * 7 / 8);
+    let comm = |setup: PlanSetup| MemoryPlan::new(&llama, setup).unwrap().communication(&llama, &H100_NODE);
+    let bytes = |c: &daa_train::plan::CommunicationPlan| c.lines.iter().map(|l| (l.bytes, l.link)).collect::<Vec<_>>();
+    let ddp = comm(PlanSetup { sharding: Sharding::None, ..setup(8) });
+    assert_eq!(bytes(&ddp), [(2 * ring8(4 * p), "NVLink")]);
+    let zero1 = comm(PlanSetup { sharding: Sharding::Optimizer, ..setup(8) });
+    assert_eq!(bytes(&zero1), [(ring8(4 * p), "NVLink"), (ring8(2 * p), "NVLink")]);
+    // ZeRO-2 with 4 micro-batches: one reduce-scatter per micro-batch.
+    let zero2 = comm(PlanSetup { sharding: Sharding::Gradients, micro_batches: 4, ..setup(8) });
+    assert_eq!(bytes(&zero2), [(4 * ring8(4 * p), "NVLink"), (ring8(2 * p), "NVLink")]);
+    let zero3 = comm(PlanSetup { sharding: Sharding::Parameters, ..setup(8) });
+    assert_eq!(bytes(&zero3), [(2 * ring8(2 * p), "NVLink"), (ring8(4 * p), "NVLink")]);
+    assert!((zero3.seconds - 4.0 * ring8(2 * p) as f64 / 450e9).abs() < 1e-9);
+    // 6P + 12·L·d·T FLOPs per token, 2 · 1024 tokens, at 40 % of 989.4 TFLOP/s.
+    let flops = (6.0 * p as f64 + 12.0 * 32.0 * 4096.0 * 1024.0) * 2048.0;
+    assert!((zero3.compute_seconds - flops / (989.4e12 * 0.4)).abs() < 1e-9);
+    // 2 nodes of 8: flat ZeRO-3 rings cross the network; HSDP keeps them on
+    // NVLink and all-reduces each GPU's 1/8 of the gradients across the nodes.
+    let flat = comm(PlanSetup { sharding: Sharding::Parameters, ..setup(16) });
+    let ring16 = |bytes: u64| bytes * 15 / 16;
+    assert_eq!(bytes(&flat), [(2 * ring16(2 * p), "network"), (ring16(4 * p), "network")]);
+    let hsdp = comm(PlanSetup { sharding: Sharding::Parameters, shard_group: 8, ..setup(16) });
+    assert_eq!(
+        bytes(&hsdp),
+        [(2 * ring8(2 * p), "NVLink"), (ring8(4 * p), "NVLink"), (2 * (4 * p / 8) / 2, "network")]
+    );
+    assert!(hsdp.seconds < flat.seconds / 5.0, "HSDP {} s vs flat {} s", hsdp.seconds, flat.seconds);
+    // A sharding group must divide the GPUs.
+    assert!(MemoryPlan::new(&llama, PlanSetup { shard_group: 3, ..setup(16) }).is_err());
 }
