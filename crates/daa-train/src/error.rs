@@ -53,6 +53,10 @@ pub enum ModelError {
     /// A collective between data-parallel ranks failed.
     #[error("distributed training: {0}")]
     Collective(#[from] crate::distributed::CollectiveError),
+    /// Sharded training state used inconsistently (a stage without ranks,
+    /// a gradient outside the layout, a slice of the wrong length).
+    #[error("sharded training: {0}")]
+    Sharding(String),
     /// A model gave a pair a log-probability that is not finite.
     #[error("pair {pair}: the model's log-probability is not finite (chosen {chosen}, rejected {rejected})")]
     NonFiniteScore {

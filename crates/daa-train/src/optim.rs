@@ -256,6 +256,34 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     }
 }
 
+/// Replaces the parameters named by id with the given f32 values
+/// (flattened in burn's layout), cast to `dtype` or to the parameter's own,
+/// trainable again: a sharded step's gathered weights.
+#[derive(Debug)]
+pub struct SetWeights<'a> {
+    /// New values by parameter.
+    pub weights: &'a HashMap<ParamId, Vec<f32>>,
+    /// The dtype they take (`None`: the parameter's).
+    pub dtype: Option<FloatDType>,
+}
+
+impl<B: Backend> ModuleMapper<B> for SetWeights<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(values) = self.weights.get(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let (shape, device) = (tensor.shape(), tensor.device());
+        let dtype = self.dtype.unwrap_or_else(|| FloatDType::from(tensor.dtype()));
+        let requires_grad = tensor.is_require_grad();
+        let value = Tensor::<B, 1>::from_data(TensorData::new(values.clone(), [values.len()]), &device)
+            .cast(FloatDType::F32)
+            .reshape(shape)
+            .cast(dtype);
+        Param::from_mapped_value(id, value.set_require_grad(requires_grad), mapper)
+    }
+}
+
 struct Masters<'a, B: Backend> {
     masters: &'a HashMap<ParamId, Tensor<B, 1>>,
 }

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use burn::module::{AutodiffModule, ParamId};
+use burn::module::{AutodiffModule, Module, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use daa_core::TokenStatsParams;
@@ -23,12 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
+use crate::distributed::{Collective, FlatLayout, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
 use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
-use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, StepReport};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, SetWeights, StepReport};
+use crate::plan::Sharding;
 use crate::precision::Precision;
 use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
 
@@ -106,6 +108,13 @@ pub trait GradientReducer<B: Backend>: std::fmt::Debug {
             self.world_size()
         )))
     }
+
+    /// The ranks' collective, for the exchanges besides the gradient
+    /// reduction (sharded optimizer state, the step's metrics); `None` for
+    /// one rank.
+    fn collective(&mut self) -> Option<&mut dyn Collective> {
+        None
+    }
 }
 
 /// One process, one device: nothing to reduce.
@@ -116,6 +125,20 @@ impl<B: Backend> GradientReducer<B> for SingleRank {
     fn reduce(&mut self, _gradients: &mut GradAccumulator<B>) -> Result<(), ModelError> {
         Ok(())
     }
+}
+
+/// ZeRO-2: a micro-batch's gradients reduce-scattered into this rank's slice
+/// of the step's sum (nothing at other stages).
+fn scatter_micro_batch<B: Backend>(
+    zero: &mut Option<ZeroState<B>>,
+    reducer: &mut dyn GradientReducer<B>,
+    grads: &mut GradAccumulator<B>,
+) -> Result<(), ModelError> {
+    let Some(zero) = zero.as_mut().filter(|z| z.scatters_each_micro_batch()) else { return Ok(()) };
+    let collective = reducer
+        .collective()
+        .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+    zero.scatter_gradients(grads, collective)
 }
 
 /// What one optimizer step did, as `metrics.jsonl` records it (means over
@@ -276,6 +299,9 @@ pub struct Trainer<B: AutodiffBackend> {
     options: TrainerOptions,
     reference: ReferencePolicy<B::InnerBackend>,
     reducer: Box<dyn GradientReducer<B::InnerBackend>>,
+    /// This rank's slice of the optimizer state, when it is sharded
+    /// ([`Self::with_sharding`]); `optimizer` then keeps only the step count.
+    zero: Option<ZeroState<B::InnerBackend>>,
     /// Which parameters weight decay applies to, by id (ids survive `valid()` and steps).
     decays: HashMap<ParamId, bool>,
     /// Every parameter in the model's visiting order (gradient reductions follow it).
@@ -332,6 +358,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             options,
             reference,
             reducer: Box::new(SingleRank),
+            zero: None,
             decays,
             param_order,
             entropy_floor: None,
@@ -362,6 +389,69 @@ impl<B: AutodiffBackend> Trainer<B> {
     pub fn with_reducer(mut self, reducer: Box<dyn GradientReducer<B::InnerBackend>>) -> Self {
         self.reducer = reducer;
         self
+    }
+
+    /// Shards the optimizer state over the reducer's ranks from now on
+    /// (`optimizer`: ZeRO-1; `gradients`: ZeRO-2, see
+    /// [`crate::distributed::ZeroState`]); `none` keeps every rank's state
+    /// whole. Call after [`Self::with_reducer`] and after restoring a
+    /// checkpoint's whole state, if any: this rank keeps its slice of it.
+    pub fn with_sharding(mut self, stage: Sharding) -> Result<Self, ModelError> {
+        if stage == Sharding::None {
+            return Ok(self);
+        }
+        if stage == Sharding::Parameters {
+            return Err(ModelError::Sharding(
+                "train.sharding = \"parameters\" (ZeRO-3) is not built yet: use \"gradients\" or \"optimizer\"".into(),
+            ));
+        }
+        let Some(collective) = self.reducer.collective() else {
+            return Err(ModelError::Sharding(format!(
+                "train.sharding = \"{}\" needs several ranks (a data-parallel reducer)",
+                stage.as_str()
+            )));
+        };
+        let (rank, world) = (collective.rank(), collective.world_size());
+        let model = self.model();
+        let device = model.embed.weight.val().device();
+        let (mut parameters, mut ids, mut values) = (Vec::new(), Vec::new(), HashMap::new());
+        model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
+            parameters.push((name.to_string(), p.file_shape(), p.decays()));
+            ids.push(p.id());
+            values.insert(p.id(), p.flat().inner());
+        });
+        let layout = FlatLayout::new(parameters, world);
+        self.zero = Some(ZeroState::new(stage, rank, layout, ids, &values, &mut self.optimizer, &device)?);
+        Ok(self)
+    }
+
+    /// This rank's slice of the sharded optimizer state, if sharded.
+    pub fn zero_state(&self) -> Option<&ZeroState<B::InnerBackend>> {
+        self.zero.as_ref()
+    }
+
+    /// This rank's slice of the sharded optimizer state, to restore a
+    /// checkpoint's, if sharded.
+    pub fn zero_state_mut(&mut self) -> Option<&mut ZeroState<B::InnerBackend>> {
+        self.zero.as_mut()
+    }
+
+    /// The ranks' collective (`None` for one rank): the run's exchanges
+    /// besides the step (checks, checkpoints).
+    pub fn collective(&mut self) -> Option<&mut dyn Collective> {
+        self.reducer.collective()
+    }
+
+    /// [`Self::master_model`] on every rank, gathering the master weights
+    /// where they are sharded (every rank must call it then).
+    pub fn gathered_master_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
+        let Some(zero) = &self.zero else { return Ok(self.master_model()) };
+        let collective = self
+            .reducer
+            .collective()
+            .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+        let weights = zero.gather_masters(collective)?;
+        Ok(self.valid_model().map(&mut SetWeights { weights: &weights, dtype: Some(burn::tensor::FloatDType::F32) }))
     }
 
     /// The policy.
@@ -539,6 +629,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                 objective.expect("weighted_backward asks for the weights once");
             inputs.extend(pair_inputs);
             losses.extend(pair_losses);
+            scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
+        }
+        // ZeRO-2: every rank scatters as often as the rank with the most
+        // micro-batches (rank slices differ by at most one pair); the
+        // others add zeros.
+        if self.zero.as_ref().is_some_and(|z| z.scatters_each_micro_batch()) {
+            let world = self.reducer.world_size();
+            let most = (normaliser as usize).div_ceil(world).div_ceil(o.micro_batch_size);
+            for _ in pairs.len().div_ceil(o.micro_batch_size)..most {
+                scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
+            }
         }
         let report = self.apply(grads, lr)?;
         let stats = stats.map(|_| &totals);
@@ -591,6 +692,23 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end
     /// of every kind of step.
     fn apply(&mut self, mut grads: GradAccumulator<B::InnerBackend>, lr: f64) -> Result<StepReport, ModelError> {
+        if let Some(zero) = &mut self.zero {
+            let collective = self
+                .reducer
+                .collective()
+                .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+            // ZeRO-2 scattered each micro-batch already (an NLL step scatters once).
+            if !grads.is_empty() || !zero.has_gradients() {
+                zero.scatter_gradients(&mut grads, collective)?;
+            }
+            self.optimizer.steps += 1;
+            let t = i32::try_from(self.optimizer.steps).unwrap_or(i32::MAX);
+            let step = zero.step(&self.options.optimizer, lr, t, collective)?;
+            let model = self.model.take().expect("the model is put back after every step");
+            self.model = Some(model.map(&mut SetWeights { weights: &step.weights, dtype: None }));
+            self.completed += 1;
+            return Ok(StepReport { grad_norm: step.grad_norm, lr });
+        }
         grads.reorder(&self.param_order);
         // ── Data-parallel reduction point: every rank's gradients summed here. ──
         self.reducer.reduce(&mut grads)?;

@@ -78,6 +78,10 @@ impl<C: Collective, B: Backend> GradientReducer<B> for DataParallel<C> {
     fn sum_counts(&mut self, counts: &mut [f64]) -> Result<(), ModelError> {
         Ok(self.collective.all_reduce_sum_f64(counts)?)
     }
+
+    fn collective(&mut self) -> Option<&mut dyn Collective> {
+        Some(&mut self.collective)
+    }
 }
 
 #[cfg(test)]

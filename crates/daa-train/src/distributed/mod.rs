@@ -13,14 +13,19 @@
 
 mod collective;
 mod data_parallel;
+mod flat_layout;
 mod launch_env;
 #[cfg(feature = "mpi")]
 mod mpi_rank;
 mod threads;
+mod zero;
 
+pub use crate::plan::Sharding;
 pub use collective::{Collective, CollectiveError};
 pub use data_parallel::{DataParallel, rank_slice};
+pub use flat_layout::{FlatEntry, FlatLayout, Segment};
 pub use launch_env::{LaunchEnv, Launcher};
 #[cfg(feature = "mpi")]
 pub use mpi_rank::MpiRank;
 pub use threads::ThreadRank;
+pub use zero::{ZeroState, ZeroStep};

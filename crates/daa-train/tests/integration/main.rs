@@ -15,6 +15,7 @@ mod lora;
 mod memory;
 mod plan;
 mod precision;
+mod sharding;
 mod step;
 
 #[cfg(feature = "io")]

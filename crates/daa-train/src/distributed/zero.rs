@@ -1,0 +1,306 @@
+//! Sharded optimizer state (ZeRO stages 1 and 2): each rank owns one slice
+//! of the flat parameter vector ([`FlatLayout`]) and keeps, for that slice
+//! only, the f32 master weights and AdamW's moments; with `gradients` it
+//! also keeps only that slice of the gradient sum, reduce-scattered after
+//! every micro-batch instead of once per step.
+//!
+//! One step of rank `r` owning `S_r`, for `W` ranks:
+//!
+//! ```text
+//! g_S   ← (Σ_ranks g)[S_r]                     reduce-scatter, summed in rank order
+//! ‖g‖²  ← Σ_ranks Σ_{i∈S_r} g_i²               f64, all-reduced (the clipping norm)
+//! m, v, θ on S_r: AdamW exactly as crate::optim (decay where the parameter decays)
+//! θ     ← all-gather of every rank's θ_S        f32; the model receives it cast to its dtype
+//! ```
+//!
+//! The weights after a step are bit for bit those of the unsharded step on
+//! the same backend when the gradient sums are (every operation on a value
+//! is the same, element by element); the norm is summed in another order
+//! (per slice in f64 instead of per parameter in f32), so it agrees to
+//! rounding (relative 1e-6), and so do the weights when clipping is active.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use burn::module::ParamId;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor, TensorData};
+
+use super::collective::Collective;
+use super::flat_layout::FlatLayout;
+use crate::error::{ModelError, read_vec};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Moments};
+use crate::plan::Sharding;
+
+/// This rank's slice of the optimizer state.
+#[derive(Debug)]
+pub struct ZeroState<B: Backend> {
+    stage: Sharding,
+    rank: usize,
+    layout: FlatLayout,
+    /// The id of each layout entry in this process.
+    ids: Vec<ParamId>,
+    /// f32 master weights of the slice (padding: zeros).
+    master: Tensor<B, 1>,
+    /// AdamW's moments of the slice (zeros before the first step).
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    /// 1 where weight decay applies.
+    decays: Vec<bool>,
+    /// `gradients`: this slice of the step's gradient sum so far.
+    gradient_sum: Option<Vec<f32>>,
+    /// Per parameter, the ranks and micro-batches that had a gradient for
+    /// it this step: one without any is left as it is (no decay, no moment
+    /// update), as the unsharded step leaves it.
+    with_gradient: Vec<f64>,
+}
+
+/// What [`ZeroState::step`] did.
+#[derive(Debug)]
+pub struct ZeroStep {
+    /// `‖g‖₂` before clipping, over every rank's slice.
+    pub grad_norm: f64,
+    /// Every parameter's new f32 values, by id, flattened in burn's layout.
+    pub weights: HashMap<ParamId, Vec<f32>>,
+}
+
+impl<B: Backend> ZeroState<B> {
+    /// The slice of rank `rank` of `layout` (whose entries are the
+    /// parameters `ids`, with their current f32 values `values` flattened in
+    /// burn's layout), taking over `optimizer`'s masters and moments of
+    /// the slice (from a resumed checkpoint, or none) and dropping the rest.
+    pub fn new(
+        stage: Sharding,
+        rank: usize,
+        layout: FlatLayout,
+        ids: Vec<ParamId>,
+        values: &HashMap<ParamId, Tensor<B, 1>>,
+        optimizer: &mut AdamW<B>,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        if !matches!(stage, Sharding::Optimizer | Sharding::Gradients) {
+            return Err(ModelError::Sharding(format!(
+                "train.sharding = \"{}\" is not a sharded optimizer stage (optimizer or gradients)",
+                stage.as_str()
+            )));
+        }
+        let shard = layout.shard(rank);
+        let n = shard.len();
+        let take = |source: &HashMap<ParamId, Tensor<B, 1>>, what: &str| -> Result<Option<Vec<f32>>, ModelError> {
+            let mut out = vec![0f32; n];
+            let mut any = false;
+            for segment in layout.segments(shard.clone()) {
+                let Some(t) = source.get(&ids[segment.entry]) else { continue };
+                any = true;
+                let name = &layout.entries[segment.entry].name;
+                let part = t.clone().slice(segment.within.clone()).cast(FloatDType::F32);
+                let part: Vec<f32> = read_vec(part, &format!("{name} ({what})"))?;
+                out[segment.flat.start - shard.start..segment.flat.end - shard.start].copy_from_slice(&part);
+            }
+            Ok(any.then_some(out))
+        };
+        let masters = if optimizer.masters.is_empty() { values } else { &optimizer.masters };
+        let master = take(masters, "master weights")?.unwrap_or_else(|| vec![0.0; n]);
+        let firsts: HashMap<ParamId, Tensor<B, 1>> =
+            optimizer.moments.iter().map(|(id, Moments { m, .. })| (*id, m.clone())).collect();
+        let seconds: HashMap<ParamId, Tensor<B, 1>> =
+            optimizer.moments.iter().map(|(id, Moments { v, .. })| (*id, v.clone())).collect();
+        let m = take(&firsts, "exp_avg")?.unwrap_or_else(|| vec![0.0; n]);
+        let v = take(&seconds, "exp_avg_sq")?.unwrap_or_else(|| vec![0.0; n]);
+        // The whole-model state is this slice's now.
+        optimizer.masters.clear();
+        optimizer.moments.clear();
+        let mut decays = vec![false; n];
+        for segment in layout.segments(shard.clone()) {
+            let decay = layout.entries[segment.entry].decay;
+            decays[segment.flat.start - shard.start..segment.flat.end - shard.start].fill(decay);
+        }
+        let tensor = |values: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
+        Ok(Self {
+            stage,
+            rank,
+            layout,
+            ids,
+            master: tensor(master),
+            m: tensor(m),
+            v: tensor(v),
+            decays,
+            gradient_sum: None,
+            with_gradient: Vec::new(),
+        })
+    }
+
+    /// The layout (what a checkpoint's `layout.json` records).
+    pub fn layout(&self) -> &FlatLayout {
+        &self.layout
+    }
+
+    /// The flat range this rank owns.
+    pub fn shard(&self) -> Range<usize> {
+        self.layout.shard(self.rank)
+    }
+
+    /// The stage.
+    pub fn stage(&self) -> Sharding {
+        self.stage
+    }
+
+    /// This slice's `(m, v)` on the host.
+    pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
+        Ok((read_vec(self.m.clone(), "exp_avg (this rank's slice)")?, read_vec(self.v.clone(), "exp_avg_sq")?))
+    }
+
+    /// Replaces this slice's `(m, v)` (a resumed checkpoint's, re-sliced).
+    pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<(), ModelError> {
+        let n = self.shard().len();
+        if m.len() != n || v.len() != n {
+            return Err(ModelError::OptimizerState(format!(
+                "rank {}: a slice of {n} values expected, m has {} and v {}",
+                self.rank,
+                m.len(),
+                v.len()
+            )));
+        }
+        let device = self.m.device();
+        self.m = Tensor::from_data(TensorData::new(m, [n]), &device);
+        self.v = Tensor::from_data(TensorData::new(v, [n]), &device);
+        Ok(())
+    }
+
+    /// Every rank's master weights gathered: each parameter's f32 values by
+    /// id (what a checkpoint saves). Every rank must call it.
+    pub fn gather_masters(&self, collective: &mut dyn Collective) -> Result<HashMap<ParamId, Vec<f32>>, ModelError> {
+        let mine: Vec<f32> = read_vec(self.master.clone(), "the master weights (this rank's slice)")?;
+        let mut all = vec![0f32; self.layout.padded_len()];
+        collective.all_gather_f32(&mine, &mut all)?;
+        Ok(self.by_id(&all))
+    }
+
+    /// The step's gradients as this rank's slice of their sum over the
+    /// ranks. With `gradients`, called after each micro-batch (the sum kept
+    /// is the slice only; `grads` is emptied); with `optimizer`, once.
+    pub fn scatter_gradients(
+        &mut self,
+        grads: &mut GradAccumulator<B>,
+        collective: &mut dyn Collective,
+    ) -> Result<(), ModelError> {
+        let mut flat = vec![0f32; self.layout.padded_len()];
+        let position: HashMap<ParamId, usize> = self.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut present = Vec::new();
+        for (id, g) in grads.gradients_mut() {
+            let Some(&entry) = position.get(&id) else {
+                return Err(ModelError::Sharding(format!("a gradient for a parameter outside the layout ({id})")));
+            };
+            present.push((entry, g.clone()));
+        }
+        if !present.is_empty() {
+            let widened: Vec<Tensor<B, 1>> = present.iter().map(|(_, g)| g.clone().cast(FloatDType::F32)).collect();
+            let host: Vec<f32> = read_vec(Tensor::cat(widened, 0), "the gradients")?;
+            let mut at = 0;
+            for (entry, _) in &present {
+                let e = &self.layout.entries[*entry];
+                flat[e.offset..e.offset + e.len].copy_from_slice(&host[at..at + e.len]);
+                at += e.len;
+            }
+        }
+        *grads = GradAccumulator::default();
+        let mut seen = vec![0f64; self.layout.entries.len()];
+        present.iter().for_each(|(entry, _)| seen[*entry] = 1.0);
+        collective.all_reduce_sum_f64(&mut seen)?;
+        if self.with_gradient.is_empty() {
+            self.with_gradient = seen;
+        } else {
+            self.with_gradient.iter_mut().zip(&seen).for_each(|(a, b)| *a += b);
+        }
+        let mut slice = vec![0f32; self.layout.shard_len()];
+        collective.reduce_scatter_sum_f32(&flat, &mut slice)?;
+        self.gradient_sum = Some(match self.gradient_sum.take() {
+            Some(mut sum) => {
+                sum.iter_mut().zip(&slice).for_each(|(s, g)| *s += g);
+                sum
+            }
+            None => slice,
+        });
+        Ok(())
+    }
+
+    /// Whether part of this step's gradient sum is held already.
+    pub fn has_gradients(&self) -> bool {
+        self.gradient_sum.is_some()
+    }
+
+    /// Whether gradients are reduce-scattered after every micro-batch.
+    pub fn scatters_each_micro_batch(&self) -> bool {
+        self.stage == Sharding::Gradients
+    }
+
+    /// Clipping and AdamW on this slice at rate `lr` (`t` = steps including
+    /// this one), then every rank's new weights gathered (module
+    /// documentation). Every rank must call it.
+    pub fn step(
+        &mut self,
+        config: &AdamWConfig,
+        lr: f64,
+        t: i32,
+        collective: &mut dyn Collective,
+    ) -> Result<ZeroStep, ModelError> {
+        let g = self.gradient_sum.take().ok_or_else(|| {
+            ModelError::Sharding("a sharded step without gradients (scatter_gradients was not called)".into())
+        })?;
+        let mut squares = [g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()];
+        collective.all_reduce_sum_f64(&mut squares)?;
+        let grad_norm = squares[0].sqrt();
+        if !grad_norm.is_finite() {
+            return Err(ModelError::NonFiniteStep { quantity: format!("the gradient norm ({grad_norm})") });
+        }
+        let scale = match config.clip_norm {
+            Some(c) if grad_norm > c => c / grad_norm,
+            _ => 1.0,
+        };
+        let device = self.master.device();
+        let n = g.len();
+        let g = Tensor::<B, 1>::from_data(TensorData::new(g, [n]), &device).mul_scalar(scale);
+        // θ·(1 − ηλ) where the parameter decays, θ·1 elsewhere: the same f32
+        // factor the unsharded step multiplies by.
+        let with_decay = (1.0 - lr * config.weight_decay) as f32;
+        let factor: Vec<f32> = self.decays.iter().map(|&d| if d { with_decay } else { 1.0 }).collect();
+        let factor = Tensor::<B, 1>::from_data(TensorData::new(factor, [n]), &device);
+        let m = self.m.clone().mul_scalar(config.beta1) + g.clone().mul_scalar(1.0 - config.beta1);
+        let v = self.v.clone().mul_scalar(config.beta2) + g.powi_scalar(2).mul_scalar(1.0 - config.beta2);
+        let m_hat = m.clone().div_scalar(1.0 - config.beta1.powi(t));
+        let v_hat = v.clone().div_scalar(1.0 - config.beta2.powi(t));
+        let theta = self.master.clone() * factor - (m_hat / (v_hat.sqrt().add_scalar(config.eps))).mul_scalar(lr);
+        let seen = std::mem::take(&mut self.with_gradient);
+        let mut untouched = vec![false; n];
+        let shard = self.shard();
+        for segment in self.layout.segments(shard.clone()) {
+            if seen[segment.entry] == 0.0 {
+                untouched[segment.flat.start - shard.start..segment.flat.end - shard.start].fill(true);
+            }
+        }
+        if untouched.iter().any(|&u| u) {
+            let keep = Tensor::<B, 1, burn::tensor::Bool>::from_data(TensorData::new(untouched, [n]), &device);
+            self.m = m.mask_where(keep.clone(), self.m.clone());
+            self.v = v.mask_where(keep.clone(), self.v.clone());
+            self.master = theta.mask_where(keep, self.master.clone());
+        } else {
+            self.m = m;
+            self.v = v;
+            self.master = theta;
+        }
+        let mine: Vec<f32> = read_vec(self.master.clone(), "the updated weights (this rank's slice)")?;
+        let mut all = vec![0f32; self.layout.padded_len()];
+        collective.all_gather_f32(&mine, &mut all)?;
+        Ok(ZeroStep { grad_norm, weights: self.by_id(&all) })
+    }
+
+    /// The flat vector cut into parameters, by id.
+    fn by_id(&self, flat: &[f32]) -> HashMap<ParamId, Vec<f32>> {
+        self.layout
+            .entries
+            .iter()
+            .zip(&self.ids)
+            .map(|(e, id)| (*id, flat[e.offset..e.offset + e.len].to_vec()))
+            .collect()
+    }
+}
