@@ -155,8 +155,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
     };
     let communication = plan.communication(&config, &cluster);
     if args.json {
-        let both = serde_json::json!({ "memory": plan, "communication": communication, "cluster": cluster });
-        println!("{}", serde_json::to_string_pretty(&both)?);
+        // The plan's fields as before, the communication and its assumptions beside them.
+        let mut json = serde_json::to_value(&plan)?;
+        json["communication"] = serde_json::to_value(&communication)?;
+        json["cluster"] = serde_json::to_value(cluster)?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("{}: {}", args.model.display(), config.architecture_name);
         println!("{}", plan.table());

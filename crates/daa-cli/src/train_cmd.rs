@@ -209,6 +209,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     daa_train::run::interrupt::install()?;
     let outcome = train(config, args.resume.clone(), &mut progress)?;
     progress.finish();
+    // Under mpirun, rank 0 reports; the others wrote nothing to report.
+    if outcome.rank > 0 {
+        return Ok(());
+    }
     let records = read_metrics(&outcome.run_dir.join("metrics.jsonl"))?;
     let title = format!(
         "daa train: {} (top-{k} statistics of held-out chosen completions; sampled figures on held-out prompts)",

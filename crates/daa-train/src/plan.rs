@@ -54,10 +54,11 @@ pub use crate::precision::Precision;
 
 /// Which training state is divided over the GPUs of a sharding group
 /// (`train.sharding`): each stage divides what the one before it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sharding {
     /// Nothing (DDP): every GPU holds everything; gradients all-reduced.
+    #[default]
     None,
     /// ZeRO-1: f32 master weights and AdamW state.
     Optimizer,
@@ -182,7 +183,7 @@ pub struct MemoryPlan {
 impl MemoryPlan {
     /// The plan of `setup` for the model of `config` (module documentation).
     pub fn new(config: &ModelConfig, setup: PlanSetup) -> Result<Self, String> {
-        if setup.shard_group == 0 || setup.gpus % setup.shard_group != 0 {
+        if setup.shard_group == 0 || !setup.gpus.is_multiple_of(setup.shard_group) {
             return Err(format!(
                 "plan: the sharding group ({} GPUs) must divide the run's {} GPUs",
                 setup.shard_group, setup.gpus

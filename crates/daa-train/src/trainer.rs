@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::distributed::{Collective, FlatLayout, ZeroState};
+use crate::distributed::{Collective, FlatLayout, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
 use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
@@ -642,17 +642,24 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         }
         let report = self.apply(grads, lr)?;
-        let stats = stats.map(|_| &totals);
-        let mut record = StepRecord::of_pairs(self.completed, &report, &inputs, &losses, tokens, stats);
-        record.entropy_floor = floor.map(|_| floor_total);
-        let [chosen, rejected] = logit_sums;
-        let per_logit = |sum: Option<Tensor<B::InnerBackend, 1>>, side: &str, tokens: f64| -> Result<_, ModelError> {
-            let Some(sum) = sum else { return Ok(None) };
-            Ok(Some(read_vec::<f64, _, 1>(sum, side)?[0] / (tokens * vocab as f64)))
+        let read_sum = |sum: Option<Tensor<B::InnerBackend, 1>>, side: &str| -> Result<Option<f64>, ModelError> {
+            sum.map(|s| Ok(read_vec::<f64, _, 1>(s, side)?[0])).transpose()
         };
+        let [chosen, rejected] = logit_sums;
+        let logit_sums = [read_sum(chosen, "chosen logits")?, read_sum(rejected, "rejected logits")?];
+        let mut figures = StepFigures { inputs, losses, tokens, stats: totals, logit_sums, floor: floor_total };
+        // Several ranks: the record describes the global batch on every rank.
+        if let Some(collective) = self.reducer.collective().filter(|c| c.world_size() > 1) {
+            figures = figures.gather(collective)?;
+        }
+        let stats = stats.map(|_| &figures.stats);
+        let (inputs, losses) = (&figures.inputs, &figures.losses);
+        let mut record = StepRecord::of_pairs(self.completed, &report, inputs, losses, figures.tokens, stats);
+        record.entropy_floor = floor.map(|_| figures.floor);
         let tokens_of = |f: fn(&PairLogps) -> f64| inputs.iter().map(f).sum::<f64>();
-        record.chosen_logits = per_logit(chosen, "chosen logits", tokens_of(|i| i.chosen_tokens))?;
-        record.rejected_logits = per_logit(rejected, "rejected logits", tokens_of(|i| i.rejected_tokens))?;
+        let [chosen, rejected] = figures.logit_sums;
+        record.chosen_logits = chosen.map(|sum| sum / (tokens_of(|i| i.chosen_tokens) * vocab as f64));
+        record.rejected_logits = rejected.map(|sum| sum / (tokens_of(|i| i.rejected_tokens) * vocab as f64));
         Ok(record)
     }
 
@@ -766,12 +773,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             )?;
         }
         let report = self.apply(grads, lr)?;
+        // The loss over every rank's tokens (`normaliser` counts them all).
+        let mut sums = [total, tokens as f64, sequences.len() as f64];
+        self.reducer.sum_counts(&mut sums)?;
+        let (total, tokens, sequences) = (sums[0], sums[1] as usize, sums[2] as usize);
         Ok(NllStepRecord {
             step: self.completed,
             lr: report.lr,
-            loss: -total / scored.max(1) as f64,
+            loss: -total / normaliser.max(1.0),
             grad_norm: report.grad_norm,
-            sequences: sequences.len(),
+            sequences,
             tokens,
         })
     }

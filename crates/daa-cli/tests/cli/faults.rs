@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{SMALL_TESTBED, daa, read_jsonl, stderr, temp_dir};
 
 /// The built-in `tiny.toml` written into `dir`; its path.
-fn tiny_config_file(dir: &Path) -> PathBuf {
+pub(super) fn tiny_config_file(dir: &Path) -> PathBuf {
     let config = dir.join("tiny.toml");
     std::fs::write(&config, daa_train::run::config::TINY_CONFIG).unwrap();
     config
@@ -22,7 +22,7 @@ fn tiny_config_file(dir: &Path) -> PathBuf {
 /// `steps` steps of 8 pairs, 16 held-out pairs) into `run`, with `config`
 /// the built-in `tiny.toml` written to a file, the cache in `cache`, and
 /// the further `sets` (`section.field=value`).
-fn tiny_args(config: &Path, cache: &Path, run: &Path, steps: u64, sets: &[&str]) -> Vec<String> {
+pub(super) fn tiny_args(config: &Path, cache: &Path, run: &Path, steps: u64, sets: &[&str]) -> Vec<String> {
     let mut args: Vec<String> =
         ["train", "--config", config.to_str().unwrap(), "--out", run.to_str().unwrap()].map(String::from).to_vec();
     args.extend(["--max-steps".into(), steps.to_string()]);

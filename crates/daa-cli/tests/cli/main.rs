@@ -829,6 +829,17 @@ fn plan_prints_the_table_and_json_and_names_bad_sizes() {
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(plan["parameters"], 6_738_415_616u64);
     assert_eq!(plan["fits"], false);
+    // Two nodes of 8, HSDP: the gradient shards cross the network.
+    let args = ["--gpus-per-node", "8", "--nodes", "2", "--sharding", "gradients", "--shard-within-node", "--json"];
+    let out = daa(&[&["plan", "--model", config][..], &args[..]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lines = plan["communication"]["lines"].as_array().unwrap();
+    assert!(lines.iter().any(|l| l["link"] == "network"), "{plan}");
+    assert_eq!(plan["setup"]["shard_group"], 8);
+    let out = daa(&["plan", "--model", config, "--gpus", "3", "--nodes", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is not --gpus-per-node"), "{}", stderr(&out));
     let out = daa(&["plan", "--model", config, "--gpu-memory", "80 gigs"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--gpu-memory") && stderr(&out).contains("unknown unit"), "{}", stderr(&out));
@@ -886,6 +897,9 @@ fn manifest_dir() -> std::path::PathBuf {
     )
 }
 
+// The test build's daa-train has MPI (a dev-dependency's feature).
+#[cfg(feature = "train")]
+mod distributed;
 #[cfg(feature = "train")]
 mod faults;
 #[cfg(feature = "train")]

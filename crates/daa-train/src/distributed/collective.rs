@@ -95,3 +95,37 @@ pub trait Collective: Send + std::fmt::Debug {
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
 }
+
+impl<C: Collective + ?Sized> Collective for Box<C> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+
+    fn all_reduce_sum_f32(&mut self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        (**self).all_reduce_sum_f32(values)
+    }
+
+    fn all_reduce_sum_f64(&mut self, values: &mut [f64]) -> Result<(), CollectiveError> {
+        (**self).all_reduce_sum_f64(values)
+    }
+
+    fn reduce_scatter_sum_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
+        (**self).reduce_scatter_sum_f32(input, output)
+    }
+
+    fn all_gather_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
+        (**self).all_gather_f32(input, output)
+    }
+
+    fn broadcast_bytes(&mut self, root: usize, bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
+        (**self).broadcast_bytes(root, bytes)
+    }
+
+    fn barrier(&mut self) -> Result<(), CollectiveError> {
+        (**self).barrier()
+    }
+}

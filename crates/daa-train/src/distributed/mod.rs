@@ -17,6 +17,7 @@ mod flat_layout;
 mod launch_env;
 #[cfg(feature = "mpi")]
 mod mpi_rank;
+mod step_gather;
 mod threads;
 mod zero;
 
@@ -27,5 +28,6 @@ pub use flat_layout::{FlatEntry, FlatLayout, Segment};
 pub use launch_env::{LaunchEnv, Launcher};
 #[cfg(feature = "mpi")]
 pub use mpi_rank::MpiRank;
+pub use step_gather::StepFigures;
 pub use threads::ThreadRank;
 pub use zero::{ZeroState, ZeroStep};

@@ -22,6 +22,15 @@ use super::collective::{Collective, CollectiveError};
 /// The operation in flight and when it started, for the watchdog.
 type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
 
+/// Reports a signal the process received and has not acted on yet
+/// (`daa_train::run::interrupt::requested`).
+pub type SignalCheck = fn() -> Option<i32>;
+
+/// How long a collective may wait once the process was signalled: a rank
+/// signalled while its peers are gone (`mpirun` ending the job after a
+/// rank failed) exits after this instead of at the deadline.
+const SIGNALLED_GRACE: Duration = Duration::from_secs(5);
+
 /// This process's rank in `MPI_COMM_WORLD`.
 pub struct MpiRank {
     _universe: Universe,
@@ -29,6 +38,7 @@ pub struct MpiRank {
     rank: usize,
     size: usize,
     in_flight: InFlight,
+    signal_check: Arc<Mutex<Option<SignalCheck>>>,
 }
 
 impl std::fmt::Debug for MpiRank {
@@ -55,12 +65,21 @@ impl MpiRank {
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let in_flight: InFlight = Arc::default();
-        let watched = in_flight.clone();
+        let signal_check: Arc<Mutex<Option<SignalCheck>>> = Arc::default();
+        let (watched, signalled) = (in_flight.clone(), signal_check.clone());
         std::thread::Builder::new()
             .name("daa-collective-watchdog".into())
-            .spawn(move || watchdog(&watched, rank, size, timeout))
+            .spawn(move || watchdog(&watched, &signalled, rank, size, timeout))
             .map_err(|e| transport(format!("cannot start the watchdog thread: {e}")))?;
-        Ok(Self { _universe: universe, world, rank, size, in_flight })
+        Ok(Self { _universe: universe, world, rank, size, in_flight, signal_check })
+    }
+
+    /// Ends the process (status `128 + signal`) when `check` reports a
+    /// signal while a collective has waited 5 s: the process was asked to
+    /// stop and its peers are not answering.
+    pub fn end_on_signal(self, check: SignalCheck) -> Self {
+        *self.signal_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(check);
+        self
     }
 
     /// Runs `f` with the watchdog watching `operation`.
@@ -72,14 +91,31 @@ impl MpiRank {
     }
 }
 
-/// Ends the process when a collective outlives `timeout`.
-fn watchdog(in_flight: &InFlight, rank: usize, world: usize, timeout: Duration) {
+/// Ends the process when a collective outlives `timeout`, or the grace
+/// after a signal.
+fn watchdog(
+    in_flight: &InFlight,
+    signal_check: &Mutex<Option<SignalCheck>>,
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+) {
     loop {
         std::thread::sleep(Duration::from_millis(100).min(timeout));
-        let late = in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .filter(|(_, started)| started.elapsed() >= timeout);
+        let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let check = *signal_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signal = check.and_then(|check| check());
+        if let (Some((operation, started)), Some(signal)) = (current, signal)
+            && started.elapsed() >= SIGNALLED_GRACE
+        {
+            eprintln!(
+                "error: distributed training: {operation}: rank {rank} of {world} received signal {signal} and its \
+                 peers have not answered for {:?}; stopping this rank",
+                started.elapsed()
+            );
+            std::process::exit(128 + signal);
+        }
+        let late = current.filter(|(_, started)| started.elapsed() >= timeout);
         if let Some((operation, started)) = late {
             eprintln!(
                 "error: distributed training: {operation}: rank {rank} of {world} waited {:?} for the other ranks \

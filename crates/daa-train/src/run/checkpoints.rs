@@ -4,7 +4,9 @@
 //! checkpoint (`model.safetensors` in f32, `config.json`, tokenizer files;
 //! with `[lora]`, a PEFT adapter folder instead, [`crate::peft`]) plus `optimizer.safetensors` (AdamW moments `{name}.exp_avg`,
 //! `{name}.exp_avg_sq`, flattened in burn's layout) and
-//! `trainer_state.json`. The data order is a function of the seed and the
+//! `trainer_state.json` (a run over several ranks with sharded optimizer
+//! state writes `layout.json` and one slice per rank instead of
+//! `optimizer.safetensors`: [`super::rank_checkpoints`]). The data order is a function of the seed and the
 //! step, so these restore the run exactly.
 
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ use crate::optim::AdamW;
 use crate::peft::{ADAPTER_WEIGHTS, is_adapter_dir, read_adapter_config};
 use crate::trainer::Trainer;
 use daa_core::io::write_dir_atomic as write_dir;
+
+use super::rank_checkpoints::{check_rank_files, load_sharded_optimizer, read_sharded_state, save_on_ranks};
 
 /// `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,51 +59,79 @@ pub fn save_checkpoint<B: Backend>(
 ) -> Result<PathBuf> {
     let dest = checkpoint_dir(run_dir, state.step);
     let fill = |dir: &Path| -> Result<()> {
-        save_model(model, dir, source_dir)?;
-        let mut params = Vec::new();
-        model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
-        let mut tensors = Vec::new();
-        for (name, id) in params {
-            match optimizer.export(id, &name)? {
-                Some((m, v)) => {
-                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
-                    tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
-                }
-                None if optimizer.steps > 0 => bail!("optimizer has no state for `{name}`"),
-                None => {}
-            }
-        }
-        let meta = [("steps", optimizer.steps.to_string())];
-        std::fs::write(dir.join("optimizer.safetensors"), safetensors_bytes(&tensors, &meta)?)
-            .context("writing optimizer.safetensors")?;
-        std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)
-            .context("writing trainer_state.json")?;
-        Ok(())
+        let tensors = optimizer_tensors(model, optimizer)?;
+        write_checkpoint_files(dir, model, Some((tensors, optimizer.steps)), state, source_dir)
     };
     replace_dir(&dest, fill)?;
     Ok(dest)
 }
 
+/// AdamW's moments of `model`'s trained parameters as
+/// `optimizer.safetensors` names them (`{name}.exp_avg`, `{name}.exp_avg_sq`).
+pub(crate) fn optimizer_tensors<B: Backend>(model: &CausalLm<B>, optimizer: &AdamW<B>) -> Result<Vec<NamedTensor>> {
+    let mut params = Vec::new();
+    model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| params.push((name.to_string(), p.id())));
+    let mut tensors = Vec::new();
+    for (name, id) in params {
+        match optimizer.export(id, &name)? {
+            Some((m, v)) => {
+                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg"), vec![m.len()], &m));
+                tensors.push(NamedTensor::f32(&format!("{name}.exp_avg_sq"), vec![v.len()], &v));
+            }
+            None if optimizer.steps > 0 => bail!("optimizer has no state for `{name}`"),
+            None => {}
+        }
+    }
+    Ok(tensors)
+}
+
+/// Writes a checkpoint's files into `dir`: the model, `optimizer.safetensors`
+/// from `(tensors, steps)` when given (sharded state has its own files:
+/// [`super::rank_checkpoints`]) and `trainer_state.json`.
+pub(crate) fn write_checkpoint_files<B: Backend>(
+    dir: &Path,
+    model: &CausalLm<B>,
+    optimizer: Option<(Vec<NamedTensor>, u64)>,
+    state: &TrainerState,
+    source_dir: &Path,
+) -> Result<()> {
+    save_model(model, dir, source_dir)?;
+    if let Some((tensors, steps)) = optimizer {
+        let meta = [("steps", steps.to_string())];
+        std::fs::write(dir.join("optimizer.safetensors"), safetensors_bytes(&tensors, &meta)?)
+            .context("writing optimizer.safetensors")?;
+    }
+    std::fs::write(dir.join("trainer_state.json"), serde_json::to_string_pretty(state)?)
+        .context("writing trainer_state.json")?;
+    Ok(())
+}
+
 /// Saves `trainer`'s master weights and optimizer state after `step` of
 /// `total_steps` steps of the run `config` describes, as
 /// `checkpoint-NNNNNN/` of `run_dir`; `source_dir` is the initial
-/// checkpoint (its tokenizer files and dtype).
+/// checkpoint (its tokenizer files and dtype). With several ranks every
+/// rank must call it ([`super::rank_checkpoints`]).
 pub(crate) fn save_trainer<B: AutodiffBackend>(
     run_dir: &Path,
-    trainer: &Trainer<B>,
+    trainer: &mut Trainer<B>,
     config: &TrainConfig,
     (step, total_steps): (u64, u64),
     source_dir: &Path,
 ) -> Result<PathBuf> {
     let state =
         TrainerState { step, total_steps, config: config.clone(), daa_version: env!("CARGO_PKG_VERSION").to_string() };
-    save_checkpoint(run_dir, &trainer.master_model(), trainer.optimizer(), &state, source_dir).with_context(|| {
+    let context = || {
         format!(
             "saving the checkpoint {} (not saved: nothing was written under its name; earlier checkpoints are \
              untouched)",
             checkpoint_dir(run_dir, step).display()
         )
-    })
+    };
+    let model = trainer.gathered_master_model().with_context(context)?;
+    if trainer.collective().is_some_and(|c| c.world_size() > 1) {
+        return save_on_ranks(run_dir, &model, trainer, &state, source_dir).with_context(context);
+    }
+    save_checkpoint(run_dir, &model, trainer.optimizer(), &state, source_dir).with_context(context)
 }
 
 /// Writes the folder `dest` through a temporary one and renames it into
@@ -163,7 +195,10 @@ pub fn check_complete(dir: &Path) -> Result<TrainerState> {
     } else {
         SafetensorsWeights::open(dir)?;
     }
-    SafetensorsFile::open(&dir.join("optimizer.safetensors"))?;
+    match read_sharded_state(dir)? {
+        Some(sharded) => check_rank_files(dir, &sharded)?,
+        None => drop(SafetensorsFile::open(&dir.join("optimizer.safetensors"))?),
+    }
     Ok(state)
 }
 
@@ -210,6 +245,9 @@ pub fn read_state(dir: &Path) -> Result<TrainerState> {
 
 /// Restores AdamW moments saved by [`save_checkpoint`] for `model`'s parameters.
 pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &mut AdamW<B>) -> Result<()> {
+    if let Some(sharded) = read_sharded_state(dir)? {
+        return load_sharded_optimizer(dir, &sharded, model, optimizer);
+    }
     let path = dir.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&path)?;
     let steps: u64 = file

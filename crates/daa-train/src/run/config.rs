@@ -256,6 +256,17 @@ pub struct TrainSection {
     /// (`<run>/tensorboard/`; default true).
     #[serde(default = "default_true")]
     pub tensorboard: bool,
+    /// What is divided over the ranks of a run started by `mpirun`:
+    /// `"none"` (every rank holds everything, gradients all-reduced),
+    /// `"optimizer"` (ZeRO-1: f32 masters and AdamW moments sharded),
+    /// `"gradients"` (ZeRO-2: also the gradient sums, reduce-scattered each
+    /// micro-batch). `"parameters"` (ZeRO-3) is planned and refused.
+    #[serde(default)]
+    pub sharding: crate::plan::Sharding,
+    /// Seconds a collective may wait for the other ranks before the run
+    /// stops, naming the operation and the ranks that did not arrive.
+    #[serde(default = "default_collective_timeout")]
+    pub collective_timeout: f64,
 }
 
 impl TrainSection {
@@ -575,6 +586,9 @@ fn default_weight_decay() -> f64 {
 fn default_clip() -> f64 {
     1.0
 }
+fn default_collective_timeout() -> f64 {
+    600.0
+}
 fn default_eval_every() -> u64 {
     50
 }
@@ -669,6 +683,14 @@ impl TrainConfig {
             Ok(())
         };
         positive("train.lr", t.lr)?;
+        if t.sharding == crate::plan::Sharding::Parameters {
+            bail!(
+                "`train.sharding` = \"parameters\" (ZeRO-3) is not built yet: \"none\", \"optimizer\" (ZeRO-1) or \"gradients\" (ZeRO-2); `daa plan --sharding parameters` estimates it"
+            );
+        }
+        if !(t.collective_timeout.is_finite() && t.collective_timeout > 0.0) {
+            bail!("`train.collective_timeout` must be a positive number of seconds, got {}", t.collective_timeout);
+        }
         if t.batch_size == 0 || t.micro_batch_size == 0 || !t.batch_size.is_multiple_of(t.micro_batch_size) {
             bail!(
                 "`train.batch_size` ({}) must be a positive multiple of `train.micro_batch_size` ({})",

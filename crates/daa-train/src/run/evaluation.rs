@@ -168,14 +168,17 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     }
 
     /// Saves the policy after `step` steps as `best-indicator/`.
-    fn keep_best(&mut self, trainer: &Trainer<B>, step: u64) -> Result<()> {
-        let policy = trainer.master_model();
-        let model_dir = &self.prepared.model_dir;
-        replace_dir(&self.best_indicator_dir, |dir: &Path| -> Result<()> {
-            save_model(&policy, dir, model_dir)?;
-            write_bytes_atomic(&dir.join("step.json"), serde_json::json!({ "step": step }).to_string().as_bytes())?;
-            Ok(())
-        })?;
+    fn keep_best(&mut self, trainer: &mut Trainer<B>, step: u64) -> Result<()> {
+        // Every rank takes part where the master weights are sharded; rank 0 writes.
+        let policy = trainer.gathered_master_model()?;
+        if trainer.collective().is_none_or(|c| c.rank() == 0) {
+            let model_dir = &self.prepared.model_dir;
+            replace_dir(&self.best_indicator_dir, |dir: &Path| -> Result<()> {
+                save_model(&policy, dir, model_dir)?;
+                write_bytes_atomic(&dir.join("step.json"), serde_json::json!({ "step": step }).to_string().as_bytes())?;
+                Ok(())
+            })?;
+        }
         self.best_indicator_step = Some(step);
         Ok(())
     }

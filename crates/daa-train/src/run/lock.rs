@@ -34,13 +34,24 @@ enum Holder {
     Stale(String),
 }
 
+/// Whether `/proc/<pid>` names a process that has not ended: present and
+/// not a zombie (an ended rank whose parent, `mpirun`, ended first may stay
+/// a zombie where nothing reaps orphans, as in many containers).
+fn running(proc_pid: &Path) -> bool {
+    match std::fs::read_to_string(proc_pid.join("stat")) {
+        // `pid (comm) state …`: the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => proc_pid.exists(),
+    }
+}
+
 fn holder(path: &Path) -> Holder {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let Ok(pid) = text.trim().parse::<u32>() else {
         return Holder::Stale(format!("an unreadable lock ({:?})", text.trim()));
     };
     let proc_root = Path::new("/proc");
-    if !proc_root.exists() || pid == std::process::id() || proc_root.join(pid.to_string()).exists() {
+    if !proc_root.exists() || pid == std::process::id() || running(&proc_root.join(pid.to_string())) {
         Holder::Live(pid)
     } else {
         Holder::Stale(format!("the lock of pid {pid}, which is no longer running"))

@@ -22,6 +22,12 @@ use crate::sample_eval::EvaluatedSample;
 #[derive(Debug)]
 pub struct MetricsLog {
     path: PathBuf,
+    /// The files written; `None` on ranks other than 0.
+    files: Option<LogFiles>,
+}
+
+#[derive(Debug)]
+struct LogFiles {
     file: File,
     tensorboard: Option<TensorBoardLog>,
     samples: SamplesLog,
@@ -117,15 +123,22 @@ impl MetricsLog {
         let file = reopen_log(&path, resume_step, "a daa metrics record", MetricsRecord::step, note)?;
         let tensorboard = tensorboard.then(|| TensorBoardLog::create(run_dir, resume_step)).transpose()?;
         let samples = SamplesLog::open(run_dir, resume_step, note)?;
-        Ok(Self { path, file, tensorboard, samples })
+        Ok(Self { path, files: Some(LogFiles { file, tensorboard, samples }) })
+    }
+
+    /// A log that writes nothing, reading `run_dir/metrics.jsonl` as rank 0
+    /// writes it (the ranks other than 0 of a run over several processes).
+    pub fn discarding(run_dir: &Path) -> Self {
+        Self { path: run_dir.join("metrics.jsonl"), files: None }
     }
 
     /// Appends one record (one write of the whole line), then its event.
     pub fn write(&mut self, record: &MetricsRecord) -> Result<()> {
+        let Some(files) = &mut self.files else { return Ok(()) };
         let mut line = serde_json::to_string(record)?;
         line.push('\n');
-        append(&mut self.file, &self.path, line.as_bytes())?;
-        match &mut self.tensorboard {
+        append(&mut files.file, &self.path, line.as_bytes())?;
+        match &mut files.tensorboard {
             Some(events) => events.write(record),
             None => Ok(()),
         }
@@ -133,7 +146,10 @@ impl MetricsLog {
 
     /// Appends an evaluation's samples to `samples.jsonl` ([`SamplesLog`]).
     pub fn write_samples(&mut self, step: u64, samples: &[EvaluatedSample], note: &mut dyn FnMut(&str)) -> Result<()> {
-        self.samples.write(step, samples, note)
+        match &mut self.files {
+            Some(files) => files.samples.write(step, samples, note),
+            None => Ok(()),
+        }
     }
 
     /// The file's path.

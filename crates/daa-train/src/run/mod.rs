@@ -43,6 +43,8 @@ pub mod metrics;
 mod observer;
 mod prepare;
 pub mod process;
+pub mod rank_checkpoints;
+mod ranks;
 mod references;
 pub mod resume;
 mod samples;
@@ -53,7 +55,7 @@ pub mod tensorboard;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::io::write_bytes_atomic;
 use daa_core::preference::PreferenceLossParams;
@@ -67,6 +69,7 @@ pub use summary::{RunOutcome, RunSummary};
 use checkpoints::load_optimizer;
 use evaluation::Evaluation;
 use metrics::MetricsLog;
+use ranks::RunRanks;
 use references::References;
 use resume::ResumePoint;
 use step_loop::StepLoop;
@@ -110,21 +113,44 @@ fn run<B: AutodiffBackend>(
     let inputs = RunInputs::resolve(&config)?;
     let resume = resume.map(|path| ResumePoint::find(&path, &config)).transpose()?;
     let loss = config.loss_params()?;
+    // Started by mpirun: the other ranks, and whether they run the same.
+    let mut ranks = RunRanks::from_env(&config)?;
+    let mut quiet = Silent;
+    let observer: &mut dyn RunObserver = if ranks.is_first() { observer } else { &mut quiet };
+    ranks.agree(
+        "the daa version and configuration",
+        &format!("daa {}\n{}", env!("CARGO_PKG_VERSION"), toml::to_string(&config)?),
+    )?;
     for notice in config.notices() {
         observer.note(&notice);
     }
     let run_dir = config.output_dir();
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
-    // Held until the run returns: a second run into this folder is refused.
-    let _lock = lock::RunLock::acquire(&run_dir, &mut |line| observer.note(line))?;
+    let first = ranks.is_first();
+    if config.train.batch_size < ranks.world_size() {
+        bail!(
+            "`train.batch_size` ({}) must be at least the number of ranks ({}): each rank steps on its slice",
+            config.train.batch_size,
+            ranks.world_size()
+        );
+    }
+    // Held until the run returns, by rank 0: a second run into this folder is refused.
+    let _lock = ranks.first_then_others("the run folder", || {
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("{}: cannot create the run folder", run_dir.display()))?;
+        first.then(|| lock::RunLock::acquire(&run_dir, &mut |line| eprintln!("{line}"))).transpose()
+    })?;
+    ranks.check_shared_folder(&run_dir)?;
     config.train.precision.check_supported::<B>(&device)?;
-    let prepared = prepare_with(&config, &inputs, &run_dir, &mut |line| observer.note(line))?;
-    observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
-    observer.note(&prepared.data_summary());
-
-    let References { train: train_scores, eval: mut eval_scores, frozen } =
-        References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
+    // Rank 0 first: it writes the caches (data, references) the others read.
+    let (prepared, references) = ranks.first_then_others("preparing the data and references", || {
+        let prepared = prepare_with(&config, &inputs, &run_dir, &mut |line| observer.note(line))?;
+        observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
+        observer.note(&prepared.data_summary());
+        let references = References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
+        Ok((prepared, references))
+    })?;
+    ranks.agree("the encoded training and held-out data", &prepared.fingerprint())?;
+    let References { train: train_scores, eval: mut eval_scores, frozen } = references;
     // A frozen reference (loss.reference = "model") goes to the trainer; the
     // sample evaluation shares its tensors when it samples the reference.
     let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
@@ -138,28 +164,43 @@ fn run<B: AutodiffBackend>(
         Some(model) => ReferencePolicy::Frozen(Box::new(model)),
         None => ReferencePolicy::Given,
     };
-    let mut trainer =
-        build_trainer::<B>(&config, &prepared, loss, total_steps, reference_policy, resume.as_ref(), &device).map_err(
-            |e| match &resume {
-                // A checkpoint whose files are whole but whose contents do not
-                // load (a tensor missing from the index, a wrong shape).
-                Some(point) => checkpoints::offer_earlier(e, &point.dir),
-                None => e,
-            },
-        )?;
+    let (rank, world) = (ranks.rank(), ranks.world_size());
+    let build =
+        TrainerInputs { loss, total_steps, reference: reference_policy, resume: resume.as_ref(), ranks: &mut ranks };
+    let mut trainer = build_trainer::<B>(&config, &prepared, build, &device).map_err(|e| match &resume {
+        // A checkpoint whose files are whole but whose contents do not
+        // load (a tensor missing from the index, a wrong shape).
+        Some(point) => checkpoints::offer_earlier(e, &point.dir),
+        None => e,
+    })?;
     if let Some(point) = &resume {
         observer.note(&format!("resuming from {} (step {})", point.dir.display(), point.step));
+    }
+    if world > 1 {
+        observer.note(&format!(
+            "{world} ranks (mpirun), {} pairs per step each at most, sharding {}",
+            config.train.batch_size.div_ceil(world),
+            config.train.sharding.as_str()
+        ));
     }
     if lora_reference {
         eval_scores =
             references::score_adapter_off(&trainer.valid_model(), &prepared, config.train.micro_batch_size, observer)?;
     }
     let start_step = resume.as_ref().map_or(0, |point| point.step);
-    let mut metrics =
-        MetricsLog::open(&run_dir, resume.as_ref().map(|point| point.step), config.train.tensorboard, &mut |line| {
-            observer.note(line)
-        })?;
-    write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+    // Rank 0 writes the run's files; the others' logs write nothing (after
+    // rank 0 opened its own, which a resumed run cuts back to its step).
+    let resume_step = resume.as_ref().map(|point| point.step);
+    let mut metrics = match first {
+        true => MetricsLog::open(&run_dir, resume_step, config.train.tensorboard, &mut |line| observer.note(line))?,
+        false => MetricsLog::discarding(&run_dir),
+    };
+    if let Some(c) = trainer.collective() {
+        c.barrier().context("waiting for rank 0's metrics file")?;
+    }
+    if first {
+        write_bytes_atomic(&run_dir.join("config.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+    }
     let model = trainer.model().config();
     let lora = match trainer.model().lora() {
         Some(lora) => {
@@ -205,23 +246,41 @@ fn run<B: AutodiffBackend>(
         cadence,
         total_steps,
         stats: config.monitor.stats_params(),
+        rank: (rank, world),
     };
     let totals = steps.run(start_step, &mut trainer, &mut evaluation, &mut metrics, observer)?;
-    let summary = RunSummary::write(&run_dir, metrics.path(), totals, total_steps, config.model.backend)?;
-    Ok(RunOutcome { run_dir, steps: totals.last_step, summary })
+    // Rank 0's metrics are complete before any rank reads them.
+    if let Some(c) = trainer.collective() {
+        c.barrier().context("waiting for every rank at the end of the run")?;
+    }
+    let summary = match first {
+        true => RunSummary::write(&run_dir, metrics.path(), totals, total_steps, config.model.backend)?,
+        false => RunSummary::of(metrics.path(), totals, total_steps, config.model.backend)?,
+    };
+    Ok(RunOutcome { run_dir, steps: totals.last_step, summary, rank })
+}
+
+/// What [`build_trainer`] needs besides the configuration and the data.
+struct TrainerInputs<'a, B: burn::tensor::backend::Backend> {
+    loss: PreferenceLossParams,
+    total_steps: u64,
+    reference: ReferencePolicy<B>,
+    resume: Option<&'a ResumePoint>,
+    ranks: &'a mut RunRanks,
 }
 
 /// The policy (the initial model, or the resumed checkpoint's weights), its
-/// AdamW state and schedule position, and the reference policy.
+/// AdamW state and schedule position, and the reference policy; with
+/// several ranks, data parallel and sharded as `train.sharding` says (each
+/// rank keeps its slice of a resumed checkpoint's state, whatever the
+/// number of ranks that saved it).
 fn build_trainer<B: AutodiffBackend>(
     config: &TrainConfig,
     prepared: &Prepared,
-    loss: PreferenceLossParams,
-    total_steps: u64,
-    reference: ReferencePolicy<B::InnerBackend>,
-    resume: Option<&ResumePoint>,
+    inputs: TrainerInputs<'_, B::InnerBackend>,
     device: &B::Device,
 ) -> Result<Trainer<B>> {
+    let TrainerInputs { loss, total_steps, reference, resume, ranks } = inputs;
     let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
     let dtype = config.train.precision.dtype();
     let model: CausalLm<B> = match (&config.lora, resume) {
@@ -235,6 +294,9 @@ fn build_trainer<B: AutodiffBackend>(
         load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())
             .with_context(|| format!("--resume {}", point.dir.display()))?;
         trainer.resume_at(point.step);
+    }
+    if let Some(reducer) = ranks.reducer() {
+        trainer = trainer.with_reducer(Box::new(reducer)).with_sharding(config.train.sharding)?;
     }
     Ok(trainer)
 }

@@ -40,6 +40,27 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The encoded pairs' digest (rows, token ids, completion starts), to
+    /// check that every rank of a run holds the same data.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for (set, pairs) in [("train", &self.train), ("eval", &self.eval)] {
+            hash.update(set.as_bytes());
+            hash.update((pairs.len() as u64).to_le_bytes());
+            for p in pairs.iter() {
+                hash.update((p.row as u64).to_le_bytes());
+                for sequence in [&p.pair.chosen, &p.pair.rejected] {
+                    hash.update((sequence.completion_start as u64).to_le_bytes());
+                    hash.update((sequence.ids.len() as u64).to_le_bytes());
+                    sequence.ids.iter().for_each(|id| hash.update(id.to_le_bytes()));
+                }
+            }
+        }
+        let digest: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} training and {} held-out pairs, sha256 {digest}", self.train.len(), self.eval.len())
+    }
+
     /// One line on the data: rows read, pairs kept and split, rows skipped
     /// (by reason) and pairs truncated.
     pub fn data_summary(&self) -> String {

@@ -43,8 +43,9 @@ impl ResumePoint {
 /// The `[train]` fields a resumed run may change: where it stops, how often
 /// it saves, how many non-finite steps it skips, its folders, whether it writes TensorBoard files, and the memory settings (which change how a step
 /// is computed, not what: a run that ran out of memory resumes with
-/// checkpointing on).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 12] = [
+/// checkpointing on), the sharding stage and the collectives' deadline (a
+/// run resumes onto any number of ranks).
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 14] = [
     "max_steps",
     "checkpoint_every",
     "skip_nonfinite",
@@ -57,6 +58,8 @@ pub const RESUMABLE_TRAIN_FIELDS: [&str; 12] = [
     "device_memory",
     "memory_check",
     "tensorboard",
+    "sharding",
+    "collective_timeout",
 ];
 
 /// The fields (`section.field`) whose change makes `--resume` refuse:

@@ -22,6 +22,7 @@ use super::metrics::MetricsLog;
 use super::observer::RunObserver;
 use super::prepare::Prepared;
 use super::summary::LoopTotals;
+use crate::distributed::rank_slice;
 use crate::error::ModelError;
 use crate::records::MetricsRecord;
 use crate::schedule::{BatchSchedule, Cadence};
@@ -44,6 +45,9 @@ pub(crate) struct StepLoop<'a> {
     pub total_steps: u64,
     /// The top-k statistics' settings.
     pub stats: TokenStatsParams,
+    /// This rank and the number of ranks: each steps on its contiguous
+    /// slice of every step's pairs.
+    pub rank: (usize, usize),
 }
 
 /// Where the run can continue from: the latest complete checkpoint, if any.
@@ -52,6 +56,18 @@ fn last_checkpoint(run_dir: &Path) -> String {
         Ok(dir) => format!("the last complete checkpoint is {} (--resume {})", dir.display(), run_dir.display()),
         Err(_) => "no checkpoint was saved before it".into(),
     }
+}
+
+/// The signal that asked the run to stop, if one did: on several ranks,
+/// the first rank's that received one (all of them then checkpoint and stop
+/// after the same step, whichever rank the signal reached).
+fn agreed_interrupt<B: AutodiffBackend>(trainer: &mut Trainer<B>) -> Result<Option<i32>> {
+    let mine = interrupt::requested();
+    let Some(collective) = trainer.collective().filter(|c| c.world_size() > 1) else { return Ok(mine) };
+    let mut signals = vec![0f64; collective.world_size()];
+    signals[collective.rank()] = f64::from(mine.unwrap_or(0));
+    collective.all_reduce_sum_f64(&mut signals).context("agreeing whether a rank was signalled to stop")?;
+    Ok(signals.iter().find(|s| **s > 0.0).map(|s| *s as i32))
 }
 
 impl StepLoop<'_> {
@@ -91,9 +107,12 @@ impl StepLoop<'_> {
         let mut skipped = 0u64;
         for step in start_step..self.cadence.last_step() {
             let pairs = self.schedule.step_pairs(step, &self.prepared.train, self.reference)?;
+            let (rank, world) = self.rank;
+            super::ranks::injected_exit("DAA_FAULT_EXIT_AT_STEP", rank, step + 1);
+            let pairs = &pairs[rank_slice(pairs.len(), rank, world)];
             let coefficients = evaluation.coefficients();
             let batch_stats = self.cadence.step_stats_due(step + 1).then_some(&self.stats);
-            let record = match trainer.step_with_stats(&pairs, batch_stats) {
+            let record = match trainer.step_with_stats(pairs, batch_stats) {
                 Ok(record) => Some(record),
                 Err(e @ (ModelError::NonFiniteScore { .. } | ModelError::NonFiniteStep { .. })) => {
                     let what = self.non_finite(step, &e);
@@ -133,7 +152,7 @@ impl StepLoop<'_> {
             if stop {
                 break;
             }
-            if let Some(signal) = interrupt::requested() {
+            if let Some(signal) = agreed_interrupt(trainer)? {
                 let checkpoint = if self.cadence.checkpoint_due(done) {
                     checkpoint_dir(&run_dir, done)
                 } else {

@@ -46,6 +46,9 @@ pub struct RunOutcome {
     pub steps: u64,
     /// `summary.json`'s content.
     pub summary: RunSummary,
+    /// This process's rank (0 for one process): only rank 0 wrote the run's
+    /// files and reports them.
+    pub rank: usize,
 }
 
 /// What this invocation's training loop did, for the summary.
@@ -71,6 +74,13 @@ impl RunSummary {
         total_steps: u64,
         backend: ComputeBackend,
     ) -> Result<Self> {
+        let summary = Self::of(metrics, totals, total_steps, backend)?;
+        write_bytes_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+        Ok(summary)
+    }
+
+    /// The summary [`Self::write`] writes, not written (ranks other than 0).
+    pub(crate) fn of(metrics: &Path, totals: LoopTotals, total_steps: u64, backend: ComputeBackend) -> Result<Self> {
         let evals: Vec<EvalRecord> = read_metrics(metrics)?.iter().filter_map(|r| r.eval().copied()).collect();
         let steps_run = totals.last_step.saturating_sub(totals.start_step);
         let elapsed = totals.elapsed_s.max(1e-9);
@@ -86,7 +96,6 @@ impl RunSummary {
             first_eval: evals.first().copied(),
             last_eval: evals.last().copied(),
         };
-        write_bytes_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
         Ok(summary)
     }
 }

@@ -52,6 +52,11 @@ pub fn options(micro_batch_size: usize) -> TrainerOptions {
 }
 
 pub fn weights(model: &CausalLm<AD>) -> Vec<f32> {
+    weights_of(model)
+}
+
+/// Every trained parameter's values as f32, in file layout.
+pub fn weights_of<B: burn::tensor::backend::Backend>(model: &CausalLm<B>) -> Vec<f32> {
     let mut out = Vec::new();
     model.visit_trainable(&mut |name, p| out.extend(p.to_file_f32(name).unwrap()));
     out

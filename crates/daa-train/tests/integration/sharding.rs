@@ -79,6 +79,39 @@ fn every_stage_on_two_ranks_is_one_rank_accumulating_two_bit_for_bit() {
 }
 
 #[test]
+fn bf16_with_sharded_f32_masters_is_one_rank_accumulating_two_bit_for_bit() {
+    let (pairs, initial, reference) = setup();
+    let bf16 = TrainerOptions { precision: daa_train::Precision::Bf16, ..unclipped(4) };
+    let mut one = Trainer::new(initial.clone(), bf16, ReferencePolicy::Given).unwrap();
+    let (_, one_weights) = train(&mut one, &pairs, &reference);
+    let one_masters = super::distributed::weights_of(&one.master_model());
+    let masters: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadRank::group(2, Duration::from_secs(120))
+            .into_iter()
+            .map(|collective| {
+                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
+                scope.spawn(move || {
+                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
+                    let mut trainer = Trainer::new(initial, bf16, ReferencePolicy::Given)
+                        .unwrap()
+                        .with_reducer(Box::new(DataParallel::new(collective)))
+                        .with_sharding(Sharding::Optimizer)
+                        .unwrap();
+                    let (_, weights) = train(&mut trainer, &pairs[slice.clone()], &reference[slice]);
+                    (weights, super::distributed::weights_of(&trainer.gathered_master_model().unwrap()))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (weights, gathered)) in masters.iter().enumerate() {
+        assert!(weights == &one_weights, "rank {rank}: the bf16 weights differ");
+        assert!(gathered == &one_masters, "rank {rank}: the gathered f32 masters differ");
+        assert!(gathered != weights, "rank {rank}: the masters must be f32, not the rounded weights");
+    }
+}
+
+#[test]
 fn sharded_steps_with_clipping_or_reordered_sums_agree_within_rounding() {
     let (pairs, initial, reference) = setup();
     let inputs = (pairs.as_slice(), &initial, reference.as_slice());
@@ -195,10 +228,10 @@ proptest! {
         }).collect::<Vec<_>>().concat();
         let back = resliced.with_world(n);
         prop_assert_eq!(&back, &layout);
-        for r in 0..n {
+        for (r, slice) in slices.iter().enumerate() {
             let s = back.shard(r);
             let from_m: Vec<f32> = (s.start..s.end).map(|i| again.get(i).copied().unwrap_or(0.0)).collect();
-            prop_assert_eq!(&from_m, &slices[r]);
+            prop_assert_eq!(&from_m, slice);
             for segment in back.segments(s.clone()) {
                 let entry = &back.entries[segment.entry];
                 prop_assert_eq!(segment.flat.start, entry.offset + segment.within.start);

@@ -1,0 +1,191 @@
+//! `daa train` over several processes: `mpirun -n 2 daa train …` against
+//! one process on the same run (the tiny built-in model and task, 8 pairs
+//! per step: 4 per rank, one micro-batch of 4 each, against one process's
+//! two micro-batches of 4). The per-step losses are the same numbers, the
+//! weights the same bits (the gradient sums are the same sums); a sharded
+//! checkpoint resumes onto one process and a whole one onto two ranks as
+//! an uninterrupted run continues; a rank whose configuration differs is
+//! named. Needs Open MPI (`scripts/setup.sh`); skipped without `mpirun`
+//! unless `DAA_REQUIRE_MPI=1` (CI).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::faults::{tiny_args, tiny_config_file};
+use super::{daa, read_jsonl, stderr, temp_dir};
+
+/// `mpirun` with `ranks` (each rank's `daa` arguments, MPMD), or `None`
+/// where Open MPI is missing and not required.
+fn mpirun(ranks: &[Vec<String>]) -> Option<Output> {
+    mpirun_with(ranks, &[])
+}
+
+/// [`mpirun`] with environment variables for every rank.
+fn mpirun_with(ranks: &[Vec<String>], env: &[(&str, &str)]) -> Option<Output> {
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        assert!(std::env::var("DAA_REQUIRE_MPI").is_err(), "DAA_REQUIRE_MPI is set but mpirun is missing");
+        println!("skipped: mpirun not found (scripts/setup.sh installs Open MPI)");
+        return None;
+    }
+    let mut command = Command::new("mpirun");
+    command.arg("--oversubscribe");
+    for (i, args) in ranks.iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command.args(["-n", "1", env!("CARGO_BIN_EXE_daa")]).args(args);
+    }
+    // Containers run as root; Open MPI refuses that unless told.
+    command.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    command.envs(env.iter().copied());
+    Some(command.output().unwrap())
+}
+
+/// Waits (up to 60 s) until the process named by `run/run.lock` ended
+/// (gone, or a zombie nothing reaps).
+fn wait_for_the_lock_holder(run: &Path) {
+    let Ok(pid) = std::fs::read_to_string(run.join("run.lock")) else { return };
+    let stat = Path::new("/proc").join(pid.trim()).join("stat");
+    let running = || {
+        std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim().starts_with('Z')))
+    };
+    let started = std::time::Instant::now();
+    while running() && started.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!running(), "rank 0 (pid {}) was still running 60 s after mpirun ended", pid.trim());
+}
+
+/// The training records' `(loss, grad_norm)` of a run folder.
+fn train_records(run: &Path) -> Vec<(f64, f64)> {
+    read_jsonl(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r["type"] == "train")
+        .map(|r| (r["loss"].as_f64().unwrap(), r["grad_norm"].as_f64().unwrap()))
+        .collect()
+}
+
+fn weights(run: &Path, step: u64) -> Vec<u8> {
+    std::fs::read(run.join(format!("checkpoint-{step:06}")).join("model.safetensors")).unwrap()
+}
+
+fn assert_same_steps(run: &Path, expected: &[(f64, f64)], what: &str) {
+    let records = train_records(run);
+    assert_eq!(records.len(), expected.len(), "{what}: training records");
+    for (step, ((loss, norm), (one_loss, one_norm))) in records.iter().zip(expected).enumerate() {
+        assert_eq!(loss, one_loss, "{what}: the loss of step {}", step + 1);
+        assert!((norm - one_norm).abs() <= 1e-6 * one_norm, "{what}: step {}: ‖g‖ {norm} against {one_norm}", step + 1);
+    }
+}
+
+#[test]
+fn two_ranks_train_what_one_process_trains_and_checkpoints_resume_onto_either() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = |name: &str| dir.path().join(name);
+    let args = |out: &str, steps: u64, sets: &[&str]| {
+        let mut sets = sets.to_vec();
+        sets.push("train.checkpoint_every=2");
+        tiny_args(&config, &cache, &run(out), steps, &sets)
+    };
+    let one = args("one", 4, &[]);
+    let out = daa(&one.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = train_records(&run("one"));
+    assert_eq!(expected.len(), 4);
+
+    // Two ranks, each stage: the same losses and, at the end, the same weights.
+    for stage in ["none", "optimizer", "gradients"] {
+        let name = format!("two-{stage}");
+        let sharding = format!("train.sharding={stage:?}");
+        let two = args(&name, 4, &[sharding.as_str()]);
+        let Some(out) = mpirun(&[two.clone(), two]) else { return };
+        assert!(out.status.success(), "{stage}: {}", stderr(&out));
+        assert_same_steps(&run(&name), &expected, stage);
+        assert!(weights(&run(&name), 4) == weights(&run("one"), 4), "{stage}: the weights after step 4 differ");
+        let checkpoint = run(&name).join("checkpoint-000002");
+        let sharded = stage != "none";
+        assert_eq!(checkpoint.join("layout.json").exists(), sharded, "{stage}: layout.json");
+        assert_eq!(checkpoint.join("optimizer-rank-00001-of-00002.safetensors").exists(), sharded, "{stage}");
+        assert_eq!(checkpoint.join("optimizer.safetensors").exists(), !sharded, "{stage}");
+        assert!(!run(&name).join(".checkpoint-000002.partial").exists(), "{stage}: a partial folder was left");
+    }
+
+    // 2 → 1: the sharded checkpoint of step 2 resumed by one process.
+    let checkpoint = run("two-gradients").join("checkpoint-000002");
+    let mut resumed = args("resumed-on-one", 4, &[]);
+    resumed.extend(["--resume".into(), checkpoint.to_str().unwrap().into()]);
+    let out = daa(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "2 → 1: {}", stderr(&out));
+    assert_same_steps(&run("resumed-on-one"), &expected[2..], "2 → 1");
+    assert!(weights(&run("resumed-on-one"), 4) == weights(&run("one"), 4), "2 → 1: the weights after step 4 differ");
+
+    // 1 → 2: one process's whole checkpoint resumed by two sharded ranks.
+    let checkpoint = run("one").join("checkpoint-000002");
+    let mut resumed = args("resumed-on-two", 4, &["train.sharding=\"optimizer\""]);
+    resumed.extend(["--resume".into(), checkpoint.to_str().unwrap().into()]);
+    let out = mpirun(&[resumed.clone(), resumed]).unwrap();
+    assert!(out.status.success(), "1 → 2: {}", stderr(&out));
+    assert_same_steps(&run("resumed-on-two"), &expected[2..], "1 → 2");
+    assert!(weights(&run("resumed-on-two"), 4) == weights(&run("one"), 4), "1 → 2: the weights after step 4 differ");
+}
+
+#[test]
+fn a_rank_with_another_configuration_is_named_and_every_rank_stops() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let args = tiny_args(&config, &cache, &dir.path().join("run"), 2, &[]);
+    let other = tiny_args(&config, &cache, &dir.path().join("run"), 2, &["train.lr=2e-2"]);
+    let Some(out) = mpirun(&[args, other]) else { return };
+    assert!(!out.status.success());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(text.contains("the daa version and configuration of rank(s) 1 differs from rank 0's"), "{text}");
+    assert!(!dir.path().join("run").join("metrics.jsonl").exists(), "nothing may start");
+}
+
+#[test]
+fn a_rank_that_dies_ends_the_run_at_once_and_leaves_no_checkpoint_resume_would_take() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = dir.path().join("run");
+    let sets = ["train.checkpoint_every=2", "train.sharding=\"gradients\""];
+    let args = tiny_args(&config, &cache, &run, 6, &sets);
+    // Rank 1 dies while the checkpoint of step 4 is being written.
+    let started = std::time::Instant::now();
+    let fault = [("DAA_FAULT_EXIT_IN_CHECKPOINT", "1:4")];
+    let Some(out) = mpirun_with(&[args.clone(), args.clone()], &fault) else { return };
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("rank 1: exiting at step 4"), "{text}");
+    // Open MPI names the process that exited ("Process name: [[job,1],1]",
+    // "Exit code: 3") and ends the other.
+    assert!(text.contains("],1]") && text.contains("Exit code:"), "{text}");
+    assert!(started.elapsed().as_secs() < 120, "the run took {:?} to end", started.elapsed());
+    assert!(run.join("checkpoint-000002/layout.json").exists());
+    assert!(!run.join("checkpoint-000004").exists(), "a checkpoint that not every rank wrote was renamed into place");
+    // mpirun ends rank 0 with SIGTERM; signalled in a collective whose peer
+    // is gone, it exits after a grace of 5 s: the lock it held is then stale.
+    wait_for_the_lock_holder(&run);
+    // Resumed by one process from the run folder: step 2's checkpoint, on to
+    // step 6, as a run never interrupted.
+    let mut resumed = args.clone();
+    resumed.extend(["--resume".into(), run.to_str().unwrap().into()]);
+    let out = daa(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("checkpoint-000002"), "{}", stderr(&out));
+    let whole = tiny_args(&config, &cache, &dir.path().join("whole"), 6, &sets);
+    let out = daa(&whole.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_steps(&run, &train_records(&dir.path().join("whole")), "resumed after the fault");
+    assert!(weights(&run, 6) == weights(&dir.path().join("whole"), 6), "the weights after step 6 differ");
+
+    // Rank 0 dies before computing step 3: the run ends, rank 1 does not wait out its deadline.
+    let other = dir.path().join("other");
+    let args = tiny_args(&config, &cache, &other, 6, &sets);
+    let started = std::time::Instant::now();
+    let out = mpirun_with(&[args.clone(), args], &[("DAA_FAULT_EXIT_AT_STEP", "0:3")]).unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!out.status.success() && text.contains("rank 0: exiting at step 3"), "{text}");
+    assert!(started.elapsed().as_secs() < 120, "the run took {:?} to end", started.elapsed());
+}
