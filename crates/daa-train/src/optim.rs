@@ -163,6 +163,16 @@ impl<B: Backend> GradAccumulator<B> {
         self.grads.is_empty()
     }
 
+    /// Every gradient, in the model's visiting order, the accumulator
+    /// emptied: a sharded step reads them one group at a time and lets each
+    /// go once read.
+    pub fn take_ordered(&mut self) -> Vec<(ParamId, Tensor<B, 1>)> {
+        let mut grads: Vec<(ParamId, Tensor<B, 1>)> = std::mem::take(&mut self.grads).into_iter().collect();
+        let order = std::mem::take(&mut self.order);
+        grads.sort_by_key(|(id, _)| order.iter().position(|o| o == id));
+        grads
+    }
+
     /// Every parameter's flattened gradient, in the model's visiting order:
     /// where a data-parallel all-reduce reads and writes them.
     pub fn gradients_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<B, 1>)> {
@@ -256,13 +266,16 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     }
 }
 
-/// Replaces the parameters named by id with the given f32 values
-/// (flattened in burn's layout), cast to `dtype` or to the parameter's own,
-/// trainable again: a sharded step's gathered weights.
+/// Replaces the parameters named by id with f32 values from one flat
+/// vector (each parameter's range of it, flattened in burn's layout), cast
+/// to `dtype` or to the parameter's own, trainable again as before: a
+/// sharded step's gathered weights, without a copy per parameter.
 #[derive(Debug)]
 pub struct SetWeights<'a> {
-    /// New values by parameter.
-    pub weights: &'a HashMap<ParamId, Vec<f32>>,
+    /// The values of every parameter, end to end.
+    pub flat: &'a [f32],
+    /// Each parameter's range of `flat`.
+    pub ranges: &'a HashMap<ParamId, std::ops::Range<usize>>,
     /// The dtype they take (`None`: the parameter's).
     pub dtype: Option<FloatDType>,
 }
@@ -270,13 +283,14 @@ pub struct SetWeights<'a> {
 impl<B: Backend> ModuleMapper<B> for SetWeights<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(values) = self.weights.get(&id) else {
+        let Some(range) = self.ranges.get(&id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let (shape, device) = (tensor.shape(), tensor.device());
         let dtype = self.dtype.unwrap_or_else(|| FloatDType::from(tensor.dtype()));
         let requires_grad = tensor.is_require_grad();
-        let value = Tensor::<B, 1>::from_data(TensorData::new(values.clone(), [values.len()]), &device)
+        let values = &self.flat[range.clone()];
+        let value = Tensor::<B, 1>::from_data(TensorData::new(values.to_vec(), [values.len()]), &device)
             .cast(FloatDType::F32)
             .reshape(shape)
             .cast(dtype);

@@ -450,8 +450,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             .reducer
             .collective()
             .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
-        let weights = zero.gather_masters(collective)?;
-        Ok(self.valid_model().map(&mut SetWeights { weights: &weights, dtype: Some(burn::tensor::FloatDType::F32) }))
+        let (flat, ranges) = (zero.gather_masters(collective)?, zero.ranges());
+        let dtype = Some(burn::tensor::FloatDType::F32);
+        Ok(self.valid_model().map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype }))
     }
 
     /// The policy.
@@ -712,7 +713,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let t = i32::try_from(self.optimizer.steps).unwrap_or(i32::MAX);
             let step = zero.step(&self.options.optimizer, lr, t, collective)?;
             let model = self.model.take().expect("the model is put back after every step");
-            self.model = Some(model.map(&mut SetWeights { weights: &step.weights, dtype: None }));
+            let ranges = zero.ranges();
+            self.model = Some(model.map(&mut SetWeights { flat: &step.weights, ranges: &ranges, dtype: None }));
             self.completed += 1;
             return Ok(StepReport { grad_norm: step.grad_norm, lr });
         }

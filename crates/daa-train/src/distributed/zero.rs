@@ -60,9 +60,14 @@ pub struct ZeroState<B: Backend> {
 pub struct ZeroStep {
     /// `‖g‖₂` before clipping, over every rank's slice.
     pub grad_norm: f64,
-    /// Every parameter's new f32 values, by id, flattened in burn's layout.
-    pub weights: HashMap<ParamId, Vec<f32>>,
+    /// Every parameter's new f32 values end to end (padded; each
+    /// parameter's range: [`ZeroState::ranges`]), flattened in burn's layout.
+    pub weights: Vec<f32>,
 }
+
+/// Values per group of gradients read back at once (64 MiB of f32): the
+/// transient copies of a step's gradients stay this size, not the model's.
+const READ_GROUP: usize = 1 << 24;
 
 impl<B: Backend> ZeroState<B> {
     /// The slice of rank `rank` of `layout` (whose entries are the
@@ -167,13 +172,19 @@ impl<B: Backend> ZeroState<B> {
         Ok(())
     }
 
-    /// Every rank's master weights gathered: each parameter's f32 values by
-    /// id (what a checkpoint saves). Every rank must call it.
-    pub fn gather_masters(&self, collective: &mut dyn Collective) -> Result<HashMap<ParamId, Vec<f32>>, ModelError> {
+    /// Every rank's master weights gathered, end to end (each parameter's
+    /// range: [`Self::ranges`]; what a checkpoint saves). Every rank must
+    /// call it.
+    pub fn gather_masters(&self, collective: &mut dyn Collective) -> Result<Vec<f32>, ModelError> {
         let mine: Vec<f32> = read_vec(self.master.clone(), "the master weights (this rank's slice)")?;
         let mut all = vec![0f32; self.layout.padded_len()];
         collective.all_gather_f32(&mine, &mut all)?;
-        Ok(self.by_id(&all))
+        Ok(all)
+    }
+
+    /// Each parameter's range of the flat vector, by id.
+    pub fn ranges(&self) -> HashMap<ParamId, Range<usize>> {
+        self.layout.entries.iter().zip(&self.ids).map(|(e, id)| (*id, e.offset..e.offset + e.len)).collect()
     }
 
     /// The step's gradients as this rank's slice of their sum over the
@@ -187,25 +198,30 @@ impl<B: Backend> ZeroState<B> {
         let mut flat = vec![0f32; self.layout.padded_len()];
         let position: HashMap<ParamId, usize> = self.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
         let mut present = Vec::new();
-        for (id, g) in grads.gradients_mut() {
-            let Some(&entry) = position.get(&id) else {
-                return Err(ModelError::Sharding(format!("a gradient for a parameter outside the layout ({id})")));
-            };
-            present.push((entry, g.clone()));
-        }
-        if !present.is_empty() {
-            let widened: Vec<Tensor<B, 1>> = present.iter().map(|(_, g)| g.clone().cast(FloatDType::F32)).collect();
-            let host: Vec<f32> = read_vec(Tensor::cat(widened, 0), "the gradients")?;
+        // Read back in groups of at most READ_GROUP values, each gradient
+        // let go once read: the transient copies stay small.
+        let mut pending = grads.take_ordered().into_iter().peekable();
+        while pending.peek().is_some() {
+            let (mut entries, mut group, mut values) = (Vec::new(), Vec::new(), 0);
+            while let Some((id, g)) = pending.next_if(|(_, g)| values == 0 || values + g.dims()[0] <= READ_GROUP) {
+                let Some(&entry) = position.get(&id) else {
+                    return Err(ModelError::Sharding(format!("a gradient for a parameter outside the layout ({id})")));
+                };
+                values += g.dims()[0];
+                entries.push(entry);
+                group.push(g.cast(FloatDType::F32));
+            }
+            let host: Vec<f32> = read_vec(Tensor::cat(group, 0), "the gradients")?;
             let mut at = 0;
-            for (entry, _) in &present {
-                let e = &self.layout.entries[*entry];
+            for entry in entries {
+                let e = &self.layout.entries[entry];
                 flat[e.offset..e.offset + e.len].copy_from_slice(&host[at..at + e.len]);
                 at += e.len;
+                present.push(entry);
             }
         }
-        *grads = GradAccumulator::default();
         let mut seen = vec![0f64; self.layout.entries.len()];
-        present.iter().for_each(|(entry, _)| seen[*entry] = 1.0);
+        present.iter().for_each(|entry| seen[*entry] = 1.0);
         collective.all_reduce_sum_f64(&mut seen)?;
         if self.with_gradient.is_empty() {
             self.with_gradient = seen;
@@ -291,16 +307,6 @@ impl<B: Backend> ZeroState<B> {
         let mine: Vec<f32> = read_vec(self.master.clone(), "the updated weights (this rank's slice)")?;
         let mut all = vec![0f32; self.layout.padded_len()];
         collective.all_gather_f32(&mine, &mut all)?;
-        Ok(ZeroStep { grad_norm, weights: self.by_id(&all) })
-    }
-
-    /// The flat vector cut into parameters, by id.
-    fn by_id(&self, flat: &[f32]) -> HashMap<ParamId, Vec<f32>> {
-        self.layout
-            .entries
-            .iter()
-            .zip(&self.ids)
-            .map(|(e, id)| (*id, flat[e.offset..e.offset + e.len].to_vec()))
-            .collect()
+        Ok(ZeroStep { grad_norm, weights: all })
     }
 }
