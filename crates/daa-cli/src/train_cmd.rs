@@ -49,6 +49,11 @@ pub struct TrainArgs {
     /// Shorthand for --set data.strict=true: stop at the first bad row.
     #[arg(long)]
     strict: bool,
+    /// Ranks on this node: starts this many `daa train` processes through
+    /// Open MPI's `mpirun`, which supervises them (one node; data parallel,
+    /// sharded as `train.sharding` says).
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
 }
 
 fn quoted(s: &str) -> String {
@@ -190,8 +195,51 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
     eprintln!("metrics: {0}/metrics.jsonl, chart: {0}/metrics.svg, checkpoints: {0}/checkpoint-*", run_dir.display());
 }
 
+/// `daa train --nproc-per-node N`: the same command without the flag, as N
+/// ranks under `mpirun` (which ends every rank when one fails and names
+/// it); returns its exit status.
+fn launch_ranks(ranks: usize) -> Result<std::process::ExitStatus> {
+    if ranks == 0 {
+        anyhow::bail!("--nproc-per-node must be at least 1");
+    }
+    if daa_train::distributed::LaunchEnv::from_env().map_err(anyhow::Error::msg)?.is_some() {
+        anyhow::bail!("--nproc-per-node: this process is already one rank of a launched run");
+    }
+    let mut forwarded = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nproc-per-node" => {
+                args.next();
+            }
+            a if a.starts_with("--nproc-per-node=") => {}
+            _ => forwarded.push(arg),
+        }
+    }
+    let exe = std::env::current_exe()?;
+    let mut command = std::process::Command::new("mpirun");
+    // Ranks use several threads each: no binding to one core per rank.
+    command.args(["-n", &ranks.to_string(), "--bind-to", "none", "--oversubscribe"]).arg(exe).args(forwarded);
+    eprintln!("starting {ranks} ranks: mpirun -n {ranks} --bind-to none --oversubscribe daa …");
+    command.status().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "--nproc-per-node starts ranks through Open MPI's `mpirun`, which was not found (scripts/setup.sh \
+             installs openmpi-bin; as root, Open MPI also wants OMPI_ALLOW_RUN_AS_ROOT=1 \
+             OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)"
+        ),
+        _ => anyhow::anyhow!("starting mpirun: {e}"),
+    })
+}
+
 /// Runs `daa train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    if let Some(ranks) = args.nproc_per_node.filter(|&n| n != 1) {
+        let status = launch_ranks(ranks)?;
+        if !status.success() {
+            anyhow::bail!("the {ranks} ranks ended with {status} (mpirun's message above names the rank)");
+        }
+        return Ok(());
+    }
     let mut overrides = args.overrides.clone();
     let shorthands = [
         ("model.path", args.model.as_deref().map(quoted)),

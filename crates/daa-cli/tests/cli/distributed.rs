@@ -189,3 +189,77 @@ fn a_rank_that_dies_ends_the_run_at_once_and_leaves_no_checkpoint_resume_would_t
     assert!(!out.status.success() && text.contains("rank 0: exiting at step 3"), "{text}");
     assert!(started.elapsed().as_secs() < 120, "the run took {:?} to end", started.elapsed());
 }
+
+/// The pid of rank `rank` among the processes whose command line names `run`.
+#[cfg(unix)]
+fn rank_pid(run: &Path, rank: usize) -> Option<u32> {
+    let needle = run.to_str().unwrap();
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()).find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let environ = std::fs::read(e.path().join("environ")).ok()?;
+        let has = |bytes: &[u8], text: &str| bytes.split(|b| *b == 0).any(|part| part == text.as_bytes());
+        (String::from_utf8_lossy(&cmdline).contains(needle) && has(&environ, &wanted)).then_some(pid)
+    })
+}
+
+#[test]
+#[cfg(unix)]
+fn a_signal_to_one_rank_checkpoints_every_rank_after_the_same_step() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = dir.path().join("run");
+    let sets = ["train.checkpoint_every=1000", "train.sharding=\"gradients\"", "train.epochs=3"];
+    let args = tiny_args(&config, &cache, &run, 60, &sets);
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        let _ = mpirun(&[]);
+        return;
+    }
+    // --nproc-per-node starts the two ranks through mpirun.
+    let mut launched = args.clone();
+    launched.extend(["--nproc-per-node".into(), "2".into()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_daa"))
+        .args(&launched)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while steps_written(&run) < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before its third step");
+        assert!(started.elapsed().as_secs() < 300, "the run did not reach its third step");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = rank_pid(&run, 1).expect("rank 1's process");
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    // Both ranks stopped after the same step, with one whole checkpoint of it.
+    let steps = train_records(&run).len() as u64;
+    let checkpoint = run.join(format!("checkpoint-{steps:06}"));
+    assert!(checkpoint.join("layout.json").exists(), "{text}\n{}", checkpoint.display());
+    assert!(checkpoint.join("optimizer-rank-00001-of-00002.safetensors").exists());
+    assert!(steps < 60, "the run was not stopped");
+    wait_for_the_lock_holder(&run);
+    // Resumed on one process, it continues as an uninterrupted run.
+    let mut resumed = tiny_args(&config, &cache, &run, steps + 2, &sets);
+    resumed.extend(["--resume".into(), run.to_str().unwrap().into()]);
+    let out = daa(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = dir.path().join("whole");
+    let args = tiny_args(&config, &cache, &whole, steps + 2, &sets);
+    let out = daa(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_steps(&run, &train_records(&whole), "resumed after the signal");
+}
+
+/// Training records in `run/metrics.jsonl` so far (0 before it exists).
+#[cfg(unix)]
+fn steps_written(run: &Path) -> usize {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.lines().filter(|l| l.contains("\"type\":\"train\"")).count()
+}
