@@ -212,6 +212,46 @@ impl HeldOutSums {
     }
 }
 
+impl HeldOutSums {
+    /// Every field summed over the ranks of `collective`, with the
+    /// statistics' sums (every rank must call it; each gets the same sums).
+    pub fn sum_over_ranks(
+        &mut self,
+        stats: &mut StatsSums,
+        collective: &mut dyn crate::distributed::Collective,
+    ) -> Result<(), ModelError> {
+        let mut values = [
+            self.loss,
+            self.accuracy,
+            self.margin,
+            self.chosen_logp,
+            self.rejected_logp,
+            self.chosen_tokens as f64,
+            self.rejected_tokens as f64,
+            self.pairs as f64,
+            stats.topk_entropy,
+            stats.topk_mass,
+            stats.entropy,
+            stats.rows as f64,
+        ];
+        collective.all_reduce_sum_f64(&mut values)?;
+        let [loss, accuracy, margin, chosen_logp, rejected_logp, chosen_tokens, rejected_tokens, pairs, h, m, e, rows] =
+            values;
+        *self = HeldOutSums {
+            loss,
+            accuracy,
+            margin,
+            chosen_logp,
+            rejected_logp,
+            chosen_tokens: chosen_tokens as usize,
+            rejected_tokens: rejected_tokens as usize,
+            pairs: pairs as usize,
+        };
+        *stats = StatsSums { topk_entropy: h, topk_mass: m, entropy: e, rows: rows as usize };
+        Ok(())
+    }
+}
+
 /// How a pass over pairs is cut into work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PassBatching {
@@ -296,11 +336,36 @@ pub fn evaluate<B: Backend>(
     batch: usize,
     pad_id: u32,
 ) -> Result<EvalReport, ModelError> {
+    evaluate_on_ranks(model, pairs, reference, (loss, stats), (batch, pad_id), None)
+}
+
+/// [`evaluate`] split over the ranks of `collective`: each scores its
+/// contiguous slice of the pairs, the sums are added over the ranks, and
+/// every rank gets the same report (equal to one process's up to the order
+/// of the sums).
+pub fn evaluate_on_ranks<B: Backend>(
+    model: &CausalLm<B>,
+    pairs: &[&SequencePair],
+    reference: &[PairScore],
+    (loss, stats): (&PreferenceLossParams, &TokenStatsParams),
+    (batch, pad_id): (usize, u32),
+    collective: Option<&mut dyn crate::distributed::Collective>,
+) -> Result<EvalReport, ModelError> {
+    if pairs.len() != reference.len() {
+        return Err(ModelError::Batch(format!("{} pairs but {} reference scores", pairs.len(), reference.len())));
+    }
     let cpu = Cpu::new();
     let mut totals = StatsSums::default();
     let batching = PassBatching { pairs_per_pass: batch, pad_id, head_chunk_rows: 0 };
-    let sums = held_out_pass(model, pairs, reference, loss, batching, &mut |chosen| {
+    let slice = match &collective {
+        Some(c) => crate::distributed::rank_slice(pairs.len(), c.rank(), c.world_size()),
+        None => 0..pairs.len(),
+    };
+    let mut sums = held_out_pass(model, &pairs[slice.clone()], &reference[slice], loss, batching, &mut |chosen| {
         totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, stats)
     })?;
+    if let Some(collective) = collective {
+        sums.sum_over_ranks(&mut totals, collective)?;
+    }
     Ok(sums.report(&totals))
 }

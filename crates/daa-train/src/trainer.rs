@@ -26,7 +26,7 @@ use crate::batch::{Sequence, SequencePair, TokenBatch};
 use crate::distributed::{Collective, FlatLayout, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
-use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate};
+use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate, evaluate_on_ranks};
 use crate::model::{CausalLm, ParamKind};
 use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, SetWeights, StepReport};
@@ -799,5 +799,20 @@ impl<B: AutodiffBackend> Trainer<B> {
         batch: usize,
     ) -> Result<EvalReport, ModelError> {
         evaluate(&self.valid_model(), pairs, reference, &self.options.loss, stats, batch, self.options.pad_id)
+    }
+
+    /// [`Self::evaluate`] split over the data-parallel ranks (each scores
+    /// its slice of `pairs`, the sums are added): every rank must call it,
+    /// and every rank gets the same report. One rank: [`Self::evaluate`].
+    pub fn evaluate_on_ranks(
+        &mut self,
+        pairs: &[&SequencePair],
+        reference: &[PairScore],
+        stats: &TokenStatsParams,
+        batch: usize,
+    ) -> Result<EvalReport, ModelError> {
+        let (model, options) = (self.valid_model(), self.options);
+        let collective = self.reducer.collective().filter(|c| c.world_size() > 1);
+        evaluate_on_ranks(&model, pairs, reference, (&options.loss, stats), (batch, options.pad_id), collective)
     }
 }

@@ -125,7 +125,9 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         observer: &mut dyn RunObserver,
     ) -> Result<bool> {
         let context = || format!("evaluation after step {step}");
-        let report = trainer.evaluate(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
+        // Split over the ranks of a run under mpirun (each scores its slice).
+        let report =
+            trainer.evaluate_on_ranks(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
         let sampled = match self.samples.as_mut() {
             Some(s) => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
             None => None,

@@ -126,3 +126,47 @@ fn a_rank_that_fails_ends_the_others_step_with_a_named_error() {
     let err = trainer.step(&step).unwrap_err().to_string();
     assert!(err.contains("distributed training") && err.contains("rank 1 left the group"), "{err}");
 }
+
+#[test]
+fn evaluation_split_over_ranks_reports_what_one_rank_reports() {
+    let (pairs, initial, reference) = setup();
+    let held: Vec<&SequencePair> = pairs.iter().collect();
+    let stats = daa_core::TokenStatsParams { k: 5, ..Default::default() };
+    let mut one = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
+    step_once(&mut one, &pairs, &reference);
+    let expected = one.evaluate(&held, &reference, &stats, 3).unwrap();
+    // Two ranks (the same weights after the step, bit for bit), each scoring
+    // its 4 held-out pairs in passes of 3 and 1 (one rank: 3, 3 and 2).
+    let reports: Vec<daa_train::EvalReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
+            .into_iter()
+            .map(|collective| {
+                let (pairs, reference, held, stats, initial) = (&pairs, &reference, &held, &stats, initial.clone());
+                scope.spawn(move || {
+                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
+                    let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
+                        .unwrap()
+                        .with_reducer(Box::new(DataParallel::new(collective)));
+                    step_once(&mut trainer, &pairs[slice.clone()], &reference[slice]);
+                    trainer.evaluate_on_ranks(held, reference, stats, 3).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    for (rank, r) in reports.iter().enumerate() {
+        assert_eq!(r, &reports[0], "rank {rank}: every rank gets the same report");
+        for (name, a, b) in [
+            ("loss", r.loss, expected.loss),
+            ("accuracy", r.accuracy, expected.accuracy),
+            ("margin", r.margin, expected.margin),
+            ("chosen log-lik", r.chosen_token_loglik, expected.chosen_token_loglik),
+            ("top-k entropy", r.topk_entropy, expected.topk_entropy),
+            ("top-k mass", r.topk_mass, expected.topk_mass),
+            ("entropy", r.entropy, expected.entropy),
+        ] {
+            assert!(close(a, b), "rank {rank}: {name} {a} against one rank's {b}");
+        }
+    }
+}
