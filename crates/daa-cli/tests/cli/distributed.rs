@@ -121,6 +121,19 @@ fn two_ranks_train_what_one_process_trains_and_checkpoints_resume_onto_either() 
     assert_same_steps(&run("resumed-on-one"), &expected[2..], "2 → 1");
     assert!(weights(&run("resumed-on-one"), 4) == weights(&run("one"), 4), "2 → 1: the weights after step 4 differ");
 
+    // 2 → 3: the sharded checkpoint re-sliced for three ranks (slices of 3,
+    // 3 and 2 pairs: the gradient sums in another order, so to rounding).
+    let checkpoint = run("two-gradients").join("checkpoint-000002");
+    let mut resumed = args("resumed-on-three", 4, &["train.sharding=\"gradients\""]);
+    resumed.extend(["--resume".into(), checkpoint.to_str().unwrap().into()]);
+    let out = mpirun(&[resumed.clone(), resumed.clone(), resumed]).unwrap();
+    assert!(out.status.success(), "2 → 3: {}", stderr(&out));
+    let records = train_records(&run("resumed-on-three"));
+    assert_eq!(records.len(), 2, "2 → 3: training records");
+    for ((loss, _), (one_loss, _)) in records.iter().zip(&expected[2..]) {
+        assert!((loss - one_loss).abs() <= 1e-6 * one_loss.abs(), "2 → 3: loss {loss} against {one_loss}");
+    }
+
     // 1 → 2: one process's whole checkpoint resumed by two sharded ranks.
     let checkpoint = run("one").join("checkpoint-000002");
     let mut resumed = args("resumed-on-two", 4, &["train.sharding=\"optimizer\""]);

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::module::ParamId;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use daa_core::DType;
 use daa_core::io::SafetensorsFile;
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +26,9 @@ use crate::peft::{ADAPTER_WEIGHTS, is_adapter_dir, read_adapter_config};
 use crate::trainer::Trainer;
 use daa_core::io::write_dir_atomic as write_dir;
 
-use super::rank_checkpoints::{check_rank_files, load_sharded_optimizer, read_sharded_state, save_on_ranks};
+use super::rank_checkpoints::{
+    check_rank_files, load_sharded_optimizer, read_moment, read_sharded_state, save_on_ranks, saved_steps,
+};
 
 /// `trainer_state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,22 +251,8 @@ pub fn load_optimizer<B: Backend>(dir: &Path, model: &CausalLm<B>, optimizer: &m
     }
     let path = dir.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&path)?;
-    let steps: u64 = file
-        .metadata("steps")
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("{}: no `steps` metadata", path.display()))?;
-    let read = |name: &str, len: usize| -> Result<Vec<f32>> {
-        let view = file.require(name, "an AdamW moment")?;
-        if view.dtype()? != DType::F32 || view.shape() != [len] {
-            bail!(
-                "{}: tensor `{name}` must be F32 [{len}], found {} {:?}",
-                path.display(),
-                view.stored_dtype(),
-                view.shape()
-            );
-        }
-        Ok(view.host()?.as_f32("moment")?.to_vec())
-    };
+    let steps = saved_steps(&file, &path)?;
+    let read = |name: &str, len: usize| read_moment(&file, &path, name, len);
     let mut params: Vec<(String, ParamId, usize)> = Vec::new();
     model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
         params.push((name.to_string(), p.id(), p.file_shape().iter().product()));

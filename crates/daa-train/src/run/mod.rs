@@ -83,7 +83,7 @@ use crate::trainer::{ReferencePolicy, Trainer};
 
 /// Runs (or resumes, from a checkpoint folder or a run folder) a training run.
 pub fn train(config: TrainConfig, resume: Option<PathBuf>, observer: &mut dyn RunObserver) -> Result<RunOutcome> {
-    let (backend, device) = (config.model.backend, config.model.device);
+    let (backend, device) = (config.model.backend, ranks::device_of_this_rank(&config)?);
     with_compute_backend(backend, device, TrainTask { config, resume, observer })
 }
 
@@ -290,13 +290,29 @@ fn build_trainer<B: AutodiffBackend>(
         (Some(_), Some(point)) => attach_adapter(load_model_in(&prepared.model_dir, device, dtype)?, &point.dir)?,
     };
     let mut trainer = Trainer::<B>::new(model, options, reference)?.with_dropout_seed(config.train.seed);
+    // A sharded run reads only its slice of the moments (below).
+    let sharded = ranks.world_size() > 1 && config.train.sharding != crate::plan::Sharding::None;
     if let Some(point) = resume {
-        load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut())
-            .with_context(|| format!("--resume {}", point.dir.display()))?;
+        let context = || format!("--resume {}", point.dir.display());
+        match sharded {
+            true => {
+                trainer.optimizer_mut().steps = rank_checkpoints::checkpoint_steps(&point.dir).with_context(context)?
+            }
+            false => {
+                load_optimizer(&point.dir, &trainer.valid_model(), trainer.optimizer_mut()).with_context(context)?
+            }
+        }
         trainer.resume_at(point.step);
     }
     if let Some(reducer) = ranks.reducer() {
         trainer = trainer.with_reducer(Box::new(reducer)).with_sharding(config.train.sharding)?;
+    }
+    if let (Some(point), Some(zero)) = (resume, trainer.zero_state_mut()) {
+        let slice = rank_checkpoints::read_moment_slice(&point.dir, zero.layout(), zero.shard())
+            .with_context(|| format!("--resume {}", point.dir.display()))?;
+        if let Some((m, v)) = slice {
+            zero.set_moments(m, v)?;
+        }
     }
     Ok(trainer)
 }

@@ -11,7 +11,9 @@
 //! takes), agree that every part was written, and only then rank 0 renames
 //! the folder into place. A rank that fails is named and nothing is
 //! renamed. Resuming reads the layout and re-slices the state for any
-//! number of ranks ([`load_sharded_optimizer`]).
+//! number of ranks: a sharded run's rank reads only its slice
+//! ([`read_moment_slice`]), a run with whole state puts every slice
+//! together ([`load_sharded_optimizer`]).
 
 use std::path::{Path, PathBuf};
 
@@ -168,6 +170,28 @@ pub fn read_sharded_state(dir: &Path) -> Result<Option<ShardedState>> {
     serde_json::from_str(&text).map(Some).with_context(|| format!("{}: not a daa sharded-state layout", path.display()))
 }
 
+/// The f32 vector `name` of `len` values in `file` (at `path`), or an
+/// error naming the file, the tensor and what it holds instead.
+pub(crate) fn read_moment(file: &SafetensorsFile, path: &Path, name: &str, len: usize) -> Result<Vec<f32>> {
+    let view = file.require(name, "AdamW moments")?;
+    if view.dtype()? != DType::F32 || view.shape() != [len] {
+        bail!(
+            "{}: tensor `{name}` must be F32 [{len}], found {} {:?}",
+            path.display(),
+            view.stored_dtype(),
+            view.shape()
+        );
+    }
+    Ok(view.host()?.as_f32("moment")?.to_vec())
+}
+
+/// `optimizer.safetensors`'s `steps` metadata.
+pub(crate) fn saved_steps(file: &SafetensorsFile, path: &Path) -> Result<u64> {
+    file.metadata("steps")
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("{}: no `steps` metadata", path.display()))
+}
+
 /// Checks every rank's file of a sharded checkpoint opens whole.
 pub fn check_rank_files(dir: &Path, state: &ShardedState) -> Result<()> {
     let world = state.layout.world_size;
@@ -178,8 +202,8 @@ pub fn check_rank_files(dir: &Path, state: &ShardedState) -> Result<()> {
 }
 
 /// Restores the AdamW moments of a sharded checkpoint for `model`'s
-/// parameters (every rank's slice read and put together: the whole state,
-/// which [`Trainer::with_sharding`] then slices for this run's ranks).
+/// parameters, every saved slice read and put together: for a run whose
+/// state is whole (one process, or ranks with `train.sharding = "none"`).
 /// A layout that names other parameters or shapes is refused, naming them.
 pub fn load_sharded_optimizer<B: Backend>(
     dir: &Path,
@@ -203,16 +227,7 @@ pub fn load_sharded_optimizer<B: Backend>(
         let path = dir.join(rank_file(rank, layout.world_size));
         let file = SafetensorsFile::open(&path)?;
         for (name, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
-            let view = file.require(name, "a slice of AdamW moments")?;
-            if view.dtype()? != DType::F32 || view.shape() != [n] {
-                bail!(
-                    "{}: tensor `{name}` must be F32 [{n}], found {} {:?}",
-                    path.display(),
-                    view.stored_dtype(),
-                    view.shape()
-                );
-            }
-            into.extend_from_slice(view.host()?.as_f32("moment")?);
+            into.extend(read_moment(&file, &path, name, n)?);
         }
     }
     let device = model.embed.weight.device();
@@ -224,4 +239,66 @@ pub fn load_sharded_optimizer<B: Backend>(
     }
     optimizer.steps = state.steps;
     Ok(())
+}
+
+/// AdamW steps a checkpoint's optimizer state has taken (`layout.json`, or
+/// `optimizer.safetensors`'s `steps` metadata).
+pub fn checkpoint_steps(dir: &Path) -> Result<u64> {
+    if let Some(state) = read_sharded_state(dir)? {
+        return Ok(state.steps);
+    }
+    let path = dir.join("optimizer.safetensors");
+    saved_steps(&SafetensorsFile::open(&path)?, &path)
+}
+
+/// The moments `(m, v)` of the flat range `range` of `layout` (this run's
+/// parameters; a rank's slice), read from a checkpoint without the rest:
+/// from the slices of a sharded checkpoint that overlap it (saved by any
+/// number of ranks), or from a whole `optimizer.safetensors`, one parameter
+/// at a time. `None` before the first step (no moments saved). Padding
+/// past the parameters is zeros.
+pub fn read_moment_slice(
+    dir: &Path,
+    layout: &FlatLayout,
+    range: std::ops::Range<usize>,
+) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let (mut m, mut v) = (vec![0f32; range.len()], vec![0f32; range.len()]);
+    if let Some(state) = read_sharded_state(dir)? {
+        layout
+            .check_same_parameters(&state.layout)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(LAYOUT_FILE).display()))?;
+        if state.steps == 0 {
+            return Ok(None);
+        }
+        let saved = &state.layout;
+        for rank in 0..saved.world_size {
+            let theirs = saved.shard(rank);
+            let (start, end) = (theirs.start.max(range.start), theirs.end.min(range.end));
+            if start >= end {
+                continue;
+            }
+            let path = dir.join(rank_file(rank, saved.world_size));
+            let file = SafetensorsFile::open(&path)?;
+            for (name, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
+                let values = read_moment(&file, &path, name, theirs.len())?;
+                into[start - range.start..end - range.start]
+                    .copy_from_slice(&values[start - theirs.start..end - theirs.start]);
+            }
+        }
+        return Ok(Some((m, v)));
+    }
+    if checkpoint_steps(dir)? == 0 {
+        return Ok(None);
+    }
+    let path = dir.join("optimizer.safetensors");
+    let file = SafetensorsFile::open(&path)?;
+    for segment in layout.segments(range.clone()) {
+        let entry = &layout.entries[segment.entry];
+        for (suffix, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
+            let values = read_moment(&file, &path, &format!("{}.{suffix}", entry.name), entry.len)?;
+            into[segment.flat.start - range.start..segment.flat.end - range.start]
+                .copy_from_slice(&values[segment.within.clone()]);
+        }
+    }
+    Ok(Some((m, v)))
 }

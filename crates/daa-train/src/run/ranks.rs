@@ -175,6 +175,18 @@ fn excerpt(text: &str) -> String {
     if cut.len() < text.len() { format!("{cut}…") } else { cut }
 }
 
+/// The GPU this rank trains on: `model.device` plus the launcher's local
+/// rank (rank `r` of a node on GPU `r` with the default `model.device = 0`);
+/// `model.device` for one process and on the CPU.
+pub(crate) fn device_of_this_rank(config: &TrainConfig) -> Result<usize> {
+    let launch = LaunchEnv::from_env().map_err(anyhow::Error::msg)?;
+    let local = launch.filter(|l| l.world_size > 1).map_or(0, |l| l.local_rank);
+    Ok(match config.model.backend {
+        crate::backend::ComputeBackend::Cpu => config.model.device,
+        _ => config.model.device + local,
+    })
+}
+
 /// Fault injection for tests and failure drills: when the environment
 /// variable `var` is `R:S` and this is rank `R` at step `S`, the process
 /// exits at once with status 3 (as a crashed rank would), saying so.
