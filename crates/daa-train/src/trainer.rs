@@ -571,6 +571,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         let o = self.options;
         let lr = o.schedule.at(self.completed);
         self.seed_dropout();
+        // A step left unapplied (a skipped non-finite one) leaves nothing behind.
+        if let Some(zero) = &mut self.zero {
+            zero.discard_gradients();
+        }
 
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
@@ -709,9 +713,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             if !grads.is_empty() || !zero.has_gradients() {
                 zero.scatter_gradients(&mut grads, collective)?;
             }
-            self.optimizer.steps += 1;
-            let t = i32::try_from(self.optimizer.steps).unwrap_or(i32::MAX);
+            // Counted once the step is applied (a non-finite norm refuses it).
+            let t = i32::try_from(self.optimizer.steps + 1).unwrap_or(i32::MAX);
             let step = zero.step(&self.options.optimizer, lr, t, collective)?;
+            self.optimizer.steps += 1;
             let model = self.model.take().expect("the model is put back after every step");
             let ranges = zero.ranges();
             self.model = Some(model.map(&mut SetWeights { flat: &step.weights, ranges: &ranges, dtype: None }));
@@ -745,6 +750,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let o = self.options;
         let lr = o.schedule.at(self.completed);
         self.seed_dropout();
+        if let Some(zero) = &mut self.zero {
+            zero.discard_gradients();
+        }
         let model = self.model.as_ref().expect("the model is put back after every step");
         let vocab = model.config().vocab_size;
         let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();

@@ -276,3 +276,19 @@ fn steps_written(run: &Path) -> usize {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
     text.lines().filter(|l| l.contains("\"type\":\"train\"")).count()
 }
+
+#[test]
+fn an_epoch_whose_last_step_leaves_a_rank_without_pairs_is_refused_before_it_starts() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    // 1 024 rows, 15 held out: 1 009 training pairs, the last step of 8 holds 1.
+    let args = tiny_args(&config, &cache, &dir.path().join("run"), 2, &["data.eval_size=15"]);
+    let Some(out) = mpirun(&[args.clone(), args]) else { return };
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("the last step of each epoch has 1 pair(s) (1009 training pairs, train.batch_size 8)"),
+        "{text}"
+    );
+    assert!(!dir.path().join("run").join("metrics.jsonl").exists(), "nothing may start");
+}

@@ -240,6 +240,13 @@ impl<B: Backend> ZeroState<B> {
         Ok(())
     }
 
+    /// Forgets a step's gradients scattered so far (a step that was not
+    /// applied: its sum must not carry into the next).
+    pub fn discard_gradients(&mut self) {
+        self.gradient_sum = None;
+        self.with_gradient.clear();
+    }
+
     /// Whether part of this step's gradient sum is held already.
     pub fn has_gradients(&self) -> bool {
         self.gradient_sum.is_some()
@@ -263,6 +270,9 @@ impl<B: Backend> ZeroState<B> {
         let g = self.gradient_sum.take().ok_or_else(|| {
             ModelError::Sharding("a sharded step without gradients (scatter_gradients was not called)".into())
         })?;
+        // This step's record of which parameters had a gradient, taken now
+        // so that a step refused below does not leak it into the next.
+        let seen = std::mem::take(&mut self.with_gradient);
         let mut squares = [g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()];
         collective.all_reduce_sum_f64(&mut squares)?;
         let grad_norm = squares[0].sqrt();
@@ -286,7 +296,6 @@ impl<B: Backend> ZeroState<B> {
         let m_hat = m.clone().div_scalar(1.0 - config.beta1.powi(t));
         let v_hat = v.clone().div_scalar(1.0 - config.beta2.powi(t));
         let theta = self.master.clone() * factor - (m_hat / (v_hat.sqrt().add_scalar(config.eps))).mul_scalar(lr);
-        let seen = std::mem::take(&mut self.with_gradient);
         let mut untouched = vec![false; n];
         let shard = self.shard();
         for segment in self.layout.segments(shard.clone()) {

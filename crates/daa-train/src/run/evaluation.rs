@@ -128,11 +128,22 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         // Split over the ranks of a run under mpirun (each scores its slice).
         let report =
             trainer.evaluate_on_ranks(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
+        // The sample evaluation (generation, judging) runs on rank 0, which
+        // sends the others its figures: every rank's monitor decides alike.
+        let first = trainer.collective().is_none_or(|c| c.rank() == 0);
         let sampled = match self.samples.as_mut() {
-            Some(s) => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
-            None => None,
+            Some(s) if first => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
+            _ => None,
         };
-        let record = EvalRecord { step, report, samples: sampled.as_ref().map(|s| s.report) };
+        let mut samples = sampled.as_ref().map(|s| s.report);
+        if self.samples.is_some()
+            && let Some(collective) = trainer.collective().filter(|c| c.world_size() > 1)
+        {
+            let mut bytes = serde_json::to_vec(&samples)?;
+            collective.broadcast_bytes(0, &mut bytes).context("sharing rank 0's sample evaluation")?;
+            samples = serde_json::from_slice(&bytes).context("rank 0's sample evaluation")?;
+        }
+        let record = EvalRecord { step, report, samples };
         metrics.write(&MetricsRecord::Eval(record))?;
         if let Some(sampled) = &sampled {
             metrics.write_samples(step, &sampled.samples, &mut |line| observer.note(line))?;

@@ -154,6 +154,16 @@ fn run<B: AutodiffBackend>(
     // A frozen reference (loss.reference = "model") goes to the trainer; the
     // sample evaluation shares its tensors when it samples the reference.
     let schedule = BatchSchedule::new(prepared.train.len(), config.train.batch_size, config.train.seed)?;
+    let last = prepared.train.len() % config.train.batch_size;
+    if last != 0 && last < ranks.world_size() {
+        bail!(
+            "the last step of each epoch has {last} pair(s) ({} training pairs, train.batch_size {}), fewer than the {} \
+             ranks, which each need one: change train.batch_size or data.eval_size",
+            prepared.train.len(),
+            config.train.batch_size,
+            ranks.world_size()
+        );
+    }
     let total_steps = schedule.steps_per_epoch() * config.train.epochs as u64;
     let cadence = config.cadence(total_steps)?;
     let lora_reference = config.lora.is_some() && config.loss.reference == ReferenceMode::Model;

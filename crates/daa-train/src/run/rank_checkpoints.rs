@@ -129,6 +129,15 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
         if rank == 0 {
             let optimizer = whole.map(|tensors| tensors.map(|t| (t, steps))).transpose()?;
             write_checkpoint_files(&partial, model, optimizer, state, source_dir)?;
+            // Rank 0's files on disk too before the ranks agree the folder is whole.
+            for entry in std::fs::read_dir(&partial).with_context(|| format!("{}: cannot list", partial.display()))? {
+                let path = entry?.path();
+                if path.is_file() {
+                    std::fs::File::open(&path)
+                        .and_then(|f| f.sync_all())
+                        .with_context(|| format!("{}: cannot sync", path.display()))?;
+                }
+            }
         }
         Ok(())
     })();

@@ -74,13 +74,14 @@ impl StepLoop<'_> {
     /// Names a non-finite step: its number, what was not finite, and the
     /// data rows of the pairs concerned (the pair whose log-probability was
     /// not finite, or every pair of the step for the gradient).
-    fn non_finite(&mut self, step: u64, error: &ModelError) -> String {
+    /// `offset`: where this rank's slice starts in the step's pairs.
+    fn non_finite(&mut self, step: u64, error: &ModelError, offset: usize) -> String {
         let indices = self.schedule.indices(step).to_vec();
         let row = |i: usize| self.prepared.train[i].row;
         let (what, rows): (String, Vec<usize>) = match error {
             ModelError::NonFiniteScore { pair, chosen, rejected } => (
                 format!("the policy's log-probability is not finite (chosen {chosen}, rejected {rejected})"),
-                indices.get(*pair).map(|&i| row(i)).into_iter().collect(),
+                indices.get(offset + *pair).map(|&i| row(i)).into_iter().collect(),
             ),
             other => (other.to_string(), indices.iter().map(|&i| row(i)).collect()),
         };
@@ -109,13 +110,15 @@ impl StepLoop<'_> {
             let pairs = self.schedule.step_pairs(step, &self.prepared.train, self.reference)?;
             let (rank, world) = self.rank;
             super::ranks::injected_exit("DAA_FAULT_EXIT_AT_STEP", rank, step + 1);
-            let pairs = &pairs[rank_slice(pairs.len(), rank, world)];
+            let slice = rank_slice(pairs.len(), rank, world);
+            let offset = slice.start;
+            let pairs = &pairs[slice];
             let coefficients = evaluation.coefficients();
             let batch_stats = self.cadence.step_stats_due(step + 1).then_some(&self.stats);
             let record = match trainer.step_with_stats(pairs, batch_stats) {
                 Ok(record) => Some(record),
                 Err(e @ (ModelError::NonFiniteScore { .. } | ModelError::NonFiniteStep { .. })) => {
-                    let what = self.non_finite(step, &e);
+                    let what = self.non_finite(step, &e, offset);
                     if skipped >= self.config.train.skip_nonfinite {
                         bail!("{what}; {}", last_checkpoint(&run_dir));
                     }
