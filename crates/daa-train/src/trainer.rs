@@ -127,6 +127,12 @@ impl<B: Backend> GradientReducer<B> for SingleRank {
     }
 }
 
+/// The collective sharded optimizer state exchanges through (a sharded
+/// trainer always has one: [`Trainer::with_sharding`] requires it).
+fn sharded_collective<B: Backend>(reducer: &mut dyn GradientReducer<B>) -> Result<&mut dyn Collective, ModelError> {
+    reducer.collective().ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))
+}
+
 /// ZeRO-2: a micro-batch's gradients reduce-scattered into this rank's slice
 /// of the step's sum (nothing at other stages).
 fn scatter_micro_batch<B: Backend>(
@@ -135,9 +141,7 @@ fn scatter_micro_batch<B: Backend>(
     grads: &mut GradAccumulator<B>,
 ) -> Result<(), ModelError> {
     let Some(zero) = zero.as_mut().filter(|z| z.scatters_each_micro_batch()) else { return Ok(()) };
-    let collective = reducer
-        .collective()
-        .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+    let collective = sharded_collective(reducer)?;
     zero.scatter_gradients(grads, collective)
 }
 
@@ -446,10 +450,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// where they are sharded (every rank must call it then).
     pub fn gathered_master_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
         let Some(zero) = &self.zero else { return Ok(self.master_model()) };
-        let collective = self
-            .reducer
-            .collective()
-            .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+        let collective = sharded_collective(self.reducer.as_mut())?;
         let (flat, ranges) = (zero.gather_masters(collective)?, zero.ranges());
         let dtype = Some(burn::tensor::FloatDType::F32);
         Ok(self.valid_model().map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype }))
@@ -705,10 +706,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// of every kind of step.
     fn apply(&mut self, mut grads: GradAccumulator<B::InnerBackend>, lr: f64) -> Result<StepReport, ModelError> {
         if let Some(zero) = &mut self.zero {
-            let collective = self
-                .reducer
-                .collective()
-                .ok_or_else(|| ModelError::Sharding("sharded optimizer state without a collective".into()))?;
+            let collective = sharded_collective(self.reducer.as_mut())?;
             // ZeRO-2 scattered each micro-batch already (an NLL step scatters once).
             if !grads.is_empty() || !zero.has_gradients() {
                 zero.scatter_gradients(&mut grads, collective)?;
