@@ -25,6 +25,8 @@ mod generate_cmd;
 #[cfg(feature = "train")]
 mod judge_cmd;
 #[cfg(feature = "train")]
+mod launcher;
+#[cfg(feature = "train")]
 mod logps_cmd;
 mod loss_cmd;
 #[cfg(feature = "train")]

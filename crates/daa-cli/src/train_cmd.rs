@@ -49,12 +49,28 @@ pub struct TrainArgs {
     /// Shorthand for --set data.strict=true: stop at the first bad row.
     #[arg(long)]
     strict: bool,
-    /// Ranks on this node: starts this many `daa train` processes through
-    /// Open MPI's `mpirun`, which supervises them (one node; data parallel,
-    /// sharded as `train.sharding` says).
+    /// Ranks on this node: starts this many `daa train` processes and
+    /// supervises them (data parallel, sharded as `train.sharding` says;
+    /// rank i of the node on GPU model.device + i).
     #[arg(long, value_name = "N")]
     nproc_per_node: Option<usize>,
+    /// Nodes in the run (run the same command on each, with its --node-rank).
+    #[arg(long, value_name = "M", default_value_t = 1)]
+    nnodes: usize,
+    /// This node, 0..M (node 0 holds rank 0).
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    node_rank: usize,
+    /// Node 0's host, which every node reaches (needed with --nnodes above 1).
+    #[arg(long, value_name = "HOST")]
+    master_addr: Option<String>,
+    /// The port the ranks meet at on node 0 (a free one on one node;
+    /// 29500 across nodes).
+    #[arg(long, value_name = "PORT")]
+    master_port: Option<u16>,
 }
+
+/// The launcher's own flags, which the ranks do not get.
+const LAUNCHER_FLAGS: [&str; 5] = ["--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port"];
 
 fn quoted(s: &str) -> String {
     format!("{:?}", s)
@@ -195,50 +211,20 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
     eprintln!("metrics: {0}/metrics.jsonl, chart: {0}/metrics.svg, checkpoints: {0}/checkpoint-*", run_dir.display());
 }
 
-/// `daa train --nproc-per-node N`: the same command without the flag, as N
-/// ranks under `mpirun` (which ends every rank when one fails and names
-/// it); returns its exit status.
-fn launch_ranks(ranks: usize) -> Result<std::process::ExitStatus> {
-    if ranks == 0 {
-        anyhow::bail!("--nproc-per-node must be at least 1");
-    }
-    if daa_train::distributed::LaunchEnv::from_env().map_err(anyhow::Error::msg)?.is_some() {
-        anyhow::bail!("--nproc-per-node: this process is already one rank of a launched run");
-    }
-    let mut forwarded = Vec::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--nproc-per-node" => {
-                args.next();
-            }
-            a if a.starts_with("--nproc-per-node=") => {}
-            _ => forwarded.push(arg),
-        }
-    }
-    let exe = std::env::current_exe()?;
-    let mut command = std::process::Command::new("mpirun");
-    // Ranks use several threads each: no binding to one core per rank.
-    command.args(["-n", &ranks.to_string(), "--bind-to", "none", "--oversubscribe"]).arg(exe).args(forwarded);
-    eprintln!("starting {ranks} ranks: mpirun -n {ranks} --bind-to none --oversubscribe daa …");
-    command.status().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "--nproc-per-node starts ranks through Open MPI's `mpirun`, which was not found (scripts/setup.sh \
-             installs openmpi-bin; as root, Open MPI also wants OMPI_ALLOW_RUN_AS_ROOT=1 \
-             OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)"
-        ),
-        _ => anyhow::anyhow!("starting mpirun: {e}"),
-    })
-}
-
 /// Runs `daa train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    if let Some(ranks) = args.nproc_per_node.filter(|&n| n != 1) {
-        let status = launch_ranks(ranks)?;
-        if !status.success() {
-            anyhow::bail!("the {ranks} ranks ended with {status} (mpirun's message above names the rank)");
-        }
-        return Ok(());
+    let plan = crate::launcher::NodePlan {
+        nproc_per_node: args.nproc_per_node.unwrap_or(1),
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        master_addr: args.master_addr.clone(),
+        master_port: args.master_port,
+    };
+    if args.nproc_per_node.is_some() && plan.world_size() != 1 {
+        return crate::launcher::launch(&plan, &crate::launcher::forwarded_args(&LAUNCHER_FLAGS));
+    }
+    if plan.nnodes != 1 {
+        anyhow::bail!("--nnodes needs --nproc-per-node: the ranks to start on this node");
     }
     let mut overrides = args.overrides.clone();
     let shorthands = [
@@ -257,7 +243,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     daa_train::run::interrupt::install()?;
     let outcome = train(config, args.resume.clone(), &mut progress)?;
     progress.finish();
-    // Under mpirun, rank 0 reports; the others wrote nothing to report.
+    // Of several ranks, rank 0 reports; the others wrote nothing to report.
     if outcome.rank > 0 {
         return Ok(());
     }

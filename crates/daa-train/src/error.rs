@@ -52,7 +52,7 @@ pub enum ModelError {
     Core(#[from] daa_core::error::DaaError),
     /// A collective between data-parallel ranks failed.
     #[error("distributed training: {0}")]
-    Collective(#[from] crate::distributed::CollectiveError),
+    Collective(crate::distributed::CollectiveError),
     /// Sharded training state used inconsistently (a stage without ranks,
     /// a gradient outside the layout, a slice of the wrong length).
     #[error("sharded training: {0}")]
@@ -110,4 +110,12 @@ pub fn read_vec<T: burn::tensor::Element, B: burn::tensor::backend::Backend, con
     let failed = |message: String| ModelError::Readback { what: what.to_string(), message };
     let data = tensor.try_into_data().map_err(|e| failed(format!("{e:?}")))?;
     data.convert::<T>().into_vec::<T>().map_err(|e| failed(format!("{e:?}")))
+}
+
+/// Not `#[from]`: that would make the collective's error the source as
+/// well, and an error chain would print its message twice.
+impl From<crate::distributed::CollectiveError> for ModelError {
+    fn from(error: crate::distributed::CollectiveError) -> Self {
+        ModelError::Collective(error)
+    }
 }

@@ -903,6 +903,8 @@ mod distributed;
 #[cfg(feature = "train")]
 mod faults;
 #[cfg(feature = "train")]
+mod launcher;
+#[cfg(feature = "train")]
 mod lora;
 #[cfg(all(feature = "train", unix))]
 mod own_data;

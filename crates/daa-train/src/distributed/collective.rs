@@ -2,6 +2,11 @@
 
 use std::time::Duration;
 
+/// Reports a signal the process received and has not acted on yet
+/// (`daa_train::run::interrupt::requested`): a rank signalled while its
+/// peers do not answer stops waiting for them.
+pub type SignalCheck = fn() -> Option<i32>;
+
 /// A collective that did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectiveError {

@@ -31,6 +31,8 @@ pub struct LaunchEnv {
     pub local_world_size: usize,
     /// `MASTER_ADDR:MASTER_PORT`, when both are set.
     pub master: Option<(String, u16)>,
+    /// `DAA_RENDEZVOUS_PORT`, when set: the port daa's ranks meet at.
+    pub rendezvous_port: Option<u16>,
 }
 
 impl LaunchEnv {
@@ -90,7 +92,24 @@ impl LaunchEnv {
             }
             _ => None,
         };
-        Ok(Some(Self { launcher, rank, world_size, local_rank, local_world_size, master }))
+        let rendezvous_port = number("DAA_RENDEZVOUS_PORT")?
+            .map(|port| u16::try_from(port).map_err(|_| format!("DAA_RENDEZVOUS_PORT={port} is not a port")))
+            .transpose()?;
+        Ok(Some(Self { launcher, rank, world_size, local_rank, local_world_size, master, rendezvous_port }))
+    }
+
+    /// Where daa's ranks meet over TCP (rank 0 listens there): `MASTER_ADDR`
+    /// with `DAA_RENDEZVOUS_PORT` when set, else with `MASTER_PORT + 1`
+    /// under torchrun (whose own store listens on `MASTER_PORT`), else
+    /// with `MASTER_PORT`. `None` without `MASTER_ADDR` and a port.
+    pub fn rendezvous(&self) -> Option<(String, u16)> {
+        let (host, port) = self.master.clone()?;
+        let port = match (self.rendezvous_port, self.launcher) {
+            (Some(port), _) => port,
+            (None, Launcher::Torchrun) => port.checked_add(1)?,
+            (None, _) => port,
+        };
+        Some((host, port))
     }
 }
 
@@ -125,8 +144,11 @@ mod tests {
                 local_rank: 1,
                 local_world_size: 8,
                 master: Some(("node0".into(), 29500)),
+                rendezvous_port: None,
             }
         );
+        // torchrun's store holds MASTER_PORT: daa's ranks meet on the next port.
+        assert_eq!(torchrun.rendezvous(), Some(("node0".into(), 29501)));
         let slurm = env(&[
             ("SLURM_PROCID", "3"),
             ("SLURM_NTASKS", "4"),
@@ -136,6 +158,16 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!((slurm.launcher, slurm.rank, slurm.local_rank, slurm.local_world_size), (Launcher::Slurm, 3, 1, 2));
+        let own = env(&[
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29400"),
+            ("DAA_RENDEZVOUS_PORT", "29400"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(own.rendezvous(), Some(("127.0.0.1".into(), 29400)));
         let mpi = env(&[
             ("OMPI_COMM_WORLD_RANK", "1"),
             ("OMPI_COMM_WORLD_SIZE", "2"),

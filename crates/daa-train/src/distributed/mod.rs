@@ -2,7 +2,8 @@
 //! operations ranks exchange values through ([`Collective`]), an in-process
 //! implementation over threads for tests ([`ThreadRank`]), data parallelism
 //! through the trainer's reduction point ([`DataParallel`]), processes
-//! started by `mpirun` (`MpiRank`, feature `mpi`), where a rank's
+//! started by `mpirun` (`MpiRank`, feature `mpi`), processes exchanging
+//! over TCP (torchrun, srun, `daa train --nproc-per-node`; [`TcpRank`]), where a rank's
 //! pairs come from in the global batch ([`rank_slice`]), and the rank a
 //! launcher (torchrun, SLURM's srun, mpirun) gave this process
 //! ([`LaunchEnv`]).
@@ -18,16 +19,22 @@ mod launch_env;
 #[cfg(feature = "mpi")]
 mod mpi_rank;
 mod step_gather;
+#[cfg(not(target_arch = "wasm32"))]
+mod tcp_rank;
+#[cfg(not(target_arch = "wasm32"))]
+mod tcp_rendezvous;
 mod threads;
 mod zero;
 
 pub use crate::plan::Sharding;
-pub use collective::{Collective, CollectiveError};
+pub use collective::{Collective, CollectiveError, SignalCheck};
 pub use data_parallel::{DataParallel, rank_slice};
 pub use flat_layout::{FlatEntry, FlatLayout, Segment};
 pub use launch_env::{LaunchEnv, Launcher};
 #[cfg(feature = "mpi")]
 pub use mpi_rank::MpiRank;
 pub use step_gather::StepFigures;
+#[cfg(not(target_arch = "wasm32"))]
+pub use tcp_rank::TcpRank;
 pub use threads::ThreadRank;
 pub use zero::{ZeroState, ZeroStep};

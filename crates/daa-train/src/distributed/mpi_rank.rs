@@ -17,14 +17,10 @@ use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
-use super::collective::{Collective, CollectiveError};
+use super::collective::{Collective, CollectiveError, SignalCheck};
 
 /// The operation in flight and when it started, for the watchdog.
 type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
-
-/// Reports a signal the process received and has not acted on yet
-/// (`daa_train::run::interrupt::requested`).
-pub type SignalCheck = fn() -> Option<i32>;
 
 /// How long a collective may wait once the process was signalled: a rank
 /// signalled while its peers are gone (`mpirun` ending the job after a

@@ -188,7 +188,7 @@ fn run<B: AutodiffBackend>(
     }
     if world > 1 {
         observer.note(&format!(
-            "{world} ranks (mpirun), {} pairs per step each at most, sharding {}",
+            "{world} ranks, {} pairs per step each at most, sharding {}",
             config.train.batch_size.div_ceil(world),
             config.train.sharding.as_str()
         ));

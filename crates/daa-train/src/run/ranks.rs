@@ -1,5 +1,6 @@
-//! The ranks of one run: `daa train` started by `mpirun -n N` runs as N
-//! processes that step together (data parallel, optionally with sharded
+//! The ranks of one run: `daa train` started by `daa train
+//! --nproc-per-node N`, torchrun, srun or `mpirun -n N` runs as N processes
+//! that step together (data parallel, optionally with sharded
 //! optimizer state: `train.sharding`). Rank 0 writes what the run leaves
 //! (metrics, checkpoints' model files, summaries); every rank writes its
 //! slice of sharded optimizer state. Before anything loads the ranks check
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::config::TrainConfig;
-use crate::distributed::{Collective, DataParallel, LaunchEnv};
+use crate::distributed::{Collective, DataParallel, LaunchEnv, TcpRank};
 
 /// This process's place among the run's ranks, and their collective.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ impl RunRanks {
     }
 
     /// The ranks a launcher started, from the environment: through MPI
-    /// (feature `mpi`) when `mpirun` started this process.
+    /// (feature `mpi`) when `mpirun` started this process, else over TCP.
     pub fn from_env(config: &TrainConfig) -> Result<Self> {
         let launch = LaunchEnv::from_env().map_err(anyhow::Error::msg)?;
         let Some(launch) = launch.filter(|l| l.world_size > 1) else { return Ok(Self::single()) };
@@ -36,19 +37,36 @@ impl RunRanks {
         Self::connect(&launch, timeout)
     }
 
-    #[cfg(feature = "mpi")]
+    /// Connects this rank: through MPI when `mpirun` started it and daa
+    /// has the `mpi` feature, else over TCP at the launcher's rendezvous
+    /// address (`MASTER_ADDR`, `MASTER_PORT`).
     fn connect(launch: &LaunchEnv, timeout: Duration) -> Result<Self> {
-        use crate::distributed::{Launcher, MpiRank};
-        if launch.launcher != Launcher::OpenMpi {
+        #[cfg(feature = "mpi")]
+        if launch.launcher == crate::distributed::Launcher::OpenMpi {
+            return Self::connect_mpi(launch, timeout);
+        }
+        let Some((host, port)) = launch.rendezvous() else {
             bail!(
-                "rank {} of {} was started by {:?}: daa's processes exchange through MPI on the CPU (start them with \
-                 `mpirun -n {}`); the NCCL rendezvous for torchrun and srun is not built yet",
+                "rank {} of {} ({:?}): set MASTER_ADDR and MASTER_PORT (rank 0's host, which every rank can reach, \
+                 and a free port) so the ranks can meet{}",
                 launch.rank,
                 launch.world_size,
                 launch.launcher,
-                launch.world_size
+                if cfg!(feature = "mpi") { "" } else { " (this daa was built without the `mpi` feature)" }
             );
-        }
+        };
+        let identity = concat!("daa ", env!("CARGO_PKG_VERSION"));
+        let collective = TcpRank::connect(launch.rank, launch.world_size, (&host, port), identity, timeout)
+            .with_context(|| {
+                format!("rank {} of {}: meeting the other ranks at {host}:{port}", launch.rank, launch.world_size)
+            })?
+            .end_on_signal(super::interrupt::requested);
+        Ok(Self { collective: Some(Box::new(collective)) })
+    }
+
+    #[cfg(feature = "mpi")]
+    fn connect_mpi(launch: &LaunchEnv, timeout: Duration) -> Result<Self> {
+        use crate::distributed::MpiRank;
         let collective = MpiRank::init(timeout)?.end_on_signal(super::interrupt::requested);
         if (collective.rank(), collective.world_size()) != (launch.rank, launch.world_size) {
             bail!(
@@ -60,17 +78,6 @@ impl RunRanks {
             );
         }
         Ok(Self { collective: Some(Box::new(collective)) })
-    }
-
-    #[cfg(not(feature = "mpi"))]
-    fn connect(launch: &LaunchEnv, _timeout: Duration) -> Result<Self> {
-        bail!(
-            "rank {} of {} ({:?}): this daa was built without the `mpi` feature, through which its processes \
-             exchange (cargo build --features mpi; scripts/setup.sh installs Open MPI)",
-            launch.rank,
-            launch.world_size,
-            launch.launcher
-        )
     }
 
     /// This rank.
