@@ -18,12 +18,16 @@ mod flat_layout;
 mod launch_env;
 #[cfg(feature = "mpi")]
 mod mpi_rank;
+#[cfg(all(feature = "cuda", unix))]
+mod nccl_rank;
 mod step_gather;
 #[cfg(not(target_arch = "wasm32"))]
 mod tcp_rank;
 #[cfg(not(target_arch = "wasm32"))]
 mod tcp_rendezvous;
 mod threads;
+#[cfg(any(feature = "mpi", all(feature = "cuda", unix)))]
+mod watchdog;
 mod zero;
 
 pub use crate::plan::Sharding;
@@ -33,6 +37,8 @@ pub use flat_layout::{FlatEntry, FlatLayout, Segment};
 pub use launch_env::{LaunchEnv, Launcher};
 #[cfg(feature = "mpi")]
 pub use mpi_rank::MpiRank;
+#[cfg(all(feature = "cuda", unix))]
+pub use nccl_rank::NcclRank;
 pub use step_gather::StepFigures;
 #[cfg(not(target_arch = "wasm32"))]
 pub use tcp_rank::TcpRank;

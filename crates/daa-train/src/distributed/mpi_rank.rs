@@ -9,8 +9,7 @@
 //! is the library's (exact for two ranks; with more, within f32 rounding of
 //! the rank-ordered sum), and every rank gets the same bits.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mpi::collective::SystemOperation;
 use mpi::environment::Universe;
@@ -18,14 +17,7 @@ use mpi::topology::SimpleCommunicator;
 use mpi::traits::{Communicator, CommunicatorCollectives, Root};
 
 use super::collective::{Collective, CollectiveError, SignalCheck};
-
-/// The operation in flight and when it started, for the watchdog.
-type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
-
-/// How long a collective may wait once the process was signalled: a rank
-/// signalled while its peers are gone (`mpirun` ending the job after a
-/// rank failed) exits after this instead of at the deadline.
-const SIGNALLED_GRACE: Duration = Duration::from_secs(5);
+use super::watchdog::Watchdog;
 
 /// This process's rank in `MPI_COMM_WORLD`.
 pub struct MpiRank {
@@ -33,8 +25,7 @@ pub struct MpiRank {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
-    in_flight: InFlight,
-    signal_check: Arc<Mutex<Option<SignalCheck>>>,
+    watchdog: Watchdog,
 }
 
 impl std::fmt::Debug for MpiRank {
@@ -60,66 +51,23 @@ impl MpiRank {
         }
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
-        let in_flight: InFlight = Arc::default();
-        let signal_check: Arc<Mutex<Option<SignalCheck>>> = Arc::default();
-        let (watched, signalled) = (in_flight.clone(), signal_check.clone());
-        std::thread::Builder::new()
-            .name("daa-collective-watchdog".into())
-            .spawn(move || watchdog(&watched, &signalled, rank, size, timeout))
+        let watchdog = Watchdog::start("MPI", rank, size, timeout)
             .map_err(|e| transport(format!("cannot start the watchdog thread: {e}")))?;
-        Ok(Self { _universe: universe, world, rank, size, in_flight, signal_check })
+        Ok(Self { _universe: universe, world, rank, size, watchdog })
     }
 
     /// Ends the process (status `128 + signal`) when `check` reports a
     /// signal while a collective has waited 5 s: the process was asked to
     /// stop and its peers are not answering.
     pub fn end_on_signal(self, check: SignalCheck) -> Self {
-        *self.signal_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(check);
+        self.watchdog.end_on_signal(check);
         self
     }
 
     /// Runs `f` with the watchdog watching `operation`.
     fn watched<T>(&mut self, operation: &'static str, f: impl FnOnce(&SimpleCommunicator) -> T) -> T {
-        *self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some((operation, Instant::now()));
-        let out = f(&self.world);
-        *self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        out
-    }
-}
-
-/// Ends the process when a collective outlives `timeout`, or the grace
-/// after a signal.
-fn watchdog(
-    in_flight: &InFlight,
-    signal_check: &Mutex<Option<SignalCheck>>,
-    rank: usize,
-    world: usize,
-    timeout: Duration,
-) {
-    loop {
-        std::thread::sleep(Duration::from_millis(100).min(timeout));
-        let current = *in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let check = *signal_check.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let signal = check.and_then(|check| check());
-        if let (Some((operation, started)), Some(signal)) = (current, signal)
-            && started.elapsed() >= SIGNALLED_GRACE
-        {
-            eprintln!(
-                "error: distributed training: {operation}: rank {rank} of {world} received signal {signal} and its \
-                 peers have not answered for {:?}; stopping this rank",
-                started.elapsed()
-            );
-            std::process::exit(128 + signal);
-        }
-        let late = current.filter(|(_, started)| started.elapsed() >= timeout);
-        if let Some((operation, started)) = late {
-            eprintln!(
-                "error: distributed training: {operation}: rank {rank} of {world} waited {:?} for the other ranks \
-                 (train.collective_timeout); stopping this rank",
-                started.elapsed()
-            );
-            std::process::exit(75);
-        }
+        let world = &self.world;
+        self.watchdog.watched(operation, || f(world))
     }
 }
 

@@ -256,7 +256,7 @@ pub struct TrainSection {
     /// (`<run>/tensorboard/`; default true).
     #[serde(default = "default_true")]
     pub tensorboard: bool,
-    /// What is divided over the ranks of a run started by `mpirun`:
+    /// What is divided over the ranks of a run of several processes:
     /// `"none"` (every rank holds everything, gradients all-reduced),
     /// `"optimizer"` (ZeRO-1: f32 masters and AdamW moments sharded),
     /// `"gradients"` (ZeRO-2: also the gradient sums, reduce-scattered each
@@ -267,6 +267,24 @@ pub struct TrainSection {
     /// stops, naming the operation and the ranks that did not arrive.
     #[serde(default = "default_collective_timeout")]
     pub collective_timeout: f64,
+    /// What the ranks exchange values through: `"auto"` (NCCL on the CUDA
+    /// backend, the host collective otherwise), `"host"` (TCP, or MPI under
+    /// `mpirun`) or `"nccl"` (CUDA only).
+    #[serde(default)]
+    pub collective: CollectiveChoice,
+}
+
+/// `train.collective`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollectiveChoice {
+    /// NCCL on the CUDA backend, the host collective otherwise.
+    #[default]
+    Auto,
+    /// TCP between the ranks (MPI under `mpirun` with the `mpi` feature).
+    Host,
+    /// NCCL (the CUDA backend only).
+    Nccl,
 }
 
 impl TrainSection {
@@ -688,6 +706,12 @@ impl TrainConfig {
                 "`train.sharding` = \"parameters\" (ZeRO-3) is not built yet: \"none\", \"optimizer\" (ZeRO-1) or \"gradients\" (ZeRO-2); `daa plan --sharding parameters` estimates it"
             );
         }
+        if t.collective == CollectiveChoice::Nccl && self.model.backend != crate::backend::ComputeBackend::Cuda {
+            bail!(
+                "`train.collective` = \"nccl\" needs `model.backend` = \"cuda\" (this run's: {})",
+                self.model.backend
+            );
+        }
         if !(t.collective_timeout.is_finite() && t.collective_timeout > 0.0) {
             bail!("`train.collective_timeout` must be a positive number of seconds, got {}", t.collective_timeout);
         }
@@ -977,6 +1001,17 @@ mod tests {
         let e =
             format!("{:#}", built_in(&["data.path=\"prefs.jsonl\"", "monitor.entropy_floor.margin=0.05"]).unwrap_err());
         assert!(e.contains("`monitor.entropy_floor`") && e.contains("name a reward model"), "{e}");
+    }
+
+    #[test]
+    fn the_collective_is_chosen_per_backend_and_nccl_needs_cuda() {
+        assert_eq!(built_in(&[]).unwrap().train.collective, super::CollectiveChoice::Auto);
+        let host = built_in(&["train.collective=\"host\""]).unwrap();
+        assert_eq!(host.train.collective, super::CollectiveChoice::Host);
+        let e = format!("{:#}", built_in(&["train.collective=\"nccl\""]).unwrap_err());
+        assert!(e.contains("`train.collective` = \"nccl\" needs `model.backend` = \"cuda\" (this run's: cpu)"), "{e}");
+        let e = format!("{:#}", built_in(&["train.collective=\"gloo\""]).unwrap_err());
+        assert!(e.contains("unknown variant `gloo`, expected one of `auto`, `host`, `nccl`"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::config::TrainConfig;
+use super::config::{CollectiveChoice, TrainConfig};
 use crate::distributed::{Collective, DataParallel, LaunchEnv, TcpRank};
 
 /// This process's place among the run's ranks, and their collective.
@@ -34,7 +34,33 @@ impl RunRanks {
         let launch = LaunchEnv::from_env().map_err(anyhow::Error::msg)?;
         let Some(launch) = launch.filter(|l| l.world_size > 1) else { return Ok(Self::single()) };
         let timeout = Duration::from_secs_f64(config.train.collective_timeout);
-        Self::connect(&launch, timeout)
+        let host = Self::connect(&launch, timeout)?;
+        let nccl = match config.train.collective {
+            CollectiveChoice::Auto => config.model.backend == crate::backend::ComputeBackend::Cuda,
+            CollectiveChoice::Nccl => true,
+            CollectiveChoice::Host => false,
+        };
+        if !nccl {
+            return Ok(host);
+        }
+        host.over_nccl(device_of_this_rank(config)?, timeout)
+    }
+
+    /// The same ranks exchanging through NCCL on GPU `device`, meeting
+    /// through this host collective.
+    #[cfg(all(feature = "cuda", unix))]
+    fn over_nccl(self, device: usize, timeout: Duration) -> Result<Self> {
+        let Some(host) = self.collective else { return Ok(self) };
+        let rank = host.rank();
+        let nccl = crate::distributed::NcclRank::connect(host, device, timeout)
+            .with_context(|| format!("rank {rank}: joining the NCCL communicator on GPU {device}"))?
+            .end_on_signal(super::interrupt::requested);
+        Ok(Self { collective: Some(Box::new(nccl)) })
+    }
+
+    #[cfg(not(all(feature = "cuda", unix)))]
+    fn over_nccl(self, _device: usize, _timeout: Duration) -> Result<Self> {
+        bail!("`train.collective` = \"nccl\": this daa was built without the CUDA backend (--features train-cuda)")
     }
 
     /// Connects this rank: through MPI when `mpirun` started it and daa

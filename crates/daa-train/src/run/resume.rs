@@ -43,9 +43,9 @@ impl ResumePoint {
 /// The `[train]` fields a resumed run may change: where it stops, how often
 /// it saves, how many non-finite steps it skips, its folders, whether it writes TensorBoard files, and the memory settings (which change how a step
 /// is computed, not what: a run that ran out of memory resumes with
-/// checkpointing on), the sharding stage and the collectives' deadline (a
+/// checkpointing on), the sharding stage, the collectives' deadline and transport (a
 /// run resumes onto any number of ranks).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 14] = [
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 15] = [
     "max_steps",
     "checkpoint_every",
     "skip_nonfinite",
@@ -60,6 +60,7 @@ pub const RESUMABLE_TRAIN_FIELDS: [&str; 14] = [
     "tensorboard",
     "sharding",
     "collective_timeout",
+    "collective",
 ];
 
 /// The fields (`section.field`) whose change makes `--resume` refuse:

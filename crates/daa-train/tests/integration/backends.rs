@@ -42,6 +42,8 @@ fn sequence(text: &str, completion_start: usize) -> Sequence {
 struct Probe {
     lora: bool,
     precision: daa_train::Precision,
+    /// Step through a one-rank NCCL communicator on GPU 0 (`DataParallel`).
+    nccl: bool,
 }
 
 /// bf16 against bf16 (or f32) in another summation order: a few roundings
@@ -93,6 +95,9 @@ impl BackendTask for Probe {
         let step: Vec<StepPair> =
             pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
         let mut trainer = Trainer::new(model, options, ReferencePolicy::Given)?;
+        if self.nccl {
+            trainer = trainer.with_reducer(one_rank_nccl()?);
+        }
         let record = trainer.step(&step)?;
         let mut weights_after_step = Vec::new();
         let mut failed = None;
@@ -106,6 +111,20 @@ impl BackendTask for Probe {
         }
         Ok(Observed { token_logps, loss: record.loss, grad_norm: record.grad_norm, weights_after_step })
     }
+}
+
+/// A one-rank NCCL communicator on GPU 0 as the trainer's reducer.
+#[cfg(all(feature = "cuda", unix))]
+fn one_rank_nccl<B: burn::tensor::backend::Backend>() -> Result<Box<dyn daa_train::GradientReducer<B>>, Error> {
+    use daa_train::distributed::{DataParallel, NcclRank, TcpRank};
+    let timeout = std::time::Duration::from_secs(60);
+    let host = TcpRank::connect(0, 1, ("127.0.0.1", 0), "daa test", timeout)?;
+    Ok(Box::new(DataParallel::new(NcclRank::connect(Box::new(host), 0, timeout)?)))
+}
+
+#[cfg(not(all(feature = "cuda", unix)))]
+fn one_rank_nccl<B: burn::tensor::backend::Backend>() -> Result<Box<dyn daa_train::GradientReducer<B>>, Error> {
+    Err("this build has no NCCL (feature `cuda`)".into())
 }
 
 fn assert_close(backend: ComputeBackend, what: &str, cpu: &[f32], other: &[f32], tolerance: f32) {
@@ -136,10 +155,16 @@ fn gpu_backends_agree_with_the_cpu_backend_on_a_lora_step() {
 /// lavapipe among them, are reported and skipped; CUDA has it).
 #[test]
 fn gpu_backends_agree_with_the_cpu_backend_on_a_bf16_step() {
-    let f32_cpu =
-        with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora: false, precision: daa_train::Precision::F32 });
-    let bf16_cpu =
-        with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora: false, precision: daa_train::Precision::Bf16 });
+    let f32_cpu = with_compute_backend(
+        ComputeBackend::Cpu,
+        0,
+        Probe { lora: false, precision: daa_train::Precision::F32, nccl: false },
+    );
+    let bf16_cpu = with_compute_backend(
+        ComputeBackend::Cpu,
+        0,
+        Probe { lora: false, precision: daa_train::Precision::Bf16, nccl: false },
+    );
     // The tolerance means something: bf16 is within it of f32, and not equal.
     let (f32_cpu, bf16_cpu) = (f32_cpu.unwrap(), bf16_cpu.unwrap());
     assert_agree(ComputeBackend::Cpu, &f32_cpu, &bf16_cpu, BF16_TOLERANCE);
@@ -148,7 +173,7 @@ fn gpu_backends_agree_with_the_cpu_backend_on_a_bf16_step() {
 }
 
 fn probe_every_backend(lora: bool, precision: daa_train::Precision) {
-    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora, precision }).unwrap();
+    let cpu = with_compute_backend(ComputeBackend::Cpu, 0, Probe { lora, precision, nccl: false }).unwrap();
     let tolerance = if precision == daa_train::Precision::F32 { TOLERANCE } else { BF16_TOLERANCE };
     assert!(cpu.loss.is_finite() && cpu.grad_norm > 0.0, "loss {} grad norm {}", cpu.loss, cpu.grad_norm);
     for backend in [ComputeBackend::Wgpu, ComputeBackend::Cuda] {
@@ -157,7 +182,7 @@ fn probe_every_backend(lora: bool, precision: daa_train::Precision) {
             println!("skipped: {backend}: this build has no `{backend}` feature");
             continue;
         }
-        match with_compute_backend(backend, 0, Probe { lora, precision }) {
+        match with_compute_backend(backend, 0, Probe { lora, precision, nccl: false }) {
             Err(e) => {
                 let message = e.to_string();
                 #[cfg(feature = "cuda")]
@@ -186,4 +211,46 @@ fn probe_every_backend(lora: bool, precision: daa_train::Precision) {
             }
         }
     }
+}
+
+/// NCCL with one rank on GPU 0 (the GPU check runs it): every collective
+/// gives back what the host computes, and a trainer step through the
+/// communicator gives the step without it.
+#[test]
+#[cfg(all(feature = "cuda", unix))]
+fn a_one_rank_nccl_communicator_exchanges_and_steps_as_the_step_without_it() {
+    use daa_train::distributed::{Collective, NcclRank, TcpRank};
+    let timeout = std::time::Duration::from_secs(60);
+    let host = TcpRank::connect(0, 1, ("127.0.0.1", 0), "daa test", timeout).unwrap();
+    let mut nccl = match NcclRank::connect(Box::new(host), 0, timeout) {
+        Ok(nccl) => nccl,
+        Err(e) => return daa_tests::gpu::skip("cuda", &format!("NCCL: {e}")),
+    };
+    let values = vec![1.5f32, -2.0, 3e7, f32::MIN_POSITIVE, 0.1];
+    let mut summed = values.clone();
+    nccl.all_reduce_sum_f32(&mut summed).unwrap();
+    assert_eq!(summed, values, "all_reduce f32 of one rank");
+    let mut summed64 = vec![0.1f64, -7.25];
+    nccl.all_reduce_sum_f64(&mut summed64).unwrap();
+    assert_eq!(summed64, vec![0.1, -7.25], "all_reduce f64 of one rank");
+    let mut scattered = vec![0f32; values.len()];
+    nccl.reduce_scatter_sum_f32(&values, &mut scattered).unwrap();
+    assert_eq!(scattered, values, "reduce_scatter of one rank");
+    let mut gathered = vec![0f32; values.len()];
+    nccl.all_gather_f32(&values, &mut gathered).unwrap();
+    assert_eq!(gathered, values, "all_gather of one rank");
+    let mut bytes = b"id".to_vec();
+    nccl.broadcast_bytes(0, &mut bytes).unwrap();
+    nccl.barrier().unwrap();
+    drop(nccl);
+
+    let task = |nccl| Probe { lora: false, precision: daa_train::Precision::F32, nccl };
+    let alone = with_compute_backend(ComputeBackend::Cuda, 0, task(false)).unwrap();
+    let through = with_compute_backend(ComputeBackend::Cuda, 0, task(true)).unwrap();
+    assert_agree(ComputeBackend::Cuda, &alone, &through, 1e-6);
+    println!(
+        "cuda: one NCCL rank: collectives as the host's; the step through NCCL agrees with the step alone within \
+         1e-6 (loss {} vs {}, gradient norm {} vs {})",
+        through.loss, alone.loss, through.grad_norm, alone.grad_norm
+    );
 }

@@ -1,0 +1,94 @@
+//! The deadline of collectives that cannot be cancelled (MPI's, NCCL's): a
+//! thread watches the operation in flight and ends the process, naming the
+//! operation and how long it waited, when it outlives the deadline
+//! (`train.collective_timeout`), or 5 s after a signal reached the process
+//! while its peers do not answer. The launcher (`mpirun`, daa's own) then
+//! ends the other ranks and names this one.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::collective::SignalCheck;
+
+/// How long a collective may wait once the process was signalled: a rank
+/// signalled while its peers are gone exits after this instead of at the
+/// deadline.
+const SIGNALLED_GRACE: Duration = Duration::from_secs(5);
+
+/// The operation in flight and when it started.
+type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
+
+/// The exit status of a rank the watchdog ended at the deadline.
+pub(super) const TIMED_OUT_STATUS: i32 = 75;
+
+/// A watched rank's handle on its watchdog thread.
+#[derive(Debug)]
+pub(super) struct Watchdog {
+    in_flight: InFlight,
+    signal_check: Arc<Mutex<Option<SignalCheck>>>,
+}
+
+impl Watchdog {
+    /// Starts the thread watching rank `rank` of `world` (`what` names the
+    /// transport in its message).
+    pub fn start(what: &'static str, rank: usize, world: usize, timeout: Duration) -> std::io::Result<Self> {
+        let in_flight: InFlight = Arc::default();
+        let signal_check: Arc<Mutex<Option<SignalCheck>>> = Arc::default();
+        let (watched, signalled) = (in_flight.clone(), signal_check.clone());
+        std::thread::Builder::new()
+            .name("daa-collective-watchdog".into())
+            .spawn(move || watch(&watched, &signalled, what, rank, world, timeout))?;
+        Ok(Self { in_flight, signal_check })
+    }
+
+    /// Ends the process (status `128 + signal`) when `check` reports a
+    /// signal while a collective has waited 5 s.
+    pub fn end_on_signal(&self, check: SignalCheck) {
+        *self.signal_check.lock().unwrap_or_else(PoisonError::into_inner) = Some(check);
+    }
+
+    /// Runs `f` with the watchdog watching `operation`.
+    pub fn watched<T>(&self, operation: &'static str, f: impl FnOnce() -> T) -> T {
+        *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = Some((operation, Instant::now()));
+        let out = f();
+        *self.in_flight.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        out
+    }
+}
+
+/// Ends the process when a collective outlives `timeout`, or the grace
+/// after a signal.
+fn watch(
+    in_flight: &InFlight,
+    signal_check: &Mutex<Option<SignalCheck>>,
+    what: &str,
+    rank: usize,
+    world: usize,
+    timeout: Duration,
+) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100).min(timeout));
+        let current = *in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let check = *signal_check.lock().unwrap_or_else(PoisonError::into_inner);
+        let signal = check.and_then(|check| check());
+        if let (Some((operation, started)), Some(signal)) = (current, signal)
+            && started.elapsed() >= SIGNALLED_GRACE
+        {
+            eprintln!(
+                "error: distributed training ({what}): {operation}: rank {rank} of {world} received signal {signal} \
+                 and its peers have not answered for {:?}; stopping this rank",
+                started.elapsed()
+            );
+            std::process::exit(128 + signal);
+        }
+        let late = current.filter(|(_, started)| started.elapsed() >= timeout);
+        if let Some((operation, started)) = late {
+            eprintln!(
+                "error: distributed training ({what}): {operation}: rank {rank} of {world} waited {:?} for the other \
+                 ranks (train.collective_timeout); stopping this rank",
+                started.elapsed()
+            );
+            std::process::exit(TIMED_OUT_STATUS);
+        }
+    }
+}
