@@ -594,12 +594,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         let [normaliser, all_positions] = counts;
         let floor = self.entropy_floor.filter(|f| f.multiplier > 0.0).map(|f| f.term(all_positions as usize));
         let mut floor_total = 0.0;
+        // With several ranks, an error of this rank's own pairs (a
+        // non-finite log-probability) is kept until every rank has said
+        // whether it met one, so that all leave the step together.
+        let several_ranks = self.reducer.world_size() > 1;
+        let mut failed = None;
+        let mut scattered = 0;
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
             let batch = pair_batch(&sequences, o.pad_id, vocab)?;
             tokens += sequences.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
-            let reference = self.micro_batch_reference(micro, &sequences, offset)?;
+            let reference = match self.micro_batch_reference(micro, &sequences, offset) {
+                Err(e) if several_ranks => {
+                    failed = Some(e);
+                    break;
+                }
+                reference => reference?,
+            };
             let counts: Vec<(f64, f64)> = sequences
                 .iter()
                 .map(|p| (p.chosen.completion_len() as f64, p.rejected.completion_len() as f64))
@@ -609,7 +621,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             // positions come first among the scored ones.
             let positions = batch.scored_positions();
             let chosen_positions = positions.count_in_first_rows(micro.len());
-            floor_total += weighted_backward(
+            let backward = weighted_backward(
                 model,
                 &batch,
                 &o.memory,
@@ -630,23 +642,35 @@ impl<B: AutodiffBackend> Trainer<B> {
                 },
                 floor.as_ref(),
                 &mut grads,
-            )?;
+            );
+            floor_total += match backward {
+                Err(e) if several_ranks => {
+                    failed = Some(e);
+                    break;
+                }
+                floor_part => floor_part?,
+            };
             let PairWeights { inputs: pair_inputs, losses: pair_losses, .. } =
                 objective.expect("weighted_backward asks for the weights once");
             inputs.extend(pair_inputs);
             losses.extend(pair_losses);
             scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
+            scattered += 1;
         }
         // ZeRO-2: every rank scatters as often as the rank with the most
         // micro-batches (rank slices differ by at most one pair); the
-        // others add zeros.
+        // others (and a rank whose pairs failed) add zeros.
         if self.zero.as_ref().is_some_and(|z| z.scatters_each_micro_batch()) {
             let world = self.reducer.world_size();
             let most = (normaliser as usize).div_ceil(world).div_ceil(o.micro_batch_size);
-            for _ in pairs.len().div_ceil(o.micro_batch_size)..most {
+            if failed.is_some() {
+                grads = GradAccumulator::default();
+            }
+            for _ in scattered..most {
                 scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
             }
         }
+        self.agree_on_failure(failed)?;
         let report = self.apply(grads, lr)?;
         let read_sum = |sum: Option<Tensor<B::InnerBackend, 1>>, side: &str| -> Result<Option<f64>, ModelError> {
             sum.map(|s| Ok(read_vec::<f64, _, 1>(s, side)?[0])).transpose()
@@ -700,6 +724,50 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map(|s| (s.chosen, s.rejected))
                 .collect()),
         }
+    }
+
+    /// Whether any rank's own pairs failed in this step (`failed` on this
+    /// rank: a non-finite log-probability of the policy or the reference):
+    /// every rank learns it before the gradients are exchanged, so all leave
+    /// the step together instead of the others waiting in a collective the
+    /// failed rank never joins. The failed rank returns its own error; the
+    /// others a non-finite step naming the ranks when every failure was a
+    /// non-finite reference score (which `train.skip_nonfinite` may skip, on
+    /// every rank alike), else an error naming them that stops the run.
+    fn agree_on_failure(&mut self, failed: Option<ModelError>) -> Result<(), ModelError> {
+        let Some(collective) = self.reducer.collective().filter(|c| c.world_size() > 1) else {
+            return failed.map_or(Ok(()), Err);
+        };
+        // Per rank: 0 fine, 1 a skippable non-finite score, 2 another failure.
+        let mut met = vec![0f64; collective.world_size()];
+        met[collective.rank()] = match &failed {
+            None => 0.0,
+            Some(ModelError::NonFiniteScore { .. }) => 1.0,
+            Some(_) => 2.0,
+        };
+        collective.all_reduce_sum_f64(&mut met)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let ranks = |code: f64| -> Vec<String> {
+            met.iter().enumerate().filter(|(_, m)| **m == code).map(|(r, _)| r.to_string()).collect()
+        };
+        let (skippable, stopping) = (ranks(1.0), ranks(2.0));
+        if !stopping.is_empty() {
+            return Err(ModelError::Batch(format!(
+                "the pairs of rank(s) {} failed in this step (that rank's error says why); every rank stops",
+                stopping.join(", ")
+            )));
+        }
+        if !skippable.is_empty() {
+            return Err(ModelError::NonFiniteStep {
+                quantity: format!(
+                    "a log-probability of rank(s) {}'s pairs (this rank's were finite)",
+                    skippable.join(", ")
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end

@@ -170,3 +170,96 @@ fn evaluation_split_over_ranks_reports_what_one_rank_reports() {
         }
     }
 }
+
+/// Runs one step on each of two ranks (rank `r` with `policy(r)` as its
+/// reference and its half of `pairs` with `reference(r)`), then a second
+/// step with the good reference when `again`; each rank's results.
+fn two_ranks_step(
+    policy: &(dyn Fn(usize) -> ReferencePolicy<Flex> + Sync),
+    reference: &(dyn Fn(usize) -> Vec<PairScore> + Sync),
+    again: bool,
+) -> Vec<(String, Option<Vec<f32>>)> {
+    let (pairs, initial, good) = setup();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
+            .into_iter()
+            .map(|collective| {
+                let (pairs, good, initial) = (&pairs, &good, initial.clone());
+                scope.spawn(move || {
+                    let rank = collective.rank();
+                    let slice = rank_slice(pairs.len(), rank, 2);
+                    let mut trainer = Trainer::new(initial, options(4), policy(rank))
+                        .unwrap()
+                        .with_reducer(Box::new(DataParallel::new(collective)));
+                    let scores = reference(rank);
+                    let step: Vec<StepPair> = pairs[slice.clone()]
+                        .iter()
+                        .zip(&scores)
+                        .map(|(p, r)| StepPair { sequences: p, reference: Some(*r) })
+                        .collect();
+                    let err = trainer.step(&step).map(drop).unwrap_err();
+                    let after = again.then(|| {
+                        trainer.skip_step();
+                        step_once(&mut trainer, &pairs[slice.clone()], &good[slice.clone()]);
+                        weights(trainer.model())
+                    });
+                    (err.to_string(), after)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_non_finite_log_probability_on_one_rank_is_agreed_on_by_every_rank() {
+    let (_, _, good) = setup();
+    // Rank 1's given reference holds a NaN: its pairs fail; rank 0 learns it
+    // in the same step (no wait for a collective rank 1 never joins), and the
+    // two stay in step: the next step trains on both.
+    let started = std::time::Instant::now();
+    let poisoned = |rank: usize| {
+        let mut scores = good[rank_slice(good.len(), rank, 2)].to_vec();
+        if rank == 1 {
+            scores[2].chosen = f64::NAN;
+        }
+        scores
+    };
+    let results = two_ranks_step(&|_| ReferencePolicy::Given, &poisoned, true);
+    assert!(results[1].0.contains("reference_chosen") && results[1].0.contains("pair 2"), "{}", results[1].0);
+    assert!(results[0].0.contains("the pairs of rank(s) 1 failed in this step"), "{}", results[0].0);
+    assert!(results[0].1 == results[1].1, "after the failed step the ranks train on together");
+    assert!(started.elapsed().as_secs() < 60, "the ranks waited {:?}", started.elapsed());
+
+    // Rank 1's frozen reference (every weight NaN) gives non-finite scores:
+    // a non-finite step on
+    // both ranks (which train.skip_nonfinite skips on every rank alike).
+    let nan_reference = || {
+        use burn::module::Module;
+        burn::module::AutodiffModule::valid(&model()).map(&mut Poison)
+    };
+    let frozen = |rank: usize| match rank {
+        1 => ReferencePolicy::Frozen(Box::new(nan_reference())),
+        _ => ReferencePolicy::Frozen(Box::new(burn::module::AutodiffModule::valid(&model()))),
+    };
+    let results = two_ranks_step(&frozen, &|rank| good[rank_slice(good.len(), rank, 2)].to_vec(), false);
+    assert!(results[1].0.contains("log-probability is not finite"), "{}", results[1].0);
+    assert!(
+        results[0].0.contains("a log-probability of rank(s) 1's pairs (this rank's were finite)"),
+        "{}",
+        results[0].0
+    );
+}
+
+/// Makes every weight NaN (loading refuses non-finite weights).
+struct Poison;
+
+impl<B: burn::tensor::backend::Backend> burn::module::ModuleMapper<B> for Poison {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        burn::module::Param::from_mapped_value(id, tensor.mul_scalar(f32::NAN), mapper)
+    }
+}
