@@ -8,7 +8,8 @@ use std::ops::Range;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 
-use super::collective::Collective;
+use super::collective::{Collective, CollectiveError};
+use super::zero::READ_GROUP;
 use crate::error::{ModelError, read_vec};
 use crate::optim::GradAccumulator;
 use crate::trainer::GradientReducer;
@@ -26,18 +27,27 @@ pub fn rank_slice(global: usize, rank: usize, world: usize) -> Range<usize> {
 }
 
 /// The trainer's [`GradientReducer`] over a [`Collective`]: every gradient
-/// summed over the ranks (one f32 all-reduce of all of them, in the model's
-/// parameter order), and the step's counts summed before the loss is
-/// normalised.
+/// summed over the ranks (f32 all-reduces of groups of up to 64 MiB, in the
+/// model's parameter order), and the step's counts summed before the loss
+/// is normalised.
 #[derive(Debug)]
 pub struct DataParallel<C: Collective> {
     collective: C,
+    read_group: usize,
 }
 
 impl<C: Collective> DataParallel<C> {
     /// Data parallelism over `collective`'s ranks.
     pub fn new(collective: C) -> Self {
-        Self { collective }
+        Self { collective, read_group: READ_GROUP }
+    }
+
+    /// Gradients read back and all-reduced `values` at a time (at least one
+    /// parameter's; default 2²⁴ = 64 MiB of f32): smaller groups hold less
+    /// memory and make more collectives, the sums are the same.
+    pub fn with_read_group(mut self, values: usize) -> Self {
+        self.read_group = values.max(1);
+        self
     }
 
     /// The collective, for the run's other exchanges (metrics, checks).
@@ -53,24 +63,49 @@ impl<C: Collective, B: Backend> GradientReducer<B> for DataParallel<C> {
 
     fn reduce(&mut self, gradients: &mut GradAccumulator<B>) -> Result<(), ModelError> {
         let mut grads: Vec<&mut Tensor<B, 1>> = gradients.gradients_mut().map(|(_, g)| g).collect();
-        // One readback for all of them, f32 whatever the parameters' dtype.
-        // A rank without gradients still takes part (its empty post is a
-        // length mismatch the others report, not a wait until the deadline).
-        let mut host: Vec<f32> = match grads.first() {
-            Some(_) => read_vec(
-                Tensor::cat(grads.iter().map(|g| (*g).clone().cast(FloatDType::F32)).collect(), 0),
+        // Every rank must exchange as many values (a rank without
+        // gradients is named, not waited for until the deadline).
+        let total: usize = grads.iter().map(|g| g.dims()[0]).sum();
+        let (rank, world) = (self.collective.rank(), self.collective.world_size());
+        let mut lengths = vec![0f64; world];
+        lengths[rank] = total as f64;
+        self.collective.all_reduce_sum_f64(&mut lengths)?;
+        if let Some(other) = lengths.iter().position(|&l| l != total as f64) {
+            return Err(CollectiveError::LengthMismatch {
+                operation: "all_reduce",
+                rank,
+                len: total,
+                other_rank: other,
+                other_len: lengths[other] as usize,
+            }
+            .into());
+        }
+        // In groups of at most `read_group` values (f32, whatever the
+        // parameters' dtype), in the model's parameter order: read back,
+        // summed over the ranks, written back; the transient copies stay
+        // small whatever the model's size.
+        let mut start = 0;
+        while start < grads.len() {
+            let mut end = start + 1;
+            let mut values = grads[start].dims()[0];
+            while end < grads.len() && values + grads[end].dims()[0] <= self.read_group {
+                values += grads[end].dims()[0];
+                end += 1;
+            }
+            let group = &mut grads[start..end];
+            let mut host: Vec<f32> = read_vec(
+                Tensor::cat(group.iter().map(|g| (*g).clone().cast(FloatDType::F32)).collect(), 0),
                 "the gradients",
-            )?,
-            None => Vec::new(),
-        };
-        self.collective.all_reduce_sum_f32(&mut host)?;
-        let Some(device) = grads.first().map(|g| g.device()) else { return Ok(()) };
-        let shapes: Vec<(usize, FloatDType)> = grads.iter().map(|g| (g.dims()[0], g.dtype().into())).collect();
-        let mut offset = 0;
-        for (g, (len, dtype)) in grads.iter_mut().zip(shapes) {
-            let values = host[offset..offset + len].to_vec();
-            **g = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), &device).cast(dtype);
-            offset += len;
+            )?;
+            self.collective.all_reduce_sum_f32(&mut host)?;
+            let mut offset = 0;
+            for g in group.iter_mut() {
+                let (len, dtype, device): (usize, FloatDType, _) = (g.dims()[0], g.dtype().into(), g.device());
+                let values = host[offset..offset + len].to_vec();
+                **g = Tensor::<B, 1>::from_data(TensorData::new(values, [len]), &device).cast(dtype);
+                offset += len;
+            }
+            start = end;
         }
         Ok(())
     }

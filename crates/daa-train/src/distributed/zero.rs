@@ -67,7 +67,7 @@ pub struct ZeroStep {
 
 /// Values per group of gradients read back at once (64 MiB of f32): the
 /// transient copies of a step's gradients stay this size, not the model's.
-const READ_GROUP: usize = 1 << 24;
+pub(super) const READ_GROUP: usize = 1 << 24;
 
 impl<B: Backend> ZeroState<B> {
     /// The slice of rank `rank` of `layout` (whose entries are the
