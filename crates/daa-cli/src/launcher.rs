@@ -14,7 +14,7 @@
 //! the launcher.
 
 use std::ffi::OsString;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -86,7 +86,7 @@ impl NodePlan {
 /// One rank's process.
 struct RankProcess {
     rank: usize,
-    child: Child,
+    pid: u32,
     status: Option<ExitStatus>,
 }
 
@@ -105,6 +105,9 @@ pub fn launch(plan: &NodePlan, args: &[OsString]) -> Result<()> {
     );
     let signals = SignalRelay::install()?;
     let mut ranks = Vec::with_capacity(plan.nproc_per_node);
+    // One thread per rank waits for it: the ranks' ends arrive in the order
+    // they happened (the first to fail is named, not a peer it took along).
+    let (ended, ends) = std::sync::mpsc::channel::<(usize, std::io::Result<ExitStatus>)>();
     for local in 0..plan.nproc_per_node {
         let rank = first + local;
         let mut command = Command::new(&exe);
@@ -121,51 +124,58 @@ pub fn launch(plan: &NodePlan, args: &[OsString]) -> Result<()> {
         #[cfg(unix)]
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         match command.spawn() {
-            Ok(child) => ranks.push(RankProcess { rank, child, status: None }),
+            Ok(mut child) => {
+                ranks.push(RankProcess { rank, pid: child.id(), status: None });
+                let ended = ended.clone();
+                std::thread::spawn(move || ended.send((local, child.wait())));
+            }
             Err(e) => {
-                stop(&mut ranks, None);
+                send(&ranks, KILL);
                 return Err(e).with_context(|| format!("starting rank {rank}: {}", exe.display()));
             }
         }
     }
-    supervise(&mut ranks, &signals)
+    supervise(&mut ranks, &ends, &signals)
 }
 
 /// Waits for every rank; the first to fail ends the others.
-fn supervise(ranks: &mut [RankProcess], signals: &SignalRelay) -> Result<()> {
+fn supervise(
+    ranks: &mut [RankProcess],
+    ends: &std::sync::mpsc::Receiver<(usize, std::io::Result<ExitStatus>)>,
+    signals: &SignalRelay,
+) -> Result<()> {
     let mut failure: Option<String> = None;
     let mut stopping_since: Option<Instant> = None;
     let mut forwarded: Option<i32> = None;
-    loop {
-        let mut newly_failed = false;
+    while ranks.iter().any(|p| p.status.is_none()) {
         if let Some(signal) = signals.take() {
             eprintln!("passing {} on to the ranks", daa_train::run::interrupt::signal_name(signal));
             send(ranks, signal);
             forwarded = Some(signal);
         }
-        for process in ranks.iter_mut().filter(|p| p.status.is_none()) {
-            let Some(status) = process.child.try_wait().context("waiting for the ranks")? else { continue };
-            process.status = Some(status);
-            if status.success() || failure.is_some() || forwarded.is_some() {
-                continue;
-            }
-            let what =
-                format!("rank {} (host {}, pid {}) {}", process.rank, hostname(), process.child.id(), describe(status));
-            eprintln!("error: {what}; stopping the other ranks");
-            failure = Some(what);
-            stopping_since = Some(Instant::now());
-            newly_failed = true;
-        }
-        if newly_failed {
-            send(ranks, TERM);
-        }
-        if ranks.iter().all(|p| p.status.is_some()) {
-            break;
-        }
         if stopping_since.is_some_and(|since| since.elapsed() > STOP_GRACE) {
-            stop(ranks, Some(STOP_GRACE));
+            for process in ranks.iter().filter(|p| p.status.is_none()) {
+                eprintln!("rank {} (pid {}) did not stop within {STOP_GRACE:?}: killing it", process.rank, process.pid);
+            }
+            send(ranks, KILL);
+            stopping_since = None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let (index, status) = match ends.recv_timeout(Duration::from_millis(50)) {
+            Ok(end) => end,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("lost track of the ranks"),
+        };
+        let status = status.context("waiting for the ranks")?;
+        let process = &mut ranks[index];
+        process.status = Some(status);
+        if status.success() || failure.is_some() || forwarded.is_some() {
+            continue;
+        }
+        let what = format!("rank {} (host {}, pid {}) {}", process.rank, hostname(), process.pid, describe(status));
+        eprintln!("error: {what}; stopping the other ranks");
+        failure = Some(what);
+        stopping_since = Some(Instant::now());
+        send(ranks, TERM);
     }
     if let Some(what) = failure {
         bail!("{what}: the run stopped (each rank's own error is above)");
@@ -178,35 +188,27 @@ fn supervise(ranks: &mut [RankProcess], signals: &SignalRelay) -> Result<()> {
     Ok(())
 }
 
-/// Kills the ranks still running, naming them.
-fn stop(ranks: &mut [RankProcess], after: Option<Duration>) {
-    for process in ranks.iter_mut().filter(|p| p.status.is_none()) {
-        if let Some(after) = after {
-            eprintln!("rank {} (pid {}) did not stop within {after:?}: killing it", process.rank, process.child.id());
-        }
-        let _ = process.child.kill();
-        process.status = process.child.wait().ok();
-    }
-}
-
 #[cfg(unix)]
 const TERM: i32 = libc::SIGTERM;
+#[cfg(unix)]
+const KILL: i32 = libc::SIGKILL;
 #[cfg(not(unix))]
 const TERM: i32 = 15;
+#[cfg(not(unix))]
+const KILL: i32 = 9;
 
-/// Sends `signal` to every rank still running.
-fn send(ranks: &mut [RankProcess], signal: i32) {
-    for process in ranks.iter_mut().filter(|p| p.status.is_none()) {
+/// Sends `signal` to every rank still running (POSIX only: elsewhere the
+/// ranks end when their peers' connections close).
+fn send(ranks: &[RankProcess], signal: i32) {
+    for process in ranks.iter().filter(|p| p.status.is_none()) {
         #[cfg(unix)]
-        if let Ok(pid) = libc::pid_t::try_from(process.child.id()) {
-            // SAFETY: kill(2) on a child this process started and has not reaped.
+        if let Ok(pid) = libc::pid_t::try_from(process.pid) {
+            // SAFETY: kill(2) touches no memory of this process; the pid is a
+            // child it started, whose end this loop has not seen yet.
             unsafe { libc::kill(pid, signal) };
         }
         #[cfg(not(unix))]
-        {
-            let _ = signal;
-            let _ = process.child.kill();
-        }
+        let _ = (process, signal);
     }
 }
 

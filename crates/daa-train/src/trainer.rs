@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{MemoryOptions, weighted_backward};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::distributed::{Collective, FlatLayout, StepFigures, ZeroState};
+use crate::distributed::{Collective, FlatLayout, ShardGroups, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
 use crate::eval::{ChosenLogits, EvalReport, StatsSums, evaluate, evaluate_on_ranks};
@@ -400,7 +400,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`crate::distributed::ZeroState`]); `none` keeps every rank's state
     /// whole. Call after [`Self::with_reducer`] and after restoring a
     /// checkpoint's whole state, if any: this rank keeps its slice of it.
-    pub fn with_sharding(mut self, stage: Sharding) -> Result<Self, ModelError> {
+    pub fn with_sharding(self, stage: Sharding) -> Result<Self, ModelError> {
+        self.with_sharding_in(stage, None)
+    }
+
+    /// [`Self::with_sharding`] within `groups.shard` (a node's ranks) and
+    /// replicated over `groups.replicas` (HSDP; `None`: over every rank).
+    pub fn with_sharding_in(mut self, stage: Sharding, groups: Option<ShardGroups>) -> Result<Self, ModelError> {
         if stage == Sharding::None {
             return Ok(self);
         }
@@ -415,7 +421,10 @@ impl<B: AutodiffBackend> Trainer<B> {
                 stage.as_str()
             )));
         };
-        let (rank, world) = (collective.rank(), collective.world_size());
+        let (rank, world) = match &groups {
+            Some(groups) => (groups.shard.rank(), groups.shard.world_size()),
+            None => (collective.rank(), collective.world_size()),
+        };
         let model = self.model();
         let device = model.embed.weight.val().device();
         let (mut parameters, mut ids, mut values) = (Vec::new(), Vec::new(), HashMap::new());
@@ -425,7 +434,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             values.insert(p.id(), p.flat().inner());
         });
         let layout = FlatLayout::new(parameters, world);
-        self.zero = Some(ZeroState::new(stage, rank, layout, ids, &values, &mut self.optimizer, &device)?);
+        let zero = ZeroState::new(stage, rank, layout, ids, &values, &mut self.optimizer, &device)?;
+        self.zero = Some(match groups {
+            Some(groups) => zero.with_groups(groups)?,
+            None => zero,
+        });
         Ok(self)
     }
 
@@ -449,7 +462,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`Self::master_model`] on every rank, gathering the master weights
     /// where they are sharded (every rank must call it then).
     pub fn gathered_master_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
-        let Some(zero) = &self.zero else { return Ok(self.master_model()) };
+        let Some(zero) = &mut self.zero else { return Ok(self.master_model()) };
         let collective = sharded_collective(self.reducer.as_mut())?;
         let (flat, ranges) = (zero.gather_masters(collective)?, zero.ranges());
         let dtype = Some(burn::tensor::FloatDType::F32);

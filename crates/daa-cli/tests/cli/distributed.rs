@@ -288,3 +288,38 @@ fn an_epoch_whose_last_step_leaves_a_rank_without_pairs_is_refused_before_it_sta
     );
     assert!(!dir.path().join("run").join("metrics.jsonl").exists(), "nothing may start");
 }
+
+#[test]
+fn sharded_within_nodes_under_mpirun_trains_what_one_process_trains() {
+    // Four ranks as two "nodes" (GROUP_RANK 0, 0, 1, 1): MPI's groups split
+    // by node and by place in the node.
+    if Command::new("mpirun").arg("--version").output().is_err() {
+        let _ = mpirun(&[]);
+        return;
+    }
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = |name: &str| dir.path().join(name);
+    let sets = ["train.micro_batch_size=2"];
+    let out = daa(&tiny_args(&config, &cache, &run("one"), 3, &sets).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = train_records(&run("one"));
+    let hsdp = ["train.micro_batch_size=2", "train.sharding=\"optimizer\"", "train.shard_within=\"node\""];
+    let args = tiny_args(&config, &cache, &run("hsdp"), 3, &hsdp);
+    let mut command = Command::new("mpirun");
+    command.arg("--oversubscribe");
+    for (i, node) in ["0", "0", "1", "1"].into_iter().enumerate() {
+        if i > 0 {
+            command.arg(":");
+        }
+        command.args(["-n", "1", "-x", &format!("GROUP_RANK={node}"), env!("CARGO_BIN_EXE_daa")]).args(&args);
+    }
+    command.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let records = train_records(&run("hsdp"));
+    assert_eq!(records.len(), expected.len());
+    for (step, ((loss, _), (one_loss, _))) in records.iter().zip(&expected).enumerate() {
+        assert!((loss - one_loss).abs() <= 1e-6 * one_loss.abs(), "step {}: loss {loss} against {one_loss}", step + 1);
+    }
+}

@@ -191,3 +191,53 @@ fn launcher_flags_that_cannot_work_are_refused() {
     assert!(stderr(&out).contains("already rank 0 of 2"), "{}", stderr(&out));
     assert!(!dir.path().join("run/metrics.jsonl").exists());
 }
+
+#[test]
+fn sharded_within_each_of_two_nodes_trains_what_one_process_trains() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = |name: &str| dir.path().join(name);
+    let sets = ["train.checkpoint_every=2", "train.micro_batch_size=2"];
+    let out = run_daa(&tiny_args(&config, &cache, &run("one"), 4, &sets));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = train_records(&run("one"));
+    // Two launchers of two ranks each: ZeRO-2 within each node, replicated
+    // across the nodes (node 1 started first).
+    let mut hsdp = sets.to_vec();
+    hsdp.extend(["train.sharding=\"gradients\"", "train.shard_within=\"node\""]);
+    let args = tiny_args(&config, &cache, &run("hsdp"), 4, &hsdp);
+    let port = free_port().to_string();
+    let node = |rank: &str| {
+        let flags = ["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", rank, "--master-addr", "127.0.0.1"];
+        Command::new(env!("CARGO_BIN_EXE_daa"))
+            .args(with(&with(&args, &flags), &["--master-port", &port]))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let second = node("1");
+    let first = node("0");
+    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(first.status.success() && second.status.success(), "{}\n{}", stderr(&first), stderr(&second));
+    assert!(stderr(&first).contains("sharding gradients within each node (HSDP)"), "{}", stderr(&first));
+    // The gradients summed as (node 0) + (node 1): the losses to rounding.
+    let records = train_records(&run("hsdp"));
+    assert_eq!(records.len(), expected.len());
+    for (step, ((loss, norm), (one_loss, one_norm))) in records.iter().zip(&expected).enumerate() {
+        assert!((loss - one_loss).abs() <= 1e-6 * one_loss.abs(), "step {}: loss {loss} against {one_loss}", step + 1);
+        assert!((norm - one_norm).abs() <= 1e-5 * one_norm, "step {}: ‖g‖ {norm} against {one_norm}", step + 1);
+    }
+    // Node 0's two ranks wrote the two slices; resumed on one process, the
+    // run continues as the uninterrupted one.
+    let checkpoint = run("hsdp").join("checkpoint-000002");
+    assert!(checkpoint.join("optimizer-rank-00001-of-00002.safetensors").exists());
+    assert!(!checkpoint.join("optimizer-rank-00003-of-00004.safetensors").exists());
+    let resumed =
+        with(&tiny_args(&config, &cache, &run("resumed"), 4, &sets), &["--resume", checkpoint.to_str().unwrap()]);
+    let out = run_daa(&resumed);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for ((loss, _), (one_loss, _)) in train_records(&run("resumed")).iter().zip(&expected[2..]) {
+        assert!((loss - one_loss).abs() <= 1e-6 * one_loss.abs(), "resumed: loss {loss} against {one_loss}");
+    }
+}

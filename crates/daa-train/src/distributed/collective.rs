@@ -99,6 +99,20 @@ pub trait Collective: Send + std::fmt::Debug {
 
     /// Returns once every rank has called it.
     fn barrier(&mut self) -> Result<(), CollectiveError>;
+
+    /// The ranks that give the same `color` as this one, as a group of
+    /// their own (ranked in this group's order): every rank must call it.
+    /// The group and this one may be used in turn, in the same order on
+    /// every rank.
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError>;
+}
+
+/// Every rank's color (what [`Collective::split`] groups by), exchanged.
+pub(super) fn colors(collective: &mut dyn Collective, color: usize) -> Result<Vec<usize>, CollectiveError> {
+    let mut all = vec![0f64; collective.world_size()];
+    all[collective.rank()] = color as f64;
+    collective.all_reduce_sum_f64(&mut all)?;
+    Ok(all.into_iter().map(|c| c as usize).collect())
 }
 
 impl<C: Collective + ?Sized> Collective for Box<C> {
@@ -132,5 +146,9 @@ impl<C: Collective + ?Sized> Collective for Box<C> {
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         (**self).barrier()
+    }
+
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError> {
+        (**self).split(color)
     }
 }

@@ -43,4 +43,4 @@ pub use step_gather::StepFigures;
 #[cfg(not(target_arch = "wasm32"))]
 pub use tcp_rank::TcpRank;
 pub use threads::ThreadRank;
-pub use zero::{ZeroState, ZeroStep};
+pub use zero::{ShardGroups, ZeroState, ZeroStep};

@@ -21,11 +21,14 @@ use super::watchdog::Watchdog;
 
 /// This process's rank in `MPI_COMM_WORLD`.
 pub struct MpiRank {
-    _universe: Universe,
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
     watchdog: Watchdog,
+    /// MPI is finalised when the last rank object of the process goes:
+    /// the last field, so the communicator is freed before (fields drop in
+    /// order).
+    _universe: std::sync::Arc<Universe>,
 }
 
 impl std::fmt::Debug for MpiRank {
@@ -53,7 +56,7 @@ impl MpiRank {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         let watchdog = Watchdog::start("MPI", rank, size, timeout)
             .map_err(|e| transport(format!("cannot start the watchdog thread: {e}")))?;
-        Ok(Self { _universe: universe, world, rank, size, watchdog })
+        Ok(Self { _universe: std::sync::Arc::new(universe), world, rank, size, watchdog })
     }
 
     /// Ends the process (status `128 + signal`) when `check` reports a
@@ -121,5 +124,19 @@ impl Collective for MpiRank {
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         self.watched("barrier", |w| w.barrier());
         Ok(())
+    }
+
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError> {
+        let transport = |message: String| CollectiveError::Transport { operation: "split", message };
+        let value = i32::try_from(color).map_err(|_| transport(format!("color {color} is too large")))?;
+        let group = self
+            .watched("split", |w| w.split_by_color(mpi::topology::Color::with_value(value)))
+            .ok_or_else(|| transport("MPI_Comm_split gave this rank no group".into()))?;
+        let (rank, size) = (group.rank() as usize, group.size() as usize);
+        let timeout = self.watchdog.timeout();
+        let watchdog = Watchdog::start("MPI", rank, size, timeout)
+            .map_err(|e| transport(format!("cannot start the watchdog thread: {e}")))?;
+        watchdog.inherit_signal_check(&self.watchdog);
+        Ok(Box::new(MpiRank { _universe: self._universe.clone(), world: group, rank, size, watchdog }))
     }
 }

@@ -38,6 +38,7 @@ pub struct NcclRank {
     stream: Arc<CudaStream>,
     host: Box<dyn Collective>,
     watchdog: Watchdog,
+    device: usize,
 }
 
 impl std::fmt::Debug for NcclRank {
@@ -91,7 +92,7 @@ impl NcclRank {
         let comm = watchdog
             .watched(OP, || Comm::from_rank(stream.clone(), rank, world, Id::uninit(internal)))
             .map_err(|e| transport(OP, format!("rank {rank} of {world} on GPU {device}: {e:?}")))?;
-        Ok(Self { comm, stream, host, watchdog })
+        Ok(Self { comm, stream, host, watchdog, device })
     }
 
     /// Ends the process (status `128 + signal`) when `check` reports a
@@ -183,5 +184,14 @@ impl Collective for NcclRank {
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         self.host.barrier()
+    }
+
+    /// A communicator of its own for the group (its rank 0 makes the id
+    /// and sends it over the host collective's group).
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError> {
+        let host = self.host.split(color)?;
+        let group = NcclRank::connect(host, self.device, self.watchdog.timeout())?;
+        group.watchdog.inherit_signal_check(&self.watchdog);
+        Ok(Box::new(group))
     }
 }

@@ -76,6 +76,9 @@ pub struct TcpRank {
     timeout: Duration,
     signal_check: Option<SignalCheck>,
     broken: Option<String>,
+    /// Whether dropping this rank closes the streams (a group split from
+    /// another shares that one's streams, and leaves them open).
+    owns_streams: bool,
 }
 
 impl std::fmt::Debug for TcpRank {
@@ -103,7 +106,7 @@ impl TcpRank {
                 .and_then(|()| stream.set_write_timeout(Some(timeout)))
                 .map_err(|e| CollectiveError::Transport { operation: "rendezvous", message: e.to_string() })?;
         }
-        Ok(Self { rank, world, peers, timeout, signal_check: None, broken: None })
+        Ok(Self { rank, world, peers, timeout, signal_check: None, broken: None, owns_streams: true })
     }
 
     /// Fails a collective that has waited 5 s once `check` reports a
@@ -236,7 +239,9 @@ impl TcpRank {
 
 impl Drop for TcpRank {
     fn drop(&mut self) {
-        shut_down(&self.peers);
+        if self.owns_streams {
+            shut_down(&self.peers);
+        }
     }
 }
 
@@ -408,6 +413,29 @@ impl Collective for TcpRank {
         Ok(())
     }
 
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError> {
+        let colors = super::collective::colors(self, color)?;
+        let members: Vec<usize> = (0..self.world).filter(|&r| colors[r] == color).collect();
+        let rank = members.iter().position(|&r| r == self.rank).expect("this rank has its own color");
+        // The member ranks' streams, shared: no pair of ranks is in two
+        // groups split at once, and every rank uses its groups in the same
+        // order, so each stream's messages still arrive in the order read.
+        let peers = members
+            .iter()
+            .map(|&r| self.peers[r].as_ref().map(TcpStream::try_clone).transpose())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| CollectiveError::Transport { operation: "split", message: e.to_string() })?;
+        Ok(Box::new(TcpRank {
+            rank,
+            world: members.len(),
+            peers,
+            timeout: self.timeout,
+            signal_check: self.signal_check,
+            broken: None,
+            owns_streams: false,
+        }))
+    }
+
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         let (rank, world) = (self.rank, self.world);
         let sends: Vec<(usize, &[u8])> = (0..world).filter(|&p| p != rank).map(|p| (p, &[][..])).collect();
@@ -505,6 +533,21 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn groups_split_off_exchange_within_themselves_and_the_whole_goes_on() {
+        let results = on_tcp(4, Duration::from_secs(30), |mut c| {
+            let r = c.rank();
+            let mut group = c.split(r % 2).unwrap();
+            let mut within = [r as f32];
+            group.all_reduce_sum_f32(&mut within).unwrap();
+            let mut all = [1.0f32];
+            c.all_reduce_sum_f32(&mut all).unwrap();
+            group.barrier().unwrap();
+            (group.rank(), group.world_size(), within[0], all[0])
+        });
+        assert_eq!(results, [(0, 2, 2.0, 4.0), (0, 2, 4.0, 4.0), (1, 2, 2.0, 4.0), (1, 2, 4.0, 4.0)]);
     }
 
     #[test]

@@ -57,13 +57,13 @@ struct Shared {
     board: Mutex<Board>,
     changed: Condvar,
     timeout: Duration,
+    /// The groups split from this one, by the round of the split and color.
+    splits: Mutex<std::collections::HashMap<(u64, usize), Arc<Shared>>>,
 }
 
-impl ThreadRank {
-    /// The `world` ranks of one group, sharing one board; a collective waits
-    /// at most `timeout` for the others.
-    pub fn group(world: usize, timeout: Duration) -> Vec<ThreadRank> {
-        let shared = Arc::new(Shared {
+impl Shared {
+    fn new(world: usize, timeout: Duration) -> Arc<Self> {
+        Arc::new(Shared {
             board: Mutex::new(Board {
                 slots: vec![None; world],
                 round: 0,
@@ -74,7 +74,16 @@ impl ThreadRank {
             }),
             changed: Condvar::new(),
             timeout,
-        });
+            splits: Mutex::default(),
+        })
+    }
+}
+
+impl ThreadRank {
+    /// The `world` ranks of one group, sharing one board; a collective waits
+    /// at most `timeout` for the others.
+    pub fn group(world: usize, timeout: Duration) -> Vec<ThreadRank> {
+        let shared = Shared::new(world, timeout);
         (0..world).map(|rank| ThreadRank { rank, world, round: 0, shared: shared.clone() }).collect()
     }
 }
@@ -293,6 +302,18 @@ impl Collective for ThreadRank {
 
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         self.exchange("barrier", Posted::Nothing, |_| Ok(()))
+    }
+
+    fn split(&mut self, color: usize) -> Result<Box<dyn Collective>, CollectiveError> {
+        let colors = super::collective::colors(self, color)?;
+        let members: Vec<usize> = (0..self.world).filter(|&r| colors[r] == color).collect();
+        let rank = members.iter().position(|&r| r == self.rank).expect("this rank has its own color");
+        let mut splits = self.shared.splits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let shared = splits
+            .entry((self.round, color))
+            .or_insert_with(|| Shared::new(members.len(), self.shared.timeout))
+            .clone();
+        Ok(Box::new(ThreadRank { rank, world: members.len(), round: 0, shared }))
     }
 }
 

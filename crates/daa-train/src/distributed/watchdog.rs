@@ -26,6 +26,7 @@ pub(super) const TIMED_OUT_STATUS: i32 = 75;
 pub(super) struct Watchdog {
     in_flight: InFlight,
     signal_check: Arc<Mutex<Option<SignalCheck>>>,
+    timeout: Duration,
 }
 
 impl Watchdog {
@@ -38,7 +39,18 @@ impl Watchdog {
         std::thread::Builder::new()
             .name("daa-collective-watchdog".into())
             .spawn(move || watch(&watched, &signalled, what, rank, world, timeout))?;
-        Ok(Self { in_flight, signal_check })
+        Ok(Self { in_flight, signal_check, timeout })
+    }
+
+    /// The deadline it watches.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Acts on the signals `other` acts on.
+    pub fn inherit_signal_check(&self, other: &Watchdog) {
+        let check = *other.signal_check.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.signal_check.lock().unwrap_or_else(PoisonError::into_inner) = check;
     }
 
     /// Ends the process (status `128 + signal`) when `check` reports a

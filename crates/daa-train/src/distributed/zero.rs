@@ -13,6 +13,13 @@
 //! θ     ← all-gather of every rank's θ_S        f32; the model receives it cast to its dtype
 //! ```
 //!
+//! With HSDP ([`ShardGroups`]: sharded within a node, replicated across
+//! nodes) the slices are those of the rank's shard group; the
+//! reduce-scatter runs within the group and the slice's sum is then
+//! all-reduced over the replicas (the ranks of the other groups holding
+//! the same slice); the norm is summed and the weights gathered within the
+//! group.
+//!
 //! The weights after a step are bit for bit those of the unsharded step on
 //! the same backend when the gradient sums are (every operation on a value
 //! is the same, element by element); the norm is summed in another order
@@ -32,10 +39,22 @@ use crate::error::{ModelError, read_vec};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Moments};
 use crate::plan::Sharding;
 
+/// HSDP's two groups of a rank: the ranks its slices are sharded over
+/// (its node) and the ranks holding the same slice (one per node).
+#[derive(Debug)]
+pub struct ShardGroups {
+    /// The ranks the state is sharded over.
+    pub shard: Box<dyn Collective>,
+    /// The ranks holding the same slice as this one.
+    pub replicas: Box<dyn Collective>,
+}
+
 /// This rank's slice of the optimizer state.
 #[derive(Debug)]
 pub struct ZeroState<B: Backend> {
     stage: Sharding,
+    /// HSDP's groups; `None`: sharded over every rank.
+    groups: Option<ShardGroups>,
     rank: usize,
     layout: FlatLayout,
     /// The id of each layout entry in this process.
@@ -123,6 +142,7 @@ impl<B: Backend> ZeroState<B> {
         let tensor = |values: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
         Ok(Self {
             stage,
+            groups: None,
             rank,
             layout,
             ids,
@@ -133,6 +153,31 @@ impl<B: Backend> ZeroState<B> {
             gradient_sum: None,
             with_gradient: Vec::new(),
         })
+    }
+
+    /// Shards within `groups.shard` and replicates over `groups.replicas`
+    /// (HSDP): this state's rank and layout must be the shard group's.
+    pub fn with_groups(mut self, groups: ShardGroups) -> Result<Self, ModelError> {
+        let (rank, size) = (groups.shard.rank(), groups.shard.world_size());
+        if (rank, size) != (self.rank, self.layout.world_size) {
+            return Err(ModelError::Sharding(format!(
+                "the shard group's rank {rank} of {size} is not this state's slice {} of {}",
+                self.rank, self.layout.world_size
+            )));
+        }
+        self.groups = Some(groups);
+        Ok(self)
+    }
+
+    /// Whether this rank writes its slice into checkpoints: every rank, or
+    /// with HSDP the ranks of the first replica (the others hold the same).
+    pub fn writes_slice(&self) -> bool {
+        self.groups.as_ref().is_none_or(|g| g.replicas.rank() == 0)
+    }
+
+    /// This rank's place among the slices: `(slice, slices)`.
+    pub fn slice_of(&self) -> (usize, usize) {
+        (self.rank, self.layout.world_size)
     }
 
     /// The layout (what a checkpoint's `layout.json` records).
@@ -175,11 +220,20 @@ impl<B: Backend> ZeroState<B> {
     /// Every rank's master weights gathered, end to end (each parameter's
     /// range: [`Self::ranges`]; what a checkpoint saves). Every rank must
     /// call it.
-    pub fn gather_masters(&self, collective: &mut dyn Collective) -> Result<Vec<f32>, ModelError> {
+    pub fn gather_masters(&mut self, collective: &mut dyn Collective) -> Result<Vec<f32>, ModelError> {
         let mine: Vec<f32> = read_vec(self.master.clone(), "the master weights (this rank's slice)")?;
         let mut all = vec![0f32; self.layout.padded_len()];
-        collective.all_gather_f32(&mine, &mut all)?;
+        self.shard_collective(collective).all_gather_f32(&mine, &mut all)?;
         Ok(all)
+    }
+
+    /// The group the state is sharded over: the shard group with HSDP,
+    /// else `world`.
+    fn shard_collective<'a>(&'a mut self, world: &'a mut dyn Collective) -> &'a mut dyn Collective {
+        match &mut self.groups {
+            Some(groups) => groups.shard.as_mut(),
+            None => world,
+        }
     }
 
     /// Each parameter's range of the flat vector, by id.
@@ -229,7 +283,13 @@ impl<B: Backend> ZeroState<B> {
             self.with_gradient.iter_mut().zip(&seen).for_each(|(a, b)| *a += b);
         }
         let mut slice = vec![0f32; self.layout.shard_len()];
-        collective.reduce_scatter_sum_f32(&flat, &mut slice)?;
+        match &mut self.groups {
+            Some(groups) => {
+                groups.shard.reduce_scatter_sum_f32(&flat, &mut slice)?;
+                groups.replicas.all_reduce_sum_f32(&mut slice)?;
+            }
+            None => collective.reduce_scatter_sum_f32(&flat, &mut slice)?,
+        }
         self.gradient_sum = Some(match self.gradient_sum.take() {
             Some(mut sum) => {
                 sum.iter_mut().zip(&slice).for_each(|(s, g)| *s += g);
@@ -274,7 +334,7 @@ impl<B: Backend> ZeroState<B> {
         // so that a step refused below does not leak it into the next.
         let seen = std::mem::take(&mut self.with_gradient);
         let mut squares = [g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()];
-        collective.all_reduce_sum_f64(&mut squares)?;
+        self.shard_collective(collective).all_reduce_sum_f64(&mut squares)?;
         let grad_norm = squares[0].sqrt();
         if !grad_norm.is_finite() {
             return Err(ModelError::NonFiniteStep { quantity: format!("the gradient norm ({grad_norm})") });
@@ -315,7 +375,7 @@ impl<B: Backend> ZeroState<B> {
         }
         let mine: Vec<f32> = read_vec(self.master.clone(), "the updated weights (this rank's slice)")?;
         let mut all = vec![0f32; self.layout.padded_len()];
-        collective.all_gather_f32(&mine, &mut all)?;
+        self.shard_collective(collective).all_gather_f32(&mine, &mut all)?;
         Ok(ZeroStep { grad_norm, weights: all })
     }
 }

@@ -267,11 +267,27 @@ pub struct TrainSection {
     /// stops, naming the operation and the ranks that did not arrive.
     #[serde(default = "default_collective_timeout")]
     pub collective_timeout: f64,
+    /// Over which ranks `train.sharding` divides the state: `"all"`, or
+    /// `"node"` (HSDP: the ranks of each node, replicated across nodes).
+    #[serde(default)]
+    pub shard_within: ShardWithin,
     /// What the ranks exchange values through: `"auto"` (NCCL on the CUDA
     /// backend, the host collective otherwise), `"host"` (TCP, or MPI under
     /// `mpirun`) or `"nccl"` (CUDA only).
     #[serde(default)]
     pub collective: CollectiveChoice,
+}
+
+/// `train.shard_within`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardWithin {
+    /// Every rank of the run.
+    #[default]
+    All,
+    /// The ranks of each node (`LOCAL_WORLD_SIZE` of them), replicated
+    /// across nodes (HSDP).
+    Node,
 }
 
 /// `train.collective`.
@@ -706,6 +722,11 @@ impl TrainConfig {
                 "`train.sharding` = \"parameters\" (ZeRO-3) is not built yet: \"none\", \"optimizer\" (ZeRO-1) or \"gradients\" (ZeRO-2); `daa plan --sharding parameters` estimates it"
             );
         }
+        if t.shard_within == ShardWithin::Node && t.sharding == crate::plan::Sharding::None {
+            bail!(
+                "`train.shard_within` = \"node\" divides sharded state within each node: set `train.sharding` to \"optimizer\" or \"gradients\""
+            );
+        }
         if t.collective == CollectiveChoice::Nccl && self.model.backend != crate::backend::ComputeBackend::Cuda {
             bail!(
                 "`train.collective` = \"nccl\" needs `model.backend` = \"cuda\" (this run's: {})",
@@ -1010,6 +1031,10 @@ mod tests {
         assert_eq!(host.train.collective, super::CollectiveChoice::Host);
         let e = format!("{:#}", built_in(&["train.collective=\"nccl\""]).unwrap_err());
         assert!(e.contains("`train.collective` = \"nccl\" needs `model.backend` = \"cuda\" (this run's: cpu)"), "{e}");
+        let e = format!("{:#}", built_in(&["train.shard_within=\"node\""]).unwrap_err());
+        assert!(e.contains("set `train.sharding` to \"optimizer\" or \"gradients\""), "{e}");
+        let hsdp = built_in(&["train.shard_within=\"node\"", "train.sharding=\"gradients\""]).unwrap();
+        assert_eq!(hsdp.train.shard_within, super::ShardWithin::Node);
         let e = format!("{:#}", built_in(&["train.collective=\"gloo\""]).unwrap_err());
         assert!(e.contains("unknown variant `gloo`, expected one of `auto`, `host`, `nccl`"), "{e}");
     }

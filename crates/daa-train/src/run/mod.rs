@@ -188,9 +188,13 @@ fn run<B: AutodiffBackend>(
     }
     if world > 1 {
         observer.note(&format!(
-            "{world} ranks, {} pairs per step each at most, sharding {}",
+            "{world} ranks, {} pairs per step each at most, sharding {}{}",
             config.train.batch_size.div_ceil(world),
-            config.train.sharding.as_str()
+            config.train.sharding.as_str(),
+            match config.train.shard_within {
+                config::ShardWithin::Node => " within each node (HSDP)",
+                config::ShardWithin::All => "",
+            }
         ));
     }
     if lora_reference {
@@ -314,8 +318,9 @@ fn build_trainer<B: AutodiffBackend>(
         }
         trainer.resume_at(point.step);
     }
+    let groups = ranks.shard_groups(config)?;
     if let Some(reducer) = ranks.reducer() {
-        trainer = trainer.with_reducer(Box::new(reducer)).with_sharding(config.train.sharding)?;
+        trainer = trainer.with_reducer(Box::new(reducer)).with_sharding_in(config.train.sharding, groups)?;
     }
     if let (Some(point), Some(zero)) = (resume, trainer.zero_state_mut()) {
         let slice = rank_checkpoints::read_moment_slice(&point.dir, zero.layout(), zero.shard())

@@ -1,7 +1,8 @@
 //! Checkpoints of a run over several ranks. Rank 0 writes the model (the
 //! master weights, gathered where sharded), `trainer_state.json` and, when
 //! the optimizer state is whole on every rank, `optimizer.safetensors`;
-//! with sharded state (`train.sharding`) every rank writes its slice,
+//! with sharded state (`train.sharding`) every rank writes its slice (with
+//! HSDP, `train.shard_within = "node"`, the ranks of the first node),
 //! `optimizer-rank-RRRRR-of-WWWWW.safetensors` (`exp_avg`, `exp_avg_sq`:
 //! the flat slice [`FlatLayout::shard`] names), and rank 0 `layout.json`
 //! (the parameters by name, shape and offset, the world size, the steps).
@@ -87,14 +88,17 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
     // What this rank writes, read before the collective is borrowed: its
     // slice of sharded state, or (rank 0) the whole state.
     let steps = trainer.optimizer().steps;
+    // With HSDP the ranks of the first replica write the slices (the
+    // others hold the same), named by slice of the shard group.
+    let sharded = trainer.zero_state().map(|zero| (zero.slice_of(), zero.writes_slice()));
     let slice = match trainer.zero_state() {
-        Some(zero) => {
+        Some(zero) if zero.writes_slice() => {
             let (m, v) = zero.moments()?;
             Some((ShardedState { steps, sharding: zero.stage(), layout: zero.layout().clone() }, m, v))
         }
-        None => None,
+        _ => None,
     };
-    let whole = match (&slice, rank) {
+    let whole = match (sharded, rank) {
         (None, 0) => Some(optimizer_tensors(model, trainer.optimizer())),
         _ => None,
     };
@@ -114,8 +118,9 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
         if let Some((layout, m, v)) = &slice {
             let tensors =
                 [NamedTensor::f32("exp_avg", vec![m.len()], m), NamedTensor::f32("exp_avg_sq", vec![v.len()], v)];
-            let meta = [("rank", rank.to_string()), ("world_size", world.to_string())];
-            let path = partial.join(rank_file(rank, world));
+            let (index, slices) = sharded.map_or((rank, world), |(place, _)| place);
+            let meta = [("rank", index.to_string()), ("world_size", slices.to_string())];
+            let path = partial.join(rank_file(index, slices));
             std::fs::write(&path, safetensors_bytes(&tensors, &meta)?)
                 .with_context(|| format!("{}: write failed", path.display()))?;
             std::fs::File::open(&path)

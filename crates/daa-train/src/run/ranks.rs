@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use super::config::{CollectiveChoice, TrainConfig};
-use crate::distributed::{Collective, DataParallel, LaunchEnv, TcpRank};
+use super::config::{CollectiveChoice, ShardWithin, TrainConfig};
+use crate::distributed::{Collective, DataParallel, LaunchEnv, ShardGroups, TcpRank};
 
 /// This process's place among the run's ranks, and their collective.
 #[derive(Debug)]
@@ -194,6 +194,34 @@ impl RunRanks {
             let _ = std::fs::remove_file(&token_path);
         }
         Ok(())
+    }
+
+    /// HSDP's groups when `train.shard_within = "node"`: the ranks of this
+    /// node (`GROUP_RANK`, else `rank / LOCAL_WORLD_SIZE`) and the ranks
+    /// holding the same slice, one per node. Every rank must call it; nodes
+    /// with different numbers of ranks are refused.
+    pub fn shard_groups(&mut self, config: &TrainConfig) -> Result<Option<ShardGroups>> {
+        let Some(c) = &mut self.collective else { return Ok(None) };
+        if config.train.shard_within != ShardWithin::Node {
+            return Ok(None);
+        }
+        let launch = LaunchEnv::from_env().map_err(anyhow::Error::msg)?.context("HSDP without a launcher")?;
+        let node = match std::env::var("GROUP_RANK").ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(node) => node,
+            None => c.rank() / launch.local_world_size,
+        };
+        let mut nodes = vec![0f64; c.world_size()];
+        nodes[c.rank()] = node as f64;
+        c.all_reduce_sum_f64(&mut nodes)?;
+        let mut per_node = std::collections::BTreeMap::<usize, usize>::new();
+        nodes.iter().for_each(|&n| *per_node.entry(n as usize).or_default() += 1);
+        if per_node.values().any(|&n| n != per_node.values().next().copied().unwrap_or(0)) {
+            bail!("train.shard_within = \"node\" needs as many ranks on every node: ranks per node {per_node:?}");
+        }
+        let shard = c.split(node).context("splitting the ranks by node")?;
+        // Replicas: the ranks at the same place of every node's group.
+        let replicas = c.split(shard.rank()).context("splitting the ranks by their place in the node")?;
+        Ok(Some(ShardGroups { shard, replicas }))
     }
 
     /// The collective, for the trainer (data parallelism), if several ranks.

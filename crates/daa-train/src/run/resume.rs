@@ -45,7 +45,7 @@ impl ResumePoint {
 /// is computed, not what: a run that ran out of memory resumes with
 /// checkpointing on), the sharding stage, the collectives' deadline and transport (a
 /// run resumes onto any number of ranks).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 15] = [
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 16] = [
     "max_steps",
     "checkpoint_every",
     "skip_nonfinite",
@@ -61,6 +61,7 @@ pub const RESUMABLE_TRAIN_FIELDS: [&str; 15] = [
     "sharding",
     "collective_timeout",
     "collective",
+    "shard_within",
 ];
 
 /// The fields (`section.field`) whose change makes `--resume` refuse:

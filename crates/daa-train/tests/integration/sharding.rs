@@ -244,3 +244,54 @@ proptest! {
         prop_assert!(layout.check_same_parameters(&resliced).is_ok());
     }
 }
+
+/// HSDP: 4 thread ranks as 2 "nodes" of 2, each stage sharded within a node
+/// (`split` by node) and replicated across nodes (`split` by local rank),
+/// against one rank accumulating the 8 pairs in micro-batches of 2.
+#[test]
+fn sharded_within_nodes_and_replicated_across_them_is_one_rank_to_rounding() {
+    let (pairs, initial, reference) = setup();
+    let mut one = Trainer::new(initial.clone(), unclipped(2), ReferencePolicy::Given).unwrap();
+    let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
+    for stage in [Sharding::Optimizer, Sharding::Gradients] {
+        let results: Vec<(Vec<f64>, Vec<f32>, Vec<usize>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadRank::group(4, Duration::from_secs(120))
+                .into_iter()
+                .map(|mut collective| {
+                    let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
+                    scope.spawn(move || {
+                        let (rank, world) = (collective.rank(), collective.world_size());
+                        let (node, local) = (rank / 2, rank % 2);
+                        let groups = daa_train::distributed::ShardGroups {
+                            shard: collective.split(node).unwrap(),
+                            replicas: collective.split(local).unwrap(),
+                        };
+                        let slice = rank_slice(pairs.len(), rank, world);
+                        let mut trainer = Trainer::new(initial, unclipped(2), ReferencePolicy::Given)
+                            .unwrap()
+                            .with_reducer(Box::new(DataParallel::new(collective)))
+                            .with_sharding_in(stage, Some(groups))
+                            .unwrap();
+                        let zero = trainer.zero_state().unwrap();
+                        let place = vec![zero.slice_of().0, zero.slice_of().1, usize::from(zero.writes_slice())];
+                        let (norms, weights) = train(&mut trainer, &pairs[slice.clone()], &reference[slice]);
+                        (norms, weights, place)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Slices of the node's 2 ranks; node 0's ranks write them.
+        let places: Vec<&Vec<usize>> = results.iter().map(|r| &r.2).collect();
+        assert_eq!(places, [&vec![0, 2, 1], &vec![1, 2, 1], &vec![0, 2, 0], &vec![1, 2, 0]], "{stage:?}");
+        for (rank, (norms, weights, _)) in results.iter().enumerate() {
+            assert!(weights == &results[0].1, "{stage:?}: rank {rank} holds other weights than rank 0");
+            // Summed as (g₀ + g₁) + (g₂ + g₃), not ((g₀ + g₁) + g₂) + g₃.
+            let d = max_difference(weights, &one_weights);
+            assert!(d <= REORDERED_TOLERANCE, "{stage:?}, rank {rank}: weights differ by {d}");
+            for (n, o) in norms.iter().zip(&one_norms) {
+                assert!((n - o).abs() <= 1e-5 * o, "{stage:?}, rank {rank}: gradient norm {n} against {o}");
+            }
+        }
+    }
+}
