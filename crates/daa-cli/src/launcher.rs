@@ -8,13 +8,15 @@
 //! When a rank exits abnormally the launcher names it (rank, host, pid,
 //! exit status or signal), sends the others SIGTERM and, after 30 s,
 //! SIGKILL. A SIGINT or SIGTERM to the launcher is passed on to every rank
-//! (they finish the step, checkpoint together and exit `128 + signal`); the
-//! launcher then exits with rank 0's status. The ranks run in a process
-//! group of their own, so a terminal's Ctrl-C reaches them once, through
-//! the launcher.
+//! (SIGHUP as SIGTERM; they finish the step, checkpoint together and exit
+//! `128 + signal`); the launcher then exits with rank 0's status. The ranks
+//! run in a process group of their own, so a terminal's Ctrl-C reaches them
+//! once, through the launcher; on Linux they receive SIGTERM if the
+//! launcher itself dies (`PR_SET_PDEATHSIG`). POSIX systems only.
 
 use std::ffi::OsString;
-use std::process::{Command, ExitStatus};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -86,7 +88,7 @@ impl NodePlan {
 /// One rank's process.
 struct RankProcess {
     rank: usize,
-    pid: u32,
+    child: Child,
     status: Option<ExitStatus>,
 }
 
@@ -104,10 +106,12 @@ pub fn launch(plan: &NodePlan, args: &[OsString]) -> Result<()> {
         plan.nnodes
     );
     let signals = SignalRelay::install()?;
-    let mut ranks = Vec::with_capacity(plan.nproc_per_node);
-    // One thread per rank waits for it: the ranks' ends arrive in the order
-    // they happened (the first to fail is named, not a peer it took along).
-    let (ended, ends) = std::sync::mpsc::channel::<(usize, std::io::Result<ExitStatus>)>();
+    let mut ranks: Vec<RankProcess> = Vec::with_capacity(plan.nproc_per_node);
+    // One thread per rank waits for its end without reaping it: the ends
+    // arrive in the order they happened (the first rank to fail is named,
+    // not a peer it took along), and a pid stays this process's child, safe
+    // to signal, until the supervisor reaps it.
+    let (ended, ends) = std::sync::mpsc::channel::<(usize, std::io::Result<()>)>();
     for local in 0..plan.nproc_per_node {
         let rank = first + local;
         let mut command = Command::new(&exe);
@@ -121,16 +125,25 @@ pub fn launch(plan: &NodePlan, args: &[OsString]) -> Result<()> {
             .env("MASTER_ADDR", &host)
             .env("MASTER_PORT", port.to_string())
             .env("DAA_RENDEZVOUS_PORT", port.to_string());
-        #[cfg(unix)]
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        command.process_group(0);
+        // The ranks end with the launcher, however it ends (Linux).
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches no memory of the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
         match command.spawn() {
-            Ok(mut child) => {
-                ranks.push(RankProcess { rank, pid: child.id(), status: None });
+            Ok(child) => {
+                let pid = child.id();
+                ranks.push(RankProcess { rank, child, status: None });
                 let ended = ended.clone();
-                std::thread::spawn(move || ended.send((local, child.wait())));
+                std::thread::spawn(move || ended.send((local, wait_without_reaping(pid))));
             }
             Err(e) => {
-                send(&ranks, KILL);
+                send(&ranks, libc::SIGKILL);
                 return Err(e).with_context(|| format!("starting rank {rank}: {}", exe.display()));
             }
         }
@@ -138,10 +151,29 @@ pub fn launch(plan: &NodePlan, args: &[OsString]) -> Result<()> {
     supervise(&mut ranks, &ends, &signals)
 }
 
+/// Returns once process `pid` (a child) has ended, leaving it unreaped.
+fn wait_without_reaping(pid: u32) -> std::io::Result<()> {
+    let pid = libc::id_t::try_from(pid).map_err(|_| std::io::Error::other(format!("pid {pid}")))?;
+    loop {
+        // SAFETY: waitid fills `info`, a zeroed siginfo_t this frame owns.
+        let status = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+        };
+        if status == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
 /// Waits for every rank; the first to fail ends the others.
 fn supervise(
     ranks: &mut [RankProcess],
-    ends: &std::sync::mpsc::Receiver<(usize, std::io::Result<ExitStatus>)>,
+    ends: &std::sync::mpsc::Receiver<(usize, std::io::Result<()>)>,
     signals: &SignalRelay,
 ) -> Result<()> {
     let mut failure: Option<String> = None;
@@ -155,27 +187,33 @@ fn supervise(
         }
         if stopping_since.is_some_and(|since| since.elapsed() > STOP_GRACE) {
             for process in ranks.iter().filter(|p| p.status.is_none()) {
-                eprintln!("rank {} (pid {}) did not stop within {STOP_GRACE:?}: killing it", process.rank, process.pid);
+                let pid = process.child.id();
+                eprintln!("rank {} (pid {pid}) did not stop within {STOP_GRACE:?}: killing it", process.rank);
             }
-            send(ranks, KILL);
+            send(ranks, libc::SIGKILL);
             stopping_since = None;
         }
-        let (index, status) = match ends.recv_timeout(Duration::from_millis(50)) {
-            Ok(end) => end,
+        let index = match ends.recv_timeout(Duration::from_millis(50)) {
+            Ok((index, ended)) => {
+                ended.context("waiting for the ranks")?;
+                index
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!("lost track of the ranks"),
         };
-        let status = status.context("waiting for the ranks")?;
         let process = &mut ranks[index];
+        // It has ended: this reaps it.
+        let status = process.child.wait().context("waiting for the ranks")?;
         process.status = Some(status);
         if status.success() || failure.is_some() || forwarded.is_some() {
             continue;
         }
-        let what = format!("rank {} (host {}, pid {}) {}", process.rank, hostname(), process.pid, describe(status));
+        let what =
+            format!("rank {} (host {}, pid {}) {}", process.rank, hostname(), process.child.id(), describe(status));
         eprintln!("error: {what}; stopping the other ranks");
         failure = Some(what);
         stopping_since = Some(Instant::now());
-        send(ranks, TERM);
+        send(ranks, libc::SIGTERM);
     }
     if let Some(what) = failure {
         bail!("{what}: the run stopped (each rank's own error is above)");
@@ -188,34 +226,20 @@ fn supervise(
     Ok(())
 }
 
-#[cfg(unix)]
-const TERM: i32 = libc::SIGTERM;
-#[cfg(unix)]
-const KILL: i32 = libc::SIGKILL;
-#[cfg(not(unix))]
-const TERM: i32 = 15;
-#[cfg(not(unix))]
-const KILL: i32 = 9;
-
-/// Sends `signal` to every rank still running (POSIX only: elsewhere the
-/// ranks end when their peers' connections close).
+/// Sends `signal` to every rank not yet reaped.
 fn send(ranks: &[RankProcess], signal: i32) {
     for process in ranks.iter().filter(|p| p.status.is_none()) {
-        #[cfg(unix)]
-        if let Ok(pid) = libc::pid_t::try_from(process.pid) {
-            // SAFETY: kill(2) touches no memory of this process; the pid is a
-            // child it started, whose end this loop has not seen yet.
+        if let Ok(pid) = libc::pid_t::try_from(process.child.id()) {
+            // SAFETY: kill(2) touches no memory of this process; the pid is
+            // a child it has not reaped, so not another process's.
             unsafe { libc::kill(pid, signal) };
         }
-        #[cfg(not(unix))]
-        let _ = (process, signal);
     }
 }
 
 /// How a rank ended, in words.
 fn describe(status: ExitStatus) -> String {
-    #[cfg(unix)]
-    if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+    if let Some(signal) = status.signal() {
         return format!("was killed by signal {signal} ({})", daa_train::run::interrupt::signal_name(signal));
     }
     match status.code() {
@@ -234,39 +258,30 @@ fn hostname() -> String {
         .unwrap_or_else(|| "this host".to_string())
 }
 
-/// SIGINT and SIGTERM to the launcher, held for passing on.
+/// SIGINT, SIGTERM and SIGHUP to the launcher, held for passing on (SIGHUP
+/// as SIGTERM: a lost terminal or SSH connection stops the ranks cleanly).
 struct SignalRelay {
-    #[cfg(unix)]
     pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SignalRelay {
-    #[cfg(unix)]
     fn install() -> Result<Self> {
         let pending = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        for signal in [libc::SIGINT, libc::SIGTERM] {
-            signal_hook::flag::register_usize(signal, pending.clone(), signal as usize)
+        for (signal, passed) in
+            [(libc::SIGINT, libc::SIGINT), (libc::SIGTERM, libc::SIGTERM), (libc::SIGHUP, libc::SIGTERM)]
+        {
+            signal_hook::flag::register_usize(signal, pending.clone(), passed as usize)
                 .context("installing the launcher's signal handler")?;
         }
         Ok(Self { pending })
     }
 
-    #[cfg(not(unix))]
-    fn install() -> Result<Self> {
-        Ok(Self {})
-    }
-
-    /// The signal received since the last call, if any.
+    /// The signal to pass on since the last call, if any.
     fn take(&self) -> Option<i32> {
-        #[cfg(unix)]
-        {
-            match self.pending.swap(0, std::sync::atomic::Ordering::SeqCst) {
-                0 => None,
-                signal => i32::try_from(signal).ok(),
-            }
+        match self.pending.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            signal => i32::try_from(signal).ok(),
         }
-        #[cfg(not(unix))]
-        None
     }
 }
 

@@ -24,7 +24,7 @@ mod fit;
 mod generate_cmd;
 #[cfg(feature = "train")]
 mod judge_cmd;
-#[cfg(feature = "train")]
+#[cfg(all(feature = "train", unix))]
 mod launcher;
 #[cfg(feature = "train")]
 mod logps_cmd;

@@ -213,18 +213,25 @@ fn print_summary(summary: &RunSummary, run_dir: &std::path::Path) {
 
 /// Runs `daa train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let plan = crate::launcher::NodePlan {
-        nproc_per_node: args.nproc_per_node.unwrap_or(1),
-        nnodes: args.nnodes,
-        node_rank: args.node_rank,
-        master_addr: args.master_addr.clone(),
-        master_port: args.master_port,
-    };
-    if args.nproc_per_node.is_some() && plan.world_size() != 1 {
-        return crate::launcher::launch(&plan, &crate::launcher::forwarded_args(&LAUNCHER_FLAGS));
-    }
-    if plan.nnodes != 1 {
+    if args.nnodes != 1 && args.nproc_per_node.is_none() {
         anyhow::bail!("--nnodes needs --nproc-per-node: the ranks to start on this node");
+    }
+    if let Some(nproc_per_node) = args.nproc_per_node.filter(|&n| n * args.nnodes != 1) {
+        #[cfg(unix)]
+        {
+            let plan = crate::launcher::NodePlan {
+                nproc_per_node,
+                nnodes: args.nnodes,
+                node_rank: args.node_rank,
+                master_addr: args.master_addr.clone(),
+                master_port: args.master_port,
+            };
+            return crate::launcher::launch(&plan, &crate::launcher::forwarded_args(&LAUNCHER_FLAGS));
+        }
+        #[cfg(not(unix))]
+        anyhow::bail!(
+            "--nproc-per-node {nproc_per_node}: daa's launcher needs a POSIX system; start the ranks with torchrun"
+        );
     }
     let mut overrides = args.overrides.clone();
     let shorthands = [

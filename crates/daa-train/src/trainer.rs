@@ -616,7 +616,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
-            let batch = pair_batch(&sequences, o.pad_id, vocab)?;
+            let batch = match pair_batch(&sequences, o.pad_id, vocab) {
+                Err(e) if several_ranks => {
+                    failed = Some(e.offset_pairs(offset));
+                    break;
+                }
+                batch => batch?,
+            };
             tokens += sequences.iter().map(|p| p.chosen.ids.len() + p.rejected.ids.len()).sum::<usize>();
             let reference = match self.micro_batch_reference(micro, &sequences, offset) {
                 Err(e) if several_ranks => {
@@ -759,18 +765,23 @@ impl<B: AutodiffBackend> Trainer<B> {
             Some(_) => 2.0,
         };
         collective.all_reduce_sum_f64(&mut met)?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
         let ranks = |code: f64| -> Vec<String> {
             met.iter().enumerate().filter(|(_, m)| **m == code).map(|(r, _)| r.to_string()).collect()
         };
         let (skippable, stopping) = (ranks(1.0), ranks(2.0));
+        // A failure that stops the run stops every rank, also one whose own
+        // failure alone would have been skipped.
         if !stopping.is_empty() {
-            return Err(ModelError::Batch(format!(
-                "the pairs of rank(s) {} failed in this step (that rank's error says why); every rank stops",
-                stopping.join(", ")
-            )));
+            return Err(match failed {
+                Some(e) if !matches!(e, ModelError::NonFiniteScore { .. }) => e,
+                _ => ModelError::Batch(format!(
+                    "the pairs of rank(s) {} failed in this step (that rank's error says why); every rank stops",
+                    stopping.join(", ")
+                )),
+            });
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         if !skippable.is_empty() {
             return Err(ModelError::NonFiniteStep {

@@ -178,7 +178,7 @@ fn a_rank_that_dies_ends_the_run_at_once_and_leaves_no_checkpoint_resume_would_t
     assert!(run.join("checkpoint-000002/layout.json").exists());
     assert!(!run.join("checkpoint-000004").exists(), "a checkpoint that not every rank wrote was renamed into place");
     // mpirun ends rank 0 with SIGTERM; signalled in a collective whose peer
-    // is gone, it exits after a grace of 5 s: the lock it held is then stale.
+    // is gone, it exits after a grace of 30 s: the lock it held is then stale.
     wait_for_the_lock_holder(&run);
     // Resumed by one process from the run folder: step 2's checkpoint, on to
     // step 6, as a run never interrupted.

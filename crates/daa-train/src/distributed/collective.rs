@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-/// Reports a signal the process received and has not acted on yet
-/// (`daa_train::run::interrupt::requested`): a rank signalled while its
-/// peers do not answer stops waiting for them.
+/// Reports a signal the process received while its ranks have not agreed
+/// to stop (`daa_train::run::interrupt::unanswered`): a rank signalled while
+/// its peers do not answer stops waiting for them (MPI, NCCL).
 pub type SignalCheck = fn() -> Option<i32>;
 
 /// A collective that did not complete.

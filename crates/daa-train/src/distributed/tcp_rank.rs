@@ -13,10 +13,12 @@
 //! one rank, and every rank holds the same bits. Each rank sends and
 //! receives `2 (N − 1)/N` of the values per all-reduce, as a ring would.
 //!
-//! Every message carries its operation and length: ranks out of step or
-//! with different lengths are refused by name. A peer that closes its
+//! Every message carries its operation (f32 and f64 told apart), its length
+//! and the operation's length in values: ranks out of step or with
+//! different lengths are refused by name. A peer that closes its
 //! stream (its process ended) fails the collective at once naming it
-//! ([`CollectiveError::RankLeft`]); one silent for the deadline
+//! ([`CollectiveError::RankLeft`]: no signal handling is needed to notice
+//! peers that are gone); one silent for the deadline
 //! (`train.collective_timeout`) is a [`CollectiveError::Timeout`] naming it.
 //! After any failure every stream is shut down, so the other ranks fail at
 //! once too. Values travel in the machine's byte order: all ranks must
@@ -29,14 +31,14 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use super::collective::{Collective, CollectiveError, SignalCheck};
+use super::collective::{Collective, CollectiveError};
 
-/// How long a read waits before looking at the deadline and signals again.
+/// Bytes of a message's header: operation, payload length, the operation's
+/// length in values.
+const HEADER: usize = 17;
+
+/// How long a read waits before looking at the deadline again.
 const POLL: Duration = Duration::from_millis(200);
-
-/// How long a collective may wait once the process was signalled and its
-/// peers do not answer.
-const SIGNALLED_GRACE: Duration = Duration::from_secs(5);
 
 /// The operation a message belongs to (its first byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +55,8 @@ enum Op {
 impl Op {
     fn name(self) -> &'static str {
         match self {
-            Op::AllReduceF32 | Op::AllReduceF64 => "all_reduce",
+            Op::AllReduceF32 => "all_reduce",
+            Op::AllReduceF64 => "all_reduce (f64)",
             Op::ReduceScatter => "reduce_scatter",
             Op::AllGather => "all_gather",
             Op::Broadcast => "broadcast",
@@ -74,7 +77,6 @@ pub struct TcpRank {
     world: usize,
     peers: Vec<Option<TcpStream>>,
     timeout: Duration,
-    signal_check: Option<SignalCheck>,
     broken: Option<String>,
     /// Whether dropping this rank closes the streams (a group split from
     /// another shares that one's streams, and leaves them open).
@@ -106,14 +108,7 @@ impl TcpRank {
                 .and_then(|()| stream.set_write_timeout(Some(timeout)))
                 .map_err(|e| CollectiveError::Transport { operation: "rendezvous", message: e.to_string() })?;
         }
-        Ok(Self { rank, world, peers, timeout, signal_check: None, broken: None, owns_streams: true })
-    }
-
-    /// Fails a collective that has waited 5 s once `check` reports a
-    /// signal: the process was asked to stop and its peers do not answer.
-    pub fn end_on_signal(mut self, check: SignalCheck) -> Self {
-        self.signal_check = Some(check);
-        self
+        Ok(Self { rank, world, peers, timeout, broken: None, owns_streams: true })
     }
 
     /// Sends each `(peer, payload)` (one thread per peer) while `receive`
@@ -122,20 +117,15 @@ impl TcpRank {
     fn exchange(
         &mut self,
         op: Op,
+        total: Option<u64>,
         sends: &[(usize, &[u8])],
         receive: impl FnOnce(&Reader<'_>) -> Result<(), CollectiveError>,
     ) -> Result<(), CollectiveError> {
         if let Some(why) = &self.broken {
             return Err(CollectiveError::Transport { operation: op.name(), message: why.clone() });
         }
-        let reader = Reader {
-            op,
-            rank: self.rank,
-            world: self.world,
-            peers: &self.peers,
-            timeout: self.timeout,
-            signal_check: self.signal_check,
-        };
+        let reader =
+            Reader { op, total, rank: self.rank, world: self.world, peers: &self.peers, timeout: self.timeout };
         let result = std::thread::scope(|scope| {
             let writers: Vec<_> = sends
                 .iter()
@@ -174,6 +164,7 @@ impl TcpRank {
     fn reduce_scatter<T: Pod + AddAssign + Default>(
         &mut self,
         op: Op,
+        total: usize,
         input: &[T],
         output: &mut [T],
     ) -> Result<(), CollectiveError> {
@@ -182,7 +173,7 @@ impl TcpRank {
         let (rank, world) = (self.rank, self.world);
         let sends: Vec<(usize, &[u8])> =
             (0..world).filter(|&p| p != rank).map(|p| (p, bytemuck::cast_slice(&input[p * n..(p + 1) * n]))).collect();
-        self.exchange(op, &sends, |reader| {
+        self.exchange(op, Some(total as u64), &sends, |reader| {
             output.iter_mut().for_each(|o| *o = T::default());
             let mut part = vec![T::default(); n];
             for from in 0..world {
@@ -200,13 +191,19 @@ impl TcpRank {
     }
 
     /// `output[r·n ..][..n] ← rank r's input`.
-    fn all_gather<T: Pod>(&mut self, op: Op, input: &[T], output: &mut [T]) -> Result<(), CollectiveError> {
+    fn all_gather<T: Pod>(
+        &mut self,
+        op: Op,
+        total: usize,
+        input: &[T],
+        output: &mut [T],
+    ) -> Result<(), CollectiveError> {
         let n = input.len();
         CollectiveError::expect_len(op.name(), self.rank, output.len(), n * self.world)?;
         let (rank, world) = (self.rank, self.world);
         let sends: Vec<(usize, &[u8])> =
             (0..world).filter(|&p| p != rank).map(|p| (p, bytemuck::cast_slice(input))).collect();
-        self.exchange(op, &sends, |reader| {
+        self.exchange(op, Some(total as u64), &sends, |reader| {
             for from in 0..world {
                 let part = &mut output[from * n..(from + 1) * n];
                 if from == rank {
@@ -224,14 +221,16 @@ impl TcpRank {
     /// then every rank gathers the chunks.
     fn all_reduce<T: Pod + AddAssign + Default>(&mut self, op: Op, values: &mut [T]) -> Result<(), CollectiveError> {
         if self.world == 1 {
-            return self.exchange(op, &[], |_| Ok(()));
+            return self.exchange(op, None, &[], |_| Ok(()));
         }
         let chunk = values.len().div_ceil(self.world);
         let mut padded = vec![T::default(); chunk * self.world];
         padded[..values.len()].copy_from_slice(values);
         let mut mine = vec![T::default(); chunk];
-        self.reduce_scatter(op, &padded, &mut mine)?;
-        self.all_gather(op, &mine, &mut padded)?;
+        // The true length travels with each message: ranks whose lengths
+        // differ are refused even where the padded chunks agree.
+        self.reduce_scatter(op, values.len(), &padded, &mut mine)?;
+        self.all_gather(op, values.len(), &mine, &mut padded)?;
         values.copy_from_slice(&padded[..values.len()]);
         Ok(())
     }
@@ -254,11 +253,13 @@ fn shut_down(peers: &[Option<TcpStream>]) {
 /// Reads one collective's messages from the peers, and writes its own.
 struct Reader<'a> {
     op: Op,
+    /// The operation's length in values on this rank, sent with every
+    /// message and compared with the peers' (`None`: not compared).
+    total: Option<u64>,
     rank: usize,
     world: usize,
     peers: &'a [Option<TcpStream>],
     timeout: Duration,
-    signal_check: Option<SignalCheck>,
 }
 
 impl Reader<'_> {
@@ -287,9 +288,10 @@ impl Reader<'_> {
     /// Writes the header (operation, length) and the payload to `peer`.
     fn send(&self, peer: usize, mut stream: &TcpStream, payload: &[u8]) -> Result<(), CollectiveError> {
         let started = Instant::now();
-        let mut header = [0u8; 9];
+        let mut header = [0u8; HEADER];
         header[0] = self.op as u8;
-        header[1..].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        header[1..9].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+        header[9..].copy_from_slice(&self.total.unwrap_or(u64::MAX).to_le_bytes());
         stream
             .write_all(&header)
             .and_then(|()| stream.write_all(payload))
@@ -300,11 +302,12 @@ impl Reader<'_> {
     /// length `expected` values of `size` bytes (when given); returns the
     /// length in bytes.
     fn message(&self, peer: usize, expected: Option<usize>, size: usize) -> Result<usize, CollectiveError> {
-        let mut header = [0u8; 9];
+        let mut header = [0u8; HEADER];
         self.payload(peer, &mut header)?;
-        let len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
+        let len = u64::from_le_bytes(header[1..9].try_into().expect("8 bytes")) as usize;
+        let their_total = u64::from_le_bytes(header[9..].try_into().expect("8 bytes"));
         let theirs = Op::from_byte(header[0]);
-        if theirs.map(Op::name) != Some(self.op.name()) {
+        if theirs != Some(self.op) {
             return Err(CollectiveError::Transport {
                 operation: self.op.name(),
                 message: format!(
@@ -313,6 +316,15 @@ impl Reader<'_> {
                     self.rank,
                     self.op.name()
                 ),
+            });
+        }
+        if let Some(mine) = self.total.filter(|&mine| their_total != u64::MAX && their_total != mine) {
+            return Err(CollectiveError::LengthMismatch {
+                operation: self.op.name(),
+                rank: self.rank,
+                len: mine as usize,
+                other_rank: peer,
+                other_len: their_total as usize,
             });
         }
         match expected {
@@ -345,17 +357,6 @@ impl Reader<'_> {
                     if waited >= self.timeout {
                         return Err(self.io_error(peer, &e, waited));
                     }
-                    if let Some(signal) = self.signal_check.and_then(|check| check())
-                        && waited >= SIGNALLED_GRACE
-                    {
-                        return Err(CollectiveError::Transport {
-                            operation: self.op.name(),
-                            message: format!(
-                                "rank {} received signal {signal} and rank {peer} has not answered for {waited:?}",
-                                self.rank
-                            ),
-                        });
-                    }
                 }
                 Err(e) => return Err(self.io_error(peer, &e, last_progress.elapsed())),
             }
@@ -382,11 +383,11 @@ impl Collective for TcpRank {
     }
 
     fn reduce_scatter_sum_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
-        self.reduce_scatter(Op::ReduceScatter, input, output)
+        self.reduce_scatter(Op::ReduceScatter, input.len(), input, output)
     }
 
     fn all_gather_f32(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), CollectiveError> {
-        self.all_gather(Op::AllGather, input, output)
+        self.all_gather(Op::AllGather, input.len(), input, output)
     }
 
     fn broadcast_bytes(&mut self, root: usize, bytes: &mut Vec<u8>) -> Result<(), CollectiveError> {
@@ -401,7 +402,7 @@ impl Collective for TcpRank {
         let sends: Vec<(usize, &[u8])> =
             if rank == root { (0..world).filter(|&p| p != rank).map(|p| (p, &sent[..])).collect() } else { Vec::new() };
         let mut received = Vec::new();
-        self.exchange(Op::Broadcast, &sends, |reader| {
+        self.exchange(Op::Broadcast, None, &sends, |reader| {
             if rank != root {
                 let len = reader.message(root, None, 1)?;
                 received.resize(len, 0);
@@ -430,7 +431,6 @@ impl Collective for TcpRank {
             world: members.len(),
             peers,
             timeout: self.timeout,
-            signal_check: self.signal_check,
             broken: None,
             owns_streams: false,
         }))
@@ -439,7 +439,7 @@ impl Collective for TcpRank {
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         let (rank, world) = (self.rank, self.world);
         let sends: Vec<(usize, &[u8])> = (0..world).filter(|&p| p != rank).map(|p| (p, &[][..])).collect();
-        self.exchange(Op::Barrier, &sends, |reader| {
+        self.exchange(Op::Barrier, Some(0), &sends, |reader| {
             (0..world).filter(|&p| p != rank).try_for_each(|p| reader.message(p, Some(0), 1).map(drop))
         })
     }
@@ -606,6 +606,23 @@ mod tests {
             errors.iter().any(|e| e.contains("has 1 values, rank 1 has 2") || e.contains("has 2 values, rank 0 has 1")),
             "{errors:?}"
         );
+        // 5 and 6 values over 3 ranks pad to the same chunks of 2: still refused.
+        let errors = on_tcp(3, Duration::from_secs(30), |mut c| {
+            let mut values = vec![1.0f32; if c.rank() == 2 { 6 } else { 5 }];
+            c.all_reduce_sum_f32(&mut values).unwrap_err().to_string()
+        });
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("has 5 values, rank 2 has 6") || e.contains("rank 2 has 6 values, rank 0 has 5")),
+            "{errors:?}"
+        );
+        // An f32 and an f64 all-reduce of as many bytes are out of step.
+        let errors = on_tcp(2, Duration::from_secs(30), |mut c| match c.rank() {
+            0 => c.all_reduce_sum_f32(&mut [1.0; 4]).unwrap_err().to_string(),
+            _ => c.all_reduce_sum_f64(&mut [1.0; 2]).unwrap_err().to_string(),
+        });
+        assert!(errors.iter().any(|e| e.contains("out of step")), "{errors:?}");
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub(super) fn connect(
     if world == 0 || rank >= world {
         return Err(transport(format!("rank {rank} is not a rank of a world of {world}")));
     }
-    let deadline = Instant::now() + timeout;
+    let now = Instant::now();
+    let deadline = now.checked_add(timeout).unwrap_or(now + Duration::from_secs(365 * 24 * 3600));
     let mut peers: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
     if world == 1 {
         return Ok(peers);
@@ -164,6 +165,16 @@ fn first_rank(
     if let Some(problem) = refusal {
         tell_all(peers, Err(&problem));
         return Err(transport(problem));
+    }
+    // A rank on rank 0's machine may have come over the loopback; ranks on
+    // other machines reach it at the address they reached rank 0 at.
+    let external = peers
+        .iter()
+        .flatten()
+        .filter(|s| s.peer_addr().is_ok_and(|a| !a.ip().is_loopback()))
+        .find_map(|s| s.local_addr().ok().map(|a| a.ip()));
+    if let Some(ip) = external {
+        addresses.iter_mut().flatten().filter(|a| a.ip().is_loopback()).for_each(|a| a.set_ip(ip));
     }
     let table: String =
         addresses.iter().map(|a| a.map_or_else(|| "-".to_string(), |a| a.to_string())).collect::<Vec<_>>().join("\n");

@@ -1,8 +1,9 @@
 //! The deadline of collectives that cannot be cancelled (MPI's, NCCL's): a
 //! thread watches the operation in flight and ends the process, naming the
 //! operation and how long it waited, when it outlives the deadline
-//! (`train.collective_timeout`), or 5 s after a signal reached the process
-//! while its peers do not answer. The launcher (`mpirun`, daa's own) then
+//! (`train.collective_timeout`), or when a signal reached the process and
+//! a collective has waited 30 s since, before the ranks agreed to stop (its
+//! peers are gone: the launcher ended them). The launcher (`mpirun`, daa's own) then
 //! ends the other ranks and names this one.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use super::collective::SignalCheck;
 
-/// How long a collective may wait once the process was signalled: a rank
-/// signalled while its peers are gone exits after this instead of at the
-/// deadline.
-const SIGNALLED_GRACE: Duration = Duration::from_secs(5);
+/// How long a collective may wait once the process was signalled (and the
+/// ranks have not agreed to stop): a rank whose peers are gone exits after
+/// this instead of at the deadline; ranks merely out of step by seconds
+/// (uneven micro-batches of a large model) are not cut short.
+const SIGNALLED_GRACE: Duration = Duration::from_secs(30);
 
 /// The operation in flight and when it started.
 type InFlight = Arc<Mutex<Option<(&'static str, Instant)>>>;
@@ -54,7 +56,7 @@ impl Watchdog {
     }
 
     /// Ends the process (status `128 + signal`) when `check` reports a
-    /// signal while a collective has waited 5 s.
+    /// signal while a collective has waited 30 s.
     pub fn end_on_signal(&self, check: SignalCheck) {
         *self.signal_check.lock().unwrap_or_else(PoisonError::into_inner) = Some(check);
     }
@@ -78,20 +80,25 @@ fn watch(
     world: usize,
     timeout: Duration,
 ) {
+    // When the watchdog first saw the signal: the grace counts from then.
+    let mut signalled_at: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(100).min(timeout));
         let current = *in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         let check = *signal_check.lock().unwrap_or_else(PoisonError::into_inner);
         let signal = check.and_then(|check| check());
-        if let (Some((operation, started)), Some(signal)) = (current, signal)
-            && started.elapsed() >= SIGNALLED_GRACE
+        if signal.is_some() {
+            signalled_at.get_or_insert_with(Instant::now);
+        }
+        if let (Some((operation, started)), Some(signal), Some(at)) = (current, signal, signalled_at)
+            && started.elapsed().min(at.elapsed()) >= SIGNALLED_GRACE
         {
             eprintln!(
                 "error: distributed training ({what}): {operation}: rank {rank} of {world} received signal {signal} \
                  and its peers have not answered for {:?}; stopping this rank",
                 started.elapsed()
             );
-            std::process::exit(128 + signal);
+            exit_now(128 + signal);
         }
         let late = current.filter(|(_, started)| started.elapsed() >= timeout);
         if let Some((operation, started)) = late {
@@ -100,7 +107,15 @@ fn watch(
                  ranks (train.collective_timeout); stopping this rank",
                 started.elapsed()
             );
-            std::process::exit(TIMED_OUT_STATUS);
+            exit_now(TIMED_OUT_STATUS);
         }
     }
+}
+
+/// Ends the process at once, without exit handlers: a collective stuck in
+/// MPI or in an NCCL kernel could make them hang (CUDA's own handlers wait
+/// for the device).
+fn exit_now(status: i32) -> ! {
+    // SAFETY: _exit(2) ends the process; nothing of it runs after.
+    unsafe { libc::_exit(status) }
 }

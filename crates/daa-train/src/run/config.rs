@@ -733,8 +733,11 @@ impl TrainConfig {
                 self.model.backend
             );
         }
-        if !(t.collective_timeout.is_finite() && t.collective_timeout > 0.0) {
-            bail!("`train.collective_timeout` must be a positive number of seconds, got {}", t.collective_timeout);
+        if !(t.collective_timeout.is_finite() && t.collective_timeout > 0.0 && t.collective_timeout <= 1e7) {
+            bail!(
+                "`train.collective_timeout` must be a positive number of seconds up to 1e7 (about 4 months), got {}",
+                t.collective_timeout
+            );
         }
         if t.batch_size == 0 || t.micro_batch_size == 0 || !t.batch_size.is_multiple_of(t.micro_batch_size) {
             bail!(

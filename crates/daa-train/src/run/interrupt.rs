@@ -22,6 +22,9 @@ use anyhow::Result;
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 /// Whether a first signal arrived (a second one exits at once).
 static ARMED: AtomicBool = AtomicBool::new(false);
+/// Whether the ranks of the run agreed to stop (they now checkpoint
+/// together, however long their collectives wait).
+static AGREED: AtomicBool = AtomicBool::new(false);
 
 /// SIGINT's number (POSIX).
 pub const SIGINT: i32 = 2;
@@ -69,6 +72,19 @@ pub fn requested() -> Option<i32> {
         0 => None,
         signal => i32::try_from(signal).ok(),
     }
+}
+
+/// Records that every rank of the run knows of the signal and stops with
+/// it: from then on [`unanswered`] reports nothing.
+pub fn mark_agreed() {
+    AGREED.store(true, Ordering::SeqCst);
+}
+
+/// The signal that asked this process to stop while its ranks have not yet
+/// agreed to stop together: what a collective's watchdog acts on when the
+/// peers do not answer (their processes ended). `None` once they agreed.
+pub fn unanswered() -> Option<i32> {
+    if AGREED.load(Ordering::SeqCst) { None } else { requested() }
 }
 
 /// A run stopped by a signal after a complete step and checkpoint.

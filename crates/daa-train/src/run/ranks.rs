@@ -54,7 +54,7 @@ impl RunRanks {
         let rank = host.rank();
         let nccl = crate::distributed::NcclRank::connect(host, device, timeout)
             .with_context(|| format!("rank {rank}: joining the NCCL communicator on GPU {device}"))?
-            .end_on_signal(super::interrupt::requested);
+            .end_on_signal(super::interrupt::unanswered);
         Ok(Self { collective: Some(Box::new(nccl)) })
     }
 
@@ -85,15 +85,14 @@ impl RunRanks {
         let collective = TcpRank::connect(launch.rank, launch.world_size, (&host, port), identity, timeout)
             .with_context(|| {
                 format!("rank {} of {}: meeting the other ranks at {host}:{port}", launch.rank, launch.world_size)
-            })?
-            .end_on_signal(super::interrupt::requested);
+            })?;
         Ok(Self { collective: Some(Box::new(collective)) })
     }
 
     #[cfg(feature = "mpi")]
     fn connect_mpi(launch: &LaunchEnv, timeout: Duration) -> Result<Self> {
         use crate::distributed::MpiRank;
-        let collective = MpiRank::init(timeout)?.end_on_signal(super::interrupt::requested);
+        let collective = MpiRank::init(timeout)?.end_on_signal(super::interrupt::unanswered);
         if (collective.rank(), collective.world_size()) != (launch.rank, launch.world_size) {
             bail!(
                 "MPI says rank {} of {}, the launcher's variables rank {} of {}",
@@ -197,7 +196,8 @@ impl RunRanks {
     }
 
     /// HSDP's groups when `train.shard_within = "node"`: the ranks of this
-    /// node (`GROUP_RANK`, else `rank / LOCAL_WORLD_SIZE`) and the ranks
+    /// node (`GROUP_RANK`, else SLURM's `SLURM_NODEID`, else
+    /// `rank / LOCAL_WORLD_SIZE`) and the ranks
     /// holding the same slice, one per node. Every rank must call it; nodes
     /// with different numbers of ranks are refused.
     pub fn shard_groups(&mut self, config: &TrainConfig) -> Result<Option<ShardGroups>> {
@@ -206,10 +206,8 @@ impl RunRanks {
             return Ok(None);
         }
         let launch = LaunchEnv::from_env().map_err(anyhow::Error::msg)?.context("HSDP without a launcher")?;
-        let node = match std::env::var("GROUP_RANK").ok().and_then(|v| v.parse::<usize>().ok()) {
-            Some(node) => node,
-            None => c.rank() / launch.local_world_size,
-        };
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        let node = var("GROUP_RANK").or_else(|| var("SLURM_NODEID")).unwrap_or(c.rank() / launch.local_world_size);
         let mut nodes = vec![0f64; c.world_size()];
         nodes[c.rank()] = node as f64;
         c.all_reduce_sum_f64(&mut nodes)?;

@@ -67,7 +67,11 @@ fn agreed_interrupt<B: AutodiffBackend>(trainer: &mut Trainer<B>) -> Result<Opti
     let mut signals = vec![0f64; collective.world_size()];
     signals[collective.rank()] = f64::from(mine.unwrap_or(0));
     collective.all_reduce_sum_f64(&mut signals).context("agreeing whether a rank was signalled to stop")?;
-    Ok(signals.iter().find(|s| **s > 0.0).map(|s| *s as i32))
+    let agreed = signals.iter().find(|s| **s > 0.0).map(|s| *s as i32);
+    if agreed.is_some() {
+        interrupt::mark_agreed();
+    }
+    Ok(agreed)
 }
 
 impl StepLoop<'_> {
