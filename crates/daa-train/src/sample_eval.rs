@@ -32,6 +32,8 @@
 //!   every generated position, averaged over positions;
 //! - `eval/length`: mean generated tokens, the stop token left out.
 
+use std::ops::Range;
+
 use burn::tensor::backend::Backend;
 use daa_core::diversity::ead_up_to;
 use daa_core::kl::{kl_from_token_sums, mean_log_ratio, mean_with_standard_error};
@@ -190,6 +192,33 @@ fn null_as_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64,
     Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
+/// One prompt's part of a sample evaluation, as a rank computes it for its
+/// slice of the prompts and sends it to the others (values as f64 bits:
+/// exact through JSON, NaN and infinities included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptSample {
+    /// The prompt's index among the evaluation's prompts.
+    pub index: usize,
+    /// The sample's tokens, stop tokens left out.
+    pub body: Vec<u32>,
+    /// The sample's text.
+    pub text: String,
+    /// Why the sample ended.
+    pub finish: FinishReason,
+    /// The judge's reward (f64 bits).
+    pub reward: u64,
+    /// `log π(y|x)` of the sample (f64 bits).
+    pub policy_logp: u64,
+    /// `log π_ref(y|x)` of the sample (f64 bits).
+    pub reference_logp: u64,
+    /// `Σ_t KL_t` of the prompt's temperature-1 draw (f64 bits).
+    pub token_kl: u64,
+    /// `log π − log π_ref` of that draw (f64 bits).
+    pub kl_log_ratio: u64,
+    /// Sums of top-k entropy and mass (f64 bits) over the sample's positions, and their count.
+    pub stats: Option<(u64, u64, usize)>,
+}
+
 /// What one sample evaluation found: the figures and every prompt's samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleResults {
@@ -241,8 +270,9 @@ impl<B: Backend> SampleEvaluator<B> {
         let none = JudgedSamples { samples: vec![], texts: vec![], rewards: vec![] };
         let mut evaluator = Self { reference, prompts, settings, competitor: none };
         // The competitor's draws use another stream than the policy's.
+        let all = 0..evaluator.prompts.len();
         evaluator.competitor =
-            evaluator.sample_and_judge(&evaluator.reference, seed ^ 0xC0FF_EE00_D15E_A5E5, judge, decode)?;
+            evaluator.sample_and_judge(&evaluator.reference, seed ^ 0xC0FF_EE00_D15E_A5E5, all, judge, decode)?;
         Ok(evaluator)
     }
 
@@ -255,13 +285,13 @@ impl<B: Backend> SampleEvaluator<B> {
         &self,
         model: &CausalLm<B>,
         seed: u64,
+        prompts: Range<usize>,
         judge: &mut dyn Judge,
         decode: &Decode<'_>,
     ) -> Result<JudgedSamples, ModelError> {
-        let samples = self.draw(model, seed, &self.settings.generation)?;
+        let samples = self.draw(model, seed, prompts.clone(), &self.settings.generation)?;
         let texts = samples.iter().map(|g| decode(&g.tokens)).collect::<Result<Vec<_>, _>>()?;
-        let items: Vec<Judged> = self
-            .prompts
+        let items: Vec<Judged> = self.prompts[prompts]
             .iter()
             .zip(&samples)
             .zip(&texts)
@@ -271,26 +301,26 @@ impl<B: Backend> SampleEvaluator<B> {
         Ok(JudgedSamples { samples, texts, rewards })
     }
 
-    /// One sample of `model` per prompt with `generation`, from `seed`'s stream.
+    /// One sample of `model` per prompt of `prompts` with `generation`,
+    /// from `seed`'s stream (each prompt's draw seeded by its index among
+    /// all the prompts: the same whichever rank draws it).
     fn draw(
         &self,
         model: &CausalLm<B>,
         seed: u64,
+        prompts: Range<usize>,
         generation: &GenerationConfig,
     ) -> Result<Vec<Generated>, ModelError> {
         let device = model.embed.weight.device();
-        let requests: Vec<GenerationRequest> = self
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| GenerationRequest { prompt: &p.ids, seed: request_seed(seed, i, 0) })
+        let requests: Vec<GenerationRequest> = prompts
+            .map(|i| GenerationRequest { prompt: &self.prompts[i].ids, seed: request_seed(seed, i, 0) })
             .collect();
         generate_in_batches(model, &requests, self.settings.batch_size, generation, &device, &mut |_| {})
     }
 
-    /// Each prompt followed by its sample (one per prompt).
-    fn sequences(&self, samples: &[Generated]) -> Vec<Sequence> {
-        self.prompts
+    /// Each prompt of `prompts` followed by its sample.
+    fn sequences(&self, prompts: Range<usize>, samples: &[Generated]) -> Vec<Sequence> {
+        self.prompts[prompts]
             .iter()
             .zip(samples)
             .map(|(p, g)| Sequence {
@@ -302,16 +332,21 @@ impl<B: Backend> SampleEvaluator<B> {
 
     /// The per-sample KL sums of `samples` (one per prompt) under `policy`
     /// against the reference.
-    fn sample_kl(&self, policy: &CausalLm<B>, samples: &[Generated]) -> Result<Vec<SampleKl>, ModelError> {
+    fn sample_kl(
+        &self,
+        policy: &CausalLm<B>,
+        prompts: Range<usize>,
+        samples: &[Generated],
+    ) -> Result<Vec<SampleKl>, ModelError> {
         let (batch, pad) = (self.settings.batch_size, self.settings.pad_id);
-        sample_kl(policy, &self.reference, &self.sequences(samples), batch, pad, 0)
+        sample_kl(policy, &self.reference, &self.sequences(prompts, samples), batch, pad, 0)
     }
 
-    /// `log π_ref(y|x)` of each sample (one per prompt).
-    fn reference_logps(&self, samples: &[Generated]) -> Result<Vec<f64>, ModelError> {
+    /// `log π_ref(y|x)` of each sample (one per prompt of `prompts`).
+    fn reference_logps(&self, prompts: Range<usize>, samples: &[Generated]) -> Result<Vec<f64>, ModelError> {
         let device = self.reference.embed.weight.device();
         let vocab = self.reference.config().vocab_size;
-        let sequences = self.sequences(samples);
+        let sequences = self.sequences(prompts, samples);
         let mut out = Vec::with_capacity(sequences.len());
         for chunk in sequences.chunks(self.settings.batch_size) {
             let refs: Vec<&Sequence> = chunk.iter().collect();
@@ -339,6 +374,11 @@ impl<B: Backend> SampleEvaluator<B> {
         sample.tokens.iter().copied().filter(|t| !stops.contains(t)).collect()
     }
 
+    /// How many held-out prompts the evaluation samples.
+    pub fn prompt_count(&self) -> usize {
+        self.prompts.len()
+    }
+
     /// Samples `policy` on the held-out prompts and computes every figure,
     /// keeping each prompt's samples.
     pub fn evaluate(
@@ -347,45 +387,106 @@ impl<B: Backend> SampleEvaluator<B> {
         judge: &mut dyn Judge,
         decode: &Decode<'_>,
     ) -> Result<SampleResults, ModelError> {
+        let part = self.evaluate_prompts(policy, judge, decode, 0..self.prompts.len())?;
+        self.results_of(part)
+    }
+
+    /// The per-prompt part of [`Self::evaluate`] for the prompts `prompts`
+    /// (a rank's slice): their samples, judge rewards, log-probabilities
+    /// and KL draw. [`Self::results_of`] makes the figures from every
+    /// prompt's part; each prompt's draws are seeded by its index, so the
+    /// parts do not depend on how the prompts were divided (up to the
+    /// numerics of other generation batches).
+    pub fn evaluate_prompts(
+        &self,
+        policy: &CausalLm<B>,
+        judge: &mut dyn Judge,
+        decode: &Decode<'_>,
+        prompts: Range<usize>,
+    ) -> Result<Vec<PromptSample>, ModelError> {
+        if prompts.is_empty() {
+            return Ok(Vec::new());
+        }
         let JudgedSamples { samples, texts, rewards } =
-            self.sample_and_judge(policy, self.settings.seed, judge, decode)?;
-        let win = win_stats(&rewards, &self.competitor.rewards)?;
+            self.sample_and_judge(policy, self.settings.seed, prompts.clone(), judge, decode)?;
         // The evaluation's own samples: their log-ratio, from the generation's
         // (untempered) log-probabilities and one reference pass.
-        let policy_logps: Vec<f64> = samples.iter().map(Generated::logprob).collect();
-        let reference_logps = self.reference_logps(&samples)?;
+        let reference_logps = self.reference_logps(prompts.clone(), &samples)?;
+        let own = self.draw(policy, self.settings.seed ^ KL_STREAM, prompts.clone(), &self.kl_generation())?;
+        let own = self.sample_kl(policy, prompts.clone(), &own)?;
+        Ok(prompts
+            .zip(samples)
+            .zip(texts)
+            .zip(rewards)
+            .zip(reference_logps)
+            .zip(own)
+            .map(|(((((index, sample), text), reward), reference_logp), kl)| PromptSample {
+                index,
+                body: self.body(&sample),
+                text,
+                finish: sample.finish,
+                reward: reward.to_bits(),
+                policy_logp: sample.logprob().to_bits(),
+                reference_logp: reference_logp.to_bits(),
+                token_kl: kl.token_kl.to_bits(),
+                kl_log_ratio: kl.log_ratio.to_bits(),
+                stats: sample.stats.map(|s| (s.topk_entropy_sum.to_bits(), s.topk_mass_sum.to_bits(), s.positions)),
+            })
+            .collect())
+    }
+
+    /// Every figure from every prompt's part ([`Self::evaluate_prompts`],
+    /// in any order, each prompt once).
+    pub fn results_of(&self, mut parts: Vec<PromptSample>) -> Result<SampleResults, ModelError> {
+        parts.sort_by_key(|p| p.index);
+        if parts.len() != self.prompts.len() || parts.iter().enumerate().any(|(i, p)| p.index != i) {
+            return Err(ModelError::Batch(format!(
+                "a sample evaluation needs each of its {} prompts once; {} parts came",
+                self.prompts.len(),
+                parts.len()
+            )));
+        }
+        let f = f64::from_bits;
+        let rewards: Vec<f64> = parts.iter().map(|p| f(p.reward)).collect();
+        let win = win_stats(&rewards, &self.competitor.rewards)?;
+        let policy_logps: Vec<f64> = parts.iter().map(|p| f(p.policy_logp)).collect();
+        let reference_logps: Vec<f64> = parts.iter().map(|p| f(p.reference_logp)).collect();
         let tempered = mean_log_ratio(&policy_logps, &reference_logps)?;
-        let own = self.draw(policy, self.settings.seed ^ KL_STREAM, &self.kl_generation())?;
-        let own = self.sample_kl(policy, &own)?;
-        let kl = kl_from_token_sums(&own.iter().map(|s| s.token_kl).collect::<Vec<_>>())?;
-        let kl_sequence =
-            mean_with_standard_error(&own.iter().map(|s| s.log_ratio).collect::<Vec<_>>(), "sequence log-ratio")?;
-        let bodies: Vec<Vec<u32>> = samples.iter().map(|g| self.body(g)).collect();
-        let vocab = policy.config().vocab_size;
+        let kl = kl_from_token_sums(&parts.iter().map(|p| f(p.token_kl)).collect::<Vec<_>>())?;
+        let kl_sequence = mean_with_standard_error(
+            &parts.iter().map(|p| f(p.kl_log_ratio)).collect::<Vec<_>>(),
+            "sequence log-ratio",
+        )?;
+        let bodies: Vec<Vec<u32>> = parts.iter().map(|p| p.body.clone()).collect();
+        let vocab = self.reference.config().vocab_size;
         let (per_n, ead) = ead_up_to(&bodies, 5, vocab)?;
         let (mut entropy, mut mass, mut positions) = (0.0, 0.0, 0usize);
-        for s in samples.iter().filter_map(|g| g.stats) {
-            entropy += s.topk_entropy_sum;
-            mass += s.topk_mass_sum;
-            positions += s.positions;
+        for (e, m, n) in parts.iter().filter_map(|p| p.stats) {
+            entropy += f(e);
+            mass += f(m);
+            positions += n;
         }
-        let n = samples.len() as f64;
+        let n = parts.len() as f64;
         let per_position = |sum: f64| if positions == 0 { 0.0 } else { sum / positions as f64 };
         let competitor = &self.competitor;
-        let kept = (0..samples.len())
-            .map(|i| EvaluatedSample {
-                index: i,
-                prompt: self.prompts[i].text.clone(),
-                completion: texts[i].clone(),
-                reference_completion: competitor.texts[i].clone(),
-                reward: rewards[i],
-                reference_reward: competitor.rewards[i],
-                log_ratio: policy_logps[i] - reference_logps[i],
-                kl: own[i].token_kl,
-                length: bodies[i].len(),
-                reference_length: self.body(&competitor.samples[i]).len(),
-                finish: samples[i].finish,
-                reference_finish: competitor.samples[i].finish,
+        let kept = parts
+            .iter()
+            .map(|p| {
+                let i = p.index;
+                EvaluatedSample {
+                    index: i,
+                    prompt: self.prompts[i].text.clone(),
+                    completion: p.text.clone(),
+                    reference_completion: competitor.texts[i].clone(),
+                    reward: rewards[i],
+                    reference_reward: competitor.rewards[i],
+                    log_ratio: policy_logps[i] - reference_logps[i],
+                    kl: f(p.token_kl),
+                    length: p.body.len(),
+                    reference_length: self.body(&competitor.samples[i]).len(),
+                    finish: p.finish,
+                    reference_finish: competitor.samples[i].finish,
+                }
             })
             .collect();
         let report = SampleReport {

@@ -241,3 +241,40 @@ fn sharded_within_each_of_two_nodes_trains_what_one_process_trains() {
         assert!((loss - one_loss).abs() <= 1e-6 * one_loss.abs(), "resumed: loss {loss} against {one_loss}");
     }
 }
+
+#[test]
+fn the_sample_evaluation_split_over_two_ranks_gives_one_process_s_figures_and_samples() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = |name: &str| dir.path().join(name);
+    // The testbed (the gold judge scores its prompts); 8 prompts in batches
+    // of 4: rank r samples batch r, one process both.
+    let sets = [
+        "data.path=\"builtin:testbed\"",
+        "model.path=\"builtin:testbed\"",
+        "monitor.samples.judge=\"gold\"",
+        "monitor.samples.prompts=8",
+        "monitor.samples.batch_size=4",
+        "monitor.samples.max_new_tokens=8",
+        "monitor.eval_every=2",
+    ];
+    let out = run_daa(&tiny_args(&config, &cache, &run("one"), 2, &sets));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_daa(&with(&tiny_args(&config, &cache, &run("two"), 2, &sets), &["--nproc-per-node", "2"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evals = |run: &std::path::Path| -> Vec<serde_json::Value> {
+        super::read_jsonl(&run.join("metrics.jsonl")).into_iter().filter(|r| r["type"] == "eval").collect()
+    };
+    let (one, two) = (evals(&run("one")), evals(&run("two")));
+    assert_eq!(one.len(), 2, "evaluations at steps 0 and 2");
+    for (a, b) in one.iter().zip(&two) {
+        for figure in
+            ["eval/win_prob", "eval/gold_reward", "eval/kl", "eval/ead", "eval/sample_topk_entropy", "eval/length"]
+        {
+            assert!(a[figure].is_number(), "{figure}: {a}");
+            assert_eq!(a[figure], b[figure], "step {}: {figure}", a["step"]);
+        }
+    }
+    let samples = |run: &std::path::Path| std::fs::read_to_string(run.join("samples.jsonl")).unwrap();
+    assert_eq!(samples(&run("one")), samples(&run("two")), "samples.jsonl");
+}

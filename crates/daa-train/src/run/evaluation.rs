@@ -128,24 +128,21 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         // Split over the ranks of a run under mpirun (each scores its slice).
         let report =
             trainer.evaluate_on_ranks(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
-        // The sample evaluation (generation, judging) runs on rank 0, which
-        // sends the others its figures: every rank's monitor decides alike.
+        // The sample evaluation (generation, judging) split over the ranks,
+        // each its slice of the prompts: every rank gets the same figures,
+        // so every rank's monitor decides alike; rank 0 writes the samples.
         let first = trainer.collective().is_none_or(|c| c.rank() == 0);
         let sampled = match self.samples.as_mut() {
-            Some(s) if first => Some(s.report(&trainer.valid_model(), self.prepared).with_context(context)?),
-            _ => None,
+            Some(s) => {
+                let policy = trainer.valid_model();
+                Some(s.report(&policy, self.prepared, trainer.collective()).with_context(context)?)
+            }
+            None => None,
         };
-        let mut samples = sampled.as_ref().map(|s| s.report);
-        if self.samples.is_some()
-            && let Some(collective) = trainer.collective().filter(|c| c.world_size() > 1)
-        {
-            let mut bytes = serde_json::to_vec(&samples)?;
-            collective.broadcast_bytes(0, &mut bytes).context("sharing rank 0's sample evaluation")?;
-            samples = serde_json::from_slice(&bytes).context("rank 0's sample evaluation")?;
-        }
+        let samples = sampled.as_ref().map(|s| s.report);
         let record = EvalRecord { step, report, samples };
         metrics.write(&MetricsRecord::Eval(record))?;
-        if let Some(sampled) = &sampled {
+        if let Some(sampled) = sampled.as_ref().filter(|_| first) {
             metrics.write_samples(step, &sampled.samples, &mut |line| observer.note(line))?;
         }
         observer.evaluated(&record);

@@ -12,12 +12,13 @@ use super::config::{SampleSection, TrainConfig};
 use super::prepare::Prepared;
 use crate::checkpoint::load_model;
 use crate::data::Prompt;
+use crate::distributed::{Collective, rank_slice};
 use crate::error::ModelError;
 use crate::generate::GenerationConfig;
 use crate::judge::{GoldJudge, Judge};
 use crate::model::CausalLm;
 use crate::reward_model::RewardModelJudge;
-use crate::sample_eval::{EvalPrompt, SampleEvalSettings, SampleEvaluator, SampleResults};
+use crate::sample_eval::{EvalPrompt, PromptSample, SampleEvalSettings, SampleEvaluator, SampleResults};
 
 /// The sample evaluation of a run with `[monitor.samples]`: the judge and
 /// the reference policy's samples of the first held-out prompts.
@@ -32,10 +33,47 @@ impl<B: Backend> SampleEvaluation<B> {
         self.evaluator.competitor_mean_reward()
     }
 
-    /// The sample figures of `policy`, and its samples.
-    pub fn report(&mut self, policy: &CausalLm<B>, prepared: &Prepared) -> Result<SampleResults> {
+    /// The sample figures of `policy`, and its samples: with several ranks
+    /// each samples and judges its contiguous slice of the prompts, the
+    /// parts are exchanged, and every rank computes the same figures
+    /// (every rank must call it).
+    pub fn report(
+        &mut self,
+        policy: &CausalLm<B>,
+        prepared: &Prepared,
+        collective: Option<&mut dyn Collective>,
+    ) -> Result<SampleResults> {
         let decode = |ids: &[u32]| decode(prepared, ids);
-        Ok(self.evaluator.evaluate(policy, self.judge.as_mut(), &decode)?)
+        let Some(c) = collective.filter(|c| c.world_size() > 1) else {
+            return Ok(self.evaluator.evaluate(policy, self.judge.as_mut(), &decode)?);
+        };
+        let (rank, world) = (c.rank(), c.world_size());
+        let mine = rank_slice(self.evaluator.prompt_count(), rank, world);
+        let part = self.evaluator.evaluate_prompts(policy, self.judge.as_mut(), &decode, mine);
+        // A rank that failed sends an empty message: every rank stops, naming it.
+        let mut parts = Vec::with_capacity(self.evaluator.prompt_count());
+        let mut failed = Vec::new();
+        for from in 0..world {
+            let mut bytes = match (&part, from == rank) {
+                (Ok(part), true) => serde_json::to_vec(part)?,
+                _ => Vec::new(),
+            };
+            c.broadcast_bytes(from, &mut bytes).context("exchanging the ranks' samples")?;
+            match bytes.is_empty() {
+                true if !rank_slice(self.evaluator.prompt_count(), from, world).is_empty() => failed.push(from),
+                true => {}
+                false => parts.extend(
+                    serde_json::from_slice::<Vec<PromptSample>>(&bytes)
+                        .with_context(|| format!("rank {from}'s samples"))?,
+                ),
+            }
+        }
+        // This rank's own error first; else the ranks that failed.
+        part.map(drop)?;
+        if !failed.is_empty() {
+            bail!("the sample evaluation failed on rank(s) {failed:?} (their errors say why)");
+        }
+        Ok(self.evaluator.results_of(parts)?)
     }
 }
 

@@ -83,13 +83,13 @@ pub fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[Pai
     (norms, weights(trainer.model()))
 }
 
-#[test]
-fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit() {
+/// Two ranks (4 pairs each, one micro-batch of 4; gradients all-reduced in
+/// groups of `read_group` values) against one rank accumulating the global
+/// batch of 8 in two micro-batches of 4: the same norms and weights.
+fn assert_two_ranks_are_one_rank(read_group: Option<usize>) {
     let (pairs, initial, reference) = setup();
-    // One rank: the global batch of 8 in two micro-batches of 4.
     let mut one = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
     let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
-    // Two ranks: 4 pairs each, one micro-batch of 4.
     let ranked: Vec<(Vec<f64>, Vec<f32>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
             .into_iter()
@@ -97,9 +97,14 @@ fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit
                 let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
                 scope.spawn(move || {
                     let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
+                    let reducer = DataParallel::new(collective);
+                    let reducer = match read_group {
+                        Some(values) => reducer.with_read_group(values),
+                        None => reducer,
+                    };
                     let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
                         .unwrap()
-                        .with_reducer(Box::new(DataParallel::new(collective)));
+                        .with_reducer(Box::new(reducer));
                     train(&mut trainer, &pairs[slice.clone()], &reference[slice])
                 })
             })
@@ -113,31 +118,14 @@ fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit
 }
 
 #[test]
+fn two_ranks_with_half_the_micro_batch_are_one_rank_accumulating_two_bit_for_bit() {
+    assert_two_ranks_are_one_rank(None);
+}
+
+#[test]
 fn gradients_all_reduced_in_small_groups_are_the_same_sums() {
-    let (pairs, initial, reference) = setup();
-    let mut one = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
-    let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
     // Groups of at most 100 values: most parameters alone, some together.
-    let ranked: Vec<(Vec<f64>, Vec<f32>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
-            .into_iter()
-            .map(|collective| {
-                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
-                scope.spawn(move || {
-                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
-                    let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
-                        .unwrap()
-                        .with_reducer(Box::new(DataParallel::new(collective).with_read_group(100)));
-                    train(&mut trainer, &pairs[slice.clone()], &reference[slice])
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for (rank, (norms, weights)) in ranked.iter().enumerate() {
-        assert_eq!(norms, &one_norms, "rank {rank}: gradient norms per step");
-        assert!(weights == &one_weights, "rank {rank}: the weights after {STEPS} steps differ from one rank's");
-    }
+    assert_two_ranks_are_one_rank(Some(100));
 }
 
 #[test]
