@@ -125,7 +125,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         observer: &mut dyn RunObserver,
     ) -> Result<bool> {
         let context = || format!("evaluation after step {step}");
-        // Split over the ranks of a run under mpirun (each scores its slice).
+        // Split over the ranks of a run of several (each scores its slice).
         let report =
             trainer.evaluate_on_ranks(&self.pairs, self.reference, &self.stats, self.batch).with_context(context)?;
         // The sample evaluation (generation, judging) split over the ranks,

@@ -90,7 +90,7 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
     let steps = trainer.optimizer().steps;
     // With HSDP the ranks of the first replica write the slices (the
     // others hold the same), named by slice of the shard group.
-    let sharded = trainer.zero_state().map(|zero| (zero.slice_of(), zero.writes_slice()));
+    let sharded = trainer.zero_state().map(|zero| zero.slice_of());
     let slice = match trainer.zero_state() {
         Some(zero) if zero.writes_slice() => {
             let (m, v) = zero.moments()?;
@@ -118,7 +118,7 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
         if let Some((layout, m, v)) = &slice {
             let tensors =
                 [NamedTensor::f32("exp_avg", vec![m.len()], m), NamedTensor::f32("exp_avg_sq", vec![v.len()], v)];
-            let (index, slices) = sharded.map_or((rank, world), |(place, _)| place);
+            let (index, slices) = sharded.unwrap_or((rank, world));
             let meta = [("rank", index.to_string()), ("world_size", slices.to_string())];
             let path = partial.join(rank_file(index, slices));
             std::fs::write(&path, safetensors_bytes(&tensors, &meta)?)
