@@ -32,7 +32,7 @@ use crate::batch::{ScoredPositions, TokenBatch};
 use crate::entropy_floor::FloorTerm;
 use crate::error::{ModelError, read_vec};
 use crate::fused_head::{FusedHead, OnChunk, chunk_rows_or};
-use crate::model::{CausalLm, Positions};
+use crate::model::{CausalLm, DecoderLayer, Positions};
 use crate::objective::{CompletionLogits, row_sums};
 use crate::optim::GradAccumulator;
 
@@ -58,6 +58,34 @@ impl Default for MemoryOptions {
 /// scores `π`.
 pub type Weigh<'a> = dyn FnMut(&[f64]) -> Result<Vec<f32>, ModelError> + 'a;
 
+/// Where a pass with activation checkpointing gets each decoder block's
+/// weights — for its forward pass, then again for its recomputation in
+/// backward — and what follows each block's backward: the model's own
+/// blocks ([`ModelBlocks`]), or blocks gathered from the ranks' slices
+/// with their gradients reduce-scattered at once (ZeRO-3,
+/// [`crate::distributed::parameter_units::ShardedBlocks`]).
+pub trait BlockWeights<B: AutodiffBackend> {
+    /// Block `i` of `model`, ready to run.
+    fn block(&mut self, model: &CausalLm<B>, i: usize) -> Result<DecoderLayer<B>, ModelError>;
+
+    /// Block `i`'s backward is done: its parameters' gradients are in `grads`.
+    fn block_done(&mut self, i: usize, grads: &mut GradAccumulator<B::InnerBackend>) -> Result<(), ModelError>;
+}
+
+/// The model's own blocks, as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelBlocks;
+
+impl<B: AutodiffBackend> BlockWeights<B> for ModelBlocks {
+    fn block(&mut self, model: &CausalLm<B>, i: usize) -> Result<DecoderLayer<B>, ModelError> {
+        Ok(model.layers[i].clone())
+    }
+
+    fn block_done(&mut self, _: usize, _: &mut GradAccumulator<B::InnerBackend>) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
 /// Runs `model` on `batch`, hands the rows' scores `π` to `weigh`, and adds
 /// `∇_θ Σ_i w_i π_i` (`w` = what `weigh` returns, one per row) to `grads`.
 /// `on_chunk` sees the scored positions' logits (`[C, V]`, f32, with the
@@ -74,6 +102,20 @@ pub fn weighted_backward<B: AutodiffBackend>(
     floor: Option<&FloorTerm>,
     grads: &mut GradAccumulator<B::InnerBackend>,
 ) -> Result<f64, ModelError> {
+    weighted_backward_with(model, batch, memory, (weigh, on_chunk), floor, grads, &mut ModelBlocks)
+}
+
+/// [`weighted_backward`] with the decoder blocks' weights from `blocks`
+/// (used with activation checkpointing; without it the model's own run).
+pub fn weighted_backward_with<B: AutodiffBackend>(
+    model: &CausalLm<B>,
+    batch: &TokenBatch,
+    memory: &MemoryOptions,
+    (weigh, on_chunk): (&mut Weigh<'_>, &mut OnChunk<'_, B::InnerBackend>),
+    floor: Option<&FloorTerm>,
+    grads: &mut GradAccumulator<B::InnerBackend>,
+    blocks: &mut dyn BlockWeights<B>,
+) -> Result<f64, ModelError> {
     let device = model.embed.weight.device();
     let tokens = batch.input::<B>(&device);
     // The caller's weights, one per row, checked once for both heads.
@@ -84,7 +126,10 @@ pub fn weighted_backward<B: AutodiffBackend>(
         }
         Ok(weights)
     };
-    let checkpoints = memory.activation_checkpointing.then(|| BlockInputs::record(model, tokens.clone(), batch));
+    let checkpoints = match memory.activation_checkpointing {
+        true => Some(BlockInputs::record(model, tokens.clone(), batch, blocks)?),
+        false => None,
+    };
     let top = match &checkpoints {
         Some(saved) => saved.leaf(),
         None => model.blocks(tokens.clone(), &Positions::from_zero(), None)?,
@@ -119,12 +164,15 @@ pub fn weighted_backward<B: AutodiffBackend>(
         Some(saved) => {
             let mut g = top.grad(&top_grads).ok_or_else(|| no_gradient("the last block's output"))?;
             grads.add::<B, _>(model, top_grads);
-            for (i, layer) in model.layers.iter().enumerate().rev() {
+            for i in (0..model.layers.len()).rev() {
+                let layer = blocks.block(model, i)?;
                 let x = saved.inputs[i].clone().detach().require_grad();
                 let out = layer.forward(x.clone(), &saved.context, None);
                 let block_grads = (out * Tensor::from_inner(g)).sum().backward();
                 g = x.grad(&block_grads).ok_or_else(|| no_gradient(&format!("block {i}'s input")))?;
-                grads.add::<B, _>(model, block_grads);
+                grads.add::<B, _>(&layer, block_grads);
+                drop(layer);
+                blocks.block_done(i, grads)?;
             }
             // A frozen embedding (LoRA) has no gradient to collect.
             if model.embed.weight.val().is_require_grad() {
@@ -194,16 +242,21 @@ struct BlockInputs<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> BlockInputs<B> {
-    fn record(model: &CausalLm<B>, tokens: Tensor<B, 2, Int>, batch: &TokenBatch) -> Self {
-        let constant = model.clone().no_grad();
+    fn record(
+        model: &CausalLm<B>,
+        tokens: Tensor<B, 2, Int>,
+        batch: &TokenBatch,
+        blocks: &mut dyn BlockWeights<B>,
+    ) -> Result<Self, ModelError> {
         let context = model.attention_context(batch.rows, 0, batch.len, &Positions::from_zero(), &tokens.device());
-        let mut x = constant.embed.forward(tokens);
-        let mut inputs = Vec::with_capacity(constant.layers.len());
-        for layer in &constant.layers {
+        let mut x = model.embed.clone().no_grad().forward(tokens);
+        let mut inputs = Vec::with_capacity(model.layers.len());
+        for i in 0..model.layers.len() {
             inputs.push(x.clone());
-            x = layer.forward(x, &context, None);
+            // Each block's weights exist for its own forward pass only.
+            x = blocks.block(model, i)?.no_grad().forward(x, &context, None);
         }
-        Self { inputs, output: x, context }
+        Ok(Self { inputs, output: x, context })
     }
 
     /// The last block's output as a leaf that collects its gradient.

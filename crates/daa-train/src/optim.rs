@@ -173,6 +173,16 @@ impl<B: Backend> GradAccumulator<B> {
         grads
     }
 
+    /// The gradients of `ids` that are present, in `ids`' order, taken out
+    /// of the accumulator (the others stay): one unit's, to reduce-scatter
+    /// as soon as its backward is done.
+    pub fn take_ids(&mut self, ids: &[ParamId]) -> Vec<(ParamId, Tensor<B, 1>)> {
+        let taken: Vec<(ParamId, Tensor<B, 1>)> =
+            ids.iter().filter_map(|id| self.grads.remove(id).map(|g| (*id, g))).collect();
+        self.order.retain(|id| self.grads.contains_key(id));
+        taken
+    }
+
     /// Every parameter's flattened gradient, in the model's visiting order:
     /// where a data-parallel all-reduce reads and writes them.
     pub fn gradients_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Tensor<B, 1>)> {

@@ -21,7 +21,7 @@ use daa_core::TokenStatsParams;
 use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams};
 use serde::{Deserialize, Serialize};
 
-use crate::backward::{MemoryOptions, weighted_backward};
+use crate::backward::{BlockWeights, MemoryOptions, ModelBlocks, weighted_backward_with};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
 use crate::distributed::{Collective, FlatLayout, ShardGroups, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
@@ -33,6 +33,9 @@ use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, SetWeights, 
 use crate::plan::Sharding;
 use crate::precision::Precision;
 use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
+use parameters::{idle_micro_batch, sharded_blocks};
+
+mod parameters;
 
 /// What a [`Trainer`] needs besides the model.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -308,6 +311,9 @@ pub struct Trainer<B: AutodiffBackend> {
     zero: Option<ZeroState<B::InnerBackend>>,
     /// Which parameters weight decay applies to, by id (ids survive `valid()` and steps).
     decays: HashMap<ParamId, bool>,
+    /// With sharded parameters (ZeRO-3), the shape of every trained weight
+    /// the model holds a placeholder of.
+    parameter_shapes: HashMap<ParamId, Vec<usize>>,
     /// Every parameter in the model's visiting order (gradient reductions follow it).
     param_order: Vec<ParamId>,
     /// The top-k entropy floor term, when on.
@@ -364,6 +370,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             reducer: Box::new(SingleRank),
             zero: None,
             decays,
+            parameter_shapes: HashMap::new(),
             param_order,
             entropy_floor: None,
             dropout_seed: 0,
@@ -411,9 +418,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(self);
         }
         if stage == Sharding::Parameters {
-            return Err(ModelError::Sharding(
-                "train.sharding = \"parameters\" (ZeRO-3) is not built yet: use \"gradients\" or \"optimizer\"".into(),
-            ));
+            if !self.options.memory.activation_checkpointing {
+                return Err(ModelError::Sharding(
+                    "train.sharding = \"parameters\" gathers each decoder block's weights for its forward pass and \
+                     again for its recomputation in backward: it needs train.activation_checkpointing = true"
+                        .into(),
+                ));
+            }
+            if self.model().lora().is_some() {
+                return Err(ModelError::Sharding(
+                    "train.sharding = \"parameters\" shards a full fine-tune's weights; LoRA trains adapters only \
+                     (use \"optimizer\" or \"none\" with LoRA)"
+                        .into(),
+                ));
+            }
         }
         let Some(collective) = self.reducer.collective() else {
             return Err(ModelError::Sharding(format!(
@@ -427,18 +445,23 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let model = self.model();
         let device = model.embed.weight.val().device();
-        let (mut parameters, mut ids, mut values) = (Vec::new(), Vec::new(), HashMap::new());
+        let (mut parameters, mut ids, mut values, mut units) = (Vec::new(), Vec::new(), HashMap::new(), Vec::new());
         model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
             parameters.push((name.to_string(), p.file_shape(), p.decays()));
             ids.push(p.id());
             values.insert(p.id(), p.flat().inner());
+            units.push(crate::distributed::parameter_units::unit_of_name(name));
         });
         let layout = FlatLayout::new(parameters, world);
-        let zero = ZeroState::new(stage, rank, layout, ids, &values, &mut self.optimizer, &device)?;
+        let zero = ZeroState::new(stage, rank, layout, ids, &units, &values, &mut self.optimizer, &device)?;
+        drop(values);
         self.zero = Some(match groups {
             Some(groups) => zero.with_groups(groups)?,
             None => zero,
         });
+        if stage == Sharding::Parameters {
+            self.release_parameters();
+        }
         Ok(self)
     }
 
@@ -453,6 +476,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.zero.as_mut()
     }
 
+    /// This rank's slice of the sharded optimizer state's moments `(m, v)`
+    /// as the whole model's layout slices them (what a checkpoint holds,
+    /// whatever the stage); `None` when the state is whole. Every rank must
+    /// call it (sharded parameters gather each unit's moments in turn).
+    pub fn layout_moments(&mut self) -> Result<Option<crate::distributed::MomentSlice>, ModelError> {
+        let Some(zero) = &mut self.zero else { return Ok(None) };
+        let collective = sharded_collective(self.reducer.as_mut())?;
+        zero.layout_moments(collective).map(Some)
+    }
+
     /// The ranks' collective (`None` for one rank): the run's exchanges
     /// besides the step (checks, checkpoints).
     pub fn collective(&mut self) -> Option<&mut dyn Collective> {
@@ -462,11 +495,21 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`Self::master_model`] on every rank, gathering the master weights
     /// where they are sharded (every rank must call it then).
     pub fn gathered_master_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
+        let dtype = Some(burn::tensor::FloatDType::F32);
+        if self.shards_parameters() {
+            return self.with_gathered_parameters(self.valid_model(), dtype);
+        }
         let Some(zero) = &mut self.zero else { return Ok(self.master_model()) };
         let collective = sharded_collective(self.reducer.as_mut())?;
-        let (flat, ranges) = (zero.gather_masters(collective)?, zero.ranges());
-        let dtype = Some(burn::tensor::FloatDType::F32);
+        let (flat, ranges) = zero.gather_masters(collective)?;
         Ok(self.valid_model().map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype }))
+    }
+
+    /// [`Self::valid_model`] on every rank, its weights gathered where the
+    /// parameters are sharded (every rank must call it then; the model
+    /// holds only placeholders of them between steps).
+    pub fn gathered_valid_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
+        self.with_gathered_parameters(self.valid_model(), None)
     }
 
     /// The policy.
@@ -474,7 +517,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.model.as_ref().expect("the model is put back after every step")
     }
 
-    /// The policy, without its autodiff graph (for evaluation, saving, sampling).
+    /// The policy, without its autodiff graph (for evaluation, saving,
+    /// sampling). With sharded parameters (ZeRO-3) its trained weights are
+    /// empty placeholders: [`Self::gathered_valid_model`] gathers them.
     pub fn valid_model(&self) -> CausalLm<B::InnerBackend> {
         self.model().valid()
     }
@@ -589,9 +634,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(zero) = &mut self.zero {
             zero.discard_gradients();
         }
+        self.gather_outer_unit()?;
 
         let model = self.model.as_ref().expect("the model is put back after every step");
-        let vocab = model.config().vocab_size;
+        let (vocab, blocks) = (model.config().vocab_size, model.layers.len());
         let mut grads = GradAccumulator::<B::InnerBackend>::default();
         let (mut inputs, mut losses, mut tokens) = (Vec::new(), Vec::new(), 0);
         let cpu = daa_core::Cpu::new();
@@ -640,30 +686,44 @@ impl<B: AutodiffBackend> Trainer<B> {
             // positions come first among the scored ones.
             let positions = batch.scored_positions();
             let chosen_positions = positions.count_in_first_rows(micro.len());
-            let backward = weighted_backward(
+            let shapes = &self.parameter_shapes;
+            let (mut sharded, mut own_blocks) =
+                (sharded_blocks(&mut self.zero, self.reducer.as_mut(), shapes, blocks)?, ModelBlocks);
+            let backward = weighted_backward_with(
                 model,
                 &batch,
                 &o.memory,
-                &mut |policy| {
-                    let weighed = pair_weights(policy, &reference, &counts, &o.loss, normaliser)
-                        .map_err(|e| e.offset_pairs(offset))?;
-                    let weights = weighed.weights.clone();
-                    objective = Some(weighed);
-                    Ok(weights)
-                },
-                &mut |start, logits| {
-                    add_logit_sums(&mut logit_sums, logits, start, chosen_positions);
-                    let Some(params) = stats else { return Ok(()) };
-                    match ChosenLogits::of_chunk(logits, start, chosen_positions, &positions.targets)? {
-                        Some(chosen) => totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, params),
-                        None => Ok(()),
-                    }
-                },
+                (
+                    &mut |policy| {
+                        let weighed = pair_weights(policy, &reference, &counts, &o.loss, normaliser)
+                            .map_err(|e| e.offset_pairs(offset))?;
+                        let weights = weighed.weights.clone();
+                        objective = Some(weighed);
+                        Ok(weights)
+                    },
+                    &mut |start, logits| {
+                        add_logit_sums(&mut logit_sums, logits, start, chosen_positions);
+                        let Some(params) = stats else { return Ok(()) };
+                        match ChosenLogits::of_chunk(logits, start, chosen_positions, &positions.targets)? {
+                            Some(chosen) => totals.add_on_cpu(&cpu, &chosen.logits, &chosen.targets, params),
+                            None => Ok(()),
+                        }
+                    },
+                ),
                 floor.as_ref(),
                 &mut grads,
+                match sharded.as_mut() {
+                    Some(sharded) => sharded as &mut dyn BlockWeights<B>,
+                    None => &mut own_blocks,
+                },
             );
             floor_total += match backward {
                 Err(e) if several_ranks => {
+                    // The rest of this micro-batch's gathers and scatters, zeros sent.
+                    if let Some(sharded) = sharded {
+                        sharded.finish(&mut GradAccumulator::default())?;
+                        scattered += 1;
+                    }
                     failed = Some(e);
                     break;
                 }
@@ -673,12 +733,16 @@ impl<B: AutodiffBackend> Trainer<B> {
                 objective.expect("weighted_backward asks for the weights once");
             inputs.extend(pair_inputs);
             losses.extend(pair_losses);
-            scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
+            match sharded {
+                Some(sharded) => sharded.finish(&mut grads)?,
+                None => scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?,
+            }
             scattered += 1;
         }
-        // ZeRO-2: every rank scatters as often as the rank with the most
-        // micro-batches (rank slices differ by at most one pair); the
-        // others (and a rank whose pairs failed) add zeros.
+        // ZeRO-2 and 3: every rank scatters (and with ZeRO-3 gathers) as
+        // often as the rank with the most micro-batches (rank slices differ
+        // by at most one pair); the others (and a rank whose pairs failed)
+        // add zeros.
         if self.zero.as_ref().is_some_and(|z| z.scatters_each_micro_batch()) {
             let world = self.reducer.world_size();
             let most = (normaliser as usize).div_ceil(world).div_ceil(o.micro_batch_size);
@@ -686,7 +750,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 grads = GradAccumulator::default();
             }
             for _ in scattered..most {
-                scatter_micro_batch(&mut self.zero, self.reducer.as_mut(), &mut grads)?;
+                let shapes = &self.parameter_shapes;
+                idle_micro_batch(&mut self.zero, self.reducer.as_mut(), shapes, blocks, &mut grads)?;
             }
         }
         self.agree_on_failure(failed)?;
@@ -797,6 +862,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The data-parallel reduction, clipping and AdamW at rate `lr`: the end
     /// of every kind of step.
     fn apply(&mut self, mut grads: GradAccumulator<B::InnerBackend>, lr: f64) -> Result<StepReport, ModelError> {
+        // ZeRO-3: every gradient is scattered; the weights live in the slices.
+        self.release_outer_unit();
         if let Some(zero) = &mut self.zero {
             let collective = sharded_collective(self.reducer.as_mut())?;
             // ZeRO-2 scattered each micro-batch already (an NLL step scatters once).
@@ -807,9 +874,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             let t = i32::try_from(self.optimizer.steps + 1).unwrap_or(i32::MAX);
             let step = zero.step(&self.options.optimizer, lr, t, collective)?;
             self.optimizer.steps += 1;
-            let model = self.model.take().expect("the model is put back after every step");
-            let ranges = zero.ranges();
-            self.model = Some(model.map(&mut SetWeights { flat: &step.weights, ranges: &ranges, dtype: None }));
+            if let Some(weights) = &step.weights {
+                let model = self.model.take().expect("the model is put back after every step");
+                let ranges = zero.ranges();
+                self.model = Some(model.map(&mut SetWeights { flat: weights, ranges: &ranges, dtype: None }));
+            }
             self.completed += 1;
             return Ok(StepReport { grad_norm: step.grad_norm, lr });
         }
@@ -843,8 +912,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(zero) = &mut self.zero {
             zero.discard_gradients();
         }
+        let micro_batches = sequences.len().div_ceil(2 * o.micro_batch_size);
+        let most = match self.shards_parameters() {
+            true => self.most_micro_batches(micro_batches)?,
+            false => micro_batches,
+        };
+        self.gather_outer_unit()?;
         let model = self.model.as_ref().expect("the model is put back after every step");
-        let vocab = model.config().vocab_size;
+        let (vocab, blocks) = (model.config().vocab_size, model.layers.len());
         let scored: usize = sequences.iter().map(|s| s.completion_len()).sum();
         // The mean over every rank's completion tokens.
         let mut all_scored = [scored as f64];
@@ -855,22 +930,41 @@ impl<B: AutodiffBackend> Trainer<B> {
         for micro in sequences.chunks(2 * o.micro_batch_size) {
             let batch = TokenBatch::new(micro, o.pad_id, vocab)?;
             tokens += micro.iter().map(|s| s.ids.len()).sum::<usize>();
-            weighted_backward(
+            let shapes = &self.parameter_shapes;
+            let (mut sharded, mut own_blocks) =
+                (sharded_blocks(&mut self.zero, self.reducer.as_mut(), shapes, blocks)?, ModelBlocks);
+            weighted_backward_with(
                 model,
                 &batch,
                 &o.memory,
-                &mut |logps| {
-                    let value: f64 = logps.iter().sum();
-                    if !value.is_finite() {
-                        return Err(ModelError::Batch(format!("the completion log-likelihood is {value}")));
-                    }
-                    total += value;
-                    Ok(vec![(-1.0 / normaliser) as f32; logps.len()])
-                },
-                &mut |_, _| Ok(()),
+                (
+                    &mut |logps| {
+                        let value: f64 = logps.iter().sum();
+                        if !value.is_finite() {
+                            return Err(ModelError::Batch(format!("the completion log-likelihood is {value}")));
+                        }
+                        total += value;
+                        Ok(vec![(-1.0 / normaliser) as f32; logps.len()])
+                    },
+                    &mut |_, _| Ok(()),
+                ),
                 None,
                 &mut grads,
+                match sharded.as_mut() {
+                    Some(sharded) => sharded as &mut dyn BlockWeights<B>,
+                    None => &mut own_blocks,
+                },
             )?;
+            if let Some(sharded) = sharded {
+                sharded.finish(&mut grads)?;
+            }
+        }
+        // ZeRO-3: as many gathers and scatters as the rank with the most micro-batches.
+        if self.shards_parameters() {
+            for _ in micro_batches..most {
+                let shapes = &self.parameter_shapes;
+                idle_micro_batch(&mut self.zero, self.reducer.as_mut(), shapes, blocks, &mut grads)?;
+            }
         }
         let report = self.apply(grads, lr)?;
         // The loss over every rank's tokens (`normaliser` counts them all).
@@ -909,7 +1003,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats: &TokenStatsParams,
         batch: usize,
     ) -> Result<EvalReport, ModelError> {
-        let (model, options) = (self.valid_model(), self.options);
+        let (model, options) = (self.gathered_valid_model()?, self.options);
         let collective = self.reducer.collective().filter(|c| c.world_size() > 1);
         evaluate_on_ranks(&model, pairs, reference, (&options.loss, stats), (batch, options.pad_id), collective)
     }

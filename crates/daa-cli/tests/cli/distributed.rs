@@ -144,6 +144,56 @@ fn two_ranks_train_what_one_process_trains_and_checkpoints_resume_onto_either() 
     assert!(weights(&run("resumed-on-two"), 4) == weights(&run("one"), 4), "1 → 2: the weights after step 4 differ");
 }
 
+/// ZeRO-3 over real processes: `mpirun -n 2` with `train.sharding =
+/// "parameters"` (each decoder block gathered over MPI when it runs)
+/// against one process, both with activation checkpointing; its checkpoint
+/// (written in the layout every stage reads) resumed by one process, and
+/// one process's resumed by two sharded ranks.
+#[test]
+fn sharded_parameters_over_two_processes_train_what_one_trains_and_resume_either_way() {
+    let dir = temp_dir();
+    let (config, cache) = (tiny_config_file(dir.path()), dir.path().join("cache"));
+    let run = |name: &str| dir.path().join(name);
+    let args = |out: &str, sets: &[&str]| {
+        let mut sets = sets.to_vec();
+        sets.extend(["train.checkpoint_every=2", "train.activation_checkpointing=true"]);
+        tiny_args(&config, &cache, &run(out), 4, &sets)
+    };
+    let one = args("one", &[]);
+    let out = daa(&one.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = train_records(&run("one"));
+    assert_eq!(expected.len(), 4);
+
+    let zero3 = "train.sharding=\"parameters\"";
+    let two = args("two", &[zero3]);
+    let Some(out) = mpirun(&[two.clone(), two]) else { return };
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_same_steps(&run("two"), &expected, "parameters");
+    assert!(weights(&run("two"), 4) == weights(&run("one"), 4), "the weights after step 4 differ");
+    let checkpoint = run("two").join("checkpoint-000002");
+    assert!(
+        checkpoint.join("layout.json").exists()
+            && checkpoint.join("optimizer-rank-00001-of-00002.safetensors").exists()
+    );
+
+    // 2 → 1: the ZeRO-3 checkpoint of step 2 resumed by one process.
+    let mut resumed = args("resumed-on-one", &[]);
+    resumed.extend(["--resume".into(), checkpoint.to_str().unwrap().into()]);
+    let out = daa(&resumed.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "2 → 1: {}", stderr(&out));
+    assert_same_steps(&run("resumed-on-one"), &expected[2..], "2 → 1");
+    assert!(weights(&run("resumed-on-one"), 4) == weights(&run("one"), 4), "2 → 1: the weights after step 4 differ");
+
+    // 1 → 2: one process's whole checkpoint resumed with sharded parameters.
+    let mut resumed = args("resumed-on-two", &[zero3]);
+    resumed.extend(["--resume".into(), run("one").join("checkpoint-000002").to_str().unwrap().into()]);
+    let out = mpirun(&[resumed.clone(), resumed]).unwrap();
+    assert!(out.status.success(), "1 → 2: {}", stderr(&out));
+    assert_same_steps(&run("resumed-on-two"), &expected[2..], "1 → 2");
+    assert!(weights(&run("resumed-on-two"), 4) == weights(&run("one"), 4), "1 → 2: the weights after step 4 differ");
+}
+
 #[test]
 fn a_rank_with_another_configuration_is_named_and_every_rank_stops() {
     let dir = temp_dir();

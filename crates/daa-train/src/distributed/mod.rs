@@ -20,12 +20,14 @@ mod launch_env;
 mod mpi_rank;
 #[cfg(all(feature = "cuda", unix))]
 mod nccl_rank;
+pub mod parameter_units;
 mod step_gather;
 #[cfg(not(target_arch = "wasm32"))]
 mod tcp_rank;
 #[cfg(not(target_arch = "wasm32"))]
 mod tcp_rendezvous;
 mod threads;
+mod unit_slice;
 #[cfg(any(feature = "mpi", all(feature = "cuda", unix)))]
 mod watchdog;
 mod zero;
@@ -43,4 +45,4 @@ pub use step_gather::StepFigures;
 #[cfg(not(target_arch = "wasm32"))]
 pub use tcp_rank::TcpRank;
 pub use threads::ThreadRank;
-pub use zero::{ShardGroups, ZeroState, ZeroStep};
+pub use zero::{Gathered, MomentSlice, ShardGroups, ZeroState, ZeroStep};

@@ -1,8 +1,15 @@
-//! Sharded optimizer state (ZeRO stages 1 and 2): each rank owns one slice
-//! of the flat parameter vector ([`FlatLayout`]) and keeps, for that slice
-//! only, the f32 master weights and AdamW's moments; with `gradients` it
-//! also keeps only that slice of the gradient sum, reduce-scattered after
-//! every micro-batch instead of once per step.
+//! Sharded optimizer state (ZeRO stages 1, 2 and 3): each rank owns one
+//! slice of the flat parameter vector ([`FlatLayout`]) and keeps, for that
+//! slice only, the f32 master weights and AdamW's moments; with `gradients`
+//! it also keeps only that slice of the gradient sum, reduce-scattered after
+//! every micro-batch instead of once per step. With `parameters` (ZeRO-3)
+//! the vector is cut into units first — the embedding, final norm and head
+//! together, then each decoder block — each padded to the world size and
+//! sliced on its own ([`UnitSlice`]): a block's weights are gathered from
+//! the ranks' slices of that block alone, right before it runs
+//! ([`crate::distributed::parameter_units`]), its gradients
+//! reduce-scattered as soon as its backward is done, and the model holds
+//! no trained weight between uses.
 //!
 //! One step of rank `r` owning `S_r`, for `W` ranks:
 //!
@@ -30,12 +37,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use burn::module::ParamId;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use super::collective::Collective;
 use super::flat_layout::FlatLayout;
-use crate::error::{ModelError, read_vec};
+use super::unit_slice::{SliceSources, UnitSlice};
+use crate::error::ModelError;
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Moments};
 use crate::plan::Sharding;
 
@@ -49,30 +57,11 @@ pub struct ShardGroups {
     pub replicas: Box<dyn Collective>,
 }
 
-/// This rank's slice of the optimizer state.
-#[derive(Debug)]
-pub struct ZeroState<B: Backend> {
-    stage: Sharding,
-    /// HSDP's groups; `None`: sharded over every rank.
-    groups: Option<ShardGroups>,
-    rank: usize,
-    layout: FlatLayout,
-    /// The id of each layout entry in this process.
-    ids: Vec<ParamId>,
-    /// f32 master weights of the slice (padding: zeros).
-    master: Tensor<B, 1>,
-    /// AdamW's moments of the slice (zeros before the first step).
-    m: Tensor<B, 1>,
-    v: Tensor<B, 1>,
-    /// 1 where weight decay applies.
-    decays: Vec<bool>,
-    /// `gradients`: this slice of the step's gradient sum so far.
-    gradient_sum: Option<Vec<f32>>,
-    /// Per parameter, the ranks and micro-batches that had a gradient for
-    /// it this step: one without any is left as it is (no decay, no moment
-    /// update), as the unsharded step leaves it.
-    with_gradient: Vec<f64>,
-}
+/// Gathered f32 values end to end, with each parameter's range of them.
+pub type Gathered = (Vec<f32>, HashMap<ParamId, Range<usize>>);
+
+/// A slice's first and second moments `(m, v)`.
+pub type MomentSlice = (Vec<f32>, Vec<f32>);
 
 /// What [`ZeroState::step`] did.
 #[derive(Debug)]
@@ -80,8 +69,37 @@ pub struct ZeroStep {
     /// `‖g‖₂` before clipping, over every rank's slice.
     pub grad_norm: f64,
     /// Every parameter's new f32 values end to end (padded; each
-    /// parameter's range: [`ZeroState::ranges`]), flattened in burn's layout.
-    pub weights: Vec<f32>,
+    /// parameter's range: [`ZeroState::ranges`]), flattened in burn's
+    /// layout; `None` with `parameters` (gathered unit by unit when used).
+    pub weights: Option<Vec<f32>>,
+}
+
+/// The group the state is sharded over: the shard group with HSDP, else
+/// `world`.
+fn shard_group<'a>(groups: &'a mut Option<ShardGroups>, world: &'a mut dyn Collective) -> &'a mut dyn Collective {
+    match groups {
+        Some(groups) => groups.shard.as_mut(),
+        None => world,
+    }
+}
+
+/// This rank's slice of the optimizer state.
+#[derive(Debug)]
+pub struct ZeroState<B: Backend> {
+    stage: Sharding,
+    /// HSDP's groups; `None`: sharded over every rank.
+    groups: Option<ShardGroups>,
+    rank: usize,
+    /// The whole model's layout over the shard group: what checkpoints
+    /// record (with `parameters` too, so any stage resumes any other).
+    layout: FlatLayout,
+    /// The id of each layout entry in this process.
+    ids: Vec<ParamId>,
+    /// The units' slices: one for `optimizer` and `gradients` (its layout
+    /// is `layout`), the outer unit then one per block for `parameters`.
+    units: Vec<UnitSlice<B>>,
+    /// Each parameter's unit.
+    unit_of: HashMap<ParamId, usize>,
 }
 
 /// Values per group of gradients read back at once (64 MiB of f32): the
@@ -93,66 +111,58 @@ impl<B: Backend> ZeroState<B> {
     /// parameters `ids`, with their current f32 values `values` flattened in
     /// burn's layout), taking over `optimizer`'s masters and moments of
     /// the slice (from a resumed checkpoint, or none) and dropping the rest.
+    /// `units[i]` is entry `i`'s unit (`parameters`: 0 for the embedding,
+    /// final norm and head, `1 + b` for block `b`; other stages: one unit,
+    /// any values).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         stage: Sharding,
         rank: usize,
         layout: FlatLayout,
         ids: Vec<ParamId>,
+        units: &[usize],
         values: &HashMap<ParamId, Tensor<B, 1>>,
         optimizer: &mut AdamW<B>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        if !matches!(stage, Sharding::Optimizer | Sharding::Gradients) {
-            return Err(ModelError::Sharding(format!(
-                "train.sharding = \"{}\" is not a sharded optimizer stage (optimizer or gradients)",
-                stage.as_str()
-            )));
+        if stage == Sharding::None {
+            return Err(ModelError::Sharding("train.sharding = \"none\" is not a sharded stage".into()));
         }
-        let shard = layout.shard(rank);
-        let n = shard.len();
-        let take = |source: &HashMap<ParamId, Tensor<B, 1>>, what: &str| -> Result<Option<Vec<f32>>, ModelError> {
-            let mut out = vec![0f32; n];
-            let mut any = false;
-            for segment in layout.segments(shard.clone()) {
-                let Some(t) = source.get(&ids[segment.entry]) else { continue };
-                any = true;
-                let name = &layout.entries[segment.entry].name;
-                let part = t.clone().slice(segment.within.clone()).cast(FloatDType::F32);
-                let part: Vec<f32> = read_vec(part, &format!("{name} ({what})"))?;
-                out[segment.flat.start - shard.start..segment.flat.end - shard.start].copy_from_slice(&part);
-            }
-            Ok(any.then_some(out))
-        };
+        if units.len() != layout.entries.len() {
+            return Err(ModelError::Sharding(format!("{} units for {} parameters", units.len(), layout.entries.len())));
+        }
         let masters = if optimizer.masters.is_empty() { values } else { &optimizer.masters };
-        let master = take(masters, "master weights")?.unwrap_or_else(|| vec![0.0; n]);
         let firsts: HashMap<ParamId, Tensor<B, 1>> =
             optimizer.moments.iter().map(|(id, Moments { m, .. })| (*id, m.clone())).collect();
         let seconds: HashMap<ParamId, Tensor<B, 1>> =
             optimizer.moments.iter().map(|(id, Moments { v, .. })| (*id, v.clone())).collect();
-        let m = take(&firsts, "exp_avg")?.unwrap_or_else(|| vec![0.0; n]);
-        let v = take(&seconds, "exp_avg_sq")?.unwrap_or_else(|| vec![0.0; n]);
+        let sources = SliceSources { masters, firsts: &firsts, seconds: &seconds };
+        let unit_count = match stage {
+            Sharding::Parameters => units.iter().max().map_or(0, |u| u + 1),
+            _ => 1,
+        };
+        let unit_of_entry = |i: usize| if stage == Sharding::Parameters { units[i] } else { 0 };
+        let mut unit_of = HashMap::new();
+        let mut slices = Vec::with_capacity(unit_count);
+        for u in 0..unit_count {
+            let members: Vec<usize> = (0..layout.entries.len()).filter(|&i| unit_of_entry(i) == u).collect();
+            let unit_layout = FlatLayout::new(
+                members.iter().map(|&i| {
+                    let e = &layout.entries[i];
+                    (e.name.clone(), e.shape.clone(), e.decay)
+                }),
+                layout.world_size,
+            );
+            let unit_ids: Vec<ParamId> = members.iter().map(|&i| ids[i]).collect();
+            unit_ids.iter().for_each(|id| {
+                unit_of.insert(*id, u);
+            });
+            slices.push(UnitSlice::new(rank, unit_layout, unit_ids, &sources, device)?);
+        }
         // The whole-model state is this slice's now.
         optimizer.masters.clear();
         optimizer.moments.clear();
-        let mut decays = vec![false; n];
-        for segment in layout.segments(shard.clone()) {
-            let decay = layout.entries[segment.entry].decay;
-            decays[segment.flat.start - shard.start..segment.flat.end - shard.start].fill(decay);
-        }
-        let tensor = |values: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(values, [n]), device);
-        Ok(Self {
-            stage,
-            groups: None,
-            rank,
-            layout,
-            ids,
-            master: tensor(master),
-            m: tensor(m),
-            v: tensor(v),
-            decays,
-            gradient_sum: None,
-            with_gradient: Vec::new(),
-        })
+        Ok(Self { stage, groups: None, rank, layout, ids, units: slices, unit_of })
     }
 
     /// Shards within `groups.shard` and replicates over `groups.replicas`
@@ -180,14 +190,9 @@ impl<B: Backend> ZeroState<B> {
         (self.rank, self.layout.world_size)
     }
 
-    /// The layout (what a checkpoint's `layout.json` records).
+    /// The whole model's layout (what a checkpoint's `layout.json` records).
     pub fn layout(&self) -> &FlatLayout {
         &self.layout
-    }
-
-    /// The flat range this rank owns.
-    pub fn shard(&self) -> Range<usize> {
-        self.layout.shard(self.rank)
     }
 
     /// The stage.
@@ -195,14 +200,59 @@ impl<B: Backend> ZeroState<B> {
         self.stage
     }
 
-    /// This slice's `(m, v)` on the host.
-    pub fn moments(&self) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
-        Ok((read_vec(self.m.clone(), "exp_avg (this rank's slice)")?, read_vec(self.v.clone(), "exp_avg_sq")?))
+    /// Units the parameters are sharded in (1 but with `parameters`).
+    pub fn unit_count(&self) -> usize {
+        self.units.len()
     }
 
-    /// Replaces this slice's `(m, v)` (a resumed checkpoint's, re-sliced).
+    /// The parameters of unit `unit`, in layout order.
+    pub fn unit_ids(&self, unit: usize) -> &[ParamId] {
+        &self.units[unit].ids
+    }
+
+    /// Values this rank holds per moment (the units' slices end to end).
+    pub fn slice_len(&self) -> usize {
+        self.units.iter().map(UnitSlice::len).sum()
+    }
+
+    /// Where this rank's slice lies in [`Self::layout`]'s flat vector:
+    /// `(range of the whole model's vector, where it starts in the slice)`,
+    /// in slice order; values of the slice no piece covers are padding.
+    /// One piece (the layout's shard) but with `parameters`.
+    pub fn slice_pieces(&self) -> Vec<(Range<usize>, usize)> {
+        if self.stage != Sharding::Parameters {
+            return vec![(self.layout.shard(self.rank), 0)];
+        }
+        let global: HashMap<&str, usize> = self.layout.entries.iter().map(|e| (e.name.as_str(), e.offset)).collect();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for unit in &self.units {
+            let shard = unit.layout.shard(self.rank);
+            for segment in unit.layout.segments(shard.clone()) {
+                let entry = &unit.layout.entries[segment.entry];
+                let start = global[entry.name.as_str()] + segment.within.start;
+                pieces.push((start..start + segment.within.len(), at + segment.flat.start - shard.start));
+            }
+            at += shard.len();
+        }
+        pieces
+    }
+
+    /// This slice's `(m, v)` on the host, the units' slices end to end
+    /// (in [`Self::slice_pieces`]' order).
+    pub fn moments(&self) -> Result<MomentSlice, ModelError> {
+        let (mut m, mut v) = (Vec::with_capacity(self.slice_len()), Vec::with_capacity(self.slice_len()));
+        for unit in &self.units {
+            m.extend(crate::error::read_vec::<f32, _, 1>(unit.m.clone(), "exp_avg (this rank's slice)")?);
+            v.extend(crate::error::read_vec::<f32, _, 1>(unit.v.clone(), "exp_avg_sq (this rank's slice)")?);
+        }
+        Ok((m, v))
+    }
+
+    /// Replaces this slice's `(m, v)` (a resumed checkpoint's, re-sliced;
+    /// laid out as [`Self::moments`] gives them).
     pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<(), ModelError> {
-        let n = self.shard().len();
+        let n = self.slice_len();
         if m.len() != n || v.len() != n {
             return Err(ModelError::OptimizerState(format!(
                 "rank {}: a slice of {n} values expected, m has {} and v {}",
@@ -211,115 +261,137 @@ impl<B: Backend> ZeroState<B> {
                 v.len()
             )));
         }
-        let device = self.m.device();
-        self.m = Tensor::from_data(TensorData::new(m, [n]), &device);
-        self.v = Tensor::from_data(TensorData::new(v, [n]), &device);
+        let mut at = 0;
+        for unit in &mut self.units {
+            let (len, device) = (unit.len(), unit.m.device());
+            let part =
+                |values: &[f32]| Tensor::from_data(burn::tensor::TensorData::new(values.to_vec(), [len]), &device);
+            unit.m = part(&m[at..at + len]);
+            unit.v = part(&v[at..at + len]);
+            at += len;
+        }
         Ok(())
     }
 
-    /// Every rank's master weights gathered, end to end (each parameter's
-    /// range: [`Self::ranges`]; what a checkpoint saves). Every rank must
-    /// call it.
-    pub fn gather_masters(&mut self, collective: &mut dyn Collective) -> Result<Vec<f32>, ModelError> {
-        let mine: Vec<f32> = read_vec(self.master.clone(), "the master weights (this rank's slice)")?;
-        let mut all = vec![0f32; self.layout.padded_len()];
-        self.shard_collective(collective).all_gather_f32(&mine, &mut all)?;
-        Ok(all)
-    }
-
-    /// The group the state is sharded over: the shard group with HSDP,
-    /// else `world`.
-    fn shard_collective<'a>(&'a mut self, world: &'a mut dyn Collective) -> &'a mut dyn Collective {
-        match &mut self.groups {
-            Some(groups) => groups.shard.as_mut(),
-            None => world,
+    /// This rank's slice of the whole model's `(m, v)` as [`Self::layout`]
+    /// slices it (what a checkpoint holds, whatever the stage): with
+    /// `parameters` each unit's moments are gathered in turn (one unit's
+    /// size transient) and this rank keeps the part of the layout's shard
+    /// they cover. Every rank must call it.
+    pub fn layout_moments(&mut self, world: &mut dyn Collective) -> Result<MomentSlice, ModelError> {
+        if self.stage != Sharding::Parameters {
+            return self.moments();
         }
+        let shard = self.layout.shard(self.rank);
+        let (mut m, mut v) = (vec![0f32; shard.len()], vec![0f32; shard.len()]);
+        let segments = self.layout.segments(shard.clone());
+        let shard_group = shard_group(&mut self.groups, world);
+        for unit in &self.units {
+            let place: HashMap<&str, usize> = unit.layout.entries.iter().map(|e| (e.name.as_str(), e.offset)).collect();
+            let all_m = unit.gather(unit.m.clone(), shard_group)?;
+            let all_v = unit.gather(unit.v.clone(), shard_group)?;
+            for segment in &segments {
+                let name = self.layout.entries[segment.entry].name.as_str();
+                let Some(&offset) = place.get(name) else { continue };
+                let from = offset + segment.within.start..offset + segment.within.end;
+                let to = segment.flat.start - shard.start..segment.flat.end - shard.start;
+                m[to.clone()].copy_from_slice(&all_m[from.clone()]);
+                v[to].copy_from_slice(&all_v[from]);
+            }
+        }
+        Ok((m, v))
     }
 
-    /// Each parameter's range of the flat vector, by id.
+    /// Every rank's master weights gathered, end to end, with each
+    /// parameter's range of them (what a checkpoint saves). Every rank must
+    /// call it.
+    pub fn gather_masters(&mut self, world: &mut dyn Collective) -> Result<Gathered, ModelError> {
+        let mut all = Vec::new();
+        let mut ranges = HashMap::new();
+        for u in 0..self.units.len() {
+            let (values, unit_ranges) = self.gather_unit(u, world)?;
+            let base = all.len();
+            ranges.extend(unit_ranges.into_iter().map(|(id, r)| (id, base + r.start..base + r.end)));
+            all.extend(values);
+        }
+        Ok((all, ranges))
+    }
+
+    /// Unit `unit`'s master weights gathered from every rank of the shard
+    /// group (padded), with each of its parameters' ranges. Every rank of
+    /// the group must call it.
+    pub fn gather_unit(&mut self, unit: usize, world: &mut dyn Collective) -> Result<Gathered, ModelError> {
+        let shard_group = shard_group(&mut self.groups, world);
+        let slice = &self.units[unit];
+        let values = slice.gather(slice.master.clone(), shard_group)?;
+        let ranges =
+            slice.layout.entries.iter().zip(&slice.ids).map(|(e, id)| (*id, e.offset..e.offset + e.len)).collect();
+        Ok((values, ranges))
+    }
+
+    /// Each parameter's range of the flat vector, by id (one unit: the
+    /// vector [`ZeroStep::weights`] holds).
     pub fn ranges(&self) -> HashMap<ParamId, Range<usize>> {
         self.layout.entries.iter().zip(&self.ids).map(|(e, id)| (*id, e.offset..e.offset + e.len)).collect()
     }
 
     /// The step's gradients as this rank's slice of their sum over the
-    /// ranks. With `gradients`, called after each micro-batch (the sum kept
-    /// is the slice only; `grads` is emptied); with `optimizer`, once.
+    /// ranks (every unit's). With `gradients`, called after each
+    /// micro-batch (the sum kept is the slice only; `grads` is emptied);
+    /// with `optimizer`, once.
     pub fn scatter_gradients(
         &mut self,
         grads: &mut GradAccumulator<B>,
         collective: &mut dyn Collective,
     ) -> Result<(), ModelError> {
-        let mut flat = vec![0f32; self.layout.padded_len()];
-        let position: HashMap<ParamId, usize> = self.ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        let mut present = Vec::new();
-        // Read back in groups of at most READ_GROUP values, each gradient
-        // let go once read: the transient copies stay small.
-        let mut pending = grads.take_ordered().into_iter().peekable();
-        while pending.peek().is_some() {
-            let (mut entries, mut group, mut values) = (Vec::new(), Vec::new(), 0);
-            while let Some((id, g)) = pending.next_if(|(_, g)| values == 0 || values + g.dims()[0] <= READ_GROUP) {
-                let Some(&entry) = position.get(&id) else {
-                    return Err(ModelError::Sharding(format!("a gradient for a parameter outside the layout ({id})")));
-                };
-                values += g.dims()[0];
-                entries.push(entry);
-                group.push(g.cast(FloatDType::F32));
-            }
-            let host: Vec<f32> = read_vec(Tensor::cat(group, 0), "the gradients")?;
-            let mut at = 0;
-            for entry in entries {
-                let e = &self.layout.entries[entry];
-                flat[e.offset..e.offset + e.len].copy_from_slice(&host[at..at + e.len]);
-                at += e.len;
-                present.push(entry);
-            }
+        let mut by_unit: Vec<Vec<(ParamId, Tensor<B, 1>)>> = (0..self.units.len()).map(|_| Vec::new()).collect();
+        for (id, g) in grads.take_ordered() {
+            let Some(&unit) = self.unit_of.get(&id) else {
+                return Err(ModelError::Sharding(format!("a gradient for a parameter outside the layout ({id})")));
+            };
+            by_unit[unit].push((id, g));
         }
-        let mut seen = vec![0f64; self.layout.entries.len()];
-        present.iter().for_each(|entry| seen[*entry] = 1.0);
-        collective.all_reduce_sum_f64(&mut seen)?;
-        if self.with_gradient.is_empty() {
-            self.with_gradient = seen;
-        } else {
-            self.with_gradient.iter_mut().zip(&seen).for_each(|(a, b)| *a += b);
+        for (unit, grads) in self.units.iter_mut().zip(by_unit) {
+            unit.scatter(grads, collective, self.groups.as_mut())?;
         }
-        let mut slice = vec![0f32; self.layout.shard_len()];
-        match &mut self.groups {
-            Some(groups) => {
-                groups.shard.reduce_scatter_sum_f32(&flat, &mut slice)?;
-                groups.replicas.all_reduce_sum_f32(&mut slice)?;
-            }
-            None => collective.reduce_scatter_sum_f32(&flat, &mut slice)?,
-        }
-        self.gradient_sum = Some(match self.gradient_sum.take() {
-            Some(mut sum) => {
-                sum.iter_mut().zip(&slice).for_each(|(s, g)| *s += g);
-                sum
-            }
-            None => slice,
-        });
         Ok(())
+    }
+
+    /// Unit `unit`'s gradients (taken from `grads`; the rest stay) summed
+    /// over the ranks, this rank's slice kept (`parameters`: a block's,
+    /// right after its backward). Every rank must call it, in the same
+    /// order of units.
+    pub fn scatter_unit(
+        &mut self,
+        unit: usize,
+        grads: &mut GradAccumulator<B>,
+        collective: &mut dyn Collective,
+    ) -> Result<(), ModelError> {
+        let slice = &mut self.units[unit];
+        let taken = grads.take_ids(&slice.ids);
+        slice.scatter(taken, collective, self.groups.as_mut())
     }
 
     /// Forgets a step's gradients scattered so far (a step that was not
     /// applied: its sum must not carry into the next).
     pub fn discard_gradients(&mut self) {
-        self.gradient_sum = None;
-        self.with_gradient.clear();
+        self.units.iter_mut().for_each(UnitSlice::discard_gradients);
     }
 
     /// Whether part of this step's gradient sum is held already.
     pub fn has_gradients(&self) -> bool {
-        self.gradient_sum.is_some()
+        self.units.iter().any(|u| u.gradient_sum.is_some())
     }
 
-    /// Whether gradients are reduce-scattered after every micro-batch.
+    /// Whether gradients are reduce-scattered after every micro-batch
+    /// (`gradients`, and `parameters` after every block).
     pub fn scatters_each_micro_batch(&self) -> bool {
-        self.stage == Sharding::Gradients
+        matches!(self.stage, Sharding::Gradients | Sharding::Parameters)
     }
 
     /// Clipping and AdamW on this slice at rate `lr` (`t` = steps including
-    /// this one), then every rank's new weights gathered (module
-    /// documentation). Every rank must call it.
+    /// this one), then (but with `parameters`) every rank's new weights
+    /// gathered (module documentation). Every rank must call it.
     pub fn step(
         &mut self,
         config: &AdamWConfig,
@@ -327,14 +399,15 @@ impl<B: Backend> ZeroState<B> {
         t: i32,
         collective: &mut dyn Collective,
     ) -> Result<ZeroStep, ModelError> {
-        let g = self.gradient_sum.take().ok_or_else(|| {
-            ModelError::Sharding("a sharded step without gradients (scatter_gradients was not called)".into())
-        })?;
-        // This step's record of which parameters had a gradient, taken now
-        // so that a step refused below does not leak it into the next.
-        let seen = std::mem::take(&mut self.with_gradient);
-        let mut squares = [g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()];
-        self.shard_collective(collective).all_reduce_sum_f64(&mut squares)?;
+        let taken: Vec<Option<(Vec<f32>, Vec<f64>)>> = self.units.iter_mut().map(UnitSlice::take_gradients).collect();
+        let Some(taken) = taken.into_iter().collect::<Option<Vec<_>>>() else {
+            return Err(ModelError::Sharding(
+                "a sharded step without gradients (scatter_gradients was not called for every unit)".into(),
+            ));
+        };
+        let squares: f64 = taken.iter().map(|(g, _)| g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()).sum();
+        let mut squares = [squares];
+        shard_group(&mut self.groups, collective).all_reduce_sum_f64(&mut squares)?;
         let grad_norm = squares[0].sqrt();
         if !grad_norm.is_finite() {
             return Err(ModelError::NonFiniteStep { quantity: format!("the gradient norm ({grad_norm})") });
@@ -343,39 +416,13 @@ impl<B: Backend> ZeroState<B> {
             Some(c) if grad_norm > c => c / grad_norm,
             _ => 1.0,
         };
-        let device = self.master.device();
-        let n = g.len();
-        let g = Tensor::<B, 1>::from_data(TensorData::new(g, [n]), &device).mul_scalar(scale);
-        // θ·(1 − ηλ) where the parameter decays, θ·1 elsewhere: the same f32
-        // factor the unsharded step multiplies by.
-        let with_decay = (1.0 - lr * config.weight_decay) as f32;
-        let factor: Vec<f32> = self.decays.iter().map(|&d| if d { with_decay } else { 1.0 }).collect();
-        let factor = Tensor::<B, 1>::from_data(TensorData::new(factor, [n]), &device);
-        let m = self.m.clone().mul_scalar(config.beta1) + g.clone().mul_scalar(1.0 - config.beta1);
-        let v = self.v.clone().mul_scalar(config.beta2) + g.powi_scalar(2).mul_scalar(1.0 - config.beta2);
-        let m_hat = m.clone().div_scalar(1.0 - config.beta1.powi(t));
-        let v_hat = v.clone().div_scalar(1.0 - config.beta2.powi(t));
-        let theta = self.master.clone() * factor - (m_hat / (v_hat.sqrt().add_scalar(config.eps))).mul_scalar(lr);
-        let mut untouched = vec![false; n];
-        let shard = self.shard();
-        for segment in self.layout.segments(shard.clone()) {
-            if seen[segment.entry] == 0.0 {
-                untouched[segment.flat.start - shard.start..segment.flat.end - shard.start].fill(true);
-            }
+        for (unit, gradients) in self.units.iter_mut().zip(taken) {
+            unit.update(gradients, config, lr, t, scale);
         }
-        if untouched.iter().any(|&u| u) {
-            let keep = Tensor::<B, 1, burn::tensor::Bool>::from_data(TensorData::new(untouched, [n]), &device);
-            self.m = m.mask_where(keep.clone(), self.m.clone());
-            self.v = v.mask_where(keep.clone(), self.v.clone());
-            self.master = theta.mask_where(keep, self.master.clone());
-        } else {
-            self.m = m;
-            self.v = v;
-            self.master = theta;
-        }
-        let mine: Vec<f32> = read_vec(self.master.clone(), "the updated weights (this rank's slice)")?;
-        let mut all = vec![0f32; self.layout.padded_len()];
-        self.shard_collective(collective).all_gather_f32(&mine, &mut all)?;
-        Ok(ZeroStep { grad_norm, weights: all })
+        let weights = match self.stage {
+            Sharding::Parameters => None,
+            _ => Some(self.gather_unit(0, collective)?.0),
+        };
+        Ok(ZeroStep { grad_norm, weights })
     }
 }

@@ -260,7 +260,8 @@ pub struct TrainSection {
     /// `"none"` (every rank holds everything, gradients all-reduced),
     /// `"optimizer"` (ZeRO-1: f32 masters and AdamW moments sharded),
     /// `"gradients"` (ZeRO-2: also the gradient sums, reduce-scattered each
-    /// micro-batch). `"parameters"` (ZeRO-3) is planned and refused.
+    /// micro-batch), `"parameters"` (ZeRO-3: also the weights, each decoder
+    /// block gathered when it runs; needs `activation_checkpointing`).
     #[serde(default)]
     pub sharding: crate::plan::Sharding,
     /// Seconds a collective may wait for the other ranks before the run
@@ -718,13 +719,20 @@ impl TrainConfig {
         };
         positive("train.lr", t.lr)?;
         if t.sharding == crate::plan::Sharding::Parameters {
-            bail!(
-                "`train.sharding` = \"parameters\" (ZeRO-3) is not built yet: \"none\", \"optimizer\" (ZeRO-1) or \"gradients\" (ZeRO-2); `daa plan --sharding parameters` estimates it"
-            );
+            if !t.activation_checkpointing {
+                bail!(
+                    "`train.sharding` = \"parameters\" (ZeRO-3) gathers each decoder block's weights for its forward pass and again for its recomputation in backward: set `train.activation_checkpointing` = true"
+                );
+            }
+            if self.lora.is_some() {
+                bail!(
+                    "`train.sharding` = \"parameters\" (ZeRO-3) shards a full fine-tune's weights; `[lora]` trains adapters only: use \"optimizer\" or \"none\""
+                );
+            }
         }
         if t.shard_within == ShardWithin::Node && t.sharding == crate::plan::Sharding::None {
             bail!(
-                "`train.shard_within` = \"node\" divides sharded state within each node: set `train.sharding` to \"optimizer\" or \"gradients\""
+                "`train.shard_within` = \"node\" divides sharded state within each node: set `train.sharding` to \"optimizer\", \"gradients\" or \"parameters\""
             );
         }
         if t.collective == CollectiveChoice::Nccl && self.model.backend != crate::backend::ComputeBackend::Cuda {
@@ -1035,7 +1043,11 @@ mod tests {
         let e = format!("{:#}", built_in(&["train.collective=\"nccl\""]).unwrap_err());
         assert!(e.contains("`train.collective` = \"nccl\" needs `model.backend` = \"cuda\" (this run's: cpu)"), "{e}");
         let e = format!("{:#}", built_in(&["train.shard_within=\"node\""]).unwrap_err());
-        assert!(e.contains("set `train.sharding` to \"optimizer\" or \"gradients\""), "{e}");
+        assert!(e.contains("set `train.sharding` to \"optimizer\", \"gradients\" or \"parameters\""), "{e}");
+        let e = format!("{:#}", built_in(&["train.sharding=\"parameters\""]).unwrap_err());
+        assert!(e.contains("set `train.activation_checkpointing` = true"), "{e}");
+        let zero3 = built_in(&["train.sharding=\"parameters\"", "train.activation_checkpointing=true"]).unwrap();
+        assert_eq!(zero3.train.sharding, crate::plan::Sharding::Parameters);
         let hsdp = built_in(&["train.shard_within=\"node\"", "train.sharding=\"gradients\""]).unwrap();
         assert_eq!(hsdp.train.shard_within, super::ShardWithin::Node);
         let e = format!("{:#}", built_in(&["train.collective=\"gloo\""]).unwrap_err());

@@ -134,7 +134,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
         let first = trainer.collective().is_none_or(|c| c.rank() == 0);
         let sampled = match self.samples.as_mut() {
             Some(s) => {
-                let policy = trainer.valid_model();
+                let policy = trainer.gathered_valid_model().with_context(context)?;
                 Some(s.report(&policy, self.prepared, trainer.collective()).with_context(context)?)
             }
             None => None,

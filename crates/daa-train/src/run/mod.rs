@@ -141,10 +141,11 @@ fn run<B: AutodiffBackend>(
     })?;
     ranks.check_shared_folder(&run_dir)?;
     config.train.precision.check_supported::<B>(&device)?;
+    let counts = memory_check::RankCounts { world: ranks.world_size(), local: ranks.local_world_size() };
     // Rank 0 first: it writes the caches (data, references) the others read.
     let (prepared, references) = ranks.first_then_others("preparing the data and references", || {
         let prepared = prepare_with(&config, &inputs, &run_dir, &mut |line| observer.note(line))?;
-        observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?)?);
+        observer.note(&memory_check::check_memory(&config, &read_config(&prepared.model_dir)?, counts)?);
         observer.note(&prepared.data_summary());
         let references = References::<B::InnerBackend>::compute(&config, &prepared, &device, observer)?;
         Ok((prepared, references))
@@ -323,8 +324,9 @@ fn build_trainer<B: AutodiffBackend>(
         trainer = trainer.with_reducer(Box::new(reducer)).with_sharding_in(config.train.sharding, groups)?;
     }
     if let (Some(point), Some(zero)) = (resume, trainer.zero_state_mut()) {
-        let slice = rank_checkpoints::read_moment_slice(&point.dir, zero.layout(), zero.shard())
-            .with_context(|| format!("--resume {}", point.dir.display()))?;
+        let slice =
+            rank_checkpoints::read_moment_pieces(&point.dir, zero.layout(), &zero.slice_pieces(), zero.slice_len())
+                .with_context(|| format!("--resume {}", point.dir.display()))?;
         if let Some((m, v)) = slice {
             zero.set_moments(m, v)?;
         }

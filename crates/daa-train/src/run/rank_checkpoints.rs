@@ -13,7 +13,7 @@
 //! the folder into place. A rank that fails is named and nothing is
 //! renamed. Resuming reads the layout and re-slices the state for any
 //! number of ranks: a sharded run's rank reads only its slice
-//! ([`read_moment_slice`]), a run with whole state puts every slice
+//! ([`read_moment_pieces`]), a run with whole state puts every slice
 //! together ([`load_sharded_optimizer`]).
 
 use std::path::{Path, PathBuf};
@@ -91,9 +91,10 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
     // With HSDP the ranks of the first replica write the slices (the
     // others hold the same), named by slice of the shard group.
     let sharded = trainer.zero_state().map(|zero| zero.slice_of());
-    let slice = match trainer.zero_state() {
-        Some(zero) if zero.writes_slice() => {
-            let (m, v) = zero.moments()?;
+    // Every rank takes part (ZeRO-3 gathers each unit's moments in turn).
+    let moments = trainer.layout_moments()?;
+    let slice = match (trainer.zero_state(), moments) {
+        (Some(zero), Some((m, v))) if zero.writes_slice() => {
             Some((ShardedState { steps, sharding: zero.stage(), layout: zero.layout().clone() }, m, v))
         }
         _ => None,
@@ -265,18 +266,23 @@ pub fn checkpoint_steps(dir: &Path) -> Result<u64> {
     saved_steps(&SafetensorsFile::open(&path)?, &path)
 }
 
-/// The moments `(m, v)` of the flat range `range` of `layout` (this run's
-/// parameters; a rank's slice), read from a checkpoint without the rest:
-/// from the slices of a sharded checkpoint that overlap it (saved by any
-/// number of ranks), or from a whole `optimizer.safetensors`, one parameter
-/// at a time. `None` before the first step (no moments saved). Padding
-/// past the parameters is zeros.
-pub fn read_moment_slice(
+/// The moments `(m, v)` of a rank's slice of `layout` (this run's
+/// parameters), `len` values, whose `pieces` say which flat ranges of
+/// `layout` go where in it (`(range, start in the slice)`; values no piece
+/// covers are zeros: padding), read from a checkpoint without the rest:
+/// each rank file of a sharded checkpoint (saved by any number of ranks)
+/// that overlaps them read once, or a whole `optimizer.safetensors` one
+/// parameter at a time. `None` before the first step (no moments saved).
+pub fn read_moment_pieces(
     dir: &Path,
     layout: &FlatLayout,
-    range: std::ops::Range<usize>,
+    pieces: &[(std::ops::Range<usize>, usize)],
+    len: usize,
 ) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-    let (mut m, mut v) = (vec![0f32; range.len()], vec![0f32; range.len()]);
+    let (mut m, mut v) = (vec![0f32; len], vec![0f32; len]);
+    if pieces.iter().any(|(range, at)| at + range.len() > len) {
+        bail!("a piece of the slice passes its {len} values");
+    }
     if let Some(state) = read_sharded_state(dir)? {
         layout
             .check_same_parameters(&state.layout)
@@ -287,16 +293,21 @@ pub fn read_moment_slice(
         let saved = &state.layout;
         for rank in 0..saved.world_size {
             let theirs = saved.shard(rank);
-            let (start, end) = (theirs.start.max(range.start), theirs.end.min(range.end));
-            if start >= end {
+            let overlaps = |(range, _): &&(std::ops::Range<usize>, usize)| {
+                theirs.start.max(range.start) < theirs.end.min(range.end)
+            };
+            if !pieces.iter().any(|p| overlaps(&p)) {
                 continue;
             }
             let path = dir.join(rank_file(rank, saved.world_size));
             let file = SafetensorsFile::open(&path)?;
             for (name, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
                 let values = read_moment(&file, &path, name, theirs.len())?;
-                into[start - range.start..end - range.start]
-                    .copy_from_slice(&values[start - theirs.start..end - theirs.start]);
+                for (range, at) in pieces.iter().filter(overlaps) {
+                    let (start, end) = (theirs.start.max(range.start), theirs.end.min(range.end));
+                    let to = at + start - range.start..at + end - range.start;
+                    into[to].copy_from_slice(&values[start - theirs.start..end - theirs.start]);
+                }
             }
         }
         return Ok(Some((m, v)));
@@ -306,12 +317,14 @@ pub fn read_moment_slice(
     }
     let path = dir.join("optimizer.safetensors");
     let file = SafetensorsFile::open(&path)?;
-    for segment in layout.segments(range.clone()) {
-        let entry = &layout.entries[segment.entry];
-        for (suffix, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
-            let values = read_moment(&file, &path, &format!("{}.{suffix}", entry.name), entry.len)?;
-            into[segment.flat.start - range.start..segment.flat.end - range.start]
-                .copy_from_slice(&values[segment.within.clone()]);
+    for (range, at) in pieces {
+        for segment in layout.segments(range.clone()) {
+            let entry = &layout.entries[segment.entry];
+            let to = at + segment.flat.start - range.start..at + segment.flat.end - range.start;
+            for (suffix, into) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
+                let values = read_moment(&file, &path, &format!("{}.{suffix}", entry.name), entry.len)?;
+                into[to.clone()].copy_from_slice(&values[segment.within.clone()]);
+            }
         }
     }
     Ok(Some((m, v)))

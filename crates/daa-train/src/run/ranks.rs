@@ -115,6 +115,15 @@ impl RunRanks {
         self.collective.as_ref().map_or(1, |c| c.world_size())
     }
 
+    /// Ranks on this node: the launcher's `LOCAL_WORLD_SIZE` (1 for one
+    /// process, or where the launcher does not say).
+    pub fn local_world_size(&self) -> usize {
+        match self.world_size() {
+            1 => 1,
+            _ => LaunchEnv::from_env().ok().flatten().map_or(1, |l| l.local_world_size),
+        }
+    }
+
     /// Whether this rank writes the run's files.
     pub fn is_first(&self) -> bool {
         self.rank() == 0

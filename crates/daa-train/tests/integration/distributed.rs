@@ -7,7 +7,7 @@
 use burn::backend::{Autodiff, Flex};
 use daa_core::preference::{NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
 use daa_train::batch::{Sequence, SequencePair};
-use daa_train::distributed::{Collective, DataParallel, ThreadRank, rank_slice};
+use daa_train::distributed::{Collective, DataParallel, Sharding, ThreadRank, rank_slice};
 use daa_train::model::tiny_configs::llama_config;
 use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
@@ -51,8 +51,10 @@ pub fn options(micro_batch_size: usize) -> TrainerOptions {
     }
 }
 
-pub fn weights(model: &CausalLm<AD>) -> Vec<f32> {
-    weights_of(model)
+/// `options` with activation checkpointing (what sharded parameters need).
+pub fn checkpointed(options: TrainerOptions) -> TrainerOptions {
+    let memory = daa_train::backward::MemoryOptions { activation_checkpointing: true, ..options.memory };
+    TrainerOptions { memory, ..options }
 }
 
 /// Every trained parameter's values as f32, in file layout.
@@ -80,7 +82,8 @@ pub fn step_once(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &
 /// The gradient norm of each of [`STEPS`] steps and the weights after the last.
 pub fn train(trainer: &mut Trainer<AD>, pairs: &[SequencePair], reference: &[PairScore]) -> (Vec<f64>, Vec<f32>) {
     let norms = (0..STEPS).map(|_| step_once(trainer, pairs, reference)).collect();
-    (norms, weights(trainer.model()))
+    // Gathered where the parameters are sharded (the model holds placeholders).
+    (norms, weights_of(&trainer.gathered_valid_model().unwrap()))
 }
 
 /// Two ranks (4 pairs each, one micro-batch of 4; gradients all-reduced in
@@ -195,6 +198,21 @@ fn two_ranks_step(
     reference: &(dyn Fn(usize) -> Vec<PairScore> + Sync),
     again: bool,
 ) -> Vec<(String, Option<Vec<f32>>)> {
+    two_ranks_step_at(Sharding::None, policy, reference, again)
+}
+
+/// [`two_ranks_step`] with the state sharded at `stage` (with activation
+/// checkpointing: what `parameters` needs).
+fn two_ranks_step_at(
+    stage: Sharding,
+    policy: &(dyn Fn(usize) -> ReferencePolicy<Flex> + Sync),
+    reference: &(dyn Fn(usize) -> Vec<PairScore> + Sync),
+    again: bool,
+) -> Vec<(String, Option<Vec<f32>>)> {
+    let options = match stage {
+        Sharding::None => options(4),
+        _ => checkpointed(options(4)),
+    };
     let (pairs, initial, good) = setup();
     std::thread::scope(|scope| {
         let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
@@ -204,9 +222,11 @@ fn two_ranks_step(
                 scope.spawn(move || {
                     let rank = collective.rank();
                     let slice = rank_slice(pairs.len(), rank, 2);
-                    let mut trainer = Trainer::new(initial, options(4), policy(rank))
+                    let mut trainer = Trainer::new(initial, options, policy(rank))
                         .unwrap()
-                        .with_reducer(Box::new(DataParallel::new(collective)));
+                        .with_reducer(Box::new(DataParallel::new(collective)))
+                        .with_sharding(stage)
+                        .unwrap();
                     let scores = reference(rank);
                     let step: Vec<StepPair> = pairs[slice.clone()]
                         .iter()
@@ -217,7 +237,7 @@ fn two_ranks_step(
                     let after = again.then(|| {
                         trainer.skip_step();
                         step_once(&mut trainer, &pairs[slice.clone()], &good[slice.clone()]);
-                        weights(trainer.model())
+                        weights_of(&trainer.gathered_valid_model().unwrap())
                     });
                     (err.to_string(), after)
                 })
@@ -241,10 +261,15 @@ fn a_non_finite_log_probability_on_one_rank_is_agreed_on_by_every_rank() {
         }
         scores
     };
-    let results = two_ranks_step(&|_| ReferencePolicy::Given, &poisoned, true);
-    assert!(results[1].0.contains("reference_chosen") && results[1].0.contains("pair 2"), "{}", results[1].0);
-    assert!(results[0].0.contains("the pairs of rank(s) 1 failed in this step"), "{}", results[0].0);
-    assert!(results[0].1 == results[1].1, "after the failed step the ranks train on together");
+    // With sharded parameters rank 1 fails after the forward pass gathered
+    // every block: it completes the micro-batch's gathers and scatters.
+    for stage in [Sharding::None, Sharding::Parameters] {
+        let results = two_ranks_step_at(stage, &|_| ReferencePolicy::Given, &poisoned, true);
+        assert!(results[1].0.contains("reference_chosen") && results[1].0.contains("pair 2"), "{}", results[1].0);
+        assert!(results[0].0.contains("the pairs of rank(s) 1 failed in this step"), "{stage:?}: {}", results[0].0);
+        assert!(results[0].1 == results[1].1, "{stage:?}: after the failed step the ranks train on together");
+        assert!(results[0].1.as_ref().is_some_and(|w| !w.is_empty()), "{stage:?}: no weights");
+    }
     assert!(started.elapsed().as_secs() < 60, "the ranks waited {:?}", started.elapsed());
 
     // Rank 1's frozen reference (every weight NaN) gives non-finite scores:

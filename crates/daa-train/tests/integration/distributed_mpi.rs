@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use daa_train::distributed::{Collective, DataParallel, LaunchEnv, Launcher, MpiRank, rank_slice};
 use daa_train::{ReferencePolicy, Trainer};
 
-use super::distributed::{STEPS, options, setup, step_once, train, weights};
+use super::distributed::{STEPS, options, setup, step_once, train, weights_of};
 
 /// `mpirun -n 2` of this binary's `mpi_rank_body`, or `None` (after saying
 /// so) where Open MPI is missing and not required.
@@ -70,7 +70,7 @@ fn mpi_rank_body() {
         }
         norms.push(step_once(&mut trainer, &pairs[slice.clone()], &reference[slice.clone()]));
     }
-    let weights = weights(trainer.model());
+    let weights = weights_of(trainer.model());
     let record = serde_json::json!({
         "norms": norms,
         "weights": weights.iter().map(|w: &f32| w.to_bits()).collect::<Vec<u32>>(),

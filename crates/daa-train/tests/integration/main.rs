@@ -17,6 +17,7 @@ mod plan;
 mod precision;
 mod sharding;
 mod step;
+mod zero3;
 
 #[cfg(feature = "io")]
 mod checkpoints;

@@ -20,17 +20,17 @@ use daa_train::model::CausalLm;
 /// (f32 rounding of sums of up to 8 pairs' gradients, through 3 AdamW steps
 /// at rate 1e-2 whose `m̂/√v̂` amplifies a rounding of `g` near 0; measured
 /// 2026-12-07: at most 4.6e-7, and 0 with clipping at these sizes).
-const REORDERED_TOLERANCE: f32 = 1e-5;
+pub const REORDERED_TOLERANCE: f32 = 1e-5;
 
 /// `options(micro_batch)` without clipping (the norm, summed per slice,
 /// then decides nothing).
-fn unclipped(micro_batch: usize) -> TrainerOptions {
+pub fn unclipped(micro_batch: usize) -> TrainerOptions {
     TrainerOptions { optimizer: AdamWConfig { clip_norm: None, ..AdamWConfig::default() }, ..options(micro_batch) }
 }
 
 /// Each rank's gradient norms and final weights, `world` thread ranks at
 /// `stage`, each on its contiguous slice of `pairs`.
-fn ranks(
+pub fn ranks(
     world: usize,
     stage: Sharding,
     options: TrainerOptions,
@@ -56,7 +56,7 @@ fn ranks(
     })
 }
 
-fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+pub fn max_difference(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -164,7 +164,7 @@ fn a_rank_with_fewer_micro_batches_still_takes_part_in_each_scatter() {
 }
 
 #[test]
-fn sharding_without_ranks_or_at_an_unbuilt_stage_is_refused_by_name() {
+fn sharding_without_ranks_or_parameters_without_checkpointing_is_refused_by_name() {
     let (_, initial, _) = setup();
     let single = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
     let err = single.with_sharding(Sharding::Optimizer).unwrap_err().to_string();
@@ -174,7 +174,7 @@ fn sharding_without_ranks_or_at_an_unbuilt_stage_is_refused_by_name() {
         .unwrap()
         .with_reducer(Box::new(DataParallel::new(collective)));
     let err = ranked.with_sharding(Sharding::Parameters).unwrap_err().to_string();
-    assert!(err.contains("\"parameters\" (ZeRO-3) is not built yet"), "{err}");
+    assert!(err.contains("it needs train.activation_checkpointing = true"), "{err}");
 }
 
 #[test]
@@ -253,7 +253,11 @@ fn sharded_within_nodes_and_replicated_across_them_is_one_rank_to_rounding() {
     let (pairs, initial, reference) = setup();
     let mut one = Trainer::new(initial.clone(), unclipped(2), ReferencePolicy::Given).unwrap();
     let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
-    for stage in [Sharding::Optimizer, Sharding::Gradients] {
+    for stage in [Sharding::Optimizer, Sharding::Gradients, Sharding::Parameters] {
+        let options = match stage {
+            Sharding::Parameters => super::distributed::checkpointed(unclipped(2)),
+            _ => unclipped(2),
+        };
         let results: Vec<(Vec<f64>, Vec<f32>, Vec<usize>)> = std::thread::scope(|scope| {
             let handles: Vec<_> = ThreadRank::group(4, Duration::from_secs(120))
                 .into_iter()
@@ -267,7 +271,7 @@ fn sharded_within_nodes_and_replicated_across_them_is_one_rank_to_rounding() {
                             replicas: collective.split(local).unwrap(),
                         };
                         let slice = rank_slice(pairs.len(), rank, world);
-                        let mut trainer = Trainer::new(initial, unclipped(2), ReferencePolicy::Given)
+                        let mut trainer = Trainer::new(initial, options, ReferencePolicy::Given)
                             .unwrap()
                             .with_reducer(Box::new(DataParallel::new(collective)))
                             .with_sharding_in(stage, Some(groups))
