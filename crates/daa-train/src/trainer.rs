@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{BlockWeights, MemoryOptions, ModelBlocks, weighted_backward_with};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
+use crate::distributed::parameter_units::Materialise;
 use crate::distributed::{Collective, FlatLayout, ShardGroups, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
@@ -495,21 +496,37 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`Self::master_model`] on every rank, gathering the master weights
     /// where they are sharded (every rank must call it then).
     pub fn gathered_master_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
+        let model = self.master_model_where(true)?;
+        Ok(model.expect("kept where asked"))
+    }
+
+    /// [`Self::master_model`] on rank 0 (`None` on the others), gathered
+    /// where the master weights are sharded: every rank must call it, and
+    /// only rank 0 holds the whole model (the others let each unit go once
+    /// gathered). What a checkpoint writes.
+    pub fn master_model_on_first(&mut self) -> Result<Option<CausalLm<B::InnerBackend>>, ModelError> {
+        let first = self.reducer.collective().is_none_or(|c| c.rank() == 0);
+        self.master_model_where(first)
+    }
+
+    /// The master model gathered, kept where `keep`.
+    fn master_model_where(&mut self, keep: bool) -> Result<Option<CausalLm<B::InnerBackend>>, ModelError> {
         let dtype = Some(burn::tensor::FloatDType::F32);
-        if self.shards_parameters() {
-            return self.with_gathered_parameters(self.valid_model(), dtype);
-        }
-        let Some(zero) = &mut self.zero else { return Ok(self.master_model()) };
+        let Some(zero) = &mut self.zero else { return Ok(keep.then(|| self.master_model())) };
         let collective = sharded_collective(self.reducer.as_mut())?;
-        let (flat, ranges) = zero.gather_masters(collective)?;
-        Ok(self.valid_model().map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype }))
+        let Some((flat, ranges)) = zero.gather_masters(collective, keep)? else { return Ok(None) };
+        let model = self.valid_model();
+        Ok(Some(match self.shards_parameters() {
+            true => model.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes: &self.parameter_shapes, dtype }),
+            false => model.map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype }),
+        }))
     }
 
     /// [`Self::valid_model`] on every rank, its weights gathered where the
     /// parameters are sharded (every rank must call it then; the model
     /// holds only placeholders of them between steps).
     pub fn gathered_valid_model(&mut self) -> Result<CausalLm<B::InnerBackend>, ModelError> {
-        self.with_gathered_parameters(self.valid_model(), None)
+        self.with_gathered_parameters(self.valid_model())
     }
 
     /// The policy.
@@ -874,10 +891,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             let t = i32::try_from(self.optimizer.steps + 1).unwrap_or(i32::MAX);
             let step = zero.step(&self.options.optimizer, lr, t, collective)?;
             self.optimizer.steps += 1;
-            if let Some(weights) = &step.weights {
+            // ZeRO-1/2: every unit's new weights gathered into the model, one at a time.
+            if zero.stage() != Sharding::Parameters {
                 let model = self.model.take().expect("the model is put back after every step");
-                let ranges = zero.ranges();
-                self.model = Some(model.map(&mut SetWeights { flat: weights, ranges: &ranges, dtype: None }));
+                self.model = Some(zero.gather_into(model, collective)?);
             }
             self.completed += 1;
             return Ok(StepReport { grad_norm: step.grad_norm, lr });

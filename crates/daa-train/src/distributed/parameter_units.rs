@@ -105,20 +105,6 @@ impl<B: Backend> ModuleMapper<B> for Materialise<'_> {
     }
 }
 
-/// `model` with every unit gathered (every rank must call it), in `dtype`
-/// (`None`: the training dtype): a whole model for evaluation, sampling or
-/// saving, transient.
-pub fn gather_all<B: Backend>(
-    model: CausalLm<B>,
-    zero: &mut ZeroState<B>,
-    shapes: &HashMap<ParamId, Vec<usize>>,
-    world: &mut dyn Collective,
-    dtype: Option<FloatDType>,
-) -> Result<CausalLm<B>, ModelError> {
-    let (flat, ranges) = zero.gather_masters(world)?;
-    Ok(model.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes, dtype }))
-}
-
 /// The decoder blocks of one micro-batch's pass with sharded parameters:
 /// each gathered when the pass asks for it, its gradients reduce-scattered
 /// when its backward is done (module documentation). Counts what it did so

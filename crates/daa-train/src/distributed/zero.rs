@@ -1,12 +1,13 @@
-//! Sharded optimizer state (ZeRO stages 1, 2 and 3): each rank owns one
-//! slice of the flat parameter vector ([`FlatLayout`]) and keeps, for that
-//! slice only, the f32 master weights and AdamW's moments; with `gradients`
-//! it also keeps only that slice of the gradient sum, reduce-scattered after
-//! every micro-batch instead of once per step. With `parameters` (ZeRO-3)
-//! the vector is cut into units first — the embedding, final norm and head
-//! together, then each decoder block — each padded to the world size and
-//! sliced on its own ([`UnitSlice`]): a block's weights are gathered from
-//! the ranks' slices of that block alone, right before it runs
+//! Sharded optimizer state (ZeRO stages 1, 2 and 3). The parameters are cut
+//! into units — the embedding, final norm and head together, then each
+//! decoder block — each laid out flat ([`FlatLayout`]), padded to the world
+//! size and sliced on its own ([`UnitSlice`]); each rank keeps, for its
+//! slice of every unit only, the f32 master weights and AdamW's moments;
+//! with `gradients` it also keeps only that slice of the gradient sum,
+//! reduce-scattered after every micro-batch instead of once per step. The
+//! exchanges run unit by unit, so their transient host copies are a unit's
+//! size, not the model's. With `parameters` (ZeRO-3) a block's weights are
+//! gathered from the ranks' slices of that block right before it runs
 //! ([`crate::distributed::parameter_units`]), its gradients
 //! reduce-scattered as soon as its backward is done, and the model holds
 //! no trained weight between uses.
@@ -36,7 +37,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use burn::module::ParamId;
+use burn::module::{Module, ParamId};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
@@ -44,7 +45,7 @@ use super::collective::Collective;
 use super::flat_layout::FlatLayout;
 use super::unit_slice::{SliceSources, UnitSlice};
 use crate::error::ModelError;
-use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Moments};
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Moments, SetWeights};
 use crate::plan::Sharding;
 
 /// HSDP's two groups of a rank: the ranks its slices are sharded over
@@ -68,10 +69,6 @@ pub type MomentSlice = (Vec<f32>, Vec<f32>);
 pub struct ZeroStep {
     /// `‖g‖₂` before clipping, over every rank's slice.
     pub grad_norm: f64,
-    /// Every parameter's new f32 values end to end (padded; each
-    /// parameter's range: [`ZeroState::ranges`]), flattened in burn's
-    /// layout; `None` with `parameters` (gathered unit by unit when used).
-    pub weights: Option<Vec<f32>>,
 }
 
 /// The group the state is sharded over: the shard group with HSDP, else
@@ -93,10 +90,8 @@ pub struct ZeroState<B: Backend> {
     /// The whole model's layout over the shard group: what checkpoints
     /// record (with `parameters` too, so any stage resumes any other).
     layout: FlatLayout,
-    /// The id of each layout entry in this process.
-    ids: Vec<ParamId>,
-    /// The units' slices: one for `optimizer` and `gradients` (its layout
-    /// is `layout`), the outer unit then one per block for `parameters`.
+    /// The units' slices: unit 0 (embedding, final norm, head), then one per
+    /// block.
     units: Vec<UnitSlice<B>>,
     /// Each parameter's unit.
     unit_of: HashMap<ParamId, usize>,
@@ -111,9 +106,8 @@ impl<B: Backend> ZeroState<B> {
     /// parameters `ids`, with their current f32 values `values` flattened in
     /// burn's layout), taking over `optimizer`'s masters and moments of
     /// the slice (from a resumed checkpoint, or none) and dropping the rest.
-    /// `units[i]` is entry `i`'s unit (`parameters`: 0 for the embedding,
-    /// final norm and head, `1 + b` for block `b`; other stages: one unit,
-    /// any values).
+    /// `units[i]` is entry `i`'s unit (0 for the embedding, final norm and
+    /// head, `1 + b` for block `b`: [`super::parameter_units::unit_of_name`]).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stage: Sharding,
@@ -137,15 +131,11 @@ impl<B: Backend> ZeroState<B> {
         let seconds: HashMap<ParamId, Tensor<B, 1>> =
             optimizer.moments.iter().map(|(id, Moments { v, .. })| (*id, v.clone())).collect();
         let sources = SliceSources { masters, firsts: &firsts, seconds: &seconds };
-        let unit_count = match stage {
-            Sharding::Parameters => units.iter().max().map_or(0, |u| u + 1),
-            _ => 1,
-        };
-        let unit_of_entry = |i: usize| if stage == Sharding::Parameters { units[i] } else { 0 };
+        let unit_count = units.iter().max().map_or(0, |u| u + 1);
         let mut unit_of = HashMap::new();
         let mut slices = Vec::with_capacity(unit_count);
         for u in 0..unit_count {
-            let members: Vec<usize> = (0..layout.entries.len()).filter(|&i| unit_of_entry(i) == u).collect();
+            let members: Vec<usize> = (0..layout.entries.len()).filter(|&i| units[i] == u).collect();
             let unit_layout = FlatLayout::new(
                 members.iter().map(|&i| {
                     let e = &layout.entries[i];
@@ -162,7 +152,7 @@ impl<B: Backend> ZeroState<B> {
         // The whole-model state is this slice's now.
         optimizer.masters.clear();
         optimizer.moments.clear();
-        Ok(Self { stage, groups: None, rank, layout, ids, units: slices, unit_of })
+        Ok(Self { stage, groups: None, rank, layout, units: slices, unit_of })
     }
 
     /// Shards within `groups.shard` and replicates over `groups.replicas`
@@ -200,7 +190,7 @@ impl<B: Backend> ZeroState<B> {
         self.stage
     }
 
-    /// Units the parameters are sharded in (1 but with `parameters`).
+    /// Units the parameters are sharded in.
     pub fn unit_count(&self) -> usize {
         self.units.len()
     }
@@ -218,11 +208,7 @@ impl<B: Backend> ZeroState<B> {
     /// Where this rank's slice lies in [`Self::layout`]'s flat vector:
     /// `(range of the whole model's vector, where it starts in the slice)`,
     /// in slice order; values of the slice no piece covers are padding.
-    /// One piece (the layout's shard) but with `parameters`.
     pub fn slice_pieces(&self) -> Vec<(Range<usize>, usize)> {
-        if self.stage != Sharding::Parameters {
-            return vec![(self.layout.shard(self.rank), 0)];
-        }
         let global: HashMap<&str, usize> = self.layout.entries.iter().map(|e| (e.name.as_str(), e.offset)).collect();
         let mut pieces = Vec::new();
         let mut at = 0;
@@ -274,14 +260,11 @@ impl<B: Backend> ZeroState<B> {
     }
 
     /// This rank's slice of the whole model's `(m, v)` as [`Self::layout`]
-    /// slices it (what a checkpoint holds, whatever the stage): with
-    /// `parameters` each unit's moments are gathered in turn (one unit's
-    /// size transient) and this rank keeps the part of the layout's shard
-    /// they cover. Every rank must call it.
+    /// slices it (what a checkpoint holds, whatever the stage): each unit's
+    /// moments are gathered in turn (one unit's size transient) and this
+    /// rank keeps the part of the layout's shard they cover. Every rank must
+    /// call it.
     pub fn layout_moments(&mut self, world: &mut dyn Collective) -> Result<MomentSlice, ModelError> {
-        if self.stage != Sharding::Parameters {
-            return self.moments();
-        }
         let shard = self.layout.shard(self.rank);
         let (mut m, mut v) = (vec![0f32; shard.len()], vec![0f32; shard.len()]);
         let segments = self.layout.segments(shard.clone());
@@ -303,18 +286,36 @@ impl<B: Backend> ZeroState<B> {
     }
 
     /// Every rank's master weights gathered, end to end, with each
-    /// parameter's range of them (what a checkpoint saves). Every rank must
-    /// call it.
-    pub fn gather_masters(&mut self, world: &mut dyn Collective) -> Result<Gathered, ModelError> {
+    /// parameter's range of them (what a checkpoint saves), kept where
+    /// `keep` (the other ranks take part in each unit's gather and let it
+    /// go: one unit's size transient). Every rank must call it.
+    pub fn gather_masters(&mut self, world: &mut dyn Collective, keep: bool) -> Result<Option<Gathered>, ModelError> {
         let mut all = Vec::new();
         let mut ranges = HashMap::new();
         for u in 0..self.units.len() {
             let (values, unit_ranges) = self.gather_unit(u, world)?;
-            let base = all.len();
-            ranges.extend(unit_ranges.into_iter().map(|(id, r)| (id, base + r.start..base + r.end)));
-            all.extend(values);
+            if keep {
+                let base = all.len();
+                ranges.extend(unit_ranges.into_iter().map(|(id, r)| (id, base + r.start..base + r.end)));
+                all.extend(values);
+            }
         }
-        Ok((all, ranges))
+        Ok(keep.then_some((all, ranges)))
+    }
+
+    /// `model` with each unit's weights gathered in turn and put in place
+    /// (cast to each parameter's dtype): the weights after a ZeRO-1/2 step,
+    /// a unit's size transient. Every rank must call it.
+    pub fn gather_into<AB: Backend, M: Module<AB>>(
+        &mut self,
+        mut model: M,
+        world: &mut dyn Collective,
+    ) -> Result<M, ModelError> {
+        for u in 0..self.units.len() {
+            let (flat, ranges) = self.gather_unit(u, world)?;
+            model = model.map(&mut SetWeights { flat: &flat, ranges: &ranges, dtype: None });
+        }
+        Ok(model)
     }
 
     /// Unit `unit`'s master weights gathered from every rank of the shard
@@ -327,12 +328,6 @@ impl<B: Backend> ZeroState<B> {
         let ranges =
             slice.layout.entries.iter().zip(&slice.ids).map(|(e, id)| (*id, e.offset..e.offset + e.len)).collect();
         Ok((values, ranges))
-    }
-
-    /// Each parameter's range of the flat vector, by id (one unit: the
-    /// vector [`ZeroStep::weights`] holds).
-    pub fn ranges(&self) -> HashMap<ParamId, Range<usize>> {
-        self.layout.entries.iter().zip(&self.ids).map(|(e, id)| (*id, e.offset..e.offset + e.len)).collect()
     }
 
     /// The step's gradients as this rank's slice of their sum over the
@@ -390,8 +385,9 @@ impl<B: Backend> ZeroState<B> {
     }
 
     /// Clipping and AdamW on this slice at rate `lr` (`t` = steps including
-    /// this one), then (but with `parameters`) every rank's new weights
-    /// gathered (module documentation). Every rank must call it.
+    /// this one; module documentation). Every rank must call it; the new
+    /// weights are then gathered ([`Self::gather_into`]; with `parameters`
+    /// as each unit is used).
     pub fn step(
         &mut self,
         config: &AdamWConfig,
@@ -419,10 +415,6 @@ impl<B: Backend> ZeroState<B> {
         for (unit, gradients) in self.units.iter_mut().zip(taken) {
             unit.update(gradients, config, lr, t, scale);
         }
-        let weights = match self.stage {
-            Sharding::Parameters => None,
-            _ => Some(self.gather_unit(0, collective)?.0),
-        };
-        Ok(ZeroStep { grad_norm, weights })
+        Ok(ZeroStep { grad_norm })
     }
 }

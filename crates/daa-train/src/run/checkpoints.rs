@@ -128,10 +128,12 @@ pub(crate) fn save_trainer<B: AutodiffBackend>(
             checkpoint_dir(run_dir, step).display()
         )
     };
-    let model = trainer.gathered_master_model().with_context(context)?;
+    // Rank 0 holds the gathered model; the others take part and let it go.
+    let model = trainer.master_model_on_first().with_context(context)?;
     if trainer.collective().is_some_and(|c| c.world_size() > 1) {
-        return save_on_ranks(run_dir, &model, trainer, &state, source_dir).with_context(context);
+        return save_on_ranks(run_dir, model.as_ref(), trainer, &state, source_dir).with_context(context);
     }
+    let model = model.context("one process holds its model")?;
     save_checkpoint(run_dir, &model, trainer.optimizer(), &state, source_dir).with_context(context)
 }
 

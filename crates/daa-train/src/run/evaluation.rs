@@ -180,8 +180,7 @@ impl<'a, B: AutodiffBackend> Evaluation<'a, B> {
     /// Saves the policy after `step` steps as `best-indicator/`.
     fn keep_best(&mut self, trainer: &mut Trainer<B>, step: u64) -> Result<()> {
         // Every rank takes part where the master weights are sharded; rank 0 writes.
-        let policy = trainer.gathered_master_model()?;
-        if trainer.collective().is_none_or(|c| c.rank() == 0) {
+        if let Some(policy) = trainer.master_model_on_first()? {
             let model_dir = &self.prepared.model_dir;
             replace_dir(&self.best_indicator_dir, |dir: &Path| -> Result<()> {
                 save_model(&policy, dir, model_dir)?;

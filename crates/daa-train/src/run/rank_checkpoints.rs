@@ -71,10 +71,10 @@ fn all_succeeded(collective: &mut dyn Collective, mine: Result<()>, what: &str) 
 
 /// Saves `trainer` after `state.step` steps as `checkpoint-NNNNNN/` of
 /// `run_dir`, every rank taking part (module documentation); `model` is the
-/// gathered master model. Returns the folder.
+/// gathered master model, on rank 0. Returns the folder.
 pub(crate) fn save_on_ranks<B: AutodiffBackend>(
     run_dir: &Path,
-    model: &CausalLm<B::InnerBackend>,
+    model: Option<&CausalLm<B::InnerBackend>>,
     trainer: &mut Trainer<B>,
     state: &TrainerState,
     source_dir: &Path,
@@ -99,8 +99,12 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
         }
         _ => None,
     };
-    let whole = match (sharded, rank) {
-        (None, 0) => Some(optimizer_tensors(model, trainer.optimizer())),
+    let model = match (rank, model) {
+        (0, None) => bail!("rank 0 writes the model but was given none"),
+        (_, model) => model,
+    };
+    let whole = match (sharded, model) {
+        (None, Some(model)) => Some(optimizer_tensors(model, trainer.optimizer())),
         _ => None,
     };
     let collective = trainer.collective().context("a checkpoint over ranks without a collective")?;
@@ -132,7 +136,7 @@ pub(crate) fn save_on_ranks<B: AutodiffBackend>(
                     .context("writing layout.json")?;
             }
         }
-        if rank == 0 {
+        if let Some(model) = model {
             let optimizer = whole.map(|tensors| tensors.map(|t| (t, steps))).transpose()?;
             write_checkpoint_files(&partial, model, optimizer, state, source_dir)?;
             // Rank 0's files on disk too before the ranks agree the folder is whole.

@@ -70,19 +70,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(counts.iter().fold(0.0f64, |a, &b| a.max(b)) as usize)
     }
 
-    /// `model` with the gathered weights of every unit in `dtype` where
-    /// parameters are sharded (every rank must call it), else as it is.
+    /// `model` with the gathered weights of every unit where parameters
+    /// are sharded (every rank must call it), else as it is.
     pub(super) fn with_gathered_parameters(
         &mut self,
         model: CausalLm<B::InnerBackend>,
-        dtype: Option<burn::tensor::FloatDType>,
     ) -> Result<CausalLm<B::InnerBackend>, ModelError> {
         if !self.shards_parameters() {
             return Ok(model);
         }
         let zero = self.zero.as_mut().expect("sharded parameters have a state");
         let world = sharded_collective(self.reducer.as_mut())?;
-        crate::distributed::parameter_units::gather_all(model, zero, &self.parameter_shapes, world, dtype)
+        let (flat, ranges) = zero.gather_masters(world, true)?.expect("kept where asked");
+        Ok(model.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes: &self.parameter_shapes, dtype: None }))
     }
 }
 

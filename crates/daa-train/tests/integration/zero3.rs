@@ -111,7 +111,7 @@ fn a_rank_holds_only_its_slices_and_checkpoints_what_zero_2_checkpoints() {
         let (held, slice_len, units, moments, weights, masters) = three;
         assert_eq!(*held, 0, "rank {rank}: the model holds trained weights between steps");
         assert_eq!(two.0, total, "rank {rank}: ZeRO-2 keeps every weight");
-        assert_eq!(*units, 1 + blocks, "rank {rank}: units");
+        assert_eq!((*units, two.2), (1 + blocks, 1 + blocks), "rank {rank}: units of ZeRO-3 and ZeRO-2");
         // Each unit padded to the 2 ranks on its own: at most one value more per unit.
         assert!(*slice_len >= total.div_ceil(2) && *slice_len <= total / 2 + units, "rank {rank}: {slice_len}");
         assert!(moments == &two.3, "rank {rank}: the checkpoint slice's moments differ from ZeRO-2's");
