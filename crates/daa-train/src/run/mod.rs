@@ -52,6 +52,7 @@ pub mod samples_log;
 mod step_loop;
 mod summary;
 pub mod tensorboard;
+mod weight_files;
 
 use std::path::PathBuf;
 
@@ -175,6 +176,13 @@ fn run<B: AutodiffBackend>(
         Some(model) => ReferencePolicy::Frozen(Box::new(model)),
         None => ReferencePolicy::Given,
     };
+    // Every rank starts from the same weights (a node's own copy of the
+    // checkpoint, at the same path, could differ).
+    let weights_dir = resume.as_ref().map_or(prepared.model_dir.as_path(), |point| point.dir.as_path());
+    if ranks.world_size() > 1 {
+        let what = format!("the weight files of {} (sampled fingerprint)", weights_dir.display());
+        ranks.agree(&what, &weight_files::fingerprint(weights_dir)?)?;
+    }
     let (rank, world) = (ranks.rank(), ranks.world_size());
     let build =
         TrainerInputs { loss, total_steps, reference: reference_policy, resume: resume.as_ref(), ranks: &mut ranks };
