@@ -34,8 +34,23 @@ pub fn ranks(
     world: usize,
     stage: Sharding,
     options: TrainerOptions,
-    (pairs, initial, reference): (&[SequencePair], &CausalLm<AD>, &[PairScore]),
+    inputs: (&[SequencePair], &CausalLm<AD>, &[PairScore]),
 ) -> Vec<(Vec<f64>, Vec<f32>)> {
+    on_ranks(world, stage, options, inputs, &|trainer, pairs, reference| train(trainer, pairs, reference))
+}
+
+/// The training body each rank runs on its trainer, pairs and reference scores.
+pub type RankBody<'a, T> = dyn Fn(&mut Trainer<AD>, &[SequencePair], &[PairScore]) -> T + Sync + 'a;
+
+/// `body`'s result on each of `world` thread ranks, each with a trainer of
+/// `initial` sharded at `stage` and its contiguous slice of the pairs.
+pub fn on_ranks<T: Send>(
+    world: usize,
+    stage: Sharding,
+    options: TrainerOptions,
+    (pairs, initial, reference): (&[SequencePair], &CausalLm<AD>, &[PairScore]),
+    body: &RankBody<'_, T>,
+) -> Vec<T> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = ThreadRank::group(world, Duration::from_secs(120))
             .into_iter()
@@ -48,7 +63,7 @@ pub fn ranks(
                         .with_reducer(Box::new(DataParallel::new(collective)))
                         .with_sharding(stage)
                         .unwrap();
-                    train(&mut trainer, &pairs[slice.clone()], &reference[slice])
+                    body(&mut trainer, &pairs[slice.clone()], &reference[slice])
                 })
             })
             .collect();
@@ -63,12 +78,18 @@ pub fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn every_stage_on_two_ranks_is_one_rank_accumulating_two_bit_for_bit() {
+    assert_two_ranks_are_one_rank_at(unclipped(4), &[Sharding::None, Sharding::Optimizer, Sharding::Gradients]);
+}
+
+/// Each of `stages` on two ranks (4 pairs each) against one rank
+/// accumulating the 8 pairs, both with `options`: the weights bit for bit,
+/// the gradient norms to 1e-6.
+pub fn assert_two_ranks_are_one_rank_at(options: TrainerOptions, stages: &[Sharding]) {
     let (pairs, initial, reference) = setup();
-    let mut one = Trainer::new(initial.clone(), unclipped(4), ReferencePolicy::Given).unwrap();
+    let mut one = Trainer::new(initial.clone(), options, ReferencePolicy::Given).unwrap();
     let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
-    for stage in [Sharding::None, Sharding::Optimizer, Sharding::Gradients] {
-        for (rank, (norms, weights)) in ranks(2, stage, unclipped(4), (&pairs, &initial, &reference)).iter().enumerate()
-        {
+    for &stage in stages {
+        for (rank, (norms, weights)) in ranks(2, stage, options, (&pairs, &initial, &reference)).iter().enumerate() {
             assert!(weights == &one_weights, "{stage:?}, rank {rank}: the weights after {STEPS} steps differ");
             for (n, o) in norms.iter().zip(&one_norms) {
                 // The sharded norm is summed per slice in f64: equal to rounding.
@@ -85,24 +106,10 @@ fn bf16_with_sharded_f32_masters_is_one_rank_accumulating_two_bit_for_bit() {
     let mut one = Trainer::new(initial.clone(), bf16, ReferencePolicy::Given).unwrap();
     let (_, one_weights) = train(&mut one, &pairs, &reference);
     let one_masters = super::distributed::weights_of(&one.master_model());
-    let masters: Vec<(Vec<f32>, Vec<f32>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ThreadRank::group(2, Duration::from_secs(120))
-            .into_iter()
-            .map(|collective| {
-                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
-                scope.spawn(move || {
-                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
-                    let mut trainer = Trainer::new(initial, bf16, ReferencePolicy::Given)
-                        .unwrap()
-                        .with_reducer(Box::new(DataParallel::new(collective)))
-                        .with_sharding(Sharding::Optimizer)
-                        .unwrap();
-                    let (_, weights) = train(&mut trainer, &pairs[slice.clone()], &reference[slice]);
-                    (weights, super::distributed::weights_of(&trainer.gathered_master_model().unwrap()))
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let inputs = (pairs.as_slice(), &initial, reference.as_slice());
+    let masters = on_ranks(2, Sharding::Optimizer, bf16, inputs, &|trainer, pairs, reference| {
+        let (_, weights) = train(trainer, pairs, reference);
+        (weights, super::distributed::weights_of(&trainer.gathered_master_model().unwrap()))
     });
     for (rank, (weights, gathered)) in masters.iter().enumerate() {
         assert!(weights == &one_weights, "rank {rank}: the bf16 weights differ");
@@ -164,17 +171,11 @@ fn a_rank_with_fewer_micro_batches_still_takes_part_in_each_scatter() {
 }
 
 #[test]
-fn sharding_without_ranks_or_parameters_without_checkpointing_is_refused_by_name() {
+fn sharding_without_ranks_is_refused_by_name() {
     let (_, initial, _) = setup();
-    let single = Trainer::new(initial.clone(), options(4), ReferencePolicy::Given).unwrap();
+    let single = Trainer::new(initial, options(4), ReferencePolicy::Given).unwrap();
     let err = single.with_sharding(Sharding::Optimizer).unwrap_err().to_string();
     assert!(err.contains("train.sharding = \"optimizer\" needs several ranks"), "{err}");
-    let collective = ThreadRank::group(1, Duration::from_secs(5)).pop().unwrap();
-    let ranked = Trainer::new(initial, options(4), ReferencePolicy::Given)
-        .unwrap()
-        .with_reducer(Box::new(DataParallel::new(collective)));
-    let err = ranked.with_sharding(Sharding::Parameters).unwrap_err().to_string();
-    assert!(err.contains("it needs train.activation_checkpointing = true"), "{err}");
 }
 
 #[test]

@@ -15,21 +15,13 @@ use daa_train::model::{CausalLm, ParamKind};
 use daa_train::{Precision, ReferencePolicy, Trainer, TrainerOptions};
 
 use super::distributed::{AD, checkpointed, options, setup, train, weights_of};
-use super::sharding::{REORDERED_TOLERANCE, max_difference, ranks, unclipped};
+use super::sharding::{
+    REORDERED_TOLERANCE, assert_two_ranks_are_one_rank_at, max_difference, on_ranks, ranks, unclipped,
+};
 
 #[test]
 fn sharded_parameters_on_two_ranks_are_one_rank_accumulating_two_bit_for_bit() {
-    let (pairs, initial, reference) = setup();
-    let options = checkpointed(unclipped(4));
-    let mut one = Trainer::new(initial.clone(), options, ReferencePolicy::Given).unwrap();
-    let (one_norms, one_weights) = train(&mut one, &pairs, &reference);
-    let inputs = (pairs.as_slice(), &initial, reference.as_slice());
-    for (rank, (norms, weights)) in ranks(2, Sharding::Parameters, options, inputs).iter().enumerate() {
-        assert!(weights == &one_weights, "rank {rank}: the weights after the steps differ");
-        for (n, o) in norms.iter().zip(&one_norms) {
-            assert!((n - o).abs() <= 1e-6 * o, "rank {rank}: gradient norm {n} against {o}");
-        }
-    }
+    assert_two_ranks_are_one_rank_at(checkpointed(unclipped(4)), &[Sharding::Parameters]);
 }
 
 #[test]
@@ -74,29 +66,15 @@ type RankState = (usize, usize, usize, (Vec<f32>, Vec<f32>), Vec<f32>, Vec<f32>)
 fn two_ranks_in_bf16(stage: Sharding) -> Vec<RankState> {
     let (pairs, initial, reference) = setup();
     let bf16 = TrainerOptions { precision: Precision::Bf16, ..checkpointed(unclipped(4)) };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = ThreadRank::group(2, Duration::from_secs(120))
-            .into_iter()
-            .map(|collective| {
-                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
-                scope.spawn(move || {
-                    let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
-                    let mut trainer = Trainer::new(initial, bf16, ReferencePolicy::Given)
-                        .unwrap()
-                        .with_reducer(Box::new(DataParallel::new(collective)))
-                        .with_sharding(stage)
-                        .unwrap();
-                    let (_, weights) = train(&mut trainer, &pairs[slice.clone()], &reference[slice]);
-                    let zero = trainer.zero_state().unwrap();
-                    let (slice_len, units) = (zero.slice_len(), zero.unit_count());
-                    let held = held_values(trainer.model());
-                    let moments = trainer.layout_moments().unwrap().unwrap();
-                    let masters = weights_of(&trainer.gathered_master_model().unwrap());
-                    (held, slice_len, units, moments, weights, masters)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let inputs = (pairs.as_slice(), &initial, reference.as_slice());
+    on_ranks(2, stage, bf16, inputs, &|trainer, pairs, reference| {
+        let (_, weights) = train(trainer, pairs, reference);
+        let zero = trainer.zero_state().unwrap();
+        let (slice_len, units) = (zero.slice_len(), zero.unit_count());
+        let held = held_values(trainer.model());
+        let moments = trainer.layout_moments().unwrap().unwrap();
+        let masters = weights_of(&trainer.gathered_master_model().unwrap());
+        (held, slice_len, units, moments, weights, masters)
     })
 }
 
