@@ -12,7 +12,7 @@ use daa_core::io::SafetensorsFile;
 use safetensors::Dtype;
 
 use crate::error::ModelError;
-use crate::model::{CausalLm, ModelConfig, OutputHead, ParamKind, WeightSource};
+use crate::model::{CausalLm, DecoderLayer, ModelConfig, OutputHead, ParamKind, WeightSource};
 use crate::shards::{SaveDtype, SaveOptions, write_weights};
 
 /// Files copied from the source checkpoint into every saved one (when present).
@@ -160,6 +160,17 @@ pub fn load_model_in<B: Backend>(dir: &Path, device: &B::Device, dtype: FloatDTy
     if crate::peft::is_adapter_only(dir) {
         return crate::peft::load_adapted(dir, None, device, dtype);
     }
+    load_model_each_block(dir, device, dtype, &mut |_, layer| Ok(layer))
+}
+
+/// [`load_model_in`] of a full checkpoint with each decoder block handed to
+/// `on_block` as it is loaded ([`CausalLm::from_weights_each_block`]).
+pub fn load_model_each_block<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    dtype: FloatDType,
+    on_block: &mut dyn FnMut(usize, DecoderLayer<B>) -> Result<DecoderLayer<B>, ModelError>,
+) -> Result<CausalLm<B>> {
     let config = read_config(dir)?;
     if let OutputHead::SequenceClassification { .. } = config.head {
         bail!(
@@ -173,7 +184,7 @@ pub fn load_model_in<B: Backend>(dir: &Path, device: &B::Device, dtype: FloatDTy
     let master = dir.join(MASTER_WEIGHTS_DIR);
     let weights_dir = if master.is_dir() { master } else { dir.to_path_buf() };
     let mut weights = SafetensorsWeights::open(&weights_dir)?;
-    CausalLm::from_weights_in(&config, &mut weights, device, dtype)
+    CausalLm::from_weights_each_block(&config, &mut weights, device, dtype, on_block)
         .with_context(|| format!("loading {}", weights_dir.display()))
 }
 

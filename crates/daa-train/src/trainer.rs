@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backward::{BlockWeights, MemoryOptions, ModelBlocks, weighted_backward_with};
 use crate::batch::{Sequence, SequencePair, TokenBatch};
-use crate::distributed::parameter_units::Materialise;
+use crate::distributed::parameter_units::{Materialise, PreslicedBlocks};
 use crate::distributed::{Collective, FlatLayout, ShardGroups, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
 use crate::error::{ModelError, read_vec};
@@ -315,6 +315,9 @@ pub struct Trainer<B: AutodiffBackend> {
     /// With sharded parameters (ZeRO-3), the shape of every trained weight
     /// the model holds a placeholder of.
     parameter_shapes: HashMap<ParamId, Vec<usize>>,
+    /// The blocks' slices taken as they loaded ([`Self::with_presliced_blocks`]),
+    /// until [`Self::with_sharding_in`] builds the state from them.
+    presliced: Option<PreslicedBlocks>,
     /// Every parameter in the model's visiting order (gradient reductions follow it).
     param_order: Vec<ParamId>,
     /// The top-k entropy floor term, when on.
@@ -372,6 +375,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             zero: None,
             decays,
             parameter_shapes: HashMap::new(),
+            presliced: None,
             param_order,
             entropy_floor: None,
             dropout_seed: 0,
@@ -400,6 +404,14 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Uses `reducer` to combine gradients across data-parallel ranks.
     pub fn with_reducer(mut self, reducer: Box<dyn GradientReducer<B::InnerBackend>>) -> Self {
         self.reducer = reducer;
+        self
+    }
+
+    /// The decoder blocks' slices taken while the model loaded (its blocks
+    /// hold placeholders: [`PreslicedBlocks`]); [`Self::with_sharding_in`]
+    /// at `parameters` then builds this rank's state from them.
+    pub fn with_presliced_blocks(mut self, presliced: PreslicedBlocks) -> Self {
+        self.presliced = Some(presliced);
         self
     }
 
@@ -444,18 +456,35 @@ impl<B: AutodiffBackend> Trainer<B> {
             Some(groups) => (groups.shard.rank(), groups.shard.world_size()),
             None => (collective.rank(), collective.world_size()),
         };
-        let model = self.model();
+        let mut presliced = self.presliced.take().unwrap_or_default();
+        let model = self.model.as_ref().expect("the model is put back after every step");
         let device = model.embed.weight.val().device();
         let (mut parameters, mut ids, mut values, mut units) = (Vec::new(), Vec::new(), HashMap::new(), Vec::new());
+        if !presliced.slices.is_empty() && (stage != Sharding::Parameters || presliced.place != (rank, world)) {
+            return Err(ModelError::Sharding(format!(
+                "the blocks were sliced for slice {} of {} as they loaded; this trainer shards at {} as slice {rank} \
+                 of {world}",
+                presliced.place.0,
+                presliced.place.1,
+                stage.as_str()
+            )));
+        }
         model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
-            parameters.push((name.to_string(), p.file_shape(), p.decays()));
+            // A weight let go as it loaded has only its recorded shape.
+            let file_shape = presliced.file_shapes.get(&p.id()).cloned().unwrap_or_else(|| p.file_shape());
+            parameters.push((name.to_string(), file_shape, p.decays()));
             ids.push(p.id());
-            values.insert(p.id(), p.flat().inner());
+            if !presliced.file_shapes.contains_key(&p.id()) {
+                values.insert(p.id(), p.flat().inner());
+            }
             units.push(crate::distributed::parameter_units::unit_of_name(name));
         });
         let layout = FlatLayout::new(parameters, world);
-        let zero = ZeroState::new(stage, rank, layout, ids, &units, &values, &mut self.optimizer, &device)?;
+        let optimizer = &mut self.optimizer;
+        let zero =
+            ZeroState::new(stage, rank, layout, ids, &units, &values, &mut presliced.slices, optimizer, &device)?;
         drop(values);
+        self.parameter_shapes.extend(presliced.shapes);
         self.zero = Some(match groups {
             Some(groups) => zero.with_groups(groups)?,
             None => zero,

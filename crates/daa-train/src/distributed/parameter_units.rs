@@ -28,10 +28,12 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use super::collective::Collective;
+use super::flat_layout::FlatLayout;
+use super::unit_slice::slice_values;
 use super::zero::ZeroState;
 use crate::backward::BlockWeights;
 use crate::error::ModelError;
-use crate::model::{CausalLm, DecoderLayer};
+use crate::model::{CausalLm, DecoderLayer, ParamKind};
 use crate::optim::GradAccumulator;
 
 /// The unit of the parameter named `name`: `1 + b` for a parameter of
@@ -57,7 +59,8 @@ pub struct Release<'a> {
 impl<B: Backend> ModuleMapper<B> for Release<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        if !self.ids.contains(&id) {
+        // Not one of them, or let go already (its shape is recorded).
+        if !self.ids.contains(&id) || (tensor.shape().num_elements() == 0 && self.shapes.contains_key(&id)) {
             return Param::from_mapped_value(id, tensor, mapper);
         }
         self.shapes.insert(id, tensor.dims().to_vec());
@@ -102,6 +105,48 @@ impl<B: Backend> ModuleMapper<B> for Materialise<'_> {
             .cast(dtype)
             .set_require_grad(trains);
         Param::from_mapped_value(id, value, mapper)
+    }
+}
+
+/// ZeRO-3 at load time: each decoder block, as soon as it is loaded, cut to
+/// this rank's slice of its unit (f32 values, on the host) and let go, so
+/// the whole model never exists on one device (a 35B model's blocks one at
+/// a time); [`crate::Trainer::with_presliced_blocks`] builds the rank's
+/// state from the slices. The block must be loaded in f32 (the slices are
+/// the f32 masters).
+#[derive(Debug, Default)]
+pub struct PreslicedBlocks {
+    /// This rank's place in the shard group: `(slice, slices)`.
+    pub place: (usize, usize),
+    /// Per unit (`1 + block`): this rank's slice of its f32 values.
+    pub slices: HashMap<usize, Vec<f32>>,
+    /// Each parameter let go: its shape as burn holds it.
+    pub shapes: HashMap<ParamId, Vec<usize>>,
+    /// Each parameter let go: its shape in files.
+    pub file_shapes: HashMap<ParamId, Vec<usize>>,
+}
+
+impl PreslicedBlocks {
+    /// Slices for rank `slice` of a shard group of `slices` ranks.
+    pub fn new(slice: usize, slices: usize) -> Self {
+        Self { place: (slice, slices.max(1)), ..Self::default() }
+    }
+
+    /// Keeps this rank's slice of block `block`'s unit and returns the block
+    /// with placeholders in place of its weights.
+    pub fn take<B: Backend>(&mut self, block: usize, layer: DecoderLayer<B>) -> Result<DecoderLayer<B>, ModelError> {
+        let (mut entries, mut values, mut ids) = (Vec::new(), Vec::new(), HashSet::new());
+        layer.visit(&format!("model.layers.{block}"), &mut |name: &str, p: ParamKind<'_, B>| {
+            entries.push((name.to_string(), p.file_shape(), p.decays()));
+            values.push(p.flat());
+            ids.insert(p.id());
+            self.file_shapes.insert(p.id(), p.file_shape());
+        });
+        let layout = FlatLayout::new(entries, self.place.1);
+        let slice = slice_values(&layout, self.place.0, &|entry| values.get(entry).cloned(), "loading")?;
+        self.slices.insert(block + 1, slice.unwrap_or_else(|| vec![0.0; layout.shard_len()]));
+        drop(values);
+        Ok(layer.map(&mut Release { ids: &ids, shapes: &mut self.shapes }))
     }
 }
 

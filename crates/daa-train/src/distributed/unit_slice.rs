@@ -40,6 +40,29 @@ pub(super) struct UnitSlice<B: Backend> {
     pub(super) with_gradient: Vec<f64>,
 }
 
+/// Slice `rank` of the values of `layout`'s entries (each entry's values
+/// flattened in burn's layout, `None` where absent), in f32 on the host;
+/// `None` when every entry is absent. `what` names them in errors.
+pub(super) fn slice_values<B: Backend>(
+    layout: &FlatLayout,
+    rank: usize,
+    values: &dyn Fn(usize) -> Option<Tensor<B, 1>>,
+    what: &str,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    let shard = layout.shard(rank);
+    let mut out = vec![0f32; shard.len()];
+    let mut any = false;
+    for segment in layout.segments(shard.clone()) {
+        let Some(t) = values(segment.entry) else { continue };
+        any = true;
+        let name = &layout.entries[segment.entry].name;
+        let part: Vec<f32> =
+            read_vec(t.slice(segment.within.clone()).cast(FloatDType::F32), &format!("{name} ({what})"))?;
+        out[segment.flat.start - shard.start..segment.flat.end - shard.start].copy_from_slice(&part);
+    }
+    Ok(any.then_some(out))
+}
+
 /// Where a step's values come from when a slice is built: masters (or the
 /// current values) and the two moments, by parameter id.
 pub(super) struct SliceSources<'a, B: Backend> {
@@ -58,24 +81,36 @@ impl<B: Backend> UnitSlice<B> {
         sources: &SliceSources<'_, B>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
-        let shard = layout.shard(rank);
-        let n = shard.len();
-        let take = |source: &HashMap<ParamId, Tensor<B, 1>>, what: &str| -> Result<Option<Vec<f32>>, ModelError> {
-            let mut out = vec![0f32; n];
-            let mut any = false;
-            for segment in layout.segments(shard.clone()) {
-                let Some(t) = source.get(&ids[segment.entry]) else { continue };
-                any = true;
-                let name = &layout.entries[segment.entry].name;
-                let part = t.clone().slice(segment.within.clone()).cast(FloatDType::F32);
-                let part: Vec<f32> = read_vec(part, &format!("{name} ({what})"))?;
-                out[segment.flat.start - shard.start..segment.flat.end - shard.start].copy_from_slice(&part);
-            }
-            Ok(any.then_some(out))
+        let n = layout.shard_len();
+        let take = |source: &HashMap<ParamId, Tensor<B, 1>>, what: &str| {
+            slice_values(&layout, rank, &|entry| source.get(&ids[entry]).cloned(), what)
         };
         let master = take(sources.masters, "master weights")?.unwrap_or_else(|| vec![0.0; n]);
         let m = take(sources.firsts, "exp_avg")?.unwrap_or_else(|| vec![0.0; n]);
         let v = take(sources.seconds, "exp_avg_sq")?.unwrap_or_else(|| vec![0.0; n]);
+        Self::with_values(rank, layout, ids, [master, m, v], device)
+    }
+
+    /// The slice `rank` of `layout` (entries `ids`) holding `[master, m, v]`
+    /// (each the slice's length).
+    pub(super) fn with_values(
+        rank: usize,
+        layout: FlatLayout,
+        ids: Vec<ParamId>,
+        [master, m, v]: [Vec<f32>; 3],
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        let shard = layout.shard(rank);
+        let n = shard.len();
+        if [&master, &m, &v].iter().any(|values| values.len() != n) {
+            return Err(ModelError::Sharding(format!(
+                "slice {rank} of a unit of {} values holds {n}; given {}, {} and {}",
+                layout.total(),
+                master.len(),
+                m.len(),
+                v.len()
+            )));
+        }
         let mut decays = vec![false; n];
         for segment in layout.segments(shard.clone()) {
             let decay = layout.entries[segment.entry].decay;

@@ -108,6 +108,9 @@ impl<B: Backend> ZeroState<B> {
     /// the slice (from a resumed checkpoint, or none) and dropping the rest.
     /// `units[i]` is entry `i`'s unit (0 for the embedding, final norm and
     /// head, `1 + b` for block `b`: [`super::parameter_units::unit_of_name`]).
+    /// A unit in `presliced` takes those f32 masters of this rank's slice
+    /// instead (its weights were let go as they were loaded:
+    /// [`super::parameter_units::PreslicedBlocks`]) and zero moments.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stage: Sharding,
@@ -116,6 +119,7 @@ impl<B: Backend> ZeroState<B> {
         ids: Vec<ParamId>,
         units: &[usize],
         values: &HashMap<ParamId, Tensor<B, 1>>,
+        presliced: &mut HashMap<usize, Vec<f32>>,
         optimizer: &mut AdamW<B>,
         device: &B::Device,
     ) -> Result<Self, ModelError> {
@@ -147,7 +151,13 @@ impl<B: Backend> ZeroState<B> {
             unit_ids.iter().for_each(|id| {
                 unit_of.insert(*id, u);
             });
-            slices.push(UnitSlice::new(rank, unit_layout, unit_ids, &sources, device)?);
+            slices.push(match presliced.remove(&u) {
+                Some(master) => {
+                    let zeros = vec![0.0; master.len()];
+                    UnitSlice::with_values(rank, unit_layout, unit_ids, [master, zeros.clone(), zeros], device)?
+                }
+                None => UnitSlice::new(rank, unit_layout, unit_ids, &sources, device)?,
+            });
         }
         // The whole-model state is this slice's now.
         optimizer.masters.clear();

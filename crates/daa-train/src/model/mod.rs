@@ -77,11 +77,25 @@ impl<B: Backend> CausalLm<B> {
         device: &B::Device,
         dtype: FloatDType,
     ) -> Result<Self, ModelError> {
+        Self::from_weights_each_block(config, source, device, dtype, &mut |_, layer| Ok(layer))
+    }
+
+    /// [`Self::from_weights_in`], each decoder block handed to `on_block`
+    /// (its index, the block as loaded) as soon as it is built and replaced
+    /// by what it returns: sharded parameters keep this rank's slice of it
+    /// and let the rest go, so the whole model never exists on one device.
+    pub fn from_weights_each_block(
+        config: &ModelConfig,
+        source: &mut dyn WeightSource,
+        device: &B::Device,
+        dtype: FloatDType,
+        on_block: &mut dyn FnMut(usize, DecoderLayer<B>) -> Result<DecoderLayer<B>, ModelError>,
+    ) -> Result<Self, ModelError> {
         let c = config;
         let mut load = weights::Loader { source, device, dtype };
         let embed = Embedding { weight: load.matrix("model.embed_tokens.weight", [c.vocab_size, c.hidden_size])? };
         let layers = (0..c.num_layers)
-            .map(|i| DecoderLayer::load(c, &format!("model.layers.{i}"), &mut load))
+            .map(|i| on_block(i, DecoderLayer::load(c, &format!("model.layers.{i}"), &mut load)?))
             .collect::<Result<Vec<_>, _>>()?;
         let norm = Norm::load(c, "model.norm", &mut load)?;
         let (lm_head, score) = match c.head {

@@ -57,6 +57,7 @@ mod weight_files;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::FloatDType;
 use burn::tensor::backend::AutodiffBackend;
 use daa_core::io::write_bytes_atomic;
 use daa_core::preference::PreferenceLossParams;
@@ -76,7 +77,8 @@ use resume::ResumePoint;
 use step_loop::StepLoop;
 
 use crate::backend::{BackendTask, with_compute_backend};
-use crate::checkpoint::{load_model, load_model_in, read_config};
+use crate::checkpoint::{load_model, load_model_each_block, load_model_in, read_config};
+use crate::distributed::parameter_units::PreslicedBlocks;
 use crate::model::CausalLm;
 use crate::peft::attach_adapter;
 use crate::schedule::BatchSchedule;
@@ -306,13 +308,30 @@ fn build_trainer<B: AutodiffBackend>(
     let TrainerInputs { loss, total_steps, reference, resume, ranks } = inputs;
     let options = config.trainer_options(loss, total_steps, prepared.encoder.pad_id);
     let dtype = config.train.precision.dtype();
+    // HSDP's groups first: ZeRO-3 slices each block for its place in them as it loads.
+    let groups = ranks.shard_groups(config)?;
+    let zero3 = ranks.world_size() > 1 && config.train.sharding == crate::plan::Sharding::Parameters;
+    let mut presliced = zero3.then(|| match &groups {
+        Some(groups) => PreslicedBlocks::new(groups.shard.rank(), groups.shard.world_size()),
+        None => PreslicedBlocks::new(ranks.rank(), ranks.world_size()),
+    });
     let model: CausalLm<B> = match (&config.lora, resume) {
-        (None, _) => load_model(resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path()), device)?,
+        (None, _) => {
+            let dir = resume.map_or(prepared.model_dir.as_path(), |point| point.dir.as_path());
+            match presliced.as_mut() {
+                // Each block cut to this rank's slice and let go as it loads.
+                Some(slices) => load_model_each_block(dir, device, FloatDType::F32, &mut |b, l| slices.take(b, l))?,
+                None => load_model(dir, device)?,
+            }
+        }
         // The frozen base is loaded straight into the training dtype.
         (Some(lora), None) => load_model_in(&prepared.model_dir, device, dtype)?.with_lora(lora, config.train.seed)?,
         (Some(_), Some(point)) => attach_adapter(load_model_in(&prepared.model_dir, device, dtype)?, &point.dir)?,
     };
     let mut trainer = Trainer::<B>::new(model, options, reference)?.with_dropout_seed(config.train.seed);
+    if let Some(presliced) = presliced {
+        trainer = trainer.with_presliced_blocks(presliced);
+    }
     // A sharded run reads only its slice of the moments (below).
     let sharded = ranks.world_size() > 1 && config.train.sharding != crate::plan::Sharding::None;
     if let Some(point) = resume {
@@ -327,7 +346,6 @@ fn build_trainer<B: AutodiffBackend>(
         }
         trainer.resume_at(point.step);
     }
-    let groups = ranks.shard_groups(config)?;
     if let Some(reducer) = ranks.reducer() {
         trainer = trainer.with_reducer(Box::new(reducer)).with_sharding_in(config.train.sharding, groups)?;
     }

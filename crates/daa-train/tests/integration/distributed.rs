@@ -5,11 +5,12 @@
 //! deterministic), step after step.
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::FloatDType;
 use daa_core::preference::{NllNormalisation, NllTerm, PreferenceLoss, PreferenceLossParams};
 use daa_train::batch::{Sequence, SequencePair};
 use daa_train::distributed::{Collective, DataParallel, Sharding, ThreadRank, rank_slice};
 use daa_train::model::tiny_configs::llama_config;
-use daa_train::model::{CausalLm, ModelConfig, RandomWeights};
+use daa_train::model::{CausalLm, DecoderLayer, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::{PairScore, score_pairs};
 use daa_train::{ReferencePolicy, StepPair, Trainer, TrainerOptions};
@@ -20,9 +21,18 @@ const VOCAB: usize = 61;
 pub const STEPS: usize = 3;
 
 fn model() -> CausalLm<AD> {
-    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
-    CausalLm::from_weights(&config, &mut RandomWeights { seed: 5, std: 0.1 }, &Default::default()).unwrap()
+    model_each_block(&mut |_, layer| Ok(layer))
 }
+
+/// The test model, each decoder block handed to `on_block` as it loads.
+pub fn model_each_block(on_block: &mut OnBlock<'_>) -> CausalLm<AD> {
+    let config = ModelConfig::from_json(&llama_config(VOCAB, 32, 2).to_string()).unwrap();
+    let mut source = RandomWeights { seed: 5, std: 0.1 };
+    CausalLm::from_weights_each_block(&config, &mut source, &Default::default(), FloatDType::F32, on_block).unwrap()
+}
+
+/// What loading does with each decoder block.
+pub type OnBlock<'a> = dyn FnMut(usize, DecoderLayer<AD>) -> Result<DecoderLayer<AD>, daa_train::ModelError> + 'a;
 
 fn pairs() -> Vec<SequencePair> {
     let sequence =

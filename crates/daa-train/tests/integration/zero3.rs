@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use daa_train::batch::Sequence;
+use daa_train::distributed::parameter_units::PreslicedBlocks;
 use daa_train::distributed::{Collective, DataParallel, Sharding, ThreadRank, rank_slice};
 use daa_train::model::{CausalLm, ParamKind};
 use daa_train::{Precision, ReferencePolicy, Trainer, TrainerOptions};
 
-use super::distributed::{AD, checkpointed, options, setup, train, weights_of};
+use super::distributed::{AD, checkpointed, model_each_block, options, setup, train, weights_of};
 use super::sharding::{
     REORDERED_TOLERANCE, assert_two_ranks_are_one_rank_at, max_difference, on_ranks, ranks, unclipped,
 };
@@ -170,4 +171,74 @@ fn sharded_parameters_without_checkpointing_or_with_lora_are_refused_by_name() {
         .with_reducer(Box::new(DataParallel::new(collective)));
     let err = trainer.with_sharding(Sharding::Parameters).unwrap_err().to_string();
     assert!(err.contains("LoRA trains adapters only"), "{err}");
+}
+
+#[test]
+fn blocks_sliced_as_they_load_train_what_a_whole_load_trains() {
+    for precision in [Precision::F32, Precision::Bf16] {
+        blocks_sliced_as_they_load_in(TrainerOptions { precision, ..checkpointed(unclipped(4)) });
+    }
+}
+
+/// [`blocks_sliced_as_they_load_train_what_a_whole_load_trains`] with `options`.
+fn blocks_sliced_as_they_load_in(options: TrainerOptions) {
+    let (pairs, initial, reference) = setup();
+    let inputs = (pairs.as_slice(), &initial, reference.as_slice());
+    let expected = ranks(2, Sharding::Parameters, options, inputs);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ThreadRank::group(2, Duration::from_secs(120))
+            .into_iter()
+            .map(|collective| {
+                let (pairs, reference) = (&pairs, &reference);
+                scope.spawn(move || {
+                    let (rank, world) = (collective.rank(), collective.world_size());
+                    let mut slices = PreslicedBlocks::new(rank, world);
+                    let model = model_each_block(&mut |b, layer| slices.take(b, layer));
+                    // Only unit 0 (embedding, norm, head) was ever whole after its block loaded.
+                    let held = held_values(&model);
+                    let slice = rank_slice(pairs.len(), rank, world);
+                    let mut trainer = Trainer::new(model, options, ReferencePolicy::Given)
+                        .unwrap()
+                        .with_reducer(Box::new(DataParallel::new(collective)))
+                        .with_presliced_blocks(slices)
+                        .with_sharding(Sharding::Parameters)
+                        .unwrap();
+                    (held, train(&mut trainer, &pairs[slice.clone()], &reference[slice]))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (held, result)) in results.iter().enumerate() {
+        assert_eq!(*held + blocks_values(&initial), held_values(&initial), "rank {rank}: blocks kept whole");
+        let what = options.precision;
+        assert!(result.1 == expected[rank].1, "{what:?}, rank {rank}: the weights differ from the whole load's");
+        assert_eq!(result.0, expected[rank].0, "{what:?}, rank {rank}: the gradient norms differ");
+    }
+}
+
+/// Values of every decoder block's trained weights.
+fn blocks_values<B: Backend>(model: &CausalLm<B>) -> usize {
+    let mut n = 0;
+    model.visit_trainable(&mut |name: &str, p: ParamKind<'_, B>| {
+        if name.starts_with("model.layers.") {
+            n += p.flat().dims()[0];
+        }
+    });
+    n
+}
+
+#[test]
+fn blocks_sliced_for_another_place_are_refused_by_name() {
+    let mut slices = PreslicedBlocks::new(0, 3);
+    let model = model_each_block(&mut |b, layer| slices.take(b, layer));
+    let collective = ThreadRank::group(1, Duration::from_secs(5)).pop().unwrap();
+    let err = Trainer::new(model, checkpointed(options(4)), ReferencePolicy::Given)
+        .unwrap()
+        .with_reducer(Box::new(DataParallel::new(collective)))
+        .with_presliced_blocks(slices)
+        .with_sharding(Sharding::Parameters)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sliced for slice 0 of 3 as they loaded") && err.contains("slice 0 of 1"), "{err}");
 }
