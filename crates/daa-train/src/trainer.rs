@@ -1028,7 +1028,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Held-out figures of the current policy on `pairs` against their
-    /// reference scores (see [`crate::eval`]).
+    /// reference scores (see [`crate::eval`]). With sharded parameters the
+    /// ranks must gather them together: [`Self::evaluate_on_ranks`].
     pub fn evaluate(
         &self,
         pairs: &[&SequencePair],
@@ -1036,6 +1037,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         stats: &TokenStatsParams,
         batch: usize,
     ) -> Result<EvalReport, ModelError> {
+        if self.shards_parameters() {
+            return Err(ModelError::Sharding(
+                "evaluate: the parameters are sharded over the ranks (ZeRO-3); every rank calls evaluate_on_ranks, \
+                 which gathers them"
+                    .into(),
+            ));
+        }
         evaluate(&self.valid_model(), pairs, reference, &self.options.loss, stats, batch, self.options.pad_id)
     }
 

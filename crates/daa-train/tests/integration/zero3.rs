@@ -73,6 +73,11 @@ fn two_ranks_in_bf16(stage: Sharding) -> Vec<RankState> {
         let zero = trainer.zero_state().unwrap();
         let (slice_len, units) = (zero.slice_len(), zero.unit_count());
         let held = held_values(trainer.model());
+        if stage == Sharding::Parameters {
+            // The placeholders are not evaluated by mistake: the ranks gather together.
+            let err = trainer.evaluate(&[], &[], &daa_core::TokenStatsParams::default(), 4).unwrap_err();
+            assert!(err.to_string().contains("every rank calls evaluate_on_ranks"), "{err}");
+        }
         let moments = trainer.layout_moments().unwrap().unwrap();
         let masters = weights_of(&trainer.gathered_master_model().unwrap());
         (held, slice_len, units, moments, weights, masters)
