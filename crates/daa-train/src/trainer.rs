@@ -922,7 +922,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.optimizer.steps += 1;
             // ZeRO-1/2: every unit's new weights gathered into the model, one at a time.
             if zero.stage() != Sharding::Parameters {
-                let model = self.model.take().expect("the model is put back after every step");
+                // A clone (shared tensors): a failed gather leaves the model in place.
+                let model = self.model.clone().expect("the model is put back after every step");
                 self.model = Some(zero.gather_into(model, collective)?);
             }
             self.completed += 1;

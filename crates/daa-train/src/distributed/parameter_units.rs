@@ -108,6 +108,20 @@ impl<B: Backend> ModuleMapper<B> for Materialise<'_> {
     }
 }
 
+/// `module` with unit `unit`'s weights gathered from every rank's slice in
+/// place of its placeholders (in their dtype). Every rank of the shard
+/// group must call it.
+pub fn materialise_unit<B: Backend, AB: Backend, M: Module<AB>>(
+    module: M,
+    unit: usize,
+    zero: &mut ZeroState<B>,
+    world: &mut dyn Collective,
+    shapes: &HashMap<ParamId, Vec<usize>>,
+) -> Result<M, ModelError> {
+    let (flat, ranges) = zero.gather_unit(unit, world)?;
+    Ok(module.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes, dtype: None }))
+}
+
 /// ZeRO-3 at load time: each decoder block, as soon as it is loaded, cut to
 /// this rank's slice of its unit (f32 values, on the host) and let go, so
 /// the whole model never exists on one device (a 35B model's blocks one at
@@ -223,9 +237,7 @@ impl<AB: AutodiffBackend> BlockWeights<AB> for ShardedBlocks<'_, AB::InnerBacken
                  in the same order"
             )));
         }
-        let layer = model.layers[i].clone();
-        let (flat, ranges) = self.zero.gather_unit(i + 1, self.world)?;
-        let gathered = layer.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes: self.shapes, dtype: None });
+        let gathered = materialise_unit(model.layers[i].clone(), i + 1, self.zero, self.world, self.shapes)?;
         match self.forward < self.blocks {
             true => self.forward += 1,
             false => self.pending = true,

@@ -234,19 +234,8 @@ impl<B: Backend> ZeroState<B> {
         pieces
     }
 
-    /// This slice's `(m, v)` on the host, the units' slices end to end
-    /// (in [`Self::slice_pieces`]' order).
-    pub fn moments(&self) -> Result<MomentSlice, ModelError> {
-        let (mut m, mut v) = (Vec::with_capacity(self.slice_len()), Vec::with_capacity(self.slice_len()));
-        for unit in &self.units {
-            m.extend(crate::error::read_vec::<f32, _, 1>(unit.m.clone(), "exp_avg (this rank's slice)")?);
-            v.extend(crate::error::read_vec::<f32, _, 1>(unit.v.clone(), "exp_avg_sq (this rank's slice)")?);
-        }
-        Ok((m, v))
-    }
-
     /// Replaces this slice's `(m, v)` (a resumed checkpoint's, re-sliced;
-    /// laid out as [`Self::moments`] gives them).
+    /// the units' slices end to end, in [`Self::slice_pieces`]' order).
     pub fn set_moments(&mut self, m: Vec<f32>, v: Vec<f32>) -> Result<(), ModelError> {
         let n = self.slice_len();
         if m.len() != n || v.len() != n {

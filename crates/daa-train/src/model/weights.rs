@@ -92,14 +92,6 @@ impl<B: Backend> ParamKind<'_, B> {
         }
     }
 
-    /// Shape as burn holds it (`[in, out]` for linear layers).
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            Self::Linear(p) | Self::Matrix(p) => p.val().dims().to_vec(),
-            Self::Vector(p) => p.val().dims().to_vec(),
-        }
-    }
-
     /// Shape in the file layout.
     pub fn file_shape(&self) -> Vec<usize> {
         match self {

@@ -10,7 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use super::{GradientReducer, Trainer, sharded_collective};
 use crate::distributed::ZeroState;
-use crate::distributed::parameter_units::{Materialise, Release, ShardedBlocks};
+use crate::distributed::parameter_units::{Materialise, Release, ShardedBlocks, materialise_unit};
 use crate::error::ModelError;
 use crate::model::{CausalLm, ParamKind};
 use crate::optim::GradAccumulator;
@@ -44,10 +44,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(());
         }
         let zero = self.zero.as_mut().expect("sharded parameters have a state");
-        let (flat, ranges) = zero.gather_unit(0, sharded_collective(self.reducer.as_mut())?)?;
-        let model = self.model.take().expect("the model is put back after every step");
-        let shapes = &self.parameter_shapes;
-        self.model = Some(model.map(&mut Materialise { flat: &flat, ranges: &ranges, shapes, dtype: None }));
+        let world = sharded_collective(self.reducer.as_mut())?;
+        // A clone (shared tensors): a failed gather leaves the model in place.
+        let model = self.model.clone().expect("the model is put back after every step");
+        self.model = Some(materialise_unit(model, 0, zero, world, &self.parameter_shapes)?);
         Ok(())
     }
 
