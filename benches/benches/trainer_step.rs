@@ -11,15 +11,17 @@
 //! any thread pool starts.
 //!
 //! ```text
-//! trainer_step [--backend flex|ndarray|cuda] [--precision f32|bf16] [--checkpointing] [--lora RANK]
-//!              [--shapes tiny,5m,25m] [--threads 1,2] [--repeats N] [--torch PYTHON]
+//! trainer_step [--backend flex|ndarray|cuda|wgpu] [--precision f32|bf16] [--checkpointing] [--lora RANK]
+//!              [--shapes tiny,5m,25m,long] [--threads 1,2] [--repeats N] [--torch PYTHON]
 //! trainer_step --child --backend B --precision P [--checkpointing] [--lora RANK] --shape S --mode step|score
 //!              --threads N --repeats R [--checkpoint DIR --batch FILE]
 //! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
 //! ```
 //!
 //! `cuda` (feature `cuda`) and the GPU shapes `1b`, `7b` are what
-//! `scripts/gpu-check.sh` runs.
+//! `scripts/gpu-check.sh` runs; `wgpu` (feature `wgpu`) measures the long
+//! shape's peak memory on lavapipe. `DAA_FUSED_OPS=0` in the environment
+//! times the unfused compositions instead of `daa_train::fused`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -139,8 +141,8 @@ fn run() -> Result<()> {
 /// `--backend`, `--precision`, `--checkpointing` and `--lora` of the command line.
 fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup<'a>> {
     let backend = value(args, "--backend").unwrap_or(CPU_BACKENDS[0]);
-    if !CPU_BACKENDS.contains(&backend) && backend != "cuda" {
-        bail!("--backend {backend}: expected one of {}, cuda", CPU_BACKENDS.join(", "));
+    if !CPU_BACKENDS.contains(&backend) && backend != "cuda" && backend != "wgpu" {
+        bail!("--backend {backend}: expected one of {}, cuda, wgpu", CPU_BACKENDS.join(", "));
     }
     let precision = match value(args, "--precision").unwrap_or("f32") {
         "f32" => Precision::F32,

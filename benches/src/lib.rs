@@ -1,4 +1,5 @@
 //! Benchmarks live in `benches/`; run them with `cargo xtask bench`.
 
+pub mod ops;
 pub mod trainer;
 pub mod trainer_report;

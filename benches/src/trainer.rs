@@ -70,8 +70,9 @@ pub struct Shape {
 }
 
 /// The built-in run's model and batch (configs/tiny.toml), the 5 M shape of
-/// the issue that measured the trainer against PyTorch, and a 25 M one.
-pub const SHAPES: [Shape; 3] = [
+/// the issue that measured the trainer against PyTorch, a 25 M one, and a
+/// long-sequence one (2 048 tokens per sequence, where attention dominates).
+pub const SHAPES: [Shape; 4] = [
     Shape {
         name: "tiny",
         layers: 2,
@@ -109,6 +110,19 @@ pub const SHAPES: [Shape; 3] = [
         pairs: 8,
         seq_len: 256,
         prompt_len: 128,
+        tied: false,
+    },
+    Shape {
+        name: "long",
+        layers: 4,
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        mlp: 680,
+        vocab: 4096,
+        pairs: 1,
+        seq_len: 2048,
+        prompt_len: 1536,
         tied: false,
     },
 ];
@@ -393,6 +407,12 @@ pub fn measure(
             }
             daa_train::backend::configure_gpu_caches();
             measure_on::<burn::backend::Cuda>(setup, shape, source, pairs, mode, &Default::default())?
+        }
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            daa_core::Wgpu::new().map_err(|e| anyhow::anyhow!("--backend wgpu: {e}"))?;
+            daa_train::backend::configure_gpu_caches();
+            measure_on::<burn::backend::Wgpu>(setup, shape, source, pairs, mode, &Default::default())?
         }
         other => bail!(
             "unknown backend `{other}`; expected one of {}{}",

@@ -44,9 +44,14 @@ pub struct BenchArgs {
     /// The trainer benchmark (a DPO step and a scoring pass) instead of the kernels.
     #[arg(long)]
     pub trainer: bool,
-    /// Trainer: also time PyTorch + transformers on the same checkpoints and
-    /// batches (installed into a virtual environment outside the clone).
-    #[arg(long, requires = "trainer")]
+    /// The per-operation benchmark (forward and backward of attention,
+    /// RMSNorm, RoPE, SwiGLU, a linear layer; an AdamW update), fused and
+    /// unfused (`benches/fused_ops.rs`).
+    #[arg(long, conflicts_with_all = ["trainer", "quick"])]
+    pub ops: bool,
+    /// Trainer and --ops: also time PyTorch (+ transformers for the trainer) on
+    /// the same inputs (installed into a virtual environment outside the clone).
+    #[arg(long)]
     pub torch: bool,
     /// Trainer: burn's CPU backend, `flex` (what `daa train` uses) or `ndarray`.
     #[arg(long, requires = "trainer")]
@@ -66,14 +71,14 @@ pub struct BenchArgs {
     /// Trainer: model shapes, e.g. `tiny,5m,25m`.
     #[arg(long, requires = "trainer")]
     pub shapes: Option<String>,
-    /// Trainer: thread counts, e.g. `1,2`.
-    #[arg(long, requires = "trainer")]
+    /// Trainer and --ops: thread counts, e.g. `1,2`.
+    #[arg(long)]
     pub threads: Option<String>,
-    /// Trainer: timed repetitions per measurement.
-    #[arg(long, requires = "trainer")]
+    /// Trainer and --ops: timed repetitions per measurement.
+    #[arg(long)]
     pub repeats: Option<u32>,
     /// Kernels: criterion filters (benchmark ids to run; not with --quick).
-    #[arg(conflicts_with_all = ["trainer", "quick"])]
+    #[arg(conflicts_with_all = ["trainer", "quick", "ops"])]
     pub filter: Vec<String>,
 }
 
@@ -81,6 +86,12 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if args.trainer {
         return trainer(args);
+    }
+    if args.ops {
+        return ops(args);
+    }
+    if args.torch || args.threads.is_some() || args.repeats.is_some() {
+        bail!("--torch, --threads and --repeats go with --trainer or --ops");
     }
     let target = crate::target_dir()?;
     let out_dir = target.join("daa-bench");
@@ -115,6 +126,45 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     std::fs::write(out_dir.join("token_stats.svg"), bar_chart(&rows))?;
     println!("written: {} and token_stats.svg", out_dir.join("token_stats.md").display());
     Ok(())
+}
+
+/// `cargo xtask bench --ops [--torch] [--threads LIST] [--repeats N]`: the
+/// per-operation benchmark (`benches/benches/fused_ops.rs`), with PyTorch's
+/// paths beside (`scripts/torch_ops_baseline.py`, in the trainer
+/// benchmark's virtual environment).
+fn ops(args: &BenchArgs) -> Result<()> {
+    let mut cmd = crate::cargo();
+    cmd.args(["bench", "-p", "daa-benches", "--bench", "fused_ops", "--"]);
+    if let Some(threads) = &args.threads {
+        cmd.args(["--threads", threads]);
+    }
+    if let Some(repeats) = args.repeats {
+        cmd.args(["--repeats", &repeats.to_string()]);
+    }
+    if args.torch {
+        cmd.arg("--torch").arg(torch_python()?);
+    }
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("the per-operation benchmark failed ({status})");
+    }
+    Ok(())
+}
+
+/// The PyTorch baseline's Python, its virtual environment installed first when missing.
+fn torch_python() -> Result<std::path::PathBuf> {
+    let root = crate::workspace_root()?;
+    let script = root.join("scripts/torch_dpo_baseline.py");
+    let status = Command::new("python3")
+        .arg(&script)
+        .args(["--install", "--setup-only"])
+        .status()
+        .context("running python3 (the PyTorch baseline needs Python 3)")?;
+    if !status.success() {
+        bail!("installing the PyTorch baseline failed ({status}); see {}", script.display());
+    }
+    let venv = std::env::var("DAA_TORCH_VENV").unwrap_or_else(|_| "/var/tmp/daa-torch-venv".into());
+    Ok(Path::new(&venv).join("bin/python"))
 }
 
 /// `cargo xtask bench --trainer [--quick] [--torch] [--backend flex|ndarray] [--blas] [--precision f32|bf16] [--checkpointing] [--lora RANK] [--shapes LIST] [--threads LIST] [--repeats N]`:
@@ -155,18 +205,7 @@ fn trainer(args: &BenchArgs) -> Result<()> {
         );
     }
     if args.torch {
-        let root = crate::workspace_root()?;
-        let script = root.join("scripts/torch_dpo_baseline.py");
-        let status = Command::new("python3")
-            .arg(&script)
-            .args(["--install", "--setup-only"])
-            .status()
-            .context("running python3 (the PyTorch baseline needs Python 3)")?;
-        if !status.success() {
-            bail!("installing the PyTorch baseline failed ({status}); see {}", script.display());
-        }
-        let venv = std::env::var("DAA_TORCH_VENV").unwrap_or_else(|_| "/var/tmp/daa-torch-venv".into());
-        cmd.arg("--torch").arg(Path::new(&venv).join("bin/python"));
+        cmd.arg("--torch").arg(torch_python()?);
     }
     let status = cmd.status().context("running cargo bench")?;
     if !status.success() {

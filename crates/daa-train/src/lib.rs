@@ -19,6 +19,7 @@ pub mod distributed;
 pub mod entropy_floor;
 pub mod error;
 pub mod eval;
+pub mod fused;
 pub mod fused_head;
 pub mod generate;
 pub mod judge;

@@ -247,7 +247,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let c = self.config;
-        let g = g.cast(FloatDType::F32).mul_scalar(self.scale);
+        let g = g.cast(FloatDType::F32);
         let shape = tensor.shape();
         let dtype = FloatDType::from(tensor.dtype());
         let master = self.masters.remove(&id);
@@ -260,13 +260,9 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             Some(Moments { m, v }) => (m, v),
             None => (g.zeros_like(), g.zeros_like()),
         };
-        let m = m.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1);
-        let v = v.mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2);
-        let m_hat = m.clone().div_scalar(1.0 - c.beta1.powi(self.t));
-        let v_hat = v.clone().div_scalar(1.0 - c.beta2.powi(self.t));
         let decay = if self.decays.get(&id).copied().unwrap_or(true) { c.weight_decay } else { 0.0 };
-        let theta =
-            theta.mul_scalar(1.0 - self.lr * decay) - (m_hat / (v_hat.sqrt().add_scalar(c.eps))).mul_scalar(self.lr);
+        let step = crate::fused::adamw::AdamWStep::new(&c, self.lr, decay, self.scale, self.t);
+        let (theta, m, v) = crate::fused::adamw::update(theta, g, m, v, step);
         self.moments.insert(id, Moments { m, v });
         if keeps_master {
             self.masters.insert(id, theta.clone());

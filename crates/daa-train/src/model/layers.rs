@@ -1,9 +1,8 @@
 //! Norms, attention, MLP and the decoder block.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, FloatDType, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use super::cache::LayerCache;
 use super::config::{ModelConfig, NormKind};
@@ -11,6 +10,7 @@ use super::lora::{LoraLinear, LoraTarget};
 use super::rope::Rope;
 use super::weights::{Loader, ParamKind};
 use crate::error::ModelError;
+use crate::fused;
 
 /// RMSNorm `y = x / √(mean(x²) + ε) · w` or, for Cohere, LayerNorm without
 /// bias `y = (x − μ) / √(σ² + ε) · w` (`μ`, `σ²` the mean and biased variance
@@ -32,19 +32,9 @@ impl<B: Backend> Norm<B> {
         Ok(Self { weight: load.vector(&format!("{prefix}.weight"), c.hidden_size)?, kind: c.norm, eps: c.norm_eps })
     }
 
-    /// Normalises over the last axis of `[batch, seq, d]`.
+    /// Normalises over the last axis of `[batch, seq, d]` ([`crate::fused::norm`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let dtype = FloatDType::from(x.dtype());
-        let x = x.cast(FloatDType::F32);
-        let centred = match self.kind {
-            NormKind::Rms => x,
-            NormKind::LayerNormNoBias => {
-                let mean = x.clone().mean_dim(2);
-                x - mean
-            }
-        };
-        let scale = centred.clone().powi_scalar(2).mean_dim(2).add_scalar(self.eps).sqrt().recip();
-        (centred * scale).cast(dtype) * self.weight.val().unsqueeze::<3>()
+        fused::norm::norm(x, self.weight.val(), self.kind, self.eps)
     }
 
     pub(crate) fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {
@@ -75,7 +65,7 @@ pub struct AttentionContext<B: Backend> {
 
 /// Grouped-query self-attention with RoPE:
 /// `softmax(q kᵀ / √h + bias) v`, each key/value head shared by
-/// `heads / kv_heads` query heads.
+/// `heads / kv_heads` query heads ([`crate::fused::attention`]).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `q_proj`.
@@ -116,16 +106,6 @@ impl<B: Backend> Attention<B> {
         x.reshape([b, t, heads, self.head_dim]).swap_dims(1, 2)
     }
 
-    /// Repeats each key/value head `heads / kv_heads` times: `[b, kv, t, h] → [b, heads, t, h]`.
-    fn repeat_kv(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let groups = self.heads / self.kv_heads;
-        if groups == 1 {
-            return x;
-        }
-        let [b, kv, t, h] = x.dims();
-        x.unsqueeze_dim::<5>(2).expand([b, kv, groups, t, h]).reshape([b, kv * groups, t, h])
-    }
-
     /// `[batch, seq, d] → [batch, seq, d]`. With `cache`, the keys and values
     /// of earlier calls are attended to and this call's are appended.
     pub fn forward(
@@ -142,16 +122,8 @@ impl<B: Backend> Attention<B> {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let keys = k.dims()[2];
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (self.head_dim as f64).sqrt());
-        let scores = match &at.hidden_keys {
-            Some(hidden) => scores.mask_fill(hidden.clone().expand([b, self.heads, t, keys]), f32::NEG_INFINITY),
-            None => scores,
-        };
-        // The softmax in f32 (a no-op cast when training in f32).
-        let dtype = FloatDType::from(scores.dtype());
-        let context = softmax(scores.cast(FloatDType::F32), 3).cast(dtype).matmul(v);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let context = fused::attention::attention(q, k, v, at.hidden_keys.clone(), scale);
         self.o.forward(context.swap_dims(1, 2).reshape([b, t, self.heads * self.head_dim]))
     }
 
@@ -162,7 +134,7 @@ impl<B: Backend> Attention<B> {
     }
 }
 
-/// SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))`.
+/// SwiGLU MLP: `down(silu(gate(x)) ⊙ up(x))` ([`crate::fused::swiglu`]).
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// `gate_proj`.
@@ -185,7 +157,7 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, seq, d] → [batch, seq, d]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        self.down.forward(fused::swiglu::swiglu(self.gate.forward(x.clone()), self.up.forward(x)))
     }
 
     fn visit(&self, prefix: &str, visit: &mut dyn FnMut(&str, ParamKind<'_, B>)) {

@@ -90,20 +90,9 @@ impl Rope {
 
     /// Rotates `x` (`[batch, heads, seq, h]`): `x·cos + rotate(x)·sin` where
     /// `rotate` maps each pair `(a, b)` to `(−b, a)`; `cos`, `sin` broadcast
-    /// over heads (`[batch or 1, 1, seq, h]`).
+    /// over heads (`[batch or 1, 1, seq, h]`) ([`crate::fused::rope`]).
     pub fn apply<B: Backend>(&self, x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, heads, seq, h] = x.dims();
-        let rotated = if self.interleaved {
-            let pairs = x.clone().reshape([b, heads, seq, h / 2, 2]);
-            let even = pairs.clone().narrow(4, 0, 1);
-            let odd = pairs.narrow(4, 1, 1);
-            Tensor::cat(vec![odd.neg(), even], 4).reshape([b, heads, seq, h])
-        } else {
-            let first = x.clone().narrow(3, 0, h / 2);
-            let second = x.clone().narrow(3, h / 2, h / 2);
-            Tensor::cat(vec![second.neg(), first], 3)
-        };
-        x * cos.clone() + rotated * sin.clone()
+        crate::fused::rope::rope(x, cos.clone(), sin.clone(), self.interleaved)
     }
 }
 

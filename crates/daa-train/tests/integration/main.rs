@@ -1,5 +1,5 @@
 //! daa-train's integration tests, in one binary (one link of burn): the
-//! library alone (`backends`, `decode`, `memory`, `plan`, `precision`,
+//! library alone (`backends`, `decode`, `fused`, `memory`, `plan`, `precision`,
 //! `step`: what the browser builds), and, with the `io` feature, the
 //! trainer end to end on tiny random checkpoints written in the real
 //! Hugging Face layout (`checkpoints`, `judge`, `model`, `train`; `naive` is
@@ -10,6 +10,7 @@ mod decode;
 mod distributed;
 #[cfg(feature = "mpi")]
 mod distributed_mpi;
+mod fused;
 mod kl;
 mod lora;
 mod memory;

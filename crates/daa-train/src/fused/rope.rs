@@ -1,0 +1,107 @@
+//! RoPE with its own backward. For `x` `[b, heads, t, h]` and the position
+//! tables `cos`, `sin` (`[b or 1, 1, t, h]`, laid out for the pairing):
+//!
+//! ```text
+//! y  = x ⊙ cos + R(x) ⊙ sin          R: each pair (p, q) ↦ (−q, p)
+//! dx = dy ⊙ cos − R(dy ⊙ sin)        (Rᵀ = −R: a rotation by −θ)
+//! ```
+//!
+//! The node keeps only the tables (which the model keeps anyway); the
+//! unfused composition's backward runs through the halves' slices, the
+//! negation and the concatenation.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::return_on_autodiff;
+
+/// One rotation's inputs.
+#[derive(Debug, Clone)]
+pub struct RopeArgs<B: Backend> {
+    /// `x`, `[b, heads, t, h]`.
+    pub x: Tensor<B, 4>,
+    /// `cos`, `[b or 1, 1, t, h]`.
+    pub cos: Tensor<B, 4>,
+    /// `sin`, `[b or 1, 1, t, h]`.
+    pub sin: Tensor<B, 4>,
+    /// Pairs are adjacent coordinates `(2j, 2j + 1)` (Cohere), else halves `(j, j + h/2)`.
+    pub interleaved: bool,
+}
+
+/// `x ⊙ cos + R(x) ⊙ sin`, with its own backward on the autodiff backends daa trains on.
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>, interleaved: bool) -> Tensor<B, 4> {
+    let args = RopeArgs { x, cos, sin, interleaved };
+    if !super::enabled() || !B::ad_enabled(&args.x.device()) {
+        return unfused(args);
+    }
+    let args = return_on_autodiff!(RopeArgs, args, node);
+    unfused(args)
+}
+
+/// `R(x)`: each pair `(p, q)` of the last axis to `(−q, p)`.
+pub fn rotate<B: Backend>(x: Tensor<B, 4>, interleaved: bool) -> Tensor<B, 4> {
+    let [b, heads, t, h] = x.dims();
+    if interleaved {
+        let pairs = x.reshape([b, heads, t, h / 2, 2]);
+        let even = pairs.clone().narrow(4, 0, 1);
+        let odd = pairs.narrow(4, 1, 1);
+        Tensor::cat(vec![odd.neg(), even], 4).reshape([b, heads, t, h])
+    } else {
+        let first = x.clone().narrow(3, 0, h / 2);
+        let second = x.narrow(3, h / 2, h / 2);
+        Tensor::cat(vec![second.neg(), first], 3)
+    }
+}
+
+/// The composition autodiff differentiates op by op.
+pub fn unfused<B: Backend>(a: RopeArgs<B>) -> Tensor<B, 4> {
+    let rotated = rotate(a.x.clone(), a.interleaved);
+    a.x * a.cos + rotated * a.sin
+}
+
+#[derive(Debug)]
+struct RopeBackward;
+
+/// What the node keeps: the tables and the pairing.
+#[derive(Debug, Clone)]
+struct RopeState<X: Backend> {
+    cos: Tensor<X, 4>,
+    sin: Tensor<X, 4>,
+    interleaved: bool,
+}
+
+impl<X: Backend> Backward<X, 1> for RopeBackward {
+    type State = RopeState<X>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let state = ops.state;
+        unary::<X, _>(ops.parents, ops.node, grads, |dy| {
+            let dy = Tensor::<X, 4>::from_primitive(TensorPrimitive::Float(dy));
+            let dx = dy.clone() * state.cos - rotate(dy * state.sin, state.interleaved);
+            dx.into_primitive().tensor()
+        });
+    }
+}
+
+fn node<X: Backend>(a: RopeArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 4> {
+    let x = a.x.into_primitive().tensor();
+    let nodes = [x.node.clone()];
+    let args = RopeArgs {
+        x: Tensor::<X, 4>::from_primitive(TensorPrimitive::Float(x.primitive)),
+        cos: a.cos.inner(),
+        sin: a.sin.inner(),
+        interleaved: a.interleaved,
+    };
+    let state = RopeState { cos: args.cos.clone(), sin: args.sin.clone(), interleaved: args.interleaved };
+    let out = unfused(args).into_primitive().tensor();
+    let out = match RopeBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}

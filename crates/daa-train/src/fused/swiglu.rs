@@ -1,0 +1,83 @@
+//! SwiGLU's gate, `h = silu(a) ⊙ u` with `silu(a) = a · σ(a)`, with its own
+//! backward:
+//!
+//! ```text
+//! du = dh ⊙ a σ(a)
+//! da = dh ⊙ u ⊙ σ(a) (1 + a (1 − σ(a)))
+//! ```
+//!
+//! in the activations' dtype, as the unfused composition computes. The node
+//! keeps `a` and `u`; the unfused one keeps `σ(a)`, `silu(a)` too.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::return_on_autodiff;
+
+/// The gate's inputs: `a = gate(x)`, `u = up(x)`, `[batch, seq, m]`.
+#[derive(Debug, Clone)]
+pub struct SwigluArgs<B: Backend> {
+    /// `a`.
+    pub gate: Tensor<B, 3>,
+    /// `u`.
+    pub up: Tensor<B, 3>,
+}
+
+/// `silu(a) ⊙ u`, with its own backward on the autodiff backends daa trains on.
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    let args = SwigluArgs { gate, up };
+    if !super::enabled() || !B::ad_enabled(&args.gate.device()) {
+        return unfused(args);
+    }
+    let args = return_on_autodiff!(SwigluArgs, args, node);
+    unfused(args)
+}
+
+/// The composition autodiff differentiates op by op.
+pub fn unfused<B: Backend>(a: SwigluArgs<B>) -> Tensor<B, 3> {
+    silu(a.gate) * a.up
+}
+
+/// `(da, du)` for the output's gradient `dh` (module docs).
+fn backward<B: Backend>(a: &SwigluArgs<B>, dh: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let sig = sigmoid(a.gate.clone());
+    let du = dh.clone() * a.gate.clone() * sig.clone();
+    let slope = (sig.clone().neg().add_scalar(1.0) * a.gate.clone()).add_scalar(1.0) * sig;
+    (dh * a.up.clone() * slope, du)
+}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl<X: Backend> Backward<X, 2> for SwigluBackward {
+    type State = SwigluArgs<X>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dh = Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(grads.consume::<X>(&ops.node)));
+        let (da, du) = backward(&ops.state, dh);
+        for (parent, grad) in ops.parents.iter().zip([da, du]) {
+            if let Some(parent) = parent {
+                grads.register::<X>(parent.id, grad.into_primitive().tensor());
+            }
+        }
+    }
+}
+
+fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
+    let [gate, up] = [a.gate, a.up].map(|t| t.into_primitive().tensor());
+    let nodes = [gate.node.clone(), up.node.clone()];
+    let inner = |p| Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(p));
+    let args = SwigluArgs { gate: inner(gate.primitive), up: inner(up.primitive) };
+    let out = unfused(args.clone()).into_primitive().tensor();
+    let out = match SwigluBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(args, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
