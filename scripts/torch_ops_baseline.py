@@ -43,13 +43,17 @@ def median(repeats, f):
 
 
 def time_op(make_inputs, op, repeats):
+    """Inputs made once, before the clock; each run takes fresh leaves of them."""
+    made = make_inputs()
+
+    def leaves():
+        return [t.detach().requires_grad_() for t in made]
+
     def forward():
-        inputs = [t.requires_grad_() for t in make_inputs()]
-        op(*inputs)
+        op(*leaves())
 
     def step():
-        inputs = [t.requires_grad_() for t in make_inputs()]
-        op(*inputs).sum().backward()
+        op(*leaves()).sum().backward()
 
     return median(repeats, forward), median(repeats, step)
 

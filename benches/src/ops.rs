@@ -16,6 +16,7 @@ use daa_train::model::NormKind;
 use serde::{Deserialize, Serialize};
 
 type B = Autodiff<Flex>;
+type Inner = Flex;
 
 /// One operation's times, seconds (median over the repetitions).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,18 +70,21 @@ fn median(repeats: usize, mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// Forward and forward + backward of `op` (`fused` or not), `repeats` times.
+/// Forward and forward + backward of `op` on `inputs` (made once, before
+/// the clock: each run takes fresh leaves of the same values).
 fn time_op<const D: usize>(
     inputs: impl Fn() -> Vec<Tensor<B, D>>,
     op: impl Fn(Vec<Tensor<B, D>>) -> Tensor<B, D>,
     repeats: usize,
 ) -> (f64, f64) {
+    let inputs = inputs();
+    let leaves = || inputs.iter().map(|t| t.clone().require_grad()).collect::<Vec<_>>();
     let forward = median(repeats, || {
-        let out = op(inputs().into_iter().map(|t| t.require_grad()).collect());
+        let out = op(leaves());
         let _ = out.into_data();
     });
     let step = median(repeats, || {
-        let leaves: Vec<_> = inputs().into_iter().map(|t| t.require_grad()).collect();
+        let leaves = leaves();
         let grads = op(leaves.clone()).sum().backward();
         for leaf in &leaves {
             let _ = leaf.grad(&grads).map(|g| g.into_data());
@@ -182,14 +186,26 @@ pub fn measure_all(threads: usize, repeats: usize) -> Vec<OpTime> {
                     let (theta, g, m, v) = (inner(1.2), inner(1.3), inner(1.4), inner(1.5).abs());
                     let config = daa_train::optim::AdamWConfig::default();
                     let step = daa_train::fused::adamw::AdamWStep::new(&config, 1e-4, 0.1, 0.9, 3);
-                    let time = median(repeats, || {
-                        let (t, m, v) = if fused {
-                            daa_train::fused::adamw::update(theta.clone(), g.clone(), m.clone(), v.clone(), step)
-                        } else {
-                            daa_train::fused::adamw::unfused(theta.clone(), g.clone(), m.clone(), v.clone(), step)
-                        };
-                        let _ = (t.into_data(), m.into_data(), v.into_data());
-                    });
+                    // Each run on fresh copies made before the clock (a trainer's
+                    // moments and masters are its own: the update writes in place).
+                    let fresh = |t: &Tensor<Inner, 1>| Tensor::<Inner, 1>::from_data(t.to_data(), &Default::default());
+                    let mut times: Vec<f64> = (0..=repeats.max(1))
+                        .map(|_| {
+                            let (theta, g, m, v) = (fresh(&theta), fresh(&g), fresh(&m), fresh(&v));
+                            let start = Instant::now();
+                            let (t, m, v) = if fused {
+                                daa_train::fused::adamw::update(theta, g, m, v, step)
+                            } else {
+                                daa_train::fused::adamw::unfused(theta, g, m, v, step)
+                            };
+                            let elapsed = start.elapsed().as_secs_f64();
+                            let _ = (t.into_data(), m.into_data(), v.into_data());
+                            elapsed
+                        })
+                        .skip(1)
+                        .collect();
+                    times.sort_by(f64::total_cmp);
+                    let time = times[times.len() / 2];
                     push(op.clone(), if fused { "daa-fused" } else { "daa-unfused" }, (time, time));
                 }
             }

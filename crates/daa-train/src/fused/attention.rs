@@ -45,7 +45,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, FloatDType, Tensor, TensorPrimitive};
 
-use super::return_on_autodiff;
+use super::{cpu_tile, return_on_autodiff};
 
 /// Bytes of f32 scores one tile of queries may hold on the CPU.
 pub const CPU_TILE_BYTES: usize = 32 << 20;
@@ -75,13 +75,13 @@ pub struct AttentionArgs<B: Backend> {
 
 /// The sizes of one call.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    b: usize,
-    kv: usize,
-    groups: usize,
-    t: usize,
-    s: usize,
-    h: usize,
+pub(crate) struct Geometry {
+    pub(crate) b: usize,
+    pub(crate) kv: usize,
+    pub(crate) groups: usize,
+    pub(crate) t: usize,
+    pub(crate) s: usize,
+    pub(crate) h: usize,
 }
 
 impl Geometry {
@@ -185,23 +185,63 @@ fn additive_bias<B: Backend>(a: &AttentionArgs<B>) -> Option<Tensor<B, 4>> {
     Some(Tensor::<B, 4>::zeros(shape, (&a.q.device(), DType::F32)).mask_fill(hidden, f32::NEG_INFINITY))
 }
 
-/// One tile's masked scores `c · q kᵀ` in f32, `[b, K, G·n, keys]`.
-fn tile_scores<B: Backend>(
+/// One tile's probabilities `P` (f32, `[b, K, G·n, keys]`) and each row's
+/// `M`, `Z` (`[b, K, G·n, 1]`).
+fn tile_softmax<B: Backend>(
     a: &AttentionArgs<B>,
     g: Geometry,
     bias: Option<&Tensor<B, 4>>,
     (query, keys): (Tensor<B, 4>, Tensor<B, 4>),
     t0: usize,
     n: usize,
-) -> Tensor<B, 4> {
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let visible = keys.dims()[2];
-    let scores = query.matmul(keys.swap_dims(2, 3)).mul_scalar(a.scale).cast(FloatDType::F32);
+    let raw = query.matmul(keys.swap_dims(2, 3));
+    let raw = match cpu_tile::softmax(raw, bias, g, (t0, n), a.scale) {
+        Ok(out) => return out,
+        Err(raw) => raw,
+    };
+    let bias = bias.map(|b| b.clone().narrow(2, t0, n).narrow(3, 0, visible));
+    let scores = masked(raw.mul_scalar(a.scale).cast(FloatDType::F32), bias, g, n);
+    let max = scores.clone().max_dim(3);
+    let exp = (scores - max.clone()).exp();
+    let sum = exp.clone().sum_dim(3);
+    (exp / sum.clone(), max, sum)
+}
+
+/// `scores + bias` (the bias `[b or 1, 1, n, keys]` broadcast over heads).
+fn masked<B: Backend>(scores: Tensor<B, 4>, bias: Option<Tensor<B, 4>>, g: Geometry, n: usize) -> Tensor<B, 4> {
     let Some(bias) = bias else {
         return scores;
     };
-    let rows = bias.dims()[0];
-    let bias = bias.clone().narrow(2, t0, n).narrow(3, 0, visible).reshape([rows, 1, 1, n, visible]);
+    let [rows, _, _, visible] = bias.dims();
+    let bias = bias.reshape([rows, 1, 1, n, visible]);
     (scores.reshape([g.b, g.kv, g.groups, n, visible]) + bias).reshape([g.b, g.kv, g.groups * n, visible])
+}
+
+/// One tile's backward: `P` (f32) and `dS = c · P ⊙ (dP − rowsum(P ⊙ dP))`
+/// (f32) from the tile's queries and keys, each row's `M`, `Z` and `dP`.
+fn tile_softmax_backward<B: Backend>(
+    a: &AttentionArgs<B>,
+    g: Geometry,
+    bias: Option<&Tensor<B, 4>>,
+    (query, keys): (Tensor<B, 4>, Tensor<B, 4>),
+    (max, sum): (Tensor<B, 4>, Tensor<B, 4>),
+    dp: Tensor<B, 4>,
+    (t0, n): (usize, usize),
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let visible = keys.dims()[2];
+    let raw = query.matmul(keys.swap_dims(2, 3));
+    let (raw, max, sum, dp) = match cpu_tile::backward(raw, bias, (max, sum), dp, g, (t0, n), a.scale) {
+        Ok(out) => return out,
+        Err(args) => args,
+    };
+    let bias = bias.map(|b| b.clone().narrow(2, t0, n).narrow(3, 0, visible));
+    let scores = masked(raw.mul_scalar(a.scale).cast(FloatDType::F32), bias, g, n);
+    let p = (scores - max).exp() / sum;
+    let row = (p.clone() * dp.clone()).sum_dim(3);
+    let ds = (p.clone() * (dp - row)).mul_scalar(a.scale);
+    (p, ds)
 }
 
 /// Each query row's softmax normaliser: `M` and `Z`, `[b, K, G, t]`, f32.
@@ -232,11 +272,8 @@ pub fn forward<B: Backend>(a: &AttentionArgs<B>) -> (Tensor<B, 4>, Normaliser<B>
         let visible = g.visible_keys(t0, n);
         let keys = a.k.clone().narrow(2, 0, visible);
         let values = a.v.clone().narrow(2, 0, visible);
-        let scores = tile_scores(a, g, bias.as_ref(), (query_tile(&q, g, t0, n), keys), t0, n);
-        let max = scores.clone().max_dim(3);
-        let exp = (scores - max.clone()).exp();
-        let sum = exp.clone().sum_dim(3);
-        let out = (exp / sum.clone()).cast(dtype).matmul(values);
+        let (p, max, sum) = tile_softmax(a, g, bias.as_ref(), (query_tile(&q, g, t0, n), keys), t0, n);
+        let out = p.cast(dtype).matmul(values);
         outputs.push(out.reshape([g.b, g.kv, g.groups, n, g.h]));
         maxima.push(max.reshape([g.b, g.kv, g.groups, n]));
         sums.push(sum.reshape([g.b, g.kv, g.groups, n]));
@@ -264,14 +301,19 @@ pub fn backward<B: Backend>(
         let keys = a.k.clone().narrow(2, 0, visible);
         let values = a.v.clone().narrow(2, 0, visible);
         let query = query_tile(&q, g, t0, n);
-        let scores = tile_scores(a, g, bias.as_ref(), (query.clone(), keys.clone()), t0, n);
-        let (max, sum) = normaliser.rows(g, t0, n);
-        let p = (scores - max).exp() / sum;
         let d_tile = d_out.clone().narrow(3, t0, n).reshape([g.b, g.kv, g.groups * n, g.h]);
-        dv.add(p.clone().cast(dtype).swap_dims(2, 3).matmul(d_tile.clone()));
-        let dp = d_tile.matmul(values.swap_dims(2, 3)).cast(FloatDType::F32);
-        let row = (p.clone() * dp.clone()).sum_dim(3);
-        let ds = (p * (dp - row)).cast(dtype).mul_scalar(a.scale);
+        let dp = d_tile.clone().matmul(values.swap_dims(2, 3)).cast(FloatDType::F32);
+        let (p, ds) = tile_softmax_backward(
+            a,
+            g,
+            bias.as_ref(),
+            (query.clone(), keys.clone()),
+            normaliser.rows(g, t0, n),
+            dp,
+            (t0, n),
+        );
+        dv.add(p.cast(dtype).swap_dims(2, 3).matmul(d_tile));
+        let ds = ds.cast(dtype);
         d_queries.push(ds.clone().matmul(keys).reshape([g.b, g.kv, g.groups, n, g.h]));
         dk.add(ds.swap_dims(2, 3).matmul(query));
     }

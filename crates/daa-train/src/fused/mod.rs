@@ -28,6 +28,8 @@
 
 pub mod adamw;
 pub mod attention;
+mod cpu;
+mod cpu_tile;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;

@@ -8,7 +8,9 @@
 //!
 //! The node keeps only the tables (which the model keeps anyway); the
 //! unfused composition's backward runs through the halves' slices, the
-//! negation and the concatenation.
+//! negation and the concatenation. On the CPU (Flex, f32) forward and
+//! backward are one multi-threaded pass each ([`super::cpu`]), the same f32
+//! operations as the composition.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -18,7 +20,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::return_on_autodiff;
+use super::{cpu, return_on_autodiff};
 
 /// One rotation's inputs.
 #[derive(Debug, Clone)]
@@ -58,6 +60,20 @@ pub fn rotate<B: Backend>(x: Tensor<B, 4>, interleaved: bool) -> Tensor<B, 4> {
     }
 }
 
+/// `y = x ⊙ cos + rot(x) ⊙ sin` (`forward`) or `dx = dy ⊙ cos − rot(dy ⊙ sin)`
+/// in one pass on the CPU (Flex, f32), else `None`.
+fn on_cpu<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+    interleaved: bool,
+    forward: bool,
+) -> Option<Tensor<B, 4>> {
+    let shape @ [_, heads, t, h] = x.dims();
+    let [x, cos, sin] = <[Vec<f32>; 3]>::try_from(cpu::all_values(&[x, cos, sin])?).ok()?;
+    Some(cpu::to_backend(cpu::tensor(cpu::rope(&x, &cos, &sin, heads, t, h, interleaved, forward), shape)))
+}
+
 /// The composition autodiff differentiates op by op.
 pub fn unfused<B: Backend>(a: RopeArgs<B>) -> Tensor<B, 4> {
     let rotated = rotate(a.x.clone(), a.interleaved);
@@ -82,7 +98,10 @@ impl<X: Backend> Backward<X, 1> for RopeBackward {
         let state = ops.state;
         unary::<X, _>(ops.parents, ops.node, grads, |dy| {
             let dy = Tensor::<X, 4>::from_primitive(TensorPrimitive::Float(dy));
-            let dx = dy.clone() * state.cos - rotate(dy * state.sin, state.interleaved);
+            let dx = match on_cpu(&dy, &state.cos, &state.sin, state.interleaved, false) {
+                Some(dx) => dx,
+                None => dy.clone() * state.cos - rotate(dy * state.sin, state.interleaved),
+            };
             dx.into_primitive().tensor()
         });
     }
@@ -98,7 +117,11 @@ fn node<X: Backend>(a: RopeArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 4> {
         interleaved: a.interleaved,
     };
     let state = RopeState { cos: args.cos.clone(), sin: args.sin.clone(), interleaved: args.interleaved };
-    let out = unfused(args).into_primitive().tensor();
+    let out = match on_cpu(&args.x, &args.cos, &args.sin, args.interleaved, true) {
+        Some(out) => out,
+        None => unfused(args),
+    };
+    let out = out.into_primitive().tensor();
     let out = match RopeBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(state, out),
         OpsKind::UnTracked(prep) => prep.finish(out),

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! in the activations' dtype, as the unfused composition computes. The node
-//! keeps `a` and `u`; the unfused one keeps `σ(a)`, `silu(a)` too.
+//! keeps `a` and `u`; the unfused one keeps `σ(a)`, `silu(a)` too. On the CPU
+//! (Flex, f32) forward and backward are one multi-threaded pass each
+//! ([`super::cpu`]).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -18,7 +20,7 @@ use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::return_on_autodiff;
+use super::{cpu, return_on_autodiff};
 
 /// The gate's inputs: `a = gate(x)`, `u = up(x)`, `[batch, seq, m]`.
 #[derive(Debug, Clone)]
@@ -46,6 +48,13 @@ pub fn unfused<B: Backend>(a: SwigluArgs<B>) -> Tensor<B, 3> {
 
 /// `(da, du)` for the output's gradient `dh` (module docs).
 fn backward<B: Backend>(a: &SwigluArgs<B>, dh: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let shape = dh.dims();
+    if let Some([gate, up, dh]) =
+        cpu::all_values(&[&a.gate, &a.up, &dh]).and_then(|v| <[Vec<f32>; 3]>::try_from(v).ok())
+    {
+        let (da, du) = cpu::swiglu_backward(&gate, &up, &dh);
+        return (cpu::to_backend(cpu::tensor(da, shape)), cpu::to_backend(cpu::tensor(du, shape)));
+    }
     let sig = sigmoid(a.gate.clone());
     let du = dh.clone() * a.gate.clone() * sig.clone();
     let slope = (sig.clone().neg().add_scalar(1.0) * a.gate.clone()).add_scalar(1.0) * sig;
@@ -74,7 +83,12 @@ fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
     let nodes = [gate.node.clone(), up.node.clone()];
     let inner = |p| Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(p));
     let args = SwigluArgs { gate: inner(gate.primitive), up: inner(up.primitive) };
-    let out = unfused(args.clone()).into_primitive().tensor();
+    let shape = args.gate.dims();
+    let out = match cpu::all_values(&[&args.gate, &args.up]).and_then(|v| <[Vec<f32>; 2]>::try_from(v).ok()) {
+        Some([gate, up]) => cpu::to_backend(cpu::tensor(cpu::swiglu_forward(&gate, &up), shape)),
+        None => unfused(args.clone()),
+    };
+    let out = out.into_primitive().tensor();
     let out = match SwigluBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(args, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
