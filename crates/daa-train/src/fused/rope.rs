@@ -9,7 +9,7 @@
 //! The node keeps only the tables (which the model keeps anyway); the
 //! unfused composition's backward runs through the halves' slices, the
 //! negation and the concatenation. On the CPU (Flex, f32) forward and
-//! backward are one multi-threaded pass each ([`super::cpu`]), the same f32
+//! backward are one multi-threaded pass each (`fused/cpu.rs`), the same f32
 //! operations as the composition.
 
 use burn::backend::autodiff::Autodiff;

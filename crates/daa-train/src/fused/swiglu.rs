@@ -9,7 +9,7 @@
 //! in the activations' dtype, as the unfused composition computes. The node
 //! keeps `a` and `u`; the unfused one keeps `σ(a)`, `silu(a)` too. On the CPU
 //! (Flex, f32) forward and backward are one multi-threaded pass each
-//! ([`super::cpu`]).
+//! (`fused/cpu.rs`).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
