@@ -13,15 +13,11 @@
 //! fused_ops --child --threads N --repeats N
 //! ```
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use daa_benches::children::{last_json_line, manifest_dir, target_dir, value, with_threads};
 use daa_benches::ops::{OpTime, measure_all};
-
-fn value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,13 +38,13 @@ fn main() -> Result<()> {
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
         cmd.args(["--child", "--threads", &t.to_string(), "--repeats", &repeats.to_string()]);
-        rows.extend(last_json_line::<Vec<OpTime>>(with_threads(&mut cmd, t), "the daa measurement")?);
+        rows.extend(last_json_line::<Vec<OpTime>>(with_threads(&mut cmd, t), "the daa measurement", true)?);
         if let Some(python) = value(&args, "--torch") {
             eprintln!("PyTorch, {t} thread(s):");
             let script = manifest_dir().join("../scripts/torch_ops_baseline.py");
             let mut cmd = Command::new(python);
             cmd.arg(script).args(["--threads", &t.to_string(), "--repeats", &repeats.to_string()]);
-            rows.extend(last_json_line::<Vec<OpTime>>(with_threads(&mut cmd, t), "the PyTorch baseline")?);
+            rows.extend(last_json_line::<Vec<OpTime>>(with_threads(&mut cmd, t), "the PyTorch baseline", true)?);
         }
     }
     let table = table(&rows);
@@ -97,33 +93,4 @@ fn table(rows: &[OpTime]) -> String {
         );
     }
     out
-}
-
-fn with_threads(cmd: &mut Command, threads: usize) -> &mut Command {
-    for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
-        cmd.env(var, threads.to_string());
-    }
-    cmd
-}
-
-fn last_json_line<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str) -> Result<T> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("{what} failed ({})", out.status);
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line =
-        stdout.lines().rev().find(|l| l.starts_with('[')).with_context(|| format!("{what} printed no result"))?;
-    serde_json::from_str(line).with_context(|| format!("{what}: reading `{line}`"))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().parent().unwrap_or(Path::new(".")).join("target"))
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
 }

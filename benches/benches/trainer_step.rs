@@ -23,10 +23,11 @@
 //! shape's peak memory on lavapipe. `DAA_FUSED_OPS=0` in the environment
 //! times the unfused compositions instead of `daa_train::fused`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use daa_benches::children::{last_json_line, manifest_dir, target_dir, value, with_threads};
 use daa_benches::trainer::{
     BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Setup, Shape, measure, read_batch,
 };
@@ -42,11 +43,6 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }
-}
-
-/// The value after `flag`, if any.
-fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
 fn number(args: &[String], flag: &str, default: usize) -> Result<usize> {
@@ -176,31 +172,7 @@ fn child(setup: &Setup<'_>, shape: &Shape, mode: &str, inputs: Option<&Path>) ->
     if let Some(dir) = inputs {
         cmd.arg("--checkpoint").arg(dir.join("checkpoint")).arg("--batch").arg(dir.join("batch.json"));
     }
-    last_json_line(with_threads(&mut cmd, threads), &format!("{} {mode} ({threads} threads)", shape.name))
-}
-
-/// Every thread pool a CPU step may use: rayon's (burn's ndarray backend),
-/// matrixmultiply's, a BLAS's and PyTorch's.
-fn with_threads(cmd: &mut Command, threads: usize) -> &mut Command {
-    for var in ["RAYON_NUM_THREADS", "MATMUL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"]
-    {
-        cmd.env(var, threads.to_string());
-    }
-    cmd
-}
-
-fn last_json_line<T: serde::de::DeserializeOwned>(cmd: &mut Command, what: &str) -> Result<T> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{') || l.starts_with('['))
-        .with_context(|| format!("{what} printed no result"))?;
-    serde_json::from_str(line).with_context(|| format!("{what}: reading `{line}`"))
+    last_json_line(with_threads(&mut cmd, threads), &format!("{} {mode} ({threads} threads)", shape.name), false)
 }
 
 /// PyTorch's step and scoring pass on the inputs in `dir` (it writes `dir/checkpoint`).
@@ -209,7 +181,7 @@ fn baseline(python: &str, dir: &Path, threads: usize, repeats: usize) -> Result<
     let mut cmd = Command::new(python);
     cmd.arg(script).arg("--inputs").arg(dir);
     cmd.args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string()]);
-    let both: [Measurement; 2] = last_json_line(with_threads(&mut cmd, threads), "the PyTorch baseline")?;
+    let both: [Measurement; 2] = last_json_line(with_threads(&mut cmd, threads), "the PyTorch baseline", false)?;
     let [step, score] = both;
     Ok((step, score))
 }
@@ -226,20 +198,4 @@ fn write_inputs(shape: &Shape, dir: &Path) -> Result<()> {
         .collect();
     std::fs::write(dir.join("batch.json"), serde_json::to_string(&BatchFile { pairs })?)?;
     Ok(())
-}
-
-/// `CARGO_TARGET_DIR`, or the workspace's `target/`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest_dir().parent().unwrap_or(Path::new(".")).join("target"))
-}
-
-/// This package's folder: the `CARGO_MANIFEST_DIR` cargo sets when it runs
-/// the test (the path compiled in may be another clone's when clones share a
-/// target folder), else the one compiled in.
-fn manifest_dir() -> std::path::PathBuf {
-    std::path::PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }
