@@ -116,23 +116,32 @@ def main():
         model.save_pretrained(os.path.join(args.inputs, "checkpoint"), safe_serialization=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
-    # Chosen rows first, then rejected; every row has the same length here.
+    # Chosen rows first, then rejected, padded on the right with 0 as TRL's
+    # collator does (with an attention mask when lengths differ).
     rows = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     prompt = [p["prompt_len"] for p in pairs] * 2
-    ids = torch.tensor(rows, dtype=torch.long, device=device)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+    uneven = any(len(r) != width for r in rows)
+    attention_mask = None
+    if uneven:
+        attention_mask = torch.tensor(
+            [[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device
+        )
     # labels[t] = ids[t + 1] where that token is a completion token.
     scored = torch.zeros(ids.shape, dtype=torch.bool, device=device)
     for r, start in enumerate(prompt):
         scored[r, start - 1 : len(rows[r]) - 1] = True
     targets = torch.roll(ids, shifts=-1, dims=1)
-    tokens = ids.numel()
+    # Real tokens (padding not counted), as daa counts them.
+    tokens = sum(len(r) for r in rows)
 
     def sequence_logps(logits):
         logps = torch.gather(F.log_softmax(logits.float(), dim=-1), 2, targets.unsqueeze(-1)).squeeze(-1)
         return (logps * scored).sum(dim=1)
 
     with torch.inference_mode(), autocast:
-        reference = sequence_logps(model(ids).logits)
+        reference = sequence_logps(model(ids, attention_mask=attention_mask).logits)
     n = len(pairs)
     ref_chosen, ref_rejected = reference[:n].clone(), reference[n:].clone()
 
@@ -141,7 +150,7 @@ def main():
 
     def step():
         with autocast:
-            logits = model(ids).logits
+            logits = model(ids, attention_mask=attention_mask).logits
         policy = sequence_logps(logits)
         margin = (policy[:n] - ref_chosen) - (policy[n:] - ref_rejected)
         loss = -F.logsigmoid(beta * margin).mean()
@@ -153,7 +162,7 @@ def main():
 
     def score():
         with torch.inference_mode(), autocast:
-            return sequence_logps(model(ids).logits)[0].item()
+            return sequence_logps(model(ids, attention_mask=attention_mask).logits)[0].item()
 
     def gpu_allocator_peak_mib():
         if device.type == "cuda":
@@ -165,8 +174,12 @@ def main():
     n_params = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
     if config.tie_word_embeddings:
         n_params += model.get_input_embeddings().weight.numel()
-    attention = config.num_hidden_layers * config.hidden_size * ids.shape[1]
-    flops = {"step": (6 * n_params + 12 * attention) * tokens, "score": (2 * n_params + 4 * attention) * tokens}
+    # Per sequence of length T, for its real tokens only.
+    def model_flops(per_param, per_attention):
+        layer_width = config.num_hidden_layers * config.hidden_size
+        return sum((per_param * n_params + per_attention * layer_width * len(r)) * len(r) for r in rows)
+
+    flops = {"step": model_flops(6, 12), "score": model_flops(2, 4)}
 
     results = []
     # Scoring first, on the checkpoint's weights: its first value (row 0's

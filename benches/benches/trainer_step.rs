@@ -11,9 +11,9 @@
 //! any thread pool starts.
 //!
 //! ```text
-//! trainer_step [--backend flex|ndarray|cuda|wgpu] [--precision f32|bf16] [--checkpointing] [--lora RANK]
-//!              [--shapes tiny,5m,25m,long] [--threads 1,2] [--repeats N] [--torch PYTHON]
-//! trainer_step --child --backend B --precision P [--checkpointing] [--lora RANK] --shape S --mode step|score
+//! trainer_step [--backend flex|ndarray|cuda|wgpu] [--precision f32|bf16] [--checkpointing] [--packing]
+//!              [--lora RANK] [--shapes tiny,5m,25m,long,uneven] [--threads 1,2] [--repeats N] [--torch PYTHON]
+//! trainer_step --child --backend B --precision P [--checkpointing] [--packing] [--lora RANK] --shape S --mode step|score
 //!              --threads N --repeats R [--checkpoint DIR --batch FILE]
 //! trainer_step --write-inputs S DIR     (config.json and batch.json for the baseline)
 //! ```
@@ -22,6 +22,8 @@
 //! `scripts/gpu-check.sh` runs; `wgpu` (feature `wgpu`) measures the long
 //! shape's peak memory on lavapipe. `DAA_FUSED_OPS=0` in the environment
 //! times the unfused compositions instead of `daa_train::fused`.
+//! `--packing` packs each step's sequences several to a row (the `uneven`
+//! shape's lengths show what it saves; tokens/s counts real tokens only).
 
 use std::path::Path;
 use std::process::Command;
@@ -29,7 +31,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use daa_benches::children::{last_json_line, manifest_dir, target_dir, value, with_threads};
 use daa_benches::trainer::{
-    BatchFile, CPU_BACKENDS, Measurement, ModelSource, PairIds, SHAPES, Setup, Shape, measure, read_batch,
+    BatchFile, CPU_BACKENDS, Lengths, Measurement, ModelSource, PairIds, SHAPES, Setup, Shape, measure, read_batch,
 };
 use daa_benches::trainer_report::{Row, write_report};
 use daa_train::Precision;
@@ -104,6 +106,9 @@ fn run() -> Result<()> {
             shape.prompt_len,
             shape.vocab
         );
+        if shape.lengths == Lengths::UltraFeedbackLike {
+            eprintln!("  {}", layout_summary(shape)?);
+        }
         for &t in &threads {
             // With the baseline, daa runs on the checkpoint and batch PyTorch built.
             let (inputs, torch_step, torch_score) = match torch {
@@ -134,7 +139,7 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// `--backend`, `--precision`, `--checkpointing` and `--lora` of the command line.
+/// `--backend`, `--precision`, `--checkpointing`, `--packing` and `--lora` of the command line.
 fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup<'a>> {
     let backend = value(args, "--backend").unwrap_or(CPU_BACKENDS[0]);
     if !CPU_BACKENDS.contains(&backend) && backend != "cuda" && backend != "wgpu" {
@@ -146,6 +151,7 @@ fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup
         other => bail!("--precision {other}: expected f32 or bf16"),
     };
     let checkpointing = args.iter().any(|a| a == "--checkpointing");
+    let packing = args.iter().any(|a| a == "--packing");
     let lora = match value(args, "--lora") {
         None => None,
         Some(rank) => match rank.parse::<usize>() {
@@ -153,7 +159,7 @@ fn setup<'a>(args: &'a [String], threads: usize, repeats: usize) -> Result<Setup
             _ => bail!("--lora {rank}: expected a rank of at least 1"),
         },
     };
-    Ok(Setup { backend, precision, checkpointing, lora, threads, repeats })
+    Ok(Setup { backend, precision, checkpointing, packing, lora, threads, repeats })
 }
 
 /// Runs one measurement in a fresh process with `threads` threads.
@@ -164,6 +170,9 @@ fn child(setup: &Setup<'_>, shape: &Shape, mode: &str, inputs: Option<&Path>) ->
     cmd.args(["--shape", shape.name, "--mode", mode]);
     if setup.checkpointing {
         cmd.arg("--checkpointing");
+    }
+    if setup.packing {
+        cmd.arg("--packing");
     }
     if let Some(rank) = setup.lora {
         cmd.args(["--lora", &rank.to_string()]);
@@ -198,4 +207,34 @@ fn write_inputs(shape: &Shape, dir: &Path) -> Result<()> {
         .collect();
     std::fs::write(dir.join("batch.json"), serde_json::to_string(&BatchFile { pairs })?)?;
     Ok(())
+}
+
+/// The benchmark batch's real tokens against the slots a padded and a packed
+/// micro-batch compute (`rows × length`).
+fn layout_summary(shape: &Shape) -> Result<String> {
+    let pairs = shape.random_pairs(BATCH_SEED);
+    let sequences: Vec<&daa_train::batch::Sequence> = pairs.iter().flat_map(|p| [&p.chosen, &p.rejected]).collect();
+    let real: usize = sequences.iter().map(|s| s.ids.len()).sum();
+    let slots = |layout| -> Result<(usize, usize, usize)> {
+        let batch = daa_train::batch::TokenBatch::with_layout(&sequences, 0, shape.vocab, layout)?;
+        Ok((batch.rows, batch.len, batch.slots()))
+    };
+    let (padded, packed) =
+        (slots(daa_train::batch::BatchLayout::Padded)?, slots(daa_train::batch::BatchLayout::Packed)?);
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
+    Ok(format!(
+        "{real} real tokens in {} sequences (lengths {}–{}, mean {:.0}); padded {} rows × {} = {} slots ({:.0} % padding), packed {} rows × {} = {} slots ({:.0} %)",
+        sequences.len(),
+        lengths.iter().min().unwrap_or(&0),
+        lengths.iter().max().unwrap_or(&0),
+        real as f64 / sequences.len().max(1) as f64,
+        padded.0,
+        padded.1,
+        padded.2,
+        100.0 * (1.0 - real as f64 / padded.2.max(1) as f64),
+        packed.0,
+        packed.1,
+        packed.2,
+        100.0 * (1.0 - real as f64 / packed.2.max(1) as f64),
+    ))
 }

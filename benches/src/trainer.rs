@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex, NdArray};
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backward::MemoryOptions;
-use daa_train::batch::{Sequence, SequencePair};
+use daa_train::batch::{BatchLayout, LengthLimits, Sequence, SequencePair};
 use daa_train::model::{CausalLm, LoraConfig, LoraTarget, ModelConfig, RandomWeights};
 use daa_train::optim::{AdamWConfig, LrSchedule};
 use daa_train::score::score_pairs;
@@ -33,6 +33,8 @@ pub struct Setup<'a> {
     pub precision: Precision,
     /// Per-block activation checkpointing.
     pub checkpointing: bool,
+    /// Padding-free packed micro-batches (`train.packing`; steps only).
+    pub packing: bool,
     /// LoRA of this rank on every linear layer of the blocks (α = 2r) instead
     /// of full training (steps only).
     pub lora: Option<usize>,
@@ -67,12 +69,29 @@ pub struct Shape {
     pub prompt_len: usize,
     /// Whether the head is the embedding matrix.
     pub tied: bool,
+    /// Every sequence `seq_len` tokens, or lengths drawn like real preference data.
+    pub lengths: Lengths,
+}
+
+/// How long a shape's sequences are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lengths {
+    /// Every sequence `seq_len` tokens, `prompt_len` of them prompt.
+    Fixed,
+    /// Drawn like UltraFeedback's pairs tokenised for Llama (an approximation
+    /// stated, not read from the dataset): prompt, chosen and rejected
+    /// completion each log-normal, medians 100, 250 and 220 tokens,
+    /// log-standard deviations 0.9, 0.7 and 0.8; cut like TRL to
+    /// `seq_len` tokens with at most `prompt_len` of prompt.
+    UltraFeedbackLike,
 }
 
 /// The built-in run's model and batch (configs/tiny.toml), the 5 M shape of
-/// the issue that measured the trainer against PyTorch, a 25 M one, and a
-/// long-sequence one (2 048 tokens per sequence, where attention dominates).
-pub const SHAPES: [Shape; 4] = [
+/// the issue that measured the trainer against PyTorch, a 25 M one, a
+/// long-sequence one (2 048 tokens per sequence, where attention
+/// dominates), and the 5 M model on 16 pairs of uneven lengths (padded
+/// against packed: `--packing`).
+pub const SHAPES: [Shape; 5] = [
     Shape {
         name: "tiny",
         layers: 2,
@@ -85,6 +104,7 @@ pub const SHAPES: [Shape; 4] = [
         seq_len: 64,
         prompt_len: 40,
         tied: false,
+        lengths: Lengths::Fixed,
     },
     Shape {
         name: "5m",
@@ -98,6 +118,7 @@ pub const SHAPES: [Shape; 4] = [
         seq_len: 128,
         prompt_len: 64,
         tied: false,
+        lengths: Lengths::Fixed,
     },
     Shape {
         name: "25m",
@@ -111,6 +132,7 @@ pub const SHAPES: [Shape; 4] = [
         seq_len: 256,
         prompt_len: 128,
         tied: false,
+        lengths: Lengths::Fixed,
     },
     Shape {
         name: "long",
@@ -124,6 +146,21 @@ pub const SHAPES: [Shape; 4] = [
         seq_len: 2048,
         prompt_len: 1536,
         tied: false,
+        lengths: Lengths::Fixed,
+    },
+    Shape {
+        name: "uneven",
+        layers: 4,
+        hidden: 256,
+        heads: 4,
+        kv_heads: 2,
+        mlp: 680,
+        vocab: 4096,
+        pairs: 16,
+        seq_len: 1024,
+        prompt_len: 512,
+        tied: false,
+        lengths: Lengths::UltraFeedbackLike,
     },
 ];
 
@@ -143,6 +180,7 @@ pub const GPU_SHAPES: [Shape; 2] = [
         seq_len: 512,
         prompt_len: 128,
         tied: true,
+        lengths: Lengths::Fixed,
     },
     Shape {
         name: "7b",
@@ -156,6 +194,7 @@ pub const GPU_SHAPES: [Shape; 2] = [
         seq_len: 512,
         prompt_len: 128,
         tied: false,
+        lengths: Lengths::Fixed,
     },
 ];
 
@@ -202,42 +241,44 @@ impl Shape {
         embeddings * self.vocab * self.hidden + self.layers * block + self.hidden
     }
 
-    /// Model FLOPs of one step (`step`) or scoring pass (`score`), as MFU
-    /// counts them (PaLM's appendix B): per token `6N + 12·L·d·T` to train,
-    /// `2N + 4·L·d·T` forward only, `N` the parameters without the input
-    /// embedding (the head counted), `T` the sequence length; for every
-    /// token, although daa applies the head at completion positions only.
-    pub fn model_flops(&self, mode: &str) -> f64 {
-        self.flops(mode, 0)
+    /// Model FLOPs of one step (`step`) or scoring pass (`score`) over
+    /// `pairs`, as MFU counts them (PaLM's appendix B): per token
+    /// `6N + 12·L·d·T` to train, `2N + 4·L·d·T` forward only, `N` the
+    /// parameters without the input embedding (the head counted), `T` the
+    /// token's sequence length; for every real token (padding not counted),
+    /// although daa applies the head at completion positions only.
+    pub fn model_flops(&self, mode: &str, pairs: &[SequencePair]) -> f64 {
+        self.flops(mode, 0, pairs)
     }
 
     /// [`Self::model_flops`] of a LoRA step with `adapters` parameters: the
     /// frozen weights get no gradient (`4N` per token: forward and the
     /// activations' gradients), the adapters all three products (`6·P_a`).
-    pub fn lora_step_flops(&self, adapters: usize) -> f64 {
-        self.flops("lora", adapters)
+    pub fn lora_step_flops(&self, adapters: usize, pairs: &[SequencePair]) -> f64 {
+        self.flops("lora", adapters, pairs)
     }
 
-    fn flops(&self, mode: &str, adapters: usize) -> f64 {
+    fn flops(&self, mode: &str, adapters: usize, pairs: &[SequencePair]) -> f64 {
         let n = (self.parameters() - self.vocab * self.hidden + if self.tied { self.vocab * self.hidden } else { 0 })
             as f64;
-        let attention = (self.layers * self.hidden * self.seq_len) as f64;
-        let per_token = match mode {
-            "step" => 6.0 * n + 12.0 * attention,
-            "lora" => 4.0 * n + 12.0 * attention + 6.0 * adapters as f64,
-            _ => 2.0 * n + 4.0 * attention,
-        };
-        per_token * self.tokens() as f64
-    }
-
-    /// Tokens through the model per step (chosen and rejected).
-    pub fn tokens(&self) -> usize {
-        2 * self.pairs * self.seq_len
+        let sequences = pairs.iter().flat_map(|p| [&p.chosen, &p.rejected]);
+        sequences
+            .map(|s| {
+                let t = s.ids.len() as f64;
+                let attention = (self.layers * self.hidden) as f64 * t;
+                let per_token = match mode {
+                    "step" => 6.0 * n + 12.0 * attention,
+                    "lora" => 4.0 * n + 12.0 * attention + 6.0 * adapters as f64,
+                    _ => 2.0 * n + 4.0 * attention,
+                };
+                per_token * t
+            })
+            .sum()
     }
 
     /// Random pairs of this shape: the same prompt for chosen and rejected,
-    /// different completions, token ids uniform below the vocabulary
-    /// (SplitMix64 from `seed`).
+    /// different completions, token ids uniform below the vocabulary, lengths
+    /// as [`Self::lengths`] says (SplitMix64 from `seed`).
     pub fn random_pairs(&self, seed: u64) -> Vec<SequencePair> {
         let mut state = seed;
         let mut next = move || {
@@ -245,16 +286,34 @@ impl Shape {
             let mut z = state;
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % self.vocab as u64) as u32
+            z ^ (z >> 31)
         };
+        let vocab = self.vocab as u64;
+        let ids =
+            |n: usize, next: &mut dyn FnMut() -> u64| -> Vec<u32> { (0..n).map(|_| (next() % vocab) as u32).collect() };
         (0..self.pairs)
-            .map(|_| {
-                let prompt: Vec<u32> = (0..self.prompt_len).map(|_| next()).collect();
-                let mut completion = |_| -> Sequence {
-                    let ids = prompt.iter().copied().chain((self.prompt_len..self.seq_len).map(|_| next())).collect();
-                    Sequence { ids, completion_start: self.prompt_len }
-                };
-                SequencePair { chosen: completion(0), rejected: completion(1) }
+            .map(|_| match self.lengths {
+                Lengths::Fixed => {
+                    let prompt = ids(self.prompt_len, &mut next);
+                    let mut completion = || -> Sequence {
+                        let completion = ids(self.seq_len - self.prompt_len, &mut next);
+                        Sequence { ids: [&prompt[..], &completion[..]].concat(), completion_start: self.prompt_len }
+                    };
+                    SequencePair { chosen: completion(), rejected: completion() }
+                }
+                Lengths::UltraFeedbackLike => {
+                    let mut log_normal = |median: f64, sigma: f64| -> usize {
+                        // Box–Muller from two uniforms in (0, 1].
+                        let u1 = ((next() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                        let u2 = (next() >> 11) as f64 / (1u64 << 53) as f64;
+                        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                        ((median * (sigma * z).exp()).round() as usize).max(1)
+                    };
+                    let (p, w, l) = (log_normal(100.0, 0.9), log_normal(250.0, 0.7), log_normal(220.0, 0.8));
+                    let limits = LengthLimits { max_length: self.seq_len, max_prompt_length: self.prompt_len };
+                    let (prompt, chosen, rejected) = (ids(p, &mut next), ids(w, &mut next), ids(l, &mut next));
+                    SequencePair::truncated(prompt, chosen, rejected, &limits).0
+                }
             })
             .collect()
     }
@@ -426,8 +485,8 @@ pub fn measure(
         precision: setup.precision.as_str().into(),
         lora_rank: setup.lora.unwrap_or(0),
         model_flops: match setup.lora {
-            Some(rank) if mode == "step" => shape.lora_step_flops(lora_parameters(shape, rank)?),
-            _ => shape.model_flops(mode),
+            Some(rank) if mode == "step" => shape.lora_step_flops(lora_parameters(shape, rank)?, pairs),
+            _ => shape.model_flops(mode, pairs),
         },
         plan_mib,
         ..m
@@ -519,7 +578,8 @@ fn measure_on<B: burn::tensor::backend::Backend>(
                 memory: MemoryOptions { activation_checkpointing: setup.checkpointing, ..MemoryOptions::default() },
                 precision: setup.precision,
             };
-            let mut trainer = Trainer::new(policy, options, ReferencePolicy::Given)?;
+            let layout = if setup.packing { BatchLayout::Packed } else { BatchLayout::Padded };
+            let mut trainer = Trainer::new(policy, options, ReferencePolicy::Given)?.with_batch_layout(layout);
             let step: Vec<StepPair<'_>> =
                 pairs.iter().zip(&reference).map(|(p, r)| StepPair { sequences: p, reference: Some(*r) }).collect();
             for i in 0..=repeats {

@@ -32,7 +32,7 @@ use crate::batch::{ScoredPositions, TokenBatch};
 use crate::entropy_floor::FloorTerm;
 use crate::error::{ModelError, read_vec};
 use crate::fused_head::{FusedHead, OnChunk, chunk_rows_or};
-use crate::model::{CausalLm, DecoderLayer, Positions};
+use crate::model::{CausalLm, DecoderLayer};
 use crate::objective::{CompletionLogits, row_sums};
 use crate::optim::GradAccumulator;
 
@@ -132,7 +132,7 @@ pub fn weighted_backward_with<B: AutodiffBackend>(
     };
     let top = match &checkpoints {
         Some(saved) => saved.leaf(),
-        None => model.blocks(tokens.clone(), &Positions::from_zero(), None)?,
+        None => model.blocks(tokens.clone(), &batch.positions, None)?,
     };
     let hidden = model.norm.forward(top.clone());
     let [rows, len, d] = hidden.dims();
@@ -146,7 +146,8 @@ pub fn weighted_backward_with<B: AutodiffBackend>(
         let floor_part = floor.map(|term| term.chunk(&logits.clone().inner()));
         let policy = CompletionLogits { logits: logits.clone(), positions }.sequence_logps();
         let weights = weigh(&read_vec::<f64, _, 1>(policy.clone(), "policy log-probabilities")?)?;
-        let mut surrogate = (policy * Tensor::from_data(TensorData::new(weights, [rows]), &device)).sum();
+        let sequences = weights.len();
+        let mut surrogate = (policy * Tensor::from_data(TensorData::new(weights, [sequences]), &device)).sum();
         let mut floor_value = None;
         if let Some((grad, value)) = floor_part {
             // ⟨z, stop_grad(∂F/∂z)⟩ carries F's gradient into the model.
@@ -248,7 +249,7 @@ impl<B: AutodiffBackend> BlockInputs<B> {
         batch: &TokenBatch,
         blocks: &mut dyn BlockWeights<B>,
     ) -> Result<Self, ModelError> {
-        let context = model.attention_context(batch.rows, 0, batch.len, &Positions::from_zero(), &tokens.device());
+        let context = model.attention_context(batch.rows, 0, batch.len, &batch.positions, &tokens.device());
         let mut x = model.embed.clone().no_grad().forward(tokens);
         let mut inputs = Vec::with_capacity(model.layers.len());
         for i in 0..model.layers.len() {

@@ -18,7 +18,7 @@ use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams, pair_loss,
 use crate::batch::{ScoredPositions, TokenBatch};
 use crate::error::{ModelError, read_vec};
 use crate::fused_head::FusedHead;
-use crate::model::{CausalLm, Positions};
+use crate::model::CausalLm;
 
 /// Logits `z` `[N, V]` at the `N` positions of a batch that predict
 /// completion tokens, row by row, and where those positions are.
@@ -31,7 +31,7 @@ pub struct CompletionLogits<B: Backend> {
 }
 
 impl<B: Backend> CompletionLogits<B> {
-    /// Runs `model` on `batch` (every row from column 0) and applies the
+    /// Runs `model` on `batch` (rows laid out as it says) and applies the
     /// head at the scored positions only.
     pub fn of(model: &CausalLm<B>, batch: &TokenBatch, device: &B::Device) -> Result<Self, ModelError> {
         let (hidden, positions) = scored_hidden(model, batch, device)?;
@@ -63,14 +63,14 @@ pub fn row_sums<B: Backend>(token_logps: Tensor<B, 1>, positions: &ScoredPositio
     )
 }
 
-/// Hidden states `[N, d]` of `batch`'s scored positions under `model` (every
-/// row from column 0), and where they are.
+/// Hidden states `[N, d]` of `batch`'s scored positions under `model` (rows
+/// laid out as the batch says), and where they are.
 pub fn scored_hidden<B: Backend>(
     model: &CausalLm<B>,
     batch: &TokenBatch,
     device: &B::Device,
 ) -> Result<(Tensor<B, 2>, ScoredPositions), ModelError> {
-    let hidden = model.hidden(batch.input::<B>(device), &Positions::from_zero(), None)?;
+    let hidden = model.hidden(batch.input::<B>(device), &batch.positions, None)?;
     let [rows, len, d] = hidden.dims();
     let positions = batch.scored_positions();
     Ok((hidden.reshape([rows * len, d]).select(0, positions.flat_index::<B>(device)), positions))

@@ -4,7 +4,7 @@
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{SequencePair, TokenBatch};
+use crate::batch::{BatchLayout, SequencePair, TokenBatch};
 use crate::error::{ModelError, read_vec};
 use crate::model::CausalLm;
 use crate::objective::sequence_logps;
@@ -25,19 +25,32 @@ pub struct PairScore {
 /// Chosen sequences first, then rejected, padded on the right: one forward
 /// pass per pair batch.
 pub fn pair_batch(pairs: &[&SequencePair], pad_id: u32, vocab: usize) -> Result<TokenBatch, ModelError> {
-    let sequences: Vec<_> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
-    TokenBatch::new(&sequences, pad_id, vocab)
+    pair_batch_in(pairs, pad_id, vocab, BatchLayout::Padded)
 }
 
-/// Scores one batch of pairs with `model` in a single forward pass. A
-/// non-finite score is an error naming the pair's index in `pairs`.
+/// [`pair_batch`] laid out as `layout` says (the sequences' order is kept:
+/// chosen first, then rejected).
+pub fn pair_batch_in(
+    pairs: &[&SequencePair],
+    pad_id: u32,
+    vocab: usize,
+    layout: BatchLayout,
+) -> Result<TokenBatch, ModelError> {
+    let sequences: Vec<_> = pairs.iter().map(|p| &p.chosen).chain(pairs.iter().map(|p| &p.rejected)).collect();
+    TokenBatch::with_layout(&sequences, pad_id, vocab, layout)
+}
+
+/// Scores one batch of pairs with `model` in a single forward pass, the
+/// sequences laid out as `layout` says. A non-finite score is an error
+/// naming the pair's index in `pairs`.
 pub fn score_batch<B: Backend>(
     model: &CausalLm<B>,
     pairs: &[&SequencePair],
     pad_id: u32,
+    layout: BatchLayout,
 ) -> Result<Vec<PairScore>, ModelError> {
     let device = model.embed.weight.device();
-    let tokens = pair_batch(pairs, pad_id, model.config().vocab_size)?;
+    let tokens = pair_batch_in(pairs, pad_id, model.config().vocab_size, layout)?;
     let values: Vec<f64> = read_vec(sequence_logps(model, &tokens, &device)?, "sequence log-probabilities")?;
     let n = pairs.len();
     pairs
@@ -70,7 +83,7 @@ pub fn score_pairs<B: Backend>(
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
         let done = scores.len();
-        let batch_scores = score_batch(model, chunk, pad_id).map_err(|e| e.offset_pairs(done))?;
+        let batch_scores = score_batch(model, chunk, pad_id, BatchLayout::Padded).map_err(|e| e.offset_pairs(done))?;
         scores.extend(batch_scores);
         progress(scores.len());
     }

@@ -22,7 +22,7 @@ use daa_core::preference::{PairLogps, PairLoss, PreferenceLossParams};
 use serde::{Deserialize, Serialize};
 
 use crate::backward::{BlockWeights, MemoryOptions, ModelBlocks, weighted_backward_with};
-use crate::batch::{Sequence, SequencePair, TokenBatch};
+use crate::batch::{BatchLayout, Sequence, SequencePair, TokenBatch};
 use crate::distributed::parameter_units::{Materialise, PreslicedBlocks};
 use crate::distributed::{Collective, FlatLayout, ShardGroups, StepFigures, ZeroState};
 use crate::entropy_floor::EntropyFloor;
@@ -33,7 +33,7 @@ use crate::objective::{PairWeights, pair_weights};
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, LrSchedule, SetWeights, StepReport};
 use crate::plan::Sharding;
 use crate::precision::Precision;
-use crate::score::{PairScore, pair_batch, score_batch, score_pairs};
+use crate::score::{PairScore, pair_batch_in, score_batch, score_pairs};
 use parameters::{idle_micro_batch, sharded_blocks};
 
 mod parameters;
@@ -324,6 +324,8 @@ pub struct Trainer<B: AutodiffBackend> {
     entropy_floor: Option<EntropyFloor>,
     /// Seed of LoRA dropout's masks (mixed with the step number).
     dropout_seed: u64,
+    /// How a micro-batch's sequences are laid out in rows.
+    layout: BatchLayout,
     completed: u64,
 }
 
@@ -379,8 +381,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             param_order,
             entropy_floor: None,
             dropout_seed: 0,
+            layout: BatchLayout::Padded,
             completed: 0,
         })
+    }
+
+    /// Lays out each micro-batch's sequences as `layout` says (default
+    /// [`BatchLayout::Padded`]; [`BatchLayout::Packed`]: several sequences per
+    /// row, no padding between them). The policy and a frozen reference read
+    /// the same layout; the losses are the padded step's up to the order of
+    /// floating-point sums.
+    pub fn with_batch_layout(mut self, layout: BatchLayout) -> Self {
+        self.layout = layout;
+        self
     }
 
     /// Seeds LoRA dropout: before each step the backend's generator is
@@ -708,7 +721,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         for (m, micro) in pairs.chunks(o.micro_batch_size).enumerate() {
             let offset = m * o.micro_batch_size;
             let sequences: Vec<&SequencePair> = micro.iter().map(|p| p.sequences).collect();
-            let batch = match pair_batch(&sequences, o.pad_id, vocab) {
+            let batch = match pair_batch_in(&sequences, o.pad_id, vocab, self.layout) {
                 Err(e) if several_ranks => {
                     failed = Some(e.offset_pairs(offset));
                     break;
@@ -848,7 +861,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     ))),
                 })
                 .collect(),
-            ReferencePolicy::Frozen(frozen) => Ok(score_batch(frozen, sequences, o.pad_id)
+            ReferencePolicy::Frozen(frozen) => Ok(score_batch(frozen, sequences, o.pad_id, self.layout)
                 .map_err(|e| e.offset_pairs(offset))?
                 .iter()
                 .map(|s| (s.chosen, s.rejected))
@@ -975,7 +988,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut grads = GradAccumulator::<B::InnerBackend>::default();
         let (mut total, mut tokens) = (0.0, 0);
         for micro in sequences.chunks(2 * o.micro_batch_size) {
-            let batch = TokenBatch::new(micro, o.pad_id, vocab)?;
+            let batch = TokenBatch::with_layout(micro, o.pad_id, vocab, self.layout)?;
             tokens += micro.iter().map(|s| s.ids.len()).sum::<usize>();
             let shapes = &self.parameter_shapes;
             let (mut sharded, mut own_blocks) =

@@ -117,7 +117,8 @@ impl<B: Backend> CausalLm<B> {
     /// Final hidden states `[rows, seq, d]` (after the last norm: what the
     /// head reads) of token ids `[rows, seq]` laid out as `positions` says.
     /// A query sees the keys of its own row up to its own column (within a
-    /// sliding window where the model has one), never padding. With `cache`,
+    /// sliding window where the model has one), never padding, and in packed
+    /// rows only its own sequence's. With `cache`,
     /// the columns of earlier calls are attended to and this call's are added.
     pub fn hidden(
         &self,
@@ -137,12 +138,6 @@ impl<B: Backend> CausalLm<B> {
         mut cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>, ModelError> {
         let [rows, seq] = tokens.dims();
-        let pads = positions.left_padding();
-        if let Some(pads) = pads
-            && pads.len() != rows
-        {
-            return Err(ModelError::Batch(format!("{} left-padding counts for {rows} rows", pads.len())));
-        }
         let past = match cache.as_deref_mut() {
             None => 0,
             Some(cache) => {
@@ -162,14 +157,12 @@ impl<B: Backend> CausalLm<B> {
                 cache.columns
             }
         };
-        if let Some(pads) = pads
-            && let Some((r, &p)) = pads.iter().enumerate().find(|&(_, &p)| p >= past + seq)
-        {
-            return Err(ModelError::Batch(format!(
-                "row {r} has {p} columns of left padding but the batch has only {} columns: no token",
-                past + seq
-            )));
+        if cache.is_some() && positions.packed_starts().is_some() {
+            return Err(ModelError::Batch(
+                "packed rows (several sequences per row) cannot use a key/value cache".into(),
+            ));
         }
+        positions.check(rows, past, seq)?;
         let at = self.attention_context(rows, past, seq, positions, &tokens.device());
         let mut x = self.embed.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -194,15 +187,14 @@ impl<B: Backend> CausalLm<B> {
         positions: &Positions,
         device: &B::Device,
     ) -> AttentionContext<B> {
-        let pads = positions.left_padding();
-        let (cos, sin) = match pads {
-            None => self.rope.contiguous(past, seq),
-            Some(_) => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
+        let (cos, sin) = match positions.is_from_zero() {
+            true => self.rope.contiguous(past, seq),
+            false => self.rope.gathered(&positions.of_columns(rows, past, seq), rows, seq),
         };
         // The tables are f32; the activations they multiply are in the weights' dtype.
         let dtype = self.dtype();
         let (cos, sin) = (cos.cast(dtype), sin.cast(dtype));
-        let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, pads, self.config.sliding_window, device);
+        let hidden_keys = positions::hidden_keys::<B>(rows, past, seq, positions, self.config.sliding_window, device);
         AttentionContext { cos, sin, hidden_keys }
     }
 

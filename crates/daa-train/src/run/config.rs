@@ -240,6 +240,12 @@ pub struct TrainSection {
     /// Recompute every decoder block in backward instead of keeping its activations.
     #[serde(default)]
     pub activation_checkpointing: bool,
+    /// Padding-free micro-batches: several sequences per row, one after
+    /// another, in rows as long as the longest (first-fit in decreasing
+    /// length); positions restart at each sequence and attention stays
+    /// within it. The same losses as padded rows, fewer tokens computed.
+    #[serde(default)]
+    pub packing: bool,
     /// `"f32"` (default) or `"bf16"`: the dtype of the weights and
     /// activations while training; bf16 keeps f32 master weights, gradient
     /// sums and AdamW moments (`daa_train::precision`).
@@ -305,6 +311,11 @@ pub enum CollectiveChoice {
 }
 
 impl TrainSection {
+    /// How the trainer lays out a micro-batch's sequences (`train.packing`).
+    pub fn batch_layout(&self) -> crate::batch::BatchLayout {
+        if self.packing { crate::batch::BatchLayout::Packed } else { crate::batch::BatchLayout::Padded }
+    }
+
     /// The memory/compute trade-offs the trainer applies.
     pub fn memory_options(&self) -> crate::backward::MemoryOptions {
         crate::backward::MemoryOptions {

@@ -328,7 +328,9 @@ fn build_trainer<B: AutodiffBackend>(
         (Some(lora), None) => load_model_in(&prepared.model_dir, device, dtype)?.with_lora(lora, config.train.seed)?,
         (Some(_), Some(point)) => attach_adapter(load_model_in(&prepared.model_dir, device, dtype)?, &point.dir)?,
     };
-    let mut trainer = Trainer::<B>::new(model, options, reference)?.with_dropout_seed(config.train.seed);
+    let mut trainer = Trainer::<B>::new(model, options, reference)?
+        .with_dropout_seed(config.train.seed)
+        .with_batch_layout(config.train.batch_layout());
     if let Some(presliced) = presliced {
         trainer = trainer.with_presliced_blocks(presliced);
     }

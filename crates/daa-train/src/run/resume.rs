@@ -41,11 +41,11 @@ impl ResumePoint {
 }
 
 /// The `[train]` fields a resumed run may change: where it stops, how often
-/// it saves, how many non-finite steps it skips, its folders, whether it writes TensorBoard files, and the memory settings (which change how a step
+/// it saves, how many non-finite steps it skips, its folders, whether it writes TensorBoard files, and the memory settings and packing (which change how a step
 /// is computed, not what: a run that ran out of memory resumes with
 /// checkpointing on), the sharding stage, the collectives' deadline and transport (a
 /// run resumes onto any number of ranks).
-pub const RESUMABLE_TRAIN_FIELDS: [&str; 16] = [
+pub const RESUMABLE_TRAIN_FIELDS: [&str; 17] = [
     "max_steps",
     "checkpoint_every",
     "skip_nonfinite",
@@ -54,6 +54,7 @@ pub const RESUMABLE_TRAIN_FIELDS: [&str; 16] = [
     "fused_head",
     "head_chunk_tokens",
     "activation_checkpointing",
+    "packing",
     "precision",
     "device_memory",
     "memory_check",

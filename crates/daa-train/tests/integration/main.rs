@@ -1,6 +1,6 @@
 //! daa-train's integration tests, in one binary (one link of burn): the
-//! library alone (`backends`, `decode`, `fused`, `memory`, `plan`, `precision`,
-//! `step`: what the browser builds), and, with the `io` feature, the
+//! library alone (`backends`, `decode`, `fused`, `memory`, `packing`, `plan`,
+//! `precision`, `step`: what the browser builds), and, with the `io` feature, the
 //! trainer end to end on tiny random checkpoints written in the real
 //! Hugging Face layout (`checkpoints`, `judge`, `model`, `train`; `naive` is
 //! their plain-Rust model).
@@ -14,6 +14,7 @@ mod fused;
 mod kl;
 mod lora;
 mod memory;
+mod packing;
 mod plan;
 mod precision;
 mod sharding;

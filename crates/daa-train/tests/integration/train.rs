@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use daa_tests::metrics::assert_same_metrics;
+use daa_train::batch::BatchLayout;
 use daa_train::reference_cache::{ScoresKey, read_scores, score_encoded};
 use daa_train::run::config::TINY_CONFIG;
 use daa_train::run::{RunOutcome, Silent, TrainConfig, prepare};
@@ -228,6 +229,55 @@ fn a_frozen_reference_model_trains_like_the_cached_reference() {
     let a = read_metrics(&cached.path().join("run/metrics.jsonl")).unwrap();
     let b = read_metrics(&frozen.path().join("run/metrics.jsonl")).unwrap();
     assert_same_metrics(&a, &b);
+}
+
+#[test]
+fn a_packed_run_trains_like_the_padded_run() {
+    // Replies of uneven lengths (a few words to most of `max_length`), so
+    // that packed rows hold several sequences.
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = (0..24)
+        .map(|i| {
+            let prompt = format!("Count to {i}.");
+            let reply = |n: usize| (0..n).map(|k| (k % 10).to_string()).collect::<Vec<_>>().join(" ");
+            json!({"prompt": prompt, "chosen": chat(&prompt, &reply(1 + i % 7 * 3)), "rejected": chat(&prompt, &reply(2 + i % 5))})
+        })
+        .collect();
+    let data = dir.path().join("uneven.jsonl");
+    write_jsonl(&data, &rows);
+    let model_arg = format!("model.path={:?}", dir.path().join("run/builtin/model").display().to_string());
+    prepare(&tiny_config(dir.path(), &["train.max_steps=1"]), &dir.path().join("run")).unwrap();
+    let run = |name: &str, packing: &str| {
+        let out = format!("train.output_dir={:?}", dir.path().join(name).display().to_string());
+        let data_arg = format!("data.path={:?}", data.display().to_string());
+        let config = tiny_config(
+            dir.path(),
+            &[
+                &model_arg,
+                &data_arg,
+                &out,
+                packing,
+                "data.eval_size=4",
+                "train.max_steps=2",
+                "loss.reference=\"model\"",
+            ],
+        );
+        train(config, None).unwrap();
+        read_metrics(&dir.path().join(name).join("metrics.jsonl")).unwrap()
+    };
+    let padded = run("padded", "train.packing=false");
+    let packed = run("packed", "train.packing=true");
+    assert_eq!(packed.iter().filter(|r| r["type"] == "train").count(), 2);
+    assert_same_metrics(&padded, &packed);
+    // The batches really pack: micro-batches of these pairs fill fewer slots than padded ones.
+    let config = tiny_config(dir.path(), &[&model_arg, &format!("data.path={:?}", data.display().to_string())]);
+    let prepared = prepare(&config, &dir.path().join("run")).unwrap();
+    let slots = |layout| -> usize {
+        let pairs: Vec<_> = prepared.train.iter().map(|x| &x.pair).collect();
+        pairs.chunks(4).map(|micro| daa_train::score::pair_batch_in(micro, 0, 261, layout).unwrap().slots()).sum()
+    };
+    let (padded, packed) = (slots(BatchLayout::Padded), slots(BatchLayout::Packed));
+    assert!(packed < padded * 9 / 10, "{packed} packed slots, {padded} padded");
 }
 
 fn chat(prompt: &str, reply: &str) -> Value {
