@@ -8,6 +8,8 @@
 #                                # limit, printing as it goes; every result also under $OUT
 #                                # (default .gpu-check/out), the kernel caches included
 #   scripts/gpu-check.sh run steps   # phases 5 to 7 only
+#   scripts/gpu-check.sh run fused   # the fused operations: phase 5, the same step with
+#                                    # DAA_FUSED_OPS=0 (unfused compositions), phase 6
 #
 # Phases of `run` and their limits (seconds; 525 in all, under the 9 minutes
 # a 10-minute device command leaves after starting up):
@@ -21,7 +23,8 @@
 #   4 token-stats   60  token_stats GB/s vs the device's measured copy bandwidth, then
 #                       PyTorch eager on the same tensors
 #   5 step-1b      120  one bf16 DPO step, Llama-3.2-1B shape (init, warm-up, step, tok/s, MFU,
-#                       nvidia-smi peak vs daa plan)
+#                       nvidia-smi peak vs daa plan), with daa_train::fused's attention, norms,
+#                       RoPE and SwiGLU (the default)
 #   6 torch-1b      60  PyTorch + transformers, the same loss on the same inputs
 #   7 step-7b      120  Llama-2-7B shape (activation checkpointing), when >= 80 GB and the time
 #                       left covers it
@@ -137,6 +140,10 @@ step_1b() {
         --threads "$(nproc)" --repeats 3 | report "$(peak_flops)"
 }
 
+step_1b_unfused() {
+    DAA_FUSED_OPS=0 step_1b
+}
+
 torch_1b() {
     local inputs
     inputs=$(mktemp -d)/baseline-1b
@@ -222,6 +229,16 @@ for d in dirs:
     export DAA_GPU_CACHE="$PWD/$dir/gpu-cache" CUDA_CACHE_PATH="$PWD/$dir/gpu-cache/nv" CUDA_CACHE_MAXSIZE=1073741824
     export DAA_AUTOTUNE_LEVEL="${DAA_AUTOTUNE_LEVEL:-minimal}"
     mkdir -p "$DAA_GPU_CACHE"
+    if [ "${2:-}" = fused ]; then
+        phase environment 15 environment
+        phase step-1b 120 step_1b
+        phase step-1b-unfused 120 step_1b_unfused
+        phase torch-1b 60 torch_1b
+        rm -rf "$out/gpu-cache" && cp -r "$DAA_GPU_CACHE" "$out/gpu-cache"
+        echo "== gpu check (fused) finished in $(( $(date +%s) - started )) s"
+        [ ${#failed[@]} -eq 0 ] || { echo "== failed: ${failed[*]}"; exit 1; }
+        exit 0
+    fi
     if [ "${2:-}" != steps ]; then
         phase environment 15 environment
         phase kernels 60 kernels
@@ -251,7 +268,7 @@ _function) # a phase's body (see `phase`)
     "$@"
     ;;
 *)
-    echo "usage: scripts/gpu-check.sh build|run [steps]" >&2
+    echo "usage: scripts/gpu-check.sh build|run [steps|fused]" >&2
     exit 2
     ;;
 esac

@@ -83,9 +83,18 @@ fn time_op<const D: usize>(
         let out = op(leaves());
         let _ = out.into_data();
     });
+    // The output's gradient: a fixed contiguous tensor, as a matrix product
+    // would hand it back in a training step (`sum()` alone would hand back a
+    // broadcast view).
+    let upstream = {
+        let shape = op(leaves()).dims();
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| ((i as f32 * 0.618).fract() - 0.5) * 0.1).collect();
+        Tensor::<B, D>::from_data(TensorData::new(values, shape), &Default::default())
+    };
     let step = median(repeats, || {
         let leaves = leaves();
-        let grads = op(leaves.clone()).sum().backward();
+        let grads = (op(leaves.clone()) * upstream.clone()).sum().backward();
         for leaf in &leaves {
             let _ = leaf.grad(&grads).map(|g| g.into_data());
         }

@@ -5,16 +5,21 @@
 //! ```text
 //! cargo run --release -p daa-train --example step_memory -- fused [checkpointing] [bf16] [--vocab V --hidden D --layers L]
 //! cargo run --release -p daa-train --example step_memory -- unfused
+//! cargo run --release -p daa-train --features wgpu --example step_memory -- wgpu [--pairs P --seq T --prompt N]
 //! ```
 //!
-//! On burn's CPU backend of `daa train` (Flex); `bf16` trains in bf16 with
-//! f32 masters (`train.precision = "bf16"`).
+//! On burn's CPU backend of `daa train` (Flex), or with `wgpu` on burn's
+//! wgpu backend (lavapipe keeps its buffers in host memory, so the process's
+//! peak counts them); `bf16` trains in bf16 with f32 masters
+//! (`train.precision = "bf16"`). `DAA_FUSED_OPS=0` in the environment runs
+//! the unfused attention, norms, RoPE and SwiGLU (`daa_train::fused`).
 //!
 //! Run each configuration in its own process (the peak, `VmHWM`, only grows).
 
 use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
 use daa_core::preference::{PreferenceLoss, PreferenceLossParams};
 use daa_train::backward::MemoryOptions;
 use daa_train::batch::{Sequence, SequencePair};
@@ -30,6 +35,22 @@ fn status_mib(field: &str) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "wgpu") {
+        #[cfg(feature = "wgpu")]
+        {
+            daa_train::backend::configure_gpu_caches();
+            return step::<Autodiff<burn::backend::Wgpu>>(&args, "wgpu");
+        }
+        #[cfg(not(feature = "wgpu"))]
+        {
+            eprintln!("error: `wgpu` needs the example built with `--features wgpu`");
+            std::process::exit(2);
+        }
+    }
+    step::<Autodiff<Flex>>(&args, "cpu");
+}
+
+fn step<Train: AutodiffBackend>(args: &[String], backend: &str) {
     let value = |flag: &str, default: usize| {
         args.iter()
             .position(|a| a == flag)
@@ -44,7 +65,6 @@ fn main() {
         head_chunk_rows: 0,
         activation_checkpointing: args.iter().any(|a| a == "checkpointing"),
     };
-    type Train = Autodiff<Flex>;
     let precision =
         if args.iter().any(|a| a == "bf16") { daa_train::Precision::Bf16 } else { daa_train::Precision::F32 };
     let config = ModelConfig::from_json(&llama_config(vocab, hidden, layers).to_string()).unwrap();
@@ -84,15 +104,18 @@ fn main() {
     let scored = 2 * pairs_n * (seq - prompt);
     println!(
         "V {vocab}, d {hidden}, {layers} layers, {pairs_n} pairs × {seq} tokens ({scored} scored positions), \
-         {precision}, fused_head {}, checkpointing {}: loss {:.5}, grad norm {:.5}; {seconds:.2} s; \
+         {precision}, {}, fused_head {}, checkpointing {}, fused ops {}: loss {:.5}, grad norm {:.5}; {seconds:.2} s; \
          resident before the step {before:.0} MiB, peak {:.0} MiB (step added {:.0} MiB; \
-         one [positions × V] f32 copy = {:.0} MiB)",
+         one [positions × V] f32 copy = {:.0} MiB; one layer's [rows × heads × t × t] f32 scores = {:.0} MiB)",
+        backend,
         memory.fused_head,
         memory.activation_checkpointing,
+        daa_train::fused::enabled(),
         record.loss,
         record.grad_norm,
         status_mib("VmHWM"),
         status_mib("VmHWM") - before,
         (scored * vocab * 4) as f64 / (1 << 20) as f64,
+        (2 * pairs_n * config.num_heads * seq * seq * 4) as f64 / (1 << 20) as f64,
     );
 }

@@ -31,6 +31,11 @@
 //! gradient of saturated rows — scores in the thousands — to 4·10⁻⁴ where
 //! the unfused composition kept 2·10⁻⁵: `S − M` is exact, `S − L` is not.)
 //!
+//! On the CPU (Flex, f32) the whole call runs in `fused/cpu_flash.rs`
+//! instead: blocks of queries and keys that stay in cache, an online
+//! softmax (the same `M`, `Z`), and a backward that forms
+//! `D = rowsum(dO ∘ O)` from the output, which the node then keeps.
+//!
 //! Precision follows the unfused composition: the products in the
 //! activations' dtype, the scores widened to f32 for the softmax and its
 //! backward, `P` rounded to the dtype before `P v`; `dk`, `dv` summed over
@@ -85,7 +90,7 @@ pub(crate) struct Geometry {
 }
 
 impl Geometry {
-    fn of<B: Backend>(a: &AttentionArgs<B>) -> Self {
+    pub(crate) fn of<B: Backend>(a: &AttentionArgs<B>) -> Self {
         let [b, heads, t, h] = a.q.dims();
         let [_, kv, s, _] = a.k.dims();
         Self { b, kv, groups: heads / kv, t, s, h }
@@ -251,6 +256,10 @@ pub struct Normaliser<B: Backend> {
     pub max: Tensor<B, 4>,
     /// `Z = Σ_j exp(S_j − M)`.
     pub sum: Tensor<B, 4>,
+    /// The output `O`, kept where the backward forms `D = rowsum(dO ∘ O)`
+    /// (the CPU kernel, `fused/cpu_flash.rs`); `None` where it takes
+    /// `rowsum(P ∘ dP)` from each tile.
+    pub output: Option<Tensor<B, 4>>,
 }
 
 impl<B: Backend> Normaliser<B> {
@@ -264,6 +273,9 @@ impl<B: Backend> Normaliser<B> {
 /// The output `[b, H, t, h]` and each row's normaliser.
 pub fn forward<B: Backend>(a: &AttentionArgs<B>) -> (Tensor<B, 4>, Normaliser<B>) {
     let g = Geometry::of(a);
+    if let Some(done) = cpu_tile::flash_forward(a, g) {
+        return done;
+    }
     let dtype = FloatDType::from(a.q.dtype());
     let q = a.q.clone().reshape([g.b, g.kv, g.groups, g.t, g.h]);
     let bias = additive_bias(a);
@@ -279,7 +291,7 @@ pub fn forward<B: Backend>(a: &AttentionArgs<B>) -> (Tensor<B, 4>, Normaliser<B>
         sums.push(sum.reshape([g.b, g.kv, g.groups, n]));
     }
     let out = Tensor::cat(outputs, 3).reshape([g.b, g.kv * g.groups, g.t, g.h]);
-    (out, Normaliser { max: Tensor::cat(maxima, 3), sum: Tensor::cat(sums, 3) })
+    (out, Normaliser { max: Tensor::cat(maxima, 3), sum: Tensor::cat(sums, 3), output: None })
 }
 
 /// `(dq, dk, dv)` for the output's gradient `d_out` `[b, H, t, h]`, given the rows' normalisers.
@@ -290,6 +302,9 @@ pub fn backward<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let g = Geometry::of(a);
     let dtype = FloatDType::from(a.q.dtype());
+    if let Some(grads) = cpu_tile::flash_backward(a, g, normaliser, &d_out) {
+        return grads;
+    }
     let q = a.q.clone().reshape([g.b, g.kv, g.groups, g.t, g.h]);
     let d_out = d_out.cast(dtype).reshape([g.b, g.kv, g.groups, g.t, g.h]);
     let bias = additive_bias(a);

@@ -138,12 +138,21 @@ pub(crate) fn swiglu_forward(a: &[f32], u: &[f32]) -> Vec<f32> {
         .zip(a.par_chunks(MIN_TASK_ELEMENTS))
         .zip(u.par_chunks(MIN_TASK_ELEMENTS))
         .for_each(|((out, a), u)| {
+            let sigma = sigmoid(a);
             for i in 0..out.len() {
-                let sigma = 1.0 / (1.0 + (-a[i]).exp());
-                out[i] = a[i] * sigma * u[i];
+                out[i] = a[i] * sigma[i] * u[i];
             }
         });
     out
+}
+
+/// `σ(a) = 1 / (1 + e⁻ᵃ)` of every element (the vectorised `exp` of
+/// `fused/cpu_flash.rs`).
+fn sigmoid(a: &[f32]) -> Vec<f32> {
+    let mut sigma: Vec<f32> = a.iter().map(|&x| -x).collect();
+    super::cpu_flash::exp_in_place(&mut sigma);
+    sigma.iter_mut().for_each(|e| *e = 1.0 / (1.0 + *e));
+    sigma
 }
 
 /// `(da, du)` of SwiGLU for `dh`: `du = dh ⊙ a σ(a)`, `da = dh ⊙ u ⊙ σ(a)(1 + a(1 − σ(a)))`.
@@ -156,8 +165,9 @@ pub(crate) fn swiglu_backward(a: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Ve
         .zip(u.par_chunks(n))
         .zip(dh.par_chunks(n))
         .for_each(|((((da, du), a), u), dh)| {
+            let sigmas = sigmoid(a);
             for i in 0..a.len() {
-                let sigma = 1.0 / (1.0 + (-a[i]).exp());
+                let sigma = sigmas[i];
                 du[i] = dh[i] * a[i] * sigma;
                 da[i] = dh[i] * u[i] * sigma * (1.0 + a[i] * (1.0 - sigma));
             }

@@ -5,8 +5,9 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::attention::Geometry;
+use super::attention::{AttentionArgs, Geometry, Normaliser};
 use super::cpu::{self, TileRows};
+use super::cpu_flash::{self, FlashDims};
 
 /// `(P, M, Z)`.
 type Probabilities<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
@@ -78,4 +79,73 @@ pub(crate) fn backward<B: Backend>(
         None => run(None),
     };
     Ok((cpu::to_backend(cpu::tensor(p, shape)), cpu::to_backend(cpu::tensor(ds, shape))))
+}
+
+/// Queries per block of [`cpu_flash`], at most (from the call's tile size,
+/// so that small tiles give small blocks: the tests' uneven tiles).
+const FLASH_BLOCK_QUERIES: usize = 64;
+
+fn flash_dims<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> FlashDims {
+    let block_queries = a.tile_rows.clamp(1, FLASH_BLOCK_QUERIES);
+    FlashDims {
+        g,
+        mask_rows: a.hidden.as_ref().map_or(0, |m| m.dims()[0]),
+        block_queries,
+        block_keys: 4 * block_queries,
+    }
+}
+
+/// The mask's elements, row-major.
+fn mask_values<B: Backend>(a: &AttentionArgs<B>) -> Option<Option<Vec<bool>>> {
+    match &a.hidden {
+        None => Some(None),
+        Some(m) => m.clone().into_data().into_vec::<bool>().ok().map(Some),
+    }
+}
+
+/// The whole call through [`cpu_flash::forward`] when the backend is Flex
+/// and `q`, `k`, `v` are f32; the normaliser keeps the output for the backward.
+pub(crate) fn flash_forward<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> Option<(Tensor<B, 4>, Normaliser<B>)> {
+    let inputs = cpu::all_values(&[&a.q, &a.k, &a.v])?;
+    let hidden = mask_values(a)?;
+    let d = flash_dims(a, g);
+    let (out, max, sum) = cpu_flash::forward(&inputs[0], &inputs[1], &inputs[2], hidden.as_deref(), d, a.scale as f32);
+    let rows = [g.b, g.kv, g.groups, g.t];
+    let out: Tensor<B, 4> = cpu::to_backend(cpu::tensor(out, [g.b, g.kv * g.groups, g.t, g.h]));
+    let normaliser = Normaliser {
+        max: cpu::to_backend(cpu::tensor(max, rows)),
+        sum: cpu::to_backend(cpu::tensor(sum, rows)),
+        output: Some(out.clone()),
+    };
+    Some((out, normaliser))
+}
+
+/// `(dq, dk, dv)` through [`cpu_flash::backward`] when the forward ran
+/// [`flash_forward`] (the normaliser holds the output) and every tensor is Flex f32.
+pub(crate) fn flash_backward<B: Backend>(
+    a: &AttentionArgs<B>,
+    g: Geometry,
+    normaliser: &Normaliser<B>,
+    d_out: &Tensor<B, 4>,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    let out = normaliser.output.as_ref()?;
+    let inputs = cpu::all_values(&[&a.q, &a.k, &a.v, out, d_out])?;
+    let rows = cpu::all_values(&[&normaliser.max, &normaliser.sum])?;
+    let hidden = mask_values(a)?;
+    let d = flash_dims(a, g);
+    let (dq, dk, dv) = cpu_flash::backward(
+        (&inputs[0], &inputs[1], &inputs[2]),
+        hidden.as_deref(),
+        &inputs[3],
+        &inputs[4],
+        (&rows[0], &rows[1]),
+        d,
+        a.scale as f32,
+    );
+    let keys = [g.b, g.kv, g.s, g.h];
+    Some((
+        cpu::to_backend(cpu::tensor(dq, [g.b, g.kv * g.groups, g.t, g.h])),
+        cpu::to_backend(cpu::tensor(dk, keys)),
+        cpu::to_backend(cpu::tensor(dv, keys)),
+    ))
 }

@@ -29,6 +29,7 @@
 pub mod adamw;
 pub mod attention;
 mod cpu;
+mod cpu_flash;
 mod cpu_tile;
 pub mod norm;
 pub mod rope;
