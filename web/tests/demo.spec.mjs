@@ -103,6 +103,19 @@ async function chartInk(page) {
   );
 }
 
+/** `chartInk` once every chart has ink, or after `timeoutMs` (a chart is
+ * drawn on the next animation frame after its data arrives: a fixed wait
+ * missed it once on a loaded machine). */
+async function drawnCharts(page, timeoutMs = 5000) {
+  const until = Date.now() + timeoutMs;
+  let ink = await chartInk(page);
+  while (Date.now() < until && (ink.length === 0 || ink.some((c) => c.ink <= 400))) {
+    await page.waitForTimeout(100);
+    ink = await chartInk(page);
+  }
+  return ink;
+}
+
 async function trainRun(webgpu, summary) {
   const name = webgpu ? "webgpu" : "cpu";
   console.log(`\n== training in the page (${name})`);
@@ -274,8 +287,7 @@ async function viewer(summary) {
   check(shown.problems.length === 1 && /line 11: not JSON/.test(shown.problems[0]), `viewer: names the malformed line (${shown.problems.join(" | ")})`);
   check(/9 evaluations/.test(shown.source) && /1 events/.test(shown.source), `viewer: ${shown.source}`);
   check(shown.samplesHidden && !shown.chartsHidden, "viewer, metrics only: charts, no Samples section");
-  await page.waitForTimeout(300);
-  const ink = await chartInk(page);
+  const ink = await drawnCharts(page);
   for (const c of ink) check(c.ink > 400, `viewer: chart ${c.id} is drawn (${c.ink} non-white pixels)`);
 
   // Both files at once (recognised by their content: neither has its run name).
@@ -288,8 +300,7 @@ async function viewer(summary) {
   checkSamplesAt64("viewer, both files", both);
   const html = both.rows[2]?.cells[2];
   check(html === '<img src=x onerror="window.injected=1">' && both.elements === 0 && both.injected === null, `viewer: a completion's markup is shown as text (${html})`);
-  await page.waitForTimeout(300);
-  for (const c of await chartInk(page)) check(c.ink > 400, `viewer, both files: chart ${c.id} is drawn (${c.ink} non-white pixels)`);
+  for (const c of await drawnCharts(page)) check(c.ink > 400, `viewer, both files: chart ${c.id} is drawn (${c.ink} non-white pixels)`);
   await page.screenshot({ path: join(artifacts, "viewer-samples.png"), fullPage: true });
   await page.selectOption("#run-samples-step", { label: "step 0" });
   const at0 = await viewerState(page);
