@@ -89,7 +89,7 @@ async function launch(webgpu) {
   return { context, profile };
 }
 
-/** Non-white pixels in the plotting area of each chart, and the points drawn. */
+/** Painted non-white pixels in the plotting area of each chart. */
 async function chartInk(page) {
   return page.evaluate(() =>
     [...document.querySelectorAll("#charts canvas")].map((c) => {
@@ -97,7 +97,8 @@ async function chartInk(page) {
       const top = Math.round(30 * (window.devicePixelRatio || 1));
       const data = ctx.getImageData(0, top, c.width, c.height - top).data;
       let ink = 0;
-      for (let i = 0; i < data.length; i += 4) if (data[i] < 240 || data[i + 1] < 240 || data[i + 2] < 240) ink++;
+      // A canvas not yet painted is transparent: no ink.
+      for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && (data[i] < 240 || data[i + 1] < 240 || data[i + 2] < 240)) ink++;
       return { id: c.id, ink };
     }),
   );
