@@ -134,9 +134,14 @@ impl Positions {
     }
 }
 
-/// The start of the packed sequence that holds column `c` (the last start `≤ c`).
+/// Which of a row's packed sequences holds column `c` (the last start `≤ c`).
+fn sequence_of(starts: &[usize], c: usize) -> usize {
+    starts.partition_point(|&o| o <= c) - 1
+}
+
+/// The start of the packed sequence that holds column `c`.
 fn start_of(starts: &[usize], c: usize) -> usize {
-    starts[starts.partition_point(|&o| o <= c) - 1]
+    starts[sequence_of(starts, c)]
 }
 
 /// `true` where query column `q` (of `past..past + seq`) must not see key
@@ -180,10 +185,8 @@ pub(crate) fn hidden_keys<B: Backend>(
         }
         Layout::Packed(starts) => {
             // Packed rows never extend a cache: keys = seq, query column = key column.
-            let sequence: Vec<i64> = starts
-                .iter()
-                .flat_map(|row| (0..seq).map(move |c| (row.partition_point(|&o| o <= c) - 1) as i64))
-                .collect();
+            let sequence: Vec<i64> =
+                starts.iter().flat_map(|row| (0..seq).map(move |c| sequence_of(row, c) as i64)).collect();
             let sequence = Tensor::<B, 2, Int>::from_data(TensorData::new(sequence, [rows, seq]), device);
             let of_query = sequence.clone().reshape([rows, seq, 1]).expand([rows, seq, keys]);
             let of_key = sequence.reshape([rows, 1, keys]).expand([rows, seq, keys]);
