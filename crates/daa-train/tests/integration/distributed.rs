@@ -67,6 +67,35 @@ pub fn checkpointed(options: TrainerOptions) -> TrainerOptions {
     TrainerOptions { memory, ..options }
 }
 
+/// A copy of `model` whose parameters are new autodiff leaves over the same
+/// values: what each rank thread trains. Thread ranks must not share leaves:
+/// burn-autodiff 0.21 merges the graphs of operations that share a node, and
+/// one rank merging (the locator's lock, then a graph's) while another runs
+/// its backward pass (its graph's lock, then the locator's to clean up) leaves
+/// both waiting for ever (seen as this file hanging on CI). Ranks in separate
+/// processes, as in training, never share nodes.
+pub fn rank_copy(model: &CausalLm<AD>) -> CausalLm<AD> {
+    use burn::module::Module;
+    model.clone().map(&mut NewLeaves)
+}
+
+/// Gives every parameter a new autodiff node (same id, values and
+/// `require_grad`).
+struct NewLeaves;
+
+impl burn::module::ModuleMapper<AD> for NewLeaves {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<AD, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<AD, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let trained = tensor.is_require_grad();
+        let leaf = burn::tensor::Tensor::from_inner(tensor.inner());
+        let leaf = if trained { leaf.require_grad() } else { leaf };
+        burn::module::Param::from_mapped_value(id, leaf, mapper)
+    }
+}
+
 /// Every trained parameter's values as f32, in file layout.
 pub fn weights_of<B: burn::tensor::backend::Backend>(model: &CausalLm<B>) -> Vec<f32> {
     let mut out = Vec::new();
@@ -107,7 +136,7 @@ fn assert_two_ranks_are_one_rank(read_group: Option<usize>) {
         let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
             .into_iter()
             .map(|collective| {
-                let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
+                let (pairs, reference, initial) = (&pairs, &reference, rank_copy(&initial));
                 scope.spawn(move || {
                     let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
                     let reducer = DataParallel::new(collective);
@@ -170,7 +199,7 @@ fn evaluation_split_over_ranks_reports_what_one_rank_reports() {
         let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
             .into_iter()
             .map(|collective| {
-                let (pairs, reference, held, stats, initial) = (&pairs, &reference, &held, &stats, initial.clone());
+                let (pairs, reference, held, stats, initial) = (&pairs, &reference, &held, &stats, rank_copy(&initial));
                 scope.spawn(move || {
                     let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
                     let mut trainer = Trainer::new(initial, options(4), ReferencePolicy::Given)
@@ -228,7 +257,7 @@ fn two_ranks_step_at(
         let handles: Vec<_> = ThreadRank::group(2, std::time::Duration::from_secs(120))
             .into_iter()
             .map(|collective| {
-                let (pairs, good, initial) = (&pairs, &good, initial.clone());
+                let (pairs, good, initial) = (&pairs, &good, rank_copy(&initial));
                 scope.spawn(move || {
                     let rank = collective.rank();
                     let slice = rank_slice(pairs.len(), rank, 2);

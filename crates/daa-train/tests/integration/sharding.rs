@@ -12,7 +12,7 @@ use daa_train::score::PairScore;
 use daa_train::{ReferencePolicy, Trainer, TrainerOptions};
 use proptest::prelude::*;
 
-use super::distributed::{AD, STEPS, options, setup, train};
+use super::distributed::{AD, STEPS, options, rank_copy, setup, train};
 use daa_train::batch::SequencePair;
 use daa_train::model::CausalLm;
 
@@ -58,7 +58,7 @@ pub fn on_ranks<T: Send>(
         let handles: Vec<_> = ThreadRank::group(world, Duration::from_secs(120))
             .into_iter()
             .map(|collective| {
-                let initial = initial.clone();
+                let initial = rank_copy(initial);
                 scope.spawn(move || {
                     let slice = rank_slice(pairs.len(), collective.rank(), collective.world_size());
                     let mut trainer = Trainer::new(initial, options, ReferencePolicy::Given)
@@ -266,7 +266,7 @@ fn sharded_within_nodes_and_replicated_across_them_is_one_rank_to_rounding() {
             let handles: Vec<_> = ThreadRank::group(4, Duration::from_secs(120))
                 .into_iter()
                 .map(|mut collective| {
-                    let (pairs, reference, initial) = (&pairs, &reference, initial.clone());
+                    let (pairs, reference, initial) = (&pairs, &reference, rank_copy(&initial));
                     scope.spawn(move || {
                         let (rank, world) = (collective.rank(), collective.world_size());
                         let (node, local) = (rank / 2, rank % 2);

@@ -121,7 +121,7 @@ fn supervised_step(count: usize) -> (LossAndWeights, Vec<LossAndWeights>) {
         let handles: Vec<_> = ThreadRank::group(2, Duration::from_secs(120))
             .into_iter()
             .map(|collective| {
-                let (sequences, initial) = (&sequences, initial.clone());
+                let (sequences, initial) = (&sequences, super::distributed::rank_copy(&initial));
                 scope.spawn(move || {
                     let slice = rank_slice(sequences.len(), collective.rank(), collective.world_size());
                     let mut trainer = Trainer::new(initial, options, ReferencePolicy::Given)
