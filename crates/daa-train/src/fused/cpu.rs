@@ -4,24 +4,19 @@
 //! the operations when the inner backend is Flex and the tensors are f32;
 //! other dtypes and backends run the tensor operations. Each kernel computes
 //! what its operation's module docs say, with the f32 operations of the
-//! tensor composition in the same order where it can (RoPE, the softmax's
-//! `c · raw + bias`); tests compare them within rounding
-//! (`tests/integration/fused.rs`).
+//! tensor composition in the same order where it can (RoPE); tests compare
+//! them within rounding (`tests/integration/fused.rs`). The attention has its
+//! own kernel, [`super::cpu_flash`].
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexDevice;
-use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::downcast;
 
 /// Rows per rayon task: at least this many elements each.
 const MIN_TASK_ELEMENTS: usize = 1 << 14;
-
-/// Rows of `width` per task.
-fn rows_per_task(width: usize) -> usize {
-    (MIN_TASK_ELEMENTS / width.max(1)).max(1)
-}
 
 /// `t`'s elements in row-major order as f32 (a copy when it is a strided view), when it is f32.
 pub(crate) fn values<const D: usize>(t: Tensor<Flex, D>) -> Option<Vec<f32>> {
@@ -50,20 +45,6 @@ pub(crate) fn on_flex<B: burn::tensor::backend::Backend, const D: usize>(
 /// Whether the backend `B` is Flex.
 pub(crate) fn is_flex<B: burn::tensor::backend::Backend>() -> bool {
     std::any::TypeId::of::<B>() == std::any::TypeId::of::<Flex>()
-}
-
-/// `f` of `t`'s elements without a copy when `t` is a contiguous f32 Flex
-/// tensor, else of a contiguous copy; `None` when `B` is not Flex or `t` not f32.
-pub(crate) fn with_elements<B: burn::tensor::backend::Backend, const D: usize, R>(
-    t: &Tensor<B, D>,
-    f: impl FnOnce(&[f32]) -> R,
-) -> Option<R> {
-    let flex = on_flex(t.clone()).ok()?;
-    let primitive = flex.into_primitive().tensor();
-    match primitive.as_slice::<f32>() {
-        Some(elements) => Some(f(elements)),
-        None => Some(f(&values(Tensor::<Flex, D>::from_primitive(TensorPrimitive::Float(primitive)))?)),
-    }
 }
 
 /// `t` back on the backend `B`, which is Flex (the caller checked with [`on_flex`]).
@@ -173,111 +154,4 @@ pub(crate) fn swiglu_backward(a: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Ve
             }
         });
     (da, du)
-}
-
-/// Where a tile's rows find their bias: the bias is the call's whole
-/// `[bias_rows, 1, t, s]` (row-major), the scores' rows are `[b, K, G·n]`
-/// for queries `t0..t0 + n` (query `i` of a row is its index modulo `n`,
-/// its batch row its index over `K·G·n`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TileRows {
-    /// Queries in the tile, `n`.
-    pub queries: usize,
-    /// The tile's first query, `t0`.
-    pub first_query: usize,
-    /// Score rows per batch row, `K·G·n`.
-    pub per_batch_row: usize,
-    /// Rows of the bias: 1 (shared) or one per batch row.
-    pub bias_rows: usize,
-    /// Queries `t` of the whole bias.
-    pub bias_queries: usize,
-    /// Keys `s` of the whole bias (its row length).
-    pub bias_keys: usize,
-}
-
-impl TileRows {
-    /// Offset of score row `row`'s bias row in the whole bias.
-    fn bias_offset(&self, row: usize) -> usize {
-        let batch_row = if self.bias_rows == 1 { 0 } else { row / self.per_batch_row };
-        (batch_row * self.bias_queries + self.first_query + row % self.queries) * self.bias_keys
-    }
-}
-
-/// The softmax of each row of `s = c · raw + bias` (`raw` `[rows, keys]`):
-/// the probabilities, each row's max `M` and `Z = Σ exp(s − M)`.
-pub(crate) fn softmax_rows(
-    raw: &[f32],
-    bias: Option<&[f32]>,
-    keys: usize,
-    layout: TileRows,
-    scale: f32,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let scores = raw;
-    let rows = scores.len() / keys.max(1);
-    let mut p = vec![0f32; scores.len()];
-    let (mut max, mut sum) = (vec![0f32; rows], vec![0f32; rows]);
-    let per_task = rows_per_task(keys);
-    p.par_chunks_mut(keys * per_task)
-        .zip(max.par_chunks_mut(per_task))
-        .zip(sum.par_chunks_mut(per_task))
-        .enumerate()
-        .for_each(|(task, ((p, max), sum))| {
-            for (r, p) in p.chunks_mut(keys).enumerate() {
-                let row = task * per_task + r;
-                let s = &scores[row * keys..][..keys];
-                let bias = bias.map(|b| &b[layout.bias_offset(row)..][..keys]);
-                let mut m = f32::NEG_INFINITY;
-                for j in 0..keys {
-                    p[j] = s[j] * scale + bias.map_or(0.0, |b| b[j]);
-                    m = m.max(p[j]);
-                }
-                let mut z = 0f32;
-                for v in p.iter_mut() {
-                    *v = (*v - m).exp();
-                    z += *v;
-                }
-                for v in p.iter_mut() {
-                    *v /= z;
-                }
-                (max[r], sum[r]) = (m, z);
-            }
-        });
-    (p, max, sum)
-}
-
-/// A tile's backward from `raw` `[rows, keys]` (`q kᵀ`), each row's `M`,
-/// `Z`, and `dP = dO vᵀ`: the probabilities `P = exp(c · raw + bias − M) / Z`
-/// and `dS = c · P ⊙ (dP − rowsum(P ⊙ dP))`.
-pub(crate) fn softmax_backward_rows(
-    raw: &[f32],
-    bias: Option<&[f32]>,
-    (max, sum): (&[f32], &[f32]),
-    dp: &[f32],
-    keys: usize,
-    layout: TileRows,
-    scale: f32,
-) -> (Vec<f32>, Vec<f32>) {
-    let scores = raw;
-    let mut p = vec![0f32; scores.len()];
-    let mut ds = vec![0f32; scores.len()];
-    let per_task = rows_per_task(keys);
-    p.par_chunks_mut(keys * per_task).zip(ds.par_chunks_mut(keys * per_task)).enumerate().for_each(
-        |(task, (p, ds))| {
-            for (r, (p, ds)) in p.chunks_mut(keys).zip(ds.chunks_mut(keys)).enumerate() {
-                let row = task * per_task + r;
-                let (s, dp) = (&scores[row * keys..][..keys], &dp[row * keys..][..keys]);
-                let bias = bias.map(|b| &b[layout.bias_offset(row)..][..keys]);
-                let (m, z) = (max[row], sum[row]);
-                let mut dot = 0f32;
-                for j in 0..keys {
-                    p[j] = (s[j] * scale + bias.map_or(0.0, |b| b[j]) - m).exp() / z;
-                    dot += p[j] * dp[j];
-                }
-                for j in 0..keys {
-                    ds[j] = p[j] * (dp[j] - dot) * scale;
-                }
-            }
-        },
-    );
-    (p, ds)
 }
