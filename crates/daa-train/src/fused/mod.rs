@@ -31,6 +31,8 @@ pub mod attention;
 mod cpu;
 mod cpu_flash;
 mod cpu_tile;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
@@ -67,6 +69,16 @@ pub fn has_fused_nodes<B: Backend>() -> bool {
     #[cfg(not(feature = "cuda"))]
     let cuda = false;
     flex || wgpu || cuda
+}
+
+/// Whether the fused operations run CubeCL kernels (`fused/cube`) on the
+/// inner backend `X`: burn's `Wgpu` and `Cuda` (norms so far; the other
+/// operations run their tensor operations there).
+pub fn has_cube_kernels<X: Backend>() -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return cube::applies::<X>();
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    false
 }
 
 /// Returns from the enclosing function with the fused node's output when

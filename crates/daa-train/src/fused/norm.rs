@@ -100,8 +100,12 @@ fn backward<B: Backend>(state: &NormState<B>, dy: Tensor<B, 3>) -> (Tensor<B, 3>
     let [batch, seq, d] = state.x.dims();
     let dtype = FloatDType::from(state.x.dtype());
     let weight_dtype = FloatDType::from(state.weight.dtype());
-    let normalised = Statistics::normalised(state.x.clone(), state.mean.as_ref(), &state.rstd);
     let dy = dy.cast(dtype);
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(done) = super::cube::norm::backward((&state.x, &state.weight, &dy), state.mean.as_ref(), &state.rstd) {
+        return done;
+    }
+    let normalised = Statistics::normalised(state.x.clone(), state.mean.as_ref(), &state.rstd);
     let dw = (dy.clone().cast(FloatDType::F32) * normalised.clone())
         .reshape([batch * seq, d])
         .sum_dim(0)
@@ -151,12 +155,24 @@ fn node<X: Backend>(a: NormArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
     let nodes = [x.node.clone(), w.node.clone()];
     let x = Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(x.primitive));
     let weight = Tensor::<X, 1>::from_primitive(TensorPrimitive::Float(w.primitive));
-    let dtype = FloatDType::from(x.dtype());
-    let stats = Statistics::of(x.clone(), a.kind, a.eps);
-    let out = (stats.normalised.cast(dtype) * weight.clone().unsqueeze::<3>()).into_primitive().tensor();
+    let (out, mean, rstd) = forward(&x, &weight, a.kind, a.eps);
     let out = match NormBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(NormState { x, weight, mean: stats.mean, rstd: stats.rstd }, out),
-        OpsKind::UnTracked(prep) => prep.finish(out),
+        OpsKind::Tracked(prep) => prep.finish(NormState { x, weight, mean, rstd }, out.into_primitive().tensor()),
+        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `(y, μ, r)` on the inner backend: the CubeCL kernel on burn's GPU
+/// backends, else the tensor operations.
+pub(crate) type NormOutputs<X> = (Tensor<X, 3>, Option<Tensor<X, 3>>, Tensor<X, 3>);
+
+fn forward<X: Backend>(x: &Tensor<X, 3>, weight: &Tensor<X, 1>, kind: NormKind, eps: f64) -> NormOutputs<X> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(done) = super::cube::norm::forward(x, weight, kind == NormKind::LayerNormNoBias, eps) {
+        return done;
+    }
+    let dtype = FloatDType::from(x.dtype());
+    let stats = Statistics::of(x.clone(), kind, eps);
+    (stats.normalised.cast(dtype) * weight.clone().unsqueeze::<3>(), stats.mean, stats.rstd)
 }

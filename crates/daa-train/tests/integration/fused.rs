@@ -211,7 +211,8 @@ impl BackendTask for FusedChecks {
                 continue;
             }
             for kind in [NormKind::Rms, NormKind::LayerNormNoBias] {
-                for shape in [[2, 3, 5], [1, 1, 1], [3, 2, 67]] {
+                // Rows of 1 to 4 097; widths under, at and over a cube's 256 units.
+                for shape in [[2, 3, 5], [1, 1, 1], [3, 2, 67], [1, 65, 300], [2, 32, 256], [1, 4097, 3]] {
                     check_norm::<B>(kind, shape, dtype, &device);
                 }
             }
@@ -295,6 +296,7 @@ fn check_rope<B: AutodiffBackend>(interleaved: bool, dtype: FloatDType, device: 
 
 #[test]
 fn fused_operations_agree_with_the_unfused_compositions_on_the_cpu() {
+    assert!(!fused::has_cube_kernels::<burn::backend::Flex>(), "Flex has no CubeCL kernels");
     with_compute_backend(ComputeBackend::Cpu, 0, FusedChecks).unwrap();
 }
 
@@ -304,6 +306,8 @@ fn fused_operations_agree_with_the_unfused_compositions_on_wgpu() {
         println!("skipped: this build has no `wgpu` feature");
         return;
     }
+    #[cfg(feature = "wgpu")]
+    assert!(fused::has_cube_kernels::<burn::backend::Wgpu>(), "the norms run their CubeCL kernels on wgpu");
     if let Err(e) = with_compute_backend(ComputeBackend::Wgpu, 0, FusedChecks) {
         daa_tests::gpu::skip("wgpu", &e.to_string());
     }
