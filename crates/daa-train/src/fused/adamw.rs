@@ -14,8 +14,9 @@
 //! On the CPU (Flex) [`update`] reads `θ`, `m`, `v`, `g` once and writes
 //! `θ`, `m`, `v` in place, split across rayon's threads, with the same f32
 //! operations in the same order as [`unfused`] (thirteen tensor passes, each
-//! with its own allocation): the results agree to the bit. Other backends run
-//! [`unfused`].
+//! with its own allocation): the results agree to the bit. On burn's GPU
+//! backends one CubeCL kernel (`fused/cube`) computes the same operations
+//! into new `θ`, `m`, `v`; other backends run [`unfused`].
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -69,7 +70,21 @@ pub fn update<B: Backend>(
             let out = update_on_flex(on_flex, step);
             downcast(out).unwrap_or_else(|_| unreachable!("B is Flex"))
         }
-        Err([theta, g, m, v]) => unfused(theta, g, m, v, step),
+        Err([theta, g, m, v]) => on_gpu([&theta, &g, &m, &v], step).unwrap_or_else(|| unfused(theta, g, m, v, step)),
+    }
+}
+
+/// The update through the CubeCL kernel on burn's GPU backends.
+fn on_gpu<B: Backend>(
+    tensors: [&Tensor<B, 1>; 4],
+    step: AdamWStep,
+) -> Option<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>)> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return super::cube::elementwise::adamw(tensors, step);
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = (tensors, step);
+        None
     }
 }
 

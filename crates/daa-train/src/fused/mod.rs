@@ -72,8 +72,8 @@ pub fn has_fused_nodes<B: Backend>() -> bool {
 }
 
 /// Whether the fused operations run CubeCL kernels (`fused/cube`) on the
-/// inner backend `X`: burn's `Wgpu` and `Cuda` (norms so far; the other
-/// operations run their tensor operations there).
+/// inner backend `X`: burn's `Wgpu` and `Cuda` (norms, RoPE, SwiGLU and
+/// AdamW; the attention runs its tiled tensor operations there).
 pub fn has_cube_kernels<X: Backend>() -> bool {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     return cube::applies::<X>();

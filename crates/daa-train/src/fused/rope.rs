@@ -9,8 +9,9 @@
 //! The node keeps only the tables (which the model keeps anyway); the
 //! unfused composition's backward runs through the halves' slices, the
 //! negation and the concatenation. On the CPU (Flex, f32) forward and
-//! backward are one multi-threaded pass each (`fused/cpu.rs`), the same f32
-//! operations as the composition.
+//! backward are one multi-threaded pass each (`fused/cpu.rs`), on burn's GPU
+//! backends one CubeCL kernel each reading `x` through its strides
+//! (`fused/cube`); both the same operations as the composition.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -61,14 +62,19 @@ pub fn rotate<B: Backend>(x: Tensor<B, 4>, interleaved: bool) -> Tensor<B, 4> {
 }
 
 /// `y = x ⊙ cos + rot(x) ⊙ sin` (`forward`) or `dx = dy ⊙ cos − rot(dy ⊙ sin)`
-/// in one pass on the CPU (Flex, f32), else `None`.
-fn on_cpu<B: Backend>(
+/// in one pass on the CPU (Flex, f32) or one CubeCL kernel on burn's GPU
+/// backends, else `None`.
+fn one_pass<B: Backend>(
     x: &Tensor<B, 4>,
     cos: &Tensor<B, 4>,
     sin: &Tensor<B, 4>,
     interleaved: bool,
     forward: bool,
 ) -> Option<Tensor<B, 4>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(done) = super::cube::elementwise::rope(x, (cos, sin), interleaved, forward) {
+        return Some(done);
+    }
     let shape @ [_, heads, t, h] = x.dims();
     let [x, cos, sin] = <[Vec<f32>; 3]>::try_from(cpu::all_values(&[x, cos, sin])?).ok()?;
     Some(cpu::to_backend(cpu::tensor(cpu::rope(&x, &cos, &sin, heads, t, h, interleaved, forward), shape)))
@@ -98,7 +104,7 @@ impl<X: Backend> Backward<X, 1> for RopeBackward {
         let state = ops.state;
         unary::<X, _>(ops.parents, ops.node, grads, |dy| {
             let dy = Tensor::<X, 4>::from_primitive(TensorPrimitive::Float(dy));
-            let dx = match on_cpu(&dy, &state.cos, &state.sin, state.interleaved, false) {
+            let dx = match one_pass(&dy, &state.cos, &state.sin, state.interleaved, false) {
                 Some(dx) => dx,
                 None => dy.clone() * state.cos - rotate(dy * state.sin, state.interleaved),
             };
@@ -117,7 +123,7 @@ fn node<X: Backend>(a: RopeArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 4> {
         interleaved: a.interleaved,
     };
     let state = RopeState { cos: args.cos.clone(), sin: args.sin.clone(), interleaved: args.interleaved };
-    let out = match on_cpu(&args.x, &args.cos, &args.sin, args.interleaved, true) {
+    let out = match one_pass(&args.x, &args.cos, &args.sin, args.interleaved, true) {
         Some(out) => out,
         None => unfused(args),
     };

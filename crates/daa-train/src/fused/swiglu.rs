@@ -9,7 +9,8 @@
 //! in the activations' dtype, as the unfused composition computes. The node
 //! keeps `a` and `u`; the unfused one keeps `σ(a)`, `silu(a)` too. On the CPU
 //! (Flex, f32) forward and backward are one multi-threaded pass each
-//! (`fused/cpu.rs`).
+//! (`fused/cpu.rs`); on burn's GPU backends one CubeCL kernel each
+//! (`fused/cube`).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -55,6 +56,10 @@ fn backward<B: Backend>(a: &SwigluArgs<B>, dh: Tensor<B, 3>) -> (Tensor<B, 3>, T
         let (da, du) = cpu::swiglu_backward(&gate, &up, &dh);
         return (cpu::to_backend(cpu::tensor(da, shape)), cpu::to_backend(cpu::tensor(du, shape)));
     }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let Some(done) = super::cube::elementwise::swiglu_backward(&a.gate, &a.up, &dh) {
+        return done;
+    }
     let sig = sigmoid(a.gate.clone());
     let du = dh.clone() * a.gate.clone() * sig.clone();
     let slope = (sig.clone().neg().add_scalar(1.0) * a.gate.clone()).add_scalar(1.0) * sig;
@@ -86,7 +91,7 @@ fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
     let shape = args.gate.dims();
     let out = match cpu::all_values(&[&args.gate, &args.up]).and_then(|v| <[Vec<f32>; 2]>::try_from(v).ok()) {
         Some([gate, up]) => cpu::to_backend(cpu::tensor(cpu::swiglu_forward(&gate, &up), shape)),
-        None => unfused(args.clone()),
+        None => on_gpu(&args).unwrap_or_else(|| unfused(args.clone())),
     };
     let out = out.into_primitive().tensor();
     let out = match SwigluBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
@@ -94,4 +99,15 @@ fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The forward through the CubeCL kernel on burn's GPU backends.
+fn on_gpu<X: Backend>(args: &SwigluArgs<X>) -> Option<Tensor<X, 3>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return super::cube::elementwise::swiglu_forward(&args.gate, &args.up);
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = args;
+        None
+    }
 }

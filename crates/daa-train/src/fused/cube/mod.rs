@@ -7,12 +7,18 @@
 //! (`tests/integration/fused.rs`) run them on wgpu (lavapipe in CI).
 
 mod custom_op;
+pub(crate) mod elementwise;
+mod elementwise_kernels;
 pub(crate) mod norm;
 mod norm_kernels;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, Tensor, TensorPrimitive};
 use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::reshape;
+use burn_cubecl::tensor::CubeTensor;
 
 use super::downcast;
 use custom_op::FusedTensor;
@@ -68,4 +74,21 @@ fn on_runtime<X: Backend, R: CubeRuntime, const I: usize, const O: usize>(
     let same = "the float tensors of X are fused tensors of R";
     let fused = inputs.map(|t| downcast::<_, FusedTensor<R>>(t).unwrap_or_else(|_| unreachable!("{same}")));
     Ok(op.run::<R>(fused).map(|t| downcast(t).unwrap_or_else(|_| unreachable!("{same}"))))
+}
+
+/// `t` contiguous as `[rows, d]` (`d` its last axis).
+fn as_rows<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    let shape = t.meta.shape().clone();
+    let d = shape[shape.num_dims() - 1];
+    let rows = shape.num_elements() / d.max(1);
+    reshape(into_contiguous(t), Shape::new([rows, d]))
+}
+
+/// `t`'s primitive (a clone: the tensor stays the caller's).
+fn float<X: Backend, const D: usize>(t: &Tensor<X, D>) -> FloatTensor<X> {
+    t.clone().into_primitive().tensor()
+}
+
+fn tensor<X: Backend, const D: usize>(t: FloatTensor<X>) -> Tensor<X, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }

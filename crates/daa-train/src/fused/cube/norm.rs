@@ -6,18 +6,16 @@
 //! dtype before the weight, `g = dy ⊙ w` formed in `x`'s dtype.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::ops::reshape;
-use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use super::custom_op::{FusedTensor, custom_op};
 use super::norm_kernels::{backward_kernel, forward_kernel, weight_partials_kernel};
-use super::{OnCube, on_cube};
+use super::{OnCube, as_rows, float, on_cube, tensor};
 
 /// Units per cube of the row kernels (a power of two; WebGPU's default limit).
 const CUBE_SIZE: u32 = 256;
@@ -30,14 +28,6 @@ const MAX_GRID: usize = 65_535;
 fn row_grid(rows: usize) -> CubeCount {
     let x = rows.clamp(1, MAX_GRID);
     CubeCount::Static(x as u32, rows.div_ceil(x).max(1) as u32, 1)
-}
-
-/// `t` contiguous as `[rows, d]` (`d` its last axis).
-fn as_rows<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let shape = t.meta.shape().clone();
-    let d = shape[shape.num_dims() - 1];
-    let rows = shape.num_elements() / d.max(1);
-    reshape(into_contiguous(t), Shape::new([rows, d]))
 }
 
 /// The shape of `x` with its last axis 1 (a row statistic's).
@@ -138,14 +128,6 @@ impl OnCube<5, 2> for Backward {
             [reshape(dx, shape.clone()), partial]
         })
     }
-}
-
-fn float<X: Backend, const D: usize>(t: &Tensor<X, D>) -> FloatTensor<X> {
-    t.clone().into_primitive().tensor()
-}
-
-fn tensor<X: Backend, const D: usize>(t: FloatTensor<X>) -> Tensor<X, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// `(y, μ, r)` (`μ`, `r` `[batch, seq, 1]`, f32; `μ` for LayerNorm only)
