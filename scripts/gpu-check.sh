@@ -17,7 +17,9 @@
 #   2 kernels       60  daa-core's CUDA agreement tests vs the f64 specification
 #                       (every dtype, the vec4/vec8 paths, bf16 backward), DAA_REQUIRE_GPU=cuda
 #   3 train-step    90  burn-CUDA Trainer::step vs the CPU step (f32 within 1e-3; bf16 within
-#                       5e-2; full and LoRA), and a one-rank NCCL communicator (libnccl.so.2 of
+#                       5e-2; full and LoRA), the fused operations' CubeCL kernels (norms,
+#                       RoPE, SwiGLU, AdamW) against their tensor compositions (fused.rs,
+#                       `on_cuda`), and a one-rank NCCL communicator (libnccl.so.2 of
 #                       the wheel or the toolkit: its collectives against the host, a step through
 #                       it against the step alone): crates/daa-train/tests/integration/backends.rs
 #   4 token-stats   60  token_stats GB/s vs the device's measured copy bandwidth, then
@@ -119,7 +121,9 @@ kernels() {
 }
 
 train_step() {
-    "$bin/integration" backends --nocapture
+    # The trainer's step, then the fused operations' CubeCL kernels against
+    # their tensor compositions (values and gradients, f32 and bf16).
+    "$bin/integration" backends on_cuda --nocapture
 }
 
 token_stats() {

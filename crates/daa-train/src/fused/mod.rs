@@ -109,8 +109,9 @@ macro_rules! return_on_autodiff {
 }
 pub(crate) use return_on_autodiff;
 
-/// 0: not read yet, 1: fused, 2: unfused.
+/// 0: not read yet, 1: on, 2: off.
 static FUSED: AtomicU8 = AtomicU8::new(0);
+static CUBE_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// Whether the model uses the fused operations: yes unless the environment
 /// variable `DAA_FUSED_OPS` is `0`, `off` or `false` (read once, for the
@@ -118,13 +119,26 @@ static FUSED: AtomicU8 = AtomicU8::new(0);
 /// trainer benchmark's before/after, and the agreement tests, which call
 /// them directly.
 pub fn enabled() -> bool {
-    match FUSED.load(Ordering::Relaxed) {
+    switched_on("DAA_FUSED_OPS", &FUSED)
+}
+
+/// Whether the fused operations run their CubeCL kernels on burn's GPU
+/// backends: yes unless `DAA_CUBE_KERNELS` is `0`, `off` or `false` (read
+/// once), which leaves them their tensor operations there — a way round a
+/// kernel a GPU or driver refuses.
+pub fn cube_kernels_enabled() -> bool {
+    switched_on("DAA_CUBE_KERNELS", &CUBE_KERNELS)
+}
+
+/// `variable` unset or anything but `0`, `off`, `false`; cached in `state`.
+fn switched_on(variable: &str, state: &AtomicU8) -> bool {
+    match state.load(Ordering::Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let off = std::env::var("DAA_FUSED_OPS")
+            let off = std::env::var(variable)
                 .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "off" | "false"));
-            FUSED.store(if off { 2 } else { 1 }, Ordering::Relaxed);
+            state.store(if off { 2 } else { 1 }, Ordering::Relaxed);
             !off
         }
     }

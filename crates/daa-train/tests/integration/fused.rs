@@ -313,6 +313,20 @@ fn fused_operations_agree_with_the_unfused_compositions_on_wgpu() {
     }
 }
 
+/// The same checks on CUDA (the GPU check's phase 3; skipped without a GPU).
+#[test]
+fn fused_operations_agree_with_the_unfused_compositions_on_cuda() {
+    if !ComputeBackend::Cuda.is_compiled() {
+        println!("skipped: this build has no `cuda` feature");
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    assert!(fused::has_cube_kernels::<burn::backend::Cuda>(), "the fused operations run CubeCL kernels on CUDA");
+    if let Err(e) = with_compute_backend(ComputeBackend::Cuda, 0, FusedChecks) {
+        daa_tests::gpu::skip("cuda", &e.to_string());
+    }
+}
+
 /// The fused attention's `dq` against central differences of `Σ out ⊙ R`,
 /// and its forward without autodiff (what scoring and generation run)
 /// against the autodiff node's.
@@ -381,6 +395,17 @@ fn fused_adamw_update_agrees_with_the_tensor_operations_on_wgpu() {
     }
     if let Err(e) = with_compute_backend(ComputeBackend::Wgpu, 0, AdamWChecks) {
         daa_tests::gpu::skip("wgpu", &e.to_string());
+    }
+}
+
+#[test]
+fn fused_adamw_update_agrees_with_the_tensor_operations_on_cuda() {
+    if !ComputeBackend::Cuda.is_compiled() {
+        println!("skipped: this build has no `cuda` feature");
+        return;
+    }
+    if let Err(e) = with_compute_backend(ComputeBackend::Cuda, 0, AdamWChecks) {
+        daa_tests::gpu::skip("cuda", &e.to_string());
     }
 }
 

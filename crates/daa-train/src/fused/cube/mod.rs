@@ -34,6 +34,9 @@ pub(crate) fn on_cube<X: Backend, const I: usize, const O: usize>(
     op: &impl OnCube<I, O>,
     inputs: [FloatTensor<X>; I],
 ) -> Result<[FloatTensor<X>; O], [FloatTensor<X>; I]> {
+    if !super::cube_kernels_enabled() {
+        return Err(inputs);
+    }
     #[cfg(feature = "wgpu")]
     let inputs = match on_runtime::<X, cubecl::wgpu::WgpuRuntime, I, O>(op, inputs) {
         Ok(out) => return Ok(out),
@@ -50,6 +53,9 @@ pub(crate) fn on_cube<X: Backend, const I: usize, const O: usize>(
 /// Whether [`on_cube`] runs its kernels for the backend `X`.
 pub(crate) fn applies<X: Backend>() -> bool {
     use std::any::TypeId;
+    if !super::cube_kernels_enabled() {
+        return false;
+    }
     let id = TypeId::of::<FloatTensor<X>>();
     #[cfg(feature = "wgpu")]
     if id == TypeId::of::<FusedTensor<cubecl::wgpu::WgpuRuntime>>() {
