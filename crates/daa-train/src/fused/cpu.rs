@@ -9,7 +9,7 @@
 //! own kernel, [`super::cpu_flash`].
 
 use burn::backend::Flex;
-use burn::backend::flex::FlexDevice;
+use burn::backend::flex::{FlexDevice, FlexTensor};
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -17,15 +17,6 @@ use super::downcast;
 
 /// Rows per rayon task: at least this many elements each.
 const MIN_TASK_ELEMENTS: usize = 1 << 14;
-
-/// `t`'s elements in row-major order as f32 (a copy when it is a strided view), when it is f32.
-pub(crate) fn values<const D: usize>(t: Tensor<Flex, D>) -> Option<Vec<f32>> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let data = t.into_data();
-    data.into_vec::<f32>().ok()
-}
 
 /// A Flex tensor of `shape` holding `values` (no copy).
 pub(crate) fn tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
@@ -52,15 +43,28 @@ pub(crate) fn to_backend<B: burn::tensor::backend::Backend, const D: usize>(t: T
     downcast(t).unwrap_or_else(|_| unreachable!("the backend is Flex"))
 }
 
-/// The elements of tensors of backend `B` when `B` is Flex and every one is
-/// f32, else `None` (nothing consumed: they are clones).
-pub(crate) fn all_values<B: burn::tensor::backend::Backend, const D: usize>(
-    tensors: &[&Tensor<B, D>],
-) -> Option<Vec<Vec<f32>>> {
+/// `tensors` as contiguous f32 Flex tensors when `B` is Flex and every one
+/// is f32: the same buffers where they already are (no copy), a contiguous
+/// copy of a strided view; `None` otherwise (nothing consumed: clones).
+pub(crate) fn contiguous_all<B: burn::tensor::backend::Backend, const D: usize, const N: usize>(
+    tensors: [&Tensor<B, D>; N],
+) -> Option<[FlexTensor; N]> {
     if !is_flex::<B>() || tensors.iter().any(|t| t.dtype() != DType::F32) {
         return None;
     }
-    tensors.iter().map(|t| on_flex((*t).clone()).ok().and_then(values)).collect()
+    let flex = tensors.map(|t| on_flex(t.clone()).ok().map(|t| t.into_primitive().tensor()));
+    if flex.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(flex.map(|t| {
+        let t: FlexTensor = t.expect("checked above");
+        if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
+    }))
+}
+
+/// The elements of a tensor from [`contiguous_all`], row-major.
+pub(crate) fn elements(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().unwrap_or(&[])
 }
 
 /// `rot(x)[c] = sign · x[partner]`: halves pair `c` with `c ± h/2`

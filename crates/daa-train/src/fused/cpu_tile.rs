@@ -34,10 +34,11 @@ fn mask_values<B: Backend>(a: &AttentionArgs<B>) -> Option<Option<Vec<bool>>> {
 /// The whole call through [`cpu_flash::forward`] when the backend is Flex
 /// and `q`, `k`, `v` are f32; the normaliser keeps the output for the backward.
 pub(crate) fn flash_forward<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> Option<(Tensor<B, 4>, Normaliser<B>)> {
-    let inputs = cpu::all_values(&[&a.q, &a.k, &a.v])?;
+    let [q, k, v] = cpu::contiguous_all([&a.q, &a.k, &a.v])?;
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
-    let (out, max, sum) = cpu_flash::forward(&inputs[0], &inputs[1], &inputs[2], hidden.as_deref(), d, a.scale as f32);
+    let [q, k, v] = [&q, &k, &v].map(cpu::elements);
+    let (out, max, sum) = cpu_flash::forward(q, k, v, hidden.as_deref(), d, a.scale as f32);
     let rows = [g.b, g.kv, g.groups, g.t];
     let out: Tensor<B, 4> = cpu::to_backend(cpu::tensor(out, [g.b, g.kv * g.groups, g.t, g.h]));
     let normaliser = Normaliser {
@@ -57,19 +58,13 @@ pub(crate) fn flash_backward<B: Backend>(
     d_out: &Tensor<B, 4>,
 ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
     let out = normaliser.output.as_ref()?;
-    let inputs = cpu::all_values(&[&a.q, &a.k, &a.v, out, d_out])?;
-    let rows = cpu::all_values(&[&normaliser.max, &normaliser.sum])?;
+    let inputs = cpu::contiguous_all([&a.q, &a.k, &a.v, out, d_out])?;
+    let rows = cpu::contiguous_all([&normaliser.max, &normaliser.sum])?;
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
-    let (dq, dk, dv) = cpu_flash::backward(
-        (&inputs[0], &inputs[1], &inputs[2]),
-        hidden.as_deref(),
-        &inputs[3],
-        &inputs[4],
-        (&rows[0], &rows[1]),
-        d,
-        a.scale as f32,
-    );
+    let [q, k, v, out, d_out] = inputs.each_ref().map(cpu::elements);
+    let [max, sum] = rows.each_ref().map(cpu::elements);
+    let (dq, dk, dv) = cpu_flash::backward((q, k, v), hidden.as_deref(), out, d_out, (max, sum), d, a.scale as f32);
     let keys = [g.b, g.kv, g.s, g.h];
     Some((
         cpu::to_backend(cpu::tensor(dq, [g.b, g.kv * g.groups, g.t, g.h])),

@@ -76,8 +76,9 @@ fn one_pass<B: Backend>(
         return Some(done);
     }
     let shape @ [_, heads, t, h] = x.dims();
-    let [x, cos, sin] = <[Vec<f32>; 3]>::try_from(cpu::all_values(&[x, cos, sin])?).ok()?;
-    Some(cpu::to_backend(cpu::tensor(cpu::rope(&x, &cos, &sin, heads, t, h, interleaved, forward), shape)))
+    let tensors = cpu::contiguous_all([x, cos, sin])?;
+    let [x, cos, sin] = tensors.each_ref().map(cpu::elements);
+    Some(cpu::to_backend(cpu::tensor(cpu::rope(x, cos, sin, heads, t, h, interleaved, forward), shape)))
 }
 
 /// The composition autodiff differentiates op by op.

@@ -50,10 +50,9 @@ pub fn unfused<B: Backend>(a: SwigluArgs<B>) -> Tensor<B, 3> {
 /// `(da, du)` for the output's gradient `dh` (module docs).
 fn backward<B: Backend>(a: &SwigluArgs<B>, dh: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
     let shape = dh.dims();
-    if let Some([gate, up, dh]) =
-        cpu::all_values(&[&a.gate, &a.up, &dh]).and_then(|v| <[Vec<f32>; 3]>::try_from(v).ok())
-    {
-        let (da, du) = cpu::swiglu_backward(&gate, &up, &dh);
+    if let Some(tensors) = cpu::contiguous_all([&a.gate, &a.up, &dh]) {
+        let [gate, up, dh] = tensors.each_ref().map(cpu::elements);
+        let (da, du) = cpu::swiglu_backward(gate, up, dh);
         return (cpu::to_backend(cpu::tensor(da, shape)), cpu::to_backend(cpu::tensor(du, shape)));
     }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -89,8 +88,10 @@ fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
     let inner = |p| Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(p));
     let args = SwigluArgs { gate: inner(gate.primitive), up: inner(up.primitive) };
     let shape = args.gate.dims();
-    let out = match cpu::all_values(&[&args.gate, &args.up]).and_then(|v| <[Vec<f32>; 2]>::try_from(v).ok()) {
-        Some([gate, up]) => cpu::to_backend(cpu::tensor(cpu::swiglu_forward(&gate, &up), shape)),
+    let out = match cpu::contiguous_all([&args.gate, &args.up]) {
+        Some([gate, up]) => {
+            cpu::to_backend(cpu::tensor(cpu::swiglu_forward(cpu::elements(&gate), cpu::elements(&up)), shape))
+        }
         None => on_gpu(&args).unwrap_or_else(|| unfused(args.clone())),
     };
     let out = out.into_primitive().tensor();
