@@ -71,6 +71,13 @@ fn one_pass<B: Backend>(
     interleaved: bool,
     forward: bool,
 ) -> Option<Tensor<B, 4>> {
+    // The kernels read tables `[1 or b, 1, t, h]` of `x`'s dtype, pairs whole.
+    let [batch, _, t, h] = x.dims();
+    let [rows, heads_axis, table_t, table_h] = cos.dims();
+    let fits = cos.dims() == sin.dims() && heads_axis == 1 && table_t == t && table_h == h;
+    if !fits || !(rows == 1 || rows == batch) || h % 2 != 0 || cos.dtype() != x.dtype() || sin.dtype() != x.dtype() {
+        return None;
+    }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if let Some(done) = super::cube::elementwise::rope(x, (cos, sin), interleaved, forward) {
         return Some(done);

@@ -84,6 +84,10 @@ impl OnCube<3, 2> for SwigluBackward {
 
 /// `silu(a) ⊙ u` when `X` is burn's `Wgpu` or `Cuda`.
 pub(crate) fn swiglu_forward<X: Backend>(a: &Tensor<X, 3>, u: &Tensor<X, 3>) -> Option<Tensor<X, 3>> {
+    // One dtype for the kernel: it reads every tensor as `a`'s.
+    if u.dtype() != a.dtype() {
+        return None;
+    }
     let [h] = on_cube::<X, 2, 1>(&SwigluForward, [float(a), float(u)]).ok()?;
     Some(tensor(h))
 }
@@ -94,6 +98,9 @@ pub(crate) fn swiglu_backward<X: Backend>(
     u: &Tensor<X, 3>,
     dh: &Tensor<X, 3>,
 ) -> Option<(Tensor<X, 3>, Tensor<X, 3>)> {
+    if u.dtype() != a.dtype() || dh.dtype() != a.dtype() {
+        return None;
+    }
     let [da, du] = on_cube::<X, 3, 2>(&SwigluBackward, [float(a), float(u), float(dh)]).ok()?;
     Some((tensor(da), tensor(du)))
 }
@@ -129,20 +136,14 @@ impl OnCube<3, 1> for Rope {
 }
 
 /// RoPE's forward (`y`) or backward (`dx`, with `x` = `dy`) when `X` is
-/// burn's `Wgpu` or `Cuda` and the tables have `x`'s dtype.
+/// burn's `Wgpu` or `Cuda`; the caller checked the tables: `[1 or b, 1, t, h]`
+/// of `x`'s dtype, `h` even.
 pub(crate) fn rope<X: Backend>(
     x: &Tensor<X, 4>,
     (cos, sin): (&Tensor<X, 4>, &Tensor<X, 4>),
     interleaved: bool,
     forward: bool,
 ) -> Option<Tensor<X, 4>> {
-    let [_, _, t, h] = x.dims();
-    let [rows, _, table_t, table_h] = cos.dims();
-    let batch = x.dims()[0];
-    let fits = cos.dims() == sin.dims() && table_t == t && table_h == h && (rows == 1 || rows == batch);
-    if !fits || cos.dtype() != x.dtype() || sin.dtype() != x.dtype() || h % 2 != 0 {
-        return None;
-    }
     let op = Rope { interleaved, forward };
     let [y] = on_cube::<X, 3, 1>(&op, [float(x), float(cos), float(sin)]).ok()?;
     Some(tensor(y))

@@ -19,8 +19,9 @@ use super::{OnCube, as_rows, float, on_cube, tensor};
 
 /// Units per cube of the row kernels (a power of two; WebGPU's default limit).
 const CUBE_SIZE: u32 = 256;
-/// Rows each cube of the `dw` kernel sums.
-const ROWS_PER_BLOCK: u32 = 64;
+/// Rows each cube of the `dw` kernel sums, at least (more where the blocks
+/// would exceed a grid axis).
+const ROWS_PER_BLOCK: usize = 64;
 /// Cubes along one grid axis at most (WebGPU's limit).
 const MAX_GRID: usize = 65_535;
 
@@ -86,7 +87,8 @@ impl OnCube<5, 2> for Backward {
         let (shape, dtype) = (inputs[0].shape.clone(), inputs[0].dtype);
         let d = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / d.max(1);
-        let blocks = rows.div_ceil(ROWS_PER_BLOCK as usize).max(1);
+        let per_block = ROWS_PER_BLOCK.max(rows.div_ceil(MAX_GRID));
+        let blocks = rows.div_ceil(per_block).max(1);
         let outputs = [(shape.clone(), dtype), (Shape::new([blocks, d]), DType::F32)];
         let layer = self.layer;
         custom_op("daa_norm_backward", inputs, outputs, move |[x, weight, dy, mean, rstd]| {
@@ -122,7 +124,7 @@ impl OnCube<5, 2> for Backward {
                 rstd.into_tensor_arg(),
                 partial.clone().into_tensor_arg(),
                 layer,
-                ROWS_PER_BLOCK,
+                per_block as u32,
                 x_dtype.into(),
             );
             [reshape(dx, shape.clone()), partial]

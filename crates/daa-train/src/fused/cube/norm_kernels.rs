@@ -138,7 +138,7 @@ pub(super) fn weight_partials_kernel<F: Float>(
     rstd: &Tensor<f32>,
     partial: &mut Tensor<f32>,
     #[comptime] layer: bool,
-    #[comptime] rows_per_block: u32,
+    rows_per_block: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let column = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
