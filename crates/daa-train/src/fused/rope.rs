@@ -72,7 +72,7 @@ fn one_pass<B: Backend>(
     forward: bool,
 ) -> Option<Tensor<B, 4>> {
     // The kernels read tables `[1 or b, 1, t, h]` of `x`'s dtype, pairs whole.
-    let [batch, _, t, h] = x.dims();
+    let shape @ [batch, heads, t, h] = x.dims();
     let [rows, heads_axis, table_t, table_h] = cos.dims();
     let fits = cos.dims() == sin.dims() && heads_axis == 1 && table_t == t && table_h == h;
     if !fits || !(rows == 1 || rows == batch) || h % 2 != 0 || cos.dtype() != x.dtype() || sin.dtype() != x.dtype() {
@@ -82,7 +82,6 @@ fn one_pass<B: Backend>(
     if let Some(done) = super::cube::elementwise::rope(x, (cos, sin), interleaved, forward) {
         return Some(done);
     }
-    let shape @ [_, heads, t, h] = x.dims();
     let tensors = cpu::contiguous_all([x, cos, sin])?;
     let [x, cos, sin] = tensors.each_ref().map(cpu::elements);
     Some(cpu::to_backend(cpu::tensor(cpu::rope(x, cos, sin, heads, t, h, interleaved, forward), shape)))

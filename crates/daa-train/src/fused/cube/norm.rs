@@ -93,8 +93,8 @@ impl OnCube<5, 2> for Backward {
         let layer = self.layer;
         custom_op("daa_norm_backward", inputs, outputs, move |[x, weight, dy, mean, rstd]| {
             let (x, dy) = (as_rows(x), as_rows(dy));
-            let (weight, mean, rstd) = (into_contiguous(weight), as_rows(mean), as_rows(rstd));
-            let (mean, rstd) = (reshape(mean, Shape::new([rows])), reshape(rstd, Shape::new([rows])));
+            let weight = into_contiguous(weight);
+            let [mean, rstd] = [mean, rstd].map(|t| reshape(into_contiguous(t), Shape::new([rows])));
             let (client, device) = (x.client.clone(), x.device.clone());
             let dx = empty_device_contiguous_dtype(client.clone(), device.clone(), x.meta.shape().clone(), x.dtype);
             let partial = empty_device_contiguous_dtype(client.clone(), device, Shape::new([blocks, d]), DType::F32);
