@@ -39,6 +39,7 @@ use burn::tensor::{FloatDType, IndexingUpdateOp, Int, Tensor};
 
 use crate::entropy_floor::FloorTerm;
 use crate::error::ModelError;
+use crate::fused;
 use crate::model::CausalLm;
 
 /// Bytes of f32 logits one chunk may hold on the CPU (64 MiB: 130
@@ -134,7 +135,7 @@ impl<B: Backend> FusedHead<B> {
 
     /// `z = s · h Wᵀ` of one chunk of hidden states (`[C, d]`), `[C, V]`, in f32.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
-        let z = hidden.matmul(self.weight.clone().transpose()).cast(FloatDType::F32);
+        let z = fused::linear::matmul(&hidden, false, &self.weight, true).cast(FloatDType::F32);
         if self.scale == 1.0 { z } else { z.mul_scalar(self.scale) }
     }
 
@@ -199,8 +200,8 @@ impl<B: Backend> FusedHead<B> {
                 g = g.mul_scalar(self.scale);
             }
             let g = g.cast(dtype);
-            grad_hidden.push(g.clone().matmul(self.weight.clone()));
-            grad_weight = grad_weight.map(|sum| sum + g.transpose().matmul(h).cast(FloatDType::F32));
+            grad_hidden.push(fused::linear::matmul(&g, false, &self.weight, false));
+            grad_weight = grad_weight.map(|sum| sum + fused::linear::matmul(&g, true, &h, false).cast(FloatDType::F32));
         }
         let grad_hidden = if grad_hidden.is_empty() {
             Tensor::<B, 2>::zeros([0, d], &device).cast(dtype)

@@ -1,6 +1,7 @@
 //! Fused operations with their own backward: attention ([`attention`]),
-//! RMSNorm and LayerNorm ([`norm`]), RoPE ([`rope`]) and SwiGLU
-//! ([`swiglu`]); and AdamW's update of a parameter in one pass ([`adamw`]).
+//! RMSNorm and LayerNorm ([`norm`]), RoPE ([`rope`]), SwiGLU ([`swiglu`])
+//! and the linear layer ([`linear`]); and AdamW's update of a parameter in
+//! one pass ([`adamw`]).
 //!
 //! burn's autodiff backend records every primitive a composition is made of
 //! and keeps what each one's backward needs: attention written as
@@ -30,9 +31,11 @@ pub mod adamw;
 pub mod attention;
 mod cpu;
 mod cpu_flash;
+pub(crate) mod cpu_gemm;
 mod cpu_tile;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
+pub mod linear;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;

@@ -18,11 +18,11 @@
 use burn::module::{Module, Param};
 use burn::nn::{DropoutConfig, Linear};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::linear;
 use burn::tensor::{FloatDType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
+use crate::fused::linear::linear;
 use crate::rng::uniform_open;
 
 /// A linear layer LoRA can adapt, named as PEFT's `target_modules` name it
@@ -268,16 +268,22 @@ impl<B: Backend> LoraLinear<B> {
     /// the adapter's dtype and rounded once to `x`'s (as PEFT does).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match &self.adapter {
-            None => self.base.forward(x),
+            None => self.base_forward(x),
             // The adapter first: `x` is then the base product's alone, which
             // (on burn's CPU backends) rounds as it does without an adapter.
             Some(adapter) => {
                 let dtype = FloatDType::from(x.dtype());
                 let update = adapter.forward(x.clone());
-                let base = self.base.forward(x);
+                let base = self.base_forward(x);
                 (base.cast(FloatDType::from(update.dtype())) + update).cast(dtype)
             }
         }
+    }
+
+    /// `x W (+ b)` of the base layer (burn's `Linear::forward`, through the
+    /// fused linear node).
+    fn base_forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        linear(x, self.base.weight.val(), self.base.bias.as_ref().map(Param::val))
     }
 
     /// `[in, out]` of the base weight.

@@ -13,7 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, FloatDType, Tensor, TensorData};
 use daa_train::backend::{BackendTask, ComputeBackend, CpuBackend, with_compute_backend};
 use daa_train::fused::attention::{self, AttentionArgs};
-use daa_train::fused::{self, norm, rope, swiglu};
+use daa_train::fused::{self, linear, norm, rope, swiglu};
 use daa_train::model::NormKind;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -222,6 +222,16 @@ impl BackendTask for FusedChecks {
             for interleaved in [false, true] {
                 check_rope::<B>(interleaved, dtype, &device);
             }
+            // Rows 1 to 4 097 (a batch of 65 × 63 among them), widths 1, 3, 67,
+            // 300 on the CPU; two of them on a GPU (burn's products there, each
+            // new shape tuned and compiled: minutes on lavapipe).
+            let shapes = [([2, 63, 67], 3), ([1, 64, 300], 65), ([1, 1, 1], 1), ([65, 63, 3], 67), ([1, 4097, 5], 300)];
+            let gpu = fused::has_cube_kernels::<B::InnerBackend>();
+            for (shape, out) in shapes.into_iter().take(if gpu { 2 } else { shapes.len() }) {
+                for (bias, frozen) in [(false, false), (true, false), (false, true)] {
+                    check_linear::<B>(shape, out, bias, frozen, dtype, &device);
+                }
+            }
         }
         Ok(())
     }
@@ -264,6 +274,44 @@ fn check_swiglu<B: AutodiffBackend>(shape: [usize; 3], dtype: FloatDType, device
     let (a, b) = (run(true), run(false));
     for (what, (x, y)) in ["output", "da", "du"].iter().zip(a.iter().zip(&b)) {
         assert_close(&format!("SwiGLU {shape:?} {dtype:?}: {what}"), x, y, tolerance);
+    }
+}
+
+/// The fused linear layer against burn's `linear` for `x` `[shape]`, `W`
+/// `[shape[2], out]`, with a bias or without, `W` trained or frozen.
+fn check_linear<B: AutodiffBackend>(
+    shape: [usize; 3],
+    out: usize,
+    bias: bool,
+    frozen: bool,
+    dtype: FloatDType,
+    device: &B::Device,
+) {
+    let run = |fused_op: bool| {
+        let x = tensor::<B, 3>(shape, 0.4, 2.0, dtype, device).require_grad();
+        let w = tensor::<B, 2>([shape[2], out], 1.7, 0.5, dtype, device);
+        let w = if frozen { w } else { w.require_grad() };
+        let b = bias.then(|| tensor::<B, 1>([out], 2.9, 1.0, dtype, device).require_grad());
+        let y = if fused_op {
+            linear::linear(x.clone(), w.clone(), b.clone())
+        } else {
+            burn::tensor::module::linear(x.clone(), w.clone(), b.clone())
+        };
+        let r = tensor::<B, 3>([shape[0], shape[1], out], 3.7, 1.0, FloatDType::F32, device);
+        let grads = (y.clone().cast(FloatDType::F32) * r).sum().backward();
+        let mut got = vec![host(y), host(x.grad(&grads).expect("dx"))];
+        match w.grad(&grads) {
+            Some(dw) => got.push(host(dw)),
+            None => assert!(frozen, "a trained weight got no gradient"),
+        }
+        got.extend(b.map(|b| host(b.grad(&grads).expect("db"))));
+        got
+    };
+    let tolerance = if dtype == FloatDType::F32 { F32_TOLERANCE } else { BF16_TOLERANCE };
+    let (a, c) = (run(true), run(false));
+    assert_eq!(a.len(), c.len(), "linear {shape:?}×{out}: the same gradients on both sides");
+    for (i, (x, y)) in a.iter().zip(&c).enumerate() {
+        assert_close(&format!("linear {shape:?}×{out} bias={bias} frozen={frozen} {dtype:?}: #{i}"), x, y, tolerance);
     }
 }
 
