@@ -153,8 +153,11 @@ impl<B: Backend> FusedHead<B> {
         for (start, len) in self.chunks(n) {
             let z = self.logits(hidden.clone().narrow(0, start, len));
             on_chunk(start, &z)?;
-            let y = targets.clone().narrow(0, start, len).reshape([len, 1]);
-            parts.push(log_softmax(z, 1).gather(1, y).reshape([len]));
+            let y = targets.clone().narrow(0, start, len);
+            parts.push(match log_softmax_at_on_cpu(&z, &y) {
+                Some(picked) => picked,
+                None => log_softmax(z, 1).gather(1, y.reshape([len, 1])).reshape([len]),
+            });
         }
         Ok(if parts.is_empty() { Tensor::zeros([0], &hidden.device()) } else { Tensor::cat(parts, 0) })
     }
@@ -211,6 +214,28 @@ impl<B: Backend> FusedHead<B> {
         let floor_value = floor.map(|_| floor_value.unwrap_or_else(|| Tensor::zeros([1], &device)));
         (grad_hidden, grad_weight, floor_value)
     }
+}
+
+/// `log_softmax(z)[r, y_r]` of every row in one pass on the CPU (Flex, f32,
+/// every target inside the vocabulary, the fused operations on); `None`
+/// otherwise: the caller runs the tensor operations.
+fn log_softmax_at_on_cpu<B: Backend>(z: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+    if !fused::enabled() {
+        return None;
+    }
+    let [z_flex] = fused::cpu::contiguous_all([z])?;
+    let [rows, v] = z.dims();
+    let targets: Vec<usize> = targets
+        .clone()
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .ok()?
+        .into_iter()
+        .map(|y| usize::try_from(y).ok().filter(|&y| y < v))
+        .collect::<Option<_>>()?;
+    let picked = fused::cpu::log_softmax_at(fused::cpu::elements(&z_flex), v, &targets);
+    Some(fused::cpu::to_backend(fused::cpu::tensor(picked, [rows])))
 }
 
 #[cfg(test)]

@@ -159,3 +159,23 @@ pub(crate) fn swiglu_backward(a: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Ve
         });
     (da, du)
 }
+
+/// `ℓ_r = z[r, y_r] − m_r − ln Σ_j exp(z[r, j] − m_r)`, `m_r = max_j z[r, j]`,
+/// of every row `r` of `z` `[rows, v]` (`rows = targets.len()`): the
+/// log-softmax at the targets, one multi-threaded pass over the rows with
+/// the vectorised `exp` (Flex's `log_softmax` forms the whole `[rows, v]`
+/// result on one thread before the gather picks one column).
+pub(crate) fn log_softmax_at(z: &[f32], v: usize, targets: &[usize]) -> Vec<f32> {
+    use super::cpu_flash::{exp_in_place, row_max, row_sum};
+    let mut out = vec![0f32; targets.len()];
+    out.par_iter_mut().zip(z.par_chunks(v.max(1))).zip(targets.par_iter()).for_each_init(
+        || vec![0f32; v],
+        |shifted, ((out, row), &y)| {
+            let max = row_max(row);
+            shifted.iter_mut().zip(row).for_each(|(s, &x)| *s = x - max);
+            exp_in_place(shifted);
+            *out = (row[y] - max) - row_sum(shifted).ln();
+        },
+    );
+    out
+}

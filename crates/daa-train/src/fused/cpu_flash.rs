@@ -410,7 +410,7 @@ fn mask_row(row: &mut [f32], hidden: Option<&[bool]>, k0: usize, visible: usize)
 /// Lanes of the reductions below (independent accumulators LLVM can vectorise).
 const LANES: usize = 16;
 
-fn row_max(row: &[f32]) -> f32 {
+pub(crate) fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let chunks = row.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -422,7 +422,7 @@ fn row_max(row: &[f32]) -> f32 {
     rest.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m })
 }
 
-fn row_sum(row: &[f32]) -> f32 {
+pub(crate) fn row_sum(row: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let chunks = row.chunks_exact(LANES);
     let rest = chunks.remainder();

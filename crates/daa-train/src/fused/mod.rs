@@ -29,7 +29,7 @@
 
 pub mod adamw;
 pub mod attention;
-mod cpu;
+pub(crate) mod cpu;
 mod cpu_flash;
 pub(crate) mod cpu_gemm;
 mod cpu_tile;

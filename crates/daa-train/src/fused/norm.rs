@@ -48,15 +48,19 @@ pub struct NormArgs<B: Backend> {
 /// daa trains on.
 pub fn norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, kind: NormKind, eps: f64) -> Tensor<B, 3> {
     let args = NormArgs { x, weight, kind, eps };
-    if !super::enabled() || !B::ad_enabled(&args.x.device()) {
+    if !super::enabled() {
         return unfused(args);
+    }
+    if !B::ad_enabled(&args.x.device()) {
+        // Inference (scoring, generation, a checkpointed block's first pass): the same kernels.
+        return forward(&args.x, &args.weight, kind, eps).0;
     }
     let args = return_on_autodiff!(NormArgs, args, node);
     unfused(args)
 }
 
-/// The composition autodiff differentiates op by op (also the forward
-/// without autodiff: the same operations).
+/// The composition autodiff differentiates op by op (on the CPU also the
+/// forward, with autodiff or without: the same operations).
 pub fn unfused<B: Backend>(a: NormArgs<B>) -> Tensor<B, 3> {
     let dtype = FloatDType::from(a.x.dtype());
     let stats = Statistics::of(a.x, a.kind, a.eps);

@@ -39,8 +39,12 @@ pub struct RopeArgs<B: Backend> {
 /// `x ⊙ cos + R(x) ⊙ sin`, with its own backward on the autodiff backends daa trains on.
 pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>, interleaved: bool) -> Tensor<B, 4> {
     let args = RopeArgs { x, cos, sin, interleaved };
-    if !super::enabled() || !B::ad_enabled(&args.x.device()) {
+    if !super::enabled() {
         return unfused(args);
+    }
+    if !B::ad_enabled(&args.x.device()) {
+        // Inference (scoring, generation, a checkpointed block's first pass): the same kernels.
+        return one_pass(&args.x, &args.cos, &args.sin, interleaved, true).unwrap_or_else(|| unfused(args));
     }
     let args = return_on_autodiff!(RopeArgs, args, node);
     unfused(args)

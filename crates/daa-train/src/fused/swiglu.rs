@@ -35,8 +35,12 @@ pub struct SwigluArgs<B: Backend> {
 /// `silu(a) ⊙ u`, with its own backward on the autodiff backends daa trains on.
 pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     let args = SwigluArgs { gate, up };
-    if !super::enabled() || !B::ad_enabled(&args.gate.device()) {
+    if !super::enabled() {
         return unfused(args);
+    }
+    if !B::ad_enabled(&args.gate.device()) {
+        // Inference (scoring, generation, a checkpointed block's first pass): the same kernels.
+        return forward(args);
     }
     let args = return_on_autodiff!(SwigluArgs, args, node);
     unfused(args)
@@ -87,19 +91,24 @@ fn node<X: Backend>(a: SwigluArgs<Autodiff<X>>) -> Tensor<Autodiff<X>, 3> {
     let nodes = [gate.node.clone(), up.node.clone()];
     let inner = |p| Tensor::<X, 3>::from_primitive(TensorPrimitive::Float(p));
     let args = SwigluArgs { gate: inner(gate.primitive), up: inner(up.primitive) };
-    let shape = args.gate.dims();
-    let out = match cpu::contiguous_all([&args.gate, &args.up]) {
-        Some([gate, up]) => {
-            cpu::to_backend(cpu::tensor(cpu::swiglu_forward(cpu::elements(&gate), cpu::elements(&up)), shape))
-        }
-        None => on_gpu(&args).unwrap_or_else(|| unfused(args.clone())),
-    };
-    let out = out.into_primitive().tensor();
+    let out = forward(args.clone()).into_primitive().tensor();
     let out = match SwigluBackward.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(args, out),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// `silu(a) ⊙ u` on a backend without autodiff: the CPU kernel on Flex
+/// (f32), the CubeCL kernel on burn's GPU backends, else the composition.
+fn forward<X: Backend>(args: SwigluArgs<X>) -> Tensor<X, 3> {
+    let shape = args.gate.dims();
+    match cpu::contiguous_all([&args.gate, &args.up]) {
+        Some([gate, up]) => {
+            cpu::to_backend(cpu::tensor(cpu::swiglu_forward(cpu::elements(&gate), cpu::elements(&up)), shape))
+        }
+        None => on_gpu(&args).unwrap_or_else(|| unfused(args)),
+    }
 }
 
 /// The forward through the CubeCL kernel on burn's GPU backends.
