@@ -22,14 +22,19 @@
 //!
 //! with `D = rowsum(dO ∘ O)` per query row. Keys after a query's own column
 //! are never visible (as in the tiled composition); a score is `−∞` where
-//! the mask hides its key. The products are `gemm`'s (the crate Flex's matrix
-//! product uses, with its AVX-512 kernels), on strided views, no copies;
+//! the mask hides its key. `q`, `k`, `v`, `O` and `dO` are read where they
+//! lie (any row stride: the model's head-split views `[b, t, H, h] →
+//! [b, H, t, h]` need no copy); the output and the gradients are written in
+//! the same axis order as the inputs they belong to, so that merging the
+//! heads back is a view too. The products are `gemm`'s (the crate Flex's
+//! matrix product uses, with its AVX-512 kernels), on strided views;
 //! `exp` is a polynomial evaluated over whole rows (vectorised, within
 //! 2 ulp of `expf` over the softmax's range).
 
 use rayon::prelude::*;
 
 use super::attention::Geometry;
+use super::cpu::{Rows, Shared, View4};
 
 /// The sizes of one call, how the mask is laid out and the block sizes.
 #[derive(Debug, Clone, Copy)]
@@ -58,21 +63,6 @@ impl FlashDims {
     fn mask_row<'a>(&self, hidden: Option<&'a [bool]>, bi: usize, r: usize) -> Option<&'a [bool]> {
         let row = if self.mask_rows == 1 { 0 } else { bi };
         hidden.map(|m| &m[(row * self.g.t + r) * self.g.s..(row * self.g.t + r + 1) * self.g.s])
-    }
-}
-
-/// A pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes rows no other task writes (see each use).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer (a method, so that closures capture the whole `Shared`).
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(offset) }
     }
 }
 
@@ -126,16 +116,16 @@ unsafe fn product(
     }
 }
 
-/// The output `[b, H, t, h]` and each row's `M`, `Z` (`[b, H, t]`) of
-/// `q` `[b, H, t, h]`, `k`, `v` `[b, K, s, h]` (contiguous), the mask of
-/// hidden keys `[rows, 1, t, s]` and scale `c` (module docs).
+/// The output `[b, H, t, h]` (laid out with `out_strides`) and each row's
+/// `M`, `Z` (`[b, H, t]`, contiguous) of `q` `[b, H, t, h]`, `k`, `v`
+/// `[b, K, s, h]` (read where they lie), the mask of hidden keys
+/// `[rows, 1, t, s]` and scale `c` (module docs).
 pub(crate) fn forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (View4<'_>, View4<'_>, View4<'_>),
     hidden: Option<&[bool]>,
     d: FlashDims,
     scale: f32,
+    out_strides: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (heads, h) = (d.heads(), d.g.h);
     let blocks = d.g.t.div_ceil(d.block_queries.max(1));
@@ -143,35 +133,35 @@ pub(crate) fn forward(
     let (mut max, mut sum) = (vec![0f32; d.g.b * heads * d.g.t], vec![0f32; d.g.b * heads * d.g.t]);
     let (out_ptr, max_ptr, sum_ptr) = (Shared(out.as_mut_ptr()), Shared(max.as_mut_ptr()), Shared(sum.as_mut_ptr()));
     // Later blocks see more keys: hand them out first.
-    (0..d.g.b * heads * blocks).into_par_iter().rev().for_each(|task| {
+    (0..d.g.b * heads * blocks).into_par_iter().rev().for_each_init(Vec::new, |o, task| {
         let (bh, block) = (task / blocks, task % blocks);
         let (bi, head) = (bh / heads, bh % heads);
-        let kv_row = bi * d.g.kv + head / d.g.groups;
+        let kv_head = head / d.g.groups;
         let r0 = block * d.block_queries;
         let n = d.block_queries.min(d.g.t - r0);
         let rows = bh * d.g.t + r0;
-        let (keys, values) =
-            (&k[kv_row * d.g.s * h..(kv_row + 1) * d.g.s * h], &v[kv_row * d.g.s * h..(kv_row + 1) * d.g.s * h]);
-        let queries = &q[rows * h..(rows + n) * h];
-        // SAFETY: task (bh, block) alone writes rows `rows..rows + n` of `out`, `max`, `sum`.
-        let (o, m, l) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(out_ptr.at(rows * h), n * h),
-                std::slice::from_raw_parts_mut(max_ptr.at(rows), n),
-                std::slice::from_raw_parts_mut(sum_ptr.at(rows), n),
-            )
+        let (keys, values) = (k.rows(bi, kv_head), v.rows(bi, kv_head));
+        let queries = q.rows(bi, head).from(r0);
+        o.clear();
+        o.resize(n * h, 0.0);
+        // SAFETY: task (bh, block) alone writes rows `rows..rows + n` of `max`, `sum`.
+        let (m, l) = unsafe {
+            (std::slice::from_raw_parts_mut(max_ptr.at(rows), n), std::slice::from_raw_parts_mut(sum_ptr.at(rows), n))
         };
-        forward_block(queries, keys, values, hidden, d, (bi, r0, n), scale, (o, m, l));
+        forward_block(queries, (keys, values), hidden, d, (bi, r0, n), scale, (o, m, l));
+        // SAFETY: `out` holds b·H·t·h elements laid out with `out_strides`
+        // (dense); this task alone writes rows r0..r0 + n of (bi, head).
+        unsafe { Shared(out_ptr.at(r0 * out_strides[2])).write_rows(o, h, out_strides, (bi, head)) };
     });
     (out, max, sum)
 }
 
-/// One block of `n` queries from row `r0` of batch row `bi` (module docs).
+/// One block of `n` queries from row `r0` of batch row `bi` (module docs),
+/// its output into `o` (`n × h`, contiguous).
 #[allow(clippy::too_many_arguments)]
 fn forward_block(
-    queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    queries: Rows<'_>,
+    (keys, values): (Rows<'_>, Rows<'_>),
     hidden: Option<&[bool]>,
     d: FlashDims,
     (bi, r0, n): (usize, usize, usize),
@@ -183,6 +173,7 @@ fn forward_block(
     m.fill(f32::NEG_INFINITY);
     l.fill(0.0);
     let end = d.visible(r0 + n - 1);
+    assert!(values.holds(end, h), "values: {end} rows of {h}");
     for k0 in (0..end).step_by(nk) {
         let kn = nk.min(end - k0);
         block_scores(&mut scores, queries, keys, hidden, d, (bi, r0, n), (k0, kn), scale);
@@ -202,7 +193,8 @@ fn forward_block(
                 o[i * h..(i + 1) * h].iter_mut().for_each(|x| *x *= rescale);
             }
         }
-        // SAFETY: `o` holds n × h; `scores` n × nk (kn used); values k0..k0 + kn rows of h.
+        // SAFETY: `o` holds n × h; `scores` n × nk (kn used); `values` rows
+        // k0..k0 + kn of width h (asserted above).
         unsafe {
             product(
                 (n, h, kn),
@@ -210,7 +202,7 @@ fn forward_block(
                 h,
                 true,
                 (scores.as_ptr(), nk, 1),
-                (values.as_ptr().add(k0 * h), h, 1),
+                (values.data.as_ptr().add(k0 * values.stride), values.stride, 1),
                 1.0,
             )
         };
@@ -221,60 +213,77 @@ fn forward_block(
     }
 }
 
-/// `(dq, dk, dv)` for the output's gradient `d_out` `[b, H, t, h]`, given
-/// the output `out` and each row's `M`, `Z` (module docs).
+/// The backward's inputs besides `q`, `k`, `v`: the output `O`, its
+/// gradient `dO` (`[b, H, t, h]`, read where they lie) and each row's `M`,
+/// `Z` (`[b, H, t]`, contiguous).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Upstream<'a> {
+    pub(crate) out: View4<'a>,
+    pub(crate) d_out: View4<'a>,
+    pub(crate) max: &'a [f32],
+    pub(crate) sum: &'a [f32],
+}
+
+/// `(dq, dk, dv)` for the output's gradient (module docs), laid out with
+/// the (dense) strides given for each.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
-    (q, k, v): (&[f32], &[f32], &[f32]),
+    (q, k, v): (View4<'_>, View4<'_>, View4<'_>),
     hidden: Option<&[bool]>,
-    out: &[f32],
-    d_out: &[f32],
-    (max, sum): (&[f32], &[f32]),
+    up: Upstream<'_>,
     d: FlashDims,
     scale: f32,
+    [q_strides, k_strides, v_strides]: [[usize; 3]; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (heads, h) = (d.heads(), d.g.h);
-    let mut dq = vec![0f32; d.g.b * heads * d.g.t * h];
-    let (mut dk, mut dv) = (vec![0f32; d.g.b * d.g.kv * d.g.s * h], vec![0f32; d.g.b * d.g.kv * d.g.s * h]);
-    let group_rows = d.g.groups * d.g.t * h;
-    dq.par_chunks_mut(group_rows)
-        .zip(dk.par_chunks_mut(d.g.s * h).zip(dv.par_chunks_mut(d.g.s * h)))
-        .enumerate()
-        .for_each(|(kv_row, (dq, (dk, dv)))| {
-            let bi = kv_row / d.g.kv;
-            let (keys, values) =
-                (&k[kv_row * d.g.s * h..(kv_row + 1) * d.g.s * h], &v[kv_row * d.g.s * h..(kv_row + 1) * d.g.s * h]);
-            for g in 0..d.g.groups {
-                // Query head `kv_row·G + g` of batch row `bi`: rows of `q`, `out`, `d_out`.
-                let first = (kv_row * d.g.groups + g) * d.g.t;
-                let head = HeadRows {
-                    q: &q[first * h..(first + d.g.t) * h],
-                    out: &out[first * h..(first + d.g.t) * h],
-                    d_out: &d_out[first * h..(first + d.g.t) * h],
-                    max: &max[first..first + d.g.t],
-                    sum: &sum[first..first + d.g.t],
-                };
-                let dq = &mut dq[g * d.g.t * h..(g + 1) * d.g.t * h];
-                backward_head(&head, (keys, values), hidden, d, bi, scale, (dq, dk, dv));
-            }
-        });
+    let (heads, h, t, s) = (d.heads(), d.g.h, d.g.t, d.g.s);
+    let mut dq = vec![0f32; d.g.b * heads * t * h];
+    let (mut dk, mut dv) = (vec![0f32; d.g.b * d.g.kv * s * h], vec![0f32; d.g.b * d.g.kv * s * h]);
+    let (dq_ptr, dk_ptr, dv_ptr) = (Shared(dq.as_mut_ptr()), Shared(dk.as_mut_ptr()), Shared(dv.as_mut_ptr()));
+    (0..d.g.b * d.g.kv).into_par_iter().for_each(|kv_row| {
+        let (bi, kv_head) = (kv_row / d.g.kv, kv_row % d.g.kv);
+        let (keys, values) = (k.rows(bi, kv_head), v.rows(bi, kv_head));
+        let (mut dk_rows, mut dv_rows, mut dq_rows) = (vec![0f32; s * h], vec![0f32; s * h], vec![0f32; t * h]);
+        for g in 0..d.g.groups {
+            let head = kv_head * d.g.groups + g;
+            let first = (bi * heads + head) * t;
+            let rows = HeadRows {
+                q: q.rows(bi, head),
+                out: up.out.rows(bi, head),
+                d_out: up.d_out.rows(bi, head),
+                max: &up.max[first..first + t],
+                sum: &up.sum[first..first + t],
+            };
+            dq_rows.fill(0.0);
+            backward_head(&rows, (keys, values), hidden, d, bi, scale, (&mut dq_rows, &mut dk_rows, &mut dv_rows));
+            // SAFETY: `dq` holds b·H·t·h elements laid out with `q_strides`;
+            // this task alone writes query head `head` of batch row `bi`.
+            unsafe { dq_ptr.write_rows(&dq_rows, h, q_strides, (bi, head)) };
+        }
+        // SAFETY: `dk`, `dv` hold b·K·s·h elements laid out with their
+        // strides; this task alone writes key/value head (bi, kv_head).
+        unsafe {
+            dk_ptr.write_rows(&dk_rows, h, k_strides, (bi, kv_head));
+            dv_ptr.write_rows(&dv_rows, h, v_strides, (bi, kv_head));
+        }
+    });
     (dq, dk, dv)
 }
 
 /// One query head's rows.
 struct HeadRows<'a> {
-    q: &'a [f32],
-    out: &'a [f32],
-    d_out: &'a [f32],
+    q: Rows<'a>,
+    out: Rows<'a>,
+    d_out: Rows<'a>,
     max: &'a [f32],
     sum: &'a [f32],
 }
 
-/// One query head's share of the backward: its `dq` rows, added to its key/value head's `dk`, `dv`.
+/// One query head's share of the backward: its `dq` rows (`t × h`,
+/// contiguous), added to its key/value head's `dk`, `dv` (`s × h`).
 #[allow(clippy::too_many_arguments)]
 fn backward_head(
     head: &HeadRows<'_>,
-    (keys, values): (&[f32], &[f32]),
+    (keys, values): (Rows<'_>, Rows<'_>),
     hidden: Option<&[bool]>,
     d: FlashDims,
     bi: usize,
@@ -285,12 +294,13 @@ fn backward_head(
     let mut p = vec![0f32; nq * nk];
     let mut dp = vec![0f32; nq * nk];
     let mut row_dot = vec![0f32; nq];
+    assert!(head.q.holds(d.g.t, h) && head.d_out.holds(d.g.t, h), "queries: {} rows of {h}", d.g.t);
+    assert!(keys.holds(d.g.s, h) && values.holds(d.g.s, h), "keys, values: {} rows of {h}", d.g.s);
     for r0 in (0..d.g.t).step_by(nq) {
         let n = nq.min(d.g.t - r0);
-        let (queries, d_rows) = (&head.q[r0 * h..(r0 + n) * h], &head.d_out[r0 * h..(r0 + n) * h]);
+        let (queries, d_rows) = (head.q.from(r0), head.d_out.from(r0));
         for i in 0..n {
-            let (o, g) = (&head.out[(r0 + i) * h..(r0 + i + 1) * h], &d_rows[i * h..(i + 1) * h]);
-            row_dot[i] = dot(o, g);
+            row_dot[i] = dot(head.out.row(r0 + i, h), d_rows.row(i, h));
         }
         let end = d.visible(r0 + n - 1);
         for k0 in (0..end).step_by(nk) {
@@ -307,8 +317,9 @@ fn backward_head(
                 exp_in_place(row);
                 row.iter_mut().for_each(|x| *x *= inverse);
             }
-            // SAFETY (every product below): buffers hold n × nk (p, dp), n × h (queries,
-            // d_rows, dq rows r0..r0 + n), keys/values/dk/dv rows k0..k0 + kn of width h.
+            // SAFETY (every product below): `p`, `dp` hold n × nk; `queries`,
+            // `d_rows` n rows of h from r0 (asserted); `dq` t × h, `dk`, `dv`
+            // s × h contiguous; keys/values rows k0..k0 + kn (asserted).
             unsafe {
                 product(
                     (kn, h, n),
@@ -316,7 +327,7 @@ fn backward_head(
                     h,
                     true,
                     (p.as_ptr(), 1, nk),
-                    (d_rows.as_ptr(), h, 1),
+                    (d_rows.data.as_ptr(), d_rows.stride, 1),
                     1.0,
                 );
                 product(
@@ -324,8 +335,8 @@ fn backward_head(
                     dp.as_mut_ptr(),
                     nk,
                     false,
-                    (d_rows.as_ptr(), h, 1),
-                    (values.as_ptr().add(k0 * h), 1, h),
+                    (d_rows.data.as_ptr(), d_rows.stride, 1),
+                    (values.data.as_ptr().add(k0 * values.stride), 1, values.stride),
                     1.0,
                 );
             }
@@ -341,7 +352,7 @@ fn backward_head(
                     h,
                     true,
                     (dp.as_ptr(), nk, 1),
-                    (keys.as_ptr().add(k0 * h), h, 1),
+                    (keys.data.as_ptr().add(k0 * keys.stride), keys.stride, 1),
                     1.0,
                 );
                 product(
@@ -350,7 +361,7 @@ fn backward_head(
                     h,
                     true,
                     (dp.as_ptr(), 1, nk),
-                    (queries.as_ptr(), h, 1),
+                    (queries.data.as_ptr(), queries.stride, 1),
                     1.0,
                 );
             }
@@ -363,8 +374,8 @@ fn backward_head(
 #[allow(clippy::too_many_arguments)]
 fn block_scores(
     scores: &mut [f32],
-    queries: &[f32],
-    keys: &[f32],
+    queries: Rows<'_>,
+    keys: Rows<'_>,
     hidden: Option<&[bool]>,
     d: FlashDims,
     (bi, r0, n): (usize, usize, usize),
@@ -372,17 +383,17 @@ fn block_scores(
     scale: f32,
 ) {
     let (h, nk) = (d.g.h, d.block_keys.max(1));
-    assert!(scores.len() >= n * nk && queries.len() >= n * h && keys.len() >= (k0 + kn) * h);
-    // SAFETY: `scores` holds n × nk, `queries` n × h, `keys` rows k0..k0 + kn of width h
-    // (read transposed), as asserted.
+    assert!(scores.len() >= n * nk && queries.holds(n, h) && keys.holds(k0 + kn, h));
+    // SAFETY: `scores` holds n × nk, `queries` n rows of h, `keys` rows
+    // k0..k0 + kn of h (read transposed), as asserted.
     unsafe {
         product(
             (n, kn, h),
             scores.as_mut_ptr(),
             nk,
             false,
-            (queries.as_ptr(), h, 1),
-            (keys.as_ptr().add(k0 * h), 1, h),
+            (queries.data.as_ptr(), queries.stride, 1),
+            (keys.data.as_ptr().add(k0 * keys.stride), 1, keys.stride),
             scale,
         )
     };

@@ -6,8 +6,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::attention::{AttentionArgs, Geometry, Normaliser};
-use super::cpu;
+use super::cpu::{self, View4};
 use super::cpu_flash::{self, FlashDims};
+use burn::backend::flex::FlexTensor;
 
 /// Queries per block of [`cpu_flash`], at most (from the call's tile size,
 /// so that small tiles give small blocks: the tests' uneven tiles).
@@ -32,15 +33,17 @@ fn mask_values<B: Backend>(a: &AttentionArgs<B>) -> Option<Option<Vec<bool>>> {
 }
 
 /// The whole call through [`cpu_flash::forward`] when the backend is Flex
-/// and `q`, `k`, `v` are f32; the normaliser keeps the output for the backward.
+/// and `q`, `k`, `v` are f32 (read where they lie); the output comes laid
+/// out in `q`'s axis order, and the normaliser keeps it for the backward.
 pub(crate) fn flash_forward<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> Option<(Tensor<B, 4>, Normaliser<B>)> {
-    let [q, k, v] = cpu::contiguous_all([&a.q, &a.k, &a.v])?;
+    let tensors = cpu::strided_all([&a.q, &a.k, &a.v])?;
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
-    let [q, k, v] = [&q, &k, &v].map(cpu::elements);
-    let (out, max, sum) = cpu_flash::forward(q, k, v, hidden.as_deref(), d, a.scale as f32);
+    let [q, k, v] = views(&tensors)?;
+    let out_strides = q.dense_strides();
+    let (out, max, sum) = cpu_flash::forward((q, k, v), hidden.as_deref(), d, a.scale as f32, out_strides);
     let rows = [g.b, g.kv, g.groups, g.t];
-    let out: Tensor<B, 4> = cpu::to_backend(cpu::tensor(out, [g.b, g.kv * g.groups, g.t, g.h]));
+    let out: Tensor<B, 4> = cpu::strided_tensor(out, q.shape, out_strides);
     let normaliser = Normaliser {
         max: cpu::to_backend(cpu::tensor(max, rows)),
         sum: cpu::to_backend(cpu::tensor(sum, rows)),
@@ -50,7 +53,8 @@ pub(crate) fn flash_forward<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> Op
 }
 
 /// `(dq, dk, dv)` through [`cpu_flash::backward`] when the forward ran
-/// [`flash_forward`] (the normaliser holds the output) and every tensor is Flex f32.
+/// [`flash_forward`] (the normaliser holds the output) and every tensor is
+/// Flex f32; each gradient laid out in its input's axis order.
 pub(crate) fn flash_backward<B: Backend>(
     a: &AttentionArgs<B>,
     g: Geometry,
@@ -58,17 +62,27 @@ pub(crate) fn flash_backward<B: Backend>(
     d_out: &Tensor<B, 4>,
 ) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
     let out = normaliser.output.as_ref()?;
-    let inputs = cpu::contiguous_all([&a.q, &a.k, &a.v, out, d_out])?;
+    let tensors = cpu::strided_all([&a.q, &a.k, &a.v, out, d_out])?;
     let rows = cpu::contiguous_all([&normaliser.max, &normaliser.sum])?;
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
-    let [q, k, v, out, d_out] = inputs.each_ref().map(cpu::elements);
+    let [q, k, v, out, d_out] = views(&tensors)?;
     let [max, sum] = rows.each_ref().map(cpu::elements);
-    let (dq, dk, dv) = cpu_flash::backward((q, k, v), hidden.as_deref(), out, d_out, (max, sum), d, a.scale as f32);
-    let keys = [g.b, g.kv, g.s, g.h];
+    let strides = [q, k, v].map(|view| view.dense_strides());
+    let up = cpu_flash::Upstream { out, d_out, max, sum };
+    let (dq, dk, dv) = cpu_flash::backward((q, k, v), hidden.as_deref(), up, d, a.scale as f32, strides);
     Some((
-        cpu::to_backend(cpu::tensor(dq, [g.b, g.kv * g.groups, g.t, g.h])),
-        cpu::to_backend(cpu::tensor(dk, keys)),
-        cpu::to_backend(cpu::tensor(dv, keys)),
+        cpu::strided_tensor(dq, q.shape, strides[0]),
+        cpu::strided_tensor(dk, k.shape, strides[1]),
+        cpu::strided_tensor(dv, v.shape, strides[2]),
     ))
+}
+
+/// The views of tensors from [`cpu::strided_all`].
+fn views<const N: usize>(tensors: &[FlexTensor; N]) -> Option<[View4<'_>; N]> {
+    let views = tensors.each_ref().map(View4::of);
+    if views.iter().any(Option::is_none) {
+        return None;
+    }
+    Some(views.map(|v| v.expect("checked above")))
 }

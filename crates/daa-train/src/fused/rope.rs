@@ -9,7 +9,9 @@
 //! The node keeps only the tables (which the model keeps anyway); the
 //! unfused composition's backward runs through the halves' slices, the
 //! negation and the concatenation. On the CPU (Flex, f32) forward and
-//! backward are one multi-threaded pass each (`fused/cpu.rs`), on burn's GPU
+//! backward are one multi-threaded pass each (`fused/cpu.rs`) reading `x`
+//! where it lies (the model's head-split view, `[b, t, H, h]` in memory)
+//! and writing the result in the same axis order, on burn's GPU
 //! backends one CubeCL kernel each reading `x` through its strides
 //! (`fused/cube`); both the same operations as the composition.
 
@@ -76,7 +78,7 @@ fn one_pass<B: Backend>(
     forward: bool,
 ) -> Option<Tensor<B, 4>> {
     // The kernels read tables `[1 or b, 1, t, h]` of `x`'s dtype, pairs whole.
-    let shape @ [batch, heads, t, h] = x.dims();
+    let shape @ [batch, _, t, h] = x.dims();
     let [rows, heads_axis, table_t, table_h] = cos.dims();
     let fits = cos.dims() == sin.dims() && heads_axis == 1 && table_t == t && table_h == h;
     if !fits || !(rows == 1 || rows == batch) || h % 2 != 0 || cos.dtype() != x.dtype() || sin.dtype() != x.dtype() {
@@ -86,9 +88,12 @@ fn one_pass<B: Backend>(
     if let Some(done) = super::cube::elementwise::rope(x, (cos, sin), interleaved, forward) {
         return Some(done);
     }
-    let tensors = cpu::contiguous_all([x, cos, sin])?;
-    let [x, cos, sin] = tensors.each_ref().map(cpu::elements);
-    Some(cpu::to_backend(cpu::tensor(cpu::rope(x, cos, sin, heads, t, h, interleaved, forward), shape)))
+    let [x] = cpu::strided_all([x])?;
+    let tables = cpu::contiguous_all([cos, sin])?;
+    let x = cpu::View4::of(&x)?;
+    let out_strides = x.dense_strides();
+    let [cos, sin] = tables.each_ref().map(cpu::elements);
+    Some(cpu::strided_tensor(cpu::rope(x, (cos, sin), interleaved, forward, out_strides), shape, out_strides))
 }
 
 /// The composition autodiff differentiates op by op.

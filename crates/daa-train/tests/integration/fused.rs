@@ -103,6 +103,27 @@ struct AttentionCase {
     padded: bool,
     window: Option<usize>,
     scale: f32,
+    /// `q`, `k`, `v` as the model's head-split views: `[b, t, heads, h]`
+    /// tensors with their axes 1 and 2 swapped (strided, not copied).
+    split: bool,
+}
+
+/// A `[b, heads, rows, h]` leaf, or with `split` a `[b, rows, heads, h]`
+/// leaf, and the `[b, heads, rows, h]` view of it attention takes.
+fn heads_input<B: AutodiffBackend>(
+    [b, heads, rows, h]: [usize; 4],
+    split: bool,
+    (seed, scale): (f32, f32),
+    dtype: FloatDType,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    if split {
+        let leaf = tensor::<B, 4>([b, rows, heads, h], seed, scale, dtype, device).require_grad();
+        (leaf.clone(), leaf.swap_dims(1, 2))
+    } else {
+        let leaf = tensor::<B, 4>([b, heads, rows, h], seed, scale, dtype, device).require_grad();
+        (leaf.clone(), leaf)
+    }
 }
 
 /// The output and `(dq, dk, dv)` of `Σ out ⊙ R` (`R` fixed), fused or not.
@@ -112,9 +133,9 @@ fn attention_run<B: AutodiffBackend>(
     fused_op: bool,
     device: &B::Device,
 ) -> [Vec<f32>; 4] {
-    let q = tensor::<B, 4>([c.b, c.heads, c.t, c.h], 0.3, c.scale, dtype, device).require_grad();
-    let k = tensor::<B, 4>([c.b, c.kv, c.keys, c.h], 1.7, c.scale, dtype, device).require_grad();
-    let v = tensor::<B, 4>([c.b, c.kv, c.keys, c.h], 2.9, 1.0, dtype, device).require_grad();
+    let (q_leaf, q) = heads_input::<B>([c.b, c.heads, c.t, c.h], c.split, (0.3, c.scale), dtype, device);
+    let (k_leaf, k) = heads_input::<B>([c.b, c.kv, c.keys, c.h], c.split, (1.7, c.scale), dtype, device);
+    let (v_leaf, v) = heads_input::<B>([c.b, c.kv, c.keys, c.h], c.split, (2.9, 1.0), dtype, device);
     let pads: Vec<usize> = if c.padded { (0..c.b).map(|r| (r * 3) % c.keys.max(1)).collect() } else { vec![] };
     let rows = if c.padded { c.b } else { 1 };
     let hidden = (c.padded || c.window.is_some() || c.t > 1).then(|| {
@@ -135,7 +156,14 @@ fn attention_run<B: AutodiffBackend>(
     let weights = tensor::<B, 4>([c.b, c.heads, c.t, c.h], 4.1, 1.0, dtype, device);
     let grads = (out.clone().cast(FloatDType::F32) * weights.cast(FloatDType::F32)).sum().backward();
     let grad = |t: &Tensor<B, 4>| host(t.grad(&grads).expect("a gradient"));
-    [host(out), grad(&q), grad(&k), grad(&v)]
+    // With `split`, the heads merged back as the model does (a view when
+    // the output comes in `[b, t, heads, h]` order).
+    let out = if c.split {
+        out.swap_dims(1, 2).reshape([c.b, c.t, c.heads * c.h]).reshape([c.b, c.t, c.heads, c.h])
+    } else {
+        out
+    };
+    [host(out), grad(&q_leaf), grad(&k_leaf), grad(&v_leaf)]
 }
 
 /// Fused and unfused on `B` in `dtype`, each against the unfused composition
@@ -181,6 +209,7 @@ impl BackendTask for FusedChecks {
             padded: false,
             window: None,
             scale: 1.0,
+            split: false,
         };
         let cases = [
             ("causal, grouped heads", base),
@@ -195,6 +224,11 @@ impl BackendTask for FusedChecks {
             ("3 query heads per key head, width 6", AttentionCase { heads: 3, kv: 1, h: 6, t: 9, keys: 9, ..base }),
             ("no grouping, one row", AttentionCase { b: 1, heads: 2, kv: 2, t: 7, keys: 7, tile: 4, ..base }),
             ("huge scores", AttentionCase { t: 13, keys: 13, tile: 4, scale: 30.0, ..base }),
+            ("head-split views, 65 queries", AttentionCase { t: 65, keys: 65, tile: 16, split: true, ..base }),
+            (
+                "head-split views, padding, a cache",
+                AttentionCase { t: 9, keys: 12, tile: 4, padded: true, split: true, ..base },
+            ),
         ];
         for (name, c) in cases {
             check_attention::<B>(name, c, FloatDType::F32, &device);
@@ -219,8 +253,8 @@ impl BackendTask for FusedChecks {
             for shape in [[2, 3, 5], [1, 1, 1], [3, 4, 67]] {
                 check_swiglu::<B>(shape, dtype, &device);
             }
-            for interleaved in [false, true] {
-                check_rope::<B>(interleaved, dtype, &device);
+            for (interleaved, split) in [(false, false), (true, false), (false, true), (true, true)] {
+                check_rope::<B>(interleaved, split, dtype, &device);
             }
             // Rows 1 to 4 097 (a batch of 65 × 63 among them), widths 1, 3, 67,
             // 300 on the CPU; two of them on a GPU (burn's products there, each
@@ -315,10 +349,10 @@ fn check_linear<B: AutodiffBackend>(
     }
 }
 
-fn check_rope<B: AutodiffBackend>(interleaved: bool, dtype: FloatDType, device: &B::Device) {
+fn check_rope<B: AutodiffBackend>(interleaved: bool, split: bool, dtype: FloatDType, device: &B::Device) {
     let (b, heads, t, h) = (2, 3, 5, 6);
     let run = |fused_op: bool| {
-        let x = tensor::<B, 4>([b, heads, t, h], 0.2, 2.0, dtype, device).require_grad();
+        let (leaf, x) = heads_input::<B>([b, heads, t, h], split, (0.2, 2.0), dtype, device);
         // Per-row tables (left padding gives each row its positions).
         let angles = values(b * t * h, 7.7, 3.0);
         let table = |f: fn(f32) -> f32| {
@@ -333,12 +367,12 @@ fn check_rope<B: AutodiffBackend>(interleaved: bool, dtype: FloatDType, device: 
         };
         let r = tensor::<B, 4>([b, heads, t, h], 6.1, 1.0, FloatDType::F32, device);
         let grads = (out.clone().cast(FloatDType::F32) * r).sum().backward();
-        [host(out), host(x.grad(&grads).expect("dx"))]
+        [host(out), host(leaf.grad(&grads).expect("dx"))]
     };
     let tolerance = if dtype == FloatDType::F32 { F32_TOLERANCE } else { BF16_TOLERANCE };
     let (a, c) = (run(true), run(false));
     for (what, (x, y)) in ["output", "dx"].iter().zip(a.iter().zip(&c)) {
-        assert_close(&format!("RoPE interleaved={interleaved} {dtype:?}: {what}"), x, y, tolerance);
+        assert_close(&format!("RoPE interleaved={interleaved} split={split} {dtype:?}: {what}"), x, y, tolerance);
     }
 }
 
@@ -383,8 +417,19 @@ fn fused_attention_gradient_matches_finite_differences_and_inference_matches_tra
     type B = CpuBackend;
     type Inner = <B as AutodiffBackend>::InnerBackend;
     let device = Default::default();
-    let c =
-        AttentionCase { b: 1, heads: 2, kv: 1, t: 6, keys: 6, h: 4, tile: 4, padded: false, window: None, scale: 1.0 };
+    let c = AttentionCase {
+        b: 1,
+        heads: 2,
+        kv: 1,
+        t: 6,
+        keys: 6,
+        h: 4,
+        tile: 4,
+        padded: false,
+        window: None,
+        scale: 1.0,
+        split: false,
+    };
     let [out, dq, _, _] = attention_run::<B>(c, FloatDType::F32, true, &device);
     let hidden = || {
         Some(Tensor::<Inner, 4, Bool>::from_data(
