@@ -119,7 +119,7 @@ impl<'a> View4<'a> {
             Some(last) if last < data.len() => Some(view),
             // Empty (nothing to read) or out of the buffer (never from Flex).
             Some(_) => None,
-            None => Some(Self { data: &[], offset: 0, ..view }),
+            None => Some(Self { data: &[], offset: 0, strides: [0; 3], ..view }),
         }
     }
 
@@ -197,8 +197,8 @@ unsafe impl Sync for Shared {}
 impl Shared {
     /// The pointer (a method, so that closures capture the whole `Shared`).
     pub(crate) fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the buffer the pointer came from.
-        unsafe { self.0.add(offset) }
+        // Writing through it is the callers' unsafe step, inside the buffer.
+        self.0.wrapping_add(offset)
     }
 
     /// Writes `rows` (`n` rows of `h`, contiguous) to the rows of

@@ -299,8 +299,8 @@ fn backward_head(
     for r0 in (0..d.g.t).step_by(nq) {
         let n = nq.min(d.g.t - r0);
         let (queries, d_rows) = (head.q.from(r0), head.d_out.from(r0));
-        for i in 0..n {
-            row_dot[i] = dot(head.out.row(r0 + i, h), d_rows.row(i, h));
+        for (i, row_dot) in row_dot.iter_mut().enumerate().take(n) {
+            *row_dot = dot(head.out.row(r0 + i, h), d_rows.row(i, h));
         }
         let end = d.visible(r0 + n - 1);
         for k0 in (0..end).step_by(nk) {

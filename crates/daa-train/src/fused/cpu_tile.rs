@@ -40,6 +40,9 @@ pub(crate) fn flash_forward<B: Backend>(a: &AttentionArgs<B>, g: Geometry) -> Op
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
     let [q, k, v] = views(&tensors)?;
+    if !shapes_agree(g, a.hidden.as_ref().map(|m| m.dims()), [&q, &k, &v], &[]) {
+        return None;
+    }
     let out_strides = q.dense_strides();
     let (out, max, sum) = cpu_flash::forward((q, k, v), hidden.as_deref(), d, a.scale as f32, out_strides);
     let rows = [g.b, g.kv, g.groups, g.t];
@@ -64,10 +67,16 @@ pub(crate) fn flash_backward<B: Backend>(
     let out = normaliser.output.as_ref()?;
     let tensors = cpu::strided_all([&a.q, &a.k, &a.v, out, d_out])?;
     let rows = cpu::contiguous_all([&normaliser.max, &normaliser.sum])?;
+    let [max, sum] = rows.each_ref().map(cpu::elements);
     let hidden = mask_values(a)?;
     let d = flash_dims(a, g);
     let [q, k, v, out, d_out] = views(&tensors)?;
-    let [max, sum] = rows.each_ref().map(cpu::elements);
+    if !shapes_agree(g, a.hidden.as_ref().map(|m| m.dims()), [&q, &k, &v], &[&out, &d_out])
+        || max.len() != q.shape[..3].iter().product::<usize>()
+        || sum.len() != max.len()
+    {
+        return None;
+    }
     let strides = [q, k, v].map(|view| view.dense_strides());
     let up = cpu_flash::Upstream { out, d_out, max, sum };
     let (dq, dk, dv) = cpu_flash::backward((q, k, v), hidden.as_deref(), up, d, a.scale as f32, strides);
@@ -76,6 +85,24 @@ pub(crate) fn flash_backward<B: Backend>(
         cpu::strided_tensor(dk, k.shape, strides[1]),
         cpu::strided_tensor(dv, v.shape, strides[2]),
     ))
+}
+
+/// Whether `q` `[b, K·G, t, h]`, `k`, `v` `[b, K, s, h]` (`s ≥ t`) and any
+/// `more` tensors of `q`'s shape, and the mask `[b or 1, 1, t, s]`, agree
+/// with the call's sizes: the kernels' buffers are sized from them.
+fn shapes_agree(g: Geometry, mask: Option<[usize; 4]>, [q, k, v]: [&View4<'_>; 3], more: &[&View4<'_>]) -> bool {
+    let q_shape = [g.b, g.kv * g.groups, g.t, g.h];
+    let kv_shape = [g.b, g.kv, g.s, g.h];
+    g.kv > 0
+        && g.s >= g.t
+        && mask.is_none_or(|m| {
+            let [rows, one, t, s] = m;
+            (rows == 1 || rows == g.b) && one == 1 && t == g.t && s == g.s
+        })
+        && q.shape == q_shape
+        && k.shape == kv_shape
+        && v.shape == kv_shape
+        && more.iter().all(|m| m.shape == q_shape)
 }
 
 /// The views of tensors from [`cpu::strided_all`].
