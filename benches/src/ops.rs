@@ -181,12 +181,18 @@ pub fn measure_all(threads: usize, repeats: usize) -> Vec<OpTime> {
             }
             "linear" => {
                 let &[n, d, m] = sizes else { continue };
-                let inputs = || vec![input([n, d], 1.0), input([d, m], 1.1)];
-                let run = |x: Vec<Tensor<B, 2>>| {
-                    let [x, w]: [Tensor<B, 2>; 2] = x.try_into().expect("two inputs");
-                    x.matmul(w)
-                };
-                push(op.clone(), "daa", time_op(inputs, run, repeats));
+                for fused in [true, false] {
+                    let inputs = || vec![input([n, d], 1.0), input([d, m], 1.1)];
+                    let run = |x: Vec<Tensor<B, 2>>| {
+                        let [x, w]: [Tensor<B, 2>; 2] = x.try_into().expect("two inputs");
+                        if fused {
+                            daa_train::fused::linear::linear(x, w, None)
+                        } else {
+                            burn::tensor::module::linear(x, w, None)
+                        }
+                    };
+                    push(op.clone(), if fused { "daa-fused" } else { "daa-unfused" }, time_op(inputs, run, repeats));
+                }
             }
             "adamw" => {
                 let &[n] = sizes else { continue };
