@@ -49,17 +49,7 @@ pub(crate) fn to_backend<B: burn::tensor::backend::Backend, const D: usize>(t: T
 pub(crate) fn contiguous_all<B: burn::tensor::backend::Backend, const D: usize, const N: usize>(
     tensors: [&Tensor<B, D>; N],
 ) -> Option<[FlexTensor; N]> {
-    if !is_flex::<B>() || tensors.iter().any(|t| t.dtype() != DType::F32) {
-        return None;
-    }
-    let flex = tensors.map(|t| on_flex(t.clone()).ok().map(|t| t.into_primitive().tensor()));
-    if flex.iter().any(Option::is_none) {
-        return None;
-    }
-    Some(flex.map(|t| {
-        let t: FlexTensor = t.expect("checked above");
-        if t.as_slice::<f32>().is_some() { t } else { t.to_contiguous() }
-    }))
+    flex_all(tensors, |t| t.as_slice::<f32>().is_some())
 }
 
 /// `tensors` as f32 Flex tensors whose elements [`View4`] can read where
@@ -70,6 +60,16 @@ pub(crate) fn contiguous_all<B: burn::tensor::backend::Backend, const D: usize, 
 pub(crate) fn strided_all<B: burn::tensor::backend::Backend, const N: usize>(
     tensors: [&Tensor<B, 4>; N],
 ) -> Option<[FlexTensor; N]> {
+    flex_all(tensors, |t| View4::of(t).is_some())
+}
+
+/// `tensors` as f32 Flex tensors, each as it is where `readable` says the
+/// kernel can read it, else a contiguous copy; `None` unless `B` is Flex
+/// and every one is f32 (nothing consumed: clones).
+fn flex_all<B: burn::tensor::backend::Backend, const D: usize, const N: usize>(
+    tensors: [&Tensor<B, D>; N],
+    readable: impl Fn(&FlexTensor) -> bool,
+) -> Option<[FlexTensor; N]> {
     if !is_flex::<B>() || tensors.iter().any(|t| t.dtype() != DType::F32) {
         return None;
     }
@@ -79,7 +79,7 @@ pub(crate) fn strided_all<B: burn::tensor::backend::Backend, const N: usize>(
     }
     Some(flex.map(|t| {
         let t: FlexTensor = t.expect("checked above");
-        if View4::of(&t).is_some() { t } else { t.to_contiguous() }
+        if readable(&t) { t } else { t.to_contiguous() }
     }))
 }
 
